@@ -1,0 +1,211 @@
+//! The plugin API of Kiln: what a map-reduce plugin implements, and the stable ABI through which
+//! Kiln's executor calls it.
+//!
+//! A plugin is a `cdylib` crate that implements [`MapReduce`] for one type and exports it with
+//! [`export_plugin!`]. Kiln cuts the input into chunks of whole lines, calls
+//! [`MapReduce::run`] once per chunk (on many threads and machines at once), and hands the
+//! partial results, in input order, to [`MapReduce::aggregate`], whose output becomes the job's
+//! result as JSON.
+//!
+//! ```
+//! use std::collections::HashMap;
+//! use kiln_plugin_api::{Chunk, MapReduce};
+//!
+//! /// Counts how often each whitespace-separated word occurs.
+//! pub struct WordCount;
+//!
+//! impl MapReduce for WordCount {
+//!     type Partial = HashMap<String, u64>;
+//!     type Output = HashMap<String, u64>;
+//!
+//!     fn new(_params: &str) -> Result<Self, String> {
+//!         Ok(WordCount)
+//!     }
+//!
+//!     fn run(&self, chunk: &Chunk<'_>) -> Result<Self::Partial, String> {
+//!         // Borrow words from the chunk; allocate only for words not seen before.
+//!         let mut counts: HashMap<&str, u64> = HashMap::new();
+//!         for word in chunk.text().split_whitespace() {
+//!             *counts.entry(word).or_default() += 1;
+//!         }
+//!         Ok(counts.into_iter().map(|(w, n)| (w.to_owned(), n)).collect())
+//!     }
+//!
+//!     fn aggregate(&self, partials: Vec<Self::Partial>) -> Result<Self::Output, String> {
+//!         let mut total = HashMap::new();
+//!         for partial in partials {
+//!             for (word, n) in partial {
+//!                 *total.entry(word).or_default() += n;
+//!             }
+//!         }
+//!         Ok(total)
+//!     }
+//! }
+//!
+//! kiln_plugin_api::export_plugin!(WordCount);
+//!
+//! // Plugin authors test their code in-process, partials round-tripping through the same
+//! // encoding Kiln uses between machines.
+//! let counts = kiln_plugin_api::run_in_process::<WordCount>("", &["a b\n", "b\n"]).unwrap();
+//! assert_eq!(counts["b"], 2);
+//! ```
+//!
+//! # Rules Kiln relies on
+//!
+//! - `run` sees one chunk and nothing else; it must not depend on how the input was split.
+//! - `aggregate` gets one partial per chunk in input order, whichever machine produced it and
+//!   however often a chunk was retried, so the output is the same for any split and any failure.
+//! - A panic in plugin code is caught inside the plugin and reported as the chunk's error with
+//!   its message and location; it never unwinds into Kiln.
+//! - Partials cross process and machine boundaries in a compact binary encoding (postcard); keep
+//!   them small, since their decoding is part of every job's critical path.
+
+pub mod abi;
+mod export;
+
+use serde::{Serialize, de::DeserializeOwned};
+
+/// The version of this API, checked when Kiln loads a plugin.
+///
+/// A plugin built against another minor version (or, from 1.0 on, another major version) is
+/// refused with a message that names both versions.
+pub const API_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The name of the plain C symbol that holds the API version a plugin was built against.
+///
+/// The executor reads it before any layout check, so that a mismatch gives a one-line error.
+pub const VERSION_SYMBOL: &str = "kiln_plugin_api_version";
+
+/// A map-reduce computation over the lines of a text input.
+///
+/// One value is created per executor with [`MapReduce::new`] and then shared by all the threads
+/// that run chunks, hence `Send + Sync`.
+pub trait MapReduce: Send + Sync + Sized + 'static {
+    /// The result of one chunk. It is encoded with postcard to travel between processes.
+    type Partial: Serialize + DeserializeOwned;
+    /// The final result, returned to the user as JSON.
+    type Output: Serialize;
+
+    /// Builds the plugin from the job's parameters (`""` when none were given).
+    ///
+    /// Validate the parameters here: an error fails the job before any chunk runs.
+    fn new(params: &str) -> Result<Self, String>;
+
+    /// Maps one chunk of whole lines to a partial result.
+    fn run(&self, chunk: &Chunk<'_>) -> Result<Self::Partial, String>;
+
+    /// Folds all partial results, one per chunk and in input order, into the final output.
+    ///
+    /// Called with an empty vector when the input is empty.
+    fn aggregate(&self, partials: Vec<Self::Partial>) -> Result<Self::Output, String>;
+
+    /// Merges the partials of consecutive chunks into one partial, in input order.
+    ///
+    /// Optional. When it returns `Some`, Kiln may merge partials close to where they were
+    /// produced, so that `aggregate` decodes fewer of them; `aggregate` must then accept merged
+    /// partials as it accepts the ones of single chunks. The default, `None`, says the plugin
+    /// does not combine. Kiln calls it once per instance with an empty vector to learn which.
+    fn combine(&self, partials: Vec<Self::Partial>) -> Option<Result<Self::Partial, String>> {
+        let _ = partials;
+        None
+    }
+}
+
+/// A chunk of the input: whole lines, borrowed from Kiln's buffer without copying.
+#[derive(Debug, Clone, Copy)]
+pub struct Chunk<'a> {
+    text: &'a str,
+    first_line: u64,
+}
+
+impl<'a> Chunk<'a> {
+    /// Makes a chunk of `text` whose first line is line `first_line` (1-based) of the input.
+    pub fn new(text: &'a str, first_line: u64) -> Self {
+        Chunk { text, first_line }
+    }
+
+    /// The chunk's text: whole lines, each ending in `\n` except perhaps the input's last.
+    ///
+    /// Scanning this directly (for example with `split_whitespace`) is the fastest way through
+    /// a chunk.
+    pub fn text(&self) -> &'a str {
+        self.text
+    }
+
+    /// The 1-based number, in the whole input, of this chunk's first line.
+    pub fn first_line(&self) -> u64 {
+        self.first_line
+    }
+
+    /// The chunk's lines without their line endings (`\n` or `\r\n`), as [`str::lines`] gives.
+    pub fn lines(&self) -> std::str::Lines<'a> {
+        self.text.lines()
+    }
+
+    /// The chunk's lines with their 1-based numbers in the whole input.
+    pub fn numbered_lines(&self) -> impl Iterator<Item = (u64, &'a str)> + 'a {
+        (self.first_line..).zip(self.text.lines())
+    }
+}
+
+/// Runs a plugin in this process over chunks of text, the way Kiln would.
+///
+/// Meant for plugin authors' unit tests: each string is one chunk (whole lines), partials are
+/// encoded and decoded as they are between Kiln's processes, `combine` is ignored, and the
+/// chunks' line numbers follow each other.
+pub fn run_in_process<P: MapReduce>(params: &str, chunks: &[&str]) -> Result<P::Output, String> {
+    let plugin = P::new(params)?;
+    let mut first_line = 1;
+    let mut partials = Vec::with_capacity(chunks.len());
+    for text in chunks {
+        let partial = plugin.run(&Chunk::new(text, first_line))?;
+        let bytes = postcard::to_allocvec(&partial).map_err(|e| format!("cannot encode partial: {e}"))?;
+        partials.push(postcard::from_bytes(&bytes).map_err(|e| format!("cannot decode partial: {e}"))?);
+        first_line += text.lines().count() as u64;
+    }
+    plugin.aggregate(partials)
+}
+
+/// Items that [`export_plugin!`] expands to; not part of the API.
+#[doc(hidden)]
+pub mod __private {
+    pub use crate::export::{VERSION_NUL, root_module};
+    pub use abi_stable;
+}
+
+/// Exports a [`MapReduce`] type as this crate's plugin.
+///
+/// Use it once, in a `cdylib` crate. It exports the API version as a plain C symbol and the
+/// abi_stable root module through which Kiln's executor calls the plugin.
+#[macro_export]
+macro_rules! export_plugin {
+    ($plugin:ty) => {
+        /// The API version this plugin was built against, as a NUL-terminated string.
+        #[doc(hidden)]
+        #[unsafe(no_mangle)]
+        pub extern "C" fn kiln_plugin_api_version() -> *const ::core::ffi::c_char {
+            $crate::__private::VERSION_NUL.as_ptr().cast()
+        }
+
+        /// The abi_stable library header; the name is abi_stable's mangled loader name.
+        #[doc(hidden)]
+        #[unsafe(export_name = "_1as_0lib_1header_0root_bmodule_bloader")]
+        pub static __KILN_LIB_HEADER: $crate::__private::abi_stable::library::LibHeader = {
+            extern "C" fn load_root_module() -> $crate::__private::abi_stable::library::RootModuleResult {
+                $crate::__private::abi_stable::library::__call_root_module_loader(
+                    $crate::__private::root_module::<$plugin>,
+                )
+            }
+            // SAFETY: the constructor returns the root module of type `PluginModuleRef`, the
+            // type given here, exactly as `#[export_root_module]` would generate it.
+            unsafe {
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
+                    $crate::abi::PluginModuleRef,
+                >(
+                    load_root_module,
+                    $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
+                )
+            }
+        };
+    };
+}
