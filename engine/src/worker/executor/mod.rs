@@ -1,0 +1,480 @@
+//! Running plugin code in executor processes, never in the calling process.
+//!
+//! An [`Executor`] is a supervised `kiln exec` child that has loaded one plugin library and
+//! created one plugin instance with the job's parameters. It serves several calls at once (one
+//! thread per slot) over a framed pipe ([`protocol`]); the child side is [`process`].
+//!
+//! Each call has a timeout. A plugin's error or panic fails only its call. A crash (segfault,
+//! abort, the kernel's OOM killer) or a timeout ends the process: every call in flight fails
+//! with an [`ExecError`] that names what happened, and the caller starts a fresh executor.
+
+pub mod process;
+pub mod protocol;
+
+use std::collections::{HashMap, VecDeque};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use self::protocol::{Request, Response, StartFailure};
+
+/// How long a plugin may take to load and create its instance.
+pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long one call may run before the executor is killed. Chunks are a few MiB, which
+/// plugins handle in well under a second; ten minutes leaves room for heavy ones.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How many lines of the executor's stderr are kept to explain a crash.
+const STDERR_TAIL_LINES: usize = 20;
+
+/// How to start executors.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// The `kiln` binary, started as `kiln exec`.
+    pub program: PathBuf,
+    /// The number of calls the executor runs at once (its threads).
+    pub threads: usize,
+    /// The longest a single call may take.
+    pub call_timeout: Duration,
+    /// The longest loading the plugin and creating its instance may take.
+    pub start_timeout: Duration,
+    /// A limit on the executor's address space in bytes (`RLIMIT_AS`), if any.
+    pub memory_limit: Option<u64>,
+}
+
+impl ExecutorConfig {
+    /// A configuration with default timeouts and no memory limit.
+    pub fn new(program: PathBuf, threads: usize) -> Self {
+        ExecutorConfig {
+            program,
+            threads: threads.max(1),
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            start_timeout: DEFAULT_START_TIMEOUT,
+            memory_limit: None,
+        }
+    }
+}
+
+/// Why a call to an executor failed.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum ExecError {
+    /// The executor process could not be started.
+    #[error("cannot start the executor {program}: {message}")]
+    Spawn { program: String, message: String },
+    /// The plugin library could not be loaded.
+    #[error("cannot load the plugin: {0}")]
+    Load(String),
+    /// The plugin was built against an incompatible API version.
+    #[error("{0}")]
+    Incompatible(String),
+    /// The plugin's `new` refused the job's parameters.
+    #[error("the plugin refused its parameters: {0}")]
+    Params(String),
+    /// The plugin returned an error or panicked; the executor goes on.
+    #[error("{0}")]
+    Plugin(String),
+    /// The executor process died (crash, abort, killed); every call in flight fails.
+    #[error("the executor {reason}{}", stderr_note(.stderr))]
+    Crashed { reason: String, stderr: String },
+    /// A call took longer than the call timeout; the executor was killed.
+    #[error("the plugin did not finish within {} s and its executor was killed", .0.as_secs_f64())]
+    Timeout(Duration),
+    /// The executor was stopped because another call timed out or it was shut down.
+    #[error("the executor was stopped: {0}")]
+    Stopped(String),
+}
+
+impl ExecError {
+    /// Whether running the same call again (in a fresh executor) might succeed.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, ExecError::Plugin(_) | ExecError::Crashed { .. } | ExecError::Timeout(_) | ExecError::Stopped(_))
+    }
+}
+
+fn stderr_note(stderr: &str) -> String {
+    if stderr.trim().is_empty() { String::new() } else { format!("; its last output:\n{}", stderr.trim_end()) }
+}
+
+type Reply = oneshot::Sender<Result<Bytes, ExecError>>;
+
+/// State shared by an executor's handle and its reader task.
+struct Shared {
+    pending: Mutex<HashMap<u64, Reply>>,
+    /// Set once the executor is unusable; later calls fail with it at once.
+    dead: Mutex<Option<ExecError>>,
+    stderr_tail: Mutex<VecDeque<String>>,
+}
+
+impl Shared {
+    /// Marks the executor dead (keeping the first cause) and fails every call in flight.
+    fn fail_all(&self, error: ExecError) {
+        let error = {
+            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            dead.get_or_insert(error).clone()
+        };
+        let pending: Vec<Reply> = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.drain().map(|(_, reply)| reply).collect()
+        };
+        for reply in pending {
+            let _ = reply.send(Err(error.clone()));
+        }
+    }
+
+    fn dead(&self) -> Option<ExecError> {
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn stderr_tail(&self) -> String {
+        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        tail.iter().map(|line| format!("  {line}\n")).collect()
+    }
+}
+
+/// A running executor process with one plugin instance.
+///
+/// Dropping it closes the pipe and kills the process.
+pub struct Executor {
+    shared: Arc<Shared>,
+    requests: mpsc::UnboundedSender<Request>,
+    kill: watch::Sender<bool>,
+    next_call: AtomicU64,
+    call_timeout: Duration,
+    combines: bool,
+    api_version: String,
+}
+
+impl Executor {
+    /// Starts an executor for the plugin `library`, created with `params`.
+    pub async fn start(config: &ExecutorConfig, library: &Path, params: &str) -> Result<Executor, ExecError> {
+        let mut command = Command::new(&config.program);
+        command
+            .arg("exec")
+            .arg("--threads")
+            .arg(config.threads.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(limit) = config.memory_limit {
+            limit_address_space(&mut command, limit);
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| ExecError::Spawn { program: config.program.display().to_string(), message: e.to_string() })?;
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        else {
+            return Err(ExecError::Spawn {
+                program: config.program.display().to_string(),
+                message: "its pipes were not set up".to_owned(),
+            });
+        };
+        let shared = Arc::new(Shared {
+            pending: Mutex::new(HashMap::new()),
+            dead: Mutex::new(None),
+            stderr_tail: Mutex::new(VecDeque::new()),
+        });
+        let stderr_task = tokio::spawn(collect_stderr(stderr, Arc::clone(&shared)));
+        let (kill, kill_rx) = watch::channel(false);
+        let (status_tx, status_rx) = watch::channel(None);
+        tokio::spawn(watch_process(child, kill_rx, status_tx));
+
+        let init = Request::Init { library: library.display().to_string(), params: params.to_owned() };
+        let mut stdout = std::io::BufReader::new(stdout_to_std(stdout)?);
+        let handshake = async {
+            write_request(&mut stdin, &init).await?;
+            let reply = tokio::task::spawn_blocking(move || Response::read_from(&mut stdout).map(|r| (r, stdout)))
+                .await
+                .map_err(std::io::Error::other)??;
+            Ok::<_, std::io::Error>(reply)
+        };
+        let reply = match tokio::time::timeout(config.start_timeout, handshake).await {
+            Ok(Ok(reply)) => reply,
+            Ok(Err(_)) | Err(_) => {
+                let _ = kill.send(true);
+                let status = wait_status(status_rx).await;
+                return Err(match status {
+                    Some(status) => ExecError::Crashed { reason: describe_exit(status), stderr: shared.stderr_tail() },
+                    None => ExecError::Timeout(config.start_timeout),
+                });
+            }
+        };
+        let (combines, api_version, stdout) = match reply {
+            (Some(Response::Ready { api_version, combines }), stdout) => (combines, api_version, stdout),
+            (Some(Response::StartFailed { kind, message }), _) => {
+                return Err(match kind {
+                    StartFailure::Load => ExecError::Load(message),
+                    StartFailure::Incompatible => ExecError::Incompatible(message),
+                    StartFailure::Init => ExecError::Params(message),
+                });
+            }
+            (other, _) => {
+                let _ = kill.send(true);
+                let status = wait_status(status_rx).await;
+                let reason = match (other, status) {
+                    (_, Some(status)) => describe_exit(status),
+                    (Some(reply), None) => format!("answered {reply:?} instead of ready"),
+                    (None, None) => "closed its output while starting".to_owned(),
+                };
+                return Err(ExecError::Crashed { reason, stderr: shared.stderr_tail() });
+            }
+        };
+
+        let (requests, requests_rx) = mpsc::unbounded_channel();
+        tokio::spawn(write_requests(stdin, requests_rx));
+        let reader_shared = Arc::clone(&shared);
+        tokio::task::spawn_blocking(move || read_responses(stdout, reader_shared, status_rx, stderr_task));
+
+        Ok(Executor {
+            shared,
+            requests,
+            kill,
+            next_call: AtomicU64::new(1),
+            call_timeout: config.call_timeout,
+            combines,
+            api_version,
+        })
+    }
+
+    /// Whether the plugin implements `combine`.
+    pub fn combines(&self) -> bool {
+        self.combines
+    }
+
+    /// The API version the plugin was built against.
+    pub fn api_version(&self) -> &str {
+        &self.api_version
+    }
+
+    /// Whether the executor can still take calls.
+    pub fn is_alive(&self) -> bool {
+        self.shared.dead().is_none()
+    }
+
+    /// Runs one chunk of text whose first line is `first_line`; returns the encoded partial.
+    pub async fn run(&self, first_line: u64, text: Bytes) -> Result<Bytes, ExecError> {
+        self.call(|call| Request::Run { call, first_line, text }).await
+    }
+
+    /// Merges the encoded partials of consecutive chunks into one.
+    pub async fn combine(&self, partials: Vec<Bytes>) -> Result<Bytes, ExecError> {
+        self.call(|call| Request::Combine { call, partials }).await
+    }
+
+    /// Folds the encoded partials, in input order, into the output JSON.
+    pub async fn aggregate(&self, partials: Vec<Bytes>) -> Result<String, ExecError> {
+        let json = self.call(|call| Request::Aggregate { call, partials }).await?;
+        String::from_utf8(json.to_vec()).map_err(|_| ExecError::Plugin("the plugin's output is not UTF-8".to_owned()))
+    }
+
+    /// Kills the executor; calls in flight fail with [`ExecError::Stopped`].
+    pub fn kill(&self, why: &str) {
+        self.shared.fail_all(ExecError::Stopped(why.to_owned()));
+        let _ = self.kill.send(true);
+    }
+
+    async fn call(&self, request: impl FnOnce(u64) -> Request) -> Result<Bytes, ExecError> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (reply, answer) = oneshot::channel();
+        {
+            // Checked under the pending lock, so a call can't slip in after `fail_all` drained.
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(error) = self.shared.dead() {
+                return Err(error);
+            }
+            pending.insert(call, reply);
+        }
+        if self.requests.send(request(call)).is_err() {
+            self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+            return Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned())));
+        }
+        match tokio::time::timeout(self.call_timeout, answer).await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("it went away".to_owned()))),
+            Err(_) => {
+                // The only way to stop a plugin that does not return is to end its process.
+                let timeout = ExecError::Timeout(self.call_timeout);
+                self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+                self.shared.fail_all(ExecError::Stopped(format!("another call timed out: {timeout}")));
+                let _ = self.kill.send(true);
+                Err(timeout)
+            }
+        }
+    }
+}
+
+impl Drop for Executor {
+    fn drop(&mut self) {
+        let _ = self.kill.send(true);
+    }
+}
+
+/// Sets `RLIMIT_AS` in the child before it runs, so a plugin that allocates without bound
+/// fails its allocation (and aborts) instead of taking the machine's memory.
+fn limit_address_space(command: &mut Command, bytes: u64) {
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Converts the child's stdout to a blocking std file: responses are read by a blocking thread
+/// with `std::io::Read`, which the frame decoder is written against.
+fn stdout_to_std(stdout: ChildStdout) -> Result<std::fs::File, ExecError> {
+    let fd = stdout.into_owned_fd().map_err(|e| ExecError::Spawn {
+        program: "kiln exec".to_owned(),
+        message: format!("cannot take its stdout: {e}"),
+    })?;
+    let file = std::fs::File::from(fd);
+    // The descriptor was non-blocking for tokio; a blocking reader needs it blocking.
+    set_blocking(&file);
+    Ok(file)
+}
+
+fn set_blocking(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function's caller owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+}
+
+async fn write_request(stdin: &mut ChildStdin, request: &Request) -> std::io::Result<()> {
+    let mut frame = Vec::new();
+    request.write_to(&mut frame)?;
+    stdin.write_all(&frame).await?;
+    stdin.flush().await
+}
+
+/// Writes requests to the executor in the order they were made.
+async fn write_requests(mut stdin: ChildStdin, mut requests: mpsc::UnboundedReceiver<Request>) {
+    while let Some(request) = requests.recv().await {
+        if let Err(e) = write_request(&mut stdin, &request).await {
+            // The reader will see the process end and explain why; this only stops writing.
+            tracing::debug!("executor pipe closed: {e}");
+            return;
+        }
+    }
+}
+
+/// Reads responses until the executor's stdout closes, then fails what is left in flight with
+/// the reason the process ended.
+fn read_responses(
+    mut stdout: std::io::BufReader<std::fs::File>,
+    shared: Arc<Shared>,
+    status: watch::Receiver<Option<ExitStatus>>,
+    stderr_task: tokio::task::JoinHandle<()>,
+) {
+    loop {
+        match Response::read_from(&mut stdout) {
+            Ok(Some(Response::Done { call, bytes })) => answer(&shared, call, Ok(bytes)),
+            Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
+            Ok(Some(other)) => {
+                tracing::warn!("executor sent an unexpected {other:?}");
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    let status = tokio::runtime::Handle::try_current().ok().and_then(|handle| {
+        handle.block_on(async {
+            // Let the last words on stderr arrive: they often say why the process ended.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
+            wait_status(status).await
+        })
+    });
+    let mut reason = status.map(describe_exit).unwrap_or_else(|| "closed its output".to_owned());
+    let stderr = shared.stderr_tail();
+    // Rust aborts when an allocation fails, which is how a memory limit shows itself.
+    if stderr.contains("memory allocation of") {
+        reason = format!("ran out of memory and {reason}");
+    }
+    shared.fail_all(ExecError::Crashed { reason, stderr });
+}
+
+fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError>) {
+    let reply = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+    if let Some(reply) = reply {
+        let _ = reply.send(result);
+    }
+}
+
+/// Owns the child: waits for it to exit, or kills it when asked, and publishes its status.
+async fn watch_process(mut child: Child, mut kill: watch::Receiver<bool>, status: watch::Sender<Option<ExitStatus>>) {
+    let killed = async {
+        // The guard `wait_for` returns must not live across an await; only the event matters.
+        let _ = kill.wait_for(|kill| *kill).await.map(|_| ());
+    };
+    let exit = tokio::select! {
+        exit = child.wait() => exit,
+        () = killed => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    if let Ok(exit) = exit {
+        let _ = status.send(Some(exit));
+    }
+}
+
+/// Waits (briefly) for the process's exit status once its pipe has closed.
+async fn wait_status(mut status: watch::Receiver<Option<ExitStatus>>) -> Option<ExitStatus> {
+    let wait = status.wait_for(Option::is_some);
+    match tokio::time::timeout(Duration::from_secs(5), wait).await {
+        Ok(Ok(status)) => *status,
+        _ => None,
+    }
+}
+
+/// Keeps the last lines of the executor's stderr and logs them.
+async fn collect_stderr(stderr: tokio::process::ChildStderr, shared: Arc<Shared>) {
+    let mut lines = BufReader::new(stderr).lines();
+    while let Ok(Some(line)) = lines.next_line().await {
+        tracing::debug!(target: "kiln::executor", "{line}");
+        let mut tail = shared.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
+        if tail.len() == STDERR_TAIL_LINES {
+            tail.pop_front();
+        }
+        tail.push_back(line);
+    }
+}
+
+/// Names how a process ended, in words a plugin author can act on.
+pub fn describe_exit(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let what = match signal {
+            libc::SIGSEGV => "crashed with a segmentation fault (SIGSEGV)",
+            libc::SIGBUS => "crashed with a bus error (SIGBUS)",
+            libc::SIGILL => "crashed on an illegal instruction (SIGILL)",
+            libc::SIGFPE => "crashed on an arithmetic error (SIGFPE)",
+            libc::SIGABRT => "aborted (SIGABRT)",
+            libc::SIGKILL => "was killed (SIGKILL), by a timeout, its memory limit or the OOM killer",
+            libc::SIGTERM => "was terminated (SIGTERM)",
+            _ => return format!("was killed by signal {signal}"),
+        };
+        return what.to_owned();
+    }
+    match status.code() {
+        Some(code) => format!("exited unexpectedly with status {code}"),
+        None => "ended for an unknown reason".to_owned(),
+    }
+}

@@ -1,0 +1,228 @@
+//! The executor process, `kiln exec`: loads one plugin and serves calls over stdin and stdout.
+//!
+//! This is the only place where plugin code runs. The process reads requests on its main
+//! thread, runs them on a pool of threads sharing one plugin instance, and writes responses
+//! from a writer thread. Plugin output to stdout is redirected to stderr before the plugin is
+//! loaded, so it cannot corrupt the protocol. When stdin closes, it finishes the calls in
+//! flight and exits.
+
+use std::ffi::CStr;
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
+use std::os::fd::FromRawFd;
+use std::path::Path;
+use std::sync::{Arc, Mutex, mpsc};
+use std::thread;
+
+use abi_stable::std_types::{RResult, RSlice, RStr};
+use bytes::Bytes;
+use kiln_plugin_api::abi::{Instance, PluginModuleRef, versions_compatible};
+use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
+
+use super::protocol::{Request, Response, StartFailure};
+
+/// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes.
+///
+/// Returns an error only when the protocol itself breaks; plugin failures are answers.
+pub fn serve(threads: usize) -> io::Result<()> {
+    let protocol_out = take_stdout()?;
+    let mut input = BufReader::with_capacity(1 << 20, io::stdin().lock());
+    let mut output = BufWriter::with_capacity(1 << 16, protocol_out);
+
+    let Some(Request::Init { library, params }) = Request::read_from(&mut input)? else {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "the first request must be init"));
+    };
+    let plugin = match Plugin::load(Path::new(&library), &params) {
+        Ok(plugin) => plugin,
+        Err((kind, message)) => {
+            Response::StartFailed { kind, message }.write_to(&mut output)?;
+            return output.flush();
+        }
+    };
+    Response::Ready { api_version: plugin.api_version.clone(), combines: plugin.combines }.write_to(&mut output)?;
+    output.flush()?;
+
+    let plugin = Arc::new(plugin);
+    let (response_tx, response_rx) = mpsc::channel::<Response>();
+    let writer = thread::spawn(move || write_responses(output, response_rx));
+
+    // The pool takes requests from a shared queue; a bounded queue is unnecessary because the
+    // supervisor never has more than its slots' worth of calls in flight.
+    let (request_tx, request_rx) = mpsc::channel::<Request>();
+    let request_rx = Arc::new(Mutex::new(request_rx));
+    let pool: Vec<_> = (0..threads.max(1))
+        .map(|_| {
+            let plugin = Arc::clone(&plugin);
+            let requests = Arc::clone(&request_rx);
+            let responses = response_tx.clone();
+            thread::spawn(move || {
+                loop {
+                    let request = match requests.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(request) = request else { return };
+                    if responses.send(plugin.call(request)).is_err() {
+                        return;
+                    }
+                }
+            })
+        })
+        .collect();
+    drop(response_tx);
+
+    let read_result = loop {
+        match Request::read_from(&mut input) {
+            Ok(Some(request)) => {
+                if request_tx.send(request).is_err() {
+                    break Ok(());
+                }
+            }
+            Ok(None) => break Ok(()),
+            Err(e) => break Err(e),
+        }
+    };
+    drop(request_tx);
+    for thread in pool {
+        let _ = thread.join();
+    }
+    let write_result = writer.join().unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
+    read_result.and(write_result)
+}
+
+/// Moves the real stdout to a new descriptor for the protocol and points descriptor 1 at
+/// stderr, so that whatever the plugin prints lands in the executor's log.
+fn take_stdout() -> io::Result<File> {
+    io::stdout().flush()?;
+    // SAFETY: dup and dup2 on the process's own standard descriptors; the duplicate is owned
+    // by the returned File alone.
+    unsafe {
+        let protocol = libc::dup(libc::STDOUT_FILENO);
+        if protocol < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(File::from_raw_fd(protocol))
+    }
+}
+
+fn write_responses(mut output: BufWriter<File>, responses: mpsc::Receiver<Response>) -> io::Result<()> {
+    while let Ok(response) = responses.recv() {
+        response.write_to(&mut output)?;
+        // Flush when nothing else is waiting, so answers are neither delayed nor written in
+        // many small pieces.
+        while let Ok(response) = responses.try_recv() {
+            response.write_to(&mut output)?;
+        }
+        output.flush()?;
+    }
+    output.flush()
+}
+
+/// A loaded plugin and its instance.
+struct Plugin {
+    module: PluginModuleRef,
+    instance: Instance,
+    api_version: String,
+    combines: bool,
+}
+
+impl Plugin {
+    /// Loads the library, checks its API version, and creates the instance.
+    fn load(library: &Path, params: &str) -> Result<Plugin, (StartFailure, String)> {
+        let plugin_version = read_api_version(library).map_err(|message| (StartFailure::Load, message))?;
+        if !versions_compatible(&plugin_version, API_VERSION) {
+            return Err((
+                StartFailure::Incompatible,
+                format!(
+                    "plugin built against kiln-plugin-api {plugin_version}, this kiln has {API_VERSION}: \
+                     rebuild the plugin against kiln-plugin-api {API_VERSION}"
+                ),
+            ));
+        }
+        let module = abi_stable::library::lib_header_from_path(library)
+            .and_then(|header| header.init_root_module::<PluginModuleRef>())
+            .map_err(|e| (StartFailure::Load, short_library_error(&e.to_string())))?;
+        let instance = match (module.new())(RStr::from_str(params)) {
+            RResult::ROk(instance) => instance,
+            RResult::RErr(message) => return Err((StartFailure::Init, message.into_string())),
+        };
+        let combines = (module.combines())(instance);
+        Ok(Plugin { module, instance, api_version: module.api_version().to_string(), combines })
+    }
+
+    /// Runs one call and turns its outcome into the response.
+    fn call(&self, request: Request) -> Response {
+        let (call, outcome) = match request {
+            Request::Run { call, first_line, text } => (call, self.run(&text, first_line)),
+            Request::Combine { call, partials } => {
+                let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
+                let outcome = (self.module.combine())(self.instance, RSlice::from_slice(&slices));
+                (call, outcome.map(|bytes| Bytes::from(bytes.into_vec())).into_result().map_err(|e| e.into_string()))
+            }
+            Request::Aggregate { call, partials } => {
+                let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
+                let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
+                (call, outcome.map(|json| Bytes::from(json.into_string())).into_result().map_err(|e| e.into_string()))
+            }
+            Request::Init { .. } => return Response::Failed { call: 0, message: "init sent twice".to_owned() },
+        };
+        match outcome {
+            Ok(bytes) => Response::Done { call, bytes },
+            Err(message) => Response::Failed { call, message },
+        }
+    }
+
+    fn run(&self, text: &[u8], first_line: u64) -> Result<Bytes, String> {
+        // The supervisor cut the chunk from validated UTF-8, but a plugin must never see
+        // invalid text whatever sent it; checking costs little beside the plugin's own scan.
+        let text = std::str::from_utf8(text).map_err(|e| format!("chunk is not valid UTF-8: {e}"))?;
+        match (self.module.run())(self.instance, RStr::from_str(text), first_line) {
+            RResult::ROk(bytes) => Ok(Bytes::from(bytes.into_vec())),
+            RResult::RErr(message) => Err(message.into_string()),
+        }
+    }
+}
+
+impl Drop for Plugin {
+    fn drop(&mut self) {
+        (self.module.drop())(self.instance);
+    }
+}
+
+/// Reads the plain C version symbol that `export_plugin!` exports, before any abi_stable
+/// check, so that a plugin built against another API gets a one-line answer.
+fn read_api_version(library: &Path) -> Result<String, String> {
+    // SAFETY: loading runs the library's initialisers; it is a plugin the user asked us to
+    // run, in a process that exists to contain it.
+    let lib = unsafe { libloading::Library::new(library) }
+        .map_err(|e| format!("cannot load plugin library {}: {e}", library.display()))?;
+    let symbol = VERSION_SYMBOL.as_bytes();
+    // SAFETY: `export_plugin!` defines this symbol with exactly this signature.
+    let version = unsafe {
+        let get: libloading::Symbol<'_, unsafe extern "C" fn() -> *const std::ffi::c_char> =
+            lib.get(symbol).map_err(|_| {
+                format!("{} is not a kiln plugin: it does not export {VERSION_SYMBOL} (call kiln_plugin_api::export_plugin!)", library.display())
+            })?;
+        let ptr = get();
+        if ptr.is_null() {
+            return Err(format!("{} returned no API version", library.display()));
+        }
+        CStr::from_ptr(ptr).to_string_lossy().into_owned()
+    };
+    // Libraries are never unloaded (abi_stable keeps its own handle too); keeping this one
+    // open avoids running the library's destructors while the plugin is in use.
+    std::mem::forget(lib);
+    Ok(version)
+}
+
+/// abi_stable explains a layout mismatch in hundreds of lines, the cause in the last few.
+fn short_library_error(message: &str) -> String {
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    if lines.len() <= 6 {
+        return lines.join("\n");
+    }
+    format!("{}\n...\n{}", lines[0], lines[lines.len() - 4..].join("\n"))
+}

@@ -1,0 +1,297 @@
+//! The framed pipe protocol between the executor supervisor and a `kiln exec` process.
+//!
+//! Every message is a frame: an 8-byte little-endian length, then a 1-byte tag, then the body.
+//! Bodies are written field by field so that a chunk's text or a partial's bytes go onto the
+//! pipe without being copied into an intermediate buffer first.
+//!
+//! The supervisor sends one `Init`, then any number of `Run`, `Combine` and `Aggregate`, each
+//! with a call number; the executor answers `Ready` (or `StartFailed`, then exits), then one
+//! `Done` or `Failed` per call, in any order.
+
+use std::io::{self, Read, Write};
+
+use bytes::Bytes;
+
+/// The largest frame either side accepts. Frames are partials and chunks, a few MiB each; the
+/// bound only keeps a corrupted length from asking for an absurd allocation.
+pub const MAX_FRAME_BYTES: u64 = 8 << 30;
+
+const TAG_INIT: u8 = 1;
+const TAG_RUN: u8 = 2;
+const TAG_COMBINE: u8 = 3;
+const TAG_AGGREGATE: u8 = 4;
+const TAG_READY: u8 = 10;
+const TAG_START_FAILED: u8 = 11;
+const TAG_DONE: u8 = 12;
+const TAG_FAILED: u8 = 13;
+
+/// A message from the supervisor to the executor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Request {
+    /// Load `library` and create the plugin with `params`. Sent once, first.
+    Init { library: String, params: String },
+    /// Run one chunk whose first line is `first_line` (1-based) of the input.
+    Run { call: u64, first_line: u64, text: Bytes },
+    /// Merge the partials of consecutive chunks into one.
+    Combine { call: u64, partials: Vec<Bytes> },
+    /// Fold the partials, in input order, into the output JSON.
+    Aggregate { call: u64, partials: Vec<Bytes> },
+}
+
+/// A message from the executor to the supervisor.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Response {
+    /// The plugin is loaded and created.
+    Ready { api_version: String, combines: bool },
+    /// The plugin could not be loaded or created; the executor exits after sending this.
+    StartFailed { kind: StartFailure, message: String },
+    /// A call succeeded with these bytes (a partial, or the output JSON).
+    Done { call: u64, bytes: Bytes },
+    /// A call failed with the plugin's message (an error it returned, or a caught panic).
+    Failed { call: u64, message: String },
+}
+
+/// Why an executor could not start its plugin.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StartFailure {
+    /// The library could not be loaded, or is not a Kiln plugin.
+    Load = 1,
+    /// The plugin was built against an incompatible API version.
+    Incompatible = 2,
+    /// The plugin's `new` refused the parameters.
+    Init = 3,
+}
+
+impl StartFailure {
+    fn from_u8(value: u8) -> io::Result<Self> {
+        match value {
+            1 => Ok(StartFailure::Load),
+            2 => Ok(StartFailure::Incompatible),
+            3 => Ok(StartFailure::Init),
+            other => Err(invalid(format!("unknown start failure kind {other}"))),
+        }
+    }
+}
+
+fn invalid(message: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message)
+}
+
+/// One field of a frame body: a number, or bytes preceded by their length.
+enum Part<'a> {
+    U64(u64),
+    Bytes(&'a [u8]),
+}
+
+/// Writes one frame, the parts' bytes straight from where they are.
+fn write_frame<W: Write>(out: &mut W, tag: u8, parts: &[Part<'_>]) -> io::Result<()> {
+    let body_len: u64 = parts
+        .iter()
+        .map(|part| match part {
+            Part::U64(_) => 8,
+            Part::Bytes(bytes) => 8 + bytes.len() as u64,
+        })
+        .sum();
+    out.write_all(&(body_len + 1).to_le_bytes())?;
+    out.write_all(&[tag])?;
+    for part in parts {
+        match part {
+            Part::U64(value) => out.write_all(&value.to_le_bytes())?,
+            Part::Bytes(bytes) => {
+                out.write_all(&(bytes.len() as u64).to_le_bytes())?;
+                out.write_all(bytes)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn list_parts(call: u64, partials: &[Bytes]) -> Vec<Part<'_>> {
+    let mut parts = vec![Part::U64(call), Part::U64(partials.len() as u64)];
+    parts.extend(partials.iter().map(|p| Part::Bytes(p)));
+    parts
+}
+
+impl Request {
+    /// Writes the request as one frame.
+    pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        match self {
+            Request::Init { library, params } => {
+                write_frame(out, TAG_INIT, &[Part::Bytes(library.as_bytes()), Part::Bytes(params.as_bytes())])
+            }
+            Request::Run { call, first_line, text } => {
+                write_frame(out, TAG_RUN, &[Part::U64(*call), Part::U64(*first_line), Part::Bytes(text)])
+            }
+            Request::Combine { call, partials } => write_frame(out, TAG_COMBINE, &list_parts(*call, partials)),
+            Request::Aggregate { call, partials } => write_frame(out, TAG_AGGREGATE, &list_parts(*call, partials)),
+        }
+    }
+
+    /// Reads one request; `None` at a clean end of input.
+    pub fn read_from<R: Read>(input: &mut R) -> io::Result<Option<Self>> {
+        let Some((tag, mut body)) = read_frame(input)? else {
+            return Ok(None);
+        };
+        let request = match tag {
+            TAG_INIT => Request::Init { library: body.string()?, params: body.string()? },
+            TAG_RUN => Request::Run { call: body.u64()?, first_line: body.u64()?, text: body.bytes()? },
+            TAG_COMBINE => Request::Combine { call: body.u64()?, partials: body.list()? },
+            TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, partials: body.list()? },
+            other => return Err(invalid(format!("unknown request tag {other}"))),
+        };
+        body.finish()?;
+        Ok(Some(request))
+    }
+}
+
+impl Response {
+    /// Writes the response as one frame.
+    pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
+        match self {
+            Response::Ready { api_version, combines } => {
+                write_frame(out, TAG_READY, &[Part::U64(u64::from(*combines)), Part::Bytes(api_version.as_bytes())])
+            }
+            Response::StartFailed { kind, message } => {
+                write_frame(out, TAG_START_FAILED, &[Part::U64(*kind as u64), Part::Bytes(message.as_bytes())])
+            }
+            Response::Done { call, bytes } => write_frame(out, TAG_DONE, &[Part::U64(*call), Part::Bytes(bytes)]),
+            Response::Failed { call, message } => {
+                write_frame(out, TAG_FAILED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
+            }
+        }
+    }
+
+    /// Reads one response; `None` at a clean end of input.
+    pub fn read_from<R: Read>(input: &mut R) -> io::Result<Option<Self>> {
+        let Some((tag, mut body)) = read_frame(input)? else {
+            return Ok(None);
+        };
+        let response = match tag {
+            TAG_READY => Response::Ready { combines: body.u64()? != 0, api_version: body.string()? },
+            TAG_START_FAILED => {
+                let kind = StartFailure::from_u8(body.u64()? as u8)?;
+                Response::StartFailed { kind, message: body.string()? }
+            }
+            TAG_DONE => Response::Done { call: body.u64()?, bytes: body.bytes()? },
+            TAG_FAILED => Response::Failed { call: body.u64()?, message: body.string()? },
+            other => return Err(invalid(format!("unknown response tag {other}"))),
+        };
+        body.finish()?;
+        Ok(Some(response))
+    }
+}
+
+/// Reads a frame's length, tag and body; `None` if the input ends before a frame starts.
+fn read_frame<R: Read>(input: &mut R) -> io::Result<Option<(u8, Body)>> {
+    let mut len = [0u8; 8];
+    match input.read_exact(&mut len) {
+        Ok(()) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let len = u64::from_le_bytes(len);
+    if len == 0 || len > MAX_FRAME_BYTES {
+        return Err(invalid(format!("frame length {len} out of range")));
+    }
+    let mut frame = vec![0u8; len as usize];
+    input.read_exact(&mut frame)?;
+    let frame = Bytes::from(frame);
+    Ok(Some((frame[0], Body { bytes: frame.slice(1..) })))
+}
+
+/// A frame body being decoded; byte fields are slices of the frame, not copies.
+struct Body {
+    bytes: Bytes,
+}
+
+impl Body {
+    fn u64(&mut self) -> io::Result<u64> {
+        if self.bytes.len() < 8 {
+            return Err(invalid("frame body ends early".to_owned()));
+        }
+        let head = self.bytes.split_to(8);
+        let mut raw = [0u8; 8];
+        raw.copy_from_slice(&head);
+        Ok(u64::from_le_bytes(raw))
+    }
+
+    fn bytes(&mut self) -> io::Result<Bytes> {
+        let len = self.u64()?;
+        if len > self.bytes.len() as u64 {
+            return Err(invalid("frame field longer than its frame".to_owned()));
+        }
+        Ok(self.bytes.split_to(len as usize))
+    }
+
+    fn string(&mut self) -> io::Result<String> {
+        let bytes = self.bytes()?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| invalid("frame text is not UTF-8".to_owned()))
+    }
+
+    fn list(&mut self) -> io::Result<Vec<Bytes>> {
+        let count = self.u64()?;
+        // Each entry takes at least its 8-byte length; bound the allocation by what is there.
+        if count > self.bytes.len() as u64 / 8 {
+            return Err(invalid("frame list longer than its frame".to_owned()));
+        }
+        (0..count).map(|_| self.bytes()).collect()
+    }
+
+    fn finish(self) -> io::Result<()> {
+        if self.bytes.is_empty() {
+            Ok(())
+        } else {
+            Err(invalid(format!("{} unexpected bytes at the end of a frame", self.bytes.len())))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_round_trip() {
+        let requests = vec![
+            Request::Init { library: "/tmp/p.so".into(), params: "a,b".into() },
+            Request::Run { call: 7, first_line: 42, text: Bytes::from_static(b"x y\nz\n") },
+            Request::Combine { call: 8, partials: vec![Bytes::from_static(b"\x01"), Bytes::new()] },
+            Request::Aggregate { call: 9, partials: vec![] },
+        ];
+        let mut wire = Vec::new();
+        for r in &requests {
+            r.write_to(&mut wire).unwrap();
+        }
+        let mut input = &wire[..];
+        for r in &requests {
+            assert_eq!(Request::read_from(&mut input).unwrap().as_ref(), Some(r));
+        }
+        assert_eq!(Request::read_from(&mut input).unwrap(), None);
+    }
+
+    #[test]
+    fn responses_round_trip() {
+        let responses = vec![
+            Response::Ready { api_version: "0.1.0".into(), combines: true },
+            Response::StartFailed { kind: StartFailure::Incompatible, message: "old".into() },
+            Response::Done { call: 1, bytes: Bytes::from_static(b"{}") },
+            Response::Failed { call: 2, message: "boom".into() },
+        ];
+        let mut wire = Vec::new();
+        for r in &responses {
+            r.write_to(&mut wire).unwrap();
+        }
+        let mut input = &wire[..];
+        for r in &responses {
+            assert_eq!(Response::read_from(&mut input).unwrap().as_ref(), Some(r));
+        }
+    }
+
+    #[test]
+    fn truncated_and_garbage_frames_are_errors() {
+        let mut wire = Vec::new();
+        Request::Run { call: 1, first_line: 1, text: Bytes::from_static(b"abc") }.write_to(&mut wire).unwrap();
+        assert!(Request::read_from(&mut &wire[..wire.len() - 1]).is_err());
+        assert!(Request::read_from(&mut &[255u8; 16][..]).is_err());
+    }
+}

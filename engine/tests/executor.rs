@@ -1,0 +1,86 @@
+//! An executor contains its plugin: errors and panics fail one call and the executor goes on;
+//! a crash or a timeout ends that executor only, and a fresh one serves the next call.
+
+mod util;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytes::Bytes;
+use kiln_engine::worker::builder::{Builder, BuilderConfig, read_source};
+use kiln_engine::worker::executor::{ExecError, Executor, ExecutorConfig};
+use util::{fixture, plugin_target_dir, shared_cache_dir};
+
+async fn misbehave_library() -> PathBuf {
+    let mut config = BuilderConfig::new(shared_cache_dir());
+    config.target_dir = plugin_target_dir();
+    let source = read_source(&fixture("misbehave")).expect("fixture readable");
+    Builder::new(config).build(&source, &|_| {}).await.expect("fixture builds").library
+}
+
+fn config() -> ExecutorConfig {
+    let mut config = ExecutorConfig::new(PathBuf::from(env!("CARGO_BIN_EXE_kiln")), 2);
+    config.call_timeout = Duration::from_secs(3);
+    config
+}
+
+fn lines(first: u64, n: u64) -> Bytes {
+    Bytes::from((first..first + n).map(|i| format!("line{i}\n")).collect::<String>())
+}
+
+#[tokio::test]
+async fn a_panic_fails_one_call_and_the_executor_keeps_serving() {
+    let library = misbehave_library().await;
+    let executor = Executor::start(&config(), &library, "panic-at=5").await.unwrap();
+    match executor.run(1, lines(1, 10)).await {
+        Err(ExecError::Plugin(message)) => assert!(message.contains("deliberate panic at line 5"), "{message}"),
+        other => panic!("expected the plugin's panic, got {other:?}"),
+    }
+    assert!(executor.is_alive());
+    let partial = executor.run(11, lines(11, 10)).await.expect("the next chunk runs");
+    let output = executor.aggregate(vec![partial]).await.unwrap();
+    let output: serde_json::Value = serde_json::from_str(&output).unwrap();
+    assert_eq!(output["lines"], 10);
+}
+
+#[tokio::test]
+async fn a_segfault_ends_the_executor_and_a_fresh_one_takes_over() {
+    let library = misbehave_library().await;
+    let executor = Executor::start(&config(), &library, "segfault-at=3").await.unwrap();
+    match executor.run(1, lines(1, 5)).await {
+        Err(error @ ExecError::Crashed { .. }) => {
+            assert!(error.to_string().contains("segmentation fault"), "{error}");
+            assert!(error.is_retryable());
+        }
+        other => panic!("expected a crash, got {other:?}"),
+    }
+    assert!(!executor.is_alive());
+    assert!(matches!(executor.run(10, lines(10, 5)).await, Err(ExecError::Crashed { .. })));
+
+    let fresh = Executor::start(&config(), &library, "segfault-at=3").await.unwrap();
+    fresh.run(10, lines(10, 5)).await.expect("a chunk without line 3 runs");
+}
+
+#[tokio::test]
+async fn a_call_that_never_returns_times_out_and_kills_only_its_executor() {
+    let library = misbehave_library().await;
+    let executor = Executor::start(&config(), &library, "loop-at=1").await.unwrap();
+    match executor.run(1, lines(1, 2)).await {
+        Err(ExecError::Timeout(after)) => assert_eq!(after, Duration::from_secs(3)),
+        other => panic!("expected a timeout, got {other:?}"),
+    }
+    assert!(!executor.is_alive());
+    let fresh = Executor::start(&config(), &library, "").await.unwrap();
+    fresh.run(1, lines(1, 2)).await.expect("a fresh executor runs");
+}
+
+#[tokio::test]
+async fn a_library_that_is_not_a_plugin_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_plugin = dir.path().join("libnothing.so");
+    std::fs::write(&not_a_plugin, b"not an ELF file").unwrap();
+    match Executor::start(&config(), &not_a_plugin, "").await {
+        Err(ExecError::Load(message)) => assert!(message.contains("libnothing.so"), "{message}"),
+        other => panic!("expected a load error, got {:?}", other.err()),
+    }
+}
