@@ -60,8 +60,7 @@ pub struct PluginModule {
     pub combine: extern "C" fn(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RVec<u8>, RString>,
 
     /// Folds the encoded partials, in input order, into the output as JSON.
-    pub aggregate:
-        extern "C" fn(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RString, RString>,
+    pub aggregate: extern "C" fn(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RString, RString>,
 
     /// Frees an instance. It must not be used afterwards.
     #[sabi(last_prefix_field)]
@@ -108,9 +107,6 @@ mod tests {
     fn export_name_is_abi_stables_loader_name() {
         // `export_plugin!` spells the loader's symbol name out, since it cannot use
         // `#[export_root_module]`; this keeps the two in step.
-        assert_eq!(
-            abi_stable::library::ROOT_MODULE_LOADER_NAME,
-            "_1as_0lib_1header_0root_bmodule_bloader"
-        );
+        assert_eq!(abi_stable::library::ROOT_MODULE_LOADER_NAME, "_1as_0lib_1header_0root_bmodule_bloader");
     }
 }

@@ -108,7 +108,10 @@ extern "C" fn combines<P: MapReduce>(instance: Instance) -> bool {
     matches!(guard(|| Ok(plugin.combine(Vec::new()).is_some())), ROk(true))
 }
 
-extern "C" fn combine<P: MapReduce>(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RVec<u8>, RString> {
+extern "C" fn combine<P: MapReduce>(
+    instance: Instance,
+    partials: RSlice<'_, RSlice<'_, u8>>,
+) -> RResult<RVec<u8>, RString> {
     guard(|| {
         // SAFETY: as in `run`.
         let plugin = unsafe { plugin::<P>(instance) };
@@ -119,14 +122,15 @@ extern "C" fn combine<P: MapReduce>(instance: Instance, partials: RSlice<'_, RSl
     })
 }
 
-extern "C" fn aggregate<P: MapReduce>(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RString, RString> {
+extern "C" fn aggregate<P: MapReduce>(
+    instance: Instance,
+    partials: RSlice<'_, RSlice<'_, u8>>,
+) -> RResult<RString, RString> {
     guard(|| {
         // SAFETY: as in `run`.
         let plugin = unsafe { plugin::<P>(instance) };
         let output = plugin.aggregate(decode_all::<P>(partials)?)?;
-        serde_json::to_string(&output)
-            .map(RString::from)
-            .map_err(|e| format!("cannot encode output as JSON: {e}"))
+        serde_json::to_string(&output).map(RString::from).map_err(|e| format!("cannot encode output as JSON: {e}"))
     })
 }
 

@@ -199,9 +199,7 @@ macro_rules! export_plugin {
             // SAFETY: the constructor returns the root module of type `PluginModuleRef`, the
             // type given here, exactly as `#[export_root_module]` would generate it.
             unsafe {
-                $crate::__private::abi_stable::library::LibHeader::from_constructor::<
-                    $crate::abi::PluginModuleRef,
-                >(
+                $crate::__private::abi_stable::library::LibHeader::from_constructor::<$crate::abi::PluginModuleRef>(
                     load_root_module,
                     $crate::__private::abi_stable::library::CheckTypeLayout::Yes,
                 )
