@@ -1,1 +1,171 @@
-fn main(){}
+//! The `kiln` command: parses flags, builds a configuration, calls the engine, maps errors to
+//! exit codes.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiln_engine::chunk::DEFAULT_CHUNK_SIZE;
+use kiln_engine::local::{LocalConfig, run_local};
+use kiln_engine::worker::builder::BuilderConfig;
+use kiln_engine::worker::executor::{DEFAULT_CALL_TIMEOUT, ExecutorConfig};
+
+/// Kiln runs your map-reduce plugins over your own machines.
+#[derive(Parser)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build a plugin and run it over a file on this machine, with no cluster.
+    RunLocal(RunLocalArgs),
+    /// Serve one plugin over stdin and stdout (started by Kiln itself).
+    #[command(hide = true)]
+    Exec {
+        /// How many calls to run at once.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+#[derive(clap::Args)]
+struct RunLocalArgs {
+    /// The plugin: a crate directory, a .tar.gz or .zip of one, or a single lib.rs file.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// The input file (UTF-8 text; lines are the unit of work).
+    #[arg(long)]
+    input: PathBuf,
+    /// How many chunks run at once (default: the number of CPUs).
+    #[arg(long)]
+    processes: Option<usize>,
+    /// Parameters passed to the plugin's `new`.
+    #[arg(long, default_value = "")]
+    params: String,
+    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536.
+    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_SIZE)]
+    chunk_size: usize,
+    /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The cargo target directory shared by plugin builds (default: CACHE_DIR/target).
+    #[arg(long, env = "KILN_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+    /// The longest one chunk may run, in seconds.
+    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
+    timeout: u64,
+    /// A limit on the executor's address space, e.g. 2GiB (default: none).
+    #[arg(long, value_parser = parse_size)]
+    memory_limit: Option<usize>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        // The executor's stderr carries the plugin's own output; it logs nothing itself.
+        Command::Exec { threads } => match kiln_engine::worker::executor::process::serve(threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln exec: {e}");
+                ExitCode::from(70)
+            }
+        },
+        Command::RunLocal(args) => {
+            init_logging();
+            report(run_local_command(args))
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// Prints a failure's whole chain on stderr and picks the exit code.
+fn report(result: anyhow::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
+    let cache_dir = match args.cache_dir {
+        Some(dir) => dir,
+        None => default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
+    };
+    let mut builder = BuilderConfig::new(cache_dir);
+    if let Some(target_dir) = args.target_dir {
+        builder.target_dir = target_dir;
+    }
+    let program = std::env::current_exe().context("cannot find the kiln executable")?;
+    let processes =
+        args.processes.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    let mut executor = ExecutorConfig::new(program, processes);
+    executor.call_timeout = Duration::from_secs(args.timeout.max(1));
+    executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
+    let config = LocalConfig {
+        plugin: args.plugin,
+        input: args.input,
+        processes,
+        params: args.params,
+        chunk_size: args.chunk_size,
+        builder,
+        executor,
+    };
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let progress = |line: &str| eprintln!("{line}");
+    let report = runtime.block_on(run_local(&config, &progress))?;
+    let seconds = report.run_time.as_secs_f64();
+    eprintln!(
+        "{} lines, {} chunks, {:.1} MB in {:.2} s ({:.0} MB/s){}",
+        report.n_lines,
+        report.n_chunks,
+        report.n_bytes as f64 / 1e6,
+        seconds,
+        report.n_bytes as f64 / 1e6 / seconds.max(1e-9),
+        if report.cached_build { "; plugin from cache" } else { "" }
+    );
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{}", report.output).context("cannot write the result")?;
+    Ok(())
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("kiln"));
+    }
+    std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("kiln"))
+}
+
+/// Parses a byte size: a number with an optional KiB, MiB or GiB suffix (K, M, G also do).
+fn parse_size(text: &str) -> Result<usize, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: usize = number.parse().map_err(|_| format!("'{text}' is not a size"))?;
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" | "kb" => 10,
+        "m" | "mib" | "mb" => 20,
+        "g" | "gib" | "gb" => 30,
+        other => return Err(format!("unknown size unit '{other}' (use KiB, MiB or GiB)")),
+    };
+    match number.checked_mul(1 << shift) {
+        Some(0) => Err("the size must be at least one byte".to_owned()),
+        Some(bytes) => Ok(bytes),
+        None => Err(format!("'{text}' is too large")),
+    }
+}

@@ -1,0 +1,153 @@
+//! `kiln run-local` builds each example plugin from source and computes what an independent
+//! implementation in this file computes, over inputs of many chunks, on 1 and 3 slots.
+
+mod util;
+
+use std::collections::HashMap;
+use std::path::Path;
+
+use serde_json::Value;
+use util::{Rng, example, run_local, word_text};
+
+/// Small chunks, so that test inputs of a few hundred KiB make dozens of chunks.
+const CHUNK: &str = "16KiB";
+
+fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("input written");
+    path
+}
+
+/// Runs a plugin and parses its output, failing the test with kiln's stderr if it failed.
+fn check(plugin: &Path, input: &Path, processes: u32, params: &str) -> Value {
+    let processes = processes.to_string();
+    let run = run_local(plugin, input, &["--processes", &processes, "--params", params, "--chunk-size", CHUNK]);
+    assert!(run.success, "kiln run-local failed:\n{}", run.stderr);
+    serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("output is not JSON ({e}): {}", run.stdout))
+}
+
+#[test]
+fn wordcount_counts_every_word_like_a_plain_hashmap() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(7, 20_000);
+    let input = write_input(dir.path(), "words.txt", &text);
+    assert!(text.len() > 10 * 16 * 1024, "the input spans many chunks");
+
+    let mut expected: HashMap<&str, u64> = HashMap::new();
+    for word in text.split_whitespace() {
+        *expected.entry(word).or_default() += 1;
+    }
+    let expected: Value = expected.into_iter().map(|(w, n)| (w.to_owned(), Value::from(n))).collect();
+
+    for processes in [1, 3] {
+        assert_eq!(check(&example("wordcount"), &input, processes, ""), expected, "{processes} processes");
+    }
+}
+
+#[test]
+fn grep_reports_matching_lines_in_order_with_global_line_numbers() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(11, 20_000);
+    let input = write_input(dir.path(), "words.txt", &text);
+    let pattern = r"^Word0\b|日本14 |w4[0-2]$";
+
+    let regex = regex::Regex::new(pattern).unwrap();
+    let expected: Vec<Value> = text
+        .lines()
+        .enumerate()
+        .filter(|(_, line)| regex.is_match(line))
+        .map(|(i, line)| serde_json::json!({"line": i + 1, "text": line}))
+        .collect();
+    assert!(expected.len() > 50, "the pattern matches lines across many chunks");
+
+    for processes in [1, 3] {
+        assert_eq!(check(&example("grep"), &input, processes, pattern), Value::from(expected.clone()));
+    }
+}
+
+#[test]
+fn csv_stats_summarises_a_numeric_column_and_counts_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng::new(3);
+    let mut text = String::new();
+    let mut values = Vec::new();
+    let mut skipped = 0u64;
+    for i in 0..30_000 {
+        // Halves and integers add up exactly in f64, so any summing order gives the same sum.
+        let value = (rng.below(20_001) as f64 - 10_000.0) / 2.0;
+        match i % 13 {
+            0 => {
+                text.push_str(&format!("{i},n/a,x\n"));
+                skipped += 1;
+            }
+            1 => {
+                text.push_str(&format!("{i}\n"));
+                skipped += 1;
+            }
+            _ => {
+                text.push_str(&format!("{i}, {value} ,label{i}\n"));
+                values.push(value);
+            }
+        }
+    }
+    let input = write_input(dir.path(), "data.csv", &text);
+    let sum: f64 = values.iter().sum();
+    let min = values.iter().copied().fold(f64::INFINITY, f64::min);
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+
+    for processes in [1, 3] {
+        let stats = check(&example("csv-stats"), &input, processes, "1");
+        assert_eq!(stats["count"], Value::from(values.len() as u64));
+        assert_eq!(stats["skipped"], Value::from(skipped));
+        assert_eq!(stats["sum"].as_f64(), Some(sum));
+        assert_eq!(stats["min"].as_f64(), Some(min));
+        assert_eq!(stats["max"].as_f64(), Some(max));
+        let mean = stats["mean"].as_f64().unwrap();
+        assert!((mean - sum / values.len() as f64).abs() < 1e-9, "mean {mean}");
+    }
+}
+
+#[test]
+fn a_single_lib_rs_file_builds_through_the_template_and_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(5, 3_000);
+    let input = write_input(dir.path(), "words.txt", &text);
+    let lib_rs = example("wordcount").join("src/lib.rs");
+
+    let counts = check(&lib_rs, &input, 2, "");
+    let total: u64 = counts.as_object().unwrap().values().map(|n| n.as_u64().unwrap()).sum();
+    assert_eq!(total, text.split_whitespace().count() as u64);
+}
+
+#[test]
+fn empty_input_aggregates_zero_partials() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), "empty.txt", "");
+    assert_eq!(check(&example("wordcount"), &input, 2, ""), serde_json::json!({}));
+    assert_eq!(check(&example("grep"), &input, 2, "x"), serde_json::json!([]));
+}
+
+#[test]
+fn input_that_is_not_utf8_is_refused_naming_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = word_text(1, 2_000).into_bytes();
+    let line_starts: Vec<usize> =
+        std::iter::once(0).chain(bytes.iter().enumerate().filter(|(_, b)| **b == b'\n').map(|(i, _)| i + 1)).collect();
+    bytes.insert(line_starts[1233], 0xff);
+    let input = dir.path().join("bad.txt");
+    std::fs::write(&input, &bytes).unwrap();
+
+    let run = run_local(&example("wordcount"), &input, &["--chunk-size", CHUNK]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("not valid UTF-8 at line 1234"), "stderr: {}", run.stderr);
+    assert!(run.stdout.is_empty());
+}
+
+#[test]
+fn params_the_plugin_refuses_fail_the_run_before_any_chunk() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), "words.txt", "a b\n");
+    let run = run_local(&example("grep"), &input, &["--params", "(unclosed"]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("refused its parameters"), "stderr: {}", run.stderr);
+}
