@@ -1,1 +1,37 @@
-fn main(){}
+//! Kiln's developer tasks, run as `cargo xtask TASK` (an alias in `.cargo/config.toml`).
+//!
+//! Each task is a module with an `Args` struct and a `run` function; `main` only dispatches.
+
+mod new_plugin;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Kiln's developer tasks.
+#[derive(Debug, Parser)]
+#[command(name = "xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Debug, Subcommand)]
+enum Task {
+    /// Create a plugin crate from the scaffold in templates/plugin, ready for `cargo test`.
+    NewPlugin(new_plugin::Args),
+}
+
+fn main() -> ExitCode {
+    let result = match Cli::parse().task {
+        Task::NewPlugin(args) => new_plugin::run(&args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // `{:#}` prints the error with its causes on one line, without a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
