@@ -1,0 +1,394 @@
+//! The tarpc services between clients, the controller and workers, and their wire types.
+//!
+//! Two services:
+//! - [`Controller`], served by `kiln controller`: clients (with the cluster's API key) upload
+//!   plugins and inputs, create, watch, cancel and list jobs and fetch results; workers (with
+//!   the join token, then the secret they were given) register, send heartbeats and fetch
+//!   plugin archives.
+//! - [`Worker`], served by `kiln worker`: the controller (with the worker's secret) prepares
+//!   jobs, pushes chunks, asks for aggregation and cancels.
+//!
+//! Every method checks credentials first and returns a typed [`RpcError`]. All traffic uses
+//! tarpc's bincode transport over TCP with [`MAX_FRAME_BYTES`] frames; bulk data (archives,
+//! input pieces, chunks, partials) travels as `serde_bytes` buffers.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_bytes::ByteBuf;
+
+/// The version of this protocol; a worker of another version is refused at registration.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The largest frame on any connection: a chunk or a piece of input (a few MiB) or a batch of
+/// partials for aggregation, with room to spare.
+pub const MAX_FRAME_BYTES: usize = 512 << 20;
+
+/// The largest piece of input or plugin archive a client sends in one call.
+pub const MAX_PIECE_BYTES: usize = 8 << 20;
+
+/// How often workers send heartbeats.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// How long `watch` waits for news before answering with the unchanged status.
+pub const WATCH_WAIT: Duration = Duration::from_secs(10);
+
+/// A job's number on its controller.
+pub type JobId = u64;
+
+/// A worker's number on its controller, given at registration.
+pub type WorkerId = u64;
+
+/// A secret: API key, join token or worker secret. Compared in constant time, never printed.
+#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a secret's text.
+    pub fn new(text: impl Into<String>) -> Self {
+        Secret(text.into())
+    }
+
+    /// A new random secret: 32 bytes from the OS's generator, hex-encoded.
+    pub fn generate() -> Self {
+        let bytes: [u8; 32] = rand::random();
+        Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    }
+
+    /// The secret's text, for storing or sending; never log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares in time that depends only on the lengths, so a guess learns nothing from
+    /// how long the answer took.
+    pub fn matches(&self, other: &Secret) -> bool {
+        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Why a call failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum RpcError {
+    /// The API key, join token or worker secret was wrong or missing.
+    #[error("access denied: {0}")]
+    Unauthorized(String),
+    /// The peer speaks another protocol version.
+    #[error("protocol version mismatch: controller speaks {controller}, worker speaks {worker}")]
+    VersionMismatch { controller: u32, worker: u32 },
+    /// No such job, plugin or worker.
+    #[error("not found: {0}")]
+    NotFound(String),
+    /// The request was malformed or not allowed in the current state.
+    #[error("invalid request: {0}")]
+    Invalid(String),
+    /// The plugin did not build; carries cargo's diagnostics.
+    #[error("{0}")]
+    Build(String),
+    /// The controller or worker failed internally.
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// What a worker tells the controller when it registers.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInfo {
+    /// The worker's [`PROTOCOL_VERSION`].
+    pub protocol: u32,
+    /// Where the worker's service listens, as the controller should dial it.
+    pub address: String,
+    /// How many chunks the worker runs at once.
+    pub processes: u32,
+    /// The worker's host name, for display.
+    pub hostname: String,
+}
+
+/// What the controller answers a registration with.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Registration {
+    /// The worker's number, used in heartbeats.
+    pub worker_id: WorkerId,
+    /// The secret the worker must see on every call from the controller, and must send with
+    /// its own calls.
+    pub worker_secret: Secret,
+}
+
+/// What a client asks the controller to run.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The plugin's content hash, as returned by `upload_plugin`.
+    pub plugin_hash: String,
+    /// Parameters passed to the plugin's `new`.
+    pub params: String,
+    /// Chunks in flight per worker (the old "processes per worker").
+    pub processes: u32,
+    /// The input's name, for display.
+    pub input_name: String,
+    /// How many times a chunk may be tried before the job fails (0: the default, 4).
+    pub max_attempts: u32,
+    /// The chunk size in bytes (0: the default, 4 MiB).
+    pub chunk_size: u64,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub enum JobState {
+    /// Created; its input is being uploaded.
+    Uploading,
+    /// Waiting for a worker, or for jobs ahead of it.
+    Queued,
+    /// Chunks are being run.
+    Running,
+    /// One worker is folding the partials.
+    Aggregating,
+    /// Done; the result is stored.
+    Succeeded,
+    /// Failed; see the job's failure.
+    Failed,
+    /// Cancelled by a client.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job has ended and will not change again.
+    pub fn is_final(self) -> bool {
+        matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+}
+
+/// Why a job failed.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobFailure {
+    /// What kind of failure this is.
+    pub kind: FailureKind,
+    /// The message: the plugin's own, cargo's diagnostics, or the controller's.
+    pub message: String,
+    /// The chunk that failed, if one did.
+    pub chunk: Option<ChunkSpan>,
+    /// How many attempts were made at that chunk.
+    pub attempts: u32,
+}
+
+/// The kinds of job failure.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The plugin did not compile (the message holds cargo's diagnostics).
+    Build,
+    /// The plugin refused its parameters, returned an error, panicked or crashed.
+    Plugin,
+    /// The input could not be used (not UTF-8, a line too long).
+    Input,
+    /// Something in Kiln failed.
+    Internal,
+}
+
+/// A chunk's place in the input.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// The chunk's index, from 0.
+    pub index: u64,
+    /// Its first line, 1-based.
+    pub first_line: u64,
+    /// Its last line.
+    pub last_line: u64,
+}
+
+/// One worker's share of a job.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerProgress {
+    /// The worker.
+    pub worker_id: WorkerId,
+    /// Its address.
+    pub address: String,
+    /// Chunks it completed for this job.
+    pub chunks_done: u64,
+    /// Lines and bytes in those chunks.
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    /// Chunks it is running now.
+    pub in_flight: u32,
+}
+
+/// A job's status and progress, as watchers see it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobStatus {
+    /// The job.
+    pub id: JobId,
+    /// Incremented on every change, for long-polling with `watch`.
+    pub seq: u64,
+    /// Where the job is.
+    pub state: JobState,
+    /// The plugin's hash and the job's parameters.
+    pub plugin_hash: String,
+    pub params: String,
+    pub input_name: String,
+    pub processes: u32,
+    /// Chunks in the input (known once the input is complete) and chunks done.
+    pub n_chunks: u64,
+    pub chunks_done: u64,
+    /// Lines and bytes done, and the input's size.
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Chunk attempts that failed and were retried.
+    pub retries: u64,
+    /// Per worker figures.
+    pub workers: Vec<WorkerProgress>,
+    /// Milliseconds since the Unix epoch: creation, start of running, end.
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    /// Why it failed, when it did.
+    pub failure: Option<JobFailure>,
+}
+
+/// A line of `kiln jobs`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct JobSummary {
+    pub id: JobId,
+    pub state: JobState,
+    pub input_name: String,
+    pub n_chunks: u64,
+    pub chunks_done: u64,
+    pub created_ms: u64,
+    pub finished_ms: Option<u64>,
+}
+
+/// A live worker, as `cluster_info` reports it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerSummary {
+    pub worker_id: WorkerId,
+    pub address: String,
+    pub hostname: String,
+    pub processes: u32,
+    /// Chunks running there now, over all jobs.
+    pub in_flight: u32,
+    /// Chunks it completed since it registered.
+    pub chunks_done: u64,
+    /// Milliseconds since its last heartbeat.
+    pub last_seen_ms: u64,
+}
+
+/// The cluster as a client sees it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// The controller's version.
+    pub version: String,
+    /// Workers alive now.
+    pub workers: Vec<WorkerSummary>,
+    /// Jobs queued or running.
+    pub active_jobs: u64,
+}
+
+/// Why a chunk (or an aggregation) failed on a worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
+pub enum TaskError {
+    /// The plugin returned an error or panicked.
+    #[error("{0}")]
+    Plugin(String),
+    /// The executor crashed, was killed or timed out; the message says which.
+    #[error("{0}")]
+    Crashed(String),
+    /// The plugin could not be started (load error, API version, parameters refused): no
+    /// retry can help.
+    #[error("{0}")]
+    Fatal(String),
+    /// The worker has not prepared this job (it restarted, or was never asked).
+    #[error("job {0} is not prepared on this worker")]
+    NotPrepared(JobId),
+    /// The call itself was refused or failed.
+    #[error(transparent)]
+    Rpc(#[from] RpcError),
+}
+
+/// The controller's service.
+#[tarpc::service]
+pub trait Controller {
+    /// Registers a worker with the cluster's join token; answers with its id and secret.
+    async fn register(token: Secret, info: WorkerInfo) -> Result<Registration, RpcError>;
+
+    /// Tells the controller a worker is alive. An unknown worker (for example after the
+    /// controller restarted) gets `NotFound` and registers again.
+    async fn heartbeat(worker_id: WorkerId, secret: Secret) -> Result<(), RpcError>;
+
+    /// Sends a worker the plugin archive (`.tar.gz`) with this hash.
+    async fn fetch_plugin(worker_id: WorkerId, secret: Secret, hash: String) -> Result<ByteBuf, RpcError>;
+
+    /// Stores a plugin archive (`.tar.gz` of a crate, at most 50 MiB) and answers its hash.
+    /// The archive is validated first; an unsafe or malformed one is refused.
+    async fn upload_plugin(key: Secret, archive: ByteBuf) -> Result<String, RpcError>;
+
+    /// Creates a job whose input is then uploaded with `upload_input` and `finish_input`.
+    async fn create_job(key: Secret, spec: JobSpec) -> Result<JobId, RpcError>;
+
+    /// Appends a piece of input (at most [`MAX_PIECE_BYTES`]) at `offset`, which must be the
+    /// number of bytes uploaded so far (a repeated piece is acknowledged and ignored).
+    async fn upload_input(key: Secret, job: JobId, offset: u64, piece: ByteBuf) -> Result<(), RpcError>;
+
+    /// Ends the input of a job, `total_bytes` long; the job is queued.
+    async fn finish_input(key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError>;
+
+    /// The job's status once its `seq` is greater than `seen_seq`, or after [`WATCH_WAIT`].
+    async fn watch(key: Secret, job: JobId, seen_seq: u64) -> Result<JobStatus, RpcError>;
+
+    /// The output JSON of a job that succeeded.
+    async fn result(key: Secret, job: JobId) -> Result<String, RpcError>;
+
+    /// Cancels a job: dispatching stops at once and running chunks are abandoned.
+    async fn cancel(key: Secret, job: JobId) -> Result<JobStatus, RpcError>;
+
+    /// Lists the jobs, newest first.
+    async fn list_jobs(key: Secret) -> Result<Vec<JobSummary>, RpcError>;
+
+    /// The cluster's live workers and load.
+    async fn cluster_info(key: Secret) -> Result<ClusterInfo, RpcError>;
+}
+
+/// A worker's service; only the controller it registered with may call it.
+#[tarpc::service]
+pub trait Worker {
+    /// Makes the job's plugin ready: fetches the archive if its cache lacks the hash, builds
+    /// it, and starts an executor with the job's parameters. A build failure comes back as
+    /// `RpcError::Build` with cargo's diagnostics.
+    async fn prepare(secret: Secret, job: JobId, plugin_hash: String, params: String) -> Result<(), TaskError>;
+
+    /// Runs one chunk of a prepared job; answers the encoded partial.
+    async fn run_chunk(secret: Secret, job: JobId, first_line: u64, text: ByteBuf) -> Result<ByteBuf, TaskError>;
+
+    /// Merges encoded partials of consecutive chunks with the plugin's `combine`; `None` when
+    /// the plugin does not combine.
+    async fn combine(secret: Secret, job: JobId, partials: Vec<ByteBuf>) -> Result<Option<ByteBuf>, TaskError>;
+
+    /// Folds the job's partials, in input order, into the output JSON.
+    async fn aggregate(secret: Secret, job: JobId, partials: Vec<ByteBuf>) -> Result<String, TaskError>;
+
+    /// Forgets a job: stops its executor once nothing else needs it.
+    async fn release(secret: Secret, job: JobId) -> Result<(), TaskError>;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_compare_by_content_and_never_print() {
+        let key = Secret::generate();
+        assert_eq!(key.expose().len(), 64);
+        assert!(key.matches(&Secret::new(key.expose())));
+        assert!(!key.matches(&Secret::generate()));
+        assert!(!key.matches(&Secret::new("short")));
+        assert!(!format!("{key:?}").contains(key.expose()));
+    }
+}
