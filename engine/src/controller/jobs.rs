@@ -1,0 +1,554 @@
+//! Jobs and chunks in memory.
+//!
+//! [`State`] is the controller's whole mutable state, behind one mutex that is never held
+//! across an `.await`: jobs with their chunks, combine groups and per-worker figures, the queue
+//! of jobs, and the registered workers. What to start next is decided by `plan`; the answers
+//! of workers are applied by `dispatch`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::watch;
+use tracing::info;
+
+use super::input::Spool;
+use super::now_ms;
+use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
+use super::workers::WorkerEntry;
+use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
+
+/// Attempts at a chunk before the job fails, when the spec says 0 (as Hadoop's default).
+pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+/// The controller's mutable state.
+#[derive(Default)]
+pub(super) struct State {
+    /// Jobs created since the controller started, and unfinished jobs it resumed.
+    pub jobs: BTreeMap<JobId, Job>,
+    /// Jobs whose input is cut and that have not ended, in the order they were queued.
+    pub run_queue: Vec<JobId>,
+    /// Registered workers that have not been lost.
+    pub workers: BTreeMap<WorkerId, WorkerEntry>,
+    /// Jobs to release on workers that prepared them.
+    pub releases: Vec<(WorkerId, JobId)>,
+}
+
+/// Whether a worker is ready to run a job's chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Prep {
+    Preparing,
+    Ready,
+    /// The worker could not prepare the job; it gets none of its work.
+    Failed,
+}
+
+/// Where a group of consecutive chunks stands with `combine`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum GroupState {
+    /// Waiting for its chunks (or for a worker to merge them).
+    Open,
+    Combining(WorkerId),
+    Combined,
+    /// Left as separate partials: the merge failed, or the plugin does not combine.
+    Raw,
+}
+
+/// A group of consecutive chunks whose partials `combine` merges into one.
+#[derive(Debug, Clone)]
+pub(super) struct Group {
+    pub members: u64,
+    pub arrived: u64,
+    pub state: GroupState,
+}
+
+/// One copy of a chunk running on a worker.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct RunningCopy {
+    pub worker: WorkerId,
+    pub since: Instant,
+}
+
+/// A chunk of a job's input.
+#[derive(Debug, Clone)]
+pub(super) struct Chunk {
+    pub meta: ChunkMeta,
+    pub done: bool,
+    /// A partial came back and is being written; the chunk is neither queued nor lost.
+    pub storing: bool,
+    /// Attempts that failed.
+    pub failures: u32,
+    pub running: Vec<RunningCopy>,
+    /// Workers where an attempt failed: a retry goes elsewhere when it can.
+    pub failed_on: Vec<WorkerId>,
+}
+
+/// Where a job's aggregation stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Aggregation {
+    Idle,
+    Running(WorkerId),
+    /// The output came back and is being written.
+    Storing,
+}
+
+/// A job in memory.
+pub(super) struct Job {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub failure: Option<JobFailure>,
+    /// Whether `finish_input` is cutting the input now.
+    pub finishing_input: bool,
+    pub bytes_total: u64,
+    pub n_chunks: u64,
+    pub chunks: Vec<Chunk>,
+    /// Chunks waiting for a worker, by index (lowest first).
+    pub queue: BTreeSet<u64>,
+    pub group_size: u64,
+    pub groups: Vec<Group>,
+    /// Whether the plugin combines; unknown until a worker answers a `combine`.
+    pub combines: Option<bool>,
+    pub chunks_done: u64,
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    pub retries: u64,
+    pub workers: BTreeMap<WorkerId, WorkerProgress>,
+    pub prepared: HashMap<WorkerId, Prep>,
+    pub aggregation: Aggregation,
+    pub aggregate_failures: u32,
+    pub spool: Arc<tokio::sync::Mutex<Spool>>,
+    seq: u64,
+    status: watch::Sender<JobStatus>,
+}
+
+impl Job {
+    /// A new job waiting for its input.
+    pub fn new(id: JobId, spec: JobSpec, created_ms: u64, spool: Spool) -> Job {
+        Job::with_seq(id, spec, JobState::Uploading, created_ms, spool, 0)
+    }
+
+    fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
+        let job = Job {
+            id,
+            spec,
+            state,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            failure: None,
+            finishing_input: false,
+            bytes_total: 0,
+            n_chunks: 0,
+            chunks: Vec::new(),
+            queue: BTreeSet::new(),
+            group_size: crate::local::COMBINE_GROUP as u64,
+            groups: Vec::new(),
+            combines: None,
+            chunks_done: 0,
+            lines_done: 0,
+            bytes_done: 0,
+            retries: 0,
+            workers: BTreeMap::new(),
+            prepared: HashMap::new(),
+            aggregation: Aggregation::Idle,
+            aggregate_failures: 0,
+            spool: Arc::new(tokio::sync::Mutex::new(spool)),
+            seq,
+            status: watch::Sender::new(placeholder_status(id)),
+        };
+        job.status.send_replace(job.snapshot());
+        job
+    }
+
+    /// A job resumed from the store after a restart: done chunks stay done, the others are
+    /// queued again. Its `seq` starts above any the previous run can have reached (it is
+    /// derived from the clock), so a watcher's old `seen_seq` never matches by chance.
+    pub fn resume(row: JobRow, chunks: Vec<ChunkRow>, combined: &[u64], spool: Spool) -> Job {
+        let state = match row.state {
+            JobState::Aggregating => JobState::Running,
+            state => state,
+        };
+        let mut job = Job::with_seq(row.id, row.spec, state, row.created_ms, spool, now_ms().saturating_mul(1000));
+        job.started_ms = row.started_ms;
+        job.retries = row.retries;
+        job.combines = row.combines;
+        if state != JobState::Uploading {
+            job.install_chunks(chunks.iter().map(|c| c.meta).collect(), row.bytes_total, row.combine_group);
+            for (index, row) in chunks.iter().enumerate() {
+                job.chunks[index].failures = row.attempts;
+                if row.done {
+                    job.queue.remove(&(index as u64));
+                    job.count_done(index as u64, None);
+                }
+            }
+            for &group in combined {
+                if let Some(group) = job.groups.get_mut(group as usize) {
+                    group.state = GroupState::Combined;
+                }
+            }
+            if job.combines == Some(false) {
+                job.stop_combining();
+            }
+        }
+        job.status.send_replace(job.snapshot());
+        job
+    }
+
+    /// Sets the job's chunks, all queued, grouped by `group_size` for `combine`.
+    pub fn install_chunks(&mut self, metas: Vec<ChunkMeta>, bytes_total: u64, group_size: u64) {
+        let group_size = group_size.max(1);
+        let n_chunks = metas.len() as u64;
+        self.bytes_total = bytes_total;
+        self.n_chunks = n_chunks;
+        self.group_size = group_size;
+        self.queue = (0..n_chunks).collect();
+        self.chunks = metas
+            .into_iter()
+            .map(|meta| Chunk {
+                meta,
+                done: false,
+                storing: false,
+                failures: 0,
+                running: Vec::new(),
+                failed_on: Vec::new(),
+            })
+            .collect();
+        self.groups = (0..n_chunks.div_ceil(group_size))
+            .map(|g| Group { members: group_size.min(n_chunks - g * group_size), arrived: 0, state: GroupState::Open })
+            .collect();
+    }
+
+    /// Whether the job's input is cut into chunks.
+    pub fn is_chunked(&self) -> bool {
+        !matches!(self.state, JobState::Uploading)
+    }
+
+    /// The number of chunks this job may have in flight on a worker: the spec's `processes`,
+    /// or the worker's own when the spec leaves it at 0.
+    pub fn slots_on(&self, worker: &WorkerEntry) -> u32 {
+        if self.spec.processes > 0 { self.spec.processes } else { worker.info.processes.max(1) }
+    }
+
+    pub fn max_attempts(&self) -> u32 {
+        if self.spec.max_attempts > 0 { self.spec.max_attempts } else { DEFAULT_MAX_ATTEMPTS }
+    }
+
+    pub fn span(&self, index: u64) -> ChunkSpan {
+        let meta = self.chunks.get(index as usize).map(|c| c.meta);
+        let (first_line, n_lines) = meta.map_or((0, 0), |m| (m.first_line, m.n_lines));
+        ChunkSpan { index, first_line, last_line: first_line + n_lines.saturating_sub(1) }
+    }
+
+    /// Counts a chunk as done (by `worker`, if known) and its group's arrival.
+    pub fn count_done(&mut self, index: u64, worker: Option<WorkerId>) {
+        let Some(chunk) = self.chunks.get_mut(index as usize) else { return };
+        chunk.done = true;
+        chunk.storing = false;
+        chunk.running.clear();
+        let meta = chunk.meta;
+        self.chunks_done += 1;
+        self.lines_done += meta.n_lines;
+        self.bytes_done += meta.len;
+        if let Some(group) = self.groups.get_mut((index / self.group_size) as usize) {
+            group.arrived += 1;
+        }
+        if let Some(progress) = worker.and_then(|id| self.workers.get_mut(&id)) {
+            progress.chunks_done += 1;
+            progress.lines_done += meta.n_lines;
+            progress.bytes_done += meta.len;
+        }
+    }
+
+    /// The per-worker figures of a worker, made on first use.
+    pub fn progress_of(&mut self, worker_id: WorkerId, address: &str) -> &mut WorkerProgress {
+        self.workers.entry(worker_id).or_insert_with(|| WorkerProgress {
+            worker_id,
+            address: address.to_owned(),
+            chunks_done: 0,
+            lines_done: 0,
+            bytes_done: 0,
+            in_flight: 0,
+        })
+    }
+
+    /// Puts a chunk back in the queue unless it is done, being stored, or still running
+    /// elsewhere.
+    pub fn requeue_if_idle(&mut self, index: u64) {
+        if let Some(chunk) = self.chunks.get(index as usize)
+            && !chunk.done
+            && !chunk.storing
+            && chunk.running.is_empty()
+        {
+            self.queue.insert(index);
+        }
+    }
+
+    /// Groups whose partials are all stored and that wait for a merge.
+    pub fn groups_to_combine(&self) -> impl Iterator<Item = usize> + '_ {
+        self.groups.iter().enumerate().filter_map(|(g, group)| {
+            (group.state == GroupState::Open && group.members == self.group_size && group.arrived == group.members)
+                .then_some(g)
+        })
+    }
+
+    /// Leaves every group not yet merged as separate partials.
+    pub fn stop_combining(&mut self) {
+        self.combines = Some(false);
+        for group in &mut self.groups {
+            if group.state == GroupState::Open {
+                group.state = GroupState::Raw;
+            }
+        }
+    }
+
+    fn combining(&self) -> bool {
+        self.groups.iter().any(|g| matches!(g.state, GroupState::Combining(_)))
+    }
+
+    /// Whether every chunk is done and no merge is running: time to aggregate.
+    pub fn ready_to_aggregate(&self) -> bool {
+        self.is_chunked() && self.chunks_done == self.n_chunks && !self.combining()
+    }
+
+    /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
+    /// without counting an attempt. Answers whether anything changed.
+    pub fn forget_worker(&mut self, worker_id: WorkerId) -> bool {
+        let mut changed = self.prepared.remove(&worker_id).is_some();
+        let mut orphans = Vec::new();
+        for (index, chunk) in self.chunks.iter_mut().enumerate() {
+            let before = chunk.running.len();
+            chunk.running.retain(|copy| copy.worker != worker_id);
+            if chunk.running.len() != before {
+                orphans.push(index as u64);
+            }
+        }
+        for index in orphans {
+            self.requeue_if_idle(index);
+            changed = true;
+        }
+        for group in &mut self.groups {
+            if group.state == GroupState::Combining(worker_id) {
+                group.state = GroupState::Open;
+                changed = true;
+            }
+        }
+        if self.aggregation == Aggregation::Running(worker_id) {
+            self.aggregation = Aggregation::Idle;
+            changed = true;
+        }
+        if let Some(progress) = self.workers.get_mut(&worker_id) {
+            changed |= progress.in_flight != 0;
+            progress.in_flight = 0;
+        }
+        changed
+    }
+
+    /// Changes the job's state, logging it; publishing is the caller's.
+    pub fn set_state(&mut self, state: JobState) {
+        if self.state != state {
+            info!(job = self.id, from = ?self.state, to = ?state, "job state changed");
+            self.state = state;
+        }
+    }
+
+    /// Ends the job in memory: nothing more is dispatched and late results are ignored. The
+    /// caller writes the record, then publishes. Answers the record and the workers that
+    /// prepared the job, to release.
+    pub fn finalize(
+        &mut self,
+        state: JobState,
+        failure: Option<JobFailure>,
+        result: Option<String>,
+    ) -> (FinalRecord, Vec<WorkerId>) {
+        self.set_state(state);
+        let finished_ms = now_ms();
+        self.finished_ms = Some(finished_ms);
+        self.failure = failure;
+        self.queue.clear();
+        for chunk in &mut self.chunks {
+            chunk.running.clear();
+        }
+        for progress in self.workers.values_mut() {
+            progress.in_flight = 0;
+        }
+        self.aggregation = Aggregation::Idle;
+        let prepared: Vec<WorkerId> = self.prepared.drain().map(|(worker, _)| worker).collect();
+        let record = FinalRecord {
+            job: self.id,
+            state,
+            finished_ms,
+            failure: self.failure.clone(),
+            result,
+            chunks_done: self.chunks_done,
+            lines_done: self.lines_done,
+            bytes_done: self.bytes_done,
+            retries: self.retries,
+            workers: self.workers.values().cloned().collect(),
+            seq: self.seq + 1,
+        };
+        // The chunks are no longer needed; the figures above stay for the status.
+        self.chunks = Vec::new();
+        self.groups = Vec::new();
+        (record, prepared)
+    }
+
+    /// The job's status now.
+    fn snapshot(&self) -> JobStatus {
+        JobStatus {
+            id: self.id,
+            seq: self.seq,
+            state: self.state,
+            plugin_hash: self.spec.plugin_hash.clone(),
+            params: self.spec.params.clone(),
+            input_name: self.spec.input_name.clone(),
+            processes: self.spec.processes,
+            n_chunks: self.n_chunks,
+            chunks_done: self.chunks_done,
+            lines_done: self.lines_done,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            retries: self.retries,
+            workers: self.workers.values().cloned().collect(),
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            failure: self.failure.clone(),
+        }
+    }
+
+    /// Sends the job's status, with a new `seq`, to everyone watching.
+    pub fn publish(&mut self) {
+        self.seq += 1;
+        let status = self.snapshot();
+        self.status.send_replace(status);
+    }
+
+    /// The last published status.
+    pub fn published(&self) -> JobStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of the job's published statuses.
+    pub fn subscribe(&self) -> watch::Receiver<JobStatus> {
+        self.status.subscribe()
+    }
+}
+
+fn placeholder_status(id: JobId) -> JobStatus {
+    JobStatus {
+        id,
+        seq: 0,
+        state: JobState::Uploading,
+        plugin_hash: String::new(),
+        params: String::new(),
+        input_name: String::new(),
+        processes: 0,
+        n_chunks: 0,
+        chunks_done: 0,
+        lines_done: 0,
+        bytes_done: 0,
+        bytes_total: 0,
+        retries: 0,
+        workers: Vec::new(),
+        created_ms: 0,
+        started_ms: None,
+        finished_ms: None,
+        failure: None,
+    }
+}
+
+impl State {
+    /// Frees the slot a finished call held on a worker (if it is still registered).
+    pub fn release_slot(&mut self, worker_id: WorkerId, chunk: bool) {
+        if let Some(worker) = self.workers.get_mut(&worker_id) {
+            worker.slots_used = worker.slots_used.saturating_sub(1);
+            if chunk {
+                worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Removes a lost worker; everything it was doing is done again elsewhere. Answers whether
+    /// the worker was registered.
+    pub fn lose_worker(&mut self, worker_id: WorkerId, reason: &str) -> bool {
+        let Some(worker) = self.workers.remove(&worker_id) else { return false };
+        worker.disconnect();
+        info!(worker = worker_id, address = %worker.info.address, reason, "worker lost");
+        self.releases.retain(|(w, _)| *w != worker_id);
+        for job in self.jobs.values_mut() {
+            if !job.state.is_final() && job.forget_worker(worker_id) {
+                job.publish();
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// A queued job of `n_chunks` one-line chunks, in groups of 4.
+    pub(in crate::controller) fn job(n_chunks: u64) -> Job {
+        let spec = JobSpec {
+            plugin_hash: "h".into(),
+            params: String::new(),
+            processes: 2,
+            input_name: "in".into(),
+            max_attempts: 0,
+            chunk_size: 0,
+        };
+        let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
+        let metas =
+            (0..n_chunks).map(|i| ChunkMeta { offset: i * 10, len: 10, first_line: i + 1, n_lines: 1 }).collect();
+        job.install_chunks(metas, n_chunks * 10, 4);
+        job.set_state(JobState::Queued);
+        job
+    }
+
+    #[test]
+    fn groups_cover_the_chunks_and_only_full_ones_combine() {
+        let mut job = job(10);
+        assert_eq!(job.groups.iter().map(|g| g.members).collect::<Vec<_>>(), vec![4, 4, 2]);
+        for index in [0, 1, 2, 3, 8, 9] {
+            job.queue.remove(&index);
+            job.count_done(index, None);
+        }
+        assert_eq!(job.groups_to_combine().collect::<Vec<_>>(), vec![0], "the short last group is left whole");
+        assert_eq!((job.chunks_done, job.lines_done, job.bytes_done), (6, 6, 60));
+        assert!(!job.ready_to_aggregate());
+        job.stop_combining();
+        assert_eq!(job.groups_to_combine().count(), 0);
+    }
+
+    #[test]
+    fn forgetting_a_worker_requeues_its_chunks_without_an_attempt() {
+        let mut job = job(3);
+        job.queue.remove(&1);
+        job.chunks[1].running.push(RunningCopy { worker: 5, since: Instant::now() });
+        job.prepared.insert(5, Prep::Ready);
+        assert!(job.forget_worker(5));
+        assert!(job.queue.contains(&1));
+        assert_eq!(job.chunks[1].failures, 0);
+        assert!(!job.prepared.contains_key(&5));
+        assert!(!job.forget_worker(5), "nothing left to forget");
+    }
+
+    #[test]
+    fn finalizing_clears_the_work_and_names_the_workers_to_release() {
+        let mut job = job(3);
+        job.prepared.insert(4, Prep::Ready);
+        let before = job.published().seq;
+        let (record, release) = job.finalize(JobState::Cancelled, None, None);
+        assert_eq!(release, vec![4]);
+        assert_eq!(record.state, JobState::Cancelled);
+        assert!(job.queue.is_empty());
+        job.publish();
+        assert_eq!(job.published().seq, record.seq);
+        assert!(job.published().seq > before);
+    }
+}

@@ -1,0 +1,187 @@
+//! The scheduling plan: what to start now.
+//!
+//! [`State::plan`] looks at the state and decides, synchronously and under the state's lock,
+//! what to start: prepares, chunk runs, combines, aggregations and releases. It marks what it
+//! starts as running before it returns the [`Action`]s, so that nothing is started twice; the
+//! actions themselves run as tasks (see `dispatch`).
+//!
+//! Jobs run first in, first out: the head job's chunks go to every worker, at most the job's
+//! `processes` slots in flight per worker (least loaded workers first), and only when the head
+//! job has no queued chunk left may the next job use free slots. Merging complete groups comes
+//! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use tracing::debug;
+
+use super::dispatch::Action;
+use super::jobs::{Aggregation, GroupState, Job, Prep, RunningCopy, State};
+use super::now_ms;
+use super::workers::WorkerEntry;
+use crate::rpc::{JobState, WorkerId};
+
+impl State {
+    /// Decides what to start now, marking it started.
+    pub fn plan(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        for (worker_id, job) in std::mem::take(&mut self.releases) {
+            if let Some(worker) = self.workers.get(&worker_id) {
+                actions.push(Action::Release { worker: worker.handle(), job });
+            }
+        }
+        let mut ready: Vec<WorkerId> = self.workers.keys().copied().collect();
+        if ready.is_empty() {
+            return actions;
+        }
+        for job_id in self.run_queue.clone() {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            if job.state.is_final() || !job.is_chunked() {
+                continue;
+            }
+            // The least loaded workers first, so that a few chunks spread over the cluster.
+            ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
+            plan_job(job, &mut self.workers, &ready, &mut actions);
+            if !job.queue.is_empty() {
+                break;
+            }
+        }
+        actions
+    }
+}
+
+/// Plans one job: its aggregation, merges of complete groups, then chunks.
+fn plan_job(
+    job: &mut Job,
+    workers: &mut BTreeMap<WorkerId, WorkerEntry>,
+    ready: &[WorkerId],
+    actions: &mut Vec<Action>,
+) {
+    let mut changed = false;
+    if job.ready_to_aggregate() {
+        if job.aggregation == Aggregation::Idle {
+            let prepared = ready.iter().find(|id| job.prepared.get(*id) == Some(&Prep::Ready));
+            if let Some(worker) = prepared.and_then(|id| workers.get(id)) {
+                job.aggregation = Aggregation::Running(worker.id);
+                job.set_state(JobState::Aggregating);
+                changed = true;
+                actions.push(Action::Aggregate {
+                    worker: worker.handle(),
+                    job: job.id,
+                    n_chunks: job.n_chunks,
+                    group_size: job.group_size,
+                });
+            } else if !job.prepared.values().any(|p| *p == Prep::Preparing)
+                && let Some(worker) =
+                    ready.iter().find(|id| !job.prepared.contains_key(*id)).and_then(|id| workers.get(id))
+            {
+                changed |= start_prepare(job, worker, actions);
+            }
+        }
+        if changed {
+            job.publish();
+        }
+        return;
+    }
+    if job.combines != Some(false) {
+        let groups: Vec<usize> = job.groups_to_combine().collect();
+        for group in groups {
+            let free = ready
+                .iter()
+                .filter_map(|id| workers.get(id))
+                .find(|w| job.prepared.get(&w.id) == Some(&Prep::Ready) && w.slots_used < job.slots_on(w));
+            let Some(worker) = free else { break };
+            let worker_id = worker.id;
+            job.groups[group].state = GroupState::Combining(worker_id);
+            actions.push(Action::Combine {
+                worker: worker.handle(),
+                job: job.id,
+                group: group as u64,
+                group_size: job.group_size,
+            });
+            if let Some(worker) = workers.get_mut(&worker_id) {
+                worker.slots_used += 1;
+            }
+        }
+    }
+    // The workers that can still run this job's chunks (not those that failed to prepare it).
+    let able: Vec<WorkerId> = ready.iter().copied().filter(|id| job.prepared.get(id) != Some(&Prep::Failed)).collect();
+    for &worker_id in ready {
+        if job.queue.is_empty() {
+            break;
+        }
+        let Some(worker) = workers.get_mut(&worker_id) else { continue };
+        match job.prepared.get(&worker_id) {
+            None => {
+                changed |= start_prepare(job, worker, actions);
+                continue;
+            }
+            Some(Prep::Preparing | Prep::Failed) => continue,
+            Some(Prep::Ready) => {}
+        }
+        let slots = job.slots_on(worker);
+        while worker.slots_used < slots {
+            let Some(index) = take_chunk_for(job, worker_id, &able) else { break };
+            let meta = job.chunks[index as usize].meta;
+            job.chunks[index as usize].running.push(RunningCopy { worker: worker_id, since: Instant::now() });
+            worker.slots_used += 1;
+            worker.chunks_in_flight += 1;
+            job.progress_of(worker_id, &worker.info.address).in_flight += 1;
+            changed = true;
+            debug!(job = job.id, chunk = index, worker = worker_id, "chunk dispatched");
+            actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta });
+        }
+    }
+    if changed {
+        if job.state == JobState::Queued {
+            let started_ms = now_ms();
+            job.started_ms = Some(started_ms);
+            job.set_state(JobState::Running);
+            actions.push(Action::MarkRunning { job: job.id, started_ms });
+        }
+        job.publish();
+    }
+}
+
+/// Asks a worker to prepare the job; answers whether it was not already asked.
+fn start_prepare(job: &mut Job, worker: &WorkerEntry, actions: &mut Vec<Action>) -> bool {
+    if job.prepared.contains_key(&worker.id) {
+        return false;
+    }
+    job.prepared.insert(worker.id, Prep::Preparing);
+    actions.push(Action::Prepare {
+        worker: worker.handle(),
+        job: job.id,
+        plugin_hash: job.spec.plugin_hash.clone(),
+        params: job.spec.params.clone(),
+    });
+    true
+}
+
+/// Takes the first queued chunk this worker should run: a chunk that failed on it goes to
+/// another of the `able` workers when one exists that it has not failed on.
+fn take_chunk_for(job: &mut Job, worker_id: WorkerId, able: &[WorkerId]) -> Option<u64> {
+    let index = job.queue.iter().copied().find(|&index| {
+        let chunk = &job.chunks[index as usize];
+        !chunk.failed_on.contains(&worker_id) || able.iter().all(|w| chunk.failed_on.contains(w))
+    })?;
+    job.queue.remove(&index);
+    Some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::jobs::tests::job;
+
+    #[test]
+    fn a_retry_avoids_the_worker_it_failed_on_when_another_exists() {
+        let mut job = job(2);
+        job.chunks[0].failed_on.push(7);
+        assert_eq!(take_chunk_for(&mut job, 7, &[7, 8]), Some(1), "worker 7 skips chunk 0");
+        job.queue.insert(1);
+        assert_eq!(take_chunk_for(&mut job, 8, &[7, 8]), Some(0));
+        job.queue.insert(0);
+        assert_eq!(take_chunk_for(&mut job, 7, &[7]), Some(0), "alone, worker 7 retries it");
+    }
+}

@@ -1,0 +1,291 @@
+//! The controller's tarpc service: checks credentials, then hands each call to the module
+//! that owns it.
+//!
+//! Client calls need the API key, `register` the join token, and `heartbeat` and
+//! `fetch_plugin` the worker's own secret; a wrong one is refused before anything else
+//! happens.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde_bytes::ByteBuf;
+use tarpc::context::Context;
+use tracing::info;
+
+use super::dispatch::end_job;
+use super::input::{Spool, finish_input, upload_input};
+use super::jobs::Job;
+use super::workers::{fetch_plugin, heartbeat, is_plugin_hash, register};
+use super::{Shared, now_ms};
+use crate::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
+use crate::rpc::{
+    ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
+    WATCH_WAIT, WorkerId, WorkerInfo,
+};
+use crate::worker::builder::{MAX_BYTES, SourceTree};
+
+/// The largest plugin archive accepted: no more than the source it may unpack to.
+const MAX_ARCHIVE_BYTES: usize = MAX_BYTES as usize;
+
+/// The largest chunk size a job may ask for: a chunk travels in one frame.
+const MAX_CHUNK_SIZE: u64 = MAX_LINE_BYTES as u64;
+
+/// Bounds on what a job spec may carry, so that one spec cannot bloat every status.
+const MAX_PARAMS_BYTES: usize = 1 << 20;
+const MAX_INPUT_NAME_BYTES: usize = 4096;
+const MAX_PROCESSES: u32 = 4096;
+const MAX_ATTEMPTS: u32 = 100;
+
+/// How many jobs `list_jobs` returns at most, newest first.
+const MAX_LISTED_JOBS: u64 = 10_000;
+
+/// A watch answers this long before the caller's deadline, so the answer arrives in time.
+const WATCH_MARGIN: Duration = Duration::from_millis(500);
+
+/// The tarpc `Controller` service.
+#[derive(Clone)]
+pub(super) struct ControllerService {
+    pub shared: Arc<Shared>,
+}
+
+impl ControllerService {
+    fn check_key(&self, key: &Secret) -> Result<(), RpcError> {
+        if self.shared.api_key.matches(key) {
+            Ok(())
+        } else {
+            Err(RpcError::Unauthorized(
+                "wrong API key: use the key the controller printed on its first start (--api-key or KILN_API_KEY)"
+                    .into(),
+            ))
+        }
+    }
+
+    /// The status of a job from the store (it ended before this start), or `NotFound`.
+    async fn stored_status(&self, job_id: JobId) -> Result<JobStatus, RpcError> {
+        match self.shared.store.job(job_id).await {
+            Ok(Some(row)) => Ok(row.status()),
+            Ok(None) => Err(RpcError::NotFound(format!("job {job_id}"))),
+            Err(e) => Err(RpcError::Internal(e.to_string())),
+        }
+    }
+}
+
+/// Checks a job spec and fills in its defaults.
+fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
+    if !is_plugin_hash(&spec.plugin_hash) {
+        return Err(RpcError::Invalid(format!("`{}` is not a plugin hash: upload the plugin first", spec.plugin_hash)));
+    }
+    if spec.params.len() > MAX_PARAMS_BYTES || spec.input_name.len() > MAX_INPUT_NAME_BYTES {
+        return Err(RpcError::Invalid(format!(
+            "parameters may be at most {MAX_PARAMS_BYTES} bytes and the input's name {MAX_INPUT_NAME_BYTES}"
+        )));
+    }
+    if spec.processes > MAX_PROCESSES || spec.max_attempts > MAX_ATTEMPTS || spec.chunk_size > MAX_CHUNK_SIZE {
+        return Err(RpcError::Invalid(format!(
+            "processes may be at most {MAX_PROCESSES}, max_attempts {MAX_ATTEMPTS} and the chunk size \
+             {MAX_CHUNK_SIZE} bytes"
+        )));
+    }
+    if spec.max_attempts == 0 {
+        spec.max_attempts = super::jobs::DEFAULT_MAX_ATTEMPTS;
+    }
+    if spec.chunk_size == 0 {
+        spec.chunk_size = DEFAULT_CHUNK_SIZE as u64;
+    }
+    Ok(spec)
+}
+
+fn internal(e: impl std::fmt::Display) -> RpcError {
+    RpcError::Internal(e.to_string())
+}
+
+impl Controller for ControllerService {
+    async fn register(self, _: Context, token: Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
+        register(&self.shared, &token, info).await
+    }
+
+    async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
+        heartbeat(&self.shared, worker_id, &secret)
+    }
+
+    async fn fetch_plugin(
+        self,
+        _: Context,
+        worker_id: WorkerId,
+        secret: Secret,
+        hash: String,
+    ) -> Result<ByteBuf, RpcError> {
+        fetch_plugin(&self.shared, worker_id, &secret, &hash).await
+    }
+
+    async fn upload_plugin(self, _: Context, key: Secret, archive: ByteBuf) -> Result<String, RpcError> {
+        self.check_key(&key)?;
+        if archive.len() > MAX_ARCHIVE_BYTES {
+            return Err(RpcError::Invalid(format!("a plugin archive may be at most {} MiB", MAX_ARCHIVE_BYTES >> 20)));
+        }
+        // Validating unpacks the whole archive: CPU work, off the async threads. The stored
+        // archive is the tree packed again, holding nothing the validation did not accept.
+        let checked = tokio::task::spawn_blocking(move || {
+            SourceTree::from_tar_gz(&archive).map(|tree| (tree.hash(), tree.to_tar_gz()))
+        })
+        .await
+        .map_err(internal)?;
+        let (hash, packed) = checked.map_err(|e| RpcError::Invalid(e.to_string()))?;
+        let path = self.shared.plugin_path(&hash);
+        if tokio::fs::metadata(&path).await.is_err() {
+            // Written under a temporary name and renamed, so a half-written archive is never served.
+            let temporary = path.with_extension(format!("{}.tmp", rand::random::<u64>()));
+            tokio::fs::write(&temporary, &packed).await.map_err(internal)?;
+            tokio::fs::rename(&temporary, &path).await.map_err(internal)?;
+        }
+        self.shared.store.add_plugin(&hash, packed.len() as u64, now_ms()).await.map_err(internal)?;
+        info!(hash = %hash, bytes = packed.len(), "plugin stored");
+        Ok(hash)
+    }
+
+    async fn create_job(self, _: Context, key: Secret, spec: JobSpec) -> Result<JobId, RpcError> {
+        self.check_key(&key)?;
+        let spec = normalize(spec)?;
+        if !self.shared.store.has_plugin(&spec.plugin_hash).await.map_err(internal)? {
+            return Err(RpcError::NotFound(format!("plugin {}: upload it first", spec.plugin_hash)));
+        }
+        let created_ms = now_ms();
+        let job_id = self.shared.store.insert_job(&spec, created_ms).await.map_err(internal)?;
+        let path = self.shared.input_path(job_id);
+        if let Err(e) = tokio::fs::File::create(&path).await {
+            super::dispatch::fail_internal(&self.shared, job_id, format!("cannot create the input file: {e}")).await;
+            return Err(internal(format!("cannot create {}: {e}", path.display())));
+        }
+        info!(job = job_id, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
+        let job = Job::new(job_id, spec, created_ms, Spool::new(path, 0));
+        self.shared.with_state(|st| st.jobs.insert(job_id, job));
+        Ok(job_id)
+    }
+
+    async fn upload_input(
+        self,
+        _: Context,
+        key: Secret,
+        job: JobId,
+        offset: u64,
+        piece: ByteBuf,
+    ) -> Result<(), RpcError> {
+        self.check_key(&key)?;
+        upload_input(&self.shared, job, offset, &piece).await
+    }
+
+    async fn finish_input(self, _: Context, key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError> {
+        self.check_key(&key)?;
+        finish_input(&self.shared, job, total_bytes).await
+    }
+
+    async fn watch(self, ctx: Context, key: Secret, job: JobId, seen_seq: u64) -> Result<JobStatus, RpcError> {
+        self.check_key(&key)?;
+        let wait = WATCH_WAIT.min(ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(WATCH_MARGIN));
+        let receiver = self.shared.with_state(|st| st.jobs.get(&job).map(Job::subscribe));
+        // Any seq other than the one seen is news: a smaller one comes from before a restart.
+        let Some(mut receiver) = receiver else {
+            let status = self.stored_status(job).await?;
+            if status.seq == seen_seq {
+                tokio::time::sleep(wait).await;
+            }
+            return Ok(status);
+        };
+        let _ = tokio::time::timeout(wait, receiver.wait_for(|status| status.seq != seen_seq)).await;
+        let status = receiver.borrow().clone();
+        Ok(status)
+    }
+
+    async fn result(self, _: Context, key: Secret, job: JobId) -> Result<String, RpcError> {
+        self.check_key(&key)?;
+        let published = self.shared.with_state(|st| st.jobs.get(&job).map(Job::published));
+        if let Some(status) = &published
+            && status.state != JobState::Succeeded
+        {
+            return Err(not_succeeded(status));
+        }
+        match self.shared.store.result(job).await.map_err(internal)? {
+            None => Err(RpcError::NotFound(format!("job {job}"))),
+            Some((JobState::Succeeded, Some(result))) => Ok(result),
+            Some(_) => Err(not_succeeded(&self.stored_status(job).await?)),
+        }
+    }
+
+    async fn cancel(self, _: Context, key: Secret, job: JobId) -> Result<JobStatus, RpcError> {
+        self.check_key(&key)?;
+        let known = self.shared.with_state(|st| st.jobs.contains_key(&job));
+        if !known {
+            return self.stored_status(job).await;
+        }
+        if end_job(&self.shared, job, JobState::Cancelled, None, None).await {
+            info!(job, "job cancelled");
+        }
+        let status = self.shared.with_state(|st| st.jobs.get(&job).map(Job::published));
+        status.ok_or_else(|| RpcError::NotFound(format!("job {job}")))
+    }
+
+    async fn list_jobs(self, _: Context, key: Secret) -> Result<Vec<JobSummary>, RpcError> {
+        self.check_key(&key)?;
+        let mut jobs = self.shared.store.list_jobs(MAX_LISTED_JOBS).await.map_err(internal)?;
+        // Jobs in memory have fresher figures than the store keeps while they run.
+        self.shared.with_state(|st| {
+            for summary in &mut jobs {
+                if let Some(job) = st.jobs.get(&summary.id) {
+                    let status = job.published();
+                    summary.state = status.state;
+                    summary.n_chunks = status.n_chunks;
+                    summary.chunks_done = status.chunks_done;
+                    summary.finished_ms = status.finished_ms;
+                }
+            }
+        });
+        Ok(jobs)
+    }
+
+    async fn cluster_info(self, _: Context, key: Secret) -> Result<ClusterInfo, RpcError> {
+        self.check_key(&key)?;
+        let now = Instant::now();
+        Ok(self.shared.with_state(|st| ClusterInfo {
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            workers: st.workers.values().map(|w| w.summary(now)).collect(),
+            active_jobs: st
+                .jobs
+                .values()
+                .filter(|job| matches!(job.state, JobState::Queued | JobState::Running | JobState::Aggregating))
+                .count() as u64,
+        }))
+    }
+}
+
+fn not_succeeded(status: &JobStatus) -> RpcError {
+    match &status.failure {
+        Some(failure) => RpcError::Invalid(format!("job {} failed: {}", status.id, failure.message)),
+        None => RpcError::Invalid(format!("job {} has no result: it is {:?}", status.id, status.state)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec() -> JobSpec {
+        JobSpec {
+            plugin_hash: "ab12".into(),
+            params: String::new(),
+            processes: 2,
+            input_name: "in".into(),
+            max_attempts: 0,
+            chunk_size: 0,
+        }
+    }
+
+    #[test]
+    fn specs_get_defaults_and_bounds() {
+        let spec = normalize(spec()).unwrap();
+        assert_eq!((spec.max_attempts, spec.chunk_size), (4, DEFAULT_CHUNK_SIZE as u64));
+        let bad_hash = normalize(JobSpec { plugin_hash: "../x".into(), ..spec.clone() }).unwrap_err();
+        assert!(matches!(bad_hash, RpcError::Invalid(_)));
+        let huge = normalize(JobSpec { chunk_size: u64::MAX, ..spec }).unwrap_err();
+        assert!(matches!(huge, RpcError::Invalid(m) if m.contains("chunk size")));
+    }
+}

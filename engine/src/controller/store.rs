@@ -1,0 +1,433 @@
+//! Every SQL query of the controller: plugins, jobs, chunks and partials in SQLite (the
+//! queries on chunks and partials are in `store/chunks.rs`).
+//!
+//! The schema is `engine/migrations/`. Chunks and partials exist only while a job runs; when a
+//! job ends its figures, failure and result are written to its row and its chunks are deleted.
+//! Each write that must be atomic for a restart (cutting the input, merging a group) is one
+//! transaction, so a controller killed at any point resumes from a consistent store.
+
+use std::path::Path;
+use std::time::Duration;
+
+use sqlx::Row;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+
+mod chunks;
+
+use super::ControllerError;
+use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, WorkerProgress};
+
+/// Connections in the pool: SQLite serialises writers anyway; a few let reads (status, list,
+/// partials for aggregation) proceed beside a write.
+const MAX_CONNECTIONS: u32 = 4;
+
+/// How long a query waits for the database lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a query failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// SQLite refused or failed the query.
+    #[error("the controller database failed while {what}: {source}")]
+    Query { what: &'static str, source: sqlx::Error },
+    /// A stored value could not be read back.
+    #[error("the controller database holds a corrupt {what}: {message}")]
+    Corrupt { what: &'static str, message: String },
+}
+
+fn query_error(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
+    move |source| StoreError::Query { what, source }
+}
+
+/// A chunk's place in the input, as the input is cut.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkMeta {
+    pub offset: u64,
+    pub len: u64,
+    pub first_line: u64,
+    pub n_lines: u64,
+}
+
+/// A stored chunk of an unfinished job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ChunkRow {
+    pub meta: ChunkMeta,
+    pub done: bool,
+    pub attempts: u32,
+}
+
+/// A stored job.
+#[derive(Debug, Clone)]
+pub(crate) struct JobRow {
+    pub id: JobId,
+    pub spec: JobSpec,
+    pub state: JobState,
+    pub n_chunks: u64,
+    pub bytes_total: u64,
+    pub combine_group: u64,
+    pub combines: Option<bool>,
+    pub chunks_done: u64,
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    pub retries: u64,
+    pub workers: Vec<WorkerProgress>,
+    pub seq: u64,
+    pub created_ms: u64,
+    pub started_ms: Option<u64>,
+    pub finished_ms: Option<u64>,
+    pub failure: Option<JobFailure>,
+}
+
+impl JobRow {
+    /// The status a watcher of this job sees.
+    pub fn status(&self) -> JobStatus {
+        JobStatus {
+            id: self.id,
+            seq: self.seq,
+            state: self.state,
+            plugin_hash: self.spec.plugin_hash.clone(),
+            params: self.spec.params.clone(),
+            input_name: self.spec.input_name.clone(),
+            processes: self.spec.processes,
+            n_chunks: self.n_chunks,
+            chunks_done: self.chunks_done,
+            lines_done: self.lines_done,
+            bytes_done: self.bytes_done,
+            bytes_total: self.bytes_total,
+            retries: self.retries,
+            workers: self.workers.clone(),
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            failure: self.failure.clone(),
+        }
+    }
+}
+
+/// What is written when a job ends.
+#[derive(Debug, Clone)]
+pub(crate) struct FinalRecord {
+    pub job: JobId,
+    pub state: JobState,
+    pub finished_ms: u64,
+    pub failure: Option<JobFailure>,
+    pub result: Option<String>,
+    pub chunks_done: u64,
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    pub retries: u64,
+    pub workers: Vec<WorkerProgress>,
+    pub seq: u64,
+}
+
+/// The job state's name in the database.
+pub(crate) fn state_name(state: JobState) -> &'static str {
+    match state {
+        JobState::Uploading => "uploading",
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Aggregating => "aggregating",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+fn parse_state(name: &str) -> Result<JobState, StoreError> {
+    Ok(match name {
+        "uploading" => JobState::Uploading,
+        "queued" => JobState::Queued,
+        "running" => JobState::Running,
+        "aggregating" => JobState::Aggregating,
+        "succeeded" => JobState::Succeeded,
+        "failed" => JobState::Failed,
+        "cancelled" => JobState::Cancelled,
+        other => return Err(StoreError::Corrupt { what: "job state", message: format!("unknown state `{other}`") }),
+    })
+}
+
+fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
+    serde_json::to_string(value).map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+fn from_json<T: serde::de::DeserializeOwned>(what: &'static str, text: &str) -> Result<T, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt { what, message: e.to_string() })
+}
+
+/// SQLite stores integers as i64; every count and id here fits.
+fn int(value: u64) -> i64 {
+    i64::try_from(value).unwrap_or(i64::MAX)
+}
+
+fn uint(value: i64) -> u64 {
+    u64::try_from(value).unwrap_or(0)
+}
+
+fn get_u64(row: &SqliteRow, column: &'static str) -> Result<u64, StoreError> {
+    row.try_get::<i64, _>(column).map(uint).map_err(query_error(column))
+}
+
+fn get_opt_u64(row: &SqliteRow, column: &'static str) -> Result<Option<u64>, StoreError> {
+    row.try_get::<Option<i64>, _>(column).map(|v| v.map(uint)).map_err(query_error(column))
+}
+
+const JOB_COLUMNS: &str = "id, spec, state, n_chunks, bytes_total, combine_group, combines, chunks_done, lines_done, \
+     bytes_done, retries, workers, seq, created_ms, started_ms, finished_ms, failure";
+
+fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
+    let spec: String = row.try_get("spec").map_err(query_error("reading a job"))?;
+    let state: String = row.try_get("state").map_err(query_error("reading a job"))?;
+    let workers: Option<String> = row.try_get("workers").map_err(query_error("reading a job"))?;
+    let failure: Option<String> = row.try_get("failure").map_err(query_error("reading a job"))?;
+    let combines: Option<i64> = row.try_get("combines").map_err(query_error("reading a job"))?;
+    Ok(JobRow {
+        id: get_u64(row, "id")?,
+        spec: from_json("job spec", &spec)?,
+        state: parse_state(&state)?,
+        n_chunks: get_u64(row, "n_chunks")?,
+        bytes_total: get_u64(row, "bytes_total")?,
+        combine_group: get_u64(row, "combine_group")?.max(1),
+        combines: combines.map(|c| c != 0),
+        chunks_done: get_u64(row, "chunks_done")?,
+        lines_done: get_u64(row, "lines_done")?,
+        bytes_done: get_u64(row, "bytes_done")?,
+        retries: get_u64(row, "retries")?,
+        workers: workers.map(|w| from_json("job's worker figures", &w)).transpose()?.unwrap_or_default(),
+        seq: get_u64(row, "seq")?,
+        created_ms: get_u64(row, "created_ms")?,
+        started_ms: get_opt_u64(row, "started_ms")?,
+        finished_ms: get_opt_u64(row, "finished_ms")?,
+        failure: failure.map(|f| from_json("job failure", &f)).transpose()?,
+    })
+}
+
+/// The controller's database.
+#[derive(Clone)]
+pub(crate) struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Opens (creating it if needed) and migrates the database at `path`.
+    pub async fn open(path: &Path) -> Result<Store, ControllerError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(BUSY_TIMEOUT)
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(MAX_CONNECTIONS)
+            .connect_with(options)
+            .await
+            .map_err(|source| ControllerError::Database { path: path.to_owned(), source })?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|source| ControllerError::Migrate { path: path.to_owned(), source })?;
+        Ok(Store { pool })
+    }
+
+    /// Waits for queries in progress and closes every connection.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Records a stored plugin archive.
+    pub async fn add_plugin(&self, hash: &str, size: u64, now_ms: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO plugins (hash, size, created_ms) VALUES (?, ?, ?)")
+            .bind(hash)
+            .bind(int(size))
+            .bind(int(now_ms))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording a plugin"))?;
+        Ok(())
+    }
+
+    /// Whether a plugin with this hash was uploaded.
+    pub async fn has_plugin(&self, hash: &str) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM plugins WHERE hash = ?")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("looking up a plugin"))?;
+        Ok(row.is_some())
+    }
+
+    /// Stores a new job, waiting for its input; answers its id.
+    pub async fn insert_job(&self, spec: &JobSpec, created_ms: u64) -> Result<JobId, StoreError> {
+        let row = sqlx::query("INSERT INTO jobs (spec, state, created_ms) VALUES (?, 'uploading', ?) RETURNING id")
+            .bind(to_json("job spec", spec)?)
+            .bind(int(created_ms))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("creating a job"))?;
+        get_u64(&row, "id")
+    }
+
+    /// Marks a queued job running.
+    pub async fn mark_running(&self, job: JobId, started_ms: u64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET state = 'running', started_ms = ? WHERE id = ? AND state = 'queued'")
+            .bind(int(started_ms))
+            .bind(int(job))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("marking a job running"))?;
+        Ok(())
+    }
+
+    /// Records whether the job's plugin combines.
+    pub async fn set_combines(&self, job: JobId, combines: bool) -> Result<(), StoreError> {
+        sqlx::query("UPDATE jobs SET combines = ? WHERE id = ?")
+            .bind(i64::from(combines))
+            .bind(int(job))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording whether a plugin combines"))?;
+        Ok(())
+    }
+
+    /// Writes a job's end: state, figures, failure or result; deletes its chunks.
+    pub async fn save_final(&self, record: &FinalRecord) -> Result<(), StoreError> {
+        let what = "recording the end of a job";
+        let failure = record.failure.as_ref().map(|f| to_json("job failure", f)).transpose()?;
+        let workers = to_json("job's worker figures", &record.workers)?;
+        let mut tx = self.pool.begin().await.map_err(query_error(what))?;
+        sqlx::query(
+            "UPDATE jobs SET state = ?, finished_ms = ?, failure = ?, result = ?, chunks_done = ?, lines_done = ?, \
+             bytes_done = ?, retries = ?, workers = ?, seq = ? WHERE id = ?",
+        )
+        .bind(state_name(record.state))
+        .bind(int(record.finished_ms))
+        .bind(failure)
+        .bind(record.result.as_deref())
+        .bind(int(record.chunks_done))
+        .bind(int(record.lines_done))
+        .bind(int(record.bytes_done))
+        .bind(int(record.retries))
+        .bind(workers)
+        .bind(int(record.seq))
+        .bind(int(record.job))
+        .execute(&mut *tx)
+        .await
+        .map_err(query_error(what))?;
+        for table in ["DELETE FROM chunks WHERE job_id = ?", "DELETE FROM combined WHERE job_id = ?"] {
+            sqlx::query(table).bind(int(record.job)).execute(&mut *tx).await.map_err(query_error(what))?;
+        }
+        tx.commit().await.map_err(query_error(what))
+    }
+
+    /// A job, if it exists.
+    pub async fn job(&self, job: JobId) -> Result<Option<JobRow>, StoreError> {
+        let row = sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = ?"))
+            .bind(int(job))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a job"))?;
+        row.as_ref().map(job_row).transpose()
+    }
+
+    /// The jobs that had not ended when the controller stopped, oldest first.
+    pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('uploading', 'queued', 'running', 'aggregating') ORDER BY id"
+        ))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("reading unfinished jobs"))?;
+        rows.iter().map(job_row).collect()
+    }
+
+    /// The state and output of a job, if it exists.
+    pub async fn result(&self, job: JobId) -> Result<Option<(JobState, Option<String>)>, StoreError> {
+        let row = sqlx::query("SELECT state, result FROM jobs WHERE id = ?")
+            .bind(int(job))
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(query_error("reading a result"))?;
+        let Some(row) = row else { return Ok(None) };
+        let state: String = row.try_get("state").map_err(query_error("reading a result"))?;
+        let result: Option<String> = row.try_get("result").map_err(query_error("reading a result"))?;
+        Ok(Some((parse_state(&state)?, result)))
+    }
+
+    /// The newest `limit` jobs, newest first, with their stored figures.
+    pub async fn list_jobs(&self, limit: u64) -> Result<Vec<JobSummary>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT id, spec, state, n_chunks, chunks_done, created_ms, finished_ms FROM jobs ORDER BY id DESC LIMIT ?",
+        )
+        .bind(int(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(query_error("listing jobs"))?;
+        rows.iter()
+            .map(|row| {
+                let spec: String = row.try_get("spec").map_err(query_error("listing jobs"))?;
+                let state: String = row.try_get("state").map_err(query_error("listing jobs"))?;
+                Ok(JobSummary {
+                    id: get_u64(row, "id")?,
+                    state: parse_state(&state)?,
+                    input_name: from_json::<JobSpec>("job spec", &spec)?.input_name,
+                    n_chunks: get_u64(row, "n_chunks")?,
+                    chunks_done: get_u64(row, "chunks_done")?,
+                    created_ms: get_u64(row, "created_ms")?,
+                    finished_ms: get_opt_u64(row, "finished_ms")?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    pub(in crate::controller) fn spec() -> JobSpec {
+        JobSpec {
+            plugin_hash: "abc".into(),
+            params: String::new(),
+            processes: 2,
+            input_name: "in.txt".into(),
+            max_attempts: 4,
+            chunk_size: 10,
+        }
+    }
+
+    pub(in crate::controller) fn meta(index: u64) -> ChunkMeta {
+        ChunkMeta { offset: index * 10, len: 10, first_line: index + 1, n_lines: 1 }
+    }
+
+    #[tokio::test]
+    async fn a_finished_job_keeps_its_figures_and_result_and_drops_its_chunks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let job = store.insert_job(&spec(), 7).await.unwrap();
+        store.queue_job(job, &[meta(0)], 10, 16).await.unwrap();
+        store.mark_running(job, 8).await.unwrap();
+        store.save_partial(job, 0, 1, b"p").await.unwrap();
+        let record = FinalRecord {
+            job,
+            state: JobState::Succeeded,
+            finished_ms: 9,
+            failure: None,
+            result: Some("{\"n\":1}".into()),
+            chunks_done: 1,
+            lines_done: 1,
+            bytes_done: 10,
+            retries: 0,
+            workers: Vec::new(),
+            seq: 12,
+        };
+        store.save_final(&record).await.unwrap();
+        let row = store.job(job).await.unwrap().unwrap();
+        assert_eq!((row.state, row.started_ms, row.finished_ms, row.seq), (JobState::Succeeded, Some(8), Some(9), 12));
+        assert_eq!(store.result(job).await.unwrap(), Some((JobState::Succeeded, Some("{\"n\":1}".into()))));
+        assert!(store.chunks(job).await.unwrap().is_empty());
+        assert!(store.unfinished_jobs().await.unwrap().is_empty());
+        assert_eq!(store.list_jobs(10).await.unwrap()[0].input_name, "in.txt");
+    }
+}
