@@ -1,4 +1,6 @@
-//! The worker role: building plugins and running their code in executor processes.
+//! The worker role: building plugins, running their code in executor processes, and the
+//! worker daemon's RPC service.
 
 pub mod builder;
 pub mod executor;
+pub mod service;

@@ -1,0 +1,333 @@
+//! The worker daemon: serves the [`Worker`] RPC service to the controller it registered with,
+//! and keeps that registration alive.
+//!
+//! [`start`] binds the service, then a background task registers with the controller (with the
+//! join token), sends a heartbeat every [`HEARTBEAT_INTERVAL`](crate::rpc::HEARTBEAT_INTERVAL)
+//! and registers again by itself when the controller was away or forgot the worker (it
+//! restarted), retrying with a backoff capped at 2 s. Registration hands the
+//! worker a secret; every call to the service must carry the secret of the current
+//! registration, compared in constant time before anything else happens.
+//!
+//! `prepare` finds the plugin in the build cache or fetches its archive from the controller and
+//! builds it (one [`Builder`] for all jobs, so a plugin hash is built once per host), then gets
+//! an executor for the job's plugin and parameters. Executors stay warm across jobs, keyed by
+//! (hash, parameters), so a second job with the same plugin starts at once; up to
+//! [`WARM_EXECUTORS`] idle ones are kept. Plugin code runs only in those executor processes,
+//! never in the worker itself. An executor that crashed or timed out is replaced by a fresh one
+//! on the next call.
+
+mod registrar;
+mod state;
+
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use bytes::Bytes;
+use futures::{StreamExt, future};
+use serde_bytes::ByteBuf;
+use tarpc::context::Context;
+use tarpc::server::incoming::Incoming;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use self::registrar::Registrar;
+use self::state::State;
+use crate::rpc::{JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use crate::worker::builder::{BuildError, Builder, BuilderConfig};
+use crate::worker::executor::{ExecError, ExecutorConfig};
+
+/// How many idle executors (plugin and parameters no running job uses) are kept warm for the
+/// next job; more are stopped, least recently used first.
+pub const WARM_EXECUTORS: usize = 4;
+
+/// Connections one peer address may hold open to the service: the controller needs one or two;
+/// the limit keeps a stranger from exhausting the worker's sockets.
+const MAX_CHANNELS_PER_PEER: u32 = 8;
+
+/// Requests in flight on one connection. The controller sends at most `processes` chunks per
+/// job at once; anything beyond this is refused, which bounds the chunk bytes held in memory.
+const MAX_REQUESTS_PER_CHANNEL: usize = 256;
+
+/// How a worker joins its controller and runs its work.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// The controller's address, `host:port`.
+    pub controller: String,
+    /// The cluster's join token.
+    pub join_token: Secret,
+    /// How many chunks the worker runs at once (the threads of each executor).
+    pub processes: u32,
+    /// Where the worker's service listens (`127.0.0.1:0` by default: a free port on loopback).
+    pub listen: SocketAddr,
+    /// The address the controller should dial; by default the bound address (with the address
+    /// the worker reaches the controller from, when it listens on all interfaces).
+    pub advertise: Option<String>,
+    /// Where plugins are built and cached.
+    pub builder: BuilderConfig,
+    /// How executors are started (`threads` is set from `processes`).
+    pub executor: ExecutorConfig,
+}
+
+impl WorkerConfig {
+    /// A worker of `controller` listening on a free loopback port, running as many chunks at
+    /// once as `executor.threads`.
+    pub fn new(
+        controller: impl Into<String>,
+        join_token: Secret,
+        builder: BuilderConfig,
+        executor: ExecutorConfig,
+    ) -> Self {
+        WorkerConfig {
+            controller: controller.into(),
+            join_token,
+            processes: u32::try_from(executor.threads).unwrap_or(u32::MAX).max(1),
+            listen: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+            advertise: None,
+            builder,
+            executor,
+        }
+    }
+}
+
+/// Why a worker could not start, or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// The service's address could not be bound.
+    #[error("cannot listen on {addr}: {source}: pick another --listen address")]
+    Bind {
+        /// The address asked for.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The controller refused the registration for good (wrong join token, other protocol).
+    #[error("the controller at {controller} refused this worker: {error}{}", refusal_hint(.error))]
+    Refused {
+        /// The controller's address.
+        controller: String,
+        /// Its answer.
+        error: RpcError,
+    },
+}
+
+fn refusal_hint(error: &RpcError) -> &'static str {
+    match error {
+        RpcError::Unauthorized(_) => ": check the join token (--join-token or KILN_JOIN_TOKEN)",
+        RpcError::VersionMismatch { .. } => ": run the same Kiln version on the controller and its workers",
+        _ => "",
+    }
+}
+
+/// A running worker: its service and its registration task. Dropping it stops the service
+/// without waiting; [`RunningWorker::shutdown`] waits.
+pub struct RunningWorker {
+    local_addr: SocketAddr,
+    stop: watch::Sender<bool>,
+    refused: watch::Receiver<Option<RpcError>>,
+    controller: String,
+    tasks: JoinSet<()>,
+    state: Arc<State>,
+}
+
+impl RunningWorker {
+    /// The address the service is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Waits until the worker fails in a way it cannot recover from: the controller refused
+    /// its join token or protocol version. Pending forever while the worker is fine.
+    pub async fn failed(&self) -> WorkerError {
+        let mut refused = self.refused.clone();
+        match refused.wait_for(Option::is_some).await {
+            Ok(error) => {
+                let error = error.clone().unwrap_or_else(|| RpcError::Internal("unknown refusal".to_owned()));
+                WorkerError::Refused { controller: self.controller.clone(), error }
+            }
+            // The registration task is gone without a refusal: only shutdown does that.
+            Err(_) => future::pending().await,
+        }
+    }
+
+    /// Stops registering and serving, stops every executor, and waits until all is done.
+    pub async fn shutdown(mut self) {
+        let _ = self.stop.send(true);
+        self.tasks.abort_all();
+        while self.tasks.join_next().await.is_some() {}
+        self.state.forget_everything();
+    }
+}
+
+/// Binds the worker's service on `config.listen` and starts registering with the controller.
+///
+/// Returns once the service listens; registration goes on in the background and retries while
+/// the controller is away. See [`RunningWorker::failed`] for refusals.
+pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
+    let bind_error = |source| WorkerError::Bind { addr: config.listen, source };
+    let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
+    let local_addr = listener.local_addr().map_err(bind_error)?;
+    let mut incoming = tarpc::serde_transport::tcp::listen_on(listener, Bincode::default).await.map_err(bind_error)?;
+    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
+
+    let processes = config.processes.max(1);
+    let executor = ExecutorConfig { threads: processes as usize, ..config.executor.clone() };
+    let state = Arc::new(State::new(Builder::new(config.builder.clone()), executor));
+    let (stop, stop_rx) = watch::channel(false);
+    let (refused_tx, refused) = watch::channel(None);
+    let mut tasks = JoinSet::new();
+    tasks.spawn(serve(incoming, WorkerServer { state: Arc::clone(&state) }));
+    let registrar = Registrar {
+        controller: config.controller.clone(),
+        join_token: config.join_token.clone(),
+        advertise: config.advertise.clone(),
+        local_addr,
+        processes,
+        state: Arc::clone(&state),
+    };
+    tasks.spawn(registrar.run(stop_rx, refused_tx));
+    tracing::info!(%local_addr, controller = %config.controller, processes, "worker listening");
+    Ok(RunningWorker { local_addr, stop, refused, controller: config.controller, tasks, state })
+}
+
+type WorkerTransport = tarpc::serde_transport::Transport<
+    tokio::net::TcpStream,
+    tarpc::ClientMessage<crate::rpc::WorkerRequest>,
+    tarpc::Response<crate::rpc::WorkerResponse>,
+    Bincode<tarpc::ClientMessage<crate::rpc::WorkerRequest>, tarpc::Response<crate::rpc::WorkerResponse>>,
+>;
+
+/// Accepts connections with limits per peer and per connection; each connection is served in
+/// its own task, which ends with this one.
+async fn serve(incoming: impl futures::Stream<Item = io::Result<WorkerTransport>> + Send, server: WorkerServer) {
+    let peer_ip = |channel: &BaseChannel<_, _, WorkerTransport>| {
+        channel.transport().peer_addr().map(|addr| addr.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+    };
+    let channels = incoming
+        .filter_map(|transport| future::ready(transport.ok()))
+        .map(BaseChannel::with_defaults)
+        .max_channels_per_key(MAX_CHANNELS_PER_PEER, peer_ip)
+        .map(|channel| channel.max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL).execute(server.clone().serve()));
+    let mut channels = std::pin::pin!(channels);
+    let mut connections = JoinSet::new();
+    while let Some(requests) = channels.next().await {
+        connections.spawn(requests.for_each_concurrent(None, |request| request));
+        // Reap finished connections so the set does not grow with every one ever accepted.
+        while connections.try_join_next().is_some() {}
+    }
+}
+
+/// The [`Worker`] service.
+#[derive(Clone)]
+struct WorkerServer {
+    state: Arc<State>,
+}
+
+impl Worker for WorkerServer {
+    async fn prepare(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        plugin_hash: String,
+        params: String,
+    ) -> Result<(), TaskError> {
+        self.state.authorize(&secret).await?;
+        // In a task of its own, so a build the controller stopped waiting for still finishes
+        // and the next `prepare` finds it done (or joins it) instead of starting over.
+        let state = Arc::clone(&self.state);
+        tokio::spawn(async move { state.prepare(job, plugin_hash, params).await })
+            .await
+            .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
+    }
+
+    async fn run_chunk(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        first_line: u64,
+        text: ByteBuf,
+    ) -> Result<ByteBuf, TaskError> {
+        self.state.authorize(&secret).await?;
+        let warm = self.state.job_executor(job)?;
+        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
+        match executor.run(first_line, Bytes::from(text.into_vec())).await {
+            Ok(partial) => Ok(ByteBuf::from(Vec::from(partial))),
+            Err(error) => {
+                if !matches!(error, ExecError::Plugin(_)) {
+                    tracing::warn!(job, first_line, %error, "chunk lost with its executor");
+                }
+                Err(call_error(error))
+            }
+        }
+    }
+
+    async fn combine(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        partials: Vec<ByteBuf>,
+    ) -> Result<Option<ByteBuf>, TaskError> {
+        self.state.authorize(&secret).await?;
+        let warm = self.state.job_executor(job)?;
+        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
+        if !executor.combines() {
+            return Ok(None);
+        }
+        let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
+        let merged = executor.combine(partials).await.map_err(call_error)?;
+        Ok(Some(ByteBuf::from(Vec::from(merged))))
+    }
+
+    async fn aggregate(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        partials: Vec<ByteBuf>,
+    ) -> Result<String, TaskError> {
+        self.state.authorize(&secret).await?;
+        let warm = self.state.job_executor(job)?;
+        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
+        let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
+        executor.aggregate(partials).await.map_err(call_error)
+    }
+
+    async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
+        self.state.authorize(&secret).await?;
+        self.state.release(job);
+        Ok(())
+    }
+}
+
+/// The answer for a build failure: the plugin's own fault (cargo's words) or the worker's.
+fn build_error(error: BuildError) -> RpcError {
+    match error {
+        BuildError::Compile { diagnostics } => RpcError::Build(diagnostics),
+        error @ (BuildError::NotCdylib { .. } | BuildError::Cargo { .. } | BuildError::Timeout { .. }) => {
+            RpcError::Build(error.to_string())
+        }
+        error => RpcError::Internal(error.to_string()),
+    }
+}
+
+/// The answer for an executor that could not start: hopeless when the plugin is at fault.
+fn start_error(error: ExecError) -> TaskError {
+    match error {
+        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) => TaskError::Fatal(error.to_string()),
+        error => TaskError::Crashed(error.to_string()),
+    }
+}
+
+/// The answer for a failed call to an executor.
+fn call_error(error: ExecError) -> TaskError {
+    match error {
+        ExecError::Plugin(message) => TaskError::Plugin(message),
+        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) => TaskError::Fatal(error.to_string()),
+        error => TaskError::Crashed(error.to_string()),
+    }
+}

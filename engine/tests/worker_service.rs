@@ -1,0 +1,291 @@
+//! The worker daemon against a stand-in controller served in this file: it registers with the
+//! join token (and keeps trying while the controller is away), registers again when the
+//! controller forgets it, fetches and builds a plugin once, runs chunks only for the secret of
+//! its current registration, and stops for good when its join token is refused.
+
+mod util;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, future};
+use kiln_engine::rpc::{
+    ClusterInfo, Controller, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES, Registration, RpcError, Secret,
+    TaskError, WorkerClient, WorkerId, WorkerInfo,
+};
+use kiln_engine::worker::builder::{BuilderConfig, read_source};
+use kiln_engine::worker::executor::ExecutorConfig;
+use kiln_engine::worker::service::{self, RunningWorker, WorkerConfig, WorkerError};
+use serde_bytes::ByteBuf;
+use tarpc::context::Context;
+use tarpc::server::{BaseChannel, Channel};
+use tarpc::tokio_serde::formats::Bincode;
+use util::{example, plugin_target_dir};
+
+const JOIN_TOKEN: &str = "the-join-token";
+
+/// What the stand-in controller has seen and knows.
+#[derive(Default)]
+struct Seen {
+    registrations: Vec<WorkerInfo>,
+    /// The registration it knows now; `None` after it "restarted".
+    known: Option<Registration>,
+    heartbeats: u64,
+    fetches: u64,
+    archives: HashMap<String, Vec<u8>>,
+}
+
+#[derive(Clone)]
+struct StandIn {
+    seen: Arc<Mutex<Seen>>,
+}
+
+impl StandIn {
+    fn knows(&self, worker_id: WorkerId, secret: &Secret) -> bool {
+        let seen = self.seen.lock().unwrap();
+        seen.known.as_ref().is_some_and(|known| known.worker_id == worker_id && known.worker_secret.matches(secret))
+    }
+}
+
+fn not_here<T>() -> Result<T, RpcError> {
+    Err(RpcError::Invalid("not served by the stand-in controller".to_owned()))
+}
+
+impl Controller for StandIn {
+    async fn register(self, _: Context, token: Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
+        if !token.matches(&Secret::new(JOIN_TOKEN)) {
+            return Err(RpcError::Unauthorized("wrong join token".to_owned()));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.registrations.push(info);
+        let registration =
+            Registration { worker_id: seen.registrations.len() as WorkerId, worker_secret: Secret::generate() };
+        seen.known = Some(registration.clone());
+        Ok(registration)
+    }
+
+    async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
+        if !self.knows(worker_id, &secret) {
+            return Err(RpcError::NotFound(format!("worker {worker_id}")));
+        }
+        self.seen.lock().unwrap().heartbeats += 1;
+        Ok(())
+    }
+
+    async fn fetch_plugin(
+        self,
+        _: Context,
+        worker_id: WorkerId,
+        secret: Secret,
+        hash: String,
+    ) -> Result<ByteBuf, RpcError> {
+        if !self.knows(worker_id, &secret) {
+            return Err(RpcError::Unauthorized("unknown worker".to_owned()));
+        }
+        let mut seen = self.seen.lock().unwrap();
+        seen.fetches += 1;
+        seen.archives.get(&hash).map(|archive| ByteBuf::from(archive.clone())).ok_or(RpcError::NotFound(hash))
+    }
+
+    async fn upload_plugin(self, _: Context, _: Secret, _: ByteBuf) -> Result<String, RpcError> {
+        not_here()
+    }
+    async fn create_job(self, _: Context, _: Secret, _: JobSpec) -> Result<JobId, RpcError> {
+        not_here()
+    }
+    async fn upload_input(self, _: Context, _: Secret, _: JobId, _: u64, _: ByteBuf) -> Result<(), RpcError> {
+        not_here()
+    }
+    async fn finish_input(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<(), RpcError> {
+        not_here()
+    }
+    async fn watch(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<JobStatus, RpcError> {
+        not_here()
+    }
+    async fn result(self, _: Context, _: Secret, _: JobId) -> Result<String, RpcError> {
+        not_here()
+    }
+    async fn cancel(self, _: Context, _: Secret, _: JobId) -> Result<JobStatus, RpcError> {
+        not_here()
+    }
+    async fn list_jobs(self, _: Context, _: Secret) -> Result<Vec<JobSummary>, RpcError> {
+        not_here()
+    }
+    async fn cluster_info(self, _: Context, _: Secret) -> Result<ClusterInfo, RpcError> {
+        not_here()
+    }
+}
+
+/// Serves a stand-in controller on `addr` until the returned handle is aborted.
+async fn serve_stand_in(addr: SocketAddr, stand_in: StandIn) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    let mut incoming = tarpc::serde_transport::tcp::listen(addr, Bincode::default).await.unwrap();
+    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
+    let addr = incoming.local_addr();
+    let server = tokio::spawn(async move {
+        incoming
+            .filter_map(|transport| future::ready(transport.ok()))
+            .map(BaseChannel::with_defaults)
+            .for_each(|channel| {
+                let stand_in = stand_in.clone();
+                tokio::spawn(channel.execute(stand_in.serve()).for_each(|request| async move {
+                    tokio::spawn(request);
+                }));
+                future::ready(())
+            })
+            .await
+    });
+    (addr, server)
+}
+
+async fn start_worker(controller: SocketAddr, token: &str, cache: &std::path::Path) -> RunningWorker {
+    let mut builder = BuilderConfig::new(cache);
+    builder.target_dir = plugin_target_dir();
+    let executor = ExecutorConfig::new(env!("CARGO_BIN_EXE_kiln").into(), 2);
+    service::start(WorkerConfig::new(controller.to_string(), Secret::new(token), builder, executor)).await.unwrap()
+}
+
+/// Waits until `check` holds for what the stand-in saw.
+async fn until(stand_in: &StandIn, what: &str, check: impl Fn(&Seen) -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !check(&stand_in.seen.lock().unwrap()) {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn worker_client(addr: SocketAddr) -> WorkerClient {
+    let mut connect = tarpc::serde_transport::tcp::connect(addr, Bincode::default);
+    connect.config_mut().max_frame_length(MAX_FRAME_BYTES);
+    WorkerClient::new(tarpc::client::Config::default(), connect.await.unwrap()).spawn()
+}
+
+/// A context whose deadline leaves room for a cold plugin build.
+fn long() -> Context {
+    let mut ctx = tarpc::context::current();
+    ctx.deadline = Instant::now() + Duration::from_secs(600);
+    ctx
+}
+
+fn current_secret(stand_in: &StandIn) -> Secret {
+    stand_in.seen.lock().unwrap().known.as_ref().unwrap().worker_secret.clone()
+}
+
+fn is_unauthorized<T: std::fmt::Debug>(answer: Result<T, TaskError>) -> bool {
+    matches!(answer, Err(TaskError::Rpc(RpcError::Unauthorized(_))))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
+    let cache = tempfile::tempdir().unwrap();
+    let stand_in = StandIn { seen: Arc::default() };
+    let tree = read_source(&example("wordcount")).unwrap();
+    let hash = tree.hash();
+    stand_in.seen.lock().unwrap().archives.insert(hash.clone(), tree.to_tar_gz());
+    let (addr, _server) = serve_stand_in("127.0.0.1:0".parse().unwrap(), stand_in.clone()).await;
+    let worker = start_worker(addr, JOIN_TOKEN, cache.path()).await;
+    until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
+    {
+        let seen = stand_in.seen.lock().unwrap();
+        let info = &seen.registrations[0];
+        assert_eq!((info.address.as_str(), info.processes), (worker.local_addr().to_string().as_str(), 2));
+    }
+    let secret = current_secret(&stand_in);
+    let client = worker_client(worker.local_addr()).await;
+
+    // A stranger is refused before anything happens: nothing is fetched or built.
+    let stranger = Secret::generate();
+    assert!(is_unauthorized(client.prepare(long(), stranger.clone(), 1, hash.clone(), String::new()).await.unwrap()));
+    let chunk = ByteBuf::from(b"a b a\n".to_vec());
+    assert!(is_unauthorized(client.run_chunk(long(), stranger.clone(), 1, 1, chunk.clone()).await.unwrap()));
+    assert_eq!(stand_in.seen.lock().unwrap().fetches, 0);
+
+    // Its controller prepares a job (fetch, build, executor) and runs chunks.
+    let answer = client.run_chunk(long(), secret.clone(), 1, 1, chunk.clone()).await.unwrap();
+    assert_eq!(answer, Err(TaskError::NotPrepared(1)));
+    client.prepare(long(), secret.clone(), 1, hash.clone(), String::new()).await.unwrap().unwrap();
+    let first = client.run_chunk(long(), secret.clone(), 1, 1, chunk).await.unwrap().unwrap();
+    let second =
+        client.run_chunk(long(), secret.clone(), 1, 2, ByteBuf::from(b"b c\n".to_vec())).await.unwrap().unwrap();
+    let merged = client.combine(long(), secret.clone(), 1, vec![first.clone(), second.clone()]).await.unwrap().unwrap();
+    assert!(merged.is_some(), "wordcount combines");
+    let output = client.aggregate(long(), secret.clone(), 1, vec![first, second]).await.unwrap().unwrap();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&output).unwrap(),
+        serde_json::json!({"a": 2, "b": 2, "c": 1})
+    );
+    assert!(is_unauthorized(client.aggregate(long(), stranger.clone(), 1, vec![]).await.unwrap()));
+
+    // A second job with the same plugin: no fetch, and its executor is warm at once.
+    client.release(long(), secret.clone(), 1).await.unwrap().unwrap();
+    let started = Instant::now();
+    client.prepare(long(), secret.clone(), 2, hash.clone(), String::new()).await.unwrap().unwrap();
+    assert!(started.elapsed() < Duration::from_millis(500), "prepare took {:?}", started.elapsed());
+    assert_eq!(stand_in.seen.lock().unwrap().fetches, 1);
+    let answer = client.run_chunk(long(), secret.clone(), 1, 1, ByteBuf::from(b"x\n".to_vec())).await.unwrap();
+    assert_eq!(answer, Err(TaskError::NotPrepared(1)), "job 1 was released");
+
+    // Parameters the plugin refuses are fatal, not worth a retry.
+    let refused = client.prepare(long(), secret.clone(), 3, hash.clone(), "nonsense".to_owned()).await.unwrap();
+    assert!(
+        matches!(&refused, Err(TaskError::Fatal(message)) if message.contains("takes no parameters")),
+        "{refused:?}"
+    );
+    // A hash the controller does not have.
+    let missing = client.prepare(long(), secret, 4, "0".repeat(64), String::new()).await.unwrap();
+    assert!(matches!(missing, Err(TaskError::Rpc(RpcError::NotFound(_)))), "{missing:?}");
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_again_when_the_controller_forgets_it_and_refuses_the_old_secret() {
+    let cache = tempfile::tempdir().unwrap();
+    let stand_in = StandIn { seen: Arc::default() };
+    let (addr, _server) = serve_stand_in("127.0.0.1:0".parse().unwrap(), stand_in.clone()).await;
+    let worker = start_worker(addr, JOIN_TOKEN, cache.path()).await;
+    until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
+    until(&stand_in, "a heartbeat", |seen| seen.heartbeats >= 1).await;
+    let old_secret = current_secret(&stand_in);
+
+    // As after a restart: the controller no longer knows the worker.
+    stand_in.seen.lock().unwrap().known = None;
+    until(&stand_in, "a second registration", |seen| seen.known.is_some()).await;
+    assert_eq!(stand_in.seen.lock().unwrap().registrations.len(), 2);
+    let new_secret = current_secret(&stand_in);
+
+    let client = worker_client(worker.local_addr()).await;
+    assert!(is_unauthorized(client.release(long(), old_secret, 1).await.unwrap()));
+    assert_eq!(client.release(long(), new_secret, 1).await.unwrap(), Ok(()));
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_trying_while_the_controller_is_away() {
+    let cache = tempfile::tempdir().unwrap();
+    // A free port with nothing behind it yet.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let worker = start_worker(addr, JOIN_TOKEN, cache.path()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
+    let stand_in = StandIn { seen: Arc::default() };
+    let (_, _server) = serve_stand_in(addr, stand_in.clone()).await;
+    let started = Instant::now();
+    until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
+    assert!(started.elapsed() < Duration::from_secs(3), "backoff is capped at about 2 s");
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_join_token_stops_the_worker_for_good() {
+    let cache = tempfile::tempdir().unwrap();
+    let stand_in = StandIn { seen: Arc::default() };
+    let (addr, _server) = serve_stand_in("127.0.0.1:0".parse().unwrap(), stand_in.clone()).await;
+    let worker = start_worker(addr, "not-the-token", cache.path()).await;
+
+    let error = tokio::time::timeout(Duration::from_secs(10), worker.failed()).await.expect("the worker gives up");
+    assert!(matches!(&error, WorkerError::Refused { error: RpcError::Unauthorized(_), .. }), "{error:?}");
+    assert!(error.to_string().contains("--join-token"), "{error}");
+    assert!(stand_in.seen.lock().unwrap().registrations.is_empty());
+    worker.shutdown().await;
+}
