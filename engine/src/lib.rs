@@ -2,11 +2,16 @@
 //!
 //! # Layout
 //! - [`chunk`]: cutting a text input into chunks of whole lines, checking it is UTF-8.
-//! - [`worker`]: the worker's parts: the plugin [`worker::builder`] and [`worker::executor`].
+//! - [`controller`]: `kiln controller`, which queues jobs, pushes chunks to workers and stores results.
+//! - [`worker`]: the worker: the plugin [`worker::builder`] and [`worker::executor`], and the
+//!   daemon's RPC [`worker::service`].
 //! - [`local`]: `kiln run-local`, a whole job on this machine with no cluster.
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
+//! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 
 pub mod chunk;
+pub mod client;
+pub mod controller;
 pub mod local;
 pub mod rpc;
 pub mod worker;

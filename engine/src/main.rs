@@ -1,6 +1,8 @@
 //! The `kiln` command: parses flags, builds a configuration, calls the engine, maps errors to
 //! exit codes.
 
+mod cli;
+
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -25,6 +27,22 @@ struct Cli {
 enum Command {
     /// Build a plugin and run it over a file on this machine, with no cluster.
     RunLocal(RunLocalArgs),
+    /// Run a controller: take jobs from clients and spread them over the workers that join.
+    Controller(cli::cluster::ControllerArgs),
+    /// Run a worker: join a controller, build its plugins and run their chunks.
+    Worker(cli::cluster::WorkerArgs),
+    /// Submit a job to a controller; show its progress and print its result.
+    Submit(cli::jobs::SubmitArgs),
+    /// Show a job's status.
+    Status(cli::jobs::JobArgs),
+    /// Print the result of a job that succeeded.
+    Result(cli::jobs::JobArgs),
+    /// Cancel a job.
+    Cancel(cli::jobs::JobArgs),
+    /// List the controller's jobs, newest first.
+    Jobs(cli::jobs::ListArgs),
+    /// Show the cluster's workers and load.
+    Cluster(cli::jobs::ListArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
     Exec {
@@ -67,25 +85,41 @@ struct RunLocalArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
+    // The daemons say what they do; the other commands only what went wrong.
+    let result = match cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
-        Command::Exec { threads } => match kiln_engine::worker::executor::process::serve(threads) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("kiln exec: {e}");
-                ExitCode::from(70)
-            }
-        },
-        Command::RunLocal(args) => {
-            init_logging();
-            report(run_local_command(args))
+        Command::Exec { threads } => {
+            return match kiln_engine::worker::executor::process::serve(threads) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("kiln exec: {e}");
+                    ExitCode::from(70)
+                }
+            };
         }
-    }
+        Command::RunLocal(args) => logged("warn", || run_local_command(args)),
+        Command::Controller(args) => logged("info", || cli::cluster::run_controller(args)),
+        Command::Worker(args) => logged("info", || cli::cluster::run_worker(args)),
+        Command::Submit(args) => logged("warn", || cli::jobs::submit(args)),
+        Command::Status(args) => logged("warn", || cli::jobs::status(args)),
+        Command::Result(args) => logged("warn", || cli::jobs::result(args)),
+        Command::Cancel(args) => logged("warn", || cli::jobs::cancel(args)),
+        Command::Jobs(args) => logged("warn", || cli::jobs::jobs(args)),
+        Command::Cluster(args) => logged("warn", || cli::jobs::cluster(args)),
+    };
+    report(result)
 }
 
-fn init_logging() {
+/// Runs a command with logging set up at `default_level` (unless RUST_LOG says otherwise).
+fn logged(default_level: &str, command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    init_logging(default_level);
+    command()
+}
+
+/// Logs to stderr, filtered by RUST_LOG, else at `default` level and above.
+fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
@@ -143,6 +177,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Where plugins are built and cached by default: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
 fn default_cache_dir() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("XDG_CACHE_HOME").filter(|d| !d.is_empty()) {
         return Some(PathBuf::from(dir).join("kiln"));

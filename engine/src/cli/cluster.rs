@@ -1,0 +1,146 @@
+//! `kiln controller` and `kiln worker`: the cluster's daemons. Each prints `listening on ADDR`
+//! on stderr as soon as it is bound, and runs until SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use kiln_engine::controller::{self, ControllerConfig};
+use kiln_engine::rpc::Secret;
+use kiln_engine::worker::builder::BuilderConfig;
+use kiln_engine::worker::executor::{DEFAULT_CALL_TIMEOUT, ExecutorConfig};
+use kiln_engine::worker::service::{self, WorkerConfig};
+
+use super::{DEFAULT_CONTROLLER, default_data_dir, key_or_stored, shutdown_signal};
+
+/// `kiln controller`.
+#[derive(clap::Args)]
+pub struct ControllerArgs {
+    /// The address to serve clients and workers on.
+    #[arg(long, default_value = DEFAULT_CONTROLLER)]
+    listen: SocketAddr,
+    /// Where jobs, plugins, inputs and keys are kept (default: $XDG_DATA_HOME/kiln or
+    /// ~/.local/share/kiln).
+    #[arg(long, env = "KILN_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// The key clients must present (default: the one stored in DATA_DIR, or a new one).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+    /// The token workers must present to join (default: the one stored in DATA_DIR, or a new
+    /// one).
+    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// Seconds without a heartbeat after which a worker counts as lost.
+    #[arg(long, default_value_t = 3.0)]
+    heartbeat_timeout: f64,
+}
+
+/// `kiln worker`.
+#[derive(clap::Args)]
+pub struct WorkerArgs {
+    /// The controller's address.
+    #[arg(long, env = "KILN_CONTROLLER", default_value = DEFAULT_CONTROLLER)]
+    controller: String,
+    /// The cluster's join token (default: the one a controller on this machine stored).
+    #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
+    join_token: Option<String>,
+    /// How many chunks run at once (default: the number of CPUs).
+    #[arg(long)]
+    processes: Option<u32>,
+    /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
+    /// The cargo target directory shared by plugin builds (default: CACHE_DIR/target).
+    #[arg(long, env = "KILN_TARGET_DIR")]
+    target_dir: Option<PathBuf>,
+    /// The address the worker serves the controller on.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// The address the controller should dial, when it is not the one bound (NAT, containers).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The longest one chunk may run, in seconds.
+    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
+    timeout: u64,
+    /// A limit on each executor's address space, e.g. 2GiB (default: none).
+    #[arg(long, value_parser = crate::parse_size)]
+    memory_limit: Option<usize>,
+}
+
+/// Runs a controller until SIGINT or SIGTERM.
+pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
+    let data_dir = match args.data_dir {
+        Some(dir) => dir,
+        None => default_data_dir().context("no data directory: set --data-dir or KILN_DATA_DIR")?,
+    };
+    let mut config = ControllerConfig::new(args.listen, data_dir.clone());
+    config.api_key = args.api_key.filter(|key| !key.is_empty()).map(Secret::new);
+    config.join_token = args.join_token.filter(|token| !token.is_empty()).map(Secret::new);
+    if !(args.heartbeat_timeout.is_finite() && args.heartbeat_timeout > 0.0) {
+        anyhow::bail!("--heartbeat-timeout must be a positive number of seconds");
+    }
+    config.heartbeat_timeout = Duration::from_secs_f64(args.heartbeat_timeout);
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let running = controller::start(config)
+            .await
+            .with_context(|| format!("cannot start the controller on {}", args.listen))?;
+        // Printed once, when made: afterwards they are only in the data directory.
+        for name in running.generated() {
+            let (what, secret, file) = if name.contains("api") {
+                ("API key (for clients)", running.api_key(), "api_key")
+            } else {
+                ("join token (for workers)", running.join_token(), "join_token")
+            };
+            eprintln!("generated a new {what}: {} (stored in {})", secret.expose(), data_dir.join(file).display());
+        }
+        eprintln!("listening on {}", running.local_addr());
+        let signal = shutdown_signal().await;
+        tracing::info!("shutting down");
+        running.shutdown().await;
+        signal
+    })
+}
+
+/// Runs a worker until SIGINT or SIGTERM, or until the controller refuses it for good.
+pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
+    let join_token = key_or_stored(args.join_token, "join_token", "--join-token", "KILN_JOIN_TOKEN")?;
+    let cache_dir = match args.cache_dir {
+        Some(dir) => dir,
+        None => crate::default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
+    };
+    let mut builder = BuilderConfig::new(cache_dir);
+    if let Some(target_dir) = args.target_dir {
+        builder.target_dir = target_dir;
+    }
+    let program = std::env::current_exe().context("cannot find the kiln executable")?;
+    let processes = args.processes.unwrap_or_else(|| {
+        std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
+    });
+    let mut executor = ExecutorConfig::new(program, processes.max(1) as usize);
+    executor.call_timeout = Duration::from_secs(args.timeout.max(1));
+    executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
+    let mut config = WorkerConfig::new(args.controller, Secret::new(join_token), builder, executor);
+    config.processes = processes.max(1);
+    config.listen = args.listen;
+    config.advertise = args.advertise;
+
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let worker = service::start(config).await?;
+        eprintln!("listening on {}", worker.local_addr());
+        tokio::select! {
+            signal = shutdown_signal() => {
+                tracing::info!("shutting down");
+                worker.shutdown().await;
+                signal
+            }
+            error = worker.failed() => {
+                worker.shutdown().await;
+                Err(error.into())
+            }
+        }
+    })
+}

@@ -1,0 +1,362 @@
+//! The commands that talk to a controller with the client library: `submit`, `status`,
+//! `result`, `cancel`, `jobs` and `cluster`. Results and `--json` output go to stdout;
+//! progress, summaries and errors to stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use futures::StreamExt;
+use indicatif::{ProgressBar, ProgressStyle};
+use kiln_engine::client::{Client, SubmitOptions};
+use kiln_engine::rpc::{JobId, JobState, JobStatus, Secret};
+
+use super::{DEFAULT_CONTROLLER, key_or_stored};
+
+/// How to reach the controller.
+#[derive(clap::Args)]
+pub struct ControllerFlags {
+    /// The controller's address.
+    #[arg(long, env = "KILN_CONTROLLER", default_value = DEFAULT_CONTROLLER)]
+    controller: String,
+    /// The cluster's API key (default: the one a controller on this machine stored).
+    #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
+    api_key: Option<String>,
+}
+
+/// `kiln submit`.
+#[derive(clap::Args)]
+pub struct SubmitArgs {
+    #[command(flatten)]
+    controller: ControllerFlags,
+    /// The plugin: a crate directory, a .tar.gz or .zip of one, or a single lib.rs file.
+    #[arg(long)]
+    plugin: PathBuf,
+    /// The input file (UTF-8 text; lines are the unit of work).
+    #[arg(long)]
+    input: PathBuf,
+    /// Chunks in flight per worker (default: as many as each worker runs at once).
+    #[arg(long)]
+    processes: Option<u32>,
+    /// Parameters passed to the plugin's `new`.
+    #[arg(long, default_value = "")]
+    params: String,
+    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536 (default: 4MiB).
+    #[arg(long, value_parser = crate::parse_size)]
+    chunk_size: Option<usize>,
+    /// How many times a chunk may be tried before the job fails (default: 4).
+    #[arg(long)]
+    max_attempts: Option<u32>,
+    /// Print the job's id and return without waiting for it.
+    #[arg(long)]
+    detach: bool,
+}
+
+/// `kiln status`, `kiln result` and `kiln cancel`.
+#[derive(clap::Args)]
+pub struct JobArgs {
+    #[command(flatten)]
+    controller: ControllerFlags,
+    /// The job's id.
+    job: JobId,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `kiln jobs` and `kiln cluster`.
+#[derive(clap::Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    controller: ControllerFlags,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Uploads the plugin and input, then (without `--detach`) shows progress and prints the result.
+pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
+    let input_size = std::fs::metadata(&args.input)
+        .with_context(|| format!("cannot read the input {}", args.input.display()))?
+        .len();
+    let options = SubmitOptions {
+        params: args.params,
+        processes: args.processes.unwrap_or(0),
+        input_name: String::new(),
+        max_attempts: args.max_attempts.unwrap_or(0),
+        chunk_size: args.chunk_size.map_or(0, |size| size as u64),
+    };
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let bar = progress_bar(input_size, "{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {msg}");
+        let file = tokio::fs::File::open(&args.input)
+            .await
+            .with_context(|| format!("cannot open the input {}", args.input.display()))?;
+        let mut options = options;
+        options.input_name = args.input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let job = client
+            .submit_with_progress(&args.plugin, file, options, &|bytes| bar.set_position(bytes))
+            .await
+            .context("cannot submit the job")?;
+        bar.finish_and_clear();
+        if args.detach {
+            println!("{job}");
+            return Ok(());
+        }
+        eprintln!("submitted job {job}");
+        follow(&client, job).await
+    })
+}
+
+/// Shows a job's progress until it ends; prints its result or fails with its reason.
+async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
+    let bar = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})");
+    let mut statuses = std::pin::pin!(client.watch(job));
+    let mut last = None;
+    while let Some(status) = statuses.next().await {
+        let status = status.with_context(|| format!("lost track of job {job}"))?;
+        bar.set_length(status.n_chunks);
+        bar.set_position(status.chunks_done);
+        bar.set_message(progress_message(&status));
+        last = Some(status);
+    }
+    bar.finish_and_clear();
+    if let Some(status) = &last {
+        eprintln!("{}", summary(status));
+    }
+    // A failure or cancellation comes back as an error with its reason.
+    let output = client.result(job).await?;
+    let mut stdout = std::io::stdout().lock();
+    writeln!(stdout, "{output}").context("cannot write the result")?;
+    Ok(())
+}
+
+/// `kiln status JOB`.
+pub fn status(args: JobArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let status = client.status(args.job).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            print!("{}", describe(&status));
+        }
+        Ok(())
+    })
+}
+
+/// `kiln result JOB`.
+pub fn result(args: JobArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let output = client.result(args.job).await?;
+        println!("{output}");
+        Ok(())
+    })
+}
+
+/// `kiln cancel JOB`.
+pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let status = client.cancel(args.job).await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&status)?);
+        } else {
+            println!("job {} is {}", status.id, state_word(status.state));
+        }
+        Ok(())
+    })
+}
+
+/// `kiln jobs`.
+pub fn jobs(args: ListArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let jobs = client.list().await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&jobs)?);
+            return Ok(());
+        }
+        println!("{:>6}  {:<12} {:>15}  {:<20} INPUT", "JOB", "STATE", "CHUNKS", "CREATED");
+        for job in jobs {
+            let chunks = format!("{}/{}", job.chunks_done, job.n_chunks);
+            let created = age(job.created_ms);
+            println!("{:>6}  {:<12} {:>15}  {:<20} {}", job.id, state_word(job.state), chunks, created, job.input_name);
+        }
+        Ok(())
+    })
+}
+
+/// `kiln cluster`.
+pub fn cluster(args: ListArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let info = client.cluster_info().await?;
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&info)?);
+            return Ok(());
+        }
+        println!("controller {}, {} active jobs, {} workers", info.version, info.active_jobs, info.workers.len());
+        for worker in info.workers {
+            println!(
+                "  worker {} at {} ({}): {} processes, {} in flight, {} chunks done, seen {} ms ago",
+                worker.worker_id,
+                worker.address,
+                worker.hostname,
+                worker.processes,
+                worker.in_flight,
+                worker.chunks_done,
+                worker.last_seen_ms
+            );
+        }
+        Ok(())
+    })
+}
+
+fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(work)
+}
+
+async fn connect(flags: ControllerFlags) -> anyhow::Result<Client> {
+    let key = key_or_stored(flags.api_key, "api_key", "--api-key", "KILN_API_KEY")?;
+    Ok(Client::connect(&flags.controller, Secret::new(key)).await?)
+}
+
+/// A progress bar on stderr; hidden when stderr is not a terminal.
+fn progress_bar(length: u64, template: &str) -> ProgressBar {
+    let bar = ProgressBar::new(length);
+    let style = ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar());
+    bar.set_style(style.progress_chars("=> "));
+    bar.enable_steady_tick(Duration::from_millis(200));
+    bar
+}
+
+fn progress_message(status: &JobStatus) -> String {
+    let mut message = state_word(status.state).to_owned();
+    if status.state == JobState::Running || status.state == JobState::Aggregating {
+        let busy = status.workers.iter().filter(|w| w.in_flight > 0).count();
+        message.push_str(&format!(" on {}", plural(busy as u64, "worker")));
+    }
+    if status.retries > 0 {
+        message.push_str(&format!(", {} retries", status.retries));
+    }
+    message
+}
+
+/// One line for the end of a job: its state, size and speed.
+fn summary(status: &JobStatus) -> String {
+    let seconds = match (status.started_ms, status.finished_ms) {
+        (Some(started), Some(finished)) => finished.saturating_sub(started) as f64 / 1000.0,
+        _ => 0.0,
+    };
+    format!(
+        "job {} {}: {}, {}, {:.1} MB in {:.2} s ({:.1} MB/s) on {}{}",
+        status.id,
+        state_word(status.state),
+        plural(status.chunks_done, "chunk"),
+        plural(status.lines_done, "line"),
+        status.bytes_done as f64 / 1e6,
+        seconds,
+        status.bytes_done as f64 / 1e6 / seconds.max(1e-3),
+        plural(status.workers.iter().filter(|w| w.chunks_done > 0).count() as u64, "worker"),
+        if status.retries > 0 { format!(", {}", plural(status.retries, "retry")) } else { String::new() }
+    )
+}
+
+/// A job's status as text, for `kiln status`.
+fn describe(status: &JobStatus) -> String {
+    let mut text = format!(
+        "job {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {} retries\n",
+        status.id,
+        state_word(status.state),
+        status.chunks_done,
+        status.n_chunks,
+        status.lines_done,
+        status.bytes_done as f64 / 1e6,
+        status.bytes_total as f64 / 1e6,
+        status.retries
+    );
+    let processes = match status.processes {
+        0 => "as many chunks at once as each worker runs".to_owned(),
+        n => format!("{} per worker", plural(u64::from(n), "chunk")),
+    };
+    text.push_str(&format!(
+        "  input {}, params {:?}, {processes}, plugin {}\n",
+        status.input_name,
+        shorten(&status.params, 60),
+        status.plugin_hash.get(..12).unwrap_or(&status.plugin_hash)
+    ));
+    text.push_str(&format!("  created {}", age(status.created_ms)));
+    if let Some(finished) = status.finished_ms {
+        text.push_str(&format!(", ended {}", age(finished)));
+    }
+    text.push('\n');
+    for worker in &status.workers {
+        text.push_str(&format!(
+            "  worker {} ({}): {} chunks, {} lines, {} in flight\n",
+            worker.worker_id, worker.address, worker.chunks_done, worker.lines_done, worker.in_flight
+        ));
+    }
+    if let Some(failure) = &status.failure {
+        text.push_str(&format!("  failed: {}\n", failure.message.trim_end()));
+    }
+    text
+}
+
+/// `n` and a noun, in the plural unless `n` is 1 ("retry" becomes "retries").
+fn plural(n: u64, noun: &str) -> String {
+    match (n, noun.strip_suffix('y')) {
+        (1, _) => format!("1 {noun}"),
+        (_, Some(stem)) => format!("{n} {stem}ies"),
+        (_, None) => format!("{n} {noun}s"),
+    }
+}
+
+/// At most `max` characters of `text`, with an ellipsis when cut.
+fn shorten(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
+}
+
+fn state_word(state: JobState) -> &'static str {
+    match state {
+        JobState::Uploading => "uploading",
+        JobState::Queued => "queued",
+        JobState::Running => "running",
+        JobState::Aggregating => "aggregating",
+        JobState::Succeeded => "succeeded",
+        JobState::Failed => "failed",
+        JobState::Cancelled => "cancelled",
+    }
+}
+
+/// How long ago a time (milliseconds since the epoch) was, in words.
+fn age(ms: u64) -> String {
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+    let seconds = now.saturating_sub(ms) / 1000;
+    match seconds {
+        0..60 => format!("{seconds} s ago"),
+        60..3600 => format!("{} min ago", seconds / 60),
+        3600..86400 => format!("{} h ago", seconds / 3600),
+        _ => format!("{} days ago", seconds / 86400),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_read_as_english() {
+        assert_eq!(plural(1, "chunk"), "1 chunk");
+        assert_eq!(plural(0, "worker"), "0 workers");
+        assert_eq!(plural(3, "retry"), "3 retries");
+        assert_eq!(shorten("sleep-at=1:150", 60), "sleep-at=1:150");
+        assert_eq!(shorten("日本語テキスト", 3), "日本語…");
+    }
+}

@@ -1,0 +1,614 @@
+//! The client library: submit jobs to a controller, watch them, fetch their results, cancel and
+//! list them. `kiln submit` and the other job commands use it, and so does the web app.
+//!
+//! A [`Client`] holds one connection to the controller and opens a new one when it breaks;
+//! watching a job ([`Client::watch`], [`Client::wait`]) keeps retrying for a while, so a watcher
+//! survives a controller restart. Plugins and inputs are uploaded in pieces of at most
+//! [`MAX_PIECE_BYTES`], read from disk (or any reader) as they go: an input is never held whole
+//! in memory.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use futures::StreamExt;
+//! use kiln_engine::client::{Client, SubmitOptions};
+//! use kiln_engine::rpc::{JobState, Secret};
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let client = Client::connect("127.0.0.1:7700", Secret::new("the cluster's API key")).await?;
+//!     let options = SubmitOptions { processes: 2, ..SubmitOptions::default() };
+//!     let plugin = std::path::Path::new("examples/plugins/wordcount");
+//!     let input = std::path::Path::new("examples/inputs/sample.txt");
+//!     let job = client.submit_file(plugin, input, options).await?;
+//!
+//!     // Each new status until the job ends.
+//!     let mut statuses = std::pin::pin!(client.watch(job));
+//!     while let Some(status) = statuses.next().await {
+//!         let status = status?;
+//!         eprintln!("{:?}: {} of {} chunks", status.state, status.chunks_done, status.n_chunks);
+//!     }
+//!
+//!     // The output JSON, or the job's failure (cargo's diagnostics, the plugin's message).
+//!     println!("{}", client.outcome(job).await?);
+//!     assert_eq!(client.status(job).await?.state, JobState::Succeeded);
+//!     Ok(())
+//! }
+//! ```
+
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use serde_bytes::ByteBuf;
+use tarpc::context::{self, Context};
+use tarpc::tokio_serde::formats::Bincode;
+use tokio::io::{AsyncRead, AsyncReadExt};
+
+use crate::rpc::{
+    ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary,
+    MAX_FRAME_BYTES, MAX_PIECE_BYTES, RpcError, Secret, WATCH_WAIT,
+};
+use crate::worker::builder::{SourceError, read_source};
+
+/// How long connecting to the controller may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Deadline of a plain call (status, cancel, list, create a job): the controller answers these
+/// from its database at once.
+const CALL_DEADLINE: Duration = Duration::from_secs(30);
+
+/// Deadline of uploading one piece of a plugin or an input: 8 MiB that the controller writes
+/// to disk, over a slow link if need be.
+const UPLOAD_DEADLINE: Duration = Duration::from_secs(120);
+
+/// Beyond [`WATCH_WAIT`], how long a `watch` call may take before the controller counts as
+/// unresponsive.
+const WATCH_MARGIN: Duration = Duration::from_secs(10);
+
+/// How long a watcher keeps trying to reach a controller that went away (a restart on the same
+/// data directory takes seconds) before it gives up.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// The first and the longest pause between attempts to reach the controller again.
+const BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+
+/// How a job is to be run. The defaults leave each choice to the controller.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// Parameters passed to the plugin's `new`.
+    pub params: String,
+    /// Chunks in flight per worker (0: the controller's default).
+    pub processes: u32,
+    /// The input's name, for display (`submit_file` uses the file's name when this is empty).
+    pub input_name: String,
+    /// How many times a chunk may be tried before the job fails (0: the default, 4).
+    pub max_attempts: u32,
+    /// The chunk size in bytes (0: the default, 4 MiB).
+    pub chunk_size: u64,
+}
+
+/// Why a client call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The controller could not be reached.
+    #[error("cannot connect to the controller at {addr}: {source}: check that it runs and the address is right")]
+    Connect {
+        /// The controller's address.
+        addr: String,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The connection broke, or the controller did not answer in time.
+    #[error("lost the connection to the controller at {addr}: {message}")]
+    Connection {
+        /// The controller's address.
+        addr: String,
+        /// What happened.
+        message: String,
+    },
+    /// The controller refused the API key.
+    #[error("the controller refused the API key ({0}): check --api-key or KILN_API_KEY")]
+    Unauthorized(String),
+    /// The controller refused the request.
+    #[error(transparent)]
+    Rpc(RpcError),
+    /// The plugin's source could not be read or is not a valid crate.
+    #[error("cannot use the plugin: {0}")]
+    Plugin(#[from] SourceError),
+    /// The input could not be read.
+    #[error("cannot read the input {}: {source}", .path.display())]
+    Input {
+        /// The input's path (or name, for a reader).
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The job failed; the message is the plugin's own, cargo's diagnostics, or the controller's.
+    #[error("{}", describe_failure(*.job, .failure))]
+    JobFailed {
+        /// The job.
+        job: JobId,
+        /// Why it failed.
+        failure: JobFailure,
+    },
+    /// The job was cancelled.
+    #[error("job {0} was cancelled")]
+    Cancelled(JobId),
+}
+
+impl ClientError {
+    fn from_rpc(error: RpcError) -> ClientError {
+        match error {
+            RpcError::Unauthorized(message) => ClientError::Unauthorized(message),
+            error => ClientError::Rpc(error),
+        }
+    }
+
+    /// Whether the controller may answer if asked again later (it is away or restarting).
+    fn is_transient(&self) -> bool {
+        matches!(self, ClientError::Connect { .. } | ClientError::Connection { .. })
+    }
+}
+
+/// Words for a job's failure: what failed, where, and the message.
+fn describe_failure(job: JobId, failure: &JobFailure) -> String {
+    let message = failure.message.trim_end();
+    match (failure.kind, failure.chunk) {
+        (FailureKind::Build, _) => format!("job {job} failed: the plugin does not compile:\n{message}"),
+        (FailureKind::Input, _) => format!("job {job} failed: the input cannot be used: {message}"),
+        (_, Some(chunk)) => format!(
+            "job {job} failed: chunk {} (lines {}-{}) failed after {} attempt{}: {message}",
+            chunk.index,
+            chunk.first_line,
+            chunk.last_line,
+            failure.attempts,
+            if failure.attempts == 1 { "" } else { "s" },
+        ),
+        (_, None) => format!("job {job} failed: {message}"),
+    }
+}
+
+/// A connection to a controller, with its API key. Cheap to clone; clones share the connection.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    addr: String,
+    key: Secret,
+    connection: Mutex<Option<ControllerClient>>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").field("addr", &self.inner.addr).finish_non_exhaustive()
+    }
+}
+
+/// Whether a call may be sent again after its connection broke (it does the same thing twice).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    Safe,
+    Never,
+}
+
+impl Client {
+    /// Connects to the controller at `addr` (`host:port`) and checks the API key.
+    pub async fn connect(addr: &str, api_key: Secret) -> Result<Client, ClientError> {
+        let client =
+            Client { inner: Arc::new(Inner { addr: addr.to_owned(), key: api_key, connection: Mutex::new(None) }) };
+        client.cluster_info().await?;
+        Ok(client)
+    }
+
+    /// The controller's address.
+    pub fn addr(&self) -> &str {
+        &self.inner.addr
+    }
+
+    /// Uploads the plugin (a crate directory, a `.tar.gz` or `.zip` of one, or a single `.rs`
+    /// file), creates a job and uploads its input from `input`, piece by piece. Returns the
+    /// job's id once the input is complete and the job is queued.
+    pub async fn submit(
+        &self,
+        plugin: &Path,
+        input: impl AsyncRead + Unpin,
+        options: SubmitOptions,
+    ) -> Result<JobId, ClientError> {
+        self.submit_with_progress(plugin, input, options, &|_| {}).await
+    }
+
+    /// [`Client::submit`] with the input's path; the job's input name is the file's name
+    /// unless `options` has one.
+    pub async fn submit_file(
+        &self,
+        plugin: &Path,
+        input: &Path,
+        mut options: SubmitOptions,
+    ) -> Result<JobId, ClientError> {
+        let file = tokio::fs::File::open(input)
+            .await
+            .map_err(|source| ClientError::Input { path: input.to_owned(), source })?;
+        if options.input_name.is_empty() {
+            options.input_name = input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        }
+        self.submit_with_progress(plugin, file, options, &|_| {}).await.map_err(|error| match error {
+            ClientError::Input { source, .. } => ClientError::Input { path: input.to_owned(), source },
+            error => error,
+        })
+    }
+
+    /// [`Client::submit`], telling `uploaded` how many input bytes the controller has after
+    /// each piece.
+    pub async fn submit_with_progress(
+        &self,
+        plugin: &Path,
+        mut input: impl AsyncRead + Unpin,
+        options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<JobId, ClientError> {
+        let plugin_hash = self.upload_plugin(plugin).await?;
+        let spec = JobSpec {
+            plugin_hash,
+            params: options.params,
+            processes: options.processes,
+            input_name: options.input_name,
+            max_attempts: options.max_attempts,
+            chunk_size: options.chunk_size,
+        };
+        let key = &self.inner.key;
+        let job = self
+            .call(CALL_DEADLINE, Repeat::Never, |controller, ctx| {
+                let (key, spec) = (key.clone(), spec.clone());
+                async move { controller.create_job(ctx, key, spec).await }
+            })
+            .await?;
+        match self.upload_input(job, &mut input, uploaded).await {
+            Ok(()) => Ok(job),
+            Err(error) => {
+                // A job whose input will never be complete would wait forever.
+                let _ = self.cancel(job).await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Reads, packs and uploads a plugin; answers its hash.
+    pub async fn upload_plugin(&self, plugin: &Path) -> Result<String, ClientError> {
+        let path = plugin.to_owned();
+        let archive = tokio::task::spawn_blocking(move || read_source(&path).map(|tree| tree.to_tar_gz()))
+            .await
+            .map_err(|e| ClientError::Input { path: plugin.to_owned(), source: io::Error::other(e) })??;
+        let key = &self.inner.key;
+        self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let (key, archive) = (key.clone(), ByteBuf::from(archive.clone()));
+            async move { controller.upload_plugin(ctx, key, archive).await }
+        })
+        .await
+    }
+
+    /// Streams `input` to the job in pieces, reading the next piece while the last one travels.
+    async fn upload_input(
+        &self,
+        job: JobId,
+        input: &mut (impl AsyncRead + Unpin),
+        uploaded: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<(), ClientError> {
+        let mut offset = 0u64;
+        let mut piece = read_piece(input).await?;
+        while !piece.is_empty() {
+            let length = piece.len() as u64;
+            let (sent, next) = tokio::join!(self.upload_piece(job, offset, piece), read_piece(input));
+            sent?;
+            offset += length;
+            uploaded(offset);
+            piece = next?;
+        }
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.finish_input(ctx, key, job, offset).await }
+        })
+        .await
+    }
+
+    async fn upload_piece(&self, job: JobId, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
+        let key = &self.inner.key;
+        // A repeated piece is acknowledged and ignored by the controller, so resending is safe.
+        self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let (key, piece) = (key.clone(), ByteBuf::from(piece.clone()));
+            async move { controller.upload_input(ctx, key, job, offset, piece).await }
+        })
+        .await
+    }
+
+    /// The job's statuses as they change, until it ends: each item is newer than the last.
+    /// When the connection breaks (the controller restarts), the stream reconnects by itself,
+    /// giving up with an error after [`RECONNECT_PATIENCE`] without an answer.
+    pub fn watch(&self, job: JobId) -> impl Stream<Item = Result<JobStatus, ClientError>> + Send + 'static {
+        let watcher = Watcher { client: self.clone(), job, last_seq: None, reconnected: false, ended: false };
+        futures::stream::unfold(watcher, |mut watcher| async move {
+            if watcher.ended {
+                return None;
+            }
+            let next = watcher.next().await;
+            watcher.ended = next.as_ref().map_or(true, |status| status.state.is_final());
+            Some((next, watcher))
+        })
+    }
+
+    /// Waits for the job to end and answers its final status (succeeded, failed or cancelled).
+    pub async fn wait(&self, job: JobId) -> Result<JobStatus, ClientError> {
+        use futures::StreamExt;
+        let mut statuses = std::pin::pin!(self.watch(job));
+        let mut last = None;
+        while let Some(status) = statuses.next().await {
+            last = Some(status?);
+        }
+        last.filter(|status| status.state.is_final()).ok_or_else(|| ClientError::Connection {
+            addr: self.inner.addr.clone(),
+            message: format!("the status of job {job} stopped before the job ended"),
+        })
+    }
+
+    /// Waits for the job to end; answers its output JSON, or its failure or cancellation as
+    /// an error.
+    pub async fn outcome(&self, job: JobId) -> Result<String, ClientError> {
+        let status = self.wait(job).await?;
+        ended(&status)?;
+        self.result(job).await
+    }
+
+    /// The job's current status.
+    pub async fn status(&self, job: JobId) -> Result<JobStatus, ClientError> {
+        let key = &self.inner.key;
+        // Seen nothing yet: the controller answers at once.
+        self.call(CALL_DEADLINE.max(WATCH_WAIT + WATCH_MARGIN), Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.watch(ctx, key, job, 0).await }
+        })
+        .await
+    }
+
+    /// The output JSON of a job that succeeded. For a job that failed or was cancelled the
+    /// error says so, with the failure's message.
+    pub async fn result(&self, job: JobId) -> Result<String, ClientError> {
+        let key = &self.inner.key;
+        let answer = self
+            .call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+                let key = key.clone();
+                async move { controller.result(ctx, key, job).await }
+            })
+            .await;
+        match answer {
+            Err(ClientError::Rpc(error @ (RpcError::Invalid(_) | RpcError::NotFound(_)))) => {
+                // No result: say why, when the job failed or was cancelled.
+                if let Ok(status) = self.status(job).await {
+                    ended(&status)?;
+                }
+                Err(ClientError::Rpc(error))
+            }
+            answer => answer,
+        }
+    }
+
+    /// Cancels a job; answers its status after the cancellation.
+    pub async fn cancel(&self, job: JobId) -> Result<JobStatus, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.cancel(ctx, key, job).await }
+        })
+        .await
+    }
+
+    /// The controller's jobs, newest first.
+    pub async fn list(&self) -> Result<Vec<JobSummary>, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.list_jobs(ctx, key).await }
+        })
+        .await
+    }
+
+    /// The cluster's live workers and load.
+    pub async fn cluster_info(&self) -> Result<ClusterInfo, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.cluster_info(ctx, key).await }
+        })
+        .await
+    }
+
+    /// Makes a call with a deadline `deadline` from now, on the current connection or a new
+    /// one. When the connection turns out broken, a call that is safe to repeat is sent once
+    /// more on a fresh connection.
+    async fn call<T, F, Fut>(&self, deadline: Duration, repeat: Repeat, call: F) -> Result<T, ClientError>
+    where
+        F: Fn(ControllerClient, Context) -> Fut,
+        Fut: Future<Output = Result<Result<T, RpcError>, tarpc::client::RpcError>>,
+    {
+        let mut attempts_left = if repeat == Repeat::Safe { 2 } else { 1 };
+        loop {
+            attempts_left -= 1;
+            let controller = self.connection().await?;
+            let mut ctx = context::current();
+            ctx.deadline = Instant::now() + deadline;
+            match call(controller, ctx).await {
+                Ok(answer) => return answer.map_err(ClientError::from_rpc),
+                Err(error) => {
+                    let broken = !matches!(error, tarpc::client::RpcError::Server(_));
+                    if broken {
+                        *lock(&self.inner.connection) = None;
+                    }
+                    if !broken || attempts_left == 0 {
+                        let message = match error {
+                            tarpc::client::RpcError::DeadlineExceeded => {
+                                format!("no answer within {} s", deadline.as_secs())
+                            }
+                            error => error_chain(&error),
+                        };
+                        return Err(ClientError::Connection { addr: self.inner.addr.clone(), message });
+                    }
+                }
+            }
+        }
+    }
+
+    /// The current connection, or a new one.
+    async fn connection(&self) -> Result<ControllerClient, ClientError> {
+        if let Some(controller) = lock(&self.inner.connection).clone() {
+            return Ok(controller);
+        }
+        let addr = &self.inner.addr;
+        let connect_error = |source| ClientError::Connect { addr: addr.clone(), source };
+        let mut connect = tarpc::serde_transport::tcp::connect(addr.as_str(), Bincode::default);
+        connect.config_mut().max_frame_length(MAX_FRAME_BYTES);
+        let transport = tokio::time::timeout(CONNECT_TIMEOUT, connect)
+            .await
+            .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connecting timed out")))?
+            .map_err(connect_error)?;
+        let controller = ControllerClient::new(tarpc::client::Config::default(), transport).spawn();
+        *lock(&self.inner.connection) = Some(controller.clone());
+        Ok(controller)
+    }
+}
+
+/// Turns a final status other than success into its error.
+fn ended(status: &JobStatus) -> Result<(), ClientError> {
+    match (status.state, &status.failure) {
+        (JobState::Failed, Some(failure)) => Err(ClientError::JobFailed { job: status.id, failure: failure.clone() }),
+        (JobState::Failed, None) => Err(ClientError::JobFailed {
+            job: status.id,
+            failure: JobFailure {
+                kind: FailureKind::Internal,
+                message: "the controller gave no reason".to_owned(),
+                chunk: None,
+                attempts: 0,
+            },
+        }),
+        (JobState::Cancelled, _) => Err(ClientError::Cancelled(status.id)),
+        _ => Ok(()),
+    }
+}
+
+/// Long-polls one job's status.
+struct Watcher {
+    client: Client,
+    job: JobId,
+    /// The `seq` of the last status handed out.
+    last_seq: Option<u64>,
+    /// Whether the connection was made anew since the last answer: a restarted controller may
+    /// number its statuses differently, so the next call asks for the current one at once.
+    reconnected: bool,
+    ended: bool,
+}
+
+impl Watcher {
+    /// The next status with another `seq` than the last one handed out.
+    async fn next(&mut self) -> Result<JobStatus, ClientError> {
+        let mut failing_since: Option<Instant> = None;
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            let seen = if self.reconnected { 0 } else { self.last_seq.unwrap_or(0) };
+            let key = &self.client.inner.key;
+            let job = self.job;
+            let answer = self
+                .client
+                .call(WATCH_WAIT + WATCH_MARGIN, Repeat::Never, |controller, ctx| {
+                    let key = key.clone();
+                    async move { controller.watch(ctx, key, job, seen).await }
+                })
+                .await;
+            match answer {
+                Ok(status) => {
+                    self.reconnected = false;
+                    if self.last_seq != Some(status.seq) {
+                        self.last_seq = Some(status.seq);
+                        return Ok(status);
+                    }
+                }
+                Err(error) if error.is_transient() => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= RECONNECT_PATIENCE {
+                        return Err(error);
+                    }
+                    tracing::debug!(job, "watching: {error}; retrying");
+                    self.reconnected = true;
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                Err(error) => return Err(error),
+            }
+        }
+    }
+}
+
+/// Reads up to [`MAX_PIECE_BYTES`] from `input`; an empty piece means the input ended.
+async fn read_piece(input: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, ClientError> {
+    let mut piece = Vec::with_capacity(MAX_PIECE_BYTES);
+    input
+        .take(MAX_PIECE_BYTES as u64)
+        .read_to_end(&mut piece)
+        .await
+        .map_err(|source| ClientError::Input { path: PathBuf::from("<input>"), source })?;
+    Ok(piece)
+}
+
+/// An error and its sources, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut message = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        message.push_str(": ");
+        message.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    message
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::ChunkSpan;
+
+    #[test]
+    fn a_plugin_failure_names_the_chunk_its_lines_and_the_attempts() {
+        let failure = JobFailure {
+            kind: FailureKind::Plugin,
+            message: "deliberate panic at line 12".to_owned(),
+            chunk: Some(ChunkSpan { index: 3, first_line: 10, last_line: 19 }),
+            attempts: 4,
+        };
+        let error = ClientError::JobFailed { job: 7, failure };
+        assert_eq!(
+            error.to_string(),
+            "job 7 failed: chunk 3 (lines 10-19) failed after 4 attempts: deliberate panic at line 12"
+        );
+    }
+
+    #[test]
+    fn a_build_failure_shows_cargos_diagnostics() {
+        let failure = JobFailure {
+            kind: FailureKind::Build,
+            message: "error[E0308]: mismatched types\n --> src/lib.rs:16:22\n".to_owned(),
+            chunk: None,
+            attempts: 1,
+        };
+        let shown = ClientError::JobFailed { job: 2, failure }.to_string();
+        assert!(shown.starts_with("job 2 failed: the plugin does not compile:\nerror[E0308]: mismatched types"));
+        assert!(shown.contains("src/lib.rs:16"));
+    }
+}

@@ -1,0 +1,261 @@
+//! A real cluster for tests: `kiln controller` and `kiln worker` processes on loopback ports
+//! from 127.0.0.1:0, each in its own temporary directory, each killed when the test ends (even
+//! when it fails). Included by the cluster test files with
+//! `#[path = "util/cluster.rs"] mod cluster;` beside `mod util;`.
+
+#![allow(dead_code)] // Each test binary uses its own subset.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::util::{Run, plugin_target_dir};
+
+/// The API key and join token of test clusters.
+pub const API_KEY: &str = "test-api-key-5f1c0a9e";
+pub const JOIN_TOKEN: &str = "test-join-token-77b2d4e1";
+
+/// How long a daemon may take to print its address.
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a job may take in these tests: a cold plugin build is part of the first one.
+pub const JOB_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// A `kiln` daemon started by a test, killed when dropped.
+pub struct Daemon {
+    child: Child,
+    /// The address it printed (`listening on ADDR`).
+    pub addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Daemon {
+    /// Starts `command` (a `kiln` daemon) and waits for its `listening on ADDR` line. Its stderr
+    /// is read all along, so the process never blocks on a full pipe.
+    pub fn start(mut command: Command) -> Daemon {
+        command.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut child = command.spawn().expect("kiln starts");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = mpsc::channel();
+        let pipe = child.stderr.take().expect("stderr is piped");
+        let sink = Arc::clone(&stderr);
+        std::thread::spawn(move || {
+            for line in BufReader::new(pipe).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.strip_prefix("listening on ") {
+                    let _ = addr_tx.send(addr.trim().to_owned());
+                }
+                let mut text = sink.lock().unwrap_or_else(|e| e.into_inner());
+                text.push_str(&line);
+                text.push('\n');
+            }
+        });
+        let mut daemon = Daemon { child, addr: "0.0.0.0:0".parse().unwrap(), stderr };
+        match addr_rx.recv_timeout(STARTUP_TIMEOUT) {
+            Ok(addr) => daemon.addr = addr.parse().unwrap_or_else(|e| panic!("bad address {addr:?}: {e}")),
+            Err(_) => panic!("kiln did not print its address; its stderr:\n{}", daemon.stderr()),
+        }
+        daemon
+    }
+
+    /// Everything the daemon wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Waits up to `timeout` for the daemon to exit by itself; answers whether it succeeded.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<bool> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                // Let the stderr reader catch the last lines.
+                std::thread::sleep(Duration::from_millis(100));
+                return Some(status.success());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A controller and its workers, in one temporary directory.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub controller: Daemon,
+    pub workers: Vec<Daemon>,
+}
+
+impl Cluster {
+    /// A controller and `n_workers` workers of 2 processes each.
+    pub fn start(n_workers: usize) -> Cluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut controller = kiln_command();
+        controller
+            .arg("controller")
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--data-dir")
+            .arg(dir.path().join("controller"))
+            .arg("--api-key")
+            .arg(API_KEY)
+            .arg("--join-token")
+            .arg(JOIN_TOKEN);
+        let controller = Daemon::start(controller);
+        let mut cluster = Cluster { dir, controller, workers: Vec::new() };
+        for _ in 0..n_workers {
+            cluster.add_worker(2);
+        }
+        cluster
+    }
+
+    /// Starts one more worker with `processes` slots; answers its address.
+    pub fn add_worker(&mut self, processes: u32) -> SocketAddr {
+        let worker = self.worker_with_token(JOIN_TOKEN, processes);
+        let addr = worker.addr;
+        self.workers.push(worker);
+        addr
+    }
+
+    /// A worker of this cluster's controller presenting `token`, with its own plugin cache
+    /// and the tests' shared cargo target directory.
+    pub fn worker_with_token(&self, token: &str, processes: u32) -> Daemon {
+        let cache = tempfile::Builder::new().prefix("worker-cache-").tempdir_in(self.dir.path()).expect("cache dir");
+        let mut worker = kiln_command();
+        worker
+            .arg("worker")
+            .arg("--controller")
+            .arg(self.controller.addr.to_string())
+            .arg("--join-token")
+            .arg(token)
+            .arg("--processes")
+            .arg(processes.to_string())
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .arg("--cache-dir")
+            .arg(cache.keep())
+            .env("KILN_TARGET_DIR", plugin_target_dir());
+        Daemon::start(worker)
+    }
+
+    /// Runs `kiln ARGS --controller ADDR --api-key KEY`.
+    pub fn kiln(&self, args: &[&str]) -> Run {
+        self.kiln_with_key(args, API_KEY)
+    }
+
+    /// Runs `kiln ARGS --controller ADDR --api-key KEY` with the given key.
+    pub fn kiln_with_key(&self, args: &[&str], key: &str) -> Run {
+        kiln_command()
+            .args(args)
+            .arg("--controller")
+            .arg(self.controller.addr.to_string())
+            .arg("--api-key")
+            .arg(key)
+            .output()
+            .expect("kiln runs")
+            .into()
+    }
+
+    /// Runs `kiln submit` with the plugin, the input and extra flags, and waits for it.
+    pub fn submit(&self, plugin: &Path, input: &Path, extra: &[&str]) -> Run {
+        let (plugin, input) = (plugin.to_str().unwrap(), input.to_str().unwrap());
+        let mut args = vec!["submit", "--plugin", plugin, "--input", input];
+        args.extend_from_slice(extra);
+        self.kiln(&args)
+    }
+
+    /// Submits with `--detach`; answers the job's id.
+    pub fn submit_detached(&self, plugin: &Path, input: &Path, extra: &[&str]) -> u64 {
+        let mut extra = extra.to_vec();
+        extra.push("--detach");
+        let run = self.submit(plugin, input, &extra);
+        assert!(run.success, "kiln submit --detach failed:\n{}", run.stderr);
+        run.stdout.trim().parse().unwrap_or_else(|e| panic!("no job id in {:?}: {e}", run.stdout))
+    }
+
+    /// `kiln status JOB --json`, parsed.
+    pub fn status(&self, job: u64) -> Value {
+        let run = self.kiln(&["status", &job.to_string(), "--json"]);
+        assert!(run.success, "kiln status failed:\n{}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", run.stdout))
+    }
+
+    /// Polls the job's status until `done` holds for it; fails the test after `timeout`.
+    pub fn wait_status(&self, job: u64, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let status = self.status(job);
+            if done(&status) {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "job {job} did not get there in time; last status: {status:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the job has ended; answers its final status.
+    pub fn wait_ended(&self, job: u64) -> Value {
+        self.wait_status(job, JOB_TIMEOUT, |status| {
+            matches!(status["state"].as_str(), Some("Succeeded" | "Failed" | "Cancelled"))
+        })
+    }
+
+    /// `kiln cluster --json`, parsed.
+    pub fn cluster_info(&self) -> Value {
+        let run = self.kiln(&["cluster", "--json"]);
+        assert!(run.success, "kiln cluster failed:\n{}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("cluster info is not JSON ({e}): {}", run.stdout))
+    }
+
+    /// Waits until `n` workers are registered.
+    pub fn wait_workers(&self, n: usize) {
+        let deadline = Instant::now() + STARTUP_TIMEOUT;
+        loop {
+            let info = self.cluster_info();
+            if info["workers"].as_array().map_or(0, Vec::len) == n {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{n} workers did not register; cluster: {info:#}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The `kiln` binary with no keys or directories inherited from the environment: a key not
+/// given is never found in this machine's data directory either.
+pub fn kiln_command() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_kiln"));
+    for variable in ["KILN_API_KEY", "KILN_JOIN_TOKEN", "KILN_CONTROLLER", "KILN_DATA_DIR", "KILN_CACHE_DIR"] {
+        command.env_remove(variable);
+    }
+    command.env("XDG_DATA_HOME", Path::new(env!("CARGO_TARGET_TMPDIR")).join("no-data-home"));
+    command
+}
+
+/// The parameters that make the `misbehave` fixture sleep `ms` milliseconds at every
+/// `every`-th line of the first `n_lines`, so that every chunk of more than `every` lines is slow.
+pub fn slow_params(n_lines: usize, every: usize, ms: u64) -> String {
+    (1..=n_lines).step_by(every).map(|line| format!("sleep-at={line}:{ms}")).collect::<Vec<_>>().join(",")
+}
+
+/// The output of the `misbehave` fixture for `text`: its lines and the sum of their lengths.
+pub fn misbehave_totals(text: &str) -> Value {
+    let lines: Vec<&str> = text.lines().collect();
+    serde_json::json!({"lines": lines.len(), "sum": lines.iter().map(|line| line.len()).sum::<usize>()})
+}
