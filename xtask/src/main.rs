@@ -2,6 +2,7 @@
 //!
 //! Each task is a module with an `Args` struct and a `run` function; `main` only dispatches.
 
+mod bench;
 mod new_plugin;
 
 use std::process::ExitCode;
@@ -20,11 +21,14 @@ struct Cli {
 enum Task {
     /// Create a plugin crate from the scaffold in templates/plugin, ready for `cargo test`.
     NewPlugin(new_plugin::Args),
+    /// Measure Kiln's speed against a direct rayon program and write BENCHMARKS.md.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::NewPlugin(args) => new_plugin::run(&args),
+        Task::Bench(args) => bench::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

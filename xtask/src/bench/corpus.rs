@@ -1,0 +1,166 @@
+//! Deterministic benchmark inputs: a word corpus with Zipf-like word frequencies and a CSV file.
+//!
+//! The same size and seed always give the same bytes, so figures from different runs and
+//! machines measure the same work. Files are kept between runs under `target/bench/inputs`.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+
+/// The seed of every generated input; change it only with a note in BENCHMARKS.md.
+const SEED: u64 = 0x6b69_6c6e; // "kiln"
+
+/// Distinct words in the corpus.
+const VOCABULARY: usize = 50_000;
+
+/// The resolution of the table that maps a uniform random number to a word's rank.
+const RANK_TABLE_BITS: u32 = 20;
+
+/// A small, fast, deterministic generator (xorshift64*); quality is ample for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+}
+
+/// The path of the word corpus of about `size` bytes, generating it if it is not there yet.
+pub fn words(dir: &Path, size: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("words-{size}-{SEED:x}.txt"));
+    if !path.exists() {
+        eprintln!("generating {} ({} MiB of words)", path.display(), size >> 20);
+        generate(&path, |out| write_words(out, size))?;
+    }
+    Ok(path)
+}
+
+/// The path of a CSV file of about `size` bytes: `id,value,label` with a non-number in one
+/// line of 50, generating it if it is not there yet.
+pub fn csv(dir: &Path, size: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("table-{size}-{SEED:x}.csv"));
+    if !path.exists() {
+        eprintln!("generating {} ({} MiB of CSV)", path.display(), size >> 20);
+        generate(&path, |out| write_csv(out, size))?;
+    }
+    Ok(path)
+}
+
+/// Writes to a temporary file and renames it, so an interrupted run leaves no half file.
+fn generate(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> anyhow::Result<()> {
+    std::fs::create_dir_all(path.parent().context("input path has a parent")?)?;
+    let partial = path.with_extension("partial");
+    let mut out = BufWriter::with_capacity(1 << 20, File::create(&partial)?);
+    write(&mut out).with_context(|| format!("writing {}", partial.display()))?;
+    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+    std::fs::rename(&partial, path)?;
+    Ok(())
+}
+
+fn vocabulary(rng: &mut Rng) -> Vec<String> {
+    let mut words = std::collections::HashSet::with_capacity(VOCABULARY);
+    let mut ordered = Vec::with_capacity(VOCABULARY);
+    while ordered.len() < VOCABULARY {
+        let len = 2 + rng.below(9) as usize;
+        let word: String = (0..len).map(|_| (b'a' + rng.below(26) as u8) as char).collect();
+        if words.insert(word.clone()) {
+            ordered.push(word);
+        }
+    }
+    ordered
+}
+
+/// Maps the top bits of a random number to a rank with probability proportional to 1/rank.
+fn rank_table() -> Vec<u32> {
+    let weights: Vec<f64> = (1..=VOCABULARY).map(|rank| 1.0 / rank as f64).collect();
+    let total: f64 = weights.iter().sum();
+    let slots = 1usize << RANK_TABLE_BITS;
+    let mut table = Vec::with_capacity(slots);
+    let mut cumulative = 0.0;
+    for (rank, weight) in weights.iter().enumerate() {
+        cumulative += weight / total;
+        let until = ((cumulative * slots as f64).round() as usize).min(slots);
+        while table.len() < until {
+            table.push(rank as u32);
+        }
+    }
+    table.resize(slots, (VOCABULARY - 1) as u32);
+    table
+}
+
+fn write_words(out: &mut impl Write, size: u64) -> std::io::Result<()> {
+    let mut rng = Rng(SEED);
+    let vocabulary = vocabulary(&mut rng);
+    let table = rank_table();
+    let mut written = 0u64;
+    let mut line = String::with_capacity(256);
+    while written < size {
+        line.clear();
+        let n_words = 5 + rng.below(11);
+        for i in 0..n_words {
+            if i > 0 {
+                line.push(' ');
+            }
+            let rank = table[(rng.next() >> (64 - RANK_TABLE_BITS)) as usize];
+            line.push_str(&vocabulary[rank as usize]);
+        }
+        line.push('\n');
+        out.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+    }
+    Ok(())
+}
+
+fn write_csv(out: &mut impl Write, size: u64) -> std::io::Result<()> {
+    let mut rng = Rng(SEED ^ 0xc5f);
+    let mut written = 0u64;
+    let mut id = 0u64;
+    while written < size {
+        let line = if id % 50 == 49 {
+            format!("{id},n/a,label{}\n", rng.below(1000))
+        } else {
+            let value = rng.below(2_000_000) as f64 / 100.0 - 10_000.0;
+            format!("{id},{value},label{}\n", rng.below(1000))
+        };
+        out.write_all(line.as_bytes())?;
+        written += line.len() as u64;
+        id += 1;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_corpus_is_deterministic_and_shaped_as_specified() {
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        write_words(&mut a, 200_000).unwrap();
+        write_words(&mut b, 200_000).unwrap();
+        assert_eq!(a, b);
+        let text = String::from_utf8(a).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        let mean_line = text.len() as f64 / lines.len() as f64;
+        assert!((35.0..70.0).contains(&mean_line), "mean line length {mean_line}");
+        assert!(lines.iter().all(|l| (5..=15).contains(&l.split(' ').count())));
+        assert!(text.bytes().all(|b| b == b' ' || b == b'\n' || b.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn frequent_words_are_much_more_frequent() {
+        let table = rank_table();
+        let top = table.iter().filter(|&&r| r == 0).count();
+        let hundredth = table.iter().filter(|&&r| r == 99).count();
+        assert!(top > 50 * hundredth.max(1), "rank 1: {top}, rank 100: {hundredth}");
+    }
+}

@@ -1,0 +1,186 @@
+//! The measures of `cargo xtask bench`, one function per section of BENCHMARKS.md.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::report::{Report, Target};
+use super::{Bench, Samples, baseline, checked, corpus};
+
+/// Word count through `kiln run-local` against the direct rayon baseline, same file and cores.
+pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let input = corpus::words(&bench.inputs(), bench.size)?;
+    let bytes = std::fs::metadata(&input)?.len();
+    eprintln!("word count: baseline");
+    let mut expected = BTreeMap::new();
+    let base = Samples::collect(bench.runs, true, || {
+        expected = baseline::word_count(&input)?;
+        Ok(())
+    })?;
+
+    eprintln!("word count: kiln run-local --processes 2");
+    let mut output = String::new();
+    let local = Samples::collect(bench.runs, true, || {
+        let run = checked(
+            bench
+                .kiln()
+                .arg("run-local")
+                .arg("--plugin")
+                .arg(bench.example("wordcount"))
+                .arg("--input")
+                .arg(&input)
+                .args(["--processes", "2"]),
+        )?;
+        output = String::from_utf8(run.stdout).context("kiln's output is UTF-8")?;
+        Ok(())
+    })?;
+    let counted: BTreeMap<String, u64> = serde_json::from_str(&output).context("kiln's output is a word count")?;
+    if counted != expected {
+        bail!("kiln's word count differs from the baseline's: no figure reported");
+    }
+
+    let ratio = base.median().as_secs_f64() / local.median().as_secs_f64();
+    report.section(
+        "1. Word count throughput",
+        &format!(
+            "{} MiB corpus, {} distinct words; both outputs checked equal. Throughput is input bytes \
+             over wall time, including reading the file (from the page cache) and, for Kiln, process \
+             and executor start.",
+            bytes >> 20,
+            counted.len()
+        ),
+    );
+    report.figure("direct rayon word count (baseline)", &throughput(bytes, &base), Target::None);
+    report.figure("`kiln run-local --processes 2`", &throughput(bytes, &local), Target::None);
+    report.figure("run-local ÷ baseline", &format!("{ratio:.2}×"), Target::AtLeast(ratio, 0.9, "≥ 0.9×"));
+    Ok(())
+}
+
+/// grep and csv-stats throughput through run-local, for the record.
+pub fn other_plugins(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let words = corpus::words(&bench.inputs(), bench.size)?;
+    let csv = corpus::csv(&bench.inputs(), (bench.size / 4).max(1 << 20))?;
+    report.section("6. Other plugins through run-local", "2 processes, plugin already built.");
+    for (plugin, input, params) in [("grep", &words, "^the |zzz$"), ("csv-stats", &csv, "1")] {
+        eprintln!("{plugin}: kiln run-local");
+        let bytes = std::fs::metadata(input)?.len();
+        let samples = Samples::collect(bench.runs, true, || {
+            checked(
+                bench
+                    .kiln()
+                    .arg("run-local")
+                    .arg("--plugin")
+                    .arg(bench.example(plugin))
+                    .arg("--input")
+                    .arg(input)
+                    .args(["--processes", "2", "--params", params]),
+            )?;
+            Ok(())
+        })?;
+        report.figure(
+            &format!("{plugin} `{params}` over {} MiB", bytes >> 20),
+            &throughput(bytes, &samples),
+            Target::None,
+        );
+    }
+    Ok(())
+}
+
+/// Building the wordcount plugin: cold, with warm dependencies, and from the cache.
+pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let scratch = bench.work.join("builds");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let plugin = scratch.join("wordcount");
+    copy_dir(&bench.example("wordcount"), &plugin)?;
+    let empty = scratch.join("empty.txt");
+    std::fs::write(&empty, "")?;
+    let run_empty = |cache: &Path, target: &Path| -> anyhow::Result<()> {
+        checked(
+            bench
+                .kiln()
+                .env("KILN_CACHE_DIR", cache)
+                .env("KILN_TARGET_DIR", target)
+                .arg("run-local")
+                .arg("--plugin")
+                .arg(&plugin)
+                .arg("--input")
+                .arg(&empty),
+        )?;
+        Ok(())
+    };
+
+    eprintln!("builds: cold");
+    let mut n = 0;
+    let cold_runs = if bench.quick { 1 } else { 3 };
+    let cold = Samples::collect(cold_runs, false, || {
+        n += 1;
+        let (cache, target) = (scratch.join(format!("cold-cache-{n}")), scratch.join(format!("cold-target-{n}")));
+        let result = run_empty(&cache, &target);
+        let _ = std::fs::remove_dir_all(&target);
+        result
+    })?;
+
+    eprintln!("builds: warm dependencies");
+    let (cache, target) = (scratch.join("cache"), scratch.join("target"));
+    run_empty(&cache, &target)?;
+    let mut edit = 0;
+    let warm = Samples::collect(bench.runs, false, || {
+        edit += 1;
+        // A new comment is a new source hash: the plugin's crate is rebuilt, nothing else.
+        let lib = plugin.join("src/lib.rs");
+        let mut text = std::fs::read_to_string(&lib)?;
+        text.push_str(&format!("\n// bench edit {edit}\n"));
+        std::fs::write(&lib, text)?;
+        run_empty(&cache, &target)
+    })?;
+
+    eprintln!("builds: cached");
+    let cached = Samples::collect(bench.runs * 4, true, || run_empty(&cache, &target))?;
+
+    report.section(
+        "4. Plugin build of the wordcount example",
+        "Each figure is a whole `kiln run-local` over an empty input, so it includes starting kiln, \
+         the executor process and an aggregate of zero partials.",
+    );
+    report.figure(
+        "cold (empty target directory)",
+        &cold.describe(),
+        Target::AtMost(cold.median(), Duration::from_secs(20), "≤ 20 s"),
+    );
+    report.figure(
+        "warm dependencies (plugin source edited)",
+        &warm.describe(),
+        Target::AtMost(warm.median(), Duration::from_secs(1), "≤ 1 s"),
+    );
+    report.figure(
+        "cached (unchanged source)",
+        &cached.describe(),
+        Target::AtMost(cached.median(), Duration::from_millis(50), "≤ 50 ms"),
+    );
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(())
+}
+
+fn throughput(bytes: u64, samples: &Samples) -> String {
+    let rate = bytes as f64 / 1e6 / samples.median().as_secs_f64();
+    format!("{rate:.0} MB/s — {}", samples.describe())
+}
+
+fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == "target" || name == "Cargo.lock" {
+            continue;
+        }
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &to.join(name))?;
+        } else {
+            std::fs::copy(entry.path(), to.join(name))?;
+        }
+    }
+    Ok(())
+}

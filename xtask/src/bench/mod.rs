@@ -1,0 +1,166 @@
+//! `cargo xtask bench`: measures Kiln end to end and writes BENCHMARKS.md.
+//!
+//! Everything runs the release `kiln` binary as a user would, on deterministic inputs
+//! ([`corpus`]), each measure after a warm-up run, reporting the median and the spread. Word
+//! count is compared with [`baseline`], a direct rayon program over the same file and cores in
+//! the same run, and the two outputs are checked to be equal before any figure is reported.
+
+mod baseline;
+mod corpus;
+mod measures;
+mod report;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use self::report::Report;
+
+/// Measure Kiln's speed and write BENCHMARKS.md.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// A smoke run: small inputs and fewer repetitions (under three minutes).
+    #[arg(long)]
+    quick: bool,
+    /// The size of the word corpus, e.g. 1GiB or 256MiB (default: 1GiB, or 64MiB with --quick).
+    #[arg(long, value_parser = parse_size)]
+    size: Option<u64>,
+    /// Where to write the report.
+    #[arg(long, default_value = "BENCHMARKS.md")]
+    output: PathBuf,
+}
+
+/// What every measure needs: where things are and how hard to try.
+pub struct Bench {
+    /// The repository's root.
+    root: PathBuf,
+    /// The release `kiln` binary.
+    kiln: PathBuf,
+    /// Inputs, caches and scratch space, under `target/bench`.
+    work: PathBuf,
+    /// The plugin cache and cargo target directory of the warm measures.
+    cache_dir: PathBuf,
+    target_dir: PathBuf,
+    /// The size of the main word corpus.
+    size: u64,
+    /// Repetitions after the warm-up.
+    runs: usize,
+    quick: bool,
+}
+
+pub fn run(args: &Args) -> anyhow::Result<()> {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
+    let started = Instant::now();
+    eprintln!("building kiln (release)");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "--quiet", "-p", "kiln-engine", "--bin", "kiln"])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo build of kiln failed");
+    }
+    let work = root.join("target/bench");
+    let bench = Bench {
+        kiln: root.join("target/release/kiln"),
+        cache_dir: work.join("cache"),
+        target_dir: work.join("plugin-target"),
+        size: args.size.unwrap_or(if args.quick { 64 << 20 } else { 1 << 30 }),
+        runs: if args.quick { 2 } else { 5 },
+        quick: args.quick,
+        work,
+        root,
+    };
+    std::fs::create_dir_all(bench.work.join("inputs"))?;
+
+    let mut report = Report::new(&bench)?;
+    measures::word_count(&bench, &mut report)?;
+    measures::other_plugins(&bench, &mut report)?;
+    measures::builds(&bench, &mut report)?;
+    report.note_total(started.elapsed());
+
+    let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
+    std::fs::write(&output, report.render())?;
+    eprintln!("wrote {} in {:.0} s", output.display(), started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+impl Bench {
+    /// The `kiln` command, with this benchmark's plugin cache.
+    fn kiln(&self) -> Command {
+        let mut command = Command::new(&self.kiln);
+        command.env("KILN_CACHE_DIR", &self.cache_dir).env("KILN_TARGET_DIR", &self.target_dir);
+        command
+    }
+
+    fn example(&self, name: &str) -> PathBuf {
+        self.root.join("examples/plugins").join(name)
+    }
+
+    fn inputs(&self) -> PathBuf {
+        self.work.join("inputs")
+    }
+}
+
+/// Runs a command to success, returning its output; fails with its stderr otherwise.
+fn checked(command: &mut Command) -> anyhow::Result<Output> {
+    let output = command.output().with_context(|| format!("running {command:?}"))?;
+    if !output.status.success() {
+        bail!("{command:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(output)
+}
+
+/// Durations of repeated runs of one measure.
+#[derive(Debug, Clone)]
+pub struct Samples(Vec<Duration>);
+
+impl Samples {
+    /// Runs `f` once to warm up (unless `warm_up` is false), then `runs` times, timing each.
+    fn collect(runs: usize, warm_up: bool, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<Samples> {
+        if warm_up {
+            f()?;
+        }
+        let mut samples = Vec::with_capacity(runs);
+        for _ in 0..runs.max(1) {
+            let started = Instant::now();
+            f()?;
+            samples.push(started.elapsed());
+        }
+        samples.sort();
+        Ok(Samples(samples))
+    }
+
+    fn median(&self) -> Duration {
+        self.0[self.0.len() / 2]
+    }
+
+    /// "median (min–max)" in seconds or milliseconds.
+    fn describe(&self) -> String {
+        let (min, max) = (self.0[0], self.0[self.0.len() - 1]);
+        format!("{} ({}–{}, {} runs)", human(self.median()), human(min), human(max), self.0.len())
+    }
+}
+
+fn human(d: Duration) -> String {
+    if d < Duration::from_secs(1) {
+        format!("{:.1} ms", d.as_secs_f64() * 1e3)
+    } else {
+        format!("{:.2} s", d.as_secs_f64())
+    }
+}
+
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+    let number: u64 = text[..split].parse().map_err(|_| format!("'{text}' is not a size"))?;
+    let shift = match text[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kib" => 10,
+        "m" | "mib" => 20,
+        "g" | "gib" => 30,
+        other => return Err(format!("unknown unit '{other}'")),
+    };
+    Ok(number << shift)
+}
