@@ -1,0 +1,251 @@
+//! Runs: the run page with live progress (`/runs/{id}`), the websocket relaying the progress
+//! (`/runs/{id}/ws`), the whole result as a file (`/runs/{id}/result.json`), and cancelling
+//! (`/runs/{id}/cancel`).
+
+use askama::Template;
+use salvo::prelude::*;
+use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
+
+use super::error::HttpError;
+use super::{CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
+use crate::runs::progress::Progress;
+use crate::runs::{RunManager, Subscription};
+use crate::store::Store;
+use crate::store::runs::{Run, RunState};
+
+/// How much of a result's pretty JSON the page shows; the whole is a download away.
+pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
+
+/// The routes under `/runs`.
+pub fn router() -> Router {
+    Router::with_path("runs/{id}")
+        .get(show)
+        .push(Router::with_path("ws").goal(progress_socket))
+        .push(Router::with_path("result.json").get(result_file))
+        .push(Router::with_path("cancel").post(cancel))
+}
+
+/// A run as a line of a table.
+pub struct RunRow {
+    pub id: i64,
+    pub task_id: i64,
+    pub task_title: String,
+    pub cluster_id: i64,
+    pub cluster_name: String,
+    pub state: &'static str,
+    pub input_name: String,
+    pub input_size: String,
+    pub created: String,
+    pub duration: String,
+    pub throughput: String,
+}
+
+impl RunRow {
+    /// The table line of `run`.
+    pub fn new(run: &Run) -> RunRow {
+        RunRow {
+            id: run.id,
+            task_id: run.task_id,
+            task_title: run.task_title.clone(),
+            cluster_id: run.cluster_id,
+            cluster_name: run.cluster_name.clone(),
+            state: run.state.as_str(),
+            input_name: run.input_name.clone(),
+            input_size: format::bytes(run.input_bytes),
+            created: format::time(run.created_at),
+            duration: run.duration_ms().map(format::duration).unwrap_or_default(),
+            throughput: run.throughput_bps().map(format::rate).unwrap_or_default(),
+        }
+    }
+}
+
+#[derive(Template)]
+#[template(path = "runs/show.html")]
+struct ShowPage {
+    page: Page,
+    run: Run,
+    row: RunRow,
+    progress: Progress,
+    percent: String,
+    bytes_done: String,
+    average: String,
+    result: Option<String>,
+    result_truncated: bool,
+    result_size: String,
+    params_shown: String,
+}
+
+#[handler]
+async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let (result, result_truncated, result_size) = if run.state == RunState::Succeeded {
+        let text = app.store.run_result(user.user_id, id).await?.flatten().unwrap_or_default();
+        let pretty = pretty_json(&text);
+        let size = format::bytes(i64::try_from(text.len()).unwrap_or(i64::MAX));
+        let (shown, truncated) = truncate(pretty, RESULT_SHOWN_BYTES);
+        (Some(shown), truncated, size)
+    } else {
+        (None, false, String::new())
+    };
+    let progress = Progress::from_run(&run);
+    let page = ShowPage {
+        page: Page::new(depot, format!("Run {} of {}", run.id, run.task_title), "tasks"),
+        row: RunRow::new(&run),
+        percent: format!("{:.0}", progress.percent.floor()),
+        bytes_done: format::bytes(i64::try_from(progress.bytes_done).unwrap_or(i64::MAX)),
+        average: format::rate(progress.average_bps),
+        params_shown: if run.params.is_empty() { "(none)".to_owned() } else { run.params.clone() },
+        progress,
+        run,
+        result,
+        result_truncated,
+        result_size,
+    };
+    render(res, StatusCode::OK, &page)
+}
+
+#[handler]
+async fn result_file(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let result = app.store.run_result(user.user_id, id).await?.flatten().ok_or(HttpError::NotFound)?;
+    let disposition = format!("attachment; filename=\"run-{id}-result.json\"");
+    let headers = res.headers_mut();
+    headers.insert("content-type", salvo::http::HeaderValue::from_static("application/json"));
+    if let Ok(value) = salvo::http::HeaderValue::from_str(&disposition) {
+        headers.insert("content-disposition", value);
+    }
+    // The stored text is the plugin's JSON as the controller gave it: sent as it is.
+    res.write_body(result).map_err(|e| HttpError::Internal(format!("cannot send the result: {e}")))?;
+    Ok(())
+}
+
+#[handler]
+async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let csrf = req.form::<String>(CSRF_FIELD).await;
+    check_csrf(depot, csrf.as_deref())?;
+    let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    if !run.state.is_final() {
+        let cluster = app.store.cluster(user.user_id, run.cluster_id).await?.ok_or(HttpError::NotFound)?;
+        let target = app.runs.target(&cluster)?;
+        app.runs.cancel(&run, target).await?;
+        tracing::info!(user = user.user_id, run = id, "run cancelled");
+    }
+    redirect(res, &format!("/runs/{id}"));
+    Ok(())
+}
+
+/// Relays the run's progress messages until it ends or the browser goes away. Only pages of
+/// this site may open it (the `Origin` must be this host), so another site cannot read a
+/// user's progress with the user's cookie.
+#[handler]
+async fn progress_socket(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let host = req.header::<String>("host").unwrap_or_default();
+    let (runs, store) = (app.runs.clone(), app.store.clone());
+    WebSocketUpgrade::new()
+        .check_origin(move |origin| {
+            origin.is_none_or(|origin| {
+                origin.strip_prefix("http://").or_else(|| origin.strip_prefix("https://")) == Some(host.as_str())
+            })
+        })
+        .upgrade(req, res, move |socket| relay(socket, runs, store, user.user_id, id))
+        .await
+        .map_err(|e| {
+            if e.code == StatusCode::FORBIDDEN {
+                HttpError::Forbidden("the progress of a run is only shown on this site's pages".to_owned())
+            } else {
+                HttpError::BadRequest(format!("cannot open the progress socket: {e}"))
+            }
+        })
+}
+
+async fn relay(mut socket: WebSocket, runs: std::sync::Arc<RunManager>, store: Store, user_id: i64, run_id: i64) {
+    let stored = |store: Store| async move {
+        match store.run(user_id, run_id).await {
+            Ok(Some(run)) => Some(Progress::from_run(&run).to_json()),
+            _ => None,
+        }
+    };
+    let Some(Subscription { last, mut messages }) = runs.subscribe(run_id) else {
+        // Not active here: the stored state is the last word.
+        if let Some(message) = stored(store).await {
+            let _ = socket.send(Message::text(message)).await;
+        }
+        let _ = socket.close().await;
+        return;
+    };
+    let first = match last {
+        Some(message) => Some(message.to_string()),
+        None => stored(store).await,
+    };
+    if let Some(first) = first
+        && socket.send(Message::text(first)).await.is_err()
+    {
+        return;
+    }
+    loop {
+        tokio::select! {
+            message = messages.recv() => match message {
+                Ok(message) => {
+                    if socket.send(Message::text(message.to_string())).await.is_err() {
+                        return;
+                    }
+                }
+                // A slow browser skips what it missed; the next message has every figure.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            },
+            incoming = socket.recv() => match incoming {
+                None | Some(Err(_)) => return,
+                Some(Ok(message)) if message.is_close() => return,
+                Some(Ok(_)) => {}
+            },
+        }
+    }
+    let _ = socket.close().await;
+}
+
+/// The JSON text indented, or as it is when it does not parse.
+fn pretty_json(text: &str) -> String {
+    serde_json::from_str::<serde_json::Value>(text)
+        .ok()
+        .and_then(|value| serde_json::to_string_pretty(&value).ok())
+        .unwrap_or_else(|| text.to_owned())
+}
+
+/// At most `max` bytes of `text`, cut at a character boundary; answers whether it was cut.
+fn truncate(mut text: String, max: usize) -> (String, bool) {
+    if text.len() <= max {
+        return (text, false);
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    text.truncate(end);
+    (text, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_results_are_cut_at_a_character_boundary() {
+        assert_eq!(truncate("héllo".into(), 2), ("h".into(), true));
+        assert_eq!(truncate("abc".into(), 3), ("abc".into(), false));
+        assert_eq!(pretty_json(r#"{"a":1}"#), "{\n  \"a\": 1\n}");
+        assert_eq!(pretty_json("not json"), "not json");
+    }
+}

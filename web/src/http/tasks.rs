@@ -1,0 +1,372 @@
+//! Tasks: list, create, show (with the task's runs), edit, delete, and start a run
+//! (`/tasks`, `/tasks/new`, `/tasks/{id}`, `/tasks/{id}/edit`, `/tasks/{id}/delete`,
+//! `/tasks/{id}/start`).
+
+use std::sync::Arc;
+
+use askama::Template;
+use salvo::prelude::*;
+
+use super::error::HttpError;
+use super::runs::RunRow;
+use super::upload::{FileLimit, Form, UploadedFile, read_form};
+use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
+use crate::store::clusters::Cluster;
+use crate::store::runs::NewRun;
+use crate::store::tasks::{Plugin, PluginKind, Task};
+
+/// The longest title, in characters.
+const MAX_TITLE_CHARS: usize = 200;
+
+/// How many runs a task's page lists.
+const RUNS_SHOWN: i64 = 100;
+
+/// The most chunks in flight per worker a user may ask for.
+const MAX_PROCESSES: i64 = 64;
+
+/// The routes under `/tasks`.
+pub fn router() -> Router {
+    Router::with_path("tasks").get(list).post(create).push(Router::with_path("new").get(new_page)).push(
+        Router::with_path("{id}")
+            .get(show)
+            .post(update)
+            .push(Router::with_path("edit").get(edit_page))
+            .push(Router::with_path("delete").post(delete))
+            .push(Router::with_path("start").get(start_page).post(start)),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "tasks/index.html")]
+struct ListPage {
+    page: Page,
+    tasks: Vec<TaskRow>,
+}
+
+struct TaskRow {
+    id: i64,
+    title: String,
+    plugin_name: String,
+    updated: String,
+}
+
+#[derive(Template)]
+#[template(path = "tasks/form.html")]
+struct FormPage {
+    page: Page,
+    /// The task being edited; `None` for a new one.
+    task_id: Option<i64>,
+    title: String,
+    description: String,
+    plugin_name: Option<String>,
+    max_plugin_bytes: u64,
+    max_plugin: String,
+    error: Option<String>,
+}
+
+#[derive(Template)]
+#[template(path = "tasks/show.html")]
+struct ShowPage {
+    page: Page,
+    task: Task,
+    plugin_size: String,
+    created: String,
+    updated: String,
+    runs: Vec<RunRow>,
+}
+
+#[derive(Template)]
+#[template(path = "tasks/start.html")]
+struct StartPage {
+    page: Page,
+    task: Task,
+    clusters: Vec<Cluster>,
+    cluster_id: i64,
+    processes: i64,
+    params: String,
+    max_input_bytes: u64,
+    max_input: String,
+    error: Option<String>,
+}
+
+#[handler]
+async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let tasks = app.store.tasks(user.user_id).await?;
+    let tasks = tasks
+        .into_iter()
+        .map(|task| TaskRow {
+            id: task.id,
+            title: task.title,
+            plugin_name: task.plugin_name,
+            updated: format::time(task.updated_at),
+        })
+        .collect();
+    render(res, StatusCode::OK, &ListPage { page: Page::new(depot, "Tasks", "tasks"), tasks })
+}
+
+#[handler]
+async fn new_page(depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    session(depot)?;
+    let app = app(depot)?;
+    render(res, StatusCode::OK, &form_page(depot, &app, None, String::new(), String::new(), None, None))
+}
+
+#[handler]
+async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let mut form = read_task_form(req, depot, &app).await?;
+    let (title, description) =
+        (form.text("title").to_owned(), form.texts.get("description").cloned().unwrap_or_default());
+    let plugin = match form.files.remove("plugin") {
+        Some(file) => read_plugin(&app, file).await,
+        None => Err("choose the plugin to upload: a lib.rs, or a .tar.gz or .zip of a crate".to_owned()),
+    };
+    let problem = title_problem(&title).or_else(|| plugin.as_ref().err().cloned());
+    let (Some(plugin), None) = (plugin.ok(), problem.clone()) else {
+        let page = form_page(depot, &app, None, title, description, None, problem);
+        return render(res, StatusCode::UNPROCESSABLE_ENTITY, &page);
+    };
+    let task = app.store.create_task(user.user_id, &title, &description, &plugin).await?;
+    tracing::info!(user = user.user_id, task = task.id, "task created");
+    redirect(res, &format!("/tasks/{}", task.id));
+    Ok(())
+}
+
+#[handler]
+async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let task = app.store.task(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let runs = app.store.task_runs(user.user_id, id, RUNS_SHOWN).await?.iter().map(RunRow::new).collect();
+    let page = ShowPage {
+        page: Page::new(depot, task.title.clone(), "tasks"),
+        plugin_size: format::bytes(task.plugin_size),
+        created: format::time(task.created_at),
+        updated: format::time(task.updated_at),
+        task,
+        runs,
+    };
+    render(res, StatusCode::OK, &page)
+}
+
+#[handler]
+async fn edit_page(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let task = app.store.task(user.user_id, id_param(req)?).await?.ok_or(HttpError::NotFound)?;
+    let page = form_page(depot, &app, Some(task.id), task.title, task.description, Some(task.plugin_name), None);
+    render(res, StatusCode::OK, &page)
+}
+
+#[handler]
+async fn update(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let task = app.store.task(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let mut form = read_task_form(req, depot, &app).await?;
+    let (title, description) =
+        (form.text("title").to_owned(), form.texts.get("description").cloned().unwrap_or_default());
+    // A new plugin is optional when editing.
+    let plugin = match form.files.remove("plugin") {
+        Some(file) => read_plugin(&app, file).await.map(Some),
+        None => Ok(None),
+    };
+    let problem = title_problem(&title).or_else(|| plugin.as_ref().err().cloned());
+    let (Ok(plugin), None) = (plugin, problem.clone()) else {
+        let page = form_page(depot, &app, Some(id), title, description, Some(task.plugin_name), problem);
+        return render(res, StatusCode::UNPROCESSABLE_ENTITY, &page);
+    };
+    if !app.store.update_task(user.user_id, id, &title, &description, plugin.as_ref()).await? {
+        return Err(HttpError::NotFound);
+    }
+    redirect(res, &format!("/tasks/{id}"));
+    Ok(())
+}
+
+#[handler]
+async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let csrf = req.form::<String>(CSRF_FIELD).await;
+    check_csrf(depot, csrf.as_deref())?;
+    app.store.task(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    // Runs still going are cancelled first, so no job is left running for a deleted task.
+    for run in app.store.task_runs(user.user_id, id, i64::MAX).await? {
+        if !run.state.is_final()
+            && let Some(cluster) = app.store.cluster(user.user_id, run.cluster_id).await?
+            && let Ok(target) = app.runs.target(&cluster)
+            && let Err(e) = app.runs.cancel(&run, target).await
+        {
+            tracing::warn!(run = run.id, "cannot cancel the run of a deleted task: {e}");
+        }
+    }
+    if !app.store.delete_task(user.user_id, id).await? {
+        return Err(HttpError::NotFound);
+    }
+    redirect(res, "/tasks");
+    Ok(())
+}
+
+#[handler]
+async fn start_page(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let task = app.store.task(user.user_id, id_param(req)?).await?.ok_or(HttpError::NotFound)?;
+    let page = start_form(depot, &app, user.user_id, task, None, 2, String::new(), None).await?;
+    render(res, StatusCode::OK, &page)
+}
+
+#[handler]
+async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let task = app.store.task(user.user_id, id_param(req)?).await?.ok_or(HttpError::NotFound)?;
+    let limits = [FileLimit { field: "input", what: "the input file", max_bytes: app.max_input_bytes }];
+    let mut form = read_form(req, &app.upload_dir, &limits, |sent| check_csrf(depot, sent)).await?;
+    let cluster_id = form.text("cluster_id").parse::<i64>().ok();
+    let processes = form.text("processes").parse::<i64>().ok();
+    let params = form.texts.get("params").cloned().unwrap_or_default();
+    let cluster = match cluster_id {
+        Some(id) => app.store.cluster(user.user_id, id).await?,
+        None => None,
+    };
+    let input = form.files.remove("input");
+    let problem = if cluster.is_none() {
+        Some("choose one of your clusters".to_owned())
+    } else if !processes.is_some_and(|n| (1..=MAX_PROCESSES).contains(&n)) {
+        Some(format!("processes per worker must be a number from 1 to {MAX_PROCESSES}"))
+    } else if input.is_none() {
+        Some("choose the input file".to_owned())
+    } else {
+        None
+    };
+    let checked = match (problem, cluster, input, processes) {
+        (None, Some(cluster), Some(input), Some(processes)) => match app.runs.target(&cluster) {
+            Ok(target) => Ok((cluster, input, processes, target)),
+            Err(e) => Err(e.to_string()),
+        },
+        (problem, ..) => Err(problem.unwrap_or_default()),
+    };
+    let (cluster, input, processes, target) = match checked {
+        Ok(checked) => checked,
+        Err(error) => {
+            let processes = processes.unwrap_or(2);
+            let page = start_form(depot, &app, user.user_id, task, cluster_id, processes, params, Some(error)).await?;
+            return render(res, StatusCode::UNPROCESSABLE_ENTITY, &page);
+        }
+    };
+    let plugin = app.store.task_plugin(user.user_id, task.id).await?.ok_or(HttpError::NotFound)?;
+    let new_run = NewRun {
+        task_id: task.id,
+        cluster_id: cluster.id,
+        input_name: input.file_name.clone(),
+        input_bytes: i64::try_from(input.size).unwrap_or(i64::MAX),
+        processes,
+        params,
+    };
+    let run = app.store.create_run(user.user_id, &new_run).await?.ok_or(HttpError::NotFound)?;
+    tracing::info!(user = user.user_id, task = task.id, run = run.id, cluster = cluster.id, "run started");
+    app.runs.start(&run, plugin, input.path, target);
+    redirect(res, &format!("/runs/{}", run.id));
+    Ok(())
+}
+
+/// Reads a task's multipart form (title, description, plugin).
+async fn read_task_form(req: &mut Request, depot: &Depot, app: &App) -> Result<Form, HttpError> {
+    let limits = [FileLimit { field: "plugin", what: "the plugin", max_bytes: app.max_plugin_bytes }];
+    read_form(req, &app.upload_dir, &limits, |sent| check_csrf(depot, sent)).await
+}
+
+/// Checks an uploaded plugin the way a worker will read it, and loads its bytes; the error is
+/// the message for the form.
+async fn read_plugin(app: &App, file: UploadedFile) -> Result<Plugin, String> {
+    let kind = PluginKind::from_file_name(&file.file_name).ok_or_else(|| {
+        format!("`{}` is not a plugin: upload a lib.rs, or a .tar.gz, .tgz or .zip of a crate", file.file_name)
+    })?;
+    let internal = |e: std::io::Error| {
+        tracing::error!("cannot check an uploaded plugin: {e}");
+        "the plugin could not be checked on the server; try again".to_owned()
+    };
+    let dir = tempfile::Builder::new().prefix("plugin-").tempdir_in(&app.upload_dir).map_err(internal)?;
+    // The reader tells a single file from an archive by the name.
+    let path = dir.path().join(kind.file_name());
+    tokio::fs::rename(&file.path, &path).await.map_err(internal)?;
+    let checked = {
+        let path = path.clone();
+        tokio::task::spawn_blocking(move || kiln_engine::worker::builder::read_source(&path).map(|_| ())).await
+    };
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(format!("the plugin cannot be used: {e}")),
+        Err(e) => return Err(internal(std::io::Error::other(e))),
+    }
+    let bytes = tokio::fs::read(&path).await.map_err(internal)?;
+    Ok(Plugin { name: file.file_name, kind, bytes })
+}
+
+fn title_problem(title: &str) -> Option<String> {
+    if title.is_empty() {
+        Some("give the task a title".to_owned())
+    } else if title.chars().count() > MAX_TITLE_CHARS {
+        Some(format!("the title is longer than {MAX_TITLE_CHARS} characters"))
+    } else {
+        None
+    }
+}
+
+fn form_page(
+    depot: &Depot,
+    app: &App,
+    task_id: Option<i64>,
+    title: String,
+    description: String,
+    plugin_name: Option<String>,
+    error: Option<String>,
+) -> FormPage {
+    let heading = if task_id.is_some() { "Edit task" } else { "New task" };
+    FormPage {
+        page: Page::new(depot, heading, "tasks"),
+        task_id,
+        title,
+        description,
+        plugin_name,
+        max_plugin_bytes: app.max_plugin_bytes,
+        max_plugin: format::bytes(i64::try_from(app.max_plugin_bytes).unwrap_or(i64::MAX)),
+        error,
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn start_form(
+    depot: &Depot,
+    app: &Arc<App>,
+    user_id: i64,
+    task: Task,
+    cluster_id: Option<i64>,
+    processes: i64,
+    params: String,
+    error: Option<String>,
+) -> Result<StartPage, HttpError> {
+    if app.embedded_cluster {
+        app.store.ensure_local_cluster(user_id).await?;
+    }
+    let clusters = app.store.clusters(user_id).await?;
+    let cluster_id = cluster_id.or_else(|| clusters.first().map(|c| c.id)).unwrap_or(0);
+    Ok(StartPage {
+        page: Page::new(depot, format!("Start {}", task.title), "tasks"),
+        task,
+        clusters,
+        cluster_id,
+        processes,
+        params,
+        max_input_bytes: app.max_input_bytes,
+        max_input: format::bytes(i64::try_from(app.max_input_bytes).unwrap_or(i64::MAX)),
+        error,
+    })
+}

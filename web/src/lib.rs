@@ -1,0 +1,290 @@
+//! Kiln's web application: users register, upload plugins as tasks, save the clusters they
+//! own, start tasks on them with an input file, watch the progress live and read the results.
+//!
+//! [`start`] opens the database (SQLite in the data directory, or PostgreSQL), starts the
+//! embedded cluster when asked, watches again the runs that had not ended, and serves HTTP;
+//! [`run`] does the same until a shutdown future completes. `main.rs` only parses flags.
+//!
+//! # Layout
+//! - [`http`]: routes, handlers, templates, sessions, CSRF, errors and their status codes.
+//! - [`store`]: every SQL query, one module per resource, on SQLite and PostgreSQL alike.
+//! - [`runs`]: submitting runs to controllers, watching their jobs, relaying progress.
+//! - [`cluster`]: the embedded "local" cluster (a controller and workers in this process).
+//! - [`security`]: password hashing, tokens and the login rate limit.
+
+pub mod cluster;
+pub mod http;
+pub mod runs;
+pub mod security;
+pub mod store;
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use salvo::conn::tcp::TcpAcceptor;
+use salvo::server::ServerHandle;
+use salvo::{Server, Service};
+use tokio::task::JoinHandle;
+
+use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
+use crate::http::App;
+use crate::runs::{RunError, RunManager};
+use crate::security::LoginLimiter;
+use crate::store::{Store, StoreError};
+
+/// The default largest input file: 1 GiB.
+pub const DEFAULT_MAX_UPLOAD_BYTES: u64 = 1 << 30;
+
+/// The largest plugin file (a `lib.rs` or an archive of a crate): 50 MiB, the controller's own
+/// limit on plugin archives.
+pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 50 << 20;
+
+/// How long a login lasts.
+pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
+
+/// How often expired sessions are deleted.
+const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+
+/// How long in-flight requests may take to finish at shutdown.
+const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
+
+/// How the web app runs.
+#[derive(Debug, Clone)]
+pub struct WebConfig {
+    /// Where to serve HTTP.
+    pub listen: SocketAddr,
+    /// Where the SQLite database, uploads in progress and the embedded cluster live.
+    pub data_dir: PathBuf,
+    /// A `postgres://` (or `sqlite://`) URL; `None`: SQLite at `<data_dir>/kiln.db`.
+    pub database_url: Option<String>,
+    /// Whether to start the embedded cluster and offer it to every user as "local".
+    pub embedded_cluster: bool,
+    /// The largest input file accepted.
+    pub max_upload_bytes: u64,
+    /// The largest plugin file accepted.
+    pub max_plugin_bytes: u64,
+    /// How long a login lasts.
+    pub session_ttl: Duration,
+    /// Whether cookies are marked `Secure` (set it when a proxy serves the app over HTTPS).
+    pub secure_cookies: bool,
+    /// The program the embedded workers start as `PROGRAM exec` to run plugin code; `None`:
+    /// this executable (the `kiln-web` binary serves `exec`).
+    pub executor_program: Option<PathBuf>,
+    /// The cargo target directory of the embedded workers' plugin builds; `None`:
+    /// `<data_dir>/cluster/plugin-target`.
+    pub plugin_target_dir: Option<PathBuf>,
+    /// How many embedded workers to start.
+    pub embedded_workers: usize,
+    /// Chunks each embedded worker runs at once.
+    pub worker_processes: u32,
+    /// The chunk size of every run, in bytes (0: the controller's default, 4 MiB).
+    pub chunk_bytes: u64,
+}
+
+impl WebConfig {
+    /// The defaults: http://127.0.0.1:8080, SQLite in `data_dir`, the embedded cluster with 2
+    /// workers sharing the machine's cores, 1 GiB inputs.
+    pub fn new(data_dir: impl Into<PathBuf>) -> WebConfig {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        WebConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            data_dir: data_dir.into(),
+            database_url: None,
+            embedded_cluster: true,
+            max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
+            max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            session_ttl: DEFAULT_SESSION_TTL,
+            secure_cookies: false,
+            executor_program: None,
+            plugin_target_dir: None,
+            embedded_workers: 2,
+            worker_processes: u32::try_from((cores / 2).max(1)).unwrap_or(1),
+            chunk_bytes: 0,
+        }
+    }
+
+    /// The database URL in effect.
+    pub fn database_url(&self) -> String {
+        self.database_url.clone().unwrap_or_else(|| Store::sqlite_url(&self.data_dir.join("kiln.db")))
+    }
+}
+
+/// Why the web app could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum WebError {
+    /// The data directory could not be made.
+    #[error("cannot create {path}: {source}: check the permissions of the data directory")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The database could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The embedded cluster did not start.
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    /// Runs could not be resumed.
+    #[error("cannot watch the unfinished runs again: {0}")]
+    Resume(#[from] RunError),
+    /// The executable's path is unknown (for the embedded workers' executors).
+    #[error("cannot find this executable to run plugins with: {0}: set the executor program")]
+    CurrentExe(io::Error),
+    /// The HTTP address could not be bound.
+    #[error("cannot listen on {addr}: {source}: is another server running there?")]
+    Listen {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: io::Error,
+    },
+}
+
+/// A running web app, until [`RunningWeb::shutdown`].
+pub struct RunningWeb {
+    local_addr: SocketAddr,
+    store: Store,
+    runs: Arc<RunManager>,
+    embedded: Option<EmbeddedCluster>,
+    server: ServerHandle,
+    serving: JoinHandle<()>,
+    sweeper: JoinHandle<()>,
+}
+
+impl RunningWeb {
+    /// The address HTTP is served on (with the real port when given port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The app's database.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Stops serving (letting requests in flight finish), stops watching runs (they are picked
+    /// up again at the next start), stops the embedded cluster and closes the database.
+    pub async fn shutdown(self) {
+        self.server.stop_graceful(GRACEFUL_SHUTDOWN);
+        let _ = self.serving.await;
+        self.sweeper.abort();
+        self.runs.shutdown().await;
+        if let Some(embedded) = self.embedded {
+            embedded.shutdown().await;
+        }
+        self.store.close().await;
+        tracing::info!(addr = %self.local_addr, "web server stopped");
+    }
+}
+
+/// Starts the web app and returns once it serves.
+pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
+    let upload_dir = config.data_dir.join("uploads");
+    for dir in [&config.data_dir, &upload_dir] {
+        tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
+    }
+    remove_stale_uploads(&upload_dir).await;
+    let store = Store::open(&config.database_url()).await?;
+    let embedded = match start_embedded(&config).await {
+        Ok(embedded) => embedded,
+        Err(e) => {
+            store.close().await;
+            return Err(e);
+        }
+    };
+    if embedded.is_some() {
+        // Users who registered while the embedded cluster was off get it too.
+        for user_id in store.user_ids().await? {
+            store.ensure_local_cluster(user_id).await?;
+        }
+    }
+    let runs = RunManager::new(
+        store.clone(),
+        embedded.as_ref().map(EmbeddedCluster::target),
+        upload_dir.clone(),
+        config.chunk_bytes,
+    );
+    let resumed = runs.resume().await?;
+    let app = Arc::new(App {
+        store: store.clone(),
+        runs: Arc::clone(&runs),
+        limiter: LoginLimiter::default(),
+        upload_dir,
+        max_input_bytes: config.max_upload_bytes,
+        max_plugin_bytes: config.max_plugin_bytes,
+        session_ttl: config.session_ttl,
+        secure_cookies: config.secure_cookies,
+        embedded_cluster: embedded.is_some(),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|source| WebError::Listen { addr: config.listen, source })?;
+    let local_addr = listener.local_addr().map_err(|source| WebError::Listen { addr: config.listen, source })?;
+    let acceptor =
+        TcpAcceptor::try_from(listener).map_err(|source| WebError::Listen { addr: config.listen, source })?;
+    let server = Server::new(acceptor);
+    let handle = server.handle();
+    let service = Service::new(http::router(app));
+    let serving = tokio::spawn(async move { server.serve(service).await });
+    let sweeper = tokio::spawn(sweep_sessions(store.clone()));
+    tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
+    Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper })
+}
+
+/// Runs the web app until `shutdown` completes, then stops it cleanly.
+pub async fn run(config: WebConfig, shutdown: impl Future<Output = ()>) -> Result<(), WebError> {
+    let web = start(config).await?;
+    shutdown.await;
+    web.shutdown().await;
+    Ok(())
+}
+
+async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, WebError> {
+    if !config.embedded_cluster {
+        return Ok(None);
+    }
+    let executor_program = match &config.executor_program {
+        Some(program) => program.clone(),
+        None => std::env::current_exe().map_err(WebError::CurrentExe)?,
+    };
+    let embedded = EmbeddedConfig {
+        dir: config.data_dir.join("cluster"),
+        executor_program,
+        plugin_target_dir: config.plugin_target_dir.clone(),
+        workers: config.embedded_workers,
+        processes: config.worker_processes,
+    };
+    Ok(Some(cluster::start(&embedded).await?))
+}
+
+/// Deletes uploads left by a server that stopped while receiving them.
+async fn remove_stale_uploads(dir: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else { return };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let path = entry.path();
+        let removed =
+            if path.is_dir() { tokio::fs::remove_dir_all(&path).await } else { tokio::fs::remove_file(&path).await };
+        if let Err(e) = removed {
+            tracing::warn!(path = %path.display(), "cannot remove a stale upload: {e}");
+        }
+    }
+}
+
+/// Deletes expired sessions now and then.
+async fn sweep_sessions(store: Store) {
+    let mut interval = tokio::time::interval(SESSION_SWEEP_INTERVAL);
+    loop {
+        interval.tick().await;
+        match store.delete_expired_sessions().await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "expired sessions deleted"),
+            Err(e) => tracing::warn!("cannot delete expired sessions: {e}"),
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! The `kiln-web` command: parses flags, builds a [`WebConfig`], runs the web app until SIGINT
+//! or SIGTERM. With no flags it serves http://127.0.0.1:8080 with SQLite in `./kiln-data` and
+//! an embedded cluster. `kiln-web exec` (hidden) is the executor process the embedded workers
+//! start to run plugin code.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use kiln_web::{DEFAULT_MAX_UPLOAD_BYTES, WebConfig};
+
+/// Kiln's web application: upload plugins, run them on your clusters, watch them live.
+#[derive(Parser)]
+#[command(name = "kiln-web", version, about)]
+struct Cli {
+    /// Where to serve HTTP.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Where the SQLite database, uploads and the embedded cluster's data live.
+    #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data")]
+    data_dir: PathBuf,
+    /// A PostgreSQL URL (postgres://USER@HOST/DB) to use instead of SQLite.
+    #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
+    database_url: Option<String>,
+    /// Do not start the embedded cluster (users then add their own clusters).
+    #[arg(long)]
+    no_embedded_cluster: bool,
+    /// How many workers the embedded cluster has.
+    #[arg(long, default_value_t = 2)]
+    embedded_workers: usize,
+    /// The largest input file accepted, in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
+    max_upload_bytes: u64,
+    /// Mark cookies Secure (when a proxy serves the app over HTTPS).
+    #[arg(long)]
+    secure_cookies: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Serve one plugin over stdin and stdout (started by the embedded workers).
+    #[command(hide = true)]
+    Exec {
+        /// How many calls to run at once.
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    if let Some(Command::Exec { threads }) = cli.command {
+        // The executor's stderr carries the plugin's own output; it logs nothing itself.
+        return match kiln_engine::worker::executor::process::serve(threads) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("kiln-web exec: {e}");
+                ExitCode::from(70)
+            }
+        };
+    }
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    match serve(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn serve(cli: Cli) -> anyhow::Result<()> {
+    let mut config = WebConfig::new(cli.data_dir);
+    config.listen = cli.listen;
+    config.database_url = cli.database_url.filter(|url| !url.is_empty());
+    config.embedded_cluster = !cli.no_embedded_cluster;
+    config.embedded_workers = cli.embedded_workers;
+    config.max_upload_bytes = cli.max_upload_bytes;
+    config.secure_cookies = cli.secure_cookies;
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let web = kiln_web::start(config).await.context("cannot start kiln-web")?;
+        eprintln!("listening on http://{}", web.local_addr());
+        shutdown_signal().await?;
+        tracing::info!("shutting down");
+        web.shutdown().await;
+        Ok(())
+    })
+}
+
+/// Waits for SIGINT or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot listen for SIGTERM")?;
+    tokio::select! {
+        interrupted = tokio::signal::ctrl_c() => interrupted.context("cannot listen for SIGINT"),
+        _ = terminate.recv() => Ok(()),
+    }
+}

@@ -1,0 +1,176 @@
+//! The progress message relayed to browsers over the run's websocket, as JSON.
+
+use serde::Serialize;
+
+use kiln_engine::rpc::{JobState, JobStatus};
+
+use crate::store::now_ms;
+use crate::store::runs::{Run, RunState};
+
+/// A run's progress as the page draws it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Progress {
+    /// The run.
+    pub run_id: i64,
+    /// Its state's name (`running`, `succeeded`, …).
+    pub state: &'static str,
+    /// Whether the run has ended: the page reloads to show the result or the error.
+    pub finished: bool,
+    /// How far it is, 0 to 100.
+    pub percent: f64,
+    /// Chunks done and in all (0 while the input is still being cut).
+    pub chunks_done: u64,
+    pub n_chunks: u64,
+    /// Lines and bytes done, and the input's size.
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Chunk attempts that failed and were retried.
+    pub retries: u64,
+    /// Milliseconds since the job began running (or that it ran, once it ended).
+    pub elapsed_ms: u64,
+    /// Bytes per second over the last seconds, and over the whole run so far.
+    pub throughput_bps: f64,
+    pub average_bps: f64,
+    /// Per worker figures.
+    pub workers: Vec<WorkerRow>,
+}
+
+/// One worker's share of a run.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct WorkerRow {
+    /// The worker's number on its controller, and its address.
+    pub worker_id: u64,
+    pub address: String,
+    /// Chunks, lines and bytes it completed for this run.
+    pub chunks_done: u64,
+    pub lines_done: u64,
+    pub bytes_done: u64,
+    /// Chunks it is running now.
+    pub in_flight: u32,
+}
+
+/// The run state a job state stands for.
+pub fn run_state(state: JobState) -> RunState {
+    match state {
+        JobState::Uploading => RunState::Uploading,
+        JobState::Queued => RunState::Queued,
+        JobState::Running => RunState::Running,
+        JobState::Aggregating => RunState::Aggregating,
+        JobState::Succeeded => RunState::Succeeded,
+        JobState::Failed => RunState::Failed,
+        JobState::Cancelled => RunState::Cancelled,
+    }
+}
+
+impl Progress {
+    /// The progress a job status shows. `previous` is an earlier (time in ms, bytes done)
+    /// sample, over which the recent throughput is measured.
+    pub fn from_status(run_id: i64, status: &JobStatus, previous: Option<(u64, u64)>) -> Progress {
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        let state = run_state(status.state);
+        let end = status.finished_ms.unwrap_or(now);
+        let elapsed_ms = status.started_ms.map_or(0, |start| end.saturating_sub(start));
+        let average_bps = if elapsed_ms > 0 { status.bytes_done as f64 * 1000.0 / elapsed_ms as f64 } else { 0.0 };
+        let throughput_bps = match previous {
+            Some((then, bytes)) if now > then && status.bytes_done >= bytes => {
+                (status.bytes_done - bytes) as f64 * 1000.0 / (now - then) as f64
+            }
+            _ => average_bps,
+        };
+        Progress {
+            run_id,
+            state: state.as_str(),
+            finished: state.is_final(),
+            percent: percent(state, status.chunks_done, status.n_chunks, status.bytes_done, status.bytes_total),
+            chunks_done: status.chunks_done,
+            n_chunks: status.n_chunks,
+            lines_done: status.lines_done,
+            bytes_done: status.bytes_done,
+            bytes_total: status.bytes_total,
+            retries: status.retries,
+            elapsed_ms,
+            throughput_bps,
+            average_bps,
+            workers: status
+                .workers
+                .iter()
+                .map(|worker| WorkerRow {
+                    worker_id: worker.worker_id,
+                    address: worker.address.clone(),
+                    chunks_done: worker.chunks_done,
+                    lines_done: worker.lines_done,
+                    bytes_done: worker.bytes_done,
+                    in_flight: worker.in_flight,
+                })
+                .collect(),
+        }
+    }
+
+    /// The progress a stored run shows (no per-worker figures).
+    pub fn from_run(run: &Run) -> Progress {
+        let p = &run.progress;
+        let to_u64 = |n: i64| u64::try_from(n).unwrap_or(0);
+        let elapsed_ms = match (run.started_at, run.finished_at) {
+            (Some(start), Some(end)) => end - start,
+            (Some(start), None) => now_ms() - start,
+            _ => 0,
+        };
+        let elapsed_ms = to_u64(elapsed_ms);
+        let average_bps = if elapsed_ms > 0 { p.bytes_done as f64 * 1000.0 / elapsed_ms as f64 } else { 0.0 };
+        Progress {
+            run_id: run.id,
+            state: run.state.as_str(),
+            finished: run.state.is_final(),
+            percent: percent(
+                run.state,
+                to_u64(p.chunks_done),
+                to_u64(p.n_chunks),
+                to_u64(p.bytes_done),
+                to_u64(run.input_bytes),
+            ),
+            chunks_done: to_u64(p.chunks_done),
+            n_chunks: to_u64(p.n_chunks),
+            lines_done: to_u64(p.lines_done),
+            bytes_done: to_u64(p.bytes_done),
+            bytes_total: to_u64(run.input_bytes),
+            retries: to_u64(p.retries),
+            elapsed_ms,
+            throughput_bps: average_bps,
+            average_bps,
+            workers: Vec::new(),
+        }
+    }
+
+    /// The message as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+}
+
+/// How far a run is, 0 to 100: by chunks once they are known, else by bytes.
+fn percent(state: RunState, chunks_done: u64, n_chunks: u64, bytes_done: u64, bytes_total: u64) -> f64 {
+    let fraction = if state == RunState::Succeeded {
+        1.0
+    } else if n_chunks > 0 {
+        chunks_done as f64 / n_chunks as f64
+    } else if bytes_total > 0 {
+        bytes_done as f64 / bytes_total as f64
+    } else {
+        0.0
+    };
+    (fraction * 100.0).clamp(0.0, 100.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_goes_by_chunks_then_bytes_and_success_is_whole() {
+        assert_eq!(percent(RunState::Running, 1, 4, 0, 0), 25.0);
+        assert_eq!(percent(RunState::Running, 0, 0, 50, 200), 25.0);
+        assert_eq!(percent(RunState::Queued, 0, 0, 0, 0), 0.0);
+        assert_eq!(percent(RunState::Succeeded, 0, 0, 0, 0), 100.0);
+    }
+}

@@ -1,0 +1,277 @@
+//! The background task of one run: submit the plugin and the input, follow the job's
+//! statuses, record and relay them, and record how the job ended.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use kiln_engine::client::{Client, ClientError, SubmitOptions};
+use kiln_engine::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, RpcError};
+use tempfile::TempPath;
+
+use super::progress::{Progress, run_state};
+use super::{ClusterTarget, RunManager, client_failure, failure};
+use crate::store::now_ms;
+use crate::store::runs::{Run, RunEnding, RunProgress, RunState};
+use crate::store::tasks::Plugin;
+
+/// How often, at most, a run's progress is written to the database while nothing but the
+/// counters change (every message still goes to the browsers).
+const SAVE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The window over which the recent throughput is measured: long enough to smooth the steps
+/// of chunks finishing, short enough to show a change within a few seconds.
+const THROUGHPUT_WINDOW_MS: u64 = 2000;
+
+/// The pause before watching again a controller that could not be reached; the client itself
+/// already retried for a minute.
+const REWATCH_PAUSE: Duration = Duration::from_secs(5);
+
+/// Submits a new run's job, then watches it.
+pub(super) async fn submit_and_watch(
+    manager: Arc<RunManager>,
+    run: Run,
+    plugin: Plugin,
+    input: TempPath,
+    target: ClusterTarget,
+) {
+    let submitted = submit(&manager, &run, &plugin, &input, &target).await;
+    drop(input);
+    let job = match submitted {
+        Ok(job) => job,
+        Err((kind, message)) => {
+            tracing::info!(run = run.id, "the run could not be submitted: {message}");
+            end(&manager, &run, failure(None, kind, message)).await;
+            return;
+        }
+    };
+    match manager.store.set_run_job(run.id, job as i64, RunState::Queued).await {
+        Ok(true) => watch(manager, run, job, target).await,
+        Ok(false) => {
+            // Cancelled (or deleted) while it was being submitted: the job must not run.
+            tracing::info!(run = run.id, job, "run cancelled during submission; cancelling its job");
+            if let Ok(client) = Client::connect(&target.address, target.api_key.clone()).await {
+                let _ = client.cancel(job).await;
+            }
+            manager.close_live(run.id);
+        }
+        Err(e) => {
+            tracing::error!(run = run.id, "cannot record the run's job: {e}");
+            manager.close_live(run.id);
+        }
+    }
+}
+
+/// Writes the plugin where the builder can read it and hands plugin and input to the
+/// controller; answers the job's id, or the failure's kind and message.
+async fn submit(
+    manager: &RunManager,
+    run: &Run,
+    plugin: &Plugin,
+    input: &TempPath,
+    target: &ClusterTarget,
+) -> Result<JobId, (&'static str, String)> {
+    let internal = |e: std::io::Error| ("internal", format!("cannot prepare the plugin for submission: {e}"));
+    let dir = tempfile::Builder::new().prefix("submit-").tempdir_in(&manager.work_dir).map_err(internal)?;
+    // The builder tells a single file from an archive by its name.
+    let plugin_path = dir.path().join(plugin.kind.file_name());
+    tokio::fs::write(&plugin_path, &plugin.bytes).await.map_err(internal)?;
+    let input_file =
+        tokio::fs::File::open(input).await.map_err(|e| ("internal", format!("cannot read the input: {e}")))?;
+    let client = Client::connect(&target.address, target.api_key.clone()).await.map_err(|e| client_failure(&e))?;
+    let options = SubmitOptions {
+        params: run.params.clone(),
+        processes: u32::try_from(run.processes).unwrap_or(1),
+        input_name: run.input_name.clone(),
+        chunk_size: manager.chunk_bytes,
+        ..SubmitOptions::default()
+    };
+    let job = client.submit(&plugin_path, input_file, options).await.map_err(|e| client_failure(&e))?;
+    tracing::info!(run = run.id, job, cluster = %target.address, "run submitted");
+    Ok(job)
+}
+
+/// Follows the job until it ends, recording and relaying its statuses, then records the
+/// ending. A controller that cannot be reached is tried again until the server stops.
+pub(super) async fn watch(manager: Arc<RunManager>, run: Run, job: JobId, target: ClusterTarget) {
+    let mut window = VecDeque::new();
+    let mut saved: Option<(Instant, RunState)> = None;
+    loop {
+        let outcome = follow(&manager, &run, job, &target, &mut window, &mut saved).await;
+        let error = match outcome {
+            Ok(status) => {
+                let ending = ending(&target, job, &status).await;
+                end(&manager, &run, ending).await;
+                return;
+            }
+            Err(error) => error,
+        };
+        match &error {
+            ClientError::Rpc(RpcError::NotFound(_)) => {
+                let message = format!("the controller at {} no longer knows job {job}", target.address);
+                end(&manager, &run, failure(run.started_at, "cluster", message)).await;
+                return;
+            }
+            ClientError::Unauthorized(_) => {
+                let message = format!("the controller at {} refused the cluster's API key", target.address);
+                end(&manager, &run, failure(run.started_at, "cluster", message)).await;
+                return;
+            }
+            _ => {
+                tracing::warn!(run = run.id, job, "cannot watch the job: {error}; trying again");
+                tokio::time::sleep(REWATCH_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Watches the job until a final status (answered) or an error.
+async fn follow(
+    manager: &RunManager,
+    run: &Run,
+    job: JobId,
+    target: &ClusterTarget,
+    window: &mut VecDeque<(u64, u64)>,
+    saved: &mut Option<(Instant, RunState)>,
+) -> Result<JobStatus, ClientError> {
+    let client = Client::connect(&target.address, target.api_key.clone()).await?;
+    let mut statuses = std::pin::pin!(client.watch(job));
+    while let Some(status) = statuses.next().await {
+        let status = status?;
+        // (time, bytes done) samples of the last few seconds, for the recent throughput.
+        let now = u64::try_from(now_ms()).unwrap_or(0);
+        while window.len() > 1 && window.front().is_some_and(|(t, _)| now.saturating_sub(*t) > THROUGHPUT_WINDOW_MS) {
+            window.pop_front();
+        }
+        let progress = Progress::from_status(run.id, &status, window.front().copied());
+        window.push_back((now, status.bytes_done));
+        if status.state.is_final() {
+            return Ok(status);
+        }
+        manager.publish(run.id, progress.to_json());
+        let state = run_state(status.state);
+        let due = saved.is_none_or(|(at, last_state)| last_state != state || at.elapsed() >= SAVE_INTERVAL);
+        if due {
+            let started_at = status.started_ms.and_then(|ms| i64::try_from(ms).ok());
+            if let Err(e) = manager.store.update_run_progress(run.id, state, &run_progress(&status), started_at).await {
+                tracing::warn!(run = run.id, "cannot record the run's progress: {e}");
+            }
+            *saved = Some((Instant::now(), state));
+        }
+    }
+    Err(ClientError::Connection { addr: target.address.clone(), message: "the job's status stream ended".to_owned() })
+}
+
+/// How the job ended, with its result fetched when it succeeded.
+async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEnding {
+    let started_at = status.started_ms.and_then(|ms| i64::try_from(ms).ok());
+    let finished_at = status.finished_ms.and_then(|ms| i64::try_from(ms).ok()).unwrap_or_else(now_ms);
+    let mut ending = RunEnding {
+        state: run_state(status.state),
+        result: None,
+        error_kind: None,
+        error: None,
+        started_at,
+        finished_at,
+        progress: Some(run_progress(status)),
+    };
+    match status.state {
+        JobState::Succeeded => {
+            let result = match Client::connect(&target.address, target.api_key.clone()).await {
+                Ok(client) => client.result(job).await,
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(json) => ending.result = Some(json),
+                Err(e) => {
+                    ending.state = RunState::Failed;
+                    ending.error_kind = Some("cluster".to_owned());
+                    ending.error = Some(format!("the job succeeded but its result could not be fetched: {e}"));
+                }
+            }
+        }
+        JobState::Failed => {
+            let (kind, message) = match &status.failure {
+                Some(failure) => describe(failure),
+                None => ("internal", "the controller gave no reason".to_owned()),
+            };
+            ending.error_kind = Some(kind.to_owned());
+            ending.error = Some(message);
+        }
+        _ => {}
+    }
+    ending
+}
+
+/// The kind and message of a job's failure: cargo's diagnostics for a build, the plugin's
+/// message with the chunk and its lines for a plugin failure.
+pub(super) fn describe(failure: &JobFailure) -> (&'static str, String) {
+    let message = failure.message.trim_end().to_owned();
+    match (failure.kind, failure.chunk) {
+        (FailureKind::Build, _) => ("build", message),
+        (FailureKind::Input, _) => ("input", format!("the input cannot be used: {message}")),
+        (kind, Some(chunk)) => (
+            if kind == FailureKind::Plugin { "plugin" } else { "internal" },
+            format!(
+                "chunk {} (lines {}-{}) failed after {} attempt{}: {message}",
+                chunk.index,
+                chunk.first_line,
+                chunk.last_line,
+                failure.attempts,
+                if failure.attempts == 1 { "" } else { "s" }
+            ),
+        ),
+        (FailureKind::Plugin, None) => ("plugin", message),
+        (_, None) => ("internal", message),
+    }
+}
+
+/// Records a run's ending, tells its subscribers, and forgets it.
+async fn end(manager: &RunManager, run: &Run, ending: RunEnding) {
+    if let Err(e) = manager.store.finish_run(run.id, &ending).await {
+        tracing::error!(run = run.id, "cannot record the run's ending: {e}");
+    }
+    tracing::info!(run = run.id, state = ending.state.as_str(), "run ended");
+    let message = match manager.store.run_by_id(run.id).await {
+        Ok(Some(stored)) => Progress::from_run(&stored).to_json(),
+        _ => {
+            let mut ended = run.clone();
+            ended.state = ending.state;
+            ended.finished_at = Some(ending.finished_at);
+            Progress::from_run(&ended).to_json()
+        }
+    };
+    manager.publish(run.id, message);
+    manager.close_live(run.id);
+}
+
+fn run_progress(status: &JobStatus) -> RunProgress {
+    let to_i64 = |n: u64| i64::try_from(n).unwrap_or(i64::MAX);
+    RunProgress {
+        n_chunks: to_i64(status.n_chunks),
+        chunks_done: to_i64(status.chunks_done),
+        lines_done: to_i64(status.lines_done),
+        bytes_done: to_i64(status.bytes_done),
+        retries: to_i64(status.retries),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_engine::rpc::ChunkSpan;
+
+    #[test]
+    fn a_plugin_failure_names_its_chunk_and_lines() {
+        let failure = JobFailure {
+            kind: FailureKind::Plugin,
+            message: "bad line\n".into(),
+            chunk: Some(ChunkSpan { index: 2, first_line: 21, last_line: 30 }),
+            attempts: 4,
+        };
+        assert_eq!(describe(&failure), ("plugin", "chunk 2 (lines 21-30) failed after 4 attempts: bad line".into()));
+        let build = JobFailure { kind: FailureKind::Build, message: "error[E0308]".into(), chunk: None, attempts: 1 };
+        assert_eq!(describe(&build), ("build", "error[E0308]".into()));
+    }
+}

@@ -1,0 +1,286 @@
+//! The whole app in a real browser: headless Chromium (Debian's `chromium` and
+//! `chromium-driver`) driven through WebDriver. A user registers, uploads the word-count
+//! example as a task, runs it on the built-in "local" cluster, watches the progress reach
+//! 100 % and reads the result; a plugin whose output holds markup sees it escaped; a plugin
+//! that does not compile shows cargo's error. Screenshots of the result pages are saved under
+//! the test's temporary directory (`CARGO_TARGET_TMPDIR/kiln-web-screenshots`).
+
+#[path = "util/db.rs"]
+mod db;
+#[path = "util/web.rs"]
+mod web;
+
+use std::collections::BTreeMap;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use db::TestDb;
+use fantoccini::{Client, ClientBuilder, Locator};
+use kiln_web::WebConfig;
+use web::TestWeb;
+
+const CHROMIUM: &str = "/usr/bin/chromium";
+const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
+
+/// How long a run may take in the browser: the first one may build the plugin's dependencies.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long chromedriver may take to answer.
+const DRIVER_STARTUP: Duration = Duration::from_secs(30);
+
+/// A plugin whose output is a string holding a script tag.
+const MARKUP_PLUGIN: &str = r#"
+use kiln_plugin_api::{Chunk, MapReduce};
+
+pub struct Markup;
+
+impl MapReduce for Markup {
+    type Partial = u64;
+    type Output = String;
+
+    fn new(_params: &str) -> Result<Self, String> {
+        Ok(Markup)
+    }
+
+    fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+        Ok(chunk.lines().count() as u64)
+    }
+
+    fn aggregate(&self, _partials: Vec<u64>) -> Result<String, String> {
+        Ok("<script>alert(1)</script>".to_owned())
+    }
+}
+
+kiln_plugin_api::export_plugin!(Markup);
+"#;
+
+/// chromedriver on a free port, in a process group of its own with the Chromium it starts;
+/// the whole group is killed when this is dropped (also when the test fails).
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Driver {
+    fn start() -> Driver {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
+        use std::os::unix::process::CommandExt;
+        let child = Command::new(CHROMEDRIVER)
+            .arg(format!("--port={port}"))
+            .process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start {CHROMEDRIVER}: {e}: apt-get install -y chromium chromium-driver")
+            });
+        let driver = Driver { child, url: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + DRIVER_STARTUP;
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "chromedriver did not listen on port {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        driver
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        // The group's id is chromedriver's pid; Chromium and its helpers are in the group.
+        let group = format!("-{}", self.child.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A headless Chromium with a fresh profile in `profile`.
+async fn browser(driver: &Driver, profile: &Path) -> Client {
+    let args = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1280,1000",
+    ];
+    let mut args: Vec<String> = args.iter().map(|arg| (*arg).to_owned()).collect();
+    args.push(format!("--user-data-dir={}", profile.display()));
+    let mut capabilities = serde_json::Map::new();
+    capabilities.insert("browserName".into(), "chrome".into());
+    capabilities.insert("goog:chromeOptions".into(), serde_json::json!({ "binary": CHROMIUM, "args": args }));
+    let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+    ClientBuilder::new(connector).capabilities(capabilities).connect(&driver.url).await.expect("a WebDriver session")
+}
+
+/// A file of the repository, by a canonical path (chromedriver uploads only those).
+fn repo_file(path: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("web/ has a parent");
+    root.join(path).canonicalize().unwrap_or_else(|e| panic!("{path}: {e}"))
+}
+
+/// Where screenshots go.
+fn screenshot_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("kiln-web-screenshots")
+}
+
+async fn screenshot(client: &Client, name: &str) {
+    let png = client.screenshot().await.expect("a screenshot");
+    std::fs::create_dir_all(screenshot_dir()).expect("screenshot dir");
+    let path = screenshot_dir().join(name);
+    std::fs::write(&path, png).expect("write the screenshot");
+    eprintln!("screenshot: {}", path.display());
+}
+
+/// The text of the element with this id, or "" when there is none (yet).
+async fn text_of(client: &Client, id: &str) -> String {
+    match client.find(Locator::Id(id)).await {
+        Ok(element) => element.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+/// Waits until the element with this id exists; answers its text.
+async fn wait_for(client: &Client, id: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Ok(element) = client.find(Locator::Id(id)).await {
+            return element.text().await.unwrap_or_default();
+        }
+        if Instant::now() > deadline {
+            let source = client.source().await.unwrap_or_default();
+            panic!("#{id} did not appear within {timeout:?}; the page:\n{source}");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn fill(client: &Client, id: &str, text: &str) {
+    client.find(Locator::Id(id)).await.unwrap_or_else(|e| panic!("#{id}: {e}")).send_keys(text).await.expect("typing");
+}
+
+async fn click(client: &Client, id: &str) {
+    client.find(Locator::Id(id)).await.unwrap_or_else(|e| panic!("#{id}: {e}")).click().await.expect("clicking");
+}
+
+/// Creates a task from the plugin file at `plugin` through the form; answers the task's page URL.
+async fn create_task(client: &Client, base: &str, title: &str, plugin: &Path) -> String {
+    client.goto(&format!("{base}/tasks/new")).await.expect("the new task page");
+    fill(client, "title", title).await;
+    fill(client, "description", "created in a real browser").await;
+    fill(client, "plugin", &plugin.display().to_string()).await;
+    click(client, "save-task").await;
+    assert_eq!(wait_for(client, "task-title", Duration::from_secs(30)).await, title);
+    client.current_url().await.expect("url").to_string()
+}
+
+/// Starts the task shown at `task_url` on the local cluster with `input`; the browser ends on
+/// the run's page.
+async fn start_on_local(client: &Client, task_url: &str, input: &Path) {
+    client.goto(task_url).await.expect("the task page");
+    click(client, "start-task").await;
+    let cluster = wait_for(client, "cluster", Duration::from_secs(30)).await;
+    assert!(cluster.contains("local (built in)"), "the local cluster is offered: {cluster}");
+    fill(client, "input", &input.display().to_string()).await;
+    click(client, "start-run").await;
+    wait_for(client, "run", Duration::from_secs(30)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_errors() {
+    let web = TestWeb::start(TestDb::sqlite(), |config: &mut WebConfig| {
+        config.embedded_cluster = true;
+        config.chunk_bytes = 16 << 10;
+    })
+    .await;
+    let files = tempfile::tempdir().expect("temp dir");
+    let files_path = files.path().canonicalize().expect("canonical temp dir");
+    let driver = Driver::start();
+    let client = browser(&driver, &files_path.join("profile")).await;
+    let base = web.base.clone();
+
+    // Register.
+    client.goto(&format!("{base}/users/register")).await.expect("the register page");
+    fill(&client, "email", "browser@example.com").await;
+    fill(&client, "password", "correct horse battery").await;
+    click(&client, "register").await;
+    assert_eq!(wait_for(&client, "current-user", Duration::from_secs(30)).await, "browser@example.com");
+
+    // Word count over an input of many chunks.
+    let wordcount = repo_file("examples/plugins/wordcount/src/lib.rs");
+    let task_url = create_task(&client, &base, "Word count", &wordcount).await;
+    let mut text = String::new();
+    // Large enough (about 12 MB in 16 KiB chunks) that the run lasts while the page is watched.
+    for i in 0..250_000u32 {
+        text.push_str(&format!(
+            "the quick fox {} jumps over lazy dog number {}\n",
+            ["red", "brown", "grey"][i as usize % 3],
+            i % 7
+        ));
+    }
+    let input = files_path.join("input.txt");
+    std::fs::write(&input, &text).expect("write the input");
+    start_on_local(&client, &task_url, &input).await;
+
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    let mut seen_running = false;
+    loop {
+        let percent = text_of(&client, "percent").await;
+        let state = text_of(&client, "state").await;
+        if state == "running" && !seen_running && percent != "0 %" {
+            seen_running = true;
+            screenshot(&client, "wordcount-progress.png").await;
+        }
+        if percent == "100 %" {
+            break;
+        }
+        assert_ne!(state, "failed", "{}", client.source().await.unwrap_or_default());
+        assert!(Instant::now() < deadline, "the progress did not reach 100 %: {percent} {state}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let shown = wait_for(&client, "result", RUN_TIMEOUT).await;
+    assert_eq!(text_of(&client, "percent").await, "100 %");
+    assert_eq!(text_of(&client, "state").await, "succeeded");
+    let counted: BTreeMap<String, u64> = serde_json::from_str(&shown).expect("the page shows the result as JSON");
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for word in text.split_whitespace() {
+        *expected.entry(word.to_owned()).or_default() += 1;
+    }
+    assert_eq!(counted, expected);
+    assert!(seen_running, "the page showed the progress of the run while it ran");
+    screenshot(&client, "wordcount-result.png").await;
+
+    // Output with markup is shown as text, and runs no script.
+    let markup = files_path.join("markup").join("lib.rs");
+    std::fs::create_dir_all(markup.parent().unwrap()).unwrap();
+    std::fs::write(&markup, MARKUP_PLUGIN).unwrap();
+    let task_url = create_task(&client, &base, "Markup <b>output</b>", &markup).await;
+    start_on_local(&client, &task_url, &input).await;
+    let shown = wait_for(&client, "result", RUN_TIMEOUT).await;
+    assert_eq!(shown, "\"<script>alert(1)</script>\"");
+    assert!(client.get_alert_text().await.is_err(), "no alert was raised");
+    let source = client.source().await.expect("page source");
+    assert!(source.contains("&lt;script&gt;alert(1)&lt;/script&gt;") || source.contains("&#60;script&#62;alert(1)"));
+    assert!(!source.contains("<script>alert(1)</script>"));
+    screenshot(&client, "markup-result.png").await;
+
+    // A crate that does not compile shows cargo's diagnostics.
+    let broken = repo_file("engine/tests/fixtures/plugins/no-compile/src/lib.rs");
+    let task_url = create_task(&client, &base, "Does not compile", &broken).await;
+    start_on_local(&client, &task_url, &input).await;
+    let error = wait_for(&client, "error", RUN_TIMEOUT).await;
+    assert!(error.contains("error[E0308]: mismatched types"), "{error}");
+    assert!(error.contains("src/lib.rs:16"), "{error}");
+    assert!(text_of(&client, "error-section").await.contains("The plugin does not compile"));
+    screenshot(&client, "build-error.png").await;
+
+    client.close().await.expect("close the browser");
+    drop(driver);
+    web.stop().await;
+}

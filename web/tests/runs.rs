@@ -1,0 +1,245 @@
+//! Runs on the embedded cluster, over HTTP and the progress websocket: plugins really build
+//! and run (in the shared plugin target directory), progress streams to the page's socket,
+//! results are stored, and a restart of the web server picks its runs up again.
+
+#[path = "util/db.rs"]
+mod db;
+#[path = "util/web.rs"]
+mod web;
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use db::TestDb;
+use kiln_web::WebConfig;
+use reqwest::StatusCode;
+use web::{Browser, TestWeb, progress_messages};
+
+/// Small chunks, so that a small input makes many of them.
+const CHUNK_BYTES: u64 = 16 << 10;
+
+/// How long a run may take: the first one of a test run builds the plugin's dependencies.
+const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A plugin that counts lines slowly, so that a run lasts long enough to be interrupted.
+const SLOW_LINES: &str = r#"
+use kiln_plugin_api::{Chunk, MapReduce};
+
+pub struct SlowLines;
+
+impl MapReduce for SlowLines {
+    type Partial = u64;
+    type Output = u64;
+
+    fn new(_params: &str) -> Result<Self, String> {
+        Ok(SlowLines)
+    }
+
+    fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+        std::thread::sleep(std::time::Duration::from_millis(250));
+        Ok(chunk.lines().count() as u64)
+    }
+
+    fn aggregate(&self, partials: Vec<u64>) -> Result<u64, String> {
+        Ok(partials.iter().sum())
+    }
+}
+
+kiln_plugin_api::export_plugin!(SlowLines);
+"#;
+
+/// A plugin that fails on any line holding "boom", naming the line.
+const BOOM: &str = r#"
+use kiln_plugin_api::{Chunk, MapReduce};
+
+pub struct Boom;
+
+impl MapReduce for Boom {
+    type Partial = u64;
+    type Output = u64;
+
+    fn new(_params: &str) -> Result<Self, String> {
+        Ok(Boom)
+    }
+
+    fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+        for (i, line) in chunk.lines().enumerate() {
+            if line.contains("boom") {
+                return Err(format!("found <boom> on line {}", chunk.first_line() + i as u64));
+            }
+        }
+        Ok(chunk.lines().count() as u64)
+    }
+
+    fn aggregate(&self, partials: Vec<u64>) -> Result<u64, String> {
+        Ok(partials.iter().sum())
+    }
+}
+
+kiln_plugin_api::export_plugin!(Boom);
+"#;
+
+fn embedded(config: &mut WebConfig) {
+    config.embedded_cluster = true;
+    config.embedded_workers = 2;
+    config.worker_processes = 1;
+    config.chunk_bytes = CHUNK_BYTES;
+}
+
+/// About `n_lines` lines of words from a small vocabulary, the same every time.
+fn input(n_lines: usize) -> String {
+    let words = ["kiln", "fire", "clay", "glaze", "pot", "ash", "Kiln", "cone"];
+    let mut state = 7u64;
+    let mut text = String::new();
+    for _ in 0..n_lines {
+        for i in 0..6 {
+            state = state.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407);
+            if i > 0 {
+                text.push(' ');
+            }
+            text.push_str(words[(state >> 33) as usize % words.len()]);
+        }
+        text.push('\n');
+    }
+    text
+}
+
+async fn registered(web: &TestWeb, email: &str) -> Browser {
+    let browser = web.browser();
+    assert_eq!(browser.register(email, "correct horse battery").await.status, StatusCode::SEE_OTHER);
+    browser
+}
+
+/// Waits until the run's page says it has ended; answers the page.
+async fn finished_page(browser: &Browser, run: i64) -> String {
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let page = browser.get(&format!("/runs/{run}")).await.body;
+        if page.contains("data-finished=\"true\"") {
+            return page;
+        }
+        assert!(Instant::now() < deadline, "run {run} did not end:\n{page}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_on_the_local_cluster_streams_progress_and_stores_its_result() {
+    for db in TestDb::both().await {
+        let web = TestWeb::start(db, embedded).await;
+        let browser = registered(&web, "runner@example.com").await;
+        let wordcount = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plugins/wordcount/src/lib.rs"));
+        let task = browser.create_task("Word count", "lib.rs", wordcount.unwrap()).await.redirect_id();
+        let cluster = browser.local_cluster(task).await;
+        let text = input(20_000);
+        let run = browser.start_run(task, cluster, text.clone().into_bytes(), "").await.redirect_id();
+
+        let messages = progress_messages(&browser, run).await;
+        let last = messages.last().expect("progress messages");
+        assert_eq!(last["state"], "succeeded", "{last}");
+        assert_eq!(last["percent"], 100.0);
+        let n_chunks = last["n_chunks"].as_u64().unwrap();
+        assert!(n_chunks > 4, "the input was cut into {n_chunks} chunks");
+        assert_eq!(last["chunks_done"].as_u64(), Some(n_chunks));
+        assert_eq!(last["bytes_total"].as_u64(), Some(text.len() as u64));
+        assert!(
+            messages.iter().any(|m| m["state"] == "running" && m["workers"].as_array().is_some_and(|w| !w.is_empty())),
+            "some message shows the workers at work: {messages:?}"
+        );
+
+        let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+        for word in text.split_whitespace() {
+            *expected.entry(word.to_owned()).or_default() += 1;
+        }
+        let download = browser.get(&format!("/runs/{run}/result.json")).await;
+        assert_eq!(download.status, StatusCode::OK);
+        let counted: BTreeMap<String, u64> = serde_json::from_str(&download.body).expect("the result is JSON");
+        assert_eq!(counted, expected);
+
+        let page = finished_page(&browser, run).await;
+        assert!(page.contains("id=\"duration\"") && page.contains("&#34;Kiln&#34;: "), "{page}");
+        let task_page = browser.get(&format!("/tasks/{task}")).await.body;
+        assert!(task_page.contains("state-succeeded") && task_page.contains("/s</td>"), "runs with throughput");
+        let cluster_page = browser.get(&format!("/clusters/{cluster}")).await.body;
+        assert!(cluster_page.contains("2 live worker(s)"), "{cluster_page}");
+        assert!(cluster_page.contains(&format!("/runs/{run}")));
+        web.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_are_watched_again_after_the_web_server_restarts() {
+    let web = TestWeb::start(TestDb::sqlite(), embedded).await;
+    let browser = registered(&web, "restart@example.com").await;
+    let task = browser.create_task("Slow lines", "lib.rs", SLOW_LINES.as_bytes().to_vec()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+    let text = input(12_000);
+    let n_lines = text.lines().count() as u64;
+    let run = browser.start_run(task, cluster, text.into_bytes(), "").await.redirect_id();
+
+    // Stop the server once some chunks are done, well before all are.
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    loop {
+        let page = browser.get(&format!("/runs/{run}")).await.body;
+        let done = page
+            .split("id=\"chunks\">")
+            .nth(1)
+            .and_then(|rest| rest.split(' ').next())
+            .and_then(|n| n.parse::<u64>().ok())
+            .unwrap_or(0);
+        if done >= 2 {
+            break;
+        }
+        assert!(!page.contains("data-finished=\"true\""), "the run ended too soon:\n{page}");
+        assert!(Instant::now() < deadline, "the run did not start:\n{page}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cookie = browser.cookie("kiln_session").unwrap();
+    let (dir, db) = web.stop_keeping_data().await;
+
+    let web = TestWeb::start_in(dir, db, embedded).await;
+    let browser = Browser::with_cookie(&web.base, "kiln_session", &cookie);
+    let page = finished_page(&browser, run).await;
+    assert!(page.contains("state-succeeded"), "{page}");
+    let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
+    assert_eq!(result.trim(), n_lines.to_string());
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_run_can_be_cancelled() {
+    let web = TestWeb::start(TestDb::sqlite(), embedded).await;
+    let browser = registered(&web, "cancel@example.com").await;
+    let task = browser.create_task("Slow lines", "lib.rs", SLOW_LINES.as_bytes().to_vec()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+    let run = browser.start_run(task, cluster, input(20_000).into_bytes(), "").await.redirect_id();
+    let deadline = Instant::now() + RUN_TIMEOUT;
+    while !browser.get(&format!("/runs/{run}")).await.body.contains("state-running") {
+        assert!(Instant::now() < deadline, "the run did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let cancelled = browser.submit(&format!("/runs/{run}"), &format!("/runs/{run}/cancel"), &[]).await;
+    assert_eq!(cancelled.location, Some(format!("/runs/{run}")));
+    let page = finished_page(&browser, run).await;
+    assert!(page.contains("state-cancelled"), "{page}");
+    assert!(!page.contains("id=\"cancel-run\""), "an ended run has no cancel button");
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plugin_error_is_shown_with_its_chunk_and_lines() {
+    let web = TestWeb::start(TestDb::sqlite(), embedded).await;
+    let browser = registered(&web, "boom@example.com").await;
+    let task = browser.create_task("Boom", "lib.rs", BOOM.as_bytes().to_vec()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+    let mut text = input(3_000);
+    text.push_str("this line goes boom\n");
+    let n_lines = text.lines().count();
+    let run = browser.start_run(task, cluster, text.into_bytes(), "").await.redirect_id();
+    let page = finished_page(&browser, run).await;
+    assert!(page.contains("state-failed") && page.contains("The plugin failed"), "{page}");
+    let message = format!("failed after 4 attempts: found &#60;boom&#62; on line {n_lines}");
+    assert!(page.contains(&message), "{page}");
+    assert!(page.contains(&format!("-{n_lines}) failed")), "the chunk's line range ends at the line: {page}");
+    web.stop().await;
+}

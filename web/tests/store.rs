@@ -1,0 +1,276 @@
+//! The store, against SQLite and PostgreSQL alike: every test runs on a fresh database of
+//! each kind.
+
+#[path = "util/db.rs"]
+mod db;
+
+use std::future::Future;
+
+use db::TestDb;
+use kiln_web::store::clusters::{ClusterFields, LOCAL_CLUSTER};
+use kiln_web::store::runs::{NewRun, RunEnding, RunProgress, RunState};
+use kiln_web::store::tasks::{Plugin, PluginKind};
+use kiln_web::store::{Store, StoreError, now_ms};
+
+/// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL database.
+async fn check<F, Fut>(test: F)
+where
+    F: Fn(Store) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for db in TestDb::both().await {
+        let store = Store::open(&db.url).await.unwrap_or_else(|e| panic!("open {:?}: {e}", db.backend));
+        assert_eq!(store.backend(), db.backend);
+        test(store.clone()).await;
+        store.close().await;
+    }
+}
+
+fn plugin(text: &str) -> Plugin {
+    Plugin { name: "lib.rs".into(), kind: PluginKind::RustFile, bytes: text.as_bytes().to_vec() }
+}
+
+fn cluster_fields(name: &str) -> ClusterFields {
+    ClusterFields {
+        name: name.into(),
+        controller_address: "10.0.0.1:7700".into(),
+        api_key: Some("key-0123456789abcdef".into()),
+    }
+}
+
+/// Two users, each with a task and a cluster: (user a, user b, a's task, a's cluster).
+async fn two_users(store: &Store) -> (i64, i64, i64, i64) {
+    let a = store.create_user("a@example.com", "$argon2id$a").await.unwrap().id;
+    let b = store.create_user("b@example.com", "$argon2id$b").await.unwrap().id;
+    let task = store.create_task(a, "Count", "words", &plugin("// a")).await.unwrap().id;
+    let cluster = store.create_cluster(a, &cluster_fields("lab")).await.unwrap().id;
+    store.create_task(b, "B's", "", &plugin("// b")).await.unwrap();
+    (a, b, task, cluster)
+}
+
+fn new_run(task_id: i64, cluster_id: i64) -> NewRun {
+    NewRun {
+        task_id,
+        cluster_id,
+        input_name: "input.txt".into(),
+        input_bytes: 1000,
+        processes: 2,
+        params: String::new(),
+    }
+}
+
+#[tokio::test]
+async fn emails_are_unique_whatever_their_case() {
+    check(|store| async move {
+        let user = store.create_user(" Ada@Example.com ", "$argon2id$x").await.unwrap();
+        assert_eq!(user.email, "ada@example.com");
+        let again = store.create_user("ADA@example.com", "$argon2id$y").await.unwrap_err();
+        assert!(matches!(again, StoreError::Duplicate(_)), "{again:?}");
+        assert_eq!(again.to_string(), "an account with this e-mail address already exists");
+        assert_eq!(store.user_by_email("ada@EXAMPLE.com").await.unwrap(), Some(user.clone()));
+        assert_eq!(store.user(user.id).await.unwrap(), Some(user));
+        assert_eq!(store.user_by_email("nobody@example.com").await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn sessions_are_found_by_token_hash_until_they_expire_or_end() {
+    check(|store| async move {
+        let user = store.create_user("s@example.com", "$argon2id$x").await.unwrap();
+        let hour = 3_600_000;
+        store.create_session(user.id, "hash-live", "csrf-1", now_ms() + hour).await.unwrap();
+        store.create_session(user.id, "hash-old", "csrf-2", now_ms() - 1).await.unwrap();
+        let session = store.session("hash-live").await.unwrap().expect("live session");
+        assert_eq!(
+            (session.user_id, session.email.as_str(), session.csrf_token.as_str()),
+            (user.id, "s@example.com", "csrf-1")
+        );
+        assert_eq!(store.session("hash-old").await.unwrap(), None);
+        assert_eq!(store.delete_expired_sessions().await.unwrap(), 1);
+        assert!(store.delete_session("hash-live").await.unwrap());
+        assert_eq!(store.session("hash-live").await.unwrap(), None);
+        assert!(!store.delete_session("hash-live").await.unwrap());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn clusters_are_seen_and_changed_only_by_their_owner() {
+    check(|store| async move {
+        let (a, b, _, cluster) = two_users(&store).await;
+        let mine = store.cluster(a, cluster).await.unwrap().expect("a's cluster");
+        assert_eq!(mine.api_key, "key-0123456789abcdef");
+        assert_eq!(mine.api_key_hint(), "…cdef");
+        assert_eq!(store.cluster(b, cluster).await.unwrap(), None);
+        assert!(store.clusters(b).await.unwrap().is_empty());
+        assert!(!store.update_cluster(b, cluster, &cluster_fields("stolen")).await.unwrap());
+        assert!(!store.delete_cluster(b, cluster).await.unwrap());
+
+        // Editing without a new key keeps the stored one.
+        let fields = ClusterFields { name: "lab 2".into(), controller_address: "h:1".into(), api_key: None };
+        assert!(store.update_cluster(a, cluster, &fields).await.unwrap());
+        let edited = store.cluster(a, cluster).await.unwrap().unwrap();
+        assert_eq!((edited.name.as_str(), edited.api_key.as_str()), ("lab 2", "key-0123456789abcdef"));
+
+        let duplicate = store.create_cluster(a, &cluster_fields("lab 2")).await.unwrap_err();
+        assert_eq!(duplicate.to_string(), "a cluster with this name already exists");
+        store.create_cluster(b, &cluster_fields("lab 2")).await.expect("names are unique per user only");
+        assert!(store.delete_cluster(a, cluster).await.unwrap());
+        assert_eq!(store.cluster(a, cluster).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn the_local_cluster_is_made_once_per_user_and_is_not_editable() {
+    check(|store| async move {
+        let (a, b, _, _) = two_users(&store).await;
+        let local = store.ensure_local_cluster(a).await.unwrap();
+        assert_eq!(store.ensure_local_cluster(a).await.unwrap(), local);
+        let local_b = store.ensure_local_cluster(b).await.unwrap();
+        assert_ne!(local, local_b);
+        let clusters = store.clusters(a).await.unwrap();
+        assert_eq!(clusters.len(), 2);
+        assert!(clusters[0].embedded && clusters[0].name == LOCAL_CLUSTER, "the local cluster comes first");
+        assert!(!store.update_cluster(a, local, &cluster_fields("mine")).await.unwrap());
+        assert!(!store.delete_cluster(a, local).await.unwrap());
+        assert_eq!(store.user_ids().await.unwrap(), vec![a, b]);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn tasks_keep_their_plugin_and_are_seen_only_by_their_owner() {
+    check(|store| async move {
+        let (a, b, task, _) = two_users(&store).await;
+        let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
+        let archive = Plugin { name: "crate.tar.gz".into(), kind: PluginKind::TarGz, bytes: bytes.clone() };
+        assert!(store.update_task(a, task, "Count <words>", "new", Some(&archive)).await.unwrap());
+        let shown = store.task(a, task).await.unwrap().expect("a's task");
+        assert_eq!(
+            (shown.title.as_str(), shown.plugin_name.as_str(), shown.plugin_kind.as_str()),
+            ("Count <words>", "crate.tar.gz", "tar.gz")
+        );
+        assert_eq!(shown.plugin_size, 70_000);
+        assert_eq!(store.task_plugin(a, task).await.unwrap(), Some(archive));
+
+        assert!(store.update_task(a, task, "Renamed", "", None).await.unwrap());
+        assert_eq!(store.task_plugin(a, task).await.unwrap().unwrap().bytes, bytes, "the plugin is kept");
+
+        assert_eq!(store.task(b, task).await.unwrap(), None);
+        assert_eq!(store.task_plugin(b, task).await.unwrap(), None);
+        assert!(!store.update_task(b, task, "x", "", None).await.unwrap());
+        assert!(!store.delete_task(b, task).await.unwrap());
+        assert_eq!(store.tasks(a).await.unwrap().len(), 1);
+        assert_eq!(store.tasks(b).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_needs_the_users_own_task_and_cluster() {
+    check(|store| async move {
+        let (a, b, task, cluster) = two_users(&store).await;
+        let b_cluster = store.create_cluster(b, &cluster_fields("b")).await.unwrap().id;
+        assert_eq!(store.create_run(b, &new_run(task, b_cluster)).await.unwrap(), None);
+        assert_eq!(store.create_run(a, &new_run(task, b_cluster)).await.unwrap(), None);
+        let run = store.create_run(a, &new_run(task, cluster)).await.unwrap().expect("a's run");
+        assert_eq!(
+            (run.state, run.task_title.as_str(), run.cluster_name.as_str()),
+            (RunState::Submitting, "Count", "lab")
+        );
+        assert_eq!(store.run(b, run.id).await.unwrap(), None);
+        assert_eq!(store.run_result(b, run.id).await.unwrap(), None);
+        assert!(store.task_runs(b, task, 10).await.unwrap().is_empty());
+        assert!(store.cluster_runs(b, cluster, 10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_run_records_its_job_progress_and_ending_once() {
+    check(|store| async move {
+        let (a, _, task, cluster) = two_users(&store).await;
+        let run = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        assert!(store.set_run_job(run, 42, RunState::Queued).await.unwrap());
+        let progress = RunProgress { n_chunks: 4, chunks_done: 2, lines_done: 20, bytes_done: 500, retries: 1 };
+        let started = now_ms();
+        assert!(store.update_run_progress(run, RunState::Running, &progress, Some(started)).await.unwrap());
+        // A later report does not move the start.
+        assert!(store.update_run_progress(run, RunState::Running, &progress, Some(started + 5)).await.unwrap());
+        let seen = store.run(a, run).await.unwrap().unwrap();
+        assert_eq!(
+            (seen.job_id, seen.state, seen.progress, seen.started_at),
+            (Some(42), RunState::Running, progress, Some(started))
+        );
+        assert_eq!(store.unfinished_runs().await.unwrap().len(), 1);
+
+        let ending = RunEnding {
+            state: RunState::Succeeded,
+            result: Some(r#"{"a":1}"#.into()),
+            error_kind: None,
+            error: None,
+            started_at: None,
+            finished_at: started + 2000,
+            progress: Some(RunProgress { chunks_done: 4, ..progress }),
+        };
+        assert!(store.finish_run(run, &ending).await.unwrap());
+        let failed = RunEnding { state: RunState::Failed, error: Some("late".into()), ..ending.clone() };
+        assert!(!store.finish_run(run, &failed).await.unwrap(), "the first ending stays");
+        assert!(!store.update_run_progress(run, RunState::Running, &progress, None).await.unwrap());
+        let done = store.run(a, run).await.unwrap().unwrap();
+        assert_eq!(done.progress.chunks_done, 4);
+        assert_eq!((done.state, done.duration_ms(), done.error.as_deref()), (RunState::Succeeded, Some(2000), None));
+        assert_eq!(done.throughput_bps(), Some(500.0));
+        assert_eq!(store.run_result(a, run).await.unwrap(), Some(Some(r#"{"a":1}"#.into())));
+        assert!(store.unfinished_runs().await.unwrap().is_empty());
+        assert_eq!(store.task_runs(a, task, 10).await.unwrap().len(), 1);
+        assert_eq!(store.cluster_runs(a, cluster, 10).await.unwrap()[0].id, run);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_a_task_or_a_cluster_deletes_their_runs() {
+    check(|store| async move {
+        let (a, _, task, cluster) = two_users(&store).await;
+        let other_task = store.create_task(a, "Other", "", &plugin("// c")).await.unwrap().id;
+        let first = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        let second = store.create_run(a, &new_run(other_task, cluster)).await.unwrap().unwrap().id;
+        assert!(store.delete_task(a, task).await.unwrap());
+        assert_eq!(store.run(a, first).await.unwrap(), None);
+        assert!(store.run(a, second).await.unwrap().is_some());
+        assert!(store.delete_cluster(a, cluster).await.unwrap());
+        assert_eq!(store.run(a, second).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn reopening_a_database_keeps_its_rows_and_migrates_nothing_twice() {
+    for db in TestDb::both().await {
+        let store = Store::open(&db.url).await.unwrap();
+        let user = store.create_user("keep@example.com", "$argon2id$x").await.unwrap();
+        store.close().await;
+        let reopened = Store::open(&db.url).await.unwrap_or_else(|e| panic!("reopen {:?}: {e}", db.backend));
+        assert_eq!(reopened.user(user.id).await.unwrap().map(|u| u.email), Some("keep@example.com".into()));
+        reopened.close().await;
+    }
+}
+
+#[test]
+fn both_databases_have_the_same_migrations() {
+    let names = |dir: &str| {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations").join(dir);
+        let mut names: Vec<String> = std::fs::read_dir(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .map(|entry| entry.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    };
+    let sqlite = names("sqlite");
+    assert!(!sqlite.is_empty());
+    assert_eq!(sqlite, names("postgres"));
+}
