@@ -90,6 +90,15 @@ pub struct SubmitOptions {
     pub max_attempts: u32,
     /// The chunk size in bytes (0: the default, 4 MiB).
     pub chunk_size: u64,
+    /// A limit on each executor's address space in bytes, within the workers' own (0: the
+    /// workers'). A chunk that exceeds it costs an attempt.
+    pub memory_limit: u64,
+    /// The longest one chunk may run in milliseconds, within the workers' own timeout (0: the
+    /// workers').
+    pub chunk_timeout_ms: u64,
+    /// Turns off speculative copies of chunks that run far longer than the job's others
+    /// (on by default).
+    pub no_speculation: bool,
 }
 
 /// Why a client call failed.
@@ -261,6 +270,9 @@ impl Client {
             input_name: options.input_name,
             max_attempts: options.max_attempts,
             chunk_size: options.chunk_size,
+            memory_limit: options.memory_limit,
+            chunk_timeout_ms: options.chunk_timeout_ms,
+            speculative: !options.no_speculation,
         };
         let key = &self.inner.key;
         let job = self

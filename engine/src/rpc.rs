@@ -19,7 +19,8 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 /// The version of this protocol; a worker of another version is refused at registration.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The largest frame on any connection: a chunk or a piece of input (a few MiB) or a batch of
 /// partials for aggregation, with room to spare.
@@ -140,6 +141,39 @@ pub struct JobSpec {
     pub max_attempts: u32,
     /// The chunk size in bytes (0: the default, 4 MiB).
     pub chunk_size: u64,
+    /// A limit on each executor's address space in bytes, within the worker's own limit
+    /// (0: the worker's). A chunk that exceeds it costs an attempt.
+    #[serde(default)]
+    pub memory_limit: u64,
+    /// The longest one chunk may run in milliseconds, within the worker's own timeout (0: the
+    /// worker's). A chunk that exceeds it costs an attempt.
+    #[serde(default)]
+    pub chunk_timeout_ms: u64,
+    /// Whether a chunk that runs far longer than the job's others gets a speculative copy on
+    /// an idle slot (on by default).
+    #[serde(default = "speculation_default")]
+    pub speculative: bool,
+}
+
+fn speculation_default() -> bool {
+    true
+}
+
+/// How a job's executors are confined on a worker: the job's limits from its [`JobSpec`],
+/// applied within the worker's own (0: the worker's).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ExecLimits {
+    /// A limit on each executor's address space, in bytes.
+    pub memory_limit: u64,
+    /// The longest one chunk may run, in milliseconds.
+    pub chunk_timeout_ms: u64,
+}
+
+impl JobSpec {
+    /// The executor limits the job asks for.
+    pub fn limits(&self) -> ExecLimits {
+        ExecLimits { memory_limit: self.memory_limit, chunk_timeout_ms: self.chunk_timeout_ms }
+    }
 }
 
 /// Where a job is in its life.
@@ -219,6 +253,10 @@ pub struct WorkerProgress {
     pub bytes_done: u64,
     /// Chunks it is running now.
     pub in_flight: u32,
+    /// Whether the worker was lost (it died or stopped answering) while running this job; a
+    /// worker that comes back registers under a new id.
+    #[serde(default)]
+    pub lost: bool,
 }
 
 /// A job's status and progress, as watchers see it.
@@ -244,6 +282,16 @@ pub struct JobStatus {
     pub bytes_total: u64,
     /// Chunk attempts that failed and were retried.
     pub retries: u64,
+    /// Workers lost (dead or silent) while running this job's chunks; their chunks ran
+    /// elsewhere without costing an attempt.
+    #[serde(default)]
+    pub lost_workers: u64,
+    /// Speculative copies started of chunks that ran far longer than the job's others.
+    #[serde(default)]
+    pub speculative: u64,
+    /// Of those, the copies that finished first (their partial is the one kept).
+    #[serde(default)]
+    pub speculative_won: u64,
     /// Per worker figures.
     pub workers: Vec<WorkerProgress>,
     /// Milliseconds since the Unix epoch: creation, start of running, end.
@@ -305,6 +353,10 @@ pub enum TaskError {
     /// retry can help.
     #[error("{0}")]
     Fatal(String),
+    /// The executor was ended for a reason that is not this chunk's (another chunk timed out
+    /// or crashed it, the worker is stopping): run the chunk again without counting an attempt.
+    #[error("interrupted: {0}")]
+    Interrupted(String),
     /// The worker has not prepared this job (it restarted, or was never asked).
     #[error("job {0} is not prepared on this worker")]
     NotPrepared(JobId),
@@ -360,11 +412,20 @@ pub trait Controller {
 #[tarpc::service]
 pub trait Worker {
     /// Makes the job's plugin ready: fetches the archive if its cache lacks the hash, builds
-    /// it, and starts an executor with the job's parameters. A build failure comes back as
-    /// `RpcError::Build` with cargo's diagnostics.
-    async fn prepare(secret: Secret, job: JobId, plugin_hash: String, params: String) -> Result<(), TaskError>;
+    /// it, and starts an executor with the job's parameters and limits. A build failure comes
+    /// back as `RpcError::Build` with cargo's diagnostics.
+    async fn prepare(
+        secret: Secret,
+        job: JobId,
+        plugin_hash: String,
+        params: String,
+        limits: ExecLimits,
+    ) -> Result<(), TaskError>;
 
-    /// Runs one chunk of a prepared job; answers the encoded partial.
+    /// Runs one chunk of a prepared job; answers the encoded partial. When the executor
+    /// crashes with several chunks in flight, each runs again alone in a fresh executor, so
+    /// that only the chunk that crashes alone fails (`Crashed`); the others answer normally.
+    /// Cancelling the call abandons the chunk (ending its executor if nothing else runs there).
     async fn run_chunk(secret: Secret, job: JobId, first_line: u64, text: ByteBuf) -> Result<ByteBuf, TaskError>;
 
     /// Merges encoded partials of consecutive chunks with the plugin's `combine`; `None` when

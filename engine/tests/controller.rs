@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
 use kiln_engine::rpc::{
-    ControllerClient, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION, RpcError,
-    Secret, TaskError, Worker, WorkerInfo,
+    ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
+    RpcError, Secret, TaskError, Worker, WorkerInfo,
 };
 use kiln_engine::worker::builder::SourceTree;
 use serde::{Deserialize, Serialize};
@@ -119,7 +119,15 @@ fn merge(partials: &[ByteBuf]) -> Result<Partial, TaskError> {
 }
 
 impl Worker for FakeWorker {
-    async fn prepare(self, _: Context, secret: Secret, job: JobId, _: String, _: String) -> Result<(), TaskError> {
+    async fn prepare(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        _: String,
+        _: String,
+        _: ExecLimits,
+    ) -> Result<(), TaskError> {
         self.check(&secret).await?;
         self.record.prepared.lock().unwrap().push(job);
         match &self.knobs.build_error {
@@ -309,6 +317,9 @@ impl Cluster {
             input_name: "words.txt".into(),
             max_attempts,
             chunk_size: CHUNK_SIZE,
+            memory_limit: 0,
+            chunk_timeout_ms: 0,
+            speculative: true,
         };
         let job = self.client.create_job(context::current(), self.key.clone(), spec).await.unwrap().unwrap();
         let mut offset = 0;
@@ -408,6 +419,9 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
         input_name: "x".into(),
         max_attempts: 0,
         chunk_size: 0,
+        memory_limit: 0,
+        chunk_timeout_ms: 0,
+        speculative: true,
     };
     let refused =
         |result: Result<(), RpcError>| assert!(matches!(result, Err(RpcError::Unauthorized(_))), "{result:?}");
@@ -667,6 +681,9 @@ async fn empty_input_aggregates_no_partials_and_bad_input_names_its_line() {
         input_name: "bad.txt".into(),
         max_attempts: 0,
         chunk_size: 0,
+        memory_limit: 0,
+        chunk_timeout_ms: 0,
+        speculative: true,
     };
     let job = cluster.client.create_job(context::current(), cluster.key.clone(), spec).await.unwrap().unwrap();
     let bytes = ByteBuf::from(b"fine\nnot \xff utf-8\n".to_vec());

@@ -84,3 +84,40 @@ async fn a_library_that_is_not_a_plugin_is_refused() {
         other => panic!("expected a load error, got {:?}", other.err()),
     }
 }
+
+#[tokio::test]
+async fn a_crash_tells_how_many_calls_it_took_down() {
+    let library = misbehave_library().await;
+    let executor =
+        std::sync::Arc::new(Executor::start(&config(), &library, "segfault-at=1,sleep-at=11:2000").await.unwrap());
+    let sleeper = {
+        let executor = std::sync::Arc::clone(&executor);
+        tokio::spawn(async move { executor.run(11, lines(11, 5)).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(matches!(executor.run(1, lines(1, 5)).await, Err(ExecError::Crashed { .. })));
+    assert!(matches!(sleeper.await.unwrap(), Err(ExecError::Crashed { .. })), "the sleeper went down with it");
+    let ending = executor.ending().expect("the executor ended");
+    assert!(matches!(ending.cause, ExecError::Crashed { .. }), "{:?}", ending.cause);
+    assert_eq!(ending.calls_lost, 2);
+}
+
+#[tokio::test]
+async fn an_abandoned_call_ends_its_executor_only_when_it_was_alone() {
+    let library = misbehave_library().await;
+    let executor = Executor::start(&config(), &library, "sleep-at=1:2500,sleep-at=11:2500").await.unwrap();
+    // Another call runs beside the abandoned one: the executor goes on.
+    let (other, abandoned) = tokio::join!(
+        executor.run(11, lines(11, 5)),
+        tokio::time::timeout(Duration::from_millis(300), executor.run(1, lines(1, 5)))
+    );
+    assert!(abandoned.is_err(), "the call was abandoned");
+    other.expect("the other call finishes");
+    assert!(executor.is_alive());
+    // Alone, it is ended at once: nothing else can stop the plugin code.
+    let abandoned = tokio::time::timeout(Duration::from_millis(300), executor.run(1, lines(1, 5))).await;
+    assert!(abandoned.is_err());
+    assert!(!executor.is_alive());
+    let ending = executor.ending().expect("the executor ended");
+    assert!(matches!(&ending.cause, ExecError::Stopped(why) if why.contains("cancelled")), "{:?}", ending.cause);
+}

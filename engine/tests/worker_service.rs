@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::rpc::{
-    ClusterInfo, Controller, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES, Registration, RpcError, Secret,
-    TaskError, WorkerClient, WorkerId, WorkerInfo,
+    ClusterInfo, Controller, ExecLimits, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES, Registration,
+    RpcError, Secret, TaskError, WorkerClient, WorkerId, WorkerInfo,
 };
 use kiln_engine::worker::builder::{BuilderConfig, read_source};
 use kiln_engine::worker::executor::ExecutorConfig;
@@ -22,7 +22,7 @@ use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tarpc::tokio_serde::formats::Bincode;
-use util::{example, plugin_target_dir};
+use util::{example, fixture, plugin_target_dir};
 
 const JOIN_TOKEN: &str = "the-join-token";
 
@@ -193,10 +193,13 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     }
     let secret = current_secret(&stand_in);
     let client = worker_client(worker.local_addr()).await;
+    let limits = ExecLimits::default();
 
     // A stranger is refused before anything happens: nothing is fetched or built.
     let stranger = Secret::generate();
-    assert!(is_unauthorized(client.prepare(long(), stranger.clone(), 1, hash.clone(), String::new()).await.unwrap()));
+    assert!(is_unauthorized(
+        client.prepare(long(), stranger.clone(), 1, hash.clone(), String::new(), limits).await.unwrap()
+    ));
     let chunk = ByteBuf::from(b"a b a\n".to_vec());
     assert!(is_unauthorized(client.run_chunk(long(), stranger.clone(), 1, 1, chunk.clone()).await.unwrap()));
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 0);
@@ -204,7 +207,7 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     // Its controller prepares a job (fetch, build, executor) and runs chunks.
     let answer = client.run_chunk(long(), secret.clone(), 1, 1, chunk.clone()).await.unwrap();
     assert_eq!(answer, Err(TaskError::NotPrepared(1)));
-    client.prepare(long(), secret.clone(), 1, hash.clone(), String::new()).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 1, hash.clone(), String::new(), limits).await.unwrap().unwrap();
     let first = client.run_chunk(long(), secret.clone(), 1, 1, chunk).await.unwrap().unwrap();
     let second =
         client.run_chunk(long(), secret.clone(), 1, 2, ByteBuf::from(b"b c\n".to_vec())).await.unwrap().unwrap();
@@ -220,21 +223,68 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     // A second job with the same plugin: no fetch, and its executor is warm at once.
     client.release(long(), secret.clone(), 1).await.unwrap().unwrap();
     let started = Instant::now();
-    client.prepare(long(), secret.clone(), 2, hash.clone(), String::new()).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 2, hash.clone(), String::new(), limits).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_millis(500), "prepare took {:?}", started.elapsed());
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 1);
     let answer = client.run_chunk(long(), secret.clone(), 1, 1, ByteBuf::from(b"x\n".to_vec())).await.unwrap();
     assert_eq!(answer, Err(TaskError::NotPrepared(1)), "job 1 was released");
 
     // Parameters the plugin refuses are fatal, not worth a retry.
-    let refused = client.prepare(long(), secret.clone(), 3, hash.clone(), "nonsense".to_owned()).await.unwrap();
+    let refused = client.prepare(long(), secret.clone(), 3, hash.clone(), "nonsense".to_owned(), limits).await.unwrap();
     assert!(
         matches!(&refused, Err(TaskError::Fatal(message)) if message.contains("takes no parameters")),
         "{refused:?}"
     );
     // A hash the controller does not have.
-    let missing = client.prepare(long(), secret, 4, "0".repeat(64), String::new()).await.unwrap();
+    let missing = client.prepare(long(), secret, 4, "0".repeat(64), String::new(), limits).await.unwrap();
     assert!(matches!(missing, Err(TaskError::Rpc(RpcError::NotFound(_)))), "{missing:?}");
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_is_charged_to_the_chunk_that_caused_it_and_a_timeout_spares_the_others() {
+    let cache = tempfile::tempdir().unwrap();
+    let stand_in = StandIn { seen: Arc::default() };
+    let tree = read_source(&fixture("misbehave")).unwrap();
+    let hash = tree.hash();
+    stand_in.seen.lock().unwrap().archives.insert(hash.clone(), tree.to_tar_gz());
+    let (addr, _server) = serve_stand_in("127.0.0.1:0".parse().unwrap(), stand_in.clone()).await;
+    let worker = start_worker(addr, JOIN_TOKEN, cache.path()).await;
+    until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
+    let secret = current_secret(&stand_in);
+    let client = worker_client(worker.local_addr()).await;
+    let lines = |first: u64| ByteBuf::from((first..first + 10).map(|i| format!("line{i}\n")).collect::<String>());
+    let run = |job: JobId, first: u64| {
+        let (client, secret) = (client.clone(), secret.clone());
+        tokio::spawn(async move { client.run_chunk(long(), secret, job, first, lines(first)).await.unwrap() })
+    };
+
+    // The chunk at line 1 segfaults while the one at line 11 sleeps in the same executor: both
+    // calls fail, each runs again alone, and only the culprit's failure comes back.
+    let params = "segfault-at=1,sleep-at=11:1500".to_owned();
+    client.prepare(long(), secret.clone(), 1, hash.clone(), params, ExecLimits::default()).await.unwrap().unwrap();
+    let bystander = run(1, 11);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let culprit = run(1, 1).await.unwrap();
+    assert!(matches!(&culprit, Err(TaskError::Crashed(m)) if m.contains("segmentation fault")), "{culprit:?}");
+    let spared = bystander.await.unwrap();
+    assert!(spared.is_ok(), "the bystander's partial, from a run alone: {spared:?}");
+
+    // The chunk at line 1 loops past the job's 3 s timeout while the one at line 11 sleeps:
+    // the culprit times out, the bystander is interrupted, which costs it no attempt.
+    let params = "loop-at=1,sleep-at=11:2500".to_owned();
+    let limits = ExecLimits { chunk_timeout_ms: 3_000, ..ExecLimits::default() };
+    client.prepare(long(), secret.clone(), 2, hash.clone(), params, limits).await.unwrap().unwrap();
+    let culprit = run(2, 1);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let bystander = run(2, 11);
+    let culprit = culprit.await.unwrap();
+    assert!(matches!(&culprit, Err(TaskError::Crashed(m)) if m.contains("did not finish within 3 s")), "{culprit:?}");
+    let interrupted = bystander.await.unwrap();
+    assert!(matches!(&interrupted, Err(TaskError::Interrupted(_))), "{interrupted:?}");
+
+    // The worker serves on with fresh executors.
+    assert!(run(2, 21).await.unwrap().is_ok());
     worker.shutdown().await;
 }
 

@@ -48,6 +48,17 @@ pub struct SubmitArgs {
     /// How many times a chunk may be tried before the job fails (default: 4).
     #[arg(long)]
     max_attempts: Option<u32>,
+    /// A limit on each executor's address space, e.g. 2GiB, within the workers' own; a chunk
+    /// that exceeds it costs an attempt (default: the workers' limit).
+    #[arg(long, value_parser = crate::parse_size)]
+    memory_limit: Option<usize>,
+    /// The longest one chunk may run, in seconds, within the workers' own timeout; a chunk
+    /// that takes longer costs an attempt (default: the workers' timeout).
+    #[arg(long)]
+    timeout: Option<u64>,
+    /// Do not start speculative copies of chunks that run far longer than the others.
+    #[arg(long)]
+    no_speculation: bool,
     /// Print the job's id and return without waiting for it.
     #[arg(long)]
     detach: bool,
@@ -86,6 +97,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         input_name: String::new(),
         max_attempts: args.max_attempts.unwrap_or(0),
         chunk_size: args.chunk_size.map_or(0, |size| size as u64),
+        memory_limit: args.memory_limit.map_or(0, |bytes| bytes as u64),
+        chunk_timeout_ms: args.timeout.map_or(0, |seconds| seconds.max(1).saturating_mul(1000)),
+        no_speculation: args.no_speculation,
     };
     block_on(async {
         let client = connect(args.controller).await?;
@@ -240,10 +254,25 @@ fn progress_message(status: &JobStatus) -> String {
         let busy = status.workers.iter().filter(|w| w.in_flight > 0).count();
         message.push_str(&format!(" on {}", plural(busy as u64, "worker")));
     }
-    if status.retries > 0 {
-        message.push_str(&format!(", {} retries", status.retries));
-    }
+    message.push_str(&mishaps(status));
     message
+}
+
+/// What went wrong along the way and was overcome, as `, 2 retries, 1 lost worker`; empty
+/// when nothing did.
+fn mishaps(status: &JobStatus) -> String {
+    let mut text = String::new();
+    if status.retries > 0 {
+        text.push_str(&format!(", {}", plural(status.retries, "retry")));
+    }
+    if status.lost_workers > 0 {
+        text.push_str(&format!(", {}", plural(status.lost_workers, "lost worker")));
+    }
+    if status.speculative > 0 {
+        let copies = plural(status.speculative, "speculative copy");
+        text.push_str(&format!(", {copies} ({} finished first)", status.speculative_won));
+    }
+    text
 }
 
 /// One line for the end of a job: its state, size and speed.
@@ -262,14 +291,14 @@ fn summary(status: &JobStatus) -> String {
         seconds,
         status.bytes_done as f64 / 1e6 / seconds.max(1e-3),
         plural(status.workers.iter().filter(|w| w.chunks_done > 0).count() as u64, "worker"),
-        if status.retries > 0 { format!(", {}", plural(status.retries, "retry")) } else { String::new() }
+        mishaps(status)
     )
 }
 
 /// A job's status as text, for `kiln status`.
 fn describe(status: &JobStatus) -> String {
     let mut text = format!(
-        "job {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {} retries\n",
+        "job {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {}, {}, {} ({} finished first)\n",
         status.id,
         state_word(status.state),
         status.chunks_done,
@@ -277,7 +306,10 @@ fn describe(status: &JobStatus) -> String {
         status.lines_done,
         status.bytes_done as f64 / 1e6,
         status.bytes_total as f64 / 1e6,
-        status.retries
+        plural(status.retries, "retry"),
+        plural(status.lost_workers, "lost worker"),
+        plural(status.speculative, "speculative copy"),
+        status.speculative_won
     );
     let processes = match status.processes {
         0 => "as many chunks at once as each worker runs".to_owned(),
@@ -296,8 +328,13 @@ fn describe(status: &JobStatus) -> String {
     text.push('\n');
     for worker in &status.workers {
         text.push_str(&format!(
-            "  worker {} ({}): {} chunks, {} lines, {} in flight\n",
-            worker.worker_id, worker.address, worker.chunks_done, worker.lines_done, worker.in_flight
+            "  worker {} ({}): {} chunks, {} lines, {} in flight{}\n",
+            worker.worker_id,
+            worker.address,
+            worker.chunks_done,
+            worker.lines_done,
+            worker.in_flight,
+            if worker.lost { ", lost" } else { "" }
         ));
     }
     if let Some(failure) = &status.failure {
@@ -356,7 +393,29 @@ mod tests {
         assert_eq!(plural(1, "chunk"), "1 chunk");
         assert_eq!(plural(0, "worker"), "0 workers");
         assert_eq!(plural(3, "retry"), "3 retries");
+        assert_eq!(plural(2, "speculative copy"), "2 speculative copies");
         assert_eq!(shorten("sleep-at=1:150", 60), "sleep-at=1:150");
+    }
+
+    #[test]
+    fn progress_and_status_show_what_the_job_went_through() {
+        let mut status: JobStatus = serde_json::from_value(serde_json::json!({
+            "id": 3, "seq": 9, "state": "Running", "plugin_hash": "ab", "params": "", "input_name": "in.txt",
+            "processes": 2, "n_chunks": 10, "chunks_done": 4, "lines_done": 40, "bytes_done": 400,
+            "bytes_total": 1000, "retries": 0, "workers": [], "created_ms": 0, "started_ms": null,
+            "finished_ms": null, "failure": null
+        }))
+        .unwrap();
+        assert_eq!(progress_message(&status), "running on 0 workers", "nothing went wrong");
+        status.retries = 2;
+        status.lost_workers = 1;
+        (status.speculative, status.speculative_won) = (2, 1);
+        assert_eq!(
+            progress_message(&status),
+            "running on 0 workers, 2 retries, 1 lost worker, 2 speculative copies (1 finished first)"
+        );
+        let described = describe(&status);
+        assert!(described.contains("2 retries, 1 lost worker, 2 speculative copies (1 finished first)"), "{described}");
         assert_eq!(shorten("日本語テキスト", 3), "日本語…");
     }
 }

@@ -6,30 +6,32 @@
 //! a deliberate deadline and applies the answer to the state itself (storing partials first,
 //! so that what memory says is done is on disk), then wakes the scheduler.
 
-use std::os::unix::fs::FileExt;
+mod chunks;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_bytes::ByteBuf;
 use tarpc::context;
+use tokio::sync::Notify;
 use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use super::Shared;
-use super::jobs::{Aggregation, GroupState, Prep};
+use super::jobs::{Aggregation, CALL_MARGIN, GroupState, Prep};
 use super::store::{ChunkMeta, state_name};
 use super::workers::WorkerHandle;
-use crate::rpc::{FailureKind, JobFailure, JobId, JobState, RpcError, TaskError, WorkerId};
+use crate::rpc::{ExecLimits, FailureKind, JobFailure, JobId, JobState, RpcError, TaskError, WorkerId};
 use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
 
 /// How long a worker may take to prepare a job: fetching the archive, a cold cargo build of
 /// the plugin and its dependencies (minutes on a small host), starting an executor.
 pub(super) const PREPARE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
-/// How long a chunk, combine or aggregate call may take: the executor's own call timeout
-/// (after which the worker answers `Crashed`) plus room for queueing and transfer, so that a
-/// slow plugin is reported by the worker rather than cut off here.
-pub(super) const CALL_DEADLINE: Duration = DEFAULT_CALL_TIMEOUT.saturating_add(Duration::from_secs(120));
+/// How long a combine or aggregate call may take: the executor's own call timeout (after
+/// which the worker answers `Crashed`) plus room for queueing and transfer, so that a slow
+/// plugin is reported by the worker rather than cut off here. Chunks have their job's
+/// deadline (`Job::chunk_deadline`).
+pub(super) const CALL_DEADLINE: Duration = DEFAULT_CALL_TIMEOUT.saturating_add(CALL_MARGIN);
 
 /// How long a worker may take to forget a job.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
@@ -37,9 +39,9 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 /// Something the scheduler decided to start.
 pub(super) enum Action {
     /// Make a worker ready for a job.
-    Prepare { worker: WorkerHandle, job: JobId, plugin_hash: String, params: String },
-    /// Run one chunk.
-    Run { worker: WorkerHandle, job: JobId, index: u64, meta: ChunkMeta },
+    Prepare { worker: WorkerHandle, job: JobId, plugin_hash: String, params: String, limits: ExecLimits },
+    /// Run one copy of a chunk, until it answers or `cancel` is notified.
+    Run { worker: WorkerHandle, job: JobId, index: u64, meta: ChunkMeta, cancel: Arc<Notify>, deadline: Duration },
     /// Merge the partials of a complete group.
     Combine { worker: WorkerHandle, job: JobId, group: u64, group_size: u64 },
     /// Fold every partial into the output.
@@ -48,6 +50,8 @@ pub(super) enum Action {
     Release { worker: WorkerHandle, job: JobId },
     /// Record that a job started running.
     MarkRunning { job: JobId, started_ms: u64 },
+    /// Store a job's figures of lost workers and speculative copies.
+    SaveFigures { job: JobId, lost_workers: u64, speculative: u64, speculative_won: u64 },
 }
 
 /// What a failed call means for the work it carried.
@@ -55,6 +59,8 @@ pub(super) enum Action {
 pub(super) enum Failure {
     /// This attempt failed; another may succeed. Counts an attempt.
     Attempt(String),
+    /// The work was stopped through no fault of its own: do it again, without an attempt.
+    Interrupted(String),
     /// No attempt can succeed.
     Fatal(String),
     /// The plugin does not build.
@@ -73,6 +79,7 @@ pub(super) fn classify<T>(result: CallResult<T>, deadline: Duration) -> Result<T
         Ok(Ok(value)) => Ok(value),
         Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message))) => Err(Failure::Attempt(message)),
         Ok(Err(TaskError::Fatal(message))) => Err(Failure::Fatal(message)),
+        Ok(Err(TaskError::Interrupted(message))) => Err(Failure::Interrupted(message)),
         Ok(Err(TaskError::NotPrepared(_))) => Err(Failure::NotPrepared),
         Ok(Err(TaskError::Rpc(RpcError::Build(diagnostics)))) => Err(Failure::Build(diagnostics)),
         Ok(Err(TaskError::Rpc(RpcError::Unauthorized(message)))) => {
@@ -97,12 +104,20 @@ fn deadline_in(duration: Duration) -> context::Context {
 pub(super) async fn run_scheduler(shared: Arc<Shared>) {
     let mut calls = JoinSet::new();
     loop {
-        let actions = shared.with_state(|state| state.plan());
+        let (actions, next_speculation) = shared.with_state(|state| (state.plan(), state.next_speculation));
         for action in actions {
             calls.spawn(perform(Arc::clone(&shared), action));
         }
+        // A chunk becomes slow enough for a speculative copy without anything happening.
+        let speculation_due = async {
+            match next_speculation {
+                Some(due) => tokio::time::sleep_until(due.into()).await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             () = shared.wake.notified() => {}
+            () = speculation_due => {}
             Some(done) = calls.join_next(), if !calls.is_empty() => {
                 if let Err(e) = done && e.is_panic() {
                     error!("a call task panicked: {e}");
@@ -114,13 +129,15 @@ pub(super) async fn run_scheduler(shared: Arc<Shared>) {
 
 async fn perform(shared: Arc<Shared>, action: Action) {
     match action {
-        Action::Prepare { worker, job, plugin_hash, params } => {
+        Action::Prepare { worker, job, plugin_hash, params, limits } => {
             debug!(job, worker = worker.id, "preparing");
-            let result =
-                worker.client.prepare(deadline_in(PREPARE_DEADLINE), worker.secret(), job, plugin_hash, params).await;
+            let ctx = deadline_in(PREPARE_DEADLINE);
+            let result = worker.client.prepare(ctx, worker.secret(), job, plugin_hash, params, limits).await;
             on_prepared(&shared, job, worker.id, classify(result, PREPARE_DEADLINE)).await;
         }
-        Action::Run { worker, job, index, meta } => run_chunk(&shared, worker, job, index, meta).await,
+        Action::Run { worker, job, index, meta, cancel, deadline } => {
+            chunks::run_chunk(&shared, chunks::ChunkCall { job, index, meta, worker, cancel, deadline }).await;
+        }
         Action::Combine { worker, job, group, group_size } => combine(&shared, worker, job, group, group_size).await,
         Action::Aggregate { worker, job, n_chunks, group_size } => {
             aggregate(&shared, worker, job, n_chunks, group_size).await;
@@ -131,6 +148,11 @@ async fn perform(shared: Arc<Shared>, action: Action) {
         }
         Action::MarkRunning { job, started_ms } => {
             if let Err(e) = shared.store.mark_running(job, started_ms).await {
+                error!(job, "{e}");
+            }
+        }
+        Action::SaveFigures { job, lost_workers, speculative, speculative_won } => {
+            if let Err(e) = shared.store.save_figures(job, lost_workers, speculative, speculative_won).await {
                 error!(job, "{e}");
             }
         }
@@ -215,7 +237,7 @@ async fn on_prepared(shared: &Shared, job_id: JobId, worker_id: WorkerId, result
         }
         Err(Failure::Build(diagnostics)) => (FailureKind::Build, diagnostics),
         Err(Failure::Fatal(message)) => (FailureKind::Plugin, message),
-        Err(Failure::Attempt(message)) => {
+        Err(Failure::Attempt(message) | Failure::Interrupted(message)) => {
             // This worker cannot run the job; the job fails only when no worker can.
             warn!(job = job_id, worker = worker_id, "cannot prepare: {message}");
             let hopeless = shared.with_state(|st| {
@@ -237,158 +259,6 @@ async fn on_prepared(shared: &Shared, job_id: JobId, worker_id: WorkerId, result
     };
     let failure = JobFailure { kind, message, chunk: None, attempts: 0 };
     end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
-}
-
-/// Forgets one running copy of a chunk (its call ended without a partial).
-fn drop_copy(shared: &Shared, job_id: JobId, index: u64, worker_id: WorkerId) {
-    shared.with_state(|st| {
-        st.release_slot(worker_id, true);
-        let Some(job) = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { return };
-        if let Some(chunk) = job.chunks.get_mut(index as usize) {
-            chunk.running.retain(|copy| copy.worker != worker_id);
-        }
-        if let Some(progress) = job.workers.get_mut(&worker_id) {
-            progress.in_flight = progress.in_flight.saturating_sub(1);
-        }
-        job.requeue_if_idle(index);
-        job.publish();
-    });
-    shared.wake();
-}
-
-async fn read_chunk(path: std::path::PathBuf, meta: ChunkMeta) -> std::io::Result<Vec<u8>> {
-    tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
-        file.read_exact_at(&mut text, meta.offset)?;
-        Ok(text)
-    })
-    .await
-    .map_err(std::io::Error::other)?
-}
-
-async fn run_chunk(shared: &Shared, worker: WorkerHandle, job_id: JobId, index: u64, meta: ChunkMeta) {
-    if !is_active(shared, job_id) {
-        return drop_copy(shared, job_id, index, worker.id);
-    }
-    let text = match read_chunk(shared.input_path(job_id), meta).await {
-        Ok(text) => text,
-        Err(e) => {
-            drop_copy(shared, job_id, index, worker.id);
-            let message = format!("cannot read chunk {index} of the spooled input: {e}");
-            return fail_internal(shared, job_id, message).await;
-        }
-    };
-    let ctx = deadline_in(CALL_DEADLINE);
-    let result = worker.client.run_chunk(ctx, worker.secret(), job_id, meta.first_line, ByteBuf::from(text)).await;
-    match classify(result, CALL_DEADLINE) {
-        Ok(partial) => store_partial(shared, job_id, index, worker.id, partial).await,
-        Err(failure) => chunk_failed(shared, job_id, index, worker.id, failure).await,
-    }
-}
-
-async fn store_partial(shared: &Shared, job_id: JobId, index: u64, worker_id: WorkerId, partial: ByteBuf) {
-    let attempts = shared.with_state(|st| {
-        st.release_slot(worker_id, true);
-        let job = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final())?;
-        if let Some(progress) = job.workers.get_mut(&worker_id) {
-            progress.in_flight = progress.in_flight.saturating_sub(1);
-        }
-        let chunk = job.chunks.get_mut(index as usize)?;
-        let since = chunk.running.iter().find(|copy| copy.worker == worker_id).map(|copy| copy.since);
-        chunk.running.retain(|copy| copy.worker != worker_id);
-        if chunk.done || chunk.storing {
-            return None;
-        }
-        chunk.storing = true;
-        Some((chunk.failures + 1, since))
-    });
-    shared.wake();
-    let Some((attempts, since)) = attempts else {
-        debug!(job = job_id, chunk = index, worker = worker_id, "late or duplicate partial dropped");
-        return;
-    };
-    if let Err(e) = shared.store.save_partial(job_id, index, attempts, &partial).await {
-        return fail_internal(shared, job_id, format!("cannot store the partial of chunk {index}: {e}")).await;
-    }
-    shared.with_state(|st| {
-        if let Some(worker) = st.workers.get_mut(&worker_id) {
-            worker.chunks_done += 1;
-        }
-        let Some(job) = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { return };
-        if job.chunks.get(index as usize).is_some_and(|chunk| !chunk.done) {
-            job.count_done(index, Some(worker_id));
-            let took_ms = since.map(|since| since.elapsed().as_millis());
-            debug!(job = job_id, chunk = index, worker = worker_id, took_ms, "chunk done");
-            job.publish();
-        }
-    });
-    shared.wake();
-}
-
-async fn chunk_failed(shared: &Shared, job_id: JobId, index: u64, worker_id: WorkerId, failure: Failure) {
-    enum Next {
-        Retry { attempts: u32, retries: u64 },
-        Fail(JobFailure),
-    }
-    let (kind, message) = match failure {
-        Failure::Lost(reason) => {
-            shared.with_state(|st| {
-                st.release_slot(worker_id, true);
-                st.lose_worker(worker_id, &reason);
-            });
-            return drop_copy(shared, job_id, index, worker_id);
-        }
-        Failure::NotPrepared => {
-            shared.with_state(|st| {
-                if let Some(job) = st.jobs.get_mut(&job_id) {
-                    job.prepared.remove(&worker_id);
-                }
-            });
-            return drop_copy(shared, job_id, index, worker_id);
-        }
-        Failure::Attempt(message) => (None, message),
-        Failure::Fatal(message) => (Some(FailureKind::Plugin), message),
-        Failure::Build(message) => (Some(FailureKind::Build), message),
-    };
-    let next = shared.with_state(|st| {
-        st.release_slot(worker_id, true);
-        let job = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final())?;
-        if let Some(progress) = job.workers.get_mut(&worker_id) {
-            progress.in_flight = progress.in_flight.saturating_sub(1);
-        }
-        let max_attempts = job.max_attempts();
-        let span = job.span(index);
-        let chunk = job.chunks.get_mut(index as usize)?;
-        chunk.running.retain(|copy| copy.worker != worker_id);
-        if chunk.done || chunk.storing {
-            return None;
-        }
-        chunk.failures += 1;
-        chunk.failed_on.push(worker_id);
-        let attempts = chunk.failures;
-        warn!(job = job_id, chunk = index, worker = worker_id, attempts, "chunk attempt failed: {message}");
-        if let Some(kind) = kind.or((attempts >= max_attempts).then_some(FailureKind::Plugin)) {
-            let failure = JobFailure { kind, message: message.clone(), chunk: Some(span), attempts };
-            return Some(Next::Fail(failure));
-        }
-        job.retries += 1;
-        job.requeue_if_idle(index);
-        job.publish();
-        Some(Next::Retry { attempts, retries: job.retries })
-    });
-    shared.wake();
-    match next {
-        Some(Next::Retry { attempts, retries }) => {
-            if let Err(e) = shared.store.save_attempts(job_id, index, attempts, retries).await {
-                error!(job = job_id, "{e}");
-            }
-        }
-        Some(Next::Fail(failure)) => {
-            end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
-        }
-        None => {}
-    }
 }
 
 async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u64, group_size: u64) {
@@ -429,7 +299,7 @@ async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u6
                 slot.state = GroupState::Raw;
                 job.stop_combining();
             }
-            Err(Failure::Lost(_)) => slot.state = GroupState::Open,
+            Err(Failure::Lost(_) | Failure::Interrupted(_)) => slot.state = GroupState::Open,
             Err(Failure::NotPrepared) => {
                 slot.state = GroupState::Open;
                 job.prepared.remove(&worker.id);
@@ -480,7 +350,7 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
         let job = st.jobs.get_mut(&job_id).filter(|job| job.aggregation == Aggregation::Running(worker.id))?;
         job.aggregation = Aggregation::Idle;
         match failure {
-            Failure::Lost(_) => None,
+            Failure::Lost(_) | Failure::Interrupted(_) => None,
             Failure::NotPrepared => {
                 job.prepared.remove(&worker.id);
                 None
@@ -525,6 +395,8 @@ mod tests {
         assert!(matches!(classify(refused, D), Err(Failure::Lost(_))));
         let gone: CallResult<u8> = Err(tarpc::client::RpcError::Shutdown);
         assert!(matches!(classify(gone, D), Err(Failure::Lost(_))));
+        let interrupted: CallResult<u8> = Ok(Err(TaskError::Interrupted("another call timed out".into())));
+        assert_eq!(classify(interrupted, D), Err(Failure::Interrupted("another call timed out".into())));
         let slow: CallResult<u8> = Err(tarpc::client::RpcError::DeadlineExceeded);
         assert!(matches!(classify(slow, D), Err(Failure::Attempt(m)) if m.contains("1 s")));
     }

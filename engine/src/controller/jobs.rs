@@ -7,19 +7,25 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tracing::info;
 
 use super::input::Spool;
 use super::now_ms;
+use super::speculation::ChunkTimes;
 use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
 use super::workers::WorkerEntry;
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
+use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
 
 /// Attempts at a chunk before the job fails, when the spec says 0 (as Hadoop's default).
 pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+
+/// Beyond the executor's own timeouts, how long a call to a worker may take: queueing behind
+/// other calls, transferring a chunk or partials, starting an executor.
+pub(super) const CALL_MARGIN: Duration = Duration::from_secs(120);
 
 /// The controller's mutable state.
 #[derive(Default)]
@@ -32,6 +38,8 @@ pub(super) struct State {
     pub workers: BTreeMap<WorkerId, WorkerEntry>,
     /// Jobs to release on workers that prepared them.
     pub releases: Vec<(WorkerId, JobId)>,
+    /// When a running chunk becomes slow enough for a speculative copy, if one may.
+    pub next_speculation: Option<Instant>,
 }
 
 /// Whether a worker is ready to run a job's chunks.
@@ -63,10 +71,21 @@ pub(super) struct Group {
 }
 
 /// One copy of a chunk running on a worker.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub(super) struct RunningCopy {
     pub worker: WorkerId,
     pub since: Instant,
+    /// Whether this is a speculative copy of a slow chunk.
+    pub speculative: bool,
+    /// Notified to abandon the call (another copy won, or the job ended).
+    pub cancel: Arc<Notify>,
+}
+
+impl RunningCopy {
+    /// A copy starting now on `worker`.
+    pub fn start(worker: WorkerId, speculative: bool) -> RunningCopy {
+        RunningCopy { worker, since: Instant::now(), speculative, cancel: Arc::new(Notify::new()) }
+    }
 }
 
 /// A chunk of a job's input.
@@ -81,6 +100,16 @@ pub(super) struct Chunk {
     pub running: Vec<RunningCopy>,
     /// Workers where an attempt failed: a retry goes elsewhere when it can.
     pub failed_on: Vec<WorkerId>,
+    /// Whether a speculative copy was started (one per chunk at most).
+    pub speculated: bool,
+}
+
+impl Chunk {
+    /// Removes the running copy whose cancellation is `cancel`, and answers it.
+    pub fn take_copy(&mut self, cancel: &Arc<Notify>) -> Option<RunningCopy> {
+        let position = self.running.iter().position(|copy| Arc::ptr_eq(&copy.cancel, cancel))?;
+        Some(self.running.remove(position))
+    }
 }
 
 /// Where a job's aggregation stands.
@@ -116,6 +145,13 @@ pub(super) struct Job {
     pub lines_done: u64,
     pub bytes_done: u64,
     pub retries: u64,
+    pub lost_workers: u64,
+    pub speculative: u64,
+    pub speculative_won: u64,
+    /// Whether `lost_workers` or the speculative figures changed since they were stored.
+    pub figures_dirty: bool,
+    /// How long the chunks that completed in this run of the controller took.
+    pub times: ChunkTimes,
     pub workers: BTreeMap<WorkerId, WorkerProgress>,
     pub prepared: HashMap<WorkerId, Prep>,
     pub aggregation: Aggregation,
@@ -152,6 +188,11 @@ impl Job {
             lines_done: 0,
             bytes_done: 0,
             retries: 0,
+            lost_workers: 0,
+            speculative: 0,
+            speculative_won: 0,
+            figures_dirty: false,
+            times: ChunkTimes::default(),
             workers: BTreeMap::new(),
             prepared: HashMap::new(),
             aggregation: Aggregation::Idle,
@@ -175,6 +216,9 @@ impl Job {
         let mut job = Job::with_seq(row.id, row.spec, state, row.created_ms, spool, now_ms().saturating_mul(1000));
         job.started_ms = row.started_ms;
         job.retries = row.retries;
+        job.lost_workers = row.lost_workers;
+        job.speculative = row.speculative;
+        job.speculative_won = row.speculative_won;
         job.combines = row.combines;
         if state != JobState::Uploading {
             job.install_chunks(chunks.iter().map(|c| c.meta).collect(), row.bytes_total, row.combine_group);
@@ -215,6 +259,7 @@ impl Job {
                 failures: 0,
                 running: Vec::new(),
                 failed_on: Vec::new(),
+                speculated: false,
             })
             .collect();
         self.groups = (0..n_chunks.div_ceil(group_size))
@@ -231,6 +276,18 @@ impl Job {
     /// or the worker's own when the spec leaves it at 0.
     pub fn slots_on(&self, worker: &WorkerEntry) -> u32 {
         if self.spec.processes > 0 { self.spec.processes } else { worker.info.processes.max(1) }
+    }
+
+    /// How long a call running one of this job's chunks may take: the job's chunk timeout
+    /// (or the executor's default) twice over, as a crash may make the worker run the chunk
+    /// again alone, plus room for queueing and transfer, so that the worker reports a slow
+    /// chunk rather than being cut off here.
+    pub fn chunk_deadline(&self) -> Duration {
+        let timeout = match self.spec.chunk_timeout_ms {
+            0 => DEFAULT_CALL_TIMEOUT,
+            ms => Duration::from_millis(ms),
+        };
+        timeout.saturating_mul(2).saturating_add(CALL_MARGIN)
     }
 
     pub fn max_attempts(&self) -> u32 {
@@ -272,6 +329,7 @@ impl Job {
             lines_done: 0,
             bytes_done: 0,
             in_flight: 0,
+            lost: false,
         })
     }
 
@@ -315,7 +373,8 @@ impl Job {
     }
 
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
-    /// without counting an attempt. Answers whether anything changed.
+    /// without counting an attempt; it counts as lost for the job when it had prepared it or
+    /// was running its work. Answers whether anything changed.
     pub fn forget_worker(&mut self, worker_id: WorkerId) -> bool {
         let mut changed = self.prepared.remove(&worker_id).is_some();
         let mut orphans = Vec::new();
@@ -344,7 +403,24 @@ impl Job {
             changed |= progress.in_flight != 0;
             progress.in_flight = 0;
         }
+        if changed {
+            self.lost_workers += 1;
+            self.figures_dirty = true;
+            if let Some(progress) = self.workers.get_mut(&worker_id) {
+                progress.lost = true;
+            }
+        }
         changed
+    }
+
+    /// Abandons every copy of a chunk still running: their calls are cancelled, which frees
+    /// their slots when they return.
+    pub fn cancel_copies(&self, index: u64) {
+        if let Some(chunk) = self.chunks.get(index as usize) {
+            for copy in &chunk.running {
+                copy.cancel.notify_one();
+            }
+        }
     }
 
     /// Changes the job's state, logging it; publishing is the caller's.
@@ -370,7 +446,10 @@ impl Job {
         self.failure = failure;
         self.queue.clear();
         for chunk in &mut self.chunks {
-            chunk.running.clear();
+            // Stop what still runs: the workers end executors that run nothing else.
+            for copy in chunk.running.drain(..) {
+                copy.cancel.notify_one();
+            }
         }
         for progress in self.workers.values_mut() {
             progress.in_flight = 0;
@@ -387,6 +466,9 @@ impl Job {
             lines_done: self.lines_done,
             bytes_done: self.bytes_done,
             retries: self.retries,
+            lost_workers: self.lost_workers,
+            speculative: self.speculative,
+            speculative_won: self.speculative_won,
             workers: self.workers.values().cloned().collect(),
             seq: self.seq + 1,
         };
@@ -412,6 +494,9 @@ impl Job {
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total,
             retries: self.retries,
+            lost_workers: self.lost_workers,
+            speculative: self.speculative,
+            speculative_won: self.speculative_won,
             workers: self.workers.values().cloned().collect(),
             created_ms: self.created_ms,
             started_ms: self.started_ms,
@@ -453,38 +538,14 @@ fn placeholder_status(id: JobId) -> JobStatus {
         bytes_done: 0,
         bytes_total: 0,
         retries: 0,
+        lost_workers: 0,
+        speculative: 0,
+        speculative_won: 0,
         workers: Vec::new(),
         created_ms: 0,
         started_ms: None,
         finished_ms: None,
         failure: None,
-    }
-}
-
-impl State {
-    /// Frees the slot a finished call held on a worker (if it is still registered).
-    pub fn release_slot(&mut self, worker_id: WorkerId, chunk: bool) {
-        if let Some(worker) = self.workers.get_mut(&worker_id) {
-            worker.slots_used = worker.slots_used.saturating_sub(1);
-            if chunk {
-                worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(1);
-            }
-        }
-    }
-
-    /// Removes a lost worker; everything it was doing is done again elsewhere. Answers whether
-    /// the worker was registered.
-    pub fn lose_worker(&mut self, worker_id: WorkerId, reason: &str) -> bool {
-        let Some(worker) = self.workers.remove(&worker_id) else { return false };
-        worker.disconnect();
-        info!(worker = worker_id, address = %worker.info.address, reason, "worker lost");
-        self.releases.retain(|(w, _)| *w != worker_id);
-        for job in self.jobs.values_mut() {
-            if !job.state.is_final() && job.forget_worker(worker_id) {
-                job.publish();
-            }
-        }
-        true
     }
 }
 
@@ -501,6 +562,9 @@ pub(super) mod tests {
             input_name: "in".into(),
             max_attempts: 0,
             chunk_size: 0,
+            memory_limit: 0,
+            chunk_timeout_ms: 0,
+            speculative: true,
         };
         let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
         let metas =
@@ -529,13 +593,16 @@ pub(super) mod tests {
     fn forgetting_a_worker_requeues_its_chunks_without_an_attempt() {
         let mut job = job(3);
         job.queue.remove(&1);
-        job.chunks[1].running.push(RunningCopy { worker: 5, since: Instant::now() });
+        job.chunks[1].running.push(RunningCopy::start(5, false));
         job.prepared.insert(5, Prep::Ready);
+        job.progress_of(5, "w5").in_flight = 1;
         assert!(job.forget_worker(5));
         assert!(job.queue.contains(&1));
         assert_eq!(job.chunks[1].failures, 0);
         assert!(!job.prepared.contains_key(&5));
+        assert_eq!((job.lost_workers, job.workers[&5].lost), (1, true));
         assert!(!job.forget_worker(5), "nothing left to forget");
+        assert_eq!(job.lost_workers, 1, "a worker is lost once");
     }
 
     #[test]

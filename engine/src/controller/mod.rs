@@ -6,6 +6,7 @@
 //! - `input`: spooling uploaded input to disk and cutting it into chunks.
 //! - `jobs`: jobs and chunks in memory.
 //! - `plan`: the scheduling plan: what to start now.
+//! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
 //! - `store`: every SQL query (SQLite, `engine/migrations/`).
@@ -21,6 +22,7 @@ mod input;
 mod jobs;
 mod plan;
 mod service;
+mod speculation;
 mod store;
 mod workers;
 

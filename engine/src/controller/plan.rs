@@ -9,8 +9,11 @@
 //! `processes` slots in flight per worker (least loaded workers first), and only when the head
 //! job has no queued chunk left may the next job use free slots. Merging complete groups comes
 //! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
+//! When no job has a queued chunk left, slots still free may run speculative copies of slow
+//! chunks (`speculation`).
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::debug;
@@ -18,6 +21,7 @@ use tracing::debug;
 use super::dispatch::Action;
 use super::jobs::{Aggregation, GroupState, Job, Prep, RunningCopy, State};
 use super::now_ms;
+use super::speculation::speculate;
 use super::workers::WorkerEntry;
 use crate::rpc::{JobState, WorkerId};
 
@@ -30,6 +34,16 @@ impl State {
                 actions.push(Action::Release { worker: worker.handle(), job });
             }
         }
+        for job in self.jobs.values_mut().filter(|job| job.figures_dirty && !job.state.is_final()) {
+            job.figures_dirty = false;
+            actions.push(Action::SaveFigures {
+                job: job.id,
+                lost_workers: job.lost_workers,
+                speculative: job.speculative,
+                speculative_won: job.speculative_won,
+            });
+        }
+        self.next_speculation = None;
         let mut ready: Vec<WorkerId> = self.workers.keys().copied().collect();
         if ready.is_empty() {
             return actions;
@@ -44,6 +58,18 @@ impl State {
             plan_job(job, &mut self.workers, &ready, &mut actions);
             if !job.queue.is_empty() {
                 break;
+            }
+        }
+        // Speculative copies only take slots that no queued chunk of any job wants.
+        let nothing_queued = self.run_queue.iter().all(|id| self.jobs.get(id).is_none_or(|job| job.queue.is_empty()));
+        if nothing_queued {
+            let now = Instant::now();
+            for job_id in self.run_queue.clone() {
+                let Some(job) = self.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { continue };
+                ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
+                if let Some(due) = speculate(job, &mut self.workers, &ready, now, &mut actions) {
+                    self.next_speculation = Some(self.next_speculation.map_or(due, |next| next.min(due)));
+                }
             }
         }
         actions
@@ -123,13 +149,16 @@ fn plan_job(
         while worker.slots_used < slots {
             let Some(index) = take_chunk_for(job, worker_id, &able) else { break };
             let meta = job.chunks[index as usize].meta;
-            job.chunks[index as usize].running.push(RunningCopy { worker: worker_id, since: Instant::now() });
+            let copy = RunningCopy::start(worker_id, false);
+            let cancel = Arc::clone(&copy.cancel);
+            job.chunks[index as usize].running.push(copy);
             worker.slots_used += 1;
             worker.chunks_in_flight += 1;
             job.progress_of(worker_id, &worker.info.address).in_flight += 1;
             changed = true;
             debug!(job = job.id, chunk = index, worker = worker_id, "chunk dispatched");
-            actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta });
+            let deadline = job.chunk_deadline();
+            actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
         }
     }
     if changed {
@@ -154,6 +183,7 @@ fn start_prepare(job: &mut Job, worker: &WorkerEntry, actions: &mut Vec<Action>)
         job: job.id,
         plugin_hash: job.spec.plugin_hash.clone(),
         params: job.spec.params.clone(),
+        limits: job.spec.limits(),
     });
     true
 }

@@ -36,6 +36,10 @@ const MAX_INPUT_NAME_BYTES: usize = 4096;
 const MAX_PROCESSES: u32 = 4096;
 const MAX_ATTEMPTS: u32 = 100;
 
+/// The smallest per-job memory limit: an executor maps the `kiln` binary, the plugin and a
+/// thread stack per slot before the plugin allocates anything, so less fails every chunk.
+const MIN_MEMORY_LIMIT: u64 = 64 << 20;
+
 /// How many jobs `list_jobs` returns at most, newest first.
 const MAX_LISTED_JOBS: u64 = 10_000;
 
@@ -84,6 +88,12 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
         return Err(RpcError::Invalid(format!(
             "processes may be at most {MAX_PROCESSES}, max_attempts {MAX_ATTEMPTS} and the chunk size \
              {MAX_CHUNK_SIZE} bytes"
+        )));
+    }
+    if spec.memory_limit != 0 && spec.memory_limit < MIN_MEMORY_LIMIT {
+        return Err(RpcError::Invalid(format!(
+            "a memory limit must be at least {} MiB: executors need that much address space to start",
+            MIN_MEMORY_LIMIT >> 20
         )));
     }
     if spec.max_attempts == 0 {
@@ -276,6 +286,9 @@ mod tests {
             input_name: "in".into(),
             max_attempts: 0,
             chunk_size: 0,
+            memory_limit: 0,
+            chunk_timeout_ms: 0,
+            speculative: true,
         }
     }
 
@@ -285,7 +298,9 @@ mod tests {
         assert_eq!((spec.max_attempts, spec.chunk_size), (4, DEFAULT_CHUNK_SIZE as u64));
         let bad_hash = normalize(JobSpec { plugin_hash: "../x".into(), ..spec.clone() }).unwrap_err();
         assert!(matches!(bad_hash, RpcError::Invalid(_)));
-        let huge = normalize(JobSpec { chunk_size: u64::MAX, ..spec }).unwrap_err();
+        let huge = normalize(JobSpec { chunk_size: u64::MAX, ..spec.clone() }).unwrap_err();
         assert!(matches!(huge, RpcError::Invalid(m) if m.contains("chunk size")));
+        let tiny = normalize(JobSpec { memory_limit: 1 << 20, ..spec }).unwrap_err();
+        assert!(matches!(tiny, RpcError::Invalid(m) if m.contains("memory limit must be at least 64 MiB")));
     }
 }

@@ -72,6 +72,9 @@ pub(crate) struct JobRow {
     pub lines_done: u64,
     pub bytes_done: u64,
     pub retries: u64,
+    pub lost_workers: u64,
+    pub speculative: u64,
+    pub speculative_won: u64,
     pub workers: Vec<WorkerProgress>,
     pub seq: u64,
     pub created_ms: u64,
@@ -97,6 +100,9 @@ impl JobRow {
             bytes_done: self.bytes_done,
             bytes_total: self.bytes_total,
             retries: self.retries,
+            lost_workers: self.lost_workers,
+            speculative: self.speculative,
+            speculative_won: self.speculative_won,
             workers: self.workers.clone(),
             created_ms: self.created_ms,
             started_ms: self.started_ms,
@@ -118,6 +124,9 @@ pub(crate) struct FinalRecord {
     pub lines_done: u64,
     pub bytes_done: u64,
     pub retries: u64,
+    pub lost_workers: u64,
+    pub speculative: u64,
+    pub speculative_won: u64,
     pub workers: Vec<WorkerProgress>,
     pub seq: u64,
 }
@@ -174,7 +183,8 @@ fn get_opt_u64(row: &SqliteRow, column: &'static str) -> Result<Option<u64>, Sto
 }
 
 const JOB_COLUMNS: &str = "id, spec, state, n_chunks, bytes_total, combine_group, combines, chunks_done, lines_done, \
-     bytes_done, retries, workers, seq, created_ms, started_ms, finished_ms, failure";
+     bytes_done, retries, lost_workers, speculative, speculative_won, workers, seq, created_ms, started_ms, \
+     finished_ms, failure";
 
 fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
     let spec: String = row.try_get("spec").map_err(query_error("reading a job"))?;
@@ -194,6 +204,9 @@ fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
         lines_done: get_u64(row, "lines_done")?,
         bytes_done: get_u64(row, "bytes_done")?,
         retries: get_u64(row, "retries")?,
+        lost_workers: get_u64(row, "lost_workers")?,
+        speculative: get_u64(row, "speculative")?,
+        speculative_won: get_u64(row, "speculative_won")?,
         workers: workers.map(|w| from_json("job's worker figures", &w)).transpose()?.unwrap_or_default(),
         seq: get_u64(row, "seq")?,
         created_ms: get_u64(row, "created_ms")?,
@@ -291,6 +304,29 @@ impl Store {
         Ok(())
     }
 
+    /// Records a running job's figures of lost workers and speculative copies. They only
+    /// grow, so a write that arrives late never lowers them.
+    pub async fn save_figures(
+        &self,
+        job: JobId,
+        lost_workers: u64,
+        speculative: u64,
+        speculative_won: u64,
+    ) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE jobs SET lost_workers = MAX(lost_workers, ?), speculative = MAX(speculative, ?), \
+             speculative_won = MAX(speculative_won, ?) WHERE id = ?",
+        )
+        .bind(int(lost_workers))
+        .bind(int(speculative))
+        .bind(int(speculative_won))
+        .bind(int(job))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("recording lost workers and speculative copies"))?;
+        Ok(())
+    }
+
     /// Writes a job's end: state, figures, failure or result; deletes its chunks.
     pub async fn save_final(&self, record: &FinalRecord) -> Result<(), StoreError> {
         let what = "recording the end of a job";
@@ -299,7 +335,8 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         sqlx::query(
             "UPDATE jobs SET state = ?, finished_ms = ?, failure = ?, result = ?, chunks_done = ?, lines_done = ?, \
-             bytes_done = ?, retries = ?, workers = ?, seq = ? WHERE id = ?",
+             bytes_done = ?, retries = ?, lost_workers = ?, speculative = ?, speculative_won = ?, workers = ?, \
+             seq = ? WHERE id = ?",
         )
         .bind(state_name(record.state))
         .bind(int(record.finished_ms))
@@ -309,6 +346,9 @@ impl Store {
         .bind(int(record.lines_done))
         .bind(int(record.bytes_done))
         .bind(int(record.retries))
+        .bind(int(record.lost_workers))
+        .bind(int(record.speculative))
+        .bind(int(record.speculative_won))
         .bind(workers)
         .bind(int(record.seq))
         .bind(int(record.job))
@@ -394,6 +434,9 @@ pub(super) mod tests {
             input_name: "in.txt".into(),
             max_attempts: 4,
             chunk_size: 10,
+            memory_limit: 0,
+            chunk_timeout_ms: 0,
+            speculative: true,
         }
     }
 
@@ -419,12 +462,19 @@ pub(super) mod tests {
             lines_done: 1,
             bytes_done: 10,
             retries: 0,
+            lost_workers: 1,
+            speculative: 2,
+            speculative_won: 1,
             workers: Vec::new(),
             seq: 12,
         };
+        store.save_figures(job, 1, 1, 0).await.unwrap();
+        assert_eq!(store.unfinished_jobs().await.unwrap()[0].speculative, 1, "figures survive a restart");
         store.save_final(&record).await.unwrap();
+        store.save_figures(job, 0, 1, 0).await.unwrap();
         let row = store.job(job).await.unwrap().unwrap();
         assert_eq!((row.state, row.started_ms, row.finished_ms, row.seq), (JobState::Succeeded, Some(8), Some(9), 12));
+        assert_eq!((row.lost_workers, row.speculative, row.speculative_won), (1, 2, 1), "a late write lowers nothing");
         assert_eq!(store.result(job).await.unwrap(), Some((JobState::Succeeded, Some("{\"n\":1}".into()))));
         assert!(store.chunks(job).await.unwrap().is_empty());
         assert!(store.unfinished_jobs().await.unwrap().is_empty());

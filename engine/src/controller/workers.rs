@@ -19,6 +19,7 @@ use tokio::task::AbortHandle;
 use tracing::info;
 
 use super::Shared;
+use super::jobs::State;
 use crate::rpc::{
     MAX_FRAME_BYTES, PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerClient, WorkerId, WorkerInfo,
     WorkerSummary,
@@ -80,6 +81,33 @@ impl WorkerEntry {
             chunks_done: self.chunks_done,
             last_seen_ms: u64::try_from(now.duration_since(self.last_seen).as_millis()).unwrap_or(u64::MAX),
         }
+    }
+}
+
+impl State {
+    /// Frees the slot a finished call held on a worker (if it is still registered).
+    pub fn release_slot(&mut self, worker_id: WorkerId, chunk: bool) {
+        if let Some(worker) = self.workers.get_mut(&worker_id) {
+            worker.slots_used = worker.slots_used.saturating_sub(1);
+            if chunk {
+                worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(1);
+            }
+        }
+    }
+
+    /// Removes a lost worker; everything it was doing is done again elsewhere. Answers whether
+    /// the worker was registered.
+    pub fn lose_worker(&mut self, worker_id: WorkerId, reason: &str) -> bool {
+        let Some(worker) = self.workers.remove(&worker_id) else { return false };
+        worker.disconnect();
+        info!(worker = worker_id, address = %worker.info.address, reason, "worker lost");
+        self.releases.retain(|(w, _)| *w != worker_id);
+        for job in self.jobs.values_mut() {
+            if !job.state.is_final() && job.forget_worker(worker_id) {
+                job.publish();
+            }
+        }
+        true
     }
 }
 

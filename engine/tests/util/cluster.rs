@@ -86,6 +86,17 @@ impl Daemon {
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
+
+    /// Kills the daemon with SIGKILL, as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        self.child.kill().expect("the daemon can be killed");
+        self.child.wait().expect("the killed daemon is reaped");
+    }
+
+    /// Whether the process is still running (it has not exited or been killed).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
 }
 
 impl Drop for Daemon {
@@ -106,23 +117,30 @@ impl Cluster {
     /// A controller and `n_workers` workers of 2 processes each.
     pub fn start(n_workers: usize) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut controller = kiln_command();
-        controller
-            .arg("controller")
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .arg("--data-dir")
-            .arg(dir.path().join("controller"))
-            .arg("--api-key")
-            .arg(API_KEY)
-            .arg("--join-token")
-            .arg(JOIN_TOKEN);
-        let controller = Daemon::start(controller);
+        let controller = Daemon::start(controller_command(dir.path(), "127.0.0.1:0"));
         let mut cluster = Cluster { dir, controller, workers: Vec::new() };
         for _ in 0..n_workers {
             cluster.add_worker(2);
         }
         cluster
+    }
+
+    /// The controller's data directory.
+    pub fn data_dir(&self) -> std::path::PathBuf {
+        self.dir.path().join("controller")
+    }
+
+    /// Kills the controller with SIGKILL (workers and clients are left to notice).
+    pub fn kill_controller(&mut self) {
+        self.controller.kill();
+    }
+
+    /// Starts the controller again on the same data directory and the same address, where its
+    /// workers and clients look for it.
+    pub fn restart_controller(&mut self) {
+        let addr = self.controller.addr.to_string();
+        self.controller = Daemon::start(controller_command(self.dir.path(), &addr));
+        assert_eq!(self.controller.addr.to_string(), addr, "the controller came back elsewhere");
     }
 
     /// Starts one more worker with `processes` slots; answers its address.
@@ -235,6 +253,22 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(50));
         }
     }
+}
+
+/// `kiln controller` on `listen`, with its data in `dir/controller` and the test keys.
+fn controller_command(dir: &Path, listen: &str) -> Command {
+    let mut controller = kiln_command();
+    controller
+        .arg("controller")
+        .arg("--listen")
+        .arg(listen)
+        .arg("--data-dir")
+        .arg(dir.join("controller"))
+        .arg("--api-key")
+        .arg(API_KEY)
+        .arg("--join-token")
+        .arg(JOIN_TOKEN);
+    controller
 }
 
 /// The `kiln` binary with no keys or directories inherited from the environment: a key not

@@ -7,6 +7,13 @@
 //! Each call has a timeout. A plugin's error or panic fails only its call. A crash (segfault,
 //! abort, the kernel's OOM killer) or a timeout ends the process: every call in flight fails
 //! with an [`ExecError`] that names what happened, and the caller starts a fresh executor.
+//! [`Executor::ending`] tells afterwards what ended it and how many calls went down with it,
+//! so that a caller can tell the call that crashed it from the bystanders.
+//!
+//! A call dropped before its answer (its caller was cancelled) is abandoned; when it was the
+//! executor's only call, the process is ended, since plugin code cannot be stopped otherwise.
+//! On Linux an executor also dies with the process that started it, so a killed worker leaves
+//! no plugin running behind it.
 
 pub mod process;
 pub mod protocol;
@@ -15,7 +22,7 @@ use std::collections::{HashMap, VecDeque};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -104,6 +111,17 @@ fn stderr_note(stderr: &str) -> String {
     if stderr.trim().is_empty() { String::new() } else { format!("; its last output:\n{}", stderr.trim_end()) }
 }
 
+/// What ended an executor, as [`Executor::ending`] tells it.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    /// The first cause: [`ExecError::Crashed`] when the process died by itself,
+    /// [`ExecError::Stopped`] when it was ended on purpose (another call timed out, it was
+    /// killed, its only call was abandoned).
+    pub cause: ExecError,
+    /// How many calls were in flight and failed with it (not counting a call that timed out).
+    pub calls_lost: usize,
+}
+
 type Reply = oneshot::Sender<Result<Bytes, ExecError>>;
 
 /// State shared by an executor's handle and its reader task.
@@ -111,20 +129,29 @@ struct Shared {
     pending: Mutex<HashMap<u64, Reply>>,
     /// Set once the executor is unusable; later calls fail with it at once.
     dead: Mutex<Option<ExecError>>,
+    /// The calls in flight when the executor was marked dead.
+    calls_lost: AtomicUsize,
     stderr_tail: Mutex<VecDeque<String>>,
 }
 
 impl Shared {
     /// Marks the executor dead (keeping the first cause) and fails every call in flight.
     fn fail_all(&self, error: ExecError) {
-        let error = {
+        let (error, first) = {
             let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-            dead.get_or_insert(error).clone()
+            let first = dead.is_none();
+            (dead.get_or_insert(error).clone(), first)
         };
         let pending: Vec<Reply> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.drain().map(|(_, reply)| reply).collect()
         };
+        if first {
+            self.calls_lost.store(pending.len(), Ordering::Relaxed);
+        } else {
+            // Calls that slipped in between the first cause and now went down with it too.
+            self.calls_lost.fetch_add(pending.len(), Ordering::Relaxed);
+        }
         for reply in pending {
             let _ = reply.send(Err(error.clone()));
         }
@@ -168,6 +195,7 @@ impl Executor {
         if let Some(limit) = config.memory_limit {
             limit_address_space(&mut command, limit);
         }
+        die_with_parent(&mut command);
         let mut child = command
             .spawn()
             .map_err(|e| ExecError::Spawn { program: config.program.display().to_string(), message: e.to_string() })?;
@@ -182,6 +210,7 @@ impl Executor {
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
+            calls_lost: AtomicUsize::new(0),
             stderr_tail: Mutex::new(VecDeque::new()),
         });
         let stderr_task = tokio::spawn(collect_stderr(stderr, Arc::clone(&shared)));
@@ -261,6 +290,12 @@ impl Executor {
         self.shared.dead().is_none()
     }
 
+    /// What ended the executor and how many calls it took down; `None` while it lives.
+    pub fn ending(&self) -> Option<Ending> {
+        let cause = self.shared.dead()?;
+        Some(Ending { cause, calls_lost: self.shared.calls_lost.load(Ordering::Relaxed) })
+    }
+
     /// Runs one chunk of text whose first line is `first_line`; returns the encoded partial.
     pub async fn run(&self, first_line: u64, text: Bytes) -> Result<Bytes, ExecError> {
         self.call(|call| Request::Run { call, first_line, text }).await
@@ -298,7 +333,10 @@ impl Executor {
             self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
             return Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned())));
         }
-        match tokio::time::timeout(self.call_timeout, answer).await {
+        let mut abandon = AbandonGuard { executor: self, call, armed: true };
+        let answer = tokio::time::timeout(self.call_timeout, answer).await;
+        abandon.armed = false;
+        match answer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("it went away".to_owned()))),
             Err(_) => {
@@ -319,6 +357,31 @@ impl Drop for Executor {
     }
 }
 
+/// Abandons a call whose future is dropped before its answer: forgets it, and ends the
+/// executor when no other call is in flight there, as the only way to stop the plugin code
+/// still running it (the next call gets a fresh executor).
+struct AbandonGuard<'a> {
+    executor: &'a Executor,
+    call: u64,
+    armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let alone = {
+            let mut pending = self.executor.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.remove(&self.call).is_some() && pending.is_empty()
+        };
+        if alone && self.executor.is_alive() {
+            tracing::debug!("the executor's only call was abandoned: ending it");
+            self.executor.kill("its only call was cancelled");
+        }
+    }
+}
+
 /// Sets `RLIMIT_AS` in the child before it runs, so a plugin that allocates without bound
 /// fails its allocation (and aborts) instead of taking the machine's memory.
 fn limit_address_space(command: &mut Command, bytes: u64) {
@@ -332,6 +395,31 @@ fn limit_address_space(command: &mut Command, bytes: u64) {
             Ok(())
         });
     }
+}
+
+/// Has the kernel kill the child when the thread that started it exits (Linux), so that an
+/// executor never outlives a worker killed with SIGKILL, spinning in plugin code. Executors
+/// are started from the async runtime's worker threads, which live as long as the runtime.
+fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch only the child itself.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the call above: then nobody would kill us.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent exited while the executor started"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
 }
 
 /// Converts the child's stdout to a blocking std file: responses are read by a blocking thread

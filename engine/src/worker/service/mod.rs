@@ -14,8 +14,9 @@
 //! (hash, parameters), so a second job with the same plugin starts at once; up to
 //! [`WARM_EXECUTORS`] idle ones are kept. Plugin code runs only in those executor processes,
 //! never in the worker itself. An executor that crashed or timed out is replaced by a fresh one
-//! on the next call.
+//! on the next call, and a crash is charged only to the chunk that caused it (`attribution`).
 
+mod attribution;
 mod registrar;
 mod state;
 
@@ -35,9 +36,9 @@ use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
 use self::state::State;
-use crate::rpc::{JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use crate::rpc::{ExecLimits, JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::{ExecError, ExecutorConfig};
+use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
 
 /// How many idle executors (plugin and parameters no running job uses) are kept warm for the
 /// next job; more are stopped, least recently used first.
@@ -233,12 +234,13 @@ impl Worker for WorkerServer {
         job: JobId,
         plugin_hash: String,
         params: String,
+        limits: ExecLimits,
     ) -> Result<(), TaskError> {
         self.state.authorize(&secret).await?;
         // In a task of its own, so a build the controller stopped waiting for still finishes
         // and the next `prepare` finds it done (or joins it) instead of starting over.
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move { state.prepare(job, plugin_hash, params).await })
+        tokio::spawn(async move { state.prepare(job, plugin_hash, params, limits).await })
             .await
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
     }
@@ -253,16 +255,8 @@ impl Worker for WorkerServer {
     ) -> Result<ByteBuf, TaskError> {
         self.state.authorize(&secret).await?;
         let warm = self.state.job_executor(job)?;
-        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
-        match executor.run(first_line, Bytes::from(text.into_vec())).await {
-            Ok(partial) => Ok(ByteBuf::from(Vec::from(partial))),
-            Err(error) => {
-                if !matches!(error, ExecError::Plugin(_)) {
-                    tracing::warn!(job, first_line, %error, "chunk lost with its executor");
-                }
-                Err(call_error(error))
-            }
-        }
+        let partial = attribution::run_chunk(&warm, job, first_line, Bytes::from(text.into_vec())).await?;
+        Ok(ByteBuf::from(Vec::from(partial)))
     }
 
     async fn combine(
@@ -274,12 +268,12 @@ impl Worker for WorkerServer {
     ) -> Result<Option<ByteBuf>, TaskError> {
         self.state.authorize(&secret).await?;
         let warm = self.state.job_executor(job)?;
-        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
+        let executor = warm.get().await.map_err(start_error)?;
         if !executor.combines() {
             return Ok(None);
         }
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        let merged = executor.combine(partials).await.map_err(call_error)?;
+        let merged = executor.combine(partials).await.map_err(|e| ended_call_error(e, &executor))?;
         Ok(Some(ByteBuf::from(Vec::from(merged))))
     }
 
@@ -292,9 +286,9 @@ impl Worker for WorkerServer {
     ) -> Result<String, TaskError> {
         self.state.authorize(&secret).await?;
         let warm = self.state.job_executor(job)?;
-        let executor = warm.get(&self.state.executor).await.map_err(start_error)?;
+        let executor = warm.get().await.map_err(start_error)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        executor.aggregate(partials).await.map_err(call_error)
+        executor.aggregate(partials).await.map_err(|e| ended_call_error(e, &executor))
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
@@ -329,5 +323,14 @@ fn call_error(error: ExecError) -> TaskError {
         ExecError::Plugin(message) => TaskError::Plugin(message),
         ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) => TaskError::Fatal(error.to_string()),
         error => TaskError::Crashed(error.to_string()),
+    }
+}
+
+/// The answer for a failed combine or aggregate: `Interrupted` when its executor was ended on
+/// purpose (another call timed out there), which is no fault of this call.
+fn ended_call_error(error: ExecError, executor: &Executor) -> TaskError {
+    match (&error, executor.ending()) {
+        (ExecError::Stopped(_), Some(Ending { cause: ExecError::Stopped(why), .. })) => TaskError::Interrupted(why),
+        _ => call_error(error),
     }
 }

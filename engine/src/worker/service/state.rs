@@ -10,7 +10,7 @@ use tarpc::context;
 use tokio::sync::{OnceCell, watch};
 
 use super::{WARM_EXECUTORS, build_error, start_error};
-use crate::rpc::{ControllerClient, JobId, Registration, RpcError, Secret, TaskError};
+use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
 use crate::worker::builder::{Builder, SourceTree};
 use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
 
@@ -25,7 +25,7 @@ const REGISTRATION_GRACE: Duration = Duration::from_secs(5);
 pub(super) struct State {
     builder: Builder,
     /// How executors are started, with one thread per process.
-    pub(super) executor: ExecutorConfig,
+    executor: ExecutorConfig,
     pub(super) link: Mutex<Link>,
     /// Bumped whenever the registration changes, for calls waiting in [`State::authorize`].
     link_changed: watch::Sender<u64>,
@@ -43,8 +43,8 @@ pub(super) struct Link {
     pub(super) registering: bool,
 }
 
-/// A plugin hash and the job parameters an executor was started with.
-type ExecutorKey = (String, String);
+/// A plugin hash, the job parameters and the job's limits an executor was started with.
+type ExecutorKey = (String, String, ExecLimits);
 
 struct WarmEntry {
     executor: Arc<WarmExecutor>,
@@ -57,19 +57,21 @@ struct WarmEntry {
 pub(super) struct WarmExecutor {
     library: PathBuf,
     params: String,
+    /// The worker's executor configuration within the job's limits.
+    config: ExecutorConfig,
     /// The current executor, started once by whichever call comes first.
     current: Mutex<Arc<OnceCell<Arc<Executor>>>>,
 }
 
 impl WarmExecutor {
     /// The live executor, starting a fresh one when there is none or the last one died.
-    pub(super) async fn get(&self, config: &ExecutorConfig) -> Result<Arc<Executor>, ExecError> {
+    pub(super) async fn get(&self) -> Result<Arc<Executor>, ExecError> {
         // Twice at most: a fresh executor that is dead at once will not do better a third time.
         for _ in 0..2 {
             let cell = Arc::clone(&lock(&self.current));
             let executor = cell
                 .get_or_try_init(|| async {
-                    let executor = Executor::start(config, &self.library, &self.params).await?;
+                    let executor = Executor::start(&self.config, &self.library, &self.params).await?;
                     Ok::<_, ExecError>(Arc::new(executor))
                 })
                 .await?;
@@ -85,11 +87,30 @@ impl WarmExecutor {
         Err(ExecError::Crashed { reason: "died as soon as it started".to_owned(), stderr: String::new() })
     }
 
+    /// A fresh executor of the same plugin with one slot, for a call that must run alone.
+    pub(super) async fn start_alone(&self) -> Result<Executor, ExecError> {
+        let config = ExecutorConfig { threads: 1, ..self.config.clone() };
+        Executor::start(&config, &self.library, &self.params).await
+    }
+
     fn kill(&self, why: &str) {
         if let Some(executor) = lock(&self.current).get() {
             executor.kill(why);
         }
     }
+}
+
+/// The worker's executor configuration with a job's limits applied: each limit the job sets
+/// applies when it is tighter than the worker's own (the worker's operator has the last word).
+pub(super) fn limited(config: &ExecutorConfig, limits: ExecLimits) -> ExecutorConfig {
+    let mut config = config.clone();
+    if limits.memory_limit > 0 {
+        config.memory_limit = Some(config.memory_limit.map_or(limits.memory_limit, |own| own.min(limits.memory_limit)));
+    }
+    if limits.chunk_timeout_ms > 0 {
+        config.call_timeout = config.call_timeout.min(Duration::from_millis(limits.chunk_timeout_ms));
+    }
+    config
 }
 
 impl State {
@@ -170,6 +191,7 @@ impl State {
     /// The warm executor for `key`, made (not yet started) if there is none; records that `job`
     /// uses it.
     fn use_executor(&self, job: JobId, key: ExecutorKey, library: PathBuf) -> Arc<WarmExecutor> {
+        let config = limited(&self.executor, key.2);
         let previous = lock(&self.jobs).insert(job, key.clone());
         let mut executors = lock(&self.executors);
         if let Some(previous) = previous
@@ -181,6 +203,7 @@ impl State {
             executor: Arc::new(WarmExecutor {
                 library,
                 params: key.1.clone(),
+                config,
                 current: Mutex::new(Arc::new(OnceCell::new())),
             }),
             jobs: 0,
@@ -213,14 +236,20 @@ impl State {
     }
 
     /// Builds the plugin `hash` (fetching its archive unless the cache has it) and starts the
-    /// job's executor.
-    pub(super) async fn prepare(&self, job: JobId, hash: String, params: String) -> Result<(), TaskError> {
+    /// job's executor with the job's limits.
+    pub(super) async fn prepare(
+        &self,
+        job: JobId,
+        hash: String,
+        params: String,
+        limits: ExecLimits,
+    ) -> Result<(), TaskError> {
         let library = match self.builder.cached(&hash).await {
             Some(built) => built.library,
             None => self.fetch_and_build(job, &hash).await?,
         };
-        let warm = self.use_executor(job, (hash.clone(), params), library);
-        match warm.get(&self.executor).await {
+        let warm = self.use_executor(job, (hash.clone(), params, limits), library);
+        match warm.get().await {
             Ok(_) => {
                 tracing::info!(job, hash = short(&hash), "job prepared");
                 Ok(())
@@ -298,7 +327,7 @@ mod tests {
     }
 
     fn key(n: u64) -> ExecutorKey {
-        (format!("{n:064}"), String::new())
+        (format!("{n:064}"), String::new(), ExecLimits::default())
     }
 
     fn warm_keys(state: &State) -> Vec<ExecutorKey> {
@@ -326,6 +355,20 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(&state.job_executor(8).ok().unwrap(), &first));
         assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
+    }
+
+    #[test]
+    fn a_jobs_limits_apply_only_where_tighter_than_the_workers() {
+        let mut worker = ExecutorConfig::new(PathBuf::from("kiln"), 2);
+        let none = limited(&worker, ExecLimits::default());
+        assert_eq!((none.memory_limit, none.call_timeout), (None, worker.call_timeout));
+        let job = ExecLimits { memory_limit: 1 << 30, chunk_timeout_ms: 2_000 };
+        let tight = limited(&worker, job);
+        assert_eq!((tight.memory_limit, tight.call_timeout), (Some(1 << 30), Duration::from_secs(2)));
+        worker.memory_limit = Some(1 << 20);
+        worker.call_timeout = Duration::from_secs(1);
+        let capped = limited(&worker, job);
+        assert_eq!((capped.memory_limit, capped.call_timeout), (Some(1 << 20), Duration::from_secs(1)));
     }
 
     #[test]

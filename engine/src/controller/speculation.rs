@@ -1,0 +1,228 @@
+//! Speculative execution: a copy of a chunk that runs far longer than the job's others.
+//!
+//! A straggler (a slow disk, a busy host, a plugin stuck on one chunk's first attempt) holds
+//! back the whole job. When nothing is queued in any job, a running chunk that has taken more
+//! than [`SPECULATION_FACTOR`] times its job's median chunk time (and at least
+//! [`SPECULATION_MIN_AGE`]), once [`SPECULATION_MIN_DONE`] chunks of the job have completed,
+//! gets one copy on a free slot: on another worker than the original where one is ready, on
+//! the same worker only when no other can run the job. The first partial stored wins (the
+//! store keeps exactly one per chunk), and the other copy's call is cancelled. Jobs with
+//! `speculative: false` in their spec are left alone.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tracing::info;
+
+use super::dispatch::Action;
+use super::jobs::{Job, Prep, RunningCopy};
+use super::workers::WorkerEntry;
+use crate::rpc::{JobState, WorkerId};
+
+/// How many times its job's median chunk time a chunk must have run to get a copy.
+pub(super) const SPECULATION_FACTOR: u32 = 3;
+
+/// How many chunks of a job must have completed (in this run of the controller) before a
+/// median means anything.
+pub(super) const SPECULATION_MIN_DONE: usize = 3;
+
+/// The least a chunk must have run to get a copy: below this, a copy costs more in transfer
+/// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
+pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
+
+/// How long the completed chunks of a job took, with their median.
+#[derive(Debug, Default)]
+pub(super) struct ChunkTimes {
+    done: Vec<Duration>,
+    /// The median, and the number of times it was computed over.
+    median: Option<(usize, Duration)>,
+}
+
+impl ChunkTimes {
+    /// Records a completed chunk's time.
+    pub fn record(&mut self, took: Duration) {
+        self.done.push(took);
+    }
+
+    /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
+    /// again only when new times came in (in linear time).
+    pub fn median(&mut self) -> Option<Duration> {
+        if self.done.len() < SPECULATION_MIN_DONE {
+            return None;
+        }
+        match self.median {
+            Some((n, median)) if n == self.done.len() => Some(median),
+            _ => {
+                let mut times = self.done.clone();
+                let middle = times.len() / 2;
+                let median = *times.select_nth_unstable(middle).1;
+                self.median = Some((self.done.len(), median));
+                Some(median)
+            }
+        }
+    }
+}
+
+/// Starts speculative copies of the job's stragglers on free slots. Answers when the next
+/// running chunk will become a straggler, so the scheduler looks again then.
+pub(super) fn speculate(
+    job: &mut Job,
+    workers: &mut BTreeMap<WorkerId, WorkerEntry>,
+    ready: &[WorkerId],
+    now: Instant,
+    actions: &mut Vec<Action>,
+) -> Option<Instant> {
+    let (stragglers, next_check) = stragglers(job, now);
+    // The workers that can run the job's chunks at all.
+    let able: Vec<WorkerId> = ready.iter().copied().filter(|id| job.prepared.get(id) == Some(&Prep::Ready)).collect();
+    let mut started = false;
+    for index in stragglers {
+        let chunk = &job.chunks[index as usize];
+        let original = chunk.running[0].worker;
+        let has_slot = |id: WorkerId| workers.get(&id).is_some_and(|w| w.slots_used < job.slots_on(w));
+        let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
+        let Some(worker) = workers.get_mut(&target) else { continue };
+        let meta = chunk.meta;
+        let copy = RunningCopy::start(target, true);
+        let cancel = Arc::clone(&copy.cancel);
+        let chunk = &mut job.chunks[index as usize];
+        chunk.running.push(copy);
+        chunk.speculated = true;
+        worker.slots_used += 1;
+        worker.chunks_in_flight += 1;
+        job.progress_of(target, &worker.info.address).in_flight += 1;
+        job.speculative += 1;
+        job.figures_dirty = true;
+        started = true;
+        info!(job = job.id, chunk = index, original, copy_on = target, "speculative copy of a slow chunk");
+        let deadline = job.chunk_deadline();
+        actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
+    }
+    if started {
+        job.publish();
+    }
+    next_check
+}
+
+/// The job's chunks that deserve a copy now, the slowest first, and when the next running
+/// chunk will (if nothing changes).
+fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
+    if !job.spec.speculative || job.state != JobState::Running || !job.queue.is_empty() {
+        return (Vec::new(), None);
+    }
+    let Some(median) = job.times.median() else { return (Vec::new(), None) };
+    let threshold = (median * SPECULATION_FACTOR).max(SPECULATION_MIN_AGE);
+    let mut next_check: Option<Instant> = None;
+    let mut slow: Vec<(Instant, u64)> = Vec::new();
+    for (index, chunk) in job.chunks.iter().enumerate() {
+        // One copy per chunk, of a chunk that runs once now.
+        if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {
+            continue;
+        }
+        let since = chunk.running[0].since;
+        if now.saturating_duration_since(since) >= threshold {
+            slow.push((since, index as u64));
+        } else {
+            let due = since + threshold;
+            next_check = Some(next_check.map_or(due, |next| next.min(due)));
+        }
+    }
+    slow.sort();
+    (slow.into_iter().map(|(_, index)| index).collect(), next_check)
+}
+
+/// Where a copy of a chunk running on `original` goes: another able worker with a free slot
+/// that the chunk has not failed on (the first of `able`, which come least loaded first); the
+/// original worker only when no other worker can run the job. `None`: wait for a slot.
+fn copy_target(
+    original: WorkerId,
+    failed_on: &[WorkerId],
+    able: &[WorkerId],
+    has_slot: impl Fn(WorkerId) -> bool,
+) -> Option<WorkerId> {
+    let elsewhere = able.iter().copied().find(|&id| id != original && !failed_on.contains(&id) && has_slot(id));
+    match elsewhere {
+        Some(id) => Some(id),
+        None if able.iter().all(|&id| id == original) && has_slot(original) => Some(original),
+        None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::jobs::tests::job;
+
+    /// A running job of `n` chunks whose first three took 100 ms, the others running on
+    /// worker 1 since `started`.
+    fn running_job(n: u64, started: Instant) -> Job {
+        let mut job = job(n);
+        job.set_state(JobState::Running);
+        job.queue.clear();
+        for index in 0..n {
+            if index < 3 {
+                job.count_done(index, None);
+                job.times.record(Duration::from_millis(100));
+            } else {
+                job.chunks[index as usize].running.push(RunningCopy { since: started, ..RunningCopy::start(1, false) });
+            }
+        }
+        job
+    }
+
+    #[test]
+    fn a_chunk_slower_than_three_medians_and_the_floor_gets_a_copy_once() {
+        let started = Instant::now();
+        let mut job = running_job(5, started);
+        let (slow, next) = stragglers(&mut job, started + Duration::from_millis(500));
+        assert!(slow.is_empty(), "under the floor of {SPECULATION_MIN_AGE:?}");
+        assert_eq!(next, Some(started + SPECULATION_MIN_AGE), "the scheduler looks again then");
+        let (slow, next) = stragglers(&mut job, started + Duration::from_secs(2));
+        assert_eq!((slow, next), (vec![3, 4], None));
+
+        job.chunks[3].speculated = true;
+        job.chunks[4].running.push(RunningCopy::start(2, true));
+        let (slow, _) = stragglers(&mut job, started + Duration::from_secs(2));
+        assert!(slow.is_empty(), "one copy per chunk");
+    }
+
+    #[test]
+    fn no_copy_while_chunks_are_queued_before_a_median_or_when_the_job_says_no() {
+        let started = Instant::now();
+        let late = started + Duration::from_secs(10);
+        let mut queued = running_job(5, started);
+        queued.queue.insert(4);
+        assert!(stragglers(&mut queued, late).0.is_empty());
+        let mut off = running_job(5, started);
+        off.spec.speculative = false;
+        assert!(stragglers(&mut off, late).0.is_empty());
+        let mut early = running_job(5, started);
+        early.times = ChunkTimes::default();
+        early.times.record(Duration::from_millis(100));
+        assert!(stragglers(&mut early, late).0.is_empty(), "one chunk time is no median");
+    }
+
+    #[test]
+    fn a_copy_goes_to_another_worker_unless_the_original_is_the_only_one() {
+        let free = |_| true;
+        assert_eq!(copy_target(1, &[], &[1, 2, 3], free), Some(2));
+        assert_eq!(copy_target(1, &[2], &[1, 2, 3], free), Some(3), "not where it failed");
+        assert_eq!(copy_target(1, &[], &[1, 2], |id| id != 2), None, "wait for the other worker");
+        assert_eq!(copy_target(1, &[], &[1], free), Some(1), "alone, a free slot on the same worker");
+        assert_eq!(copy_target(1, &[], &[1], |_| false), None);
+    }
+
+    #[test]
+    fn the_median_needs_a_few_chunks_and_follows_new_ones() {
+        let mut times = ChunkTimes::default();
+        times.record(Duration::from_millis(100));
+        times.record(Duration::from_millis(300));
+        assert_eq!(times.median(), None, "two chunks say nothing yet");
+        times.record(Duration::from_millis(200));
+        assert_eq!(times.median(), Some(Duration::from_millis(200)));
+        times.record(Duration::from_millis(50));
+        times.record(Duration::from_millis(40));
+        assert_eq!(times.median(), Some(Duration::from_millis(100)));
+    }
+}

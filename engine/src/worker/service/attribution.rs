@@ -1,0 +1,113 @@
+//! Charging a crash to the chunk that caused it.
+//!
+//! An executor runs several chunks at once. When it crashes (segfault, abort, the memory
+//! limit), every chunk in flight fails with the same error, and the crash does not say whose
+//! fault it was. A chunk that was alone in the executor is the culprit. Otherwise each chunk
+//! runs again alone in a fresh executor of its own (one slot, same limits): the one that
+//! fails alone is the culprit and costs an attempt, and the others answer their partials as if
+//! nothing had happened. A chunk that times out is its own culprit; the chunks stopped with
+//! it are innocent and come back [`TaskError::Interrupted`], which costs no attempt.
+
+use bytes::Bytes;
+
+use super::state::WarmExecutor;
+use super::{call_error, start_error};
+use crate::rpc::{JobId, TaskError};
+use crate::worker::executor::{Ending, ExecError};
+
+/// Runs a chunk in the job's executor; when a crash took it down with others, runs it again
+/// alone to learn whether it was the cause.
+pub(super) async fn run_chunk(
+    warm: &WarmExecutor,
+    job: JobId,
+    first_line: u64,
+    text: Bytes,
+) -> Result<Bytes, TaskError> {
+    let executor = warm.get().await.map_err(start_error)?;
+    let error = match executor.run(first_line, text.clone()).await {
+        Ok(partial) => return Ok(partial),
+        Err(error) => error,
+    };
+    match verdict(&error, executor.ending()) {
+        Verdict::Culprit => {
+            if !matches!(error, ExecError::Plugin(_)) {
+                tracing::warn!(job, first_line, %error, "chunk crashed its executor");
+            }
+            Err(call_error(error))
+        }
+        Verdict::Bystander(why) => {
+            tracing::info!(job, first_line, "chunk stopped with its executor, not by its fault: {why}");
+            Err(TaskError::Interrupted(why))
+        }
+        Verdict::Suspect => {
+            tracing::info!(job, first_line, %error, "executor crashed with several chunks in flight: running this one alone");
+            run_alone(warm, job, first_line, text).await
+        }
+    }
+}
+
+/// What a failed call says about its chunk.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    /// The chunk failed by itself: it costs an attempt.
+    Culprit,
+    /// The executor was ended on purpose while the chunk ran (another chunk timed out).
+    Bystander(String),
+    /// The executor crashed with other chunks in flight: any of them may have done it.
+    Suspect,
+}
+
+fn verdict(error: &ExecError, ending: Option<Ending>) -> Verdict {
+    match error {
+        ExecError::Crashed { .. } | ExecError::Stopped(_) => match ending {
+            Some(Ending { cause: ExecError::Stopped(why), .. }) => Verdict::Bystander(why),
+            Some(Ending { cause: ExecError::Crashed { .. }, calls_lost }) if calls_lost <= 1 => Verdict::Culprit,
+            _ => Verdict::Suspect,
+        },
+        // Its own error or panic, its own timeout, or a plugin that cannot start at all.
+        _ => Verdict::Culprit,
+    }
+}
+
+/// Runs a suspect alone in a fresh executor, ended when done.
+async fn run_alone(warm: &WarmExecutor, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
+    let executor = warm.start_alone().await.map_err(start_error)?;
+    match executor.run(first_line, text).await {
+        Ok(partial) => {
+            tracing::info!(job, first_line, "chunk ran alone: it did not cause the crash");
+            Ok(partial)
+        }
+        Err(error) => {
+            tracing::warn!(job, first_line, %error, "chunk failed alone too: it caused the crash");
+            Err(call_error(error))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn crashed() -> ExecError {
+        ExecError::Crashed { reason: "crashed with a segmentation fault (SIGSEGV)".into(), stderr: String::new() }
+    }
+
+    #[test]
+    fn a_crash_is_charged_only_when_the_chunk_was_alone() {
+        let alone = Some(Ending { cause: crashed(), calls_lost: 1 });
+        assert_eq!(verdict(&crashed(), alone), Verdict::Culprit);
+        let crowded = Some(Ending { cause: crashed(), calls_lost: 3 });
+        assert_eq!(verdict(&crashed(), crowded), Verdict::Suspect);
+        assert_eq!(verdict(&ExecError::Stopped("its pipe is closed".into()), None), Verdict::Suspect);
+    }
+
+    #[test]
+    fn a_timeout_is_its_own_chunks_fault_and_not_the_others() {
+        let timeout = ExecError::Timeout(std::time::Duration::from_secs(2));
+        assert_eq!(verdict(&timeout, None), Verdict::Culprit);
+        let stopped = ExecError::Stopped("another call timed out".into());
+        let ending = Some(Ending { cause: stopped.clone(), calls_lost: 2 });
+        assert_eq!(verdict(&stopped, ending), Verdict::Bystander("another call timed out".into()));
+        assert_eq!(verdict(&ExecError::Plugin("boom".into()), None), Verdict::Culprit);
+    }
+}
