@@ -55,6 +55,16 @@ pub fn csv(dir: &Path, size: u64) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// The path of a file of `n` numbered lines of eight bytes each (`0000000\n`, `0000001\n`...),
+/// generating it if it is not there yet.
+pub fn lines(dir: &Path, n: u64) -> anyhow::Result<PathBuf> {
+    let path = dir.join(format!("lines-{n}.txt"));
+    if !path.exists() {
+        generate(&path, |out| (0..n).try_for_each(|i| writeln!(out, "{:07}", i % 10_000_000)))?;
+    }
+    Ok(path)
+}
+
 /// Writes to a temporary file and renames it, so an interrupted run leaves no half file.
 fn generate(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().context("input path has a parent")?)?;
@@ -154,6 +164,13 @@ mod tests {
         assert!((35.0..70.0).contains(&mean_line), "mean line length {mean_line}");
         assert!(lines.iter().all(|l| (5..=15).contains(&l.split(' ').count())));
         assert!(text.bytes().all(|b| b == b' ' || b == b'\n' || b.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn numbered_lines_are_eight_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let text = std::fs::read_to_string(lines(dir.path(), 3).unwrap()).unwrap();
+        assert_eq!(text, "0000000\n0000001\n0000002\n");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The measures of `cargo xtask bench`, one function per section of BENCHMARKS.md.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
@@ -9,8 +9,17 @@ use anyhow::{Context, bail};
 use super::report::{Report, Target};
 use super::{Bench, Samples, baseline, checked, corpus};
 
+/// The word corpus, and the baseline's count of it and times.
+pub struct Baseline {
+    pub input: PathBuf,
+    pub bytes: u64,
+    pub expected: BTreeMap<String, u64>,
+    pub samples: Samples,
+}
+
 /// Word count through `kiln run-local` against the direct rayon baseline, same file and cores.
-pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+/// Opens section 1, which the cluster figures complete.
+pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<Baseline> {
     let input = corpus::words(&bench.inputs(), bench.size)?;
     let bytes = std::fs::metadata(&input)?.len();
     eprintln!("word count: baseline");
@@ -45,9 +54,10 @@ pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     report.section(
         "1. Word count throughput",
         &format!(
-            "{} MiB corpus, {} distinct words; both outputs checked equal. Throughput is input bytes \
-             over wall time, including reading the file (from the page cache) and, for Kiln, process \
-             and executor start.",
+            "{} MiB corpus, {} distinct words; every output checked equal to the baseline's. Throughput \
+             is input bytes over wall time, including reading the file (from the page cache) and, for \
+             Kiln, process and executor start; for the cluster, also uploading the input to the \
+             controller and the result back.",
             bytes >> 20,
             counted.len()
         ),
@@ -55,7 +65,7 @@ pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     report.figure("direct rayon word count (baseline)", &throughput(bytes, &base), Target::None);
     report.figure("`kiln run-local --processes 2`", &throughput(bytes, &local), Target::None);
     report.figure("run-local ÷ baseline", &format!("{ratio:.2}×"), Target::AtLeast(ratio, 0.9, "≥ 0.9×"));
-    Ok(())
+    Ok(Baseline { input, bytes, expected, samples: base })
 }
 
 /// grep and csv-stats throughput through run-local, for the record.
@@ -163,7 +173,8 @@ pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn throughput(bytes: u64, samples: &Samples) -> String {
+/// "N MB/s — median (min–max, runs)".
+pub fn throughput(bytes: u64, samples: &Samples) -> String {
     let rate = bytes as f64 / 1e6 / samples.median().as_secs_f64();
     format!("{rate:.0} MB/s — {}", samples.describe())
 }

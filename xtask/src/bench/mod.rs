@@ -4,9 +4,14 @@
 //! ([`corpus`]), each measure after a warm-up run, reporting the median and the spread. Word
 //! count is compared with [`baseline`], a direct rayon program over the same file and cores in
 //! the same run, and the two outputs are checked to be equal before any figure is reported.
+//! [`measures`] runs `kiln run-local`; [`cluster_measures`] runs a controller and workers on this
+//! machine ([`cluster`]) and goes through `kiln submit`.
 
 mod baseline;
+mod cluster;
+mod cluster_measures;
 mod corpus;
+mod limits;
 mod measures;
 mod report;
 
@@ -75,9 +80,13 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(bench.work.join("inputs"))?;
 
     let mut report = Report::new(&bench)?;
-    measures::word_count(&bench, &mut report)?;
-    measures::other_plugins(&bench, &mut report)?;
+    let baseline = measures::word_count(&bench, &mut report)?;
+    let memory = cluster_measures::word_count(&bench, &mut report, &baseline)?;
+    cluster_measures::tiny_jobs(&bench, &mut report)?;
+    cluster_measures::dispatch_rate(&bench, &mut report)?;
     measures::builds(&bench, &mut report)?;
+    cluster_measures::peak_memory(&mut report, &memory);
+    measures::other_plugins(&bench, &mut report)?;
     report.note_total(started.elapsed());
 
     let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
@@ -130,6 +139,15 @@ impl Samples {
         }
         samples.sort();
         Ok(Samples(samples))
+    }
+
+    /// Durations measured some other way (from a job's status).
+    fn from_durations(mut durations: Vec<Duration>) -> Samples {
+        durations.sort();
+        if durations.is_empty() {
+            durations.push(Duration::ZERO);
+        }
+        Samples(durations)
     }
 
     fn median(&self) -> Duration {

@@ -4,7 +4,7 @@ use std::fmt::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use super::Bench;
+use super::{Bench, limits};
 
 /// A figure's target, and whether it was met.
 pub enum Target {
@@ -14,13 +14,24 @@ pub enum Target {
     AtLeast(f64, f64, &'static str),
     /// A measured duration that must be at most a bound.
     AtMost(Duration, Duration, &'static str),
+    /// A measured value that must be at most a bound.
+    AtMostNumber(f64, f64, &'static str),
+}
+
+/// A target a figure missed.
+pub struct Missed {
+    /// The title of the figure's section.
+    pub section: String,
+    /// The figure and its target.
+    pub figure: String,
 }
 
 /// The report being written.
 pub struct Report {
     header: String,
     body: String,
-    missed: Vec<String>,
+    section: String,
+    missed: Vec<Missed>,
 }
 
 impl Report {
@@ -35,12 +46,28 @@ impl Report {
         writeln!(header, "- machine: {} cores, {}, {} memory", cores(), cpu_model(), memory())?;
         writeln!(header, "- commit: {}", commit(bench))?;
         writeln!(header, "- run: {} repetitions after a warm-up run; figures are medians, then (min–max)", bench.runs)?;
-        Ok(Report { header, body: String::new(), missed: Vec::new() })
+        writeln!(header, "- load average (1, 5, 15 min) at the start: {}", load_average())?;
+        Ok(Report { header, body: String::new(), section: String::new(), missed: Vec::new() })
     }
 
     /// Starts a section with a heading and a line saying what it measures.
     pub fn section(&mut self, title: &str, about: &str) {
+        self.section = title.to_owned();
         let _ = write!(self.body, "\n## {title}\n\n{about}\n\n| measure | result | target |\n| --- | --- | --- |\n");
+    }
+
+    /// Adds a paragraph to the current section, after its figures.
+    pub fn paragraph(&mut self, text: &str) {
+        let _ = write!(self.body, "\n{text}\n");
+    }
+
+    /// Adds a table to the current section.
+    pub fn table(&mut self, headings: &[&str], rows: Vec<Vec<String>>) {
+        let _ = writeln!(self.body, "\n| {} |", headings.join(" | "));
+        let _ = writeln!(self.body, "|{}", " --- |".repeat(headings.len()));
+        for row in rows {
+            let _ = writeln!(self.body, "| {} |", row.join(" | "));
+        }
     }
 
     /// Adds one figure to the current section.
@@ -49,6 +76,7 @@ impl Report {
             Target::None => "—".to_owned(),
             Target::AtLeast(value, bound, text) => self.verdict(name, value >= bound, text),
             Target::AtMost(value, bound, text) => self.verdict(name, value <= bound, text),
+            Target::AtMostNumber(value, bound, text) => self.verdict(name, value <= bound, text),
         };
         let _ = writeln!(self.body, "| {name} | {result} | {verdict} |");
     }
@@ -57,12 +85,13 @@ impl Report {
         if met {
             format!("{text}: met")
         } else {
-            self.missed.push(format!("{name} ({text})"));
+            self.missed.push(Missed { section: self.section.clone(), figure: format!("{name} ({text})") });
             format!("{text}: **missed**")
         }
     }
 
     pub fn note_total(&mut self, took: Duration) {
+        let _ = writeln!(self.header, "- load average at the end: {}", load_average());
         let _ = writeln!(self.header, "- the whole run took {:.0} s", took.as_secs_f64());
     }
 
@@ -71,16 +100,21 @@ impl Report {
         if self.missed.is_empty() {
             text.push_str("- targets: all measured targets met\n");
         } else {
-            let _ = writeln!(text, "- targets missed: {}", self.missed.join("; "));
+            let figures: Vec<&str> = self.missed.iter().map(|m| m.figure.as_str()).collect();
+            let _ = writeln!(text, "- targets missed: {}", figures.join("; "));
         }
         text.push_str(&self.body);
-        text.push_str(
-            "\n## Not measured yet\n\nThe cluster measures of DESIGN §8 (the `kiln submit` path's throughput and its \
-             breakdown, tiny-job latency, chunk dispatch rate, controller and worker peak memory) need the \
-             controller and workers, and are added to this benchmark with them.\n",
-        );
+        text.push_str(&limits::what_limits_us(&self.missed));
         text
     }
+}
+
+/// The load averages of /proc/loadavg: other work on the machine makes every figure noisier.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
+        .unwrap_or_else(|| "unknown".to_owned())
 }
 
 fn cores() -> usize {

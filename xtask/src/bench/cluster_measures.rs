@@ -1,0 +1,355 @@
+//! The cluster measures of `cargo xtask bench`: word count through `kiln submit` with its
+//! breakdown and peak memory, tiny-job latency, and the chunk dispatch rate.
+//!
+//! Each measure starts its own [`Cluster`] on this machine (one worker of 2 processes; two for
+//! the dispatch rate) with the bench's plugin cache, so plugins are built before any timing,
+//! and runs a warm-up job before it measures. The clusters stop when their guards drop.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use super::cluster::{Cluster, PeakMemory, Submitted, epoch_ms};
+use super::measures::{Baseline, throughput};
+use super::report::{Report, Target};
+use super::{Bench, Samples, baseline, checked, corpus, human};
+
+/// Chunks in flight per worker for word count: as many as the worker runs at once.
+const PROCESSES: u32 = 2;
+
+/// Tiny jobs timed for the latency figures, after [`TINY_WARM_UP`] untimed ones.
+const TINY_JOBS: usize = 200;
+const TINY_WARM_UP: usize = 5;
+
+/// The tiny job's input: one line.
+const TINY_LINE: &str = "the quick brown fox jumps over the lazy dog the end\n";
+
+/// Each line of the dispatch input is a chunk: eight bytes, `%07d\n`, cut with this chunk size.
+const DISPATCH_LINE_BYTES: u64 = 8;
+
+/// How much the controller's peak memory may grow while the input grows fourfold and still
+/// count as flat: spooling and cutting stream the input, so growth means something is held.
+const FLAT_GROWTH: f64 = 1.25;
+
+/// The peak memory of the cluster word count at a quarter of the corpus size and at the full
+/// size, for section 5.
+pub struct WordCountMemory {
+    quarter: (u64, PeakMemory),
+    full: (u64, PeakMemory),
+}
+
+/// Word count through `kiln submit` against the baseline (section 1, after run-local): the
+/// ratio, the same at a quarter of the size, and where the time of a run goes.
+pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow::Result<WordCountMemory> {
+    let quarter_input = corpus::words(&bench.inputs(), (bench.size / 4).max(1 << 20))?;
+    let quarter_bytes = std::fs::metadata(&quarter_input)?.len();
+    eprintln!("word count: kiln submit, {} MiB (peak memory at a quarter of the size)", quarter_bytes >> 20);
+    let quarter_expected = baseline::word_count(&quarter_input)?;
+    let (quarter, _, quarter_memory) = cluster_word_count(bench, &quarter_input, &quarter_expected)?;
+
+    eprintln!("word count: kiln submit, {} MiB", base.bytes >> 20);
+    let (samples, stages, memory) = cluster_word_count(bench, &base.input, &base.expected)?;
+
+    let ratio = base.samples.median().as_secs_f64() / samples.median().as_secs_f64();
+    report.figure(
+        "`kiln submit --processes 2`, one local worker of 2 processes",
+        &throughput(base.bytes, &samples),
+        Target::None,
+    );
+    report.figure("cluster ÷ baseline", &format!("{ratio:.2}×"), Target::AtLeast(ratio, 0.85, "≥ 0.85×"));
+    report.figure(
+        &format!("`kiln submit` over {} MiB, for comparison", quarter_bytes >> 20),
+        &throughput(quarter_bytes, &quarter),
+        Target::None,
+    );
+    report.paragraph(
+        "Where the time of a cluster run goes (median of each stage over the timed runs; the points \
+         come from `kiln status --json`, the controller's log of state changes, and the client's own \
+         clock, all to the millisecond):",
+    );
+    report.table(&["stage", "what happens", "median", "share"], stages.rows());
+    Ok(WordCountMemory { quarter: (quarter_bytes, quarter_memory), full: (base.bytes, memory) })
+}
+
+/// Runs the word count on a fresh cluster: a tiny warm-up job, a warm-up run, then the timed
+/// runs, each checked against `expected`. Answers the times, their breakdown, and the peak
+/// memory read before the cluster stops.
+fn cluster_word_count(
+    bench: &Bench,
+    input: &Path,
+    expected: &BTreeMap<String, u64>,
+) -> anyhow::Result<(Samples, Stages, PeakMemory)> {
+    let cluster = Cluster::start(bench, 1, PROCESSES)?;
+    let plugin = bench.example("wordcount");
+    let processes = PROCESSES.to_string();
+    let args = ["--processes", processes.as_str()];
+    cluster.submit(&plugin, &tiny_input(bench)?, &args)?;
+    let mut stages = Stages::default();
+    let mut warmed_up = false;
+    let samples = Samples::collect(bench.runs, true, || {
+        let submitted = cluster.submit(&plugin, input, &args)?;
+        check_word_count(&submitted.output, expected)?;
+        // The warm-up run is not part of the breakdown.
+        if std::mem::replace(&mut warmed_up, true) {
+            stages.add(&cluster, &submitted)?;
+        }
+        Ok(())
+    })?;
+    let memory = cluster.peak_memory()?;
+    Ok((samples, stages, memory))
+}
+
+fn check_word_count(output: &str, expected: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+    let counted: BTreeMap<String, u64> =
+        serde_json::from_str(output).context("kiln submit's output is a word count")?;
+    if &counted != expected {
+        bail!("the cluster's word count differs from the baseline's: no figure reported");
+    }
+    Ok(())
+}
+
+/// Submit to result of a one-line job on a warm cluster, each `kiln submit` a new process
+/// (section 2).
+pub fn tiny_jobs(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("tiny jobs: {TINY_JOBS} through kiln submit");
+    let input = tiny_input(bench)?;
+    let mut expected = BTreeMap::new();
+    for word in TINY_LINE.split_whitespace() {
+        *expected.entry(word.to_owned()).or_insert(0u64) += 1;
+    }
+    // The bare cost of starting the binary, which every job pays twice over nothing else.
+    let version = Samples::collect(20, true, || {
+        checked(bench.kiln().arg("--version"))?;
+        Ok(())
+    })?;
+
+    let cluster = Cluster::start(bench, 1, PROCESSES)?;
+    let plugin = bench.example("wordcount");
+    let mut latencies = Vec::with_capacity(TINY_JOBS);
+    let mut stages = Stages::default();
+    for n in 0..TINY_WARM_UP + TINY_JOBS {
+        let submitted = cluster.submit(&plugin, &input, &[])?;
+        check_word_count(&submitted.output, &expected)?;
+        if n >= TINY_WARM_UP {
+            latencies.push(submitted.took);
+            stages.add(&cluster, &submitted)?;
+        }
+    }
+    drop(cluster);
+    latencies.sort();
+    let percentile = |p: usize| latencies[(latencies.len() * p).div_ceil(100).saturating_sub(1)];
+    let (p50, p90, p99) = (percentile(50), percentile(90), percentile(99));
+    let max = latencies[latencies.len() - 1];
+
+    report.section(
+        "2. Tiny job latency",
+        &format!(
+            "{TINY_JOBS} jobs of one line (wordcount, plugin cached, executor warm, one worker), each \
+             a new `kiln submit` process, from its start to its exit with the result printed; \
+             {TINY_WARM_UP} untimed jobs first."
+        ),
+    );
+    report.figure("p50", &human(p50), Target::AtMost(p50, Duration::from_millis(20), "≤ 20 ms"));
+    report.figure("p90", &human(p90), Target::None);
+    report.figure("p99", &human(p99), Target::AtMost(p99, Duration::from_millis(50), "≤ 50 ms"));
+    report.figure("max", &human(max), Target::None);
+    report.figure("`kiln --version` (starting the binary alone)", &version.describe(), Target::None);
+    report.paragraph("Where the time of a tiny job goes (median of each stage):");
+    report.table(&["stage", "what happens", "median", "share"], stages.rows());
+    Ok(())
+}
+
+/// Chunks per second through the controller with a plugin that does nothing, two workers
+/// (section 3).
+pub fn dispatch_rate(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    let n_chunks: u64 = if bench.quick { 10_000 } else { 100_000 };
+    let runs = bench.runs.min(3);
+    eprintln!("dispatch rate: {n_chunks} chunks, 2 workers");
+    let input = corpus::lines(&bench.inputs(), n_chunks)?;
+    let warm_up = corpus::lines(&bench.inputs(), 1_000)?;
+    let plugin = bench.root.join("xtask/bench-plugins/noop");
+    let chunk_size = DISPATCH_LINE_BYTES.to_string();
+    let args = ["--chunk-size", chunk_size.as_str()];
+
+    let mut cluster = Cluster::start(bench, 1, PROCESSES)?;
+    // The first job builds the noop plugin (into the shared cache) before a second worker joins.
+    check_count(&cluster.submit(&plugin, &warm_up, &args)?, 1_000)?;
+    cluster.add_worker(bench, PROCESSES)?;
+    check_count(&cluster.submit(&plugin, &warm_up, &args)?, 1_000)?;
+
+    let (mut whole, mut running, mut client) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let submitted = cluster.submit(&plugin, &input, &args)?;
+        check_count(&submitted, n_chunks)?;
+        let times = cluster.times(submitted.job)?;
+        if times.n_chunks != n_chunks {
+            bail!("the dispatch input was cut into {} chunks, not {n_chunks}", times.n_chunks);
+        }
+        whole.push(Duration::from_millis(times.finished_ms.saturating_sub(times.started_ms).max(1)));
+        if let Some(aggregating) = cluster.state_changed_ms(submitted.job, "Aggregating") {
+            running.push(Duration::from_millis(aggregating.saturating_sub(times.started_ms).max(1)));
+        }
+        client.push(submitted.took);
+    }
+    drop(cluster);
+    let rate = |samples: &Samples| n_chunks as f64 / samples.median().as_secs_f64();
+    let whole = Samples::from_durations(whole);
+    let client = Samples::from_durations(client);
+
+    report.section(
+        "3. Chunk dispatch rate",
+        &format!(
+            "The noop plugin (`xtask/bench-plugins/noop`: `run` returns nothing, `aggregate` counts the \
+             partials) over {n_chunks} lines of {DISPATCH_LINE_BYTES} bytes with `--chunk-size \
+             {DISPATCH_LINE_BYTES}`, so each line is a chunk; two workers of 2 processes, each with at \
+             most 2 chunks in flight; output checked to be {n_chunks}. The rate is chunks over the time \
+             from the job's start (its first dispatch) to its end, from `kiln status --json`."
+        ),
+    );
+    let whole_rate = rate(&whole);
+    report.figure(
+        "chunks per second, start to end (aggregate included)",
+        &format!("{whole_rate:.0}/s — {}", whole.describe()),
+        Target::AtLeast(whole_rate, 10_000.0, "≥ 10,000/s"),
+    );
+    if running.len() == whole.0.len() {
+        let running = Samples::from_durations(running);
+        report.figure(
+            "chunks per second, start until every chunk is done",
+            &format!("{:.0}/s — {}", rate(&running), running.describe()),
+            Target::None,
+        );
+    }
+    report.figure("`kiln submit` start to exit (upload and cutting included)", &client.describe(), Target::None);
+    Ok(())
+}
+
+fn check_count(submitted: &Submitted, n_chunks: u64) -> anyhow::Result<()> {
+    let counted: u64 = submitted.output.trim().parse().context("the noop plugin's output is a number")?;
+    if counted != n_chunks {
+        bail!("the noop plugin counted {counted} chunks, not {n_chunks}");
+    }
+    Ok(())
+}
+
+/// The controller's and worker's peak memory during the cluster word count, at a quarter of the
+/// size and at the full size (section 5).
+pub fn peak_memory(report: &mut Report, memory: &WordCountMemory) {
+    let (quarter_bytes, quarter) = &memory.quarter;
+    let (full_bytes, full) = &memory.full;
+    report.section(
+        "5. Peak memory during the cluster word count",
+        &format!(
+            "VmHWM of each process, read just before the cluster stops, after the word count runs of \
+             section 1 (a warm-up job, a warm-up run and the timed runs), on a fresh cluster for each \
+             input size: {} MiB and {} MiB.",
+            quarter_bytes >> 20,
+            full_bytes >> 20
+        ),
+    );
+    let mib = |bytes: u64| bytes as f64 / (1 << 20) as f64;
+    let side_by_side = |a: u64, b: u64| format!("{:.0} MiB → {:.0} MiB", mib(a), mib(b));
+    report.figure(
+        "controller",
+        &side_by_side(quarter.controller, full.controller),
+        Target::AtMostNumber(mib(full.controller), 150.0, "≤ 150 MiB"),
+    );
+    let growth = full.controller as f64 / quarter.controller.max(1) as f64;
+    report.figure(
+        "controller growth for 4× the input",
+        &format!("{:+.0} %", (growth - 1.0) * 100.0),
+        Target::AtMostNumber(growth, FLAT_GROWTH, "flat (≤ +25 %)"),
+    );
+    for (n, (a, b)) in quarter.workers.iter().zip(&full.workers).enumerate() {
+        report.figure(&format!("worker daemon {}", n + 1), &side_by_side(*a, *b), Target::None);
+    }
+    if let (Some(a), Some(b)) = (quarter.executor, full.executor) {
+        report.figure("executor (`kiln exec`, plugin code)", &side_by_side(a, b), Target::None);
+    }
+}
+
+/// The one-line input of the tiny jobs and warm-up jobs.
+fn tiny_input(bench: &Bench) -> anyhow::Result<std::path::PathBuf> {
+    let path = bench.inputs().join("tiny.txt");
+    std::fs::write(&path, TINY_LINE)?;
+    Ok(path)
+}
+
+/// The points in a job's life, in order, and what happens between one and the next.
+const POINTS: [(&str, &str); 7] = [
+    ("`kiln submit` starts", ""),
+    ("job created", "start kiln, connect, read, pack and upload the plugin, create the job"),
+    ("job queued", "upload the input, spool it, cut it into chunks"),
+    ("first dispatch", "wait for the scheduler"),
+    ("every chunk done", "prepare the worker, dispatch and run the chunks, store partials, combine"),
+    ("job ended", "gather the partials, aggregate on the worker, store the result"),
+    ("`kiln submit` exits", "notice the end, fetch and print the result, exit"),
+];
+
+/// The durations between the points of many jobs; a point the controller did not log is
+/// skipped, and its stage merged into the next.
+#[derive(Default)]
+struct Stages {
+    /// For each stage (from, to): its durations.
+    durations: BTreeMap<(usize, usize), Vec<Duration>>,
+    totals: Vec<Duration>,
+}
+
+impl Stages {
+    fn add(&mut self, cluster: &Cluster, submitted: &Submitted) -> anyhow::Result<()> {
+        let times = cluster.times(submitted.job)?;
+        let started = epoch_ms(submitted.started);
+        let ended = started + submitted.took.as_millis() as u64;
+        let points = [
+            Some(started),
+            Some(times.created_ms),
+            cluster.state_changed_ms(submitted.job, "Queued"),
+            Some(times.started_ms),
+            cluster.state_changed_ms(submitted.job, "Aggregating"),
+            Some(times.finished_ms),
+            Some(ended.max(times.finished_ms)),
+        ];
+        let mut last = 0;
+        for (point, at) in points.iter().enumerate().skip(1) {
+            let (Some(at), Some(from)) = (at, points[last]) else { continue };
+            let took = Duration::from_millis(at.saturating_sub(from));
+            self.durations.entry((last, point)).or_default().push(took);
+            last = point;
+        }
+        self.totals.push(submitted.took);
+        Ok(())
+    }
+
+    /// The table rows: stage, what happens, median, share of the median total.
+    fn rows(&self) -> Vec<Vec<String>> {
+        let median = |durations: &[Duration]| {
+            let mut sorted = durations.to_vec();
+            sorted.sort();
+            sorted.get(sorted.len() / 2).copied().unwrap_or_default()
+        };
+        let total = median(&self.totals).as_secs_f64().max(1e-9);
+        let mut rows: Vec<Vec<String>> = self
+            .durations
+            .iter()
+            .map(|(&(from, to), durations)| {
+                let what: Vec<&str> = POINTS[from + 1..=to].iter().map(|(_, what)| *what).collect();
+                let took = median(durations);
+                vec![
+                    format!("{} → {}", POINTS[from].0, POINTS[to].0),
+                    what.join("; "),
+                    human(took),
+                    format!("{:.0} %", took.as_secs_f64() / total * 100.0),
+                ]
+            })
+            .collect();
+        rows.push(vec![
+            "total".into(),
+            "`kiln submit`, start to exit".into(),
+            human(median(&self.totals)),
+            String::new(),
+        ]);
+        rows
+    }
+}
