@@ -108,7 +108,7 @@ impl Cluster {
         self.workers.push(worker);
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
-            let output = self.client("cluster").arg("--json").output().context("running kiln cluster")?;
+            let output = run_with_timeout(self.client("cluster").arg("--json"), START_TIMEOUT)?;
             if output.status.success() {
                 let info: serde_json::Value = serde_json::from_slice(&output.stdout).context("kiln cluster's JSON")?;
                 if info["workers"].as_array().map_or(0, Vec::len) >= self.workers.len() {

@@ -157,7 +157,8 @@ impl Samples {
     /// "median (min–max)" in seconds or milliseconds.
     fn describe(&self) -> String {
         let (min, max) = (self.0[0], self.0[self.0.len() - 1]);
-        format!("{} ({}–{}, {} runs)", human(self.median()), human(min), human(max), self.0.len())
+        let runs = if self.0.len() == 1 { "1 run".to_owned() } else { format!("{} runs", self.0.len()) };
+        format!("{} ({}–{}, {runs})", human(self.median()), human(min), human(max))
     }
 }
 
