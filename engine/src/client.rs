@@ -222,8 +222,10 @@ impl Client {
     }
 
     /// Uploads the plugin (a crate directory, a `.tar.gz` or `.zip` of one, or a single `.rs`
-    /// file), creates a job and uploads its input from `input`, piece by piece. Returns the
-    /// job's id once the input is complete and the job is queued.
+    /// file), creates a job and uploads its input from `input`, piece by piece (the job's
+    /// chunks start running while it uploads). Returns the job's id once the input is
+    /// complete, or once the job has ended during the upload (it failed: [`Client::wait`]
+    /// says why).
     pub async fn submit(
         &self,
         plugin: &Path,
@@ -283,6 +285,12 @@ impl Client {
             .await?;
         match self.upload_input(job, &mut input, uploaded).await {
             Ok(()) => Ok(job),
+            // Chunks run while the input uploads, so the job may have failed already (the
+            // plugin does not build, a chunk failed, bad input): its status says why.
+            Err(error) if self.status(job).await.is_ok_and(|status| status.state.is_final()) => {
+                tracing::debug!(job, "the job ended during its upload: {error}");
+                Ok(job)
+            }
             Err(error) => {
                 // A job whose input will never be complete would wait forever.
                 let _ = self.cancel(job).await;

@@ -8,10 +8,12 @@
 //! - [`local`]: `kiln run-local`, a whole job on this machine with no cluster.
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
+//! - [`memory`]: allocator settings for the long-running services.
 
 pub mod chunk;
 pub mod client;
 pub mod controller;
 pub mod local;
+pub mod memory;
 pub mod rpc;
 pub mod worker;

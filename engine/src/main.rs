@@ -98,8 +98,14 @@ fn main() -> ExitCode {
             };
         }
         Command::RunLocal(args) => logged("warn", || run_local_command(args)),
-        Command::Controller(args) => logged("info", || cli::cluster::run_controller(args)),
-        Command::Worker(args) => logged("info", || cli::cluster::run_worker(args)),
+        Command::Controller(args) => {
+            kiln_engine::memory::tune_for_service();
+            logged("info", || cli::cluster::run_controller(args))
+        }
+        Command::Worker(args) => {
+            kiln_engine::memory::tune_for_service();
+            logged("info", || cli::cluster::run_worker(args))
+        }
         Command::Submit(args) => logged("warn", || cli::jobs::submit(args)),
         Command::Status(args) => logged("warn", || cli::jobs::status(args)),
         Command::Result(args) => logged("warn", || cli::jobs::result(args)),

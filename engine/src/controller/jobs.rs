@@ -220,39 +220,35 @@ impl Job {
         job.speculative = row.speculative;
         job.speculative_won = row.speculative_won;
         job.combines = row.combines;
-        if state != JobState::Uploading {
-            job.install_chunks(chunks.iter().map(|c| c.meta).collect(), row.bytes_total, row.combine_group);
-            for (index, row) in chunks.iter().enumerate() {
-                job.chunks[index].failures = row.attempts;
-                if row.done {
-                    job.queue.remove(&(index as u64));
-                    job.count_done(index as u64, None);
-                }
+        job.group_size = row.combine_group.max(1);
+        job.bytes_total = row.bytes_total;
+        job.append_chunks(chunks.iter().map(|c| c.meta));
+        for (index, row) in chunks.iter().enumerate() {
+            job.chunks[index].failures = row.attempts;
+            if row.done {
+                job.queue.remove(&(index as u64));
+                job.count_done(index as u64, None);
             }
-            for &group in combined {
-                if let Some(group) = job.groups.get_mut(group as usize) {
-                    group.state = GroupState::Combined;
-                }
+        }
+        for &group in combined {
+            if let Some(group) = job.groups.get_mut(group as usize) {
+                group.state = GroupState::Combined;
             }
-            if job.combines == Some(false) {
-                job.stop_combining();
-            }
+        }
+        if job.combines == Some(false) {
+            job.stop_combining();
         }
         job.status.send_replace(job.snapshot());
         job
     }
 
-    /// Sets the job's chunks, all queued, grouped by `group_size` for `combine`.
-    pub fn install_chunks(&mut self, metas: Vec<ChunkMeta>, bytes_total: u64, group_size: u64) {
-        let group_size = group_size.max(1);
-        let n_chunks = metas.len() as u64;
-        self.bytes_total = bytes_total;
-        self.n_chunks = n_chunks;
-        self.group_size = group_size;
-        self.queue = (0..n_chunks).collect();
-        self.chunks = metas
-            .into_iter()
-            .map(|meta| Chunk {
+    /// Adds chunks cut from the input, in order after those the job has, to its queue and to
+    /// groups of `group_size` consecutive chunks for `combine`. Chunks arrive while the input
+    /// uploads, so the last group fills up as they come.
+    pub fn append_chunks(&mut self, metas: impl IntoIterator<Item = ChunkMeta>) {
+        for meta in metas {
+            let index = self.chunks.len() as u64;
+            self.chunks.push(Chunk {
                 meta,
                 done: false,
                 storing: false,
@@ -260,15 +256,22 @@ impl Job {
                 running: Vec::new(),
                 failed_on: Vec::new(),
                 speculated: false,
-            })
-            .collect();
-        self.groups = (0..n_chunks.div_ceil(group_size))
-            .map(|g| Group { members: group_size.min(n_chunks - g * group_size), arrived: 0, state: GroupState::Open })
-            .collect();
+            });
+            self.queue.insert(index);
+            match self.groups.last_mut() {
+                Some(group) if group.members < self.group_size => group.members += 1,
+                _ => {
+                    let state = if self.combines == Some(false) { GroupState::Raw } else { GroupState::Open };
+                    self.groups.push(Group { members: 1, arrived: 0, state });
+                }
+            }
+        }
+        self.n_chunks = self.chunks.len() as u64;
     }
 
-    /// Whether the job's input is cut into chunks.
-    pub fn is_chunked(&self) -> bool {
+    /// Whether the whole input has arrived and is cut: until then more chunks may come (those
+    /// cut so far run meanwhile) and the job cannot aggregate.
+    pub fn input_complete(&self) -> bool {
         !matches!(self.state, JobState::Uploading)
     }
 
@@ -369,7 +372,7 @@ impl Job {
 
     /// Whether every chunk is done and no merge is running: time to aggregate.
     pub fn ready_to_aggregate(&self) -> bool {
-        self.is_chunked() && self.chunks_done == self.n_chunks && !self.combining()
+        self.input_complete() && self.chunks_done == self.n_chunks && !self.combining()
     }
 
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
@@ -567,9 +570,9 @@ pub(super) mod tests {
             speculative: true,
         };
         let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
-        let metas =
-            (0..n_chunks).map(|i| ChunkMeta { offset: i * 10, len: 10, first_line: i + 1, n_lines: 1 }).collect();
-        job.install_chunks(metas, n_chunks * 10, 4);
+        job.group_size = 4;
+        job.append_chunks((0..n_chunks).map(|i| ChunkMeta { offset: i * 10, len: 10, first_line: i + 1, n_lines: 1 }));
+        job.bytes_total = n_chunks * 10;
         job.set_state(JobState::Queued);
         job
     }

@@ -46,8 +46,9 @@ use tracing::{info, warn};
 use self::input::Spool;
 use self::jobs::{Job, State};
 use self::service::ControllerService;
+use self::store::ChunkRow;
 use self::store::Store;
-use crate::rpc::{Controller as _, ControllerRequest, ControllerResponse, JobId, JobState, MAX_FRAME_BYTES, Secret};
+use crate::rpc::{Controller as _, ControllerRequest, ControllerResponse, JobId, MAX_FRAME_BYTES, Secret};
 
 /// How long a worker may stay silent before it is declared lost (three heartbeats).
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -332,31 +333,31 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
     let rows = shared.store.unfinished_jobs().await.map_err(resume_error)?;
     for row in rows {
         let job_id = row.id;
-        let path = shared.input_path(job_id);
-        let input_len = tokio::fs::metadata(&path).await.map(|meta| meta.len());
         let state = row.state;
-        let (chunks, combined) = if state == JobState::Uploading {
-            (Vec::new(), Vec::new())
-        } else {
-            let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
-            (chunks, shared.store.combined_groups(job_id).await.map_err(resume_error)?)
+        let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
+        let combined = shared.store.combined_groups(job_id).await.map_err(resume_error)?;
+        let mut chunks = chunks;
+        let (spool, lost) = match input::resume_input(shared, job_id, state, row.spec.chunk_size, &chunks).await {
+            Ok(input) => {
+                let cut_again = input.new_chunks.into_iter();
+                chunks.extend(cut_again.map(|meta| ChunkRow { meta, done: false, attempts: 0 }));
+                (input.spool, None)
+            }
+            Err(message) => (Spool::new(shared.input_path(job_id), row.spec.chunk_size), Some(message)),
         };
-        let missing_input = state != JobState::Uploading && input_len.is_err() && chunks.iter().any(|c| !c.done);
-        let job = Job::resume(row, chunks, &combined, Spool::new(path, input_len.unwrap_or(0)));
+        let received = spool.received();
+        let mut job = Job::resume(row, chunks, &combined, spool);
+        if !job.input_complete() {
+            job.bytes_total = received;
+            job.publish();
+        }
         info!(job = job_id, state = ?job.state, chunks_done = job.chunks_done, n_chunks = job.n_chunks, "job resumed");
         shared.with_state(|st| {
-            if state != JobState::Uploading {
-                st.run_queue.push(job_id);
-            }
+            st.run_queue.push(job_id);
             st.jobs.insert(job_id, job);
         });
-        if missing_input {
-            dispatch::fail_internal(
-                shared,
-                job_id,
-                "the job's spooled input is missing from the data directory".into(),
-            )
-            .await;
+        if let Some(message) = lost {
+            dispatch::fail_internal(shared, job_id, message).await;
         }
     }
     Ok(())

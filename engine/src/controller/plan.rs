@@ -5,7 +5,8 @@
 //! starts as running before it returns the [`Action`]s, so that nothing is started twice; the
 //! actions themselves run as tasks (see `dispatch`).
 //!
-//! Jobs run first in, first out: the head job's chunks go to every worker, at most the job's
+//! Jobs run first in, first out (by creation; a job's chunks run as soon as they are cut from
+//! its uploading input): the head job's chunks go to every worker, at most the job's
 //! `processes` slots in flight per worker (least loaded workers first), and only when the head
 //! job has no queued chunk left may the next job use free slots. Merging complete groups comes
 //! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
@@ -50,7 +51,8 @@ impl State {
         }
         for job_id in self.run_queue.clone() {
             let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            if job.state.is_final() || !job.is_chunked() {
+            // A job whose input still uploads runs the chunks cut so far.
+            if job.state.is_final() {
                 continue;
             }
             // The least loaded workers first, so that a few chunks spread over the cluster.
@@ -162,10 +164,12 @@ fn plan_job(
         }
     }
     if changed {
-        if job.state == JobState::Queued {
-            let started_ms = now_ms();
-            job.started_ms = Some(started_ms);
-            job.set_state(JobState::Running);
+        // A job still uploading stays `Uploading` until its input is complete.
+        if job.started_ms.is_none() || job.state == JobState::Queued {
+            let started_ms = *job.started_ms.get_or_insert_with(now_ms);
+            if job.state == JobState::Queued {
+                job.set_state(JobState::Running);
+            }
             actions.push(Action::MarkRunning { job: job.id, started_ms });
         }
         job.publish();

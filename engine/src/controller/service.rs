@@ -167,8 +167,13 @@ impl Controller for ControllerService {
             return Err(internal(format!("cannot create {}: {e}", path.display())));
         }
         info!(job = job_id, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
-        let job = Job::new(job_id, spec, created_ms, Spool::new(path, 0));
-        self.shared.with_state(|st| st.jobs.insert(job_id, job));
+        let spool = Spool::new(path, spec.chunk_size);
+        let job = Job::new(job_id, spec, created_ms, spool);
+        self.shared.with_state(|st| {
+            st.jobs.insert(job_id, job);
+            // Queued from the start: its chunks run as soon as they are cut from its input.
+            st.run_queue.push(job_id);
+        });
         Ok(job_id)
     }
 
@@ -181,7 +186,7 @@ impl Controller for ControllerService {
         piece: ByteBuf,
     ) -> Result<(), RpcError> {
         self.check_key(&key)?;
-        upload_input(&self.shared, job, offset, &piece).await
+        upload_input(&self.shared, job, offset, piece.into_vec()).await
     }
 
     async fn finish_input(self, _: Context, key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError> {

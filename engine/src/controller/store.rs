@@ -282,14 +282,18 @@ impl Store {
         get_u64(&row, "id")
     }
 
-    /// Marks a queued job running.
+    /// Records when a job started running; a queued job becomes running, and a job whose
+    /// input still uploads stays uploading.
     pub async fn mark_running(&self, job: JobId, started_ms: u64) -> Result<(), StoreError> {
-        sqlx::query("UPDATE jobs SET state = 'running', started_ms = ? WHERE id = ? AND state = 'queued'")
-            .bind(int(started_ms))
-            .bind(int(job))
-            .execute(&self.pool)
-            .await
-            .map_err(query_error("marking a job running"))?;
+        sqlx::query(
+            "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'running' ELSE state END, started_ms = ? \
+             WHERE id = ? AND state IN ('queued', 'uploading')",
+        )
+        .bind(int(started_ms))
+        .bind(int(job))
+        .execute(&self.pool)
+        .await
+        .map_err(query_error("marking a job running"))?;
         Ok(())
     }
 
@@ -449,7 +453,7 @@ pub(super) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("c.db")).await.unwrap();
         let job = store.insert_job(&spec(), 7).await.unwrap();
-        store.queue_job(job, &[meta(0)], 10, 16).await.unwrap();
+        assert!(store.finish_input(job, 0, &[meta(0)], 10, 16).await.unwrap());
         store.mark_running(job, 8).await.unwrap();
         store.save_partial(job, 0, 1, b"p").await.unwrap();
         let record = FinalRecord {

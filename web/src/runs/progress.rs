@@ -64,9 +64,10 @@ pub fn run_state(state: JobState) -> RunState {
 }
 
 impl Progress {
-    /// The progress a job status shows. `previous` is an earlier (time in ms, bytes done)
-    /// sample, over which the recent throughput is measured.
-    pub fn from_status(run_id: i64, status: &JobStatus, previous: Option<(u64, u64)>) -> Progress {
+    /// The progress a job status shows. `input_bytes` is the input's whole size (the status
+    /// knows only what has arrived while the input uploads); `previous` is an earlier (time in
+    /// ms, bytes done) sample, over which the recent throughput is measured.
+    pub fn from_status(run_id: i64, status: &JobStatus, input_bytes: u64, previous: Option<(u64, u64)>) -> Progress {
         let now = u64::try_from(now_ms()).unwrap_or(0);
         let state = run_state(status.state);
         let end = status.finished_ms.unwrap_or(now);
@@ -82,7 +83,11 @@ impl Progress {
             run_id,
             state: state.as_str(),
             finished: state.is_final(),
-            percent: percent(state, status.chunks_done, status.n_chunks, status.bytes_done, status.bytes_total),
+            percent: match state {
+                // Chunks run while the input uploads, but their number is not known yet.
+                RunState::Uploading => percent(state, 0, 0, status.bytes_done, input_bytes.max(status.bytes_total)),
+                _ => percent(state, status.chunks_done, status.n_chunks, status.bytes_done, status.bytes_total),
+            },
             chunks_done: status.chunks_done,
             n_chunks: status.n_chunks,
             lines_done: status.lines_done,

@@ -144,7 +144,8 @@ async fn follow(
         while window.len() > 1 && window.front().is_some_and(|(t, _)| now.saturating_sub(*t) > THROUGHPUT_WINDOW_MS) {
             window.pop_front();
         }
-        let progress = Progress::from_status(run.id, &status, window.front().copied());
+        let input_bytes = u64::try_from(run.input_bytes).unwrap_or(0);
+        let progress = Progress::from_status(run.id, &status, input_bytes, window.front().copied());
         window.push_back((now, status.bytes_done));
         if status.state.is_final() {
             return Ok(status);

@@ -7,22 +7,43 @@ use super::{ChunkMeta, ChunkRow, Store, StoreError, get_u64, int, query_error};
 use crate::rpc::JobId;
 
 impl Store {
-    /// Stores a job's chunks and queues it, in one transaction; answers false (and changes
-    /// nothing) when the job is no longer uploading.
-    pub async fn queue_job(
+    /// Stores chunks `first..` of a job whose input is still uploading; answers false (and
+    /// stores nothing) when the job is no longer uploading.
+    pub async fn add_chunks(&self, job: JobId, first: u64, chunks: &[ChunkMeta]) -> Result<bool, StoreError> {
+        let what = "storing a job's chunks";
+        let mut tx = self.pool.begin().await.map_err(query_error(what))?;
+        let updated = sqlx::query("UPDATE jobs SET n_chunks = ? WHERE id = ? AND state = 'uploading'")
+            .bind(int(first + chunks.len() as u64))
+            .bind(int(job))
+            .execute(&mut *tx)
+            .await
+            .map_err(query_error(what))?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        insert_chunk_rows(&mut tx, job, first, chunks).await.map_err(query_error(what))?;
+        tx.commit().await.map_err(query_error(what))?;
+        Ok(true)
+    }
+
+    /// Ends a job's input: stores its last chunks (`first..`) and its size, and queues it (or
+    /// marks it running, when its first chunks already started), in one transaction; answers
+    /// false (changing nothing) when the job is no longer uploading.
+    pub async fn finish_input(
         &self,
         job: JobId,
+        first: u64,
         chunks: &[ChunkMeta],
         bytes_total: u64,
         combine_group: u64,
     ) -> Result<bool, StoreError> {
-        let what = "storing a job's chunks";
+        let what = "storing the end of a job's input";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         let updated = sqlx::query(
-            "UPDATE jobs SET state = 'queued', n_chunks = ?, bytes_total = ?, combine_group = ? \
-             WHERE id = ? AND state = 'uploading'",
+            "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN 'queued' ELSE 'running' END, \
+             n_chunks = ?, bytes_total = ?, combine_group = ? WHERE id = ? AND state = 'uploading'",
         )
-        .bind(int(chunks.len() as u64))
+        .bind(int(first + chunks.len() as u64))
         .bind(int(bytes_total))
         .bind(int(combine_group))
         .bind(int(job))
@@ -32,25 +53,7 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
-        sqlx::query("DELETE FROM chunks WHERE job_id = ?")
-            .bind(int(job))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(what))?;
-        for (index, chunk) in chunks.iter().enumerate() {
-            sqlx::query(
-                "INSERT INTO chunks (job_id, idx, byte_offset, byte_len, first_line, n_lines) VALUES (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(int(job))
-            .bind(int(index as u64))
-            .bind(int(chunk.offset))
-            .bind(int(chunk.len))
-            .bind(int(chunk.first_line))
-            .bind(int(chunk.n_lines))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(what))?;
-        }
+        insert_chunk_rows(&mut tx, job, first, chunks).await.map_err(query_error(what))?;
         tx.commit().await.map_err(query_error(what))?;
         Ok(true)
     }
@@ -227,10 +230,40 @@ impl Store {
     }
 }
 
+/// Rows bound per statement: six values a row, within SQLite's limit of 32,766 variables.
+const ROWS_PER_INSERT: usize = 4096;
+
+/// Inserts the rows of chunks `first..`, many rows a statement: an input of tiny chunks has
+/// hundreds of thousands.
+async fn insert_chunk_rows(
+    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    job: JobId,
+    first: u64,
+    chunks: &[ChunkMeta],
+) -> Result<(), sqlx::Error> {
+    for (batch, rows) in chunks.chunks(ROWS_PER_INSERT).enumerate() {
+        let start = first + (batch * ROWS_PER_INSERT) as u64;
+        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+            "INSERT INTO chunks (job_id, idx, byte_offset, byte_len, first_line, n_lines) ",
+        );
+        insert.push_values(rows.iter().enumerate(), |mut row, (i, chunk)| {
+            row.push_bind(int(job))
+                .push_bind(int(start + i as u64))
+                .push_bind(int(chunk.offset))
+                .push_bind(int(chunk.len))
+                .push_bind(int(chunk.first_line))
+                .push_bind(int(chunk.n_lines));
+        });
+        insert.build().execute(&mut **tx).await?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::controller::store::tests::{meta, spec};
+    use crate::rpc::JobState;
 
     #[tokio::test]
     async fn partials_come_back_in_input_order_with_groups_merged() {
@@ -238,8 +271,11 @@ mod tests {
         let store = Store::open(&dir.path().join("c.db")).await.unwrap();
         let job = store.insert_job(&spec(), 1).await.unwrap();
         let chunks: Vec<ChunkMeta> = (0..5).map(meta).collect();
-        assert!(store.queue_job(job, &chunks, 50, 2).await.unwrap());
-        assert!(!store.queue_job(job, &chunks, 50, 2).await.unwrap(), "a queued job is not cut again");
+        assert!(store.add_chunks(job, 0, &chunks[..2]).await.unwrap());
+        assert!(store.finish_input(job, 2, &chunks[2..], 50, 2).await.unwrap());
+        assert!(!store.finish_input(job, 5, &[], 50, 2).await.unwrap(), "a queued job is not finished again");
+        assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
+        assert_eq!(store.job(job).await.unwrap().unwrap().state, JobState::Queued);
         for index in 0..5 {
             assert!(store.save_partial(job, index, 1, &[index as u8]).await.unwrap());
         }
