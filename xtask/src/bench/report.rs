@@ -41,7 +41,7 @@ impl Report {
         writeln!(
             header,
             "Written by `cargo xtask bench{}`; rerun it to refresh every figure.\n",
-            if bench.quick { " --quick" } else { "" }
+            bench.flags
         )?;
         writeln!(header, "- machine: {} cores, {}, {} memory", cores(), cpu_model(), memory())?;
         writeln!(header, "- commit: {}", commit(bench))?;
