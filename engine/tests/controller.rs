@@ -1,6 +1,6 @@
 //! The controller, started in-process through `kiln_engine::controller::start`, driven with a
 //! raw tarpc `ControllerClient`, with fake workers written here: they serve the real `Worker`
-//! service on 127.0.0.1:0 and register through the real `register`, and their `run_chunk`
+//! service on 127.0.0.1:0 and register through the real `register`, and their `run_chunks`
 //! counts words, so that scheduling is tested without building plugins.
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
 use kiln_engine::rpc::{
-    ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
-    RpcError, Secret, TaskError, Worker, WorkerInfo,
+    ChunkInput, ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION, RpcError, Secret, TaskError, Worker, WorkerInfo,
 };
 use kiln_engine::worker::builder::SourceTree;
 use serde::{Deserialize, Serialize};
@@ -53,9 +53,12 @@ struct Knobs {
 
 #[derive(Default)]
 struct Record {
+    /// Calls in flight (each carries a batch of chunks), and the most at once.
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     runs: Mutex<Vec<(JobId, u64)>>,
+    /// The first lines of the chunks of each call, in order.
+    batches: Mutex<Vec<Vec<u64>>>,
     prepared: Mutex<Vec<JobId>>,
     released: Mutex<Vec<JobId>>,
     /// How many partials the last `aggregate` received.
@@ -84,7 +87,44 @@ struct FakeWorker {
     secret: tokio::sync::watch::Sender<Option<Secret>>,
 }
 
+/// Counts a call in flight until it returns or is cancelled.
+struct InFlight<'a>(&'a Record);
+
+impl<'a> InFlight<'a> {
+    fn enter(record: &'a Record) -> Self {
+        let now = record.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        record.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(record)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl FakeWorker {
+    /// Runs one chunk of a batch: counts its words, unless a fault makes it fail.
+    async fn run_one(&self, job: JobId, chunk: ChunkInput) -> Result<ByteBuf, TaskError> {
+        let first_line = chunk.first_line;
+        self.record.runs.lock().unwrap().push((job, first_line));
+        tokio::time::sleep(self.knobs.delay).await;
+        let fails = self.faults.lines.contains(&first_line)
+            && (self.faults.always || self.faults.failed.lock().unwrap().insert(first_line));
+        self.attempts.lock().unwrap().push((self.name, first_line, !fails));
+        if fails {
+            return Err(TaskError::Plugin(format!("injected failure at line {first_line}")));
+        }
+        let text = std::str::from_utf8(&chunk.text).map_err(|e| TaskError::Plugin(e.to_string()))?;
+        let mut partial =
+            Partial { first_line, last_line: first_line + text.lines().count() as u64 - 1, ..Default::default() };
+        for word in text.split_whitespace() {
+            *partial.counts.entry(word.to_owned()).or_default() += 1;
+        }
+        Ok(ByteBuf::from(serde_json::to_vec(&partial).unwrap()))
+    }
+
     /// Refuses a stranger; waits briefly for the registration's answer, as a real worker does.
     async fn check(&self, secret: &Secret) -> Result<(), TaskError> {
         let mut known = self.secret.subscribe();
@@ -136,33 +176,22 @@ impl Worker for FakeWorker {
         }
     }
 
-    async fn run_chunk(
+    async fn run_chunks(
         self,
         _: Context,
         secret: Secret,
         job: JobId,
-        first_line: u64,
-        text: ByteBuf,
-    ) -> Result<ByteBuf, TaskError> {
+        chunks: Vec<ChunkInput>,
+    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.check(&secret).await?;
-        let now = self.record.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.record.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.record.runs.lock().unwrap().push((job, first_line));
-        tokio::time::sleep(self.knobs.delay).await;
-        self.record.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let fails = self.faults.lines.contains(&first_line)
-            && (self.faults.always || self.faults.failed.lock().unwrap().insert(first_line));
-        self.attempts.lock().unwrap().push((self.name, first_line, !fails));
-        if fails {
-            return Err(TaskError::Plugin(format!("injected failure at line {first_line}")));
+        let _in_flight = InFlight::enter(&self.record);
+        self.record.batches.lock().unwrap().push(chunks.iter().map(|chunk| chunk.first_line).collect());
+        // One after another, as a real worker runs a batch in its slot.
+        let mut results = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            results.push(self.run_one(job, chunk).await);
         }
-        let text = std::str::from_utf8(&text).map_err(|e| TaskError::Plugin(e.to_string()))?;
-        let mut partial =
-            Partial { first_line, last_line: first_line + text.lines().count() as u64 - 1, ..Default::default() };
-        for word in text.split_whitespace() {
-            *partial.counts.entry(word.to_owned()).or_default() += 1;
-        }
-        Ok(ByteBuf::from(serde_json::to_vec(&partial).unwrap()))
+        Ok(results)
     }
 
     async fn combine(
@@ -308,9 +337,9 @@ impl Cluster {
         self.client.upload_plugin(context::current(), self.key.clone(), ByteBuf::from(archive)).await.unwrap().unwrap()
     }
 
-    /// Creates a job and uploads its input in pieces; answers its id once queued.
-    async fn submit(&self, text: &str, processes: u32, max_attempts: u32) -> JobId {
-        let spec = JobSpec {
+    /// The spec of a job in `CHUNK_SIZE` chunks.
+    async fn spec(&self, processes: u32, max_attempts: u32) -> JobSpec {
+        JobSpec {
             plugin_hash: self.upload_plugin().await,
             params: String::new(),
             processes,
@@ -320,7 +349,17 @@ impl Cluster {
             memory_limit: 0,
             chunk_timeout_ms: 0,
             speculative: true,
-        };
+        }
+    }
+
+    /// Creates a job and uploads its input in pieces; answers its id once queued.
+    async fn submit(&self, text: &str, processes: u32, max_attempts: u32) -> JobId {
+        let spec = self.spec(processes, max_attempts).await;
+        self.submit_spec(text, spec).await
+    }
+
+    /// Creates a job of this spec and uploads its input in pieces; answers its id once queued.
+    async fn submit_spec(&self, text: &str, spec: JobSpec) -> JobId {
         let job = self.client.create_job(context::current(), self.key.clone(), spec).await.unwrap().unwrap();
         let mut offset = 0;
         for piece in text.as_bytes().chunks(10_000) {

@@ -149,7 +149,7 @@ fn plan_job(
         while worker.slots_used < slots {
             let Some(index) = take_chunk_for(job, worker_id, &able) else { break };
             let meta = job.chunks[index as usize].meta;
-            let copy = RunningCopy::start(worker_id, false);
+            let copy = RunningCopy::start(worker_id, false, Arc::from([index]));
             let cancel = Arc::clone(&copy.cancel);
             job.chunks[index as usize].running.push(copy);
             worker.slots_used += 1;
@@ -157,8 +157,9 @@ fn plan_job(
             job.progress_of(worker_id, &worker.info.address).in_flight += 1;
             changed = true;
             debug!(job = job.id, chunk = index, worker = worker_id, "chunk dispatched");
-            let deadline = job.chunk_deadline();
-            actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
+            let deadline = job.call_deadline(1);
+            let chunks = vec![(index, meta)];
+            actions.push(Action::Run { worker: worker.handle(), job: job.id, chunks, cancel, deadline });
         }
     }
     if changed {

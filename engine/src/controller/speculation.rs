@@ -40,9 +40,12 @@ pub(super) struct ChunkTimes {
 }
 
 impl ChunkTimes {
-    /// Records a completed chunk's time.
-    pub fn record(&mut self, took: Duration) {
-        self.done.push(took);
+    /// Records a call that answered for `n_chunks` chunks after `took`: each chunk is counted
+    /// with its share of the call's time (its chunks ran one after another).
+    pub fn record_call(&mut self, took: Duration, n_chunks: usize) {
+        let n_chunks = n_chunks.max(1);
+        let share = took / u32::try_from(n_chunks).unwrap_or(u32::MAX);
+        self.done.extend(std::iter::repeat_n(share, n_chunks));
     }
 
     /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
@@ -84,7 +87,7 @@ pub(super) fn speculate(
         let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
         let Some(worker) = workers.get_mut(&target) else { continue };
         let meta = chunk.meta;
-        let copy = RunningCopy::start(target, true);
+        let copy = RunningCopy::start(target, true, Arc::from([index]));
         let cancel = Arc::clone(&copy.cancel);
         let chunk = &mut job.chunks[index as usize];
         chunk.running.push(copy);
@@ -96,8 +99,14 @@ pub(super) fn speculate(
         job.figures_dirty = true;
         started = true;
         info!(job = job.id, chunk = index, original, copy_on = target, "speculative copy of a slow chunk");
-        let deadline = job.chunk_deadline();
-        actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
+        let deadline = job.call_deadline(1);
+        actions.push(Action::Run {
+            worker: worker.handle(),
+            job: job.id,
+            chunks: vec![(index, meta)],
+            cancel,
+            deadline,
+        });
     }
     if started {
         job.publish();
@@ -163,9 +172,10 @@ mod tests {
         for index in 0..n {
             if index < 3 {
                 job.count_done(index, None);
-                job.times.record(Duration::from_millis(100));
+                job.times.record_call(Duration::from_millis(100), 1);
             } else {
-                job.chunks[index as usize].running.push(RunningCopy { since: started, ..RunningCopy::start(1, false) });
+                let copy = RunningCopy { since: started, ..RunningCopy::start(1, false, Arc::from([index])) };
+                job.chunks[index as usize].running.push(copy);
             }
         }
         job
@@ -182,7 +192,7 @@ mod tests {
         assert_eq!((slow, next), (vec![3, 4], None));
 
         job.chunks[3].speculated = true;
-        job.chunks[4].running.push(RunningCopy::start(2, true));
+        job.chunks[4].running.push(RunningCopy::start(2, true, Arc::from([4])));
         let (slow, _) = stragglers(&mut job, started + Duration::from_secs(2));
         assert!(slow.is_empty(), "one copy per chunk");
     }
@@ -199,7 +209,7 @@ mod tests {
         assert!(stragglers(&mut off, late).0.is_empty());
         let mut early = running_job(5, started);
         early.times = ChunkTimes::default();
-        early.times.record(Duration::from_millis(100));
+        early.times.record_call(Duration::from_millis(100), 1);
         assert!(stragglers(&mut early, late).0.is_empty(), "one chunk time is no median");
     }
 
@@ -216,13 +226,16 @@ mod tests {
     #[test]
     fn the_median_needs_a_few_chunks_and_follows_new_ones() {
         let mut times = ChunkTimes::default();
-        times.record(Duration::from_millis(100));
-        times.record(Duration::from_millis(300));
+        times.record_call(Duration::from_millis(100), 1);
+        times.record_call(Duration::from_millis(300), 1);
         assert_eq!(times.median(), None, "two chunks say nothing yet");
-        times.record(Duration::from_millis(200));
+        times.record_call(Duration::from_millis(200), 1);
         assert_eq!(times.median(), Some(Duration::from_millis(200)));
-        times.record(Duration::from_millis(50));
-        times.record(Duration::from_millis(40));
-        assert_eq!(times.median(), Some(Duration::from_millis(100)));
+        times.record_call(Duration::from_millis(90), 2);
+        assert_eq!(
+            times.median(),
+            Some(Duration::from_millis(100)),
+            "a call of two counts each chunk at half its time"
+        );
     }
 }

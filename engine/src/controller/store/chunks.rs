@@ -1,10 +1,18 @@
 //! The queries on a running job's chunks and partials.
+//!
+//! Partials and failed attempts come back from workers in batches; each batch is written in
+//! one transaction with multi-row statements, since every statement costs a round trip to
+//! sqlx's SQLite thread and every transaction a commit.
 
 use serde_bytes::ByteBuf;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite};
 
-use super::{ChunkMeta, ChunkRow, Store, StoreError, get_u64, int, query_error};
+use super::{ChunkMeta, ChunkRow, NewPartial, Store, StoreError, get_u64, int, query_error};
 use crate::rpc::JobId;
+
+/// The most rows one multi-row statement writes: 256 rows of a few values stay far below
+/// SQLite's limit of 32766 bound values, and the batches of chunks a worker answers fit in one.
+const ROWS_PER_STATEMENT: usize = 256;
 
 impl Store {
     /// Stores a job's chunks and queues it, in one transaction; answers false (and changes
@@ -55,38 +63,46 @@ impl Store {
         Ok(true)
     }
 
-    /// Stores a chunk's partial; answers false when the chunk already had one (a duplicate).
-    pub async fn save_partial(
-        &self,
-        job: JobId,
-        index: u64,
-        attempts: u32,
-        partial: &[u8],
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE chunks SET done = 1, partial = ?, attempts = ? WHERE job_id = ? AND idx = ? AND done = 0",
-        )
-        .bind(partial)
-        .bind(i64::from(attempts))
-        .bind(int(job))
-        .bind(int(index))
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("storing a partial"))?;
-        Ok(done.rows_affected() == 1)
+    /// Stores the partials of chunks of a job in one transaction, with a statement per
+    /// [`ROWS_PER_STATEMENT`] of them; a chunk that has a partial keeps it (the first stored
+    /// wins). Answers how many were stored.
+    pub async fn save_partials(&self, job: JobId, partials: &[NewPartial<'_>]) -> Result<u64, StoreError> {
+        let what = "storing partials";
+        let mut tx = self.pool.begin().await.map_err(query_error(what))?;
+        let mut stored = 0;
+        for rows in partials.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH answered (idx, attempts, partial) AS (");
+            query.push_values(rows, |mut row, new| {
+                row.push_bind(int(new.index)).push_bind(i64::from(new.attempts)).push_bind(new.partial);
+            });
+            query.push(
+                ") UPDATE chunks SET done = 1, partial = answered.partial, attempts = answered.attempts \
+                 FROM answered WHERE chunks.idx = answered.idx AND chunks.done = 0 AND chunks.job_id = ",
+            );
+            query.push_bind(int(job));
+            stored += query.build().execute(&mut *tx).await.map_err(query_error(what))?.rows_affected();
+        }
+        tx.commit().await.map_err(query_error(what))?;
+        Ok(stored)
     }
 
-    /// Records a failed attempt at a chunk and the job's retry count.
-    pub async fn save_attempts(&self, job: JobId, index: u64, attempts: u32, retries: u64) -> Result<(), StoreError> {
-        let what = "recording a failed attempt";
+    /// Records failed attempts at chunks of a job, `(index, attempts)`, and the job's retry
+    /// count, in one transaction.
+    pub async fn save_attempts(&self, job: JobId, attempts: &[(u64, u32)], retries: u64) -> Result<(), StoreError> {
+        let what = "recording failed attempts";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
-        sqlx::query("UPDATE chunks SET attempts = ? WHERE job_id = ? AND idx = ?")
-            .bind(i64::from(attempts))
-            .bind(int(job))
-            .bind(int(index))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(what))?;
+        for rows in attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH failed (idx, attempts) AS (");
+            query.push_values(rows, |mut row, (index, attempts)| {
+                row.push_bind(int(*index)).push_bind(i64::from(*attempts));
+            });
+            query.push(
+                ") UPDATE chunks SET attempts = failed.attempts FROM failed \
+                 WHERE chunks.idx = failed.idx AND chunks.job_id = ",
+            );
+            query.push_bind(int(job));
+            query.build().execute(&mut *tx).await.map_err(query_error(what))?;
+        }
         sqlx::query("UPDATE jobs SET retries = ? WHERE id = ?")
             .bind(int(retries))
             .bind(int(job))
@@ -240,10 +256,13 @@ mod tests {
         let chunks: Vec<ChunkMeta> = (0..5).map(meta).collect();
         assert!(store.queue_job(job, &chunks, 50, 2).await.unwrap());
         assert!(!store.queue_job(job, &chunks, 50, 2).await.unwrap(), "a queued job is not cut again");
-        for index in 0..5 {
-            assert!(store.save_partial(job, index, 1, &[index as u8]).await.unwrap());
-        }
-        assert!(!store.save_partial(job, 3, 2, b"late").await.unwrap(), "a duplicate is dropped");
+        let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
+        let partials: Vec<NewPartial<'_>> =
+            (0..5).map(|index| NewPartial { index, attempts: 1, partial: &bytes[index as usize] }).collect();
+        assert_eq!(store.save_partials(job, &partials[..2]).await.unwrap(), 2);
+        assert_eq!(store.save_partials(job, &partials[2..]).await.unwrap(), 3);
+        let late = NewPartial { index: 3, attempts: 2, partial: b"late" };
+        assert_eq!(store.save_partials(job, &[late, late]).await.unwrap(), 0, "a duplicate is dropped");
         let group = store.chunk_partials(job, 2, 2).await.unwrap();
         assert_eq!(group, vec![ByteBuf::from(vec![2]), ByteBuf::from(vec![3])]);
         store.save_combined(job, 1, 2, b"g1").await.unwrap();
@@ -254,5 +273,44 @@ mod tests {
         let rows = store.chunks(job).await.unwrap();
         assert!(rows.iter().all(|row| row.done && row.attempts == 1));
         assert!(store.ordered_partials(job, 6, 2).await.is_err(), "a missing chunk is an error");
+    }
+
+    #[tokio::test]
+    async fn partials_and_failed_attempts_of_many_chunks_are_written_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let job = store.insert_job(&spec(), 1).await.unwrap();
+        let n_chunks = ROWS_PER_STATEMENT as u64 * 2 + 10;
+        let chunks: Vec<ChunkMeta> = (0..n_chunks).map(meta).collect();
+        assert!(store.queue_job(job, &chunks, n_chunks * 10, 4).await.unwrap());
+        let failed: Vec<(u64, u32)> = (0..n_chunks).filter(|i| i.is_multiple_of(3)).map(|i| (i, 1)).collect();
+        store.save_attempts(job, &failed, failed.len() as u64).await.unwrap();
+        let bytes: Vec<Vec<u8>> = (0..n_chunks).map(|index| index.to_le_bytes().to_vec()).collect();
+        let partials: Vec<NewPartial<'_>> = (0..n_chunks)
+            .filter(|index| !index.is_multiple_of(7))
+            .map(|index| NewPartial {
+                index,
+                attempts: 1 + u32::from(index.is_multiple_of(3)),
+                partial: &bytes[index as usize],
+            })
+            .collect();
+        assert_eq!(store.save_partials(job, &partials).await.unwrap(), partials.len() as u64);
+        let rows = store.chunks(job).await.unwrap();
+        assert_eq!(rows.len() as u64, n_chunks);
+        for (index, row) in rows.iter().enumerate() {
+            let index = index as u64;
+            assert_eq!(row.meta, meta(index), "chunk {index}");
+            assert_eq!(row.done, !index.is_multiple_of(7), "chunk {index}");
+            let attempts = match (index.is_multiple_of(7), index.is_multiple_of(3)) {
+                (false, true) => 2,
+                (false, false) | (true, true) => 1,
+                (true, false) => 0,
+            };
+            assert_eq!(row.attempts, attempts, "chunk {index}");
+        }
+        let stored = store.chunk_partials(job, 1, 6).await.unwrap();
+        assert_eq!(stored, (1..7).map(|index: u64| ByteBuf::from(index.to_le_bytes().to_vec())).collect::<Vec<_>>());
+        let status = store.unfinished_jobs().await.unwrap();
+        assert_eq!(status[0].retries, failed.len() as u64);
     }
 }
