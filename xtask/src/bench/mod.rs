@@ -35,6 +35,9 @@ pub struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
+    /// Measure this `kiln` binary instead of building the release one (to compare builds).
+    #[arg(long)]
+    kiln: Option<PathBuf>,
     /// Run only these measures (repeat or separate with commas); all of them by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
@@ -79,17 +82,23 @@ pub struct Bench {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
     let started = Instant::now();
-    eprintln!("building kiln (release)");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "kiln-engine", "--bin", "kiln"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build of kiln failed");
-    }
+    let kiln = match &args.kiln {
+        Some(kiln) => std::path::absolute(kiln)?,
+        None => {
+            eprintln!("building kiln (release)");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--quiet", "-p", "kiln-engine", "--bin", "kiln"])
+                .current_dir(&root)
+                .status()?;
+            if !status.success() {
+                bail!("cargo build of kiln failed");
+            }
+            root.join("target/release/kiln")
+        }
+    };
     let work = root.join("target/bench");
     let bench = Bench {
-        kiln: root.join("target/release/kiln"),
+        kiln,
         cache_dir: work.join("cache"),
         target_dir: work.join("plugin-target"),
         size: args.size.unwrap_or(if args.quick { 64 << 20 } else { 1 << 30 }),
@@ -138,6 +147,9 @@ fn flags(args: &Args) -> String {
     let mut flags = String::new();
     if args.quick {
         flags.push_str(" --quick");
+    }
+    if let Some(kiln) = &args.kiln {
+        flags.push_str(&format!(" --kiln {}", kiln.display()));
     }
     if !args.only.is_empty() {
         let names: Vec<String> = args
