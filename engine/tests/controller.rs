@@ -623,6 +623,116 @@ async fn chunks_in_flight_per_worker_never_exceed_processes() {
     cluster.stop().await;
 }
 
+/// Lines of a few bytes, each a chunk of its own when cut with a chunk size of one byte.
+fn short_lines(n_lines: u64) -> String {
+    (1..=n_lines).map(|line| format!("w{} x\n", line % 97)).collect()
+}
+
+/// Submits `text` cut into one chunk per line, without speculative copies (so that a chunk
+/// runs twice only when it failed).
+async fn submit_line_per_chunk(cluster: &Cluster, text: &str, processes: u32, max_attempts: u32) -> JobId {
+    let spec = JobSpec { chunk_size: 1, speculative: false, ..cluster.spec(processes, max_attempts).await };
+    cluster.submit_spec(text, spec).await
+}
+
+/// The batches a worker was sent (first lines of their chunks) for `job`.
+fn batches_of(worker: &RunningWorker) -> Vec<Vec<u64>> {
+    worker.record.batches.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tiny_chunks_travel_in_batches_within_the_slots_and_count_exactly() {
+    let cluster = Cluster::new().await;
+    let a = cluster.worker("a", quick(), 2).await;
+    let b = cluster.worker("b", quick(), 2).await;
+    let n_lines = 5000;
+    let text = short_lines(n_lines);
+    let job = submit_line_per_chunk(&cluster, &text, 2, 0).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    assert_eq!(cluster.result(job).await.unwrap(), check(&text));
+    assert_eq!((status.n_chunks, status.chunks_done, status.lines_done), (n_lines, n_lines, n_lines));
+    assert_eq!(status.workers.iter().map(|w| w.chunks_done).sum::<u64>(), n_lines, "each chunk counted once");
+
+    let batches: Vec<Vec<u64>> = batches_of(&a).into_iter().chain(batches_of(&b)).collect();
+    let mut ran: Vec<u64> = batches.iter().flatten().copied().collect();
+    ran.sort();
+    ran.dedup();
+    assert_eq!(ran, (1..=n_lines).collect::<Vec<_>>(), "every chunk was sent");
+    let largest = batches.iter().map(Vec::len).max().unwrap();
+    assert!(largest > 1 && largest <= 256, "tiny chunks travel in batches of at most 256: {largest}");
+    assert!(batches.len() < n_lines as usize / 2, "{} calls for {n_lines} chunks", batches.len());
+    for batch in &batches {
+        assert!(batch.windows(2).all(|pair| pair[0] < pair[1]), "a batch holds chunks in input order: {batch:?}");
+    }
+    for worker in [&a, &b] {
+        let max = worker.record.max_in_flight.load(Ordering::SeqCst);
+        assert!(max <= 2, "at most `processes` calls at once on a worker, whatever they carry: {max}");
+    }
+    a.kill().await;
+    b.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_inside_batches_cost_only_their_own_chunk_and_keep_the_others_partials() {
+    let failing = [700, 1234, 2000];
+    let cluster = Cluster::with_faults(Faults { lines: HashSet::from(failing), ..Faults::default() }).await;
+    let a = cluster.worker("a", quick(), 2).await;
+    let b = cluster.worker("b", quick(), 2).await;
+    let n_lines = 3000;
+    let text = short_lines(n_lines);
+    let job = submit_line_per_chunk(&cluster, &text, 2, 0).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    assert_eq!(cluster.result(job).await.unwrap(), check(&text));
+    assert_eq!(status.retries, failing.len() as u64, "one retry per failing chunk");
+
+    // Each failing chunk's first attempt came in a batch with others, whose partials were kept:
+    // every other chunk ran exactly once, the failing ones twice, the retry on the other worker.
+    let attempts = cluster.attempts.lock().unwrap().clone();
+    let mut runs: BTreeMap<u64, Vec<(&str, bool)>> = BTreeMap::new();
+    for (worker, line, succeeded) in attempts {
+        runs.entry(line).or_default().push((worker, succeeded));
+    }
+    assert_eq!(runs.len() as u64, n_lines);
+    for (line, tries) in runs {
+        if !failing.contains(&line) {
+            assert_eq!(tries, vec![(tries[0].0, true)], "chunk {line} ran again although its partial came back");
+            continue;
+        }
+        assert_eq!(tries.len(), 2, "chunk {line}: {tries:?}");
+        assert!(!tries[0].1 && tries[1].1 && tries[0].0 != tries[1].0, "chunk {line}: {tries:?}");
+        let failed_on = if tries[0].0 == "a" { &a } else { &b };
+        let first_call = batches_of(failed_on).into_iter().find(|batch| batch.contains(&line)).unwrap();
+        assert!(first_call.len() > 1, "chunk {line} failed alone, not inside a batch: {first_call:?}");
+    }
+    a.kill().await;
+    b.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_failing_every_time_inside_batches_fails_the_job_naming_it_alone() {
+    let line = 1500;
+    let faults = Faults { lines: HashSet::from([line]), always: true, ..Faults::default() };
+    let cluster = Cluster::with_faults(faults).await;
+    let worker = cluster.worker("w", quick(), 2).await;
+    let job = submit_line_per_chunk(&cluster, &short_lines(3000), 2, 3).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Failed);
+    let failure = status.failure.expect("a failure");
+    assert_eq!((failure.kind, failure.attempts), (FailureKind::Plugin, 3));
+    assert_eq!(failure.message, format!("injected failure at line {line}"));
+    let span = failure.chunk.expect("the chunk is named");
+    assert_eq!((span.index, span.first_line, span.last_line), (line - 1, line, line));
+    assert_eq!(status.retries, 2, "only the failing chunk was charged");
+    let first_call = batches_of(&worker).into_iter().find(|batch| batch.contains(&line)).unwrap();
+    assert!(first_call.len() > 1, "the chunk first failed alone, not inside a batch: {first_call:?}");
+    worker.kill().await;
+    cluster.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_failing_once_is_retried_on_another_worker_and_the_result_is_exact() {
     let faults = Faults { lines: HashSet::from([1]), ..Faults::default() };

@@ -31,12 +31,15 @@ pub(super) const SPECULATION_MIN_DONE: usize = 3;
 /// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
 pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
 
-/// How long the completed chunks of a job took, with their median.
+/// How long the completed chunks of a job took, with their median, and the recent pace per
+/// chunk that sizes batches (`batch`).
 #[derive(Debug, Default)]
 pub(super) struct ChunkTimes {
     done: Vec<Duration>,
     /// The median, and the number of times it was computed over.
     median: Option<(usize, Duration)>,
+    /// A moving average of the time per chunk of the calls that answered lately.
+    pace: Option<Duration>,
 }
 
 impl ChunkTimes {
@@ -46,6 +49,13 @@ impl ChunkTimes {
         let n_chunks = n_chunks.max(1);
         let share = took / u32::try_from(n_chunks).unwrap_or(u32::MAX);
         self.done.extend(std::iter::repeat_n(share, n_chunks));
+        // Recent calls weigh more, so that the pace follows a plugin that speeds up or slows down.
+        self.pace = Some(self.pace.map_or(share, |pace| (pace * 3 + share) / 4));
+    }
+
+    /// The time per chunk of the calls that answered lately; `None` before any did.
+    pub fn pace(&self) -> Option<Duration> {
+        self.pace
     }
 
     /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
@@ -67,8 +77,11 @@ impl ChunkTimes {
     }
 }
 
-/// Starts speculative copies of the job's stragglers on free slots. Answers when the next
-/// running chunk will become a straggler, so the scheduler looks again then.
+/// Starts speculative copies of the job's stragglers on free slots. A straggler carried in a
+/// batch is the first chunk of its call still needed (the others wait behind it there): it is
+/// copied alone, and the chunks behind it go back to the queue to run elsewhere as usual,
+/// while the call goes on (the first partial stored wins). Answers when the next running chunk
+/// will become a straggler, so the scheduler looks again then.
 pub(super) fn speculate(
     job: &mut Job,
     workers: &mut BTreeMap<WorkerId, WorkerEntry>,
@@ -87,6 +100,7 @@ pub(super) fn speculate(
         let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
         let Some(worker) = workers.get_mut(&target) else { continue };
         let meta = chunk.meta;
+        let straggling_call = Arc::clone(&chunk.running[0].batch);
         let copy = RunningCopy::start(target, true, Arc::from([index]));
         let cancel = Arc::clone(&copy.cancel);
         let chunk = &mut job.chunks[index as usize];
@@ -99,6 +113,13 @@ pub(super) fn speculate(
         job.figures_dirty = true;
         started = true;
         info!(job = job.id, chunk = index, original, copy_on = target, "speculative copy of a slow chunk");
+        for &behind in straggling_call.iter().filter(|&&other| other != index) {
+            let waiting =
+                job.chunks.get(behind as usize).is_some_and(|c| !c.done && !c.storing && c.running.len() == 1);
+            if waiting {
+                job.queue.insert(behind);
+            }
+        }
         let deadline = job.call_deadline(1);
         actions.push(Action::Run {
             worker: worker.handle(),
@@ -121,7 +142,7 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
         return (Vec::new(), None);
     }
     let Some(median) = job.times.median() else { return (Vec::new(), None) };
-    let threshold = (median * SPECULATION_FACTOR).max(SPECULATION_MIN_AGE);
+    let threshold = median * SPECULATION_FACTOR;
     let mut next_check: Option<Instant> = None;
     let mut slow: Vec<(Instant, u64)> = Vec::new();
     for (index, chunk) in job.chunks.iter().enumerate() {
@@ -129,7 +150,16 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
         if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {
             continue;
         }
-        let since = chunk.running[0].since;
+        let call = &chunk.running[0];
+        // In a batch, the chunks behind the first one still needed are waiting, not slow.
+        let needed = |other: &&u64| job.chunks.get(**other as usize).is_some_and(|c| !c.done && !c.storing);
+        if call.batch.iter().find(needed) != Some(&(index as u64)) {
+            continue;
+        }
+        // A call's chunks run one after another: it may take its share for each.
+        let n_chunks = u32::try_from(call.batch.len()).unwrap_or(u32::MAX);
+        let threshold = threshold.saturating_mul(n_chunks).max(SPECULATION_MIN_AGE);
+        let since = call.since;
         if now.saturating_duration_since(since) >= threshold {
             slow.push((since, index as u64));
         } else {
