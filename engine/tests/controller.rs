@@ -501,25 +501,27 @@ async fn job_runs_on_two_workers_and_counts_exactly() {
     let cluster = Cluster::new().await;
     let a = cluster.worker("a", slow(5), 2).await;
     let b = cluster.worker("b", slow(5), 2).await;
-    let text = words(1, 6000);
+    let text = words(1, 30_000);
     let job = cluster.submit(&text, 2, 0).await;
     let status = cluster.finish(job).await;
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");
     assert_eq!(cluster.result(job).await.unwrap(), check(&text));
-    assert!(status.n_chunks > 32, "the input spans several combine groups: {}", status.n_chunks);
+    let group = kiln_engine::local::combine_group(CHUNK_SIZE);
+    assert_eq!(group, 256, "small chunks make large groups");
+    assert!(status.n_chunks > 2 * group, "the input spans several combine groups: {}", status.n_chunks);
     assert_eq!(
         (status.chunks_done, status.bytes_done, status.bytes_total),
         (status.n_chunks, text.len() as u64, text.len() as u64)
     );
-    assert_eq!(status.lines_done, 6000);
+    assert_eq!(status.lines_done, 30_000);
     assert!(runs_of(&a, job) > 0 && runs_of(&b, job) > 0, "both workers ran chunks");
     let per_worker: u64 = status.workers.iter().map(|w| w.chunks_done).sum();
     assert_eq!(per_worker, status.n_chunks);
     assert!(status.started_ms.is_some() && status.finished_ms.is_some());
-    // Complete groups of 16 were merged by `combine`: aggregate got one partial per group
-    // and the chunks of the incomplete last group.
+    // Complete groups were merged by `combine`: aggregate got one partial per group and the
+    // chunks of the incomplete last group.
     let aggregated = a.record.aggregated.load(Ordering::SeqCst) + b.record.aggregated.load(Ordering::SeqCst);
-    assert_eq!(aggregated, status.n_chunks / 16 + status.n_chunks % 16);
+    assert_eq!(aggregated, status.n_chunks / group + status.n_chunks % group);
     tokio::time::timeout(SOON, async {
         while a.record.released.lock().unwrap().is_empty() || b.record.released.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;

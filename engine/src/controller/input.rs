@@ -230,7 +230,7 @@ async fn cut_and_queue(
             return Err(RpcError::Internal(format!("cutting the input failed: {e}")));
         }
     };
-    let group_size = crate::local::COMBINE_GROUP as u64;
+    let group_size = crate::local::combine_group(chunk_size as u64);
     match shared.store.queue_job(job_id, &metas, total_bytes, group_size).await {
         Ok(true) => {}
         Ok(false) => return Err(RpcError::Invalid(format!("job {job_id} ended while its input was being cut"))),
