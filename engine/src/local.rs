@@ -4,7 +4,7 @@
 //! per slot, and the input is streamed through the [`Chunker`](crate::chunk::Chunker): at most
 //! `processes` chunks run at once and a few more wait, so memory stays bounded whatever the
 //! input's size. Partials are kept by chunk index; when the plugin combines, every run of
-//! [`COMBINE_GROUP`] consecutive partials is merged as soon as it is complete, so `aggregate`
+//! [`combine_group`] consecutive partials is merged as soon as it is complete, so `aggregate`
 //! decodes a handful of partials instead of one per chunk.
 
 use std::path::PathBuf;
@@ -19,8 +19,23 @@ use crate::chunk::{ChunkError, Chunker, InputChunk};
 use crate::worker::builder::{BuildError, Builder, BuilderConfig, SourceError, read_source};
 use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
 
-/// How many consecutive partials are merged into one by `combine` while the job runs.
+/// The fewest consecutive partials merged into one by `combine` while a job runs.
 pub const COMBINE_GROUP: usize = 16;
+
+/// How much input a combine group covers at least: merging the partials of a few kilobytes
+/// of input costs a call and a store round trip for next to nothing. Sixteen default chunks.
+pub const COMBINE_GROUP_BYTES: u64 = 64 << 20;
+
+/// The most partials one combine merges: they travel in one call and sit in the controller's
+/// and the executor's memory together.
+pub const MAX_COMBINE_GROUP: u64 = 256;
+
+/// How many consecutive chunks of `chunk_size` bytes make one combine group: enough to cover
+/// [`COMBINE_GROUP_BYTES`] of input, at least [`COMBINE_GROUP`] and at most
+/// [`MAX_COMBINE_GROUP`]; 16 for the default 4 MiB chunks, 256 for chunks of 256 KiB or less.
+pub fn combine_group(chunk_size: u64) -> u64 {
+    COMBINE_GROUP_BYTES.div_ceil(chunk_size.max(1)).clamp(COMBINE_GROUP as u64, MAX_COMBINE_GROUP)
+}
 
 /// What to run, and how.
 #[derive(Debug, Clone)]
@@ -123,7 +138,8 @@ pub async fn run_local(
         }
     });
 
-    let mut partials = Partials::new(executor.combines());
+    let group = usize::try_from(combine_group(config.chunk_size as u64)).unwrap_or(COMBINE_GROUP);
+    let mut partials = Partials::new(executor.combines(), group);
     let mut tasks: JoinSet<(Work, Result<Bytes, ExecError>)> = JoinSet::new();
     let mut ready: Vec<Work> = Vec::new();
     let mut suspects: Vec<Work> = Vec::new();
@@ -290,6 +306,8 @@ async fn isolate(
 /// complete when the plugin combines.
 struct Partials {
     combines: bool,
+    /// Chunks per group.
+    group: usize,
     by_chunk: Vec<Option<Bytes>>,
     /// Per group: how many of its partials have arrived, and its merged partial once done.
     groups: Vec<Group>,
@@ -302,8 +320,8 @@ struct Group {
 }
 
 impl Partials {
-    fn new(combines: bool) -> Self {
-        Partials { combines, by_chunk: Vec::new(), groups: Vec::new() }
+    fn new(combines: bool, group: usize) -> Self {
+        Partials { combines, group: group.max(1), by_chunk: Vec::new(), groups: Vec::new() }
     }
 
     /// Makes room for chunk `index`, which is now running.
@@ -311,7 +329,7 @@ impl Partials {
         let index = index as usize;
         if self.by_chunk.len() <= index {
             self.by_chunk.resize(index + 1, None);
-            self.groups.resize_with(index / COMBINE_GROUP + 1, Group::default);
+            self.groups.resize_with(index / self.group + 1, Group::default);
         }
     }
 
@@ -319,12 +337,12 @@ impl Partials {
     fn insert(&mut self, index: u64, partial: Bytes) -> Option<(usize, Vec<Bytes>)> {
         let index = index as usize;
         self.by_chunk[index] = Some(partial);
-        let group = index / COMBINE_GROUP;
+        let group = index / self.group;
         self.groups[group].arrived += 1;
-        if !self.combines || self.groups[group].arrived < COMBINE_GROUP {
+        if !self.combines || self.groups[group].arrived < self.group {
             return None;
         }
-        let members = self.by_chunk[group * COMBINE_GROUP..(group + 1) * COMBINE_GROUP]
+        let members = self.by_chunk[group * self.group..(group + 1) * self.group]
             .iter_mut()
             .map(|p| p.take().unwrap_or_default())
             .collect();
@@ -338,7 +356,7 @@ impl Partials {
     /// All partials in input order: merged groups as one partial each.
     fn into_ordered(self) -> Vec<Bytes> {
         let mut ordered = Vec::new();
-        for (group, chunk_partials) in self.groups.into_iter().zip(self.by_chunk.chunks(COMBINE_GROUP)) {
+        for (group, chunk_partials) in self.groups.into_iter().zip(self.by_chunk.chunks(self.group)) {
             match group.merged {
                 Some(merged) => ordered.push(merged),
                 None => ordered.extend(chunk_partials.iter().map(|p| p.clone().unwrap_or_default())),
@@ -378,4 +396,18 @@ async fn final_partials(
         merged[position] = result.map_err(LocalError::Combine)?;
     }
     Ok(merged)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn combine_groups_cover_64_mib_of_input_within_bounds() {
+        assert_eq!(combine_group(4 << 20), 16, "the default chunks, as before");
+        assert_eq!(combine_group(1 << 30), 16, "never fewer than 16");
+        assert_eq!(combine_group(1 << 20), 64);
+        assert_eq!(combine_group(8), MAX_COMBINE_GROUP, "tiny chunks, capped");
+        assert_eq!(combine_group(0), MAX_COMBINE_GROUP);
+    }
 }

@@ -20,10 +20,12 @@ use serde_bytes::ByteBuf;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
-pub const PROTOCOL_VERSION: u32 = 2;
+/// Version 3: chunks travel in batches, `run_chunks` with [`ChunkInput`]s, replacing
+/// `run_chunk`.
+pub const PROTOCOL_VERSION: u32 = 3;
 
-/// The largest frame on any connection: a chunk or a piece of input (a few MiB) or a batch of
-/// partials for aggregation, with room to spare.
+/// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
+/// batch of partials for aggregation, with room to spare.
 pub const MAX_FRAME_BYTES: usize = 512 << 20;
 
 /// The largest piece of input or plugin archive a client sends in one call.
@@ -251,7 +253,7 @@ pub struct WorkerProgress {
     /// Lines and bytes in those chunks.
     pub lines_done: u64,
     pub bytes_done: u64,
-    /// Chunks it is running now.
+    /// Chunks sent to it for this job and not answered yet (a call may carry several).
     pub in_flight: u32,
     /// Whether the worker was lost (it died or stopped answering) while running this job; a
     /// worker that comes back registers under a new id.
@@ -340,6 +342,15 @@ pub struct ClusterInfo {
     pub active_jobs: u64,
 }
 
+/// One chunk of a batch sent to a worker with `run_chunks`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkInput {
+    /// The chunk's first line in the whole input, 1-based.
+    pub first_line: u64,
+    /// The chunk's text: whole lines of UTF-8.
+    pub text: ByteBuf,
+}
+
 /// Why a chunk (or an aggregation) failed on a worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
@@ -422,11 +433,19 @@ pub trait Worker {
         limits: ExecLimits,
     ) -> Result<(), TaskError>;
 
-    /// Runs one chunk of a prepared job; answers the encoded partial. When the executor
-    /// crashes with several chunks in flight, each runs again alone in a fresh executor, so
-    /// that only the chunk that crashes alone fails (`Crashed`); the others answer normally.
-    /// Cancelling the call abandons the chunk (ending its executor if nothing else runs there).
-    async fn run_chunk(secret: Secret, job: JobId, first_line: u64, text: ByteBuf) -> Result<ByteBuf, TaskError>;
+    /// Runs a batch of chunks of a prepared job, one after another in the job's executor (the
+    /// batch takes one of the worker's slots), and answers one result per chunk, in order: the
+    /// encoded partial, or why that chunk failed. The outer error refuses the whole call
+    /// (`NotPrepared`, `Rpc(Unauthorized)`). When the executor crashes with several chunks in
+    /// flight, each runs again alone in a fresh executor, so that only the chunk that crashes
+    /// alone fails (`Crashed`) and the others answer normally; the chunks after it in the batch
+    /// go on in a fresh executor. Cancelling the call abandons the chunks not yet answered
+    /// (ending the executor if nothing else runs there).
+    async fn run_chunks(
+        secret: Secret,
+        job: JobId,
+        chunks: Vec<ChunkInput>,
+    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError>;
 
     /// Merges encoded partials of consecutive chunks with the plugin's `combine`; `None` when
     /// the plugin does not combine.

@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
-use kiln_engine::rpc::{ExecLimits, MAX_FRAME_BYTES, RpcError, Secret, TaskError, WorkerClient};
+use kiln_engine::rpc::{ChunkInput, ExecLimits, MAX_FRAME_BYTES, RpcError, Secret, TaskError, WorkerClient};
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 use tarpc::tokio_serde::formats::Bincode;
@@ -105,13 +105,14 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
             worker.prepare(ctx(), guess.clone(), 999, plugin_hash, params, ExecLimits::default()).await.unwrap(),
             "prepare",
         );
-        let chunk = ByteBuf::from(b"stranger's line\n".to_vec());
-        refused(worker.run_chunk(ctx(), guess.clone(), job, 1_000_001, chunk).await.unwrap(), "run_chunk");
+        let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
+        refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await.unwrap(), "run_chunks");
         refused(worker.combine(ctx(), guess.clone(), job, vec![]).await.unwrap(), "combine");
         refused(worker.aggregate(ctx(), guess.clone(), job, vec![]).await.unwrap(), "aggregate");
         refused(worker.release(ctx(), guess.clone(), job).await.unwrap(), "release");
         let empty = Secret::new("");
-        refused(worker.run_chunk(ctx(), empty, job, 1_000_002, ByteBuf::new()).await.unwrap(), "run_chunk");
+        let chunk = ChunkInput { first_line: 1_000_002, text: ByteBuf::new() };
+        refused(worker.run_chunks(ctx(), empty, job, vec![chunk]).await.unwrap(), "run_chunks");
     });
 
     // The job went on undisturbed (not released), and only its own chunks ran, once each.

@@ -1,6 +1,6 @@
 //! The controller, started in-process through `kiln_engine::controller::start`, driven with a
 //! raw tarpc `ControllerClient`, with fake workers written here: they serve the real `Worker`
-//! service on 127.0.0.1:0 and register through the real `register`, and their `run_chunk`
+//! service on 127.0.0.1:0 and register through the real `register`, and their `run_chunks`
 //! counts words, so that scheduling is tested without building plugins.
 
 use std::collections::{BTreeMap, HashSet};
@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
 use kiln_engine::rpc::{
-    ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION,
-    RpcError, Secret, TaskError, Worker, WorkerInfo,
+    ChunkInput, ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES,
+    PROTOCOL_VERSION, RpcError, Secret, TaskError, Worker, WorkerInfo,
 };
 use kiln_engine::worker::builder::SourceTree;
 use serde::{Deserialize, Serialize};
@@ -53,9 +53,12 @@ struct Knobs {
 
 #[derive(Default)]
 struct Record {
+    /// Calls in flight (each carries a batch of chunks), and the most at once.
     in_flight: AtomicU32,
     max_in_flight: AtomicU32,
     runs: Mutex<Vec<(JobId, u64)>>,
+    /// The first lines of the chunks of each call, in order.
+    batches: Mutex<Vec<Vec<u64>>>,
     prepared: Mutex<Vec<JobId>>,
     released: Mutex<Vec<JobId>>,
     /// How many partials the last `aggregate` received.
@@ -84,7 +87,44 @@ struct FakeWorker {
     secret: tokio::sync::watch::Sender<Option<Secret>>,
 }
 
+/// Counts a call in flight until it returns or is cancelled.
+struct InFlight<'a>(&'a Record);
+
+impl<'a> InFlight<'a> {
+    fn enter(record: &'a Record) -> Self {
+        let now = record.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+        record.max_in_flight.fetch_max(now, Ordering::SeqCst);
+        InFlight(record)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 impl FakeWorker {
+    /// Runs one chunk of a batch: counts its words, unless a fault makes it fail.
+    async fn run_one(&self, job: JobId, chunk: ChunkInput) -> Result<ByteBuf, TaskError> {
+        let first_line = chunk.first_line;
+        self.record.runs.lock().unwrap().push((job, first_line));
+        tokio::time::sleep(self.knobs.delay).await;
+        let fails = self.faults.lines.contains(&first_line)
+            && (self.faults.always || self.faults.failed.lock().unwrap().insert(first_line));
+        self.attempts.lock().unwrap().push((self.name, first_line, !fails));
+        if fails {
+            return Err(TaskError::Plugin(format!("injected failure at line {first_line}")));
+        }
+        let text = std::str::from_utf8(&chunk.text).map_err(|e| TaskError::Plugin(e.to_string()))?;
+        let mut partial =
+            Partial { first_line, last_line: first_line + text.lines().count() as u64 - 1, ..Default::default() };
+        for word in text.split_whitespace() {
+            *partial.counts.entry(word.to_owned()).or_default() += 1;
+        }
+        Ok(ByteBuf::from(serde_json::to_vec(&partial).unwrap()))
+    }
+
     /// Refuses a stranger; waits briefly for the registration's answer, as a real worker does.
     async fn check(&self, secret: &Secret) -> Result<(), TaskError> {
         let mut known = self.secret.subscribe();
@@ -136,33 +176,22 @@ impl Worker for FakeWorker {
         }
     }
 
-    async fn run_chunk(
+    async fn run_chunks(
         self,
         _: Context,
         secret: Secret,
         job: JobId,
-        first_line: u64,
-        text: ByteBuf,
-    ) -> Result<ByteBuf, TaskError> {
+        chunks: Vec<ChunkInput>,
+    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.check(&secret).await?;
-        let now = self.record.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
-        self.record.max_in_flight.fetch_max(now, Ordering::SeqCst);
-        self.record.runs.lock().unwrap().push((job, first_line));
-        tokio::time::sleep(self.knobs.delay).await;
-        self.record.in_flight.fetch_sub(1, Ordering::SeqCst);
-        let fails = self.faults.lines.contains(&first_line)
-            && (self.faults.always || self.faults.failed.lock().unwrap().insert(first_line));
-        self.attempts.lock().unwrap().push((self.name, first_line, !fails));
-        if fails {
-            return Err(TaskError::Plugin(format!("injected failure at line {first_line}")));
+        let _in_flight = InFlight::enter(&self.record);
+        self.record.batches.lock().unwrap().push(chunks.iter().map(|chunk| chunk.first_line).collect());
+        // One after another, as a real worker runs a batch in its slot.
+        let mut results = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            results.push(self.run_one(job, chunk).await);
         }
-        let text = std::str::from_utf8(&text).map_err(|e| TaskError::Plugin(e.to_string()))?;
-        let mut partial =
-            Partial { first_line, last_line: first_line + text.lines().count() as u64 - 1, ..Default::default() };
-        for word in text.split_whitespace() {
-            *partial.counts.entry(word.to_owned()).or_default() += 1;
-        }
-        Ok(ByteBuf::from(serde_json::to_vec(&partial).unwrap()))
+        Ok(results)
     }
 
     async fn combine(
@@ -308,9 +337,9 @@ impl Cluster {
         self.client.upload_plugin(context::current(), self.key.clone(), ByteBuf::from(archive)).await.unwrap().unwrap()
     }
 
-    /// Creates a job and uploads its input in pieces; answers its id once queued.
-    async fn submit(&self, text: &str, processes: u32, max_attempts: u32) -> JobId {
-        let spec = JobSpec {
+    /// The spec of a job in `CHUNK_SIZE` chunks.
+    async fn spec(&self, processes: u32, max_attempts: u32) -> JobSpec {
+        JobSpec {
             plugin_hash: self.upload_plugin().await,
             params: String::new(),
             processes,
@@ -320,7 +349,17 @@ impl Cluster {
             memory_limit: 0,
             chunk_timeout_ms: 0,
             speculative: true,
-        };
+        }
+    }
+
+    /// Creates a job and uploads its input in pieces; answers its id once queued.
+    async fn submit(&self, text: &str, processes: u32, max_attempts: u32) -> JobId {
+        let spec = self.spec(processes, max_attempts).await;
+        self.submit_spec(text, spec).await
+    }
+
+    /// Creates a job of this spec and uploads its input in pieces; answers its id once queued.
+    async fn submit_spec(&self, text: &str, spec: JobSpec) -> JobId {
         let job = self.client.create_job(context::current(), self.key.clone(), spec).await.unwrap().unwrap();
         let mut offset = 0;
         for piece in text.as_bytes().chunks(10_000) {
@@ -479,25 +518,27 @@ async fn job_runs_on_two_workers_and_counts_exactly() {
     let cluster = Cluster::new().await;
     let a = cluster.worker("a", slow(5), 2).await;
     let b = cluster.worker("b", slow(5), 2).await;
-    let text = words(1, 6000);
+    let text = words(1, 30_000);
     let job = cluster.submit(&text, 2, 0).await;
     let status = cluster.finish(job).await;
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");
     assert_eq!(cluster.result(job).await.unwrap(), check(&text));
-    assert!(status.n_chunks > 32, "the input spans several combine groups: {}", status.n_chunks);
+    let group = kiln_engine::local::combine_group(CHUNK_SIZE);
+    assert_eq!(group, 256, "small chunks make large groups");
+    assert!(status.n_chunks > 2 * group, "the input spans several combine groups: {}", status.n_chunks);
     assert_eq!(
         (status.chunks_done, status.bytes_done, status.bytes_total),
         (status.n_chunks, text.len() as u64, text.len() as u64)
     );
-    assert_eq!(status.lines_done, 6000);
+    assert_eq!(status.lines_done, 30_000);
     assert!(runs_of(&a, job) > 0 && runs_of(&b, job) > 0, "both workers ran chunks");
     let per_worker: u64 = status.workers.iter().map(|w| w.chunks_done).sum();
     assert_eq!(per_worker, status.n_chunks);
     assert!(status.started_ms.is_some() && status.finished_ms.is_some());
-    // Complete groups of 16 were merged by `combine`: aggregate got one partial per group
-    // and the chunks of the incomplete last group.
+    // Complete groups were merged by `combine`: aggregate got one partial per group and the
+    // chunks of the incomplete last group.
     let aggregated = a.record.aggregated.load(Ordering::SeqCst) + b.record.aggregated.load(Ordering::SeqCst);
-    assert_eq!(aggregated, status.n_chunks / 16 + status.n_chunks % 16);
+    assert_eq!(aggregated, status.n_chunks / group + status.n_chunks % group);
     tokio::time::timeout(SOON, async {
         while a.record.released.lock().unwrap().is_empty() || b.record.released.lock().unwrap().is_empty() {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -598,6 +639,116 @@ async fn chunks_in_flight_per_worker_never_exceed_processes() {
     }
     a.kill().await;
     b.kill().await;
+    cluster.stop().await;
+}
+
+/// Lines of a few bytes, each a chunk of its own when cut with a chunk size of one byte.
+fn short_lines(n_lines: u64) -> String {
+    (1..=n_lines).map(|line| format!("w{} x\n", line % 97)).collect()
+}
+
+/// Submits `text` cut into one chunk per line, without speculative copies (so that a chunk
+/// runs twice only when it failed).
+async fn submit_line_per_chunk(cluster: &Cluster, text: &str, processes: u32, max_attempts: u32) -> JobId {
+    let spec = JobSpec { chunk_size: 1, speculative: false, ..cluster.spec(processes, max_attempts).await };
+    cluster.submit_spec(text, spec).await
+}
+
+/// The batches a worker was sent (first lines of their chunks) for `job`.
+fn batches_of(worker: &RunningWorker) -> Vec<Vec<u64>> {
+    worker.record.batches.lock().unwrap().clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_tiny_chunks_travel_in_batches_within_the_slots_and_count_exactly() {
+    let cluster = Cluster::new().await;
+    let a = cluster.worker("a", quick(), 2).await;
+    let b = cluster.worker("b", quick(), 2).await;
+    let n_lines = 5000;
+    let text = short_lines(n_lines);
+    let job = submit_line_per_chunk(&cluster, &text, 2, 0).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    assert_eq!(cluster.result(job).await.unwrap(), check(&text));
+    assert_eq!((status.n_chunks, status.chunks_done, status.lines_done), (n_lines, n_lines, n_lines));
+    assert_eq!(status.workers.iter().map(|w| w.chunks_done).sum::<u64>(), n_lines, "each chunk counted once");
+
+    let batches: Vec<Vec<u64>> = batches_of(&a).into_iter().chain(batches_of(&b)).collect();
+    let mut ran: Vec<u64> = batches.iter().flatten().copied().collect();
+    ran.sort();
+    ran.dedup();
+    assert_eq!(ran, (1..=n_lines).collect::<Vec<_>>(), "every chunk was sent");
+    let largest = batches.iter().map(Vec::len).max().unwrap();
+    assert!(largest > 1 && largest <= 256, "tiny chunks travel in batches of at most 256: {largest}");
+    assert!(batches.len() < n_lines as usize / 2, "{} calls for {n_lines} chunks", batches.len());
+    for batch in &batches {
+        assert!(batch.windows(2).all(|pair| pair[0] < pair[1]), "a batch holds chunks in input order: {batch:?}");
+    }
+    for worker in [&a, &b] {
+        let max = worker.record.max_in_flight.load(Ordering::SeqCst);
+        assert!(max <= 2, "at most `processes` calls at once on a worker, whatever they carry: {max}");
+    }
+    a.kill().await;
+    b.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failures_inside_batches_cost_only_their_own_chunk_and_keep_the_others_partials() {
+    let failing = [700, 1234, 2000];
+    let cluster = Cluster::with_faults(Faults { lines: HashSet::from(failing), ..Faults::default() }).await;
+    let a = cluster.worker("a", quick(), 2).await;
+    let b = cluster.worker("b", quick(), 2).await;
+    let n_lines = 3000;
+    let text = short_lines(n_lines);
+    let job = submit_line_per_chunk(&cluster, &text, 2, 0).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+    assert_eq!(cluster.result(job).await.unwrap(), check(&text));
+    assert_eq!(status.retries, failing.len() as u64, "one retry per failing chunk");
+
+    // Each failing chunk's first attempt came in a batch with others, whose partials were kept:
+    // every other chunk ran exactly once, the failing ones twice, the retry on the other worker.
+    let attempts = cluster.attempts.lock().unwrap().clone();
+    let mut runs: BTreeMap<u64, Vec<(&str, bool)>> = BTreeMap::new();
+    for (worker, line, succeeded) in attempts {
+        runs.entry(line).or_default().push((worker, succeeded));
+    }
+    assert_eq!(runs.len() as u64, n_lines);
+    for (line, tries) in runs {
+        if !failing.contains(&line) {
+            assert_eq!(tries, vec![(tries[0].0, true)], "chunk {line} ran again although its partial came back");
+            continue;
+        }
+        assert_eq!(tries.len(), 2, "chunk {line}: {tries:?}");
+        assert!(!tries[0].1 && tries[1].1 && tries[0].0 != tries[1].0, "chunk {line}: {tries:?}");
+        let failed_on = if tries[0].0 == "a" { &a } else { &b };
+        let first_call = batches_of(failed_on).into_iter().find(|batch| batch.contains(&line)).unwrap();
+        assert!(first_call.len() > 1, "chunk {line} failed alone, not inside a batch: {first_call:?}");
+    }
+    a.kill().await;
+    b.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_chunk_failing_every_time_inside_batches_fails_the_job_naming_it_alone() {
+    let line = 1500;
+    let faults = Faults { lines: HashSet::from([line]), always: true, ..Faults::default() };
+    let cluster = Cluster::with_faults(faults).await;
+    let worker = cluster.worker("w", quick(), 2).await;
+    let job = submit_line_per_chunk(&cluster, &short_lines(3000), 2, 3).await;
+    let status = cluster.finish(job).await;
+    assert_eq!(status.state, JobState::Failed);
+    let failure = status.failure.expect("a failure");
+    assert_eq!((failure.kind, failure.attempts), (FailureKind::Plugin, 3));
+    assert_eq!(failure.message, format!("injected failure at line {line}"));
+    let span = failure.chunk.expect("the chunk is named");
+    assert_eq!((span.index, span.first_line, span.last_line), (line - 1, line, line));
+    assert_eq!(status.retries, 2, "only the failing chunk was charged");
+    let first_call = batches_of(&worker).into_iter().find(|batch| batch.contains(&line)).unwrap();
+    assert!(first_call.len() > 1, "the chunk first failed alone, not inside a batch: {first_call:?}");
+    worker.kill().await;
     cluster.stop().await;
 }
 

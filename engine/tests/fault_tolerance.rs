@@ -310,6 +310,56 @@ fn crashing_plugins_cost_only_their_chunk_an_attempt_and_the_workers_serve_on() 
     assert_eq!(served.len(), 2, "both workers served the next job: {status:#}");
 }
 
+#[test]
+fn failures_among_tiny_chunks_sent_in_batches_cost_only_their_own_chunk() {
+    let cluster = Cluster::start(2);
+    let n_lines = 2000;
+    let (input, text) = write_lines(cluster.dir.path(), n_lines);
+    // 10-byte lines cut at 10 bytes: a chunk per line, small enough to travel in batches
+    // (`engine/tests/controller.rs` shows the batches themselves).
+    let tiny = ["--chunk-size", "10"];
+    let failing = [700, 1234, 1999];
+    let markers = cluster.dir.path().join("tiny-markers");
+    std::fs::create_dir(&markers).unwrap();
+    for line in (1..=n_lines).filter(|line| !failing.contains(line)) {
+        std::fs::write(markers.join(line.to_string()), "").unwrap();
+    }
+    let record = cluster.dir.path().join("tiny-runs");
+    let params = format!("record={},fail-once-dir={}", record.display(), markers.display());
+    let mut args = vec!["--params", &params, "--no-speculation"];
+    args.extend(tiny);
+    let job = cluster.submit_detached(&fixture("misbehave"), &input, &args);
+    let status = cluster.wait_ended(job);
+    assert_eq!(status["state"], "Succeeded", "{status:#}");
+    assert_eq!(status["n_chunks"], n_lines, "{status:#}");
+    assert_eq!(result(&cluster, job), misbehave_totals(&text));
+    assert_eq!(status["retries"], failing.len(), "one retry per failing chunk: {status:#}");
+    let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
+    for line in std::fs::read_to_string(&record).unwrap().lines() {
+        *runs.entry(line.parse().unwrap()).or_default() += 1;
+    }
+    assert_eq!(runs.len(), n_lines, "every chunk ran");
+    for (line, n) in runs {
+        let expected = if failing.contains(&line) { 2 } else { 1 };
+        assert_eq!(n, expected, "chunk at line {line} ran {n} times");
+    }
+
+    // A chunk that panics every time fails the job after its attempts, named alone.
+    let mut args = vec!["--params", "panic-at=1500", "--max-attempts", "3"];
+    args.extend(tiny);
+    let job = cluster.submit_detached(&fixture("misbehave"), &input, &args);
+    let status = cluster.wait_ended(job);
+    assert_eq!(status["state"], "Failed", "{status:#}");
+    let failure = &status["failure"];
+    assert!(failure["message"].as_str().unwrap().contains("deliberate panic at line 1500"), "{failure:#}");
+    assert_eq!(
+        (failure["chunk"]["first_line"].as_u64(), failure["chunk"]["last_line"].as_u64()),
+        (Some(1500), Some(1500))
+    );
+    assert_eq!(failure["attempts"], 3, "{failure:#}");
+    assert_eq!(status["retries"], 2, "only the panicking chunk was charged: {status:#}");
+}
+
 /// Runs a job with one straggling chunk (a minute-long sleep on its first attempt only) on
 /// `cluster`; answers its final status after checking its output.
 fn straggler_job(cluster: &Cluster, extra: &[&str], sleep_ms: u64) -> Value {

@@ -20,8 +20,13 @@ fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
 
 /// Runs a plugin and parses its output, failing the test with kiln's stderr if it failed.
 fn check(plugin: &Path, input: &Path, processes: u32, params: &str) -> Value {
+    check_in_chunks(plugin, input, processes, params, CHUNK)
+}
+
+/// [`check`] with another chunk size.
+fn check_in_chunks(plugin: &Path, input: &Path, processes: u32, params: &str, chunk_size: &str) -> Value {
     let processes = processes.to_string();
-    let run = run_local(plugin, input, &["--processes", &processes, "--params", params, "--chunk-size", CHUNK]);
+    let run = run_local(plugin, input, &["--processes", &processes, "--params", params, "--chunk-size", chunk_size]);
     assert!(run.success, "kiln run-local failed:\n{}", run.stderr);
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("output is not JSON ({e}): {}", run.stdout))
 }
@@ -63,6 +68,10 @@ fn grep_reports_matching_lines_in_order_with_global_line_numbers() {
     for processes in [1, 3] {
         assert_eq!(check(&example("grep"), &input, processes, pattern), Value::from(expected.clone()));
     }
+    // Tiny chunks make combine groups of 256 chunks, merged while the job runs, in order.
+    assert_eq!(kiln_engine::local::combine_group(256), 256);
+    assert!(text.len() > 4 * 256 * 256, "the input spans several groups of tiny chunks");
+    assert_eq!(check_in_chunks(&example("grep"), &input, 3, pattern, "256"), Value::from(expected));
 }
 
 #[test]

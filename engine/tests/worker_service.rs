@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::rpc::{
-    ClusterInfo, Controller, ExecLimits, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES, Registration,
-    RpcError, Secret, TaskError, WorkerClient, WorkerId, WorkerInfo,
+    ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
+    Registration, RpcError, Secret, TaskError, WorkerClient, WorkerId, WorkerInfo,
 };
 use kiln_engine::worker::builder::{BuilderConfig, read_source};
 use kiln_engine::worker::executor::ExecutorConfig;
@@ -176,6 +176,20 @@ fn is_unauthorized<T: std::fmt::Debug>(answer: Result<T, TaskError>) -> bool {
     matches!(answer, Err(TaskError::Rpc(RpcError::Unauthorized(_))))
 }
 
+/// Runs one chunk as a batch of one; answers its partial, or why the call or the chunk failed.
+async fn run_one(
+    client: &WorkerClient,
+    secret: &Secret,
+    job: JobId,
+    first_line: u64,
+    text: &[u8],
+) -> Result<ByteBuf, TaskError> {
+    let chunk = ChunkInput { first_line, text: ByteBuf::from(text.to_vec()) };
+    let mut results = client.run_chunks(long(), secret.clone(), job, vec![chunk]).await.unwrap()?;
+    assert_eq!(results.len(), 1, "one result per chunk");
+    results.remove(0)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     let cache = tempfile::tempdir().unwrap();
@@ -200,17 +214,15 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     assert!(is_unauthorized(
         client.prepare(long(), stranger.clone(), 1, hash.clone(), String::new(), limits).await.unwrap()
     ));
-    let chunk = ByteBuf::from(b"a b a\n".to_vec());
-    assert!(is_unauthorized(client.run_chunk(long(), stranger.clone(), 1, 1, chunk.clone()).await.unwrap()));
+    let chunk = b"a b a\n";
+    assert!(is_unauthorized(run_one(&client, &stranger, 1, 1, chunk).await));
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 0);
 
     // Its controller prepares a job (fetch, build, executor) and runs chunks.
-    let answer = client.run_chunk(long(), secret.clone(), 1, 1, chunk.clone()).await.unwrap();
-    assert_eq!(answer, Err(TaskError::NotPrepared(1)));
+    assert_eq!(run_one(&client, &secret, 1, 1, chunk).await, Err(TaskError::NotPrepared(1)));
     client.prepare(long(), secret.clone(), 1, hash.clone(), String::new(), limits).await.unwrap().unwrap();
-    let first = client.run_chunk(long(), secret.clone(), 1, 1, chunk).await.unwrap().unwrap();
-    let second =
-        client.run_chunk(long(), secret.clone(), 1, 2, ByteBuf::from(b"b c\n".to_vec())).await.unwrap().unwrap();
+    let first = run_one(&client, &secret, 1, 1, chunk).await.unwrap();
+    let second = run_one(&client, &secret, 1, 2, b"b c\n").await.unwrap();
     let merged = client.combine(long(), secret.clone(), 1, vec![first.clone(), second.clone()]).await.unwrap().unwrap();
     assert!(merged.is_some(), "wordcount combines");
     let output = client.aggregate(long(), secret.clone(), 1, vec![first, second]).await.unwrap().unwrap();
@@ -226,7 +238,7 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     client.prepare(long(), secret.clone(), 2, hash.clone(), String::new(), limits).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_millis(500), "prepare took {:?}", started.elapsed());
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 1);
-    let answer = client.run_chunk(long(), secret.clone(), 1, 1, ByteBuf::from(b"x\n".to_vec())).await.unwrap();
+    let answer = run_one(&client, &secret, 1, 1, b"x\n").await;
     assert_eq!(answer, Err(TaskError::NotPrepared(1)), "job 1 was released");
 
     // Parameters the plugin refuses are fatal, not worth a retry.
@@ -253,10 +265,10 @@ async fn a_crash_is_charged_to_the_chunk_that_caused_it_and_a_timeout_spares_the
     until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
     let secret = current_secret(&stand_in);
     let client = worker_client(worker.local_addr()).await;
-    let lines = |first: u64| ByteBuf::from((first..first + 10).map(|i| format!("line{i}\n")).collect::<String>());
+    let lines = |first: u64| (first..first + 10).map(|i| format!("line{i}\n")).collect::<String>();
     let run = |job: JobId, first: u64| {
         let (client, secret) = (client.clone(), secret.clone());
-        tokio::spawn(async move { client.run_chunk(long(), secret, job, first, lines(first)).await.unwrap() })
+        tokio::spawn(async move { run_one(&client, &secret, job, first, lines(first).as_bytes()).await })
     };
 
     // The chunk at line 1 segfaults while the one at line 11 sleeps in the same executor: both
@@ -285,6 +297,66 @@ async fn a_crash_is_charged_to_the_chunk_that_caused_it_and_a_timeout_spares_the
 
     // The worker serves on with fresh executors.
     assert!(run(2, 21).await.unwrap().is_ok());
+    worker.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
+    let cache = tempfile::tempdir().unwrap();
+    let stand_in = StandIn { seen: Arc::default() };
+    let tree = read_source(&fixture("misbehave")).unwrap();
+    let hash = tree.hash();
+    stand_in.seen.lock().unwrap().archives.insert(hash.clone(), tree.to_tar_gz());
+    let (addr, _server) = serve_stand_in("127.0.0.1:0".parse().unwrap(), stand_in.clone()).await;
+    let worker = start_worker(addr, JOIN_TOKEN, cache.path()).await;
+    until(&stand_in, "the registration", |seen| seen.known.is_some()).await;
+    let secret = current_secret(&stand_in);
+    let client = worker_client(worker.local_addr()).await;
+    fn lines(first: u64) -> String {
+        (first..first + 10).map(|i| format!("line{i}\n")).collect()
+    }
+    fn batch(firsts: &[u64]) -> Vec<ChunkInput> {
+        firsts.iter().map(|&first| ChunkInput { first_line: first, text: ByteBuf::from(lines(first)) }).collect()
+    }
+
+    let refused = client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11])).await.unwrap();
+    assert_eq!(refused, Err(TaskError::NotPrepared(1)), "the whole call is refused");
+    let params = "panic-at=25,segfault-at=45,sleep-at=101:1000".to_owned();
+    client.prepare(long(), secret.clone(), 1, hash, params, ExecLimits::default()).await.unwrap().unwrap();
+
+    // A batch in the other slot, sleeping in the same executor when the segfault strikes: it is
+    // a bystander, and its chunks answer normally (its sleeper run again alone if need be).
+    let neighbour = {
+        let (client, secret) = (client.clone(), secret.clone());
+        tokio::spawn(async move { client.run_chunks(long(), secret, 1, batch(&[101, 111])).await.unwrap() })
+    };
+    let results = client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11, 21, 31, 41, 51])).await.unwrap().unwrap();
+    assert_eq!(results.len(), 6, "one result per chunk: {results:?}");
+    assert!(
+        matches!(&results[2], Err(TaskError::Plugin(m)) if m.contains("deliberate panic at line 25")),
+        "{results:?}"
+    );
+    assert!(matches!(&results[4], Err(TaskError::Crashed(m)) if m.contains("segmentation fault")), "{results:?}");
+    let neighbours = neighbour.await.unwrap().unwrap();
+    assert!(neighbours.iter().all(Result::is_ok), "{neighbours:?}");
+
+    // The chunks that succeeded, before and after the failures in their batch, hold their own
+    // partials: aggregated with the neighbour's, they count exactly their lines.
+    let partials: Vec<ByteBuf> = [0, 1, 3, 5]
+        .into_iter()
+        .map(|position| results[position].clone().unwrap())
+        .chain(neighbours.into_iter().map(Result::unwrap))
+        .collect();
+    let output = client.aggregate(long(), secret.clone(), 1, partials).await.unwrap().unwrap();
+    let counted: Vec<String> = [1, 11, 31, 51, 101, 111]
+        .into_iter()
+        .flat_map(|first: u64| lines(first).lines().map(str::to_owned).collect::<Vec<_>>())
+        .collect();
+    let sum: usize = counted.iter().map(String::len).sum();
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&output).unwrap(),
+        serde_json::json!({"lines": counted.len(), "sum": sum})
+    );
     worker.shutdown().await;
 }
 

@@ -30,7 +30,7 @@ pub(super) const PREPARE_DEADLINE: Duration = Duration::from_secs(30 * 60);
 /// How long a combine or aggregate call may take: the executor's own call timeout (after
 /// which the worker answers `Crashed`) plus room for queueing and transfer, so that a slow
 /// plugin is reported by the worker rather than cut off here. Chunks have their job's
-/// deadline (`Job::chunk_deadline`).
+/// deadline (`Job::call_deadline`).
 pub(super) const CALL_DEADLINE: Duration = DEFAULT_CALL_TIMEOUT.saturating_add(CALL_MARGIN);
 
 /// How long a worker may take to forget a job.
@@ -40,8 +40,8 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 pub(super) enum Action {
     /// Make a worker ready for a job.
     Prepare { worker: WorkerHandle, job: JobId, plugin_hash: String, params: String, limits: ExecLimits },
-    /// Run one copy of a chunk, until it answers or `cancel` is notified.
-    Run { worker: WorkerHandle, job: JobId, index: u64, meta: ChunkMeta, cancel: Arc<Notify>, deadline: Duration },
+    /// Run a copy of each of these chunks in one call, until it answers or `cancel` is notified.
+    Run { worker: WorkerHandle, job: JobId, chunks: Vec<(u64, ChunkMeta)>, cancel: Arc<Notify>, deadline: Duration },
     /// Merge the partials of a complete group.
     Combine { worker: WorkerHandle, job: JobId, group: u64, group_size: u64 },
     /// Fold every partial into the output.
@@ -135,8 +135,8 @@ async fn perform(shared: Arc<Shared>, action: Action) {
             let result = worker.client.prepare(ctx, worker.secret(), job, plugin_hash, params, limits).await;
             on_prepared(&shared, job, worker.id, classify(result, PREPARE_DEADLINE)).await;
         }
-        Action::Run { worker, job, index, meta, cancel, deadline } => {
-            chunks::run_chunk(&shared, chunks::ChunkCall { job, index, meta, worker, cancel, deadline }).await;
+        Action::Run { worker, job, chunks, cancel, deadline } => {
+            chunks::run_batch(&shared, chunks::BatchCall { job, chunks, worker, cancel, deadline }).await;
         }
         Action::Combine { worker, job, group, group_size } => combine(&shared, worker, job, group, group_size).await,
         Action::Aggregate { worker, job, n_chunks, group_size } => {
@@ -282,7 +282,7 @@ async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u6
         Err(failure) => Err(failure),
     };
     let learned = shared.with_state(|st| {
-        st.release_slot(worker.id, false);
+        st.release_slot(worker.id, 0);
         if let Err(Failure::Lost(reason)) = &outcome {
             st.lose_worker(worker.id, reason);
         }

@@ -70,21 +70,24 @@ pub(super) struct Group {
     pub state: GroupState,
 }
 
-/// One copy of a chunk running on a worker.
+/// One copy of a chunk running on a worker, in a call that may carry a batch of chunks.
 #[derive(Debug, Clone)]
 pub(super) struct RunningCopy {
     pub worker: WorkerId,
     pub since: Instant,
     /// Whether this is a speculative copy of a slow chunk.
     pub speculative: bool,
-    /// Notified to abandon the call (another copy won, or the job ended).
+    /// Notified to abandon the call (every chunk it carries is done elsewhere, or the job
+    /// ended); shared by the copies of the chunks of one call.
     pub cancel: Arc<Notify>,
+    /// The chunks the call carries, in the order the worker runs them (this one among them).
+    pub batch: Arc<[u64]>,
 }
 
 impl RunningCopy {
-    /// A copy starting now on `worker`.
-    pub fn start(worker: WorkerId, speculative: bool) -> RunningCopy {
-        RunningCopy { worker, since: Instant::now(), speculative, cancel: Arc::new(Notify::new()) }
+    /// A copy starting now on `worker`, in a call carrying the chunks `batch`.
+    pub fn start(worker: WorkerId, speculative: bool, batch: Arc<[u64]>) -> RunningCopy {
+        RunningCopy { worker, since: Instant::now(), speculative, cancel: Arc::new(Notify::new()), batch }
     }
 }
 
@@ -168,6 +171,7 @@ impl Job {
     }
 
     fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
+        let group_size = crate::local::combine_group(spec.chunk_size);
         let job = Job {
             id,
             spec,
@@ -181,7 +185,7 @@ impl Job {
             n_chunks: 0,
             chunks: Vec::new(),
             queue: BTreeSet::new(),
-            group_size: crate::local::COMBINE_GROUP as u64,
+            group_size,
             groups: Vec::new(),
             combines: None,
             chunks_done: 0,
@@ -220,7 +224,10 @@ impl Job {
         job.speculative = row.speculative;
         job.speculative_won = row.speculative_won;
         job.combines = row.combines;
-        job.group_size = row.combine_group.max(1);
+        // The group size is stored when the input is complete; until then it follows the spec.
+        if state != JobState::Uploading {
+            job.group_size = row.combine_group.max(1);
+        }
         job.bytes_total = row.bytes_total;
         job.append_chunks(chunks.iter().map(|c| c.meta));
         for (index, row) in chunks.iter().enumerate() {
@@ -281,16 +288,17 @@ impl Job {
         if self.spec.processes > 0 { self.spec.processes } else { worker.info.processes.max(1) }
     }
 
-    /// How long a call running one of this job's chunks may take: the job's chunk timeout
-    /// (or the executor's default) twice over, as a crash may make the worker run the chunk
-    /// again alone, plus room for queueing and transfer, so that the worker reports a slow
-    /// chunk rather than being cut off here.
-    pub fn chunk_deadline(&self) -> Duration {
+    /// How long a call running `n_chunks` of this job's chunks may take: the job's chunk
+    /// timeout (or the executor's default) twice over per chunk, as a crash may make the worker
+    /// run a chunk again alone, plus room for queueing and transfer, so that the worker reports
+    /// a slow chunk rather than being cut off here.
+    pub fn call_deadline(&self, n_chunks: usize) -> Duration {
         let timeout = match self.spec.chunk_timeout_ms {
             0 => DEFAULT_CALL_TIMEOUT,
             ms => Duration::from_millis(ms),
         };
-        timeout.saturating_mul(2).saturating_add(CALL_MARGIN)
+        let n_chunks = u32::try_from(n_chunks.max(1)).unwrap_or(u32::MAX);
+        timeout.saturating_mul(2).saturating_mul(n_chunks).saturating_add(CALL_MARGIN)
     }
 
     pub fn max_attempts(&self) -> u32 {
@@ -306,6 +314,8 @@ impl Job {
     /// Counts a chunk as done (by `worker`, if known) and its group's arrival.
     pub fn count_done(&mut self, index: u64, worker: Option<WorkerId>) {
         let Some(chunk) = self.chunks.get_mut(index as usize) else { return };
+        // Queued again while a straggling call still carried it (see `speculation`).
+        self.queue.remove(&index);
         chunk.done = true;
         chunk.storing = false;
         chunk.running.clear();
@@ -416,11 +426,17 @@ impl Job {
         changed
     }
 
-    /// Abandons every copy of a chunk still running: their calls are cancelled, which frees
-    /// their slots when they return.
+    /// Abandons the copies of a chunk still running whose calls carry no other chunk still
+    /// needed: those calls are cancelled, which frees their slots when they return. A call
+    /// carrying other chunks goes on, and its late partial for this one is dropped.
     pub fn cancel_copies(&self, index: u64) {
-        if let Some(chunk) = self.chunks.get(index as usize) {
-            for copy in &chunk.running {
+        let Some(chunk) = self.chunks.get(index as usize) else { return };
+        for copy in &chunk.running {
+            let needed = copy
+                .batch
+                .iter()
+                .any(|&other| other != index && self.chunks.get(other as usize).is_some_and(|c| !c.done && !c.storing));
+            if !needed {
                 copy.cancel.notify_one();
             }
         }
@@ -596,7 +612,7 @@ pub(super) mod tests {
     fn forgetting_a_worker_requeues_its_chunks_without_an_attempt() {
         let mut job = job(3);
         job.queue.remove(&1);
-        job.chunks[1].running.push(RunningCopy::start(5, false));
+        job.chunks[1].running.push(RunningCopy::start(5, false, Arc::from([1])));
         job.prepared.insert(5, Prep::Ready);
         job.progress_of(5, "w5").in_flight = 1;
         assert!(job.forget_worker(5));

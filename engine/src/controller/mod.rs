@@ -6,6 +6,7 @@
 //! - `input`: spooling uploaded input to disk and cutting it into chunks.
 //! - `jobs`: jobs and chunks in memory.
 //! - `plan`: the scheduling plan: what to start now.
+//! - `batch`: how many queued chunks one call to a worker carries.
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
@@ -17,6 +18,7 @@
 //! - `plugins/<hash>.tar.gz`: uploaded plugin archives, by content hash.
 //! - `api_key`, `join_token`: the secrets, when not given (mode 0600).
 
+mod batch;
 mod dispatch;
 mod input;
 mod jobs;

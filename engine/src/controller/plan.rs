@@ -7,7 +7,8 @@
 //!
 //! Jobs run first in, first out (by creation; a job's chunks run as soon as they are cut from
 //! its uploading input): the head job's chunks go to every worker, at most the job's
-//! `processes` slots in flight per worker (least loaded workers first), and only when the head
+//! `processes` calls in flight per worker (least loaded workers first), each call carrying a
+//! batch of consecutive chunks when they are small (`batch`), and only when the head
 //! job has no queued chunk left may the next job use free slots. Merging complete groups comes
 //! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
 //! When no job has a queued chunk left, slots still free may run speculative copies of slow
@@ -19,10 +20,12 @@ use std::time::Instant;
 
 use tracing::debug;
 
+use super::batch::{batch_limit, take_batch};
 use super::dispatch::Action;
 use super::jobs::{Aggregation, GroupState, Job, Prep, RunningCopy, State};
 use super::now_ms;
 use super::speculation::speculate;
+use super::store::ChunkMeta;
 use super::workers::WorkerEntry;
 use crate::rpc::{JobState, WorkerId};
 
@@ -49,22 +52,9 @@ impl State {
         if ready.is_empty() {
             return actions;
         }
-        for job_id in self.run_queue.clone() {
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            // A job whose input still uploads runs the chunks cut so far.
-            if job.state.is_final() {
-                continue;
-            }
-            // The least loaded workers first, so that a few chunks spread over the cluster.
-            ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
-            plan_job(job, &mut self.workers, &ready, &mut actions);
-            if !job.queue.is_empty() {
-                break;
-            }
-        }
+        self.plan_jobs(&mut ready, &mut actions);
         // Speculative copies only take slots that no queued chunk of any job wants.
-        let nothing_queued = self.run_queue.iter().all(|id| self.jobs.get(id).is_none_or(|job| job.queue.is_empty()));
-        if nothing_queued {
+        if self.nothing_queued() {
             let now = Instant::now();
             for job_id in self.run_queue.clone() {
                 let Some(job) = self.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { continue };
@@ -73,8 +63,33 @@ impl State {
                     self.next_speculation = Some(self.next_speculation.map_or(due, |next| next.min(due)));
                 }
             }
+            // Chunks that waited behind a straggler in its batch are queued again: send them now.
+            if !self.nothing_queued() {
+                self.plan_jobs(&mut ready, &mut actions);
+            }
         }
         actions
+    }
+
+    /// Plans the jobs in the order they were queued, until one still has queued chunks.
+    fn plan_jobs(&mut self, ready: &mut [WorkerId], actions: &mut Vec<Action>) {
+        for job_id in self.run_queue.clone() {
+            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
+            // A job whose input still uploads runs the chunks cut so far.
+            if job.state.is_final() {
+                continue;
+            }
+            // The least loaded workers first, so that a few chunks spread over the cluster.
+            ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
+            plan_job(job, &mut self.workers, ready, actions);
+            if !job.queue.is_empty() {
+                break;
+            }
+        }
+    }
+
+    fn nothing_queued(&self) -> bool {
+        self.run_queue.iter().all(|id| self.jobs.get(id).is_none_or(|job| job.queue.is_empty()))
     }
 }
 
@@ -134,6 +149,7 @@ fn plan_job(
     }
     // The workers that can still run this job's chunks (not those that failed to prepare it).
     let able: Vec<WorkerId> = ready.iter().copied().filter(|id| job.prepared.get(id) != Some(&Prep::Failed)).collect();
+    let job_slots: u32 = able.iter().filter_map(|id| workers.get(id)).map(|w| job.slots_on(w)).sum();
     for &worker_id in ready {
         if job.queue.is_empty() {
             break;
@@ -149,18 +165,26 @@ fn plan_job(
         }
         let slots = job.slots_on(worker);
         while worker.slots_used < slots {
-            let Some(index) = take_chunk_for(job, worker_id, &able) else { break };
-            let meta = job.chunks[index as usize].meta;
-            let copy = RunningCopy::start(worker_id, false);
+            let limit = batch_limit(job, job_slots);
+            let batch: Arc<[u64]> = take_batch(job, worker_id, &able, limit).into();
+            if batch.is_empty() {
+                break;
+            }
+            let copy = RunningCopy::start(worker_id, false, Arc::clone(&batch));
             let cancel = Arc::clone(&copy.cancel);
-            job.chunks[index as usize].running.push(copy);
+            let chunks: Vec<(u64, ChunkMeta)> =
+                batch.iter().map(|&index| (index, job.chunks[index as usize].meta)).collect();
+            for &index in batch.iter() {
+                job.chunks[index as usize].running.push(copy.clone());
+            }
+            let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
             worker.slots_used += 1;
-            worker.chunks_in_flight += 1;
-            job.progress_of(worker_id, &worker.info.address).in_flight += 1;
+            worker.chunks_in_flight += n_chunks;
+            job.progress_of(worker_id, &worker.info.address).in_flight += n_chunks;
             changed = true;
-            debug!(job = job.id, chunk = index, worker = worker_id, "chunk dispatched");
-            let deadline = job.chunk_deadline();
-            actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
+            debug!(job = job.id, first_chunk = batch[0], chunks = batch.len(), worker = worker_id, "chunks dispatched");
+            let deadline = job.call_deadline(batch.len());
+            actions.push(Action::Run { worker: worker.handle(), job: job.id, chunks, cancel, deadline });
         }
     }
     if changed {
@@ -190,32 +214,4 @@ fn start_prepare(job: &mut Job, worker: &WorkerEntry, actions: &mut Vec<Action>)
         limits: job.spec.limits(),
     });
     true
-}
-
-/// Takes the first queued chunk this worker should run: a chunk that failed on it goes to
-/// another of the `able` workers when one exists that it has not failed on.
-fn take_chunk_for(job: &mut Job, worker_id: WorkerId, able: &[WorkerId]) -> Option<u64> {
-    let index = job.queue.iter().copied().find(|&index| {
-        let chunk = &job.chunks[index as usize];
-        !chunk.failed_on.contains(&worker_id) || able.iter().all(|w| chunk.failed_on.contains(w))
-    })?;
-    job.queue.remove(&index);
-    Some(index)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::controller::jobs::tests::job;
-
-    #[test]
-    fn a_retry_avoids_the_worker_it_failed_on_when_another_exists() {
-        let mut job = job(2);
-        job.chunks[0].failed_on.push(7);
-        assert_eq!(take_chunk_for(&mut job, 7, &[7, 8]), Some(1), "worker 7 skips chunk 0");
-        job.queue.insert(1);
-        assert_eq!(take_chunk_for(&mut job, 8, &[7, 8]), Some(0));
-        job.queue.insert(0);
-        assert_eq!(take_chunk_for(&mut job, 7, &[7]), Some(0), "alone, worker 7 retries it");
-    }
 }

@@ -31,18 +31,31 @@ pub(super) const SPECULATION_MIN_DONE: usize = 3;
 /// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
 pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
 
-/// How long the completed chunks of a job took, with their median.
+/// How long the completed chunks of a job took, with their median, and the recent pace per
+/// chunk that sizes batches (`batch`).
 #[derive(Debug, Default)]
 pub(super) struct ChunkTimes {
     done: Vec<Duration>,
     /// The median, and the number of times it was computed over.
     median: Option<(usize, Duration)>,
+    /// A moving average of the time per chunk of the calls that answered lately.
+    pace: Option<Duration>,
 }
 
 impl ChunkTimes {
-    /// Records a completed chunk's time.
-    pub fn record(&mut self, took: Duration) {
-        self.done.push(took);
+    /// Records a call that answered for `n_chunks` chunks after `took`: each chunk is counted
+    /// with its share of the call's time (its chunks ran one after another).
+    pub fn record_call(&mut self, took: Duration, n_chunks: usize) {
+        let n_chunks = n_chunks.max(1);
+        let share = took / u32::try_from(n_chunks).unwrap_or(u32::MAX);
+        self.done.extend(std::iter::repeat_n(share, n_chunks));
+        // Recent calls weigh more, so that the pace follows a plugin that speeds up or slows down.
+        self.pace = Some(self.pace.map_or(share, |pace| (pace * 3 + share) / 4));
+    }
+
+    /// The time per chunk of the calls that answered lately; `None` before any did.
+    pub fn pace(&self) -> Option<Duration> {
+        self.pace
     }
 
     /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
@@ -64,8 +77,11 @@ impl ChunkTimes {
     }
 }
 
-/// Starts speculative copies of the job's stragglers on free slots. Answers when the next
-/// running chunk will become a straggler, so the scheduler looks again then.
+/// Starts speculative copies of the job's stragglers on free slots. A straggler carried in a
+/// batch is the first chunk of its call still needed (the others wait behind it there): it is
+/// copied alone, and the chunks behind it go back to the queue to run elsewhere as usual,
+/// while the call goes on (the first partial stored wins). Answers when the next running chunk
+/// will become a straggler, so the scheduler looks again then.
 pub(super) fn speculate(
     job: &mut Job,
     workers: &mut BTreeMap<WorkerId, WorkerEntry>,
@@ -84,7 +100,8 @@ pub(super) fn speculate(
         let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
         let Some(worker) = workers.get_mut(&target) else { continue };
         let meta = chunk.meta;
-        let copy = RunningCopy::start(target, true);
+        let straggling_call = Arc::clone(&chunk.running[0].batch);
+        let copy = RunningCopy::start(target, true, Arc::from([index]));
         let cancel = Arc::clone(&copy.cancel);
         let chunk = &mut job.chunks[index as usize];
         chunk.running.push(copy);
@@ -96,8 +113,21 @@ pub(super) fn speculate(
         job.figures_dirty = true;
         started = true;
         info!(job = job.id, chunk = index, original, copy_on = target, "speculative copy of a slow chunk");
-        let deadline = job.chunk_deadline();
-        actions.push(Action::Run { worker: worker.handle(), job: job.id, index, meta, cancel, deadline });
+        for &behind in straggling_call.iter().filter(|&&other| other != index) {
+            let waiting =
+                job.chunks.get(behind as usize).is_some_and(|c| !c.done && !c.storing && c.running.len() == 1);
+            if waiting {
+                job.queue.insert(behind);
+            }
+        }
+        let deadline = job.call_deadline(1);
+        actions.push(Action::Run {
+            worker: worker.handle(),
+            job: job.id,
+            chunks: vec![(index, meta)],
+            cancel,
+            deadline,
+        });
     }
     if started {
         job.publish();
@@ -112,7 +142,7 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
         return (Vec::new(), None);
     }
     let Some(median) = job.times.median() else { return (Vec::new(), None) };
-    let threshold = (median * SPECULATION_FACTOR).max(SPECULATION_MIN_AGE);
+    let threshold = median * SPECULATION_FACTOR;
     let mut next_check: Option<Instant> = None;
     let mut slow: Vec<(Instant, u64)> = Vec::new();
     for (index, chunk) in job.chunks.iter().enumerate() {
@@ -120,7 +150,16 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
         if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {
             continue;
         }
-        let since = chunk.running[0].since;
+        let call = &chunk.running[0];
+        // In a batch, the chunks behind the first one still needed are waiting, not slow.
+        let needed = |other: &&u64| job.chunks.get(**other as usize).is_some_and(|c| !c.done && !c.storing);
+        if call.batch.iter().find(needed) != Some(&(index as u64)) {
+            continue;
+        }
+        // A call's chunks run one after another: it may take its share for each.
+        let n_chunks = u32::try_from(call.batch.len()).unwrap_or(u32::MAX);
+        let threshold = threshold.saturating_mul(n_chunks).max(SPECULATION_MIN_AGE);
+        let since = call.since;
         if now.saturating_duration_since(since) >= threshold {
             slow.push((since, index as u64));
         } else {
@@ -163,9 +202,10 @@ mod tests {
         for index in 0..n {
             if index < 3 {
                 job.count_done(index, None);
-                job.times.record(Duration::from_millis(100));
+                job.times.record_call(Duration::from_millis(100), 1);
             } else {
-                job.chunks[index as usize].running.push(RunningCopy { since: started, ..RunningCopy::start(1, false) });
+                let copy = RunningCopy { since: started, ..RunningCopy::start(1, false, Arc::from([index])) };
+                job.chunks[index as usize].running.push(copy);
             }
         }
         job
@@ -182,7 +222,7 @@ mod tests {
         assert_eq!((slow, next), (vec![3, 4], None));
 
         job.chunks[3].speculated = true;
-        job.chunks[4].running.push(RunningCopy::start(2, true));
+        job.chunks[4].running.push(RunningCopy::start(2, true, Arc::from([4])));
         let (slow, _) = stragglers(&mut job, started + Duration::from_secs(2));
         assert!(slow.is_empty(), "one copy per chunk");
     }
@@ -199,7 +239,7 @@ mod tests {
         assert!(stragglers(&mut off, late).0.is_empty());
         let mut early = running_job(5, started);
         early.times = ChunkTimes::default();
-        early.times.record(Duration::from_millis(100));
+        early.times.record_call(Duration::from_millis(100), 1);
         assert!(stragglers(&mut early, late).0.is_empty(), "one chunk time is no median");
     }
 
@@ -216,13 +256,16 @@ mod tests {
     #[test]
     fn the_median_needs_a_few_chunks_and_follows_new_ones() {
         let mut times = ChunkTimes::default();
-        times.record(Duration::from_millis(100));
-        times.record(Duration::from_millis(300));
+        times.record_call(Duration::from_millis(100), 1);
+        times.record_call(Duration::from_millis(300), 1);
         assert_eq!(times.median(), None, "two chunks say nothing yet");
-        times.record(Duration::from_millis(200));
+        times.record_call(Duration::from_millis(200), 1);
         assert_eq!(times.median(), Some(Duration::from_millis(200)));
-        times.record(Duration::from_millis(50));
-        times.record(Duration::from_millis(40));
-        assert_eq!(times.median(), Some(Duration::from_millis(100)));
+        times.record_call(Duration::from_millis(90), 2);
+        assert_eq!(
+            times.median(),
+            Some(Duration::from_millis(100)),
+            "a call of two counts each chunk at half its time"
+        );
     }
 }

@@ -50,6 +50,17 @@ pub(crate) struct ChunkMeta {
     pub n_lines: u64,
 }
 
+/// A chunk's partial to store.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct NewPartial<'a> {
+    /// The chunk's index.
+    pub index: u64,
+    /// Attempts that ended, counting the one that produced the partial.
+    pub attempts: u32,
+    /// The encoded partial.
+    pub partial: &'a [u8],
+}
+
 /// A stored chunk of an unfinished job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChunkRow {
@@ -455,7 +466,7 @@ pub(super) mod tests {
         let job = store.insert_job(&spec(), 7).await.unwrap();
         assert!(store.finish_input(job, 0, &[meta(0)], 10, 16).await.unwrap());
         store.mark_running(job, 8).await.unwrap();
-        store.save_partial(job, 0, 1, b"p").await.unwrap();
+        store.save_partials(job, &[NewPartial { index: 0, attempts: 1, partial: b"p" }]).await.unwrap();
         let record = FinalRecord {
             job,
             state: JobState::Succeeded,

@@ -38,8 +38,9 @@ pub(super) struct WorkerEntry {
     pub secret: Secret,
     pub client: WorkerClient,
     pub last_seen: Instant,
-    /// Calls holding a slot (chunks and combines), over all jobs.
+    /// Calls holding a slot (batches of chunks and combines), over all jobs.
     pub slots_used: u32,
+    /// Chunks in those calls.
     pub chunks_in_flight: u32,
     pub chunks_done: u64,
     /// Ends the connection's dispatch task, which fails every call in flight.
@@ -85,13 +86,12 @@ impl WorkerEntry {
 }
 
 impl State {
-    /// Frees the slot a finished call held on a worker (if it is still registered).
-    pub fn release_slot(&mut self, worker_id: WorkerId, chunk: bool) {
+    /// Frees the slot a finished call carrying `n_chunks` chunks held on a worker (if it is
+    /// still registered).
+    pub fn release_slot(&mut self, worker_id: WorkerId, n_chunks: u32) {
         if let Some(worker) = self.workers.get_mut(&worker_id) {
             worker.slots_used = worker.slots_used.saturating_sub(1);
-            if chunk {
-                worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(1);
-            }
+            worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(n_chunks);
         }
     }
 

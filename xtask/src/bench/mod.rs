@@ -35,6 +35,28 @@ pub struct Args {
     /// Where to write the report.
     #[arg(long, default_value = "BENCHMARKS.md")]
     output: PathBuf,
+    /// Measure this `kiln` binary instead of building the release one (to compare builds).
+    #[arg(long)]
+    kiln: Option<PathBuf>,
+    /// Run only these measures (repeat or separate with commas); all of them by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Measure>,
+}
+
+/// The measures of the bench, each a section of BENCHMARKS.md (peak memory comes with the
+/// cluster word count).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Measure {
+    /// Word count: run-local and the cluster against the baseline, and peak memory (sections 1, 5).
+    WordCount,
+    /// Submit-to-result latency of tiny jobs (section 2).
+    Tiny,
+    /// The chunk dispatch rate (section 3).
+    Dispatch,
+    /// Plugin build times (section 4).
+    Builds,
+    /// The other example plugins through run-local.
+    Plugins,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -53,46 +75,91 @@ pub struct Bench {
     /// Repetitions after the warm-up.
     runs: usize,
     quick: bool,
+    /// The flags that choose what runs (`--quick`, `--only ...`), for the report's header.
+    flags: String,
 }
 
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
     let started = Instant::now();
-    eprintln!("building kiln (release)");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "--quiet", "-p", "kiln-engine", "--bin", "kiln"])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo build of kiln failed");
-    }
+    let kiln = match &args.kiln {
+        Some(kiln) => std::path::absolute(kiln)?,
+        None => {
+            eprintln!("building kiln (release)");
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "--release", "--quiet", "-p", "kiln-engine", "--bin", "kiln"])
+                .current_dir(&root)
+                .status()?;
+            if !status.success() {
+                bail!("cargo build of kiln failed");
+            }
+            root.join("target/release/kiln")
+        }
+    };
     let work = root.join("target/bench");
     let bench = Bench {
-        kiln: root.join("target/release/kiln"),
+        kiln,
         cache_dir: work.join("cache"),
         target_dir: work.join("plugin-target"),
         size: args.size.unwrap_or(if args.quick { 64 << 20 } else { 1 << 30 }),
         runs: if args.quick { 2 } else { 5 },
         quick: args.quick,
+        flags: flags(args),
         work,
         root,
     };
     std::fs::create_dir_all(bench.work.join("inputs"))?;
 
+    let wanted = |measure: Measure| args.only.is_empty() || args.only.contains(&measure);
     let mut report = Report::new(&bench)?;
-    let baseline = measures::word_count(&bench, &mut report)?;
-    let memory = cluster_measures::word_count(&bench, &mut report, &baseline)?;
-    cluster_measures::tiny_jobs(&bench, &mut report)?;
-    cluster_measures::dispatch_rate(&bench, &mut report)?;
-    measures::builds(&bench, &mut report)?;
-    cluster_measures::peak_memory(&mut report, &memory);
-    measures::other_plugins(&bench, &mut report)?;
+    let memory = match wanted(Measure::WordCount) {
+        true => {
+            let baseline = measures::word_count(&bench, &mut report)?;
+            Some(cluster_measures::word_count(&bench, &mut report, &baseline)?)
+        }
+        false => None,
+    };
+    if wanted(Measure::Tiny) {
+        cluster_measures::tiny_jobs(&bench, &mut report)?;
+    }
+    if wanted(Measure::Dispatch) {
+        cluster_measures::dispatch_rate(&bench, &mut report)?;
+    }
+    if wanted(Measure::Builds) {
+        measures::builds(&bench, &mut report)?;
+    }
+    if let Some(memory) = &memory {
+        cluster_measures::peak_memory(&mut report, memory);
+    }
+    if wanted(Measure::Plugins) {
+        measures::other_plugins(&bench, &mut report)?;
+    }
     report.note_total(started.elapsed());
 
     let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
     std::fs::write(&output, report.render())?;
     eprintln!("wrote {} in {:.0} s", output.display(), started.elapsed().as_secs_f64());
     Ok(())
+}
+
+/// The flags of `args` that change what the report holds, as they would be typed.
+fn flags(args: &Args) -> String {
+    let mut flags = String::new();
+    if args.quick {
+        flags.push_str(" --quick");
+    }
+    if let Some(kiln) = &args.kiln {
+        flags.push_str(&format!(" --kiln {}", kiln.display()));
+    }
+    if !args.only.is_empty() {
+        let names: Vec<String> = args
+            .only
+            .iter()
+            .filter_map(|measure| clap::ValueEnum::to_possible_value(measure).map(|v| v.get_name().to_owned()))
+            .collect();
+        flags.push_str(&format!(" --only {}", names.join(",")));
+    }
+    flags
 }
 
 impl Bench {

@@ -38,11 +38,7 @@ impl Report {
     pub fn new(bench: &Bench) -> anyhow::Result<Report> {
         let mut header = String::new();
         writeln!(header, "# Benchmarks\n")?;
-        writeln!(
-            header,
-            "Written by `cargo xtask bench{}`; rerun it to refresh every figure.\n",
-            if bench.quick { " --quick" } else { "" }
-        )?;
+        writeln!(header, "Written by `cargo xtask bench{}`; rerun it to refresh every figure.\n", bench.flags)?;
         writeln!(header, "- machine: {} cores, {}, {} memory", cores(), cpu_model(), memory())?;
         writeln!(header, "- commit: {}", commit(bench))?;
         writeln!(header, "- run: {} repetitions after a warm-up run; figures are medians, then (min–max)", bench.runs)?;

@@ -1,6 +1,12 @@
-//! Running a copy of a chunk on a worker and applying its answer: the partial stored first
-//! (the first one stored wins, and the other copies are cancelled), or the failure sorted
-//! into an attempt, an interruption, a lost worker or the end of the job.
+//! Running a batch of chunks on a worker in one call and applying its answers.
+//!
+//! The worker answers one result per chunk. Under one lock: the call's copies end, partials of
+//! chunks not yet done are marked as being stored, and failures are sorted per chunk into an
+//! attempt (retried, elsewhere when possible, until the job's `max_attempts`), an interruption
+//! or a lost worker (queued again without an attempt), or the end of the job. The partials are
+//! then stored in one transaction (the first one stored for a chunk wins), and only then, under
+//! the lock again, do their chunks count as done and their other copies get cancelled, unless
+//! a copy's call carries other chunks still needed. Each step publishes the job's status once.
 
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
@@ -12,195 +18,268 @@ use tracing::{debug, error, info, warn};
 
 use super::super::Shared;
 use super::super::jobs::{Job, RunningCopy, State};
-use super::super::store::ChunkMeta;
+use super::super::store::{ChunkMeta, NewPartial};
 use super::super::workers::WorkerHandle;
 use super::{Failure, classify, deadline_in, end_job, fail_internal, is_active};
-use crate::rpc::{FailureKind, JobFailure, JobId, JobState};
+use crate::rpc::{ChunkInput, FailureKind, JobFailure, JobId, JobState, WorkerId};
 
-/// One copy of a chunk being run on a worker: what its call task knows of it.
-pub(in crate::controller) struct ChunkCall {
+/// One call carrying a batch of chunks to a worker: what its task knows of it.
+pub(in crate::controller) struct BatchCall {
     pub job: JobId,
-    pub index: u64,
-    pub meta: ChunkMeta,
+    /// The chunks, in the order the worker runs them.
+    pub chunks: Vec<(u64, ChunkMeta)>,
     pub worker: WorkerHandle,
-    /// The copy's cancellation, which also tells it from other copies on the same worker.
+    /// The call's cancellation, shared by the copies of its chunks, which also tells them from
+    /// other copies of the same chunks.
     pub cancel: Arc<Notify>,
     /// How long the call may take.
     pub deadline: Duration,
 }
 
-/// Runs the copy until the worker answers or the copy is cancelled, and applies the answer.
-pub(super) async fn run_chunk(shared: &Shared, call: ChunkCall) {
-    let (job_id, index) = (call.job, call.index);
+/// Runs the call until the worker answers or the call is cancelled, and applies the answers.
+pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
+    let job_id = call.job;
     if !is_active(shared, job_id) {
-        return drop_copy(shared, &call);
+        return drop_call(shared, &call);
     }
-    let text = match read_chunk(shared.input_path(job_id), call.meta).await {
-        Ok(text) => text,
-        Err(e) => {
-            drop_copy(shared, &call);
+    let inputs = match read_chunks(shared.input_path(job_id), call.chunks.clone()).await {
+        Ok(inputs) => inputs,
+        Err((index, e)) => {
+            drop_call(shared, &call);
             let message = format!("cannot read chunk {index} of the spooled input: {e}");
             return fail_internal(shared, job_id, message).await;
         }
     };
     let worker = &call.worker;
-    let ctx = deadline_in(call.deadline);
-    let answer = worker.client.run_chunk(ctx, worker.secret(), job_id, call.meta.first_line, ByteBuf::from(text));
-    // Dropping the call cancels it on the worker, which abandons the chunk there.
+    let answer = worker.client.run_chunks(deadline_in(call.deadline), worker.secret(), job_id, inputs);
+    // Dropping the call cancels it on the worker, which abandons the chunks not yet answered.
     let result = tokio::select! {
         result = answer => result,
         () = call.cancel.notified() => {
-            debug!(job = job_id, chunk = index, worker = worker.id, "copy cancelled");
-            return drop_copy(shared, &call);
+            debug!(job = job_id, first_chunk = call.chunks[0].0, worker = worker.id, "call cancelled");
+            return drop_call(shared, &call);
         }
     };
-    match classify(result, call.deadline) {
-        Ok(partial) => store_partial(shared, &call, partial).await,
-        Err(failure) => chunk_failed(shared, &call, failure).await,
-    }
+    let n_chunks = call.chunks.len();
+    let outcomes = match classify(result, call.deadline) {
+        Ok(results) if results.len() == n_chunks => {
+            results.into_iter().map(|result| classify(Ok(result), call.deadline)).collect()
+        }
+        Ok(results) => {
+            let message = format!("the worker answered {} results for {n_chunks} chunks", results.len());
+            vec![Err(Failure::Attempt(message)); n_chunks]
+        }
+        Err(Failure::Lost(reason)) => {
+            shared.with_state(|st| st.lose_worker(worker.id, &reason));
+            return drop_call(shared, &call);
+        }
+        // The whole call failed: each chunk shares the failure.
+        Err(failure) => return apply(shared, &call, vec![Err(failure); n_chunks], false).await,
+    };
+    apply(shared, &call, outcomes, true).await;
 }
 
-/// Frees the slot of a copy whose call ended and forgets the copy; answers the job's copy if
-/// the job is still running.
-fn end_copy<'a>(st: &'a mut State, call: &ChunkCall) -> Option<(&'a mut Job, Option<RunningCopy>)> {
-    st.release_slot(call.worker.id, true);
+/// Frees the slot of a call that ended and forgets its copies; answers the job and the copies
+/// (one per chunk, in order) if the job is still running.
+fn end_call<'a>(st: &'a mut State, call: &BatchCall) -> Option<(&'a mut Job, Vec<Option<RunningCopy>>)> {
+    let n_chunks = u32::try_from(call.chunks.len()).unwrap_or(u32::MAX);
+    st.release_slot(call.worker.id, n_chunks);
     let job = st.jobs.get_mut(&call.job).filter(|job| !job.state.is_final())?;
     if let Some(progress) = job.workers.get_mut(&call.worker.id) {
-        progress.in_flight = progress.in_flight.saturating_sub(1);
+        progress.in_flight = progress.in_flight.saturating_sub(n_chunks);
     }
-    let copy = job.chunks.get_mut(call.index as usize).and_then(|chunk| chunk.take_copy(&call.cancel));
-    Some((job, copy))
+    let copies = call
+        .chunks
+        .iter()
+        .map(|(index, _)| job.chunks.get_mut(*index as usize).and_then(|chunk| chunk.take_copy(&call.cancel)))
+        .collect();
+    Some((job, copies))
 }
 
-/// Forgets one running copy of a chunk (its call ended without a partial); the chunk is
-/// queued again unless another copy runs or it is done.
-fn drop_copy(shared: &Shared, call: &ChunkCall) {
+/// Forgets a call that ended without answers; its chunks are queued again unless another copy
+/// runs or they are done.
+fn drop_call(shared: &Shared, call: &BatchCall) {
     shared.with_state(|st| {
-        let Some((job, _)) = end_copy(st, call) else { return };
-        job.requeue_if_idle(call.index);
+        let Some((job, _)) = end_call(st, call) else { return };
+        for (index, _) in &call.chunks {
+            job.requeue_if_idle(*index);
+        }
         job.publish();
     });
     shared.wake();
 }
 
-async fn read_chunk(path: std::path::PathBuf, meta: ChunkMeta) -> std::io::Result<Vec<u8>> {
+/// Reads the chunks' text from the spooled input, in one blocking task; an error names the
+/// chunk it failed on.
+async fn read_chunks(
+    path: std::path::PathBuf,
+    chunks: Vec<(u64, ChunkMeta)>,
+) -> Result<Vec<ChunkInput>, (u64, std::io::Error)> {
+    let first = chunks.first().map_or(0, |(index, _)| *index);
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path)?;
-        let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
-        file.read_exact_at(&mut text, meta.offset)?;
-        Ok(text)
+        let file = std::fs::File::open(&path).map_err(|e| (first, e))?;
+        chunks
+            .iter()
+            .map(|(index, meta)| {
+                let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
+                file.read_exact_at(&mut text, meta.offset).map_err(|e| (*index, e))?;
+                Ok(ChunkInput { first_line: meta.first_line, text: ByteBuf::from(text) })
+            })
+            .collect()
     })
     .await
-    .map_err(std::io::Error::other)?
+    .map_err(|e| (first, std::io::Error::other(e)))?
 }
 
-/// Stores a copy's partial unless another copy's is stored or being stored; the first one
-/// wins, and the other copies still running are cancelled.
-async fn store_partial(shared: &Shared, call: &ChunkCall, partial: ByteBuf) {
-    let (job_id, index, worker_id) = (call.job, call.index, call.worker.id);
-    let attempts = shared.with_state(|st| {
-        let (job, copy) = end_copy(st, call)?;
-        let chunk = job.chunks.get_mut(index as usize)?;
-        if chunk.done || chunk.storing {
-            return None;
+/// A partial that came back for a chunk not yet done, to store.
+struct Answered {
+    index: u64,
+    attempts: u32,
+    partial: ByteBuf,
+    copy: Option<RunningCopy>,
+}
+
+/// What the answers of a call mean, decided under the lock.
+#[derive(Default)]
+struct Verdicts {
+    answered: Vec<Answered>,
+    /// Chunks charged an attempt and queued again: `(index, attempts)`.
+    retried: Vec<(u64, u32)>,
+    /// The job's retry count after them.
+    retries: u64,
+    /// Why the job fails, when a chunk failed for good.
+    fails: Option<JobFailure>,
+}
+
+/// Applies one outcome per chunk of the call: `answered` says the worker answered (so the
+/// call's time tells the job's pace), rather than the whole call failing.
+async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, Failure>>, answered: bool) {
+    let (job_id, worker_id) = (call.job, call.worker.id);
+    let verdicts = shared.with_state(|st| {
+        let (job, copies) = end_call(st, call)?;
+        if answered && let Some(since) = copies.iter().flatten().map(|copy| copy.since).min() {
+            job.times.record_call(since.elapsed(), call.chunks.len());
         }
-        chunk.storing = true;
-        Some((chunk.failures + 1, copy))
+        let mut verdicts = Verdicts::default();
+        for (((index, _), outcome), copy) in call.chunks.iter().zip(outcomes).zip(copies) {
+            let index = *index;
+            let kind = match outcome {
+                Ok(partial) => {
+                    let Some(chunk) = job.chunks.get_mut(index as usize) else { continue };
+                    if chunk.done || chunk.storing {
+                        debug!(job = job_id, chunk = index, worker = worker_id, "late or duplicate partial dropped");
+                        continue;
+                    }
+                    chunk.storing = true;
+                    let attempts = chunk.failures + 1;
+                    job.queue.remove(&index);
+                    verdicts.answered.push(Answered { index, attempts, partial, copy });
+                    continue;
+                }
+                Err(Failure::Interrupted(reason)) => {
+                    debug!(
+                        job = job_id,
+                        chunk = index,
+                        worker = worker_id,
+                        "chunk interrupted, to run again: {reason}"
+                    );
+                    job.requeue_if_idle(index);
+                    continue;
+                }
+                Err(Failure::NotPrepared | Failure::Lost(_)) => {
+                    job.prepared.remove(&worker_id);
+                    job.requeue_if_idle(index);
+                    continue;
+                }
+                Err(Failure::Attempt(message)) => (None, message),
+                Err(Failure::Fatal(message)) => (Some(FailureKind::Plugin), message),
+                Err(Failure::Build(message)) => (Some(FailureKind::Build), message),
+            };
+            charge(job, index, worker_id, kind, &mut verdicts);
+        }
+        verdicts.retries = job.retries;
+        // With partials to store, the status is published once they count.
+        if verdicts.answered.is_empty() {
+            job.publish();
+        }
+        Some(verdicts)
     });
     shared.wake();
-    let Some((attempts, copy)) = attempts else {
-        debug!(job = job_id, chunk = index, worker = worker_id, "late or duplicate partial dropped");
+    let Some(verdicts) = verdicts else { return };
+    if let Some(failure) = verdicts.fails {
+        end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
         return;
-    };
-    if let Err(e) = shared.store.save_partial(job_id, index, attempts, &partial).await {
-        return fail_internal(shared, job_id, format!("cannot store the partial of chunk {index}: {e}")).await;
+    }
+    if !verdicts.answered.is_empty() {
+        store_partials(shared, job_id, worker_id, verdicts.answered).await;
+    }
+    if !verdicts.retried.is_empty()
+        && let Err(e) = shared.store.save_attempts(job_id, &verdicts.retried, verdicts.retries).await
+    {
+        error!(job = job_id, "{e}");
+    }
+}
+
+/// Charges a failed attempt to a chunk: it is retried (queued again, to go elsewhere when
+/// possible) until the job's `max_attempts`; a failure of kind `kind` ends the job at once.
+fn charge(
+    job: &mut Job,
+    index: u64,
+    worker_id: WorkerId,
+    (kind, message): (Option<FailureKind>, String),
+    verdicts: &mut Verdicts,
+) {
+    let (job_id, max_attempts, span) = (job.id, job.max_attempts(), job.span(index));
+    let Some(chunk) = job.chunks.get_mut(index as usize) else { return };
+    if chunk.done || chunk.storing {
+        return;
+    }
+    chunk.failures += 1;
+    chunk.failed_on.push(worker_id);
+    let attempts = chunk.failures;
+    warn!(job = job_id, chunk = index, worker = worker_id, attempts, "chunk attempt failed: {message}");
+    if let Some(kind) = kind.or((attempts >= max_attempts).then_some(FailureKind::Plugin)) {
+        // The first chunk to fail for good names the job's failure.
+        if verdicts.fails.is_none() {
+            verdicts.fails = Some(JobFailure { kind, message, chunk: Some(span), attempts });
+        }
+        return;
+    }
+    job.retries += 1;
+    job.requeue_if_idle(index);
+    verdicts.retried.push((index, attempts));
+}
+
+/// Stores the call's partials in one transaction, then counts their chunks done and cancels
+/// their other copies whose calls carry nothing else still needed.
+async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, answered: Vec<Answered>) {
+    let partials: Vec<NewPartial<'_>> = answered
+        .iter()
+        .map(|a| NewPartial { index: a.index, attempts: a.attempts, partial: a.partial.as_slice() })
+        .collect();
+    if let Err(e) = shared.store.save_partials(job_id, &partials).await {
+        let first = answered[0].index;
+        return fail_internal(shared, job_id, format!("cannot store the partials of chunks from {first}: {e}")).await;
     }
     shared.with_state(|st| {
         if let Some(worker) = st.workers.get_mut(&worker_id) {
-            worker.chunks_done += 1;
+            worker.chunks_done += answered.len() as u64;
         }
         let Some(job) = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { return };
-        if job.chunks.get(index as usize).is_none_or(|chunk| chunk.done) {
-            return;
-        }
-        job.cancel_copies(index);
-        job.count_done(index, Some(worker_id));
-        let took = copy.as_ref().map(|copy| copy.since.elapsed());
-        if let Some(took) = took {
-            job.times.record(took);
-        }
-        if copy.is_some_and(|copy| copy.speculative) {
-            job.speculative_won += 1;
-            job.figures_dirty = true;
-            info!(job = job_id, chunk = index, worker = worker_id, "the speculative copy finished first");
-        }
-        debug!(job = job_id, chunk = index, worker = worker_id, took_ms = took.map(|t| t.as_millis()), "chunk done");
-        job.publish();
-    });
-    shared.wake();
-}
-
-/// Applies a copy's failure: a lost worker or an interruption puts the chunk back without an
-/// attempt; a failed attempt is retried (elsewhere when possible) until the job's
-/// `max_attempts`; a fatal or build error ends the job at once.
-async fn chunk_failed(shared: &Shared, call: &ChunkCall, failure: Failure) {
-    enum Next {
-        Retry { attempts: u32, retries: u64 },
-        Fail(JobFailure),
-    }
-    let (job_id, index, worker_id) = (call.job, call.index, call.worker.id);
-    let (kind, message) = match failure {
-        Failure::Lost(reason) => {
-            shared.with_state(|st| st.lose_worker(worker_id, &reason));
-            return drop_copy(shared, call);
-        }
-        Failure::NotPrepared => {
-            shared.with_state(|st| {
-                if let Some(job) = st.jobs.get_mut(&job_id) {
-                    job.prepared.remove(&worker_id);
-                }
-            });
-            return drop_copy(shared, call);
-        }
-        Failure::Interrupted(reason) => {
-            debug!(job = job_id, chunk = index, worker = worker_id, "chunk interrupted, to run again: {reason}");
-            return drop_copy(shared, call);
-        }
-        Failure::Attempt(message) => (None, message),
-        Failure::Fatal(message) => (Some(FailureKind::Plugin), message),
-        Failure::Build(message) => (Some(FailureKind::Build), message),
-    };
-    let next = shared.with_state(|st| {
-        let (job, _) = end_copy(st, call)?;
-        let max_attempts = job.max_attempts();
-        let span = job.span(index);
-        let chunk = job.chunks.get_mut(index as usize)?;
-        if chunk.done || chunk.storing {
-            return None;
-        }
-        chunk.failures += 1;
-        chunk.failed_on.push(worker_id);
-        let attempts = chunk.failures;
-        warn!(job = job_id, chunk = index, worker = worker_id, attempts, "chunk attempt failed: {message}");
-        if let Some(kind) = kind.or((attempts >= max_attempts).then_some(FailureKind::Plugin)) {
-            let failure = JobFailure { kind, message: message.clone(), chunk: Some(span), attempts };
-            return Some(Next::Fail(failure));
-        }
-        job.retries += 1;
-        job.requeue_if_idle(index);
-        job.publish();
-        Some(Next::Retry { attempts, retries: job.retries })
-    });
-    shared.wake();
-    match next {
-        Some(Next::Retry { attempts, retries }) => {
-            if let Err(e) = shared.store.save_attempts(job_id, index, attempts, retries).await {
-                error!(job = job_id, "{e}");
+        for Answered { index, copy, .. } in answered {
+            if job.chunks.get(index as usize).is_none_or(|chunk| chunk.done) {
+                continue;
+            }
+            job.cancel_copies(index);
+            job.count_done(index, Some(worker_id));
+            if copy.is_some_and(|copy| copy.speculative) {
+                job.speculative_won += 1;
+                job.figures_dirty = true;
+                info!(job = job_id, chunk = index, worker = worker_id, "the speculative copy finished first");
             }
         }
-        Some(Next::Fail(failure)) => {
-            end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
-        }
-        None => {}
-    }
+        debug!(job = job_id, worker = worker_id, chunks_done = job.chunks_done, "partials stored");
+        job.publish();
+    });
+    shared.wake();
 }

@@ -1,10 +1,18 @@
 //! The queries on a running job's chunks and partials.
+//!
+//! Partials and failed attempts come back from workers in batches; each batch is written in
+//! one transaction with multi-row statements, since every statement costs a round trip to
+//! sqlx's SQLite thread and every transaction a commit.
 
 use serde_bytes::ByteBuf;
-use sqlx::Row;
+use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
-use super::{ChunkMeta, ChunkRow, Store, StoreError, get_u64, int, query_error};
+use super::{ChunkMeta, ChunkRow, NewPartial, Store, StoreError, get_u64, int, query_error};
 use crate::rpc::JobId;
+
+/// The most rows one multi-row statement writes: 256 rows of a few values stay far below
+/// SQLite's limit of 32766 bound values, and the batches of chunks a worker answers fit in one.
+const ROWS_PER_STATEMENT: usize = 256;
 
 impl Store {
     /// Stores chunks `first..` of a job whose input is still uploading; answers false (and
@@ -21,7 +29,7 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_chunk_rows(&mut tx, job, first, chunks).await.map_err(query_error(what))?;
+        insert_chunk_rows(&mut tx, job, first, chunks).await?;
         tx.commit().await.map_err(query_error(what))?;
         Ok(true)
     }
@@ -53,43 +61,51 @@ impl Store {
         if updated.rows_affected() == 0 {
             return Ok(false);
         }
-        insert_chunk_rows(&mut tx, job, first, chunks).await.map_err(query_error(what))?;
+        insert_chunk_rows(&mut tx, job, first, chunks).await?;
         tx.commit().await.map_err(query_error(what))?;
         Ok(true)
     }
 
-    /// Stores a chunk's partial; answers false when the chunk already had one (a duplicate).
-    pub async fn save_partial(
-        &self,
-        job: JobId,
-        index: u64,
-        attempts: u32,
-        partial: &[u8],
-    ) -> Result<bool, StoreError> {
-        let done = sqlx::query(
-            "UPDATE chunks SET done = 1, partial = ?, attempts = ? WHERE job_id = ? AND idx = ? AND done = 0",
-        )
-        .bind(partial)
-        .bind(i64::from(attempts))
-        .bind(int(job))
-        .bind(int(index))
-        .execute(&self.pool)
-        .await
-        .map_err(query_error("storing a partial"))?;
-        Ok(done.rows_affected() == 1)
+    /// Stores the partials of chunks of a job in one transaction, with a statement per
+    /// [`ROWS_PER_STATEMENT`] of them; a chunk that has a partial keeps it (the first stored
+    /// wins). Answers how many were stored.
+    pub async fn save_partials(&self, job: JobId, partials: &[NewPartial<'_>]) -> Result<u64, StoreError> {
+        let what = "storing partials";
+        let mut tx = self.pool.begin().await.map_err(query_error(what))?;
+        let mut stored = 0;
+        for rows in partials.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH answered (idx, attempts, partial) AS (");
+            query.push_values(rows, |mut row, new| {
+                row.push_bind(int(new.index)).push_bind(i64::from(new.attempts)).push_bind(new.partial);
+            });
+            query.push(
+                ") UPDATE chunks SET done = 1, partial = answered.partial, attempts = answered.attempts \
+                 FROM answered WHERE chunks.idx = answered.idx AND chunks.done = 0 AND chunks.job_id = ",
+            );
+            query.push_bind(int(job));
+            stored += query.build().execute(&mut *tx).await.map_err(query_error(what))?.rows_affected();
+        }
+        tx.commit().await.map_err(query_error(what))?;
+        Ok(stored)
     }
 
-    /// Records a failed attempt at a chunk and the job's retry count.
-    pub async fn save_attempts(&self, job: JobId, index: u64, attempts: u32, retries: u64) -> Result<(), StoreError> {
-        let what = "recording a failed attempt";
+    /// Records failed attempts at chunks of a job, `(index, attempts)`, and the job's retry
+    /// count, in one transaction.
+    pub async fn save_attempts(&self, job: JobId, attempts: &[(u64, u32)], retries: u64) -> Result<(), StoreError> {
+        let what = "recording failed attempts";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
-        sqlx::query("UPDATE chunks SET attempts = ? WHERE job_id = ? AND idx = ?")
-            .bind(i64::from(attempts))
-            .bind(int(job))
-            .bind(int(index))
-            .execute(&mut *tx)
-            .await
-            .map_err(query_error(what))?;
+        for rows in attempts.chunks(ROWS_PER_STATEMENT) {
+            let mut query = QueryBuilder::<Sqlite>::new("WITH failed (idx, attempts) AS (");
+            query.push_values(rows, |mut row, (index, attempts)| {
+                row.push_bind(int(*index)).push_bind(i64::from(*attempts));
+            });
+            query.push(
+                ") UPDATE chunks SET attempts = failed.attempts FROM failed \
+                 WHERE chunks.idx = failed.idx AND chunks.job_id = ",
+            );
+            query.push_bind(int(job));
+            query.build().execute(&mut *tx).await.map_err(query_error(what))?;
+        }
         sqlx::query("UPDATE jobs SET retries = ? WHERE id = ?")
             .bind(int(retries))
             .bind(int(job))
@@ -230,31 +246,30 @@ impl Store {
     }
 }
 
-/// Rows bound per statement: six values a row, within SQLite's limit of 32,766 variables.
-const ROWS_PER_INSERT: usize = 4096;
-
-/// Inserts the rows of chunks `first..`, many rows a statement: an input of tiny chunks has
-/// hundreds of thousands.
-async fn insert_chunk_rows(
-    tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+/// Inserts the rows of a job's chunks `first_index..` (in `chunks` order) within the caller's
+/// transaction, with a statement per [`ROWS_PER_STATEMENT`] chunks: 100,000 tiny chunks are
+/// 400 statements rather than 100,000 round trips to the SQLite thread.
+pub(super) async fn insert_chunk_rows(
+    tx: &mut SqliteConnection,
     job: JobId,
-    first: u64,
+    first_index: u64,
     chunks: &[ChunkMeta],
-) -> Result<(), sqlx::Error> {
-    for (batch, rows) in chunks.chunks(ROWS_PER_INSERT).enumerate() {
-        let start = first + (batch * ROWS_PER_INSERT) as u64;
-        let mut insert = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
+) -> Result<(), StoreError> {
+    let what = "storing a job's chunks";
+    for (n, rows) in chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
+        let first = first_index + (n * ROWS_PER_STATEMENT) as u64;
+        let mut query = QueryBuilder::<Sqlite>::new(
             "INSERT INTO chunks (job_id, idx, byte_offset, byte_len, first_line, n_lines) ",
         );
-        insert.push_values(rows.iter().enumerate(), |mut row, (i, chunk)| {
+        query.push_values(rows.iter().enumerate(), |mut row, (offset, chunk)| {
             row.push_bind(int(job))
-                .push_bind(int(start + i as u64))
+                .push_bind(int(first + offset as u64))
                 .push_bind(int(chunk.offset))
                 .push_bind(int(chunk.len))
                 .push_bind(int(chunk.first_line))
                 .push_bind(int(chunk.n_lines));
         });
-        insert.build().execute(&mut **tx).await?;
+        query.build().execute(&mut *tx).await.map_err(query_error(what))?;
     }
     Ok(())
 }
@@ -276,10 +291,13 @@ mod tests {
         assert!(!store.finish_input(job, 5, &[], 50, 2).await.unwrap(), "a queued job is not finished again");
         assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
         assert_eq!(store.job(job).await.unwrap().unwrap().state, JobState::Queued);
-        for index in 0..5 {
-            assert!(store.save_partial(job, index, 1, &[index as u8]).await.unwrap());
-        }
-        assert!(!store.save_partial(job, 3, 2, b"late").await.unwrap(), "a duplicate is dropped");
+        let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
+        let partials: Vec<NewPartial<'_>> =
+            (0..5).map(|index| NewPartial { index, attempts: 1, partial: &bytes[index as usize] }).collect();
+        assert_eq!(store.save_partials(job, &partials[..2]).await.unwrap(), 2);
+        assert_eq!(store.save_partials(job, &partials[2..]).await.unwrap(), 3);
+        let late = NewPartial { index: 3, attempts: 2, partial: b"late" };
+        assert_eq!(store.save_partials(job, &[late, late]).await.unwrap(), 0, "a duplicate is dropped");
         let group = store.chunk_partials(job, 2, 2).await.unwrap();
         assert_eq!(group, vec![ByteBuf::from(vec![2]), ByteBuf::from(vec![3])]);
         store.save_combined(job, 1, 2, b"g1").await.unwrap();
@@ -290,5 +308,61 @@ mod tests {
         let rows = store.chunks(job).await.unwrap();
         assert!(rows.iter().all(|row| row.done && row.attempts == 1));
         assert!(store.ordered_partials(job, 6, 2).await.is_err(), "a missing chunk is an error");
+    }
+
+    #[tokio::test]
+    async fn partials_and_failed_attempts_of_many_chunks_are_written_in_one_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let job = store.insert_job(&spec(), 1).await.unwrap();
+        let n_chunks = ROWS_PER_STATEMENT as u64 * 2 + 10;
+        let chunks: Vec<ChunkMeta> = (0..n_chunks).map(meta).collect();
+        assert!(store.finish_input(job, 0, &chunks, n_chunks * 10, 4).await.unwrap());
+        let failed: Vec<(u64, u32)> = (0..n_chunks).filter(|i| i.is_multiple_of(3)).map(|i| (i, 1)).collect();
+        store.save_attempts(job, &failed, failed.len() as u64).await.unwrap();
+        let bytes: Vec<Vec<u8>> = (0..n_chunks).map(|index| index.to_le_bytes().to_vec()).collect();
+        let partials: Vec<NewPartial<'_>> = (0..n_chunks)
+            .filter(|index| !index.is_multiple_of(7))
+            .map(|index| NewPartial {
+                index,
+                attempts: 1 + u32::from(index.is_multiple_of(3)),
+                partial: &bytes[index as usize],
+            })
+            .collect();
+        assert_eq!(store.save_partials(job, &partials).await.unwrap(), partials.len() as u64);
+        let rows = store.chunks(job).await.unwrap();
+        assert_eq!(rows.len() as u64, n_chunks);
+        for (index, row) in rows.iter().enumerate() {
+            let index = index as u64;
+            assert_eq!(row.meta, meta(index), "chunk {index}");
+            assert_eq!(row.done, !index.is_multiple_of(7), "chunk {index}");
+            let attempts = match (index.is_multiple_of(7), index.is_multiple_of(3)) {
+                (false, true) => 2,
+                (false, false) | (true, true) => 1,
+                (true, false) => 0,
+            };
+            assert_eq!(row.attempts, attempts, "chunk {index}");
+        }
+        let stored = store.chunk_partials(job, 1, 6).await.unwrap();
+        assert_eq!(stored, (1..7).map(|index: u64| ByteBuf::from(index.to_le_bytes().to_vec())).collect::<Vec<_>>());
+        let status = store.unfinished_jobs().await.unwrap();
+        assert_eq!(status[0].retries, failed.len() as u64);
+    }
+
+    #[tokio::test]
+    async fn chunk_rows_are_inserted_in_order_from_any_first_index() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let job = store.insert_job(&spec(), 1).await.unwrap();
+        let first: Vec<ChunkMeta> = (0..3).map(meta).collect();
+        assert!(store.add_chunks(job, 0, &first).await.unwrap());
+        let more: Vec<ChunkMeta> = (3..3 + ROWS_PER_STATEMENT as u64 + 2).map(meta).collect();
+        let mut tx = store.pool.begin().await.unwrap();
+        insert_chunk_rows(&mut tx, job, 3, &more).await.unwrap();
+        tx.commit().await.unwrap();
+        let rows = store.chunks(job).await.unwrap();
+        let metas: Vec<ChunkMeta> = rows.iter().map(|row| row.meta).collect();
+        assert_eq!(metas, first.into_iter().chain(more).collect::<Vec<_>>());
+        assert!(rows.iter().all(|row| !row.done && row.attempts == 0));
     }
 }

@@ -15,6 +15,7 @@
 //! On Linux an executor also dies with the process that started it, so a killed worker leaves
 //! no plugin running behind it.
 
+mod child;
 pub mod process;
 pub mod protocol;
 
@@ -28,9 +29,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::child::{die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 
 /// How long a plugin may take to load and create its instance.
@@ -382,71 +384,6 @@ impl Drop for AbandonGuard<'_> {
     }
 }
 
-/// Sets `RLIMIT_AS` in the child before it runs, so a plugin that allocates without bound
-/// fails its allocation (and aborts) instead of taking the machine's memory.
-fn limit_address_space(command: &mut Command, bytes: u64) {
-    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
-    unsafe {
-        command.pre_exec(move || {
-            let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
-            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
-/// Has the kernel kill the child when the thread that started it exits (Linux), so that an
-/// executor never outlives a worker killed with SIGKILL, spinning in plugin code. Executors
-/// are started from the async runtime's worker threads, which live as long as the runtime.
-fn die_with_parent(command: &mut Command) {
-    #[cfg(target_os = "linux")]
-    {
-        let parent = std::process::id();
-        // SAFETY: prctl and getppid are async-signal-safe and touch only the child itself.
-        unsafe {
-            command.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // The parent may have died before the call above: then nobody would kill us.
-                if libc::getppid() as u32 != parent {
-                    return Err(std::io::Error::other("the parent exited while the executor started"));
-                }
-                Ok(())
-            });
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    let _ = command;
-}
-
-/// Converts the child's stdout to a blocking std file: responses are read by a blocking thread
-/// with `std::io::Read`, which the frame decoder is written against.
-fn stdout_to_std(stdout: ChildStdout) -> Result<std::fs::File, ExecError> {
-    let fd = stdout.into_owned_fd().map_err(|e| ExecError::Spawn {
-        program: "kiln exec".to_owned(),
-        message: format!("cannot take its stdout: {e}"),
-    })?;
-    let file = std::fs::File::from(fd);
-    // The descriptor was non-blocking for tokio; a blocking reader needs it blocking.
-    set_blocking(&file);
-    Ok(file)
-}
-
-fn set_blocking(file: &std::fs::File) {
-    use std::os::fd::AsRawFd;
-    let fd = file.as_raw_fd();
-    // SAFETY: fcntl on a descriptor this function's caller owns.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags >= 0 {
-            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
-        }
-    }
-}
-
 async fn write_request(stdin: &mut ChildStdin, request: &Request) -> std::io::Result<()> {
     let mut frame = Vec::new();
     request.write_to(&mut frame)?;
@@ -503,33 +440,6 @@ fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError>) {
     let reply = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
     if let Some(reply) = reply {
         let _ = reply.send(result);
-    }
-}
-
-/// Owns the child: waits for it to exit, or kills it when asked, and publishes its status.
-async fn watch_process(mut child: Child, mut kill: watch::Receiver<bool>, status: watch::Sender<Option<ExitStatus>>) {
-    let killed = async {
-        // The guard `wait_for` returns must not live across an await; only the event matters.
-        let _ = kill.wait_for(|kill| *kill).await.map(|_| ());
-    };
-    let exit = tokio::select! {
-        exit = child.wait() => exit,
-        () = killed => {
-            let _ = child.start_kill();
-            child.wait().await
-        }
-    };
-    if let Ok(exit) = exit {
-        let _ = status.send(Some(exit));
-    }
-}
-
-/// Waits (briefly) for the process's exit status once its pipe has closed.
-async fn wait_status(mut status: watch::Receiver<Option<ExitStatus>>) -> Option<ExitStatus> {
-    let wait = status.wait_for(Option::is_some);
-    match tokio::time::timeout(Duration::from_secs(5), wait).await {
-        Ok(Ok(status)) => *status,
-        _ => None,
     }
 }
 

@@ -7,22 +7,44 @@
 //! fails alone is the culprit and costs an attempt, and the others answer their partials as if
 //! nothing had happened. A chunk that times out is its own culprit; the chunks stopped with
 //! it are innocent and come back [`TaskError::Interrupted`], which costs no attempt.
+//!
+//! The chunks of a batch run one after another, each judged alone: a crash or timeout of one
+//! chunk answers for that chunk, and the chunks after it in the batch run on in a fresh
+//! executor.
 
 use bytes::Bytes;
+use serde_bytes::ByteBuf;
 
 use super::state::WarmExecutor;
 use super::{call_error, start_error};
-use crate::rpc::{JobId, TaskError};
+use crate::rpc::{ChunkInput, JobId, TaskError};
 use crate::worker::executor::{Ending, ExecError};
+
+/// Runs a batch of chunks one after another in the job's executor; answers one result per
+/// chunk, in order. Once the plugin cannot start at all (`Fatal`), the chunks left get the
+/// same answer without trying: no retry can help them either.
+pub(super) async fn run_batch(
+    warm: &WarmExecutor,
+    job: JobId,
+    chunks: Vec<ChunkInput>,
+) -> Vec<Result<ByteBuf, TaskError>> {
+    let mut results = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        if let Some(Err(fatal @ TaskError::Fatal(_))) = results.last() {
+            let fatal = fatal.clone();
+            results.push(Err(fatal));
+            continue;
+        }
+        let text = Bytes::from(chunk.text.into_vec());
+        let result = run_chunk(warm, job, chunk.first_line, text).await;
+        results.push(result.map(|partial| ByteBuf::from(Vec::from(partial))));
+    }
+    results
+}
 
 /// Runs a chunk in the job's executor; when a crash took it down with others, runs it again
 /// alone to learn whether it was the cause.
-pub(super) async fn run_chunk(
-    warm: &WarmExecutor,
-    job: JobId,
-    first_line: u64,
-    text: Bytes,
-) -> Result<Bytes, TaskError> {
+async fn run_chunk(warm: &WarmExecutor, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
     let executor = warm.get().await.map_err(start_error)?;
     let error = match executor.run(first_line, text.clone()).await {
         Ok(partial) => return Ok(partial),

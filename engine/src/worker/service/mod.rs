@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
 use self::state::State;
-use crate::rpc::{ExecLimits, JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use crate::rpc::{ChunkInput, ExecLimits, JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
 
@@ -48,8 +48,9 @@ pub const WARM_EXECUTORS: usize = 4;
 /// the limit keeps a stranger from exhausting the worker's sockets.
 const MAX_CHANNELS_PER_PEER: u32 = 8;
 
-/// Requests in flight on one connection. The controller sends at most `processes` chunks per
-/// job at once; anything beyond this is refused, which bounds the chunk bytes held in memory.
+/// Requests in flight on one connection. The controller sends at most `processes` calls
+/// (batches of chunks, a few MiB each) per job at once; anything beyond this is refused, which
+/// bounds the chunk bytes held in memory.
 const MAX_REQUESTS_PER_CHANNEL: usize = 256;
 
 /// How a worker joins its controller and runs its work.
@@ -245,18 +246,16 @@ impl Worker for WorkerServer {
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
     }
 
-    async fn run_chunk(
+    async fn run_chunks(
         self,
         _: Context,
         secret: Secret,
         job: JobId,
-        first_line: u64,
-        text: ByteBuf,
-    ) -> Result<ByteBuf, TaskError> {
+        chunks: Vec<ChunkInput>,
+    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.state.authorize(&secret).await?;
         let warm = self.state.job_executor(job)?;
-        let partial = attribution::run_chunk(&warm, job, first_line, Bytes::from(text.into_vec())).await?;
-        Ok(ByteBuf::from(Vec::from(partial)))
+        Ok(attribution::run_batch(&warm, job, chunks).await)
     }
 
     async fn combine(

@@ -1,0 +1,136 @@
+//! Batches: how many queued chunks one call to a worker carries.
+//!
+//! A call costs the controller and the worker a few hundred microseconds whatever it carries
+//! (a tarpc round trip, reading the spool, storing the answer, waking the scheduler), which is
+//! nothing beside a 4 MiB chunk and everything beside a chunk of a few lines. So a free slot
+//! takes several consecutive queued chunks when they are small and quick, and one chunk
+//! otherwise. A batch is bounded four ways:
+//! - by count, [`MAX_BATCH_CHUNKS`], and by bytes, [`MAX_BATCH_BYTES`] (independent of the
+//!   job's chunk size: with the default 4 MiB chunks a batch is one chunk);
+//! - by time: at most [`BATCH_TIME`] of work at the job's recent pace per chunk, and one chunk
+//!   until a call has answered, so slow chunks travel alone and progress, retries and
+//!   speculation keep their grain;
+//! - by fairness: at most the queue's length over twice the job's slots on the cluster, so the
+//!   tail of a job still spreads over every slot.
+//!
+//! A chunk that failed before runs alone, so that its next failure delays no other chunk; a
+//! chunk that failed on this worker is left for another one, as single chunks are.
+
+use std::time::Duration;
+
+use super::jobs::Job;
+use crate::rpc::WorkerId;
+
+/// The most chunks one call carries: beyond this the per-call cost is already well under a
+/// microsecond per chunk.
+pub(super) const MAX_BATCH_CHUNKS: usize = 256;
+
+/// The most chunk bytes one call carries (a batch's first chunk goes whatever its size): the
+/// size of a default chunk, so a batch costs the worker no more memory than a chunk does.
+pub(super) const MAX_BATCH_BYTES: u64 = 4 << 20;
+
+/// How long a batch should take at the job's pace: long enough that the per-call cost is a
+/// percent of it, short enough that a worker answers several times a second.
+pub(super) const BATCH_TIME: Duration = Duration::from_millis(50);
+
+/// How many chunks the next call for `job` may carry, when the job may run in `job_slots`
+/// slots over the cluster.
+pub(super) fn batch_limit(job: &Job, job_slots: u32) -> usize {
+    let fair_share = job.queue.len() / (2 * job_slots.max(1) as usize);
+    let by_time = match job.times.pace() {
+        None => 1,
+        Some(pace) => usize::try_from(BATCH_TIME.as_nanos() / pace.as_nanos().max(1)).unwrap_or(usize::MAX),
+    };
+    fair_share.min(by_time).clamp(1, MAX_BATCH_CHUNKS)
+}
+
+/// Takes the next batch for `worker_id` out of the job's queue, at most `limit` chunks: the
+/// first queued chunk it should run (see [`take_chunk_for`]), then the chunks queued after it
+/// that have not failed, within [`MAX_BATCH_BYTES`]. Empty when nothing is left for it.
+pub(super) fn take_batch(job: &mut Job, worker_id: WorkerId, able: &[WorkerId], limit: usize) -> Vec<u64> {
+    let Some(first) = take_chunk_for(job, worker_id, able) else { return Vec::new() };
+    let mut batch = vec![first];
+    let first_chunk = &job.chunks[first as usize];
+    if first_chunk.failures > 0 {
+        return batch;
+    }
+    let mut bytes = first_chunk.meta.len;
+    for &index in job.queue.range(first + 1..) {
+        if batch.len() >= limit {
+            break;
+        }
+        let chunk = &job.chunks[index as usize];
+        if chunk.failures > 0 {
+            continue;
+        }
+        bytes += chunk.meta.len;
+        if bytes > MAX_BATCH_BYTES {
+            break;
+        }
+        batch.push(index);
+    }
+    for index in &batch[1..] {
+        job.queue.remove(index);
+    }
+    batch
+}
+
+/// Takes the first queued chunk this worker should run: a chunk that failed on it goes to
+/// another of the `able` workers when one exists that it has not failed on.
+fn take_chunk_for(job: &mut Job, worker_id: WorkerId, able: &[WorkerId]) -> Option<u64> {
+    let index = job.queue.iter().copied().find(|&index| {
+        let chunk = &job.chunks[index as usize];
+        !chunk.failed_on.contains(&worker_id) || able.iter().all(|w| chunk.failed_on.contains(w))
+    })?;
+    job.queue.remove(&index);
+    Some(index)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::controller::jobs::tests::job;
+
+    #[test]
+    fn a_retry_avoids_the_worker_it_failed_on_when_another_exists() {
+        let mut job = job(2);
+        job.chunks[0].failed_on.push(7);
+        assert_eq!(take_chunk_for(&mut job, 7, &[7, 8]), Some(1), "worker 7 skips chunk 0");
+        job.queue.insert(1);
+        assert_eq!(take_chunk_for(&mut job, 8, &[7, 8]), Some(0));
+        job.queue.insert(0);
+        assert_eq!(take_chunk_for(&mut job, 7, &[7]), Some(0), "alone, worker 7 retries it");
+    }
+
+    #[test]
+    fn a_batch_is_one_chunk_until_a_call_answered_then_follows_the_pace_and_the_queue() {
+        let mut job = job(1000);
+        assert_eq!(batch_limit(&job, 4), 1, "no pace yet");
+        job.times.record_call(Duration::from_millis(1), 1);
+        assert_eq!(batch_limit(&job, 4), 50, "50 ms of 1 ms chunks");
+        job.times = Default::default();
+        job.times.record_call(Duration::from_micros(10), 1);
+        assert_eq!(batch_limit(&job, 1), MAX_BATCH_CHUNKS, "tiny chunks, capped by count");
+        assert_eq!(batch_limit(&job, 4), 125, "a fair share of the queue: 1000 / (2 × 4)");
+        job.queue = (0..10).collect();
+        assert_eq!(batch_limit(&job, 4), 1, "the tail spreads over every slot");
+        job.times = Default::default();
+        job.times.record_call(Duration::from_millis(300), 1);
+        job.queue = (0..1000).collect();
+        assert_eq!(batch_limit(&job, 1), 1, "slow chunks travel alone");
+    }
+
+    #[test]
+    fn a_batch_takes_consecutive_queued_chunks_leaving_failed_ones_and_bytes_beyond_the_budget() {
+        let mut job = job(10);
+        job.queue.remove(&2);
+        job.chunks[4].failures = 1;
+        assert_eq!(take_batch(&mut job, 1, &[1], 4), vec![0, 1, 3, 5], "chunk 2 runs, chunk 4 failed before");
+        assert_eq!(take_batch(&mut job, 1, &[1], 4), vec![4], "a chunk that failed runs alone");
+        job.chunks[7].meta.len = MAX_BATCH_BYTES;
+        assert_eq!(take_batch(&mut job, 1, &[1], 4), vec![6], "chunk 7 would pass the byte budget");
+        assert_eq!(take_batch(&mut job, 1, &[1], 4), vec![7], "a chunk beyond the budget goes alone");
+        assert_eq!(take_batch(&mut job, 1, &[1], 4), vec![8, 9]);
+        assert!(take_batch(&mut job, 1, &[1], 4).is_empty());
+    }
+}

@@ -1,0 +1,106 @@
+//! The executor's child process: its address-space limit, its death with the worker, its
+//! stdout as a blocking file, and its exit status.
+
+use std::process::ExitStatus;
+use std::time::Duration;
+
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::sync::watch;
+
+use super::ExecError;
+
+/// Sets `RLIMIT_AS` in the child before it runs, so a plugin that allocates without bound
+/// fails its allocation (and aborts) instead of taking the machine's memory.
+pub(super) fn limit_address_space(command: &mut Command, bytes: u64) {
+    // SAFETY: setrlimit is async-signal-safe and touches only the child's own limits.
+    unsafe {
+        command.pre_exec(move || {
+            let limit = libc::rlimit { rlim_cur: bytes as libc::rlim_t, rlim_max: bytes as libc::rlim_t };
+            if libc::setrlimit(libc::RLIMIT_AS, &limit) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Has the kernel kill the child when the thread that started it exits (Linux), so that an
+/// executor never outlives a worker killed with SIGKILL, spinning in plugin code. Executors
+/// are started from the async runtime's worker threads, which live as long as the runtime.
+pub(super) fn die_with_parent(command: &mut Command) {
+    #[cfg(target_os = "linux")]
+    {
+        let parent = std::process::id();
+        // SAFETY: prctl and getppid are async-signal-safe and touch only the child itself.
+        unsafe {
+            command.pre_exec(move || {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // The parent may have died before the call above: then nobody would kill us.
+                if libc::getppid() as u32 != parent {
+                    return Err(std::io::Error::other("the parent exited while the executor started"));
+                }
+                Ok(())
+            });
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = command;
+}
+
+/// Converts the child's stdout to a blocking std file: responses are read by a blocking thread
+/// with `std::io::Read`, which the frame decoder is written against.
+pub(super) fn stdout_to_std(stdout: ChildStdout) -> Result<std::fs::File, ExecError> {
+    let fd = stdout.into_owned_fd().map_err(|e| ExecError::Spawn {
+        program: "kiln exec".to_owned(),
+        message: format!("cannot take its stdout: {e}"),
+    })?;
+    let file = std::fs::File::from(fd);
+    // The descriptor was non-blocking for tokio; a blocking reader needs it blocking.
+    set_blocking(&file);
+    Ok(file)
+}
+
+fn set_blocking(file: &std::fs::File) {
+    use std::os::fd::AsRawFd;
+    let fd = file.as_raw_fd();
+    // SAFETY: fcntl on a descriptor this function's caller owns.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags >= 0 {
+            libc::fcntl(fd, libc::F_SETFL, flags & !libc::O_NONBLOCK);
+        }
+    }
+}
+
+/// Owns the child: waits for it to exit, or kills it when asked, and publishes its status.
+pub(super) async fn watch_process(
+    mut child: Child,
+    mut kill: watch::Receiver<bool>,
+    status: watch::Sender<Option<ExitStatus>>,
+) {
+    let killed = async {
+        // The guard `wait_for` returns must not live across an await; only the event matters.
+        let _ = kill.wait_for(|kill| *kill).await.map(|_| ());
+    };
+    let exit = tokio::select! {
+        exit = child.wait() => exit,
+        () = killed => {
+            let _ = child.start_kill();
+            child.wait().await
+        }
+    };
+    if let Ok(exit) = exit {
+        let _ = status.send(Some(exit));
+    }
+}
+
+/// Waits (briefly) for the process's exit status once its pipe has closed.
+pub(super) async fn wait_status(mut status: watch::Receiver<Option<ExitStatus>>) -> Option<ExitStatus> {
+    let wait = status.wait_for(Option::is_some);
+    match tokio::time::timeout(Duration::from_secs(5), wait).await {
+        Ok(Ok(status)) => *status,
+        _ => None,
+    }
+}
