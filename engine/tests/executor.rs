@@ -121,3 +121,32 @@ async fn an_abandoned_call_ends_its_executor_only_when_it_was_alone() {
     let ending = executor.ending().expect("the executor ended");
     assert!(matches!(&ending.cause, ExecError::Stopped(why) if why.contains("cancelled")), "{:?}", ending.cause);
 }
+
+#[tokio::test]
+async fn a_batch_answers_each_chunk_in_order_and_stops_where_its_executor_ended() {
+    let library = misbehave_library().await;
+    let executor = Executor::start(&config(), &library, "panic-at=15,segfault-at=35").await.unwrap();
+    let batch = [1, 11, 21, 31, 41].map(|first| (first, lines(first, 10))).to_vec();
+    let outcome = executor.run_batch(batch).await;
+    assert_eq!(outcome.answers.len(), 3, "chunks 1, 11 and 21 answered before the crash: {outcome:?}");
+    assert!(outcome.answers[0].is_ok() && outcome.answers[2].is_ok(), "{outcome:?}");
+    assert!(matches!(&outcome.answers[1], Err(ExecError::Plugin(m)) if m.contains("panic at line 15")), "{outcome:?}");
+    assert!(matches!(&outcome.ended, Some(ExecError::Crashed { .. })), "chunk 31 crashed it: {outcome:?}");
+    assert_eq!(executor.ending().expect("the executor ended").calls_lost, 1, "a batch is one call");
+    assert!(executor.run_batch(Vec::new()).await.answers.is_empty());
+}
+
+#[tokio::test]
+async fn each_chunk_of_a_batch_has_the_whole_timeout() {
+    let library = misbehave_library().await;
+    // Three chunks of 1.2 s take longer than the 3 s timeout together, but none does alone.
+    let executor = Executor::start(&config(), &library, "sleep-at=1:1200,sleep-at=11:1200,sleep-at=21:1200,loop-at=41")
+        .await
+        .unwrap();
+    let outcome = executor.run_batch([1, 11, 21, 31].map(|first| (first, lines(first, 10))).to_vec()).await;
+    assert!(outcome.ended.is_none() && outcome.answers.iter().all(Result::is_ok), "{outcome:?}");
+    let outcome = executor.run_batch([31, 41, 51].map(|first| (first, lines(first, 10))).to_vec()).await;
+    assert_eq!(outcome.answers.len(), 1, "{outcome:?}");
+    assert!(matches!(outcome.ended, Some(ExecError::Timeout(after)) if after == Duration::from_secs(3)), "{outcome:?}");
+    assert!(!executor.is_alive());
+}

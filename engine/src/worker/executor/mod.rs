@@ -4,6 +4,11 @@
 //! created one plugin instance with the job's parameters. It serves several calls at once (one
 //! thread per slot) over a framed pipe ([`protocol`]); the child side is [`process`].
 //!
+//! A batch of chunks ([`Executor::run_batch`]) is one call that runs its chunks one after
+//! another in one slot, answering each chunk as it is done; each chunk has the whole call
+//! timeout, and when the executor ends mid-batch the answers so far are kept and the chunk
+//! that was running is known, so one pipe round trip serves many small chunks.
+//!
 //! Each call has a timeout. A plugin's error or panic fails only its call. A crash (segfault,
 //! abort, the kernel's OOM killer) or a timeout ends the process: every call in flight fails
 //! with an [`ExecError`] that names what happened, and the caller starts a fresh executor.
@@ -25,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -124,11 +129,50 @@ pub struct Ending {
     pub calls_lost: usize,
 }
 
+/// What a batch of chunks came to ([`Executor::run_batch`]).
+#[derive(Debug)]
+pub struct BatchOutcome {
+    /// The answers of the chunks that finished, in order: a partial, or the plugin's error.
+    pub answers: Vec<Result<Bytes, ExecError>>,
+    /// What ended the executor before every chunk was answered; the chunk that was running
+    /// then is the first one without an answer.
+    pub ended: Option<ExecError>,
+}
+
 type Reply = oneshot::Sender<Result<Bytes, ExecError>>;
+
+/// A call in flight.
+enum Pending {
+    One(Reply),
+    Batch(PendingBatch),
+}
+
+/// A batch in flight: the answers so far, and when the last one came.
+struct PendingBatch {
+    expected: usize,
+    answers: Vec<Result<Bytes, ExecError>>,
+    last_answer: Instant,
+    reply: oneshot::Sender<BatchOutcome>,
+}
+
+impl Pending {
+    /// Answers the call with what ended the executor (a batch with its answers so far).
+    fn fail(self, error: ExecError) {
+        match self {
+            Pending::One(reply) => {
+                let _ = reply.send(Err(error));
+            }
+            Pending::Batch(batch) => {
+                let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: Some(error) });
+            }
+        }
+    }
+}
 
 /// State shared by an executor's handle and its reader task.
 struct Shared {
-    pending: Mutex<HashMap<u64, Reply>>,
+    /// Calls in flight by number; a batch counts as one call.
+    pending: Mutex<HashMap<u64, Pending>>,
     /// Set once the executor is unusable; later calls fail with it at once.
     dead: Mutex<Option<ExecError>>,
     /// The calls in flight when the executor was marked dead.
@@ -144,9 +188,9 @@ impl Shared {
             let first = dead.is_none();
             (dead.get_or_insert(error).clone(), first)
         };
-        let pending: Vec<Reply> = {
+        let pending: Vec<Pending> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().map(|(_, reply)| reply).collect()
+            pending.drain().map(|(_, call)| call).collect()
         };
         if first {
             self.calls_lost.store(pending.len(), Ordering::Relaxed);
@@ -154,8 +198,8 @@ impl Shared {
             // Calls that slipped in between the first cause and now went down with it too.
             self.calls_lost.fetch_add(pending.len(), Ordering::Relaxed);
         }
-        for reply in pending {
-            let _ = reply.send(Err(error.clone()));
+        for call in pending {
+            call.fail(error.clone());
         }
     }
 
@@ -303,6 +347,67 @@ impl Executor {
         self.call(|call| Request::Run { call, first_line, text }).await
     }
 
+    /// Runs chunks `(first_line, text)` one after another in one slot, each with the call
+    /// timeout from the answer before it; answers each chunk's partial or plugin error, in
+    /// order, up to the first chunk that did not finish because the executor ended (a crash,
+    /// or that chunk's own timeout).
+    pub async fn run_batch(&self, chunks: Vec<(u64, Bytes)>) -> BatchOutcome {
+        let expected = chunks.len();
+        if expected == 0 {
+            return BatchOutcome { answers: Vec::new(), ended: None };
+        }
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
+        let (reply, mut answer) = oneshot::channel();
+        {
+            let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(error) = self.shared.dead() {
+                return BatchOutcome { answers: Vec::new(), ended: Some(error) };
+            }
+            let answers = Vec::with_capacity(expected);
+            pending
+                .insert(call, Pending::Batch(PendingBatch { expected, answers, last_answer: Instant::now(), reply }));
+        }
+        if self.requests.send(Request::RunBatch { call, chunks }).is_err() {
+            self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+            let error = self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned()));
+            return BatchOutcome { answers: Vec::new(), ended: Some(error) };
+        }
+        let mut abandon = AbandonGuard { executor: self, call, armed: true };
+        let mut deadline = Instant::now() + self.call_timeout;
+        let outcome = loop {
+            match tokio::time::timeout_at(deadline.into(), &mut answer).await {
+                Ok(Ok(outcome)) => break outcome,
+                Ok(Err(_)) => {
+                    let error = self.shared.dead().unwrap_or_else(|| ExecError::Stopped("it went away".to_owned()));
+                    break BatchOutcome { answers: Vec::new(), ended: Some(error) };
+                }
+                Err(_) => {
+                    let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+                    // Answered meanwhile: the answer is waiting.
+                    let Some(Pending::Batch(batch)) = pending.get(&call) else { continue };
+                    // Each chunk may take the whole timeout, counted from the answer before it.
+                    let due = batch.last_answer + self.call_timeout;
+                    if due > Instant::now() {
+                        deadline = due;
+                        continue;
+                    }
+                    let answers = match pending.remove(&call) {
+                        Some(Pending::Batch(batch)) => batch.answers,
+                        _ => Vec::new(),
+                    };
+                    drop(pending);
+                    // As for one call: the plugin stuck in this chunk can only be stopped with its process.
+                    let timeout = ExecError::Timeout(self.call_timeout);
+                    self.shared.fail_all(ExecError::Stopped(format!("another call timed out: {timeout}")));
+                    let _ = self.kill.send(true);
+                    break BatchOutcome { answers, ended: Some(timeout) };
+                }
+            }
+        };
+        abandon.armed = false;
+        outcome
+    }
+
     /// Merges the encoded partials of consecutive chunks into one.
     pub async fn combine(&self, partials: Vec<Bytes>) -> Result<Bytes, ExecError> {
         self.call(|call| Request::Combine { call, partials }).await
@@ -329,7 +434,7 @@ impl Executor {
             if let Some(error) = self.shared.dead() {
                 return Err(error);
             }
-            pending.insert(call, reply);
+            pending.insert(call, Pending::One(reply));
         }
         if self.requests.send(request(call)).is_err() {
             self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
@@ -437,8 +542,23 @@ fn read_responses(
 }
 
 fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError>) {
-    let reply = shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
-    if let Some(reply) = reply {
+    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    // A call that was abandoned or timed out is no longer there.
+    let Some(entry) = pending.get_mut(&call) else { return };
+    if let Pending::Batch(batch) = entry {
+        batch.answers.push(result);
+        batch.last_answer = Instant::now();
+        if batch.answers.len() < batch.expected {
+            return;
+        }
+        if let Some(Pending::Batch(batch)) = pending.remove(&call) {
+            drop(pending);
+            let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: None });
+        }
+        return;
+    }
+    if let Some(Pending::One(reply)) = pending.remove(&call) {
+        drop(pending);
         let _ = reply.send(result);
     }
 }

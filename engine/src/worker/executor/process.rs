@@ -1,8 +1,8 @@
 //! The executor process, `kiln exec`: loads one plugin and serves calls over stdin and stdout.
 //!
 //! This is the only place where plugin code runs. The process reads requests on its main
-//! thread, runs them on a pool of threads sharing one plugin instance, and writes responses
-//! from a writer thread. Plugin output to stdout is redirected to stderr before the plugin is
+//! thread and runs them on a pool of threads sharing one plugin instance; each thread writes
+//! its responses itself, one at a time under a lock, before it runs anything else. Plugin output to stdout is redirected to stderr before the plugin is
 //! loaded, so it cannot corrupt the protocol. When stdin closes, it finishes the calls in
 //! flight and exits.
 
@@ -43,8 +43,7 @@ pub fn serve(threads: usize) -> io::Result<()> {
     output.flush()?;
 
     let plugin = Arc::new(plugin);
-    let (response_tx, response_rx) = mpsc::channel::<Response>();
-    let writer = thread::spawn(move || write_responses(output, response_rx));
+    let output = Arc::new(Mutex::new(output));
 
     // The pool takes requests from a shared queue; a bounded queue is unnecessary because the
     // supervisor never has more than its slots' worth of calls in flight.
@@ -54,22 +53,19 @@ pub fn serve(threads: usize) -> io::Result<()> {
         .map(|_| {
             let plugin = Arc::clone(&plugin);
             let requests = Arc::clone(&request_rx);
-            let responses = response_tx.clone();
+            let output = Arc::clone(&output);
             thread::spawn(move || {
                 loop {
                     let request = match requests.lock() {
                         Ok(rx) => rx.recv(),
-                        Err(_) => return,
+                        Err(_) => return Ok(()),
                     };
-                    let Ok(request) = request else { return };
-                    if responses.send(plugin.call(request)).is_err() {
-                        return;
-                    }
+                    let Ok(request) = request else { return Ok(()) };
+                    plugin.serve(request, &output)?;
                 }
             })
         })
         .collect();
-    drop(response_tx);
 
     let read_result = loop {
         match Request::read_from(&mut input) {
@@ -83,10 +79,11 @@ pub fn serve(threads: usize) -> io::Result<()> {
         }
     };
     drop(request_tx);
+    let mut write_result = Ok(());
     for thread in pool {
-        let _ = thread.join();
+        let result = thread.join().unwrap_or_else(|_| Err(io::Error::other("a pool thread panicked")));
+        write_result = write_result.and(result);
     }
-    let write_result = writer.join().unwrap_or_else(|_| Err(io::Error::other("the writer thread panicked")));
     read_result.and(write_result)
 }
 
@@ -108,16 +105,12 @@ fn take_stdout() -> io::Result<File> {
     }
 }
 
-fn write_responses(mut output: BufWriter<File>, responses: mpsc::Receiver<Response>) -> io::Result<()> {
-    while let Ok(response) = responses.recv() {
-        response.write_to(&mut output)?;
-        // Flush when nothing else is waiting, so answers are neither delayed nor written in
-        // many small pieces.
-        while let Ok(response) = responses.try_recv() {
-            response.write_to(&mut output)?;
-        }
-        output.flush()?;
-    }
+/// Writes one response and flushes it, so that it is in the pipe before the thread runs
+/// anything else: when plugin code then crashes the process, the supervisor still gets every
+/// answer sent before, and knows which chunk of a batch was running.
+fn send(output: &Mutex<BufWriter<File>>, response: &Response) -> io::Result<()> {
+    let mut output = output.lock().map_err(|_| io::Error::other("a thread panicked while writing a response"))?;
+    response.write_to(&mut *output)?;
     output.flush()
 }
 
@@ -153,10 +146,27 @@ impl Plugin {
         Ok(Plugin { module, instance, api_version: module.api_version().to_string(), combines })
     }
 
+    /// Runs one call and sends its responses: one, or one per chunk of a batch as each is
+    /// done (so the supervisor's per-chunk timeout and crash attribution see how far it got).
+    fn serve(&self, request: Request, output: &Mutex<BufWriter<File>>) -> io::Result<()> {
+        match request {
+            Request::RunBatch { call, chunks } => {
+                for (first_line, text) in chunks {
+                    send(output, &answer(call, self.run(&text, first_line)))?;
+                }
+                Ok(())
+            }
+            request => send(output, &self.call(request)),
+        }
+    }
+
     /// Runs one call and turns its outcome into the response.
     fn call(&self, request: Request) -> Response {
         let (call, outcome) = match request {
             Request::Run { call, first_line, text } => (call, self.run(&text, first_line)),
+            Request::RunBatch { call, .. } => {
+                return Response::Failed { call, message: "a batch answers chunk by chunk".to_owned() };
+            }
             Request::Combine { call, partials } => {
                 let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
                 let outcome = (self.module.combine())(self.instance, RSlice::from_slice(&slices));
@@ -169,10 +179,7 @@ impl Plugin {
             }
             Request::Init { .. } => return Response::Failed { call: 0, message: "init sent twice".to_owned() },
         };
-        match outcome {
-            Ok(bytes) => Response::Done { call, bytes },
-            Err(message) => Response::Failed { call, message },
-        }
+        answer(call, outcome)
     }
 
     fn run(&self, text: &[u8], first_line: u64) -> Result<Bytes, String> {
@@ -183,6 +190,14 @@ impl Plugin {
             RResult::ROk(bytes) => Ok(Bytes::from(bytes.into_vec())),
             RResult::RErr(message) => Err(message.into_string()),
         }
+    }
+}
+
+/// The response to a call with this outcome.
+fn answer(call: u64, outcome: Result<Bytes, String>) -> Response {
+    match outcome {
+        Ok(bytes) => Response::Done { call, bytes },
+        Err(message) => Response::Failed { call, message },
     }
 }
 

@@ -4,9 +4,10 @@
 //! Bodies are written field by field so that a chunk's text or a partial's bytes go onto the
 //! pipe without being copied into an intermediate buffer first.
 //!
-//! The supervisor sends one `Init`, then any number of `Run`, `Combine` and `Aggregate`, each
-//! with a call number; the executor answers `Ready` (or `StartFailed`, then exits), then one
-//! `Done` or `Failed` per call, in any order.
+//! The supervisor sends one `Init`, then any number of `Run`, `RunBatch`, `Combine` and
+//! `Aggregate`, each with a call number; the executor answers `Ready` (or `StartFailed`, then
+//! exits), then one `Done` or `Failed` per call, in any order, and for a `RunBatch` one per
+//! chunk, all with the batch's call number and in the batch's order.
 
 use std::io::{self, Read, Write};
 
@@ -20,6 +21,7 @@ const TAG_INIT: u8 = 1;
 const TAG_RUN: u8 = 2;
 const TAG_COMBINE: u8 = 3;
 const TAG_AGGREGATE: u8 = 4;
+const TAG_RUN_BATCH: u8 = 5;
 const TAG_READY: u8 = 10;
 const TAG_START_FAILED: u8 = 11;
 const TAG_DONE: u8 = 12;
@@ -32,6 +34,9 @@ pub enum Request {
     Init { library: String, params: String },
     /// Run one chunk whose first line is `first_line` (1-based) of the input.
     Run { call: u64, first_line: u64, text: Bytes },
+    /// Run chunks one after another, each `(first_line, text)`: one answer per chunk, in order,
+    /// each sent as soon as its chunk is done.
+    RunBatch { call: u64, chunks: Vec<(u64, Bytes)> },
     /// Merge the partials of consecutive chunks into one.
     Combine { call: u64, partials: Vec<Bytes> },
     /// Fold the partials, in input order, into the output JSON.
@@ -122,6 +127,13 @@ impl Request {
             Request::Run { call, first_line, text } => {
                 write_frame(out, TAG_RUN, &[Part::U64(*call), Part::U64(*first_line), Part::Bytes(text)])
             }
+            Request::RunBatch { call, chunks } => {
+                let mut parts = vec![Part::U64(*call), Part::U64(chunks.len() as u64)];
+                for (first_line, text) in chunks {
+                    parts.extend([Part::U64(*first_line), Part::Bytes(text)]);
+                }
+                write_frame(out, TAG_RUN_BATCH, &parts)
+            }
             Request::Combine { call, partials } => write_frame(out, TAG_COMBINE, &list_parts(*call, partials)),
             Request::Aggregate { call, partials } => write_frame(out, TAG_AGGREGATE, &list_parts(*call, partials)),
         }
@@ -135,6 +147,7 @@ impl Request {
         let request = match tag {
             TAG_INIT => Request::Init { library: body.string()?, params: body.string()? },
             TAG_RUN => Request::Run { call: body.u64()?, first_line: body.u64()?, text: body.bytes()? },
+            TAG_RUN_BATCH => Request::RunBatch { call: body.u64()?, chunks: body.chunks()? },
             TAG_COMBINE => Request::Combine { call: body.u64()?, partials: body.list()? },
             TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, partials: body.list()? },
             other => return Err(invalid(format!("unknown request tag {other}"))),
@@ -237,6 +250,15 @@ impl Body {
         (0..count).map(|_| self.bytes()).collect()
     }
 
+    fn chunks(&mut self) -> io::Result<Vec<(u64, Bytes)>> {
+        let count = self.u64()?;
+        // Each entry takes at least its line number and its 8-byte length.
+        if count > self.bytes.len() as u64 / 16 {
+            return Err(invalid("frame list longer than its frame".to_owned()));
+        }
+        (0..count).map(|_| Ok((self.u64()?, self.bytes()?))).collect()
+    }
+
     fn finish(self) -> io::Result<()> {
         if self.bytes.is_empty() {
             Ok(())
@@ -255,6 +277,11 @@ mod tests {
         let requests = vec![
             Request::Init { library: "/tmp/p.so".into(), params: "a,b".into() },
             Request::Run { call: 7, first_line: 42, text: Bytes::from_static(b"x y\nz\n") },
+            Request::RunBatch {
+                call: 10,
+                chunks: vec![(1, Bytes::from_static(b"a\n")), (2, Bytes::new()), (3, Bytes::from_static(b"c\nd\n"))],
+            },
+            Request::RunBatch { call: 11, chunks: vec![] },
             Request::Combine { call: 8, partials: vec![Bytes::from_static(b"\x01"), Bytes::new()] },
             Request::Aggregate { call: 9, partials: vec![] },
         ];
@@ -293,5 +320,9 @@ mod tests {
         Request::Run { call: 1, first_line: 1, text: Bytes::from_static(b"abc") }.write_to(&mut wire).unwrap();
         assert!(Request::read_from(&mut &wire[..wire.len() - 1]).is_err());
         assert!(Request::read_from(&mut &[255u8; 16][..]).is_err());
+        let mut wire = Vec::new();
+        Request::RunBatch { call: 1, chunks: vec![(1, Bytes::from_static(b"abc"))] }.write_to(&mut wire).unwrap();
+        wire[8 + 1 + 8..8 + 1 + 16].copy_from_slice(&1000u64.to_le_bytes());
+        assert!(Request::read_from(&mut &wire[..]).is_err(), "a count beyond the frame");
     }
 }

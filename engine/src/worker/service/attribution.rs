@@ -8,9 +8,11 @@
 //! nothing had happened. A chunk that times out is its own culprit; the chunks stopped with
 //! it are innocent and come back [`TaskError::Interrupted`], which costs no attempt.
 //!
-//! The chunks of a batch run one after another, each judged alone: a crash or timeout of one
-//! chunk answers for that chunk, and the chunks after it in the batch run on in a fresh
-//! executor.
+//! A batch is one executor call whose chunks run one after another, so when the executor ends
+//! mid-batch the chunk that was running is known: it is judged as a single call would be (a
+//! batch counts as one call in flight), and the chunks after it run on in a fresh executor.
+
+use std::collections::VecDeque;
 
 use bytes::Bytes;
 use serde_bytes::ByteBuf;
@@ -20,37 +22,52 @@ use super::{call_error, start_error};
 use crate::rpc::{ChunkInput, JobId, TaskError};
 use crate::worker::executor::{Ending, ExecError};
 
-/// Runs a batch of chunks one after another in the job's executor; answers one result per
-/// chunk, in order. Once the plugin cannot start at all (`Fatal`), the chunks left get the
-/// same answer without trying: no retry can help them either.
+/// Runs a batch of chunks one after another in the job's executor, as one executor call;
+/// answers one result per chunk, in order. When the executor ends mid-batch, the chunk that
+/// was running is judged as a single call would be (see [`verdict`]), and the chunks after it
+/// go on in a fresh executor. Once the executor cannot start, the chunks left all get that
+/// answer (`Fatal` when the plugin is at fault: no retry can help them either).
 pub(super) async fn run_batch(
     warm: &WarmExecutor,
     job: JobId,
     chunks: Vec<ChunkInput>,
 ) -> Vec<Result<ByteBuf, TaskError>> {
     let mut results = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
-        if let Some(Err(fatal @ TaskError::Fatal(_))) = results.last() {
-            let fatal = fatal.clone();
-            results.push(Err(fatal));
-            continue;
+    let mut left: VecDeque<(u64, Bytes)> =
+        chunks.into_iter().map(|chunk| (chunk.first_line, Bytes::from(chunk.text.into_vec()))).collect();
+    while !left.is_empty() {
+        let executor = match warm.get().await {
+            Ok(executor) => executor,
+            Err(error) => {
+                let error = start_error(error);
+                results.extend(left.drain(..).map(|_| Err(error.clone())));
+                break;
+            }
+        };
+        let outcome = executor.run_batch(left.iter().cloned().collect()).await;
+        for answer in outcome.answers {
+            left.pop_front();
+            results.push(answer.map(|partial| ByteBuf::from(Vec::from(partial))).map_err(call_error));
         }
-        let text = Bytes::from(chunk.text.into_vec());
-        let result = run_chunk(warm, job, chunk.first_line, text).await;
+        let Some(error) = outcome.ended else { break };
+        let Some((first_line, text)) = left.pop_front() else { break };
+        let result = judge(warm, job, first_line, text, error, executor.ending()).await;
         results.push(result.map(|partial| ByteBuf::from(Vec::from(partial))));
     }
     results
 }
 
-/// Runs a chunk in the job's executor; when a crash took it down with others, runs it again
-/// alone to learn whether it was the cause.
-async fn run_chunk(warm: &WarmExecutor, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
-    let executor = warm.get().await.map_err(start_error)?;
-    let error = match executor.run(first_line, text.clone()).await {
-        Ok(partial) => return Ok(partial),
-        Err(error) => error,
-    };
-    match verdict(&error, executor.ending()) {
+/// Answers for a chunk whose call failed with `error` in an executor that ended as `ending`
+/// says: its own failure, an interruption, or what it does when run again alone.
+async fn judge(
+    warm: &WarmExecutor,
+    job: JobId,
+    first_line: u64,
+    text: Bytes,
+    error: ExecError,
+    ending: Option<Ending>,
+) -> Result<Bytes, TaskError> {
+    match verdict(&error, ending) {
         Verdict::Culprit => {
             if !matches!(error, ExecError::Plugin(_)) {
                 tracing::warn!(job, first_line, %error, "chunk crashed its executor");
@@ -62,7 +79,7 @@ async fn run_chunk(warm: &WarmExecutor, job: JobId, first_line: u64, text: Bytes
             Err(TaskError::Interrupted(why))
         }
         Verdict::Suspect => {
-            tracing::info!(job, first_line, %error, "executor crashed with several chunks in flight: running this one alone");
+            tracing::info!(job, first_line, %error, "executor crashed with several calls in flight: running this chunk alone");
             run_alone(warm, job, first_line, text).await
         }
     }
