@@ -145,6 +145,8 @@ pub(super) struct Job {
     /// Whether the plugin combines; unknown until a worker answers a `combine`.
     pub combines: Option<bool>,
     pub chunks_done: u64,
+    /// Every chunk before this index is done, so scans for running chunks start here.
+    pub undone_from: u64,
     pub lines_done: u64,
     pub bytes_done: u64,
     pub retries: u64,
@@ -189,6 +191,7 @@ impl Job {
             groups: Vec::new(),
             combines: None,
             chunks_done: 0,
+            undone_from: 0,
             lines_done: 0,
             bytes_done: 0,
             retries: 0,
@@ -330,6 +333,9 @@ impl Job {
             progress.chunks_done += 1;
             progress.lines_done += meta.n_lines;
             progress.bytes_done += meta.len;
+        }
+        while self.chunks.get(self.undone_from as usize).is_some_and(|chunk| chunk.done) {
+            self.undone_from += 1;
         }
     }
 
@@ -603,6 +609,7 @@ pub(super) mod tests {
         }
         assert_eq!(job.groups_to_combine().collect::<Vec<_>>(), vec![0], "the short last group is left whole");
         assert_eq!((job.chunks_done, job.lines_done, job.bytes_done), (6, 6, 60));
+        assert_eq!(job.undone_from, 4, "chunks 0 to 3 are done, 4 is not");
         assert!(!job.ready_to_aggregate());
         job.stop_combining();
         assert_eq!(job.groups_to_combine().count(), 0);

@@ -177,6 +177,7 @@ fn plan_job(
             for &index in batch.iter() {
                 job.chunks[index as usize].running.push(copy.clone());
             }
+            job.times.copies_started();
             let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
             worker.slots_used += 1;
             worker.chunks_in_flight += n_chunks;

@@ -31,8 +31,8 @@ pub(super) const SPECULATION_MIN_DONE: usize = 3;
 /// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
 pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
 
-/// How long the completed chunks of a job took, with their median, and the recent pace per
-/// chunk that sizes batches (`batch`).
+/// How long the completed chunks of a job took, with their median, the recent pace per chunk
+/// that sizes batches (`batch`), and until when no running chunk can become a straggler.
 #[derive(Debug, Default)]
 pub(super) struct ChunkTimes {
     done: Vec<Duration>,
@@ -40,6 +40,9 @@ pub(super) struct ChunkTimes {
     median: Option<(usize, Duration)>,
     /// A moving average of the time per chunk of the calls that answered lately.
     pace: Option<Duration>,
+    /// When the last scan for stragglers found none, the earliest moment a chunk running then
+    /// can become one: until then, or until new copies start, scanning again finds nothing.
+    quiet_until: Option<Instant>,
 }
 
 impl ChunkTimes {
@@ -58,14 +61,22 @@ impl ChunkTimes {
         self.pace
     }
 
+    /// New copies started: a scan for stragglers may find something sooner than the last one
+    /// said.
+    pub fn copies_started(&mut self) {
+        self.quiet_until = None;
+    }
+
     /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
-    /// again only when new times came in (in linear time).
+    /// again (in linear time) once the times grew by an eighth since: the median of many
+    /// chunks hardly moves with a few more, and a job of 100,000 chunks would otherwise sort
+    /// through all their times at every answer near its end.
     pub fn median(&mut self) -> Option<Duration> {
         if self.done.len() < SPECULATION_MIN_DONE {
             return None;
         }
         match self.median {
-            Some((n, median)) if n == self.done.len() => Some(median),
+            Some((n, median)) if self.done.len() - n < (n / 8).max(1) => Some(median),
             _ => {
                 let mut times = self.done.clone();
                 let middle = times.len() / 2;
@@ -141,11 +152,15 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
     if !job.spec.speculative || job.state != JobState::Running || !job.queue.is_empty() {
         return (Vec::new(), None);
     }
+    if let Some(quiet_until) = job.times.quiet_until.filter(|until| now < *until) {
+        return (Vec::new(), Some(quiet_until));
+    }
     let Some(median) = job.times.median() else { return (Vec::new(), None) };
     let threshold = median * SPECULATION_FACTOR;
     let mut next_check: Option<Instant> = None;
     let mut slow: Vec<(Instant, u64)> = Vec::new();
-    for (index, chunk) in job.chunks.iter().enumerate() {
+    let undone_from = job.undone_from as usize;
+    for (index, chunk) in job.chunks.iter().enumerate().skip(undone_from) {
         // One copy per chunk, of a chunk that runs once now.
         if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {
             continue;
@@ -166,6 +181,13 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
             let due = since + threshold;
             next_check = Some(next_check.map_or(due, |next| next.min(due)));
         }
+    }
+    if slow.is_empty() {
+        // Scanning is linear in the job's chunks not done; the next scan can wait for the first
+        // chunk due (or a second, if none runs now), unless new copies start.
+        let quiet_until = next_check.unwrap_or(now + SPECULATION_MIN_AGE);
+        job.times.quiet_until = Some(quiet_until);
+        return (Vec::new(), Some(quiet_until));
     }
     slow.sort();
     (slow.into_iter().map(|(_, index)| index).collect(), next_check)
@@ -225,6 +247,43 @@ mod tests {
         job.chunks[4].running.push(RunningCopy::start(2, true, Arc::from([4])));
         let (slow, _) = stragglers(&mut job, started + Duration::from_secs(2));
         assert!(slow.is_empty(), "one copy per chunk");
+    }
+
+    #[test]
+    fn a_scan_that_found_no_straggler_waits_for_the_first_due_unless_copies_start() {
+        let started = Instant::now();
+        let mut job = running_job(5, started);
+        let (slow, next) = stragglers(&mut job, started + Duration::from_millis(500));
+        assert_eq!((slow, next), (Vec::new(), Some(started + SPECULATION_MIN_AGE)));
+        // A copy the last scan did not see, running for long already.
+        let long_ago = started.checked_sub(Duration::from_secs(10)).expect("the clock has run for 10 s");
+        job.chunks[3].running[0].since = long_ago;
+        assert!(stragglers(&mut job, started + Duration::from_millis(600)).0.is_empty(), "quiet until then");
+        job.times.copies_started();
+        assert_eq!(stragglers(&mut job, started + Duration::from_millis(600)).0, vec![3]);
+    }
+
+    #[test]
+    fn a_batch_straggles_after_its_chunks_share_and_only_its_first_chunk_still_needed_is_copied() {
+        let started = Instant::now();
+        let mut job = job(8);
+        job.set_state(JobState::Running);
+        job.queue.clear();
+        for index in 0..3 {
+            job.count_done(index, None);
+            job.times.record_call(Duration::from_millis(100), 1);
+        }
+        // One call carries chunks 3 to 7; chunk 3 was done by another copy.
+        let copy = RunningCopy { since: started, ..RunningCopy::start(1, false, Arc::from([3, 4, 5, 6, 7])) };
+        for index in 3..8 {
+            job.chunks[index].running.push(copy.clone());
+        }
+        job.count_done(3, None);
+        let (slow, next) = stragglers(&mut job, started + Duration::from_millis(1200));
+        assert!(slow.is_empty(), "five chunks of 100 ms may take 3 × 500 ms");
+        assert_eq!(next, Some(started + Duration::from_millis(1500)));
+        let (slow, _) = stragglers(&mut job, started + Duration::from_secs(2));
+        assert_eq!(slow, vec![4], "the chunks behind the first one still needed are waiting, not slow");
     }
 
     #[test]
