@@ -204,8 +204,9 @@ pub fn dispatch_rate(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             "The noop plugin (`xtask/bench-plugins/noop`: `run` returns nothing, `aggregate` counts the \
              partials) over {n_chunks} lines of {DISPATCH_LINE_BYTES} bytes with `--chunk-size \
              {DISPATCH_LINE_BYTES}`, so each line is a chunk; two workers of 2 processes, each with at \
-             most 2 chunks in flight; output checked to be {n_chunks}. The rate is chunks over the time \
-             from the job's start (its first dispatch) to its end, from `kiln status --json`."
+             most 2 calls in flight (a call carries a batch of up to 256 such chunks); output checked to \
+             be {n_chunks}. The rate is chunks over the time from the job's start (its first dispatch) to \
+             its end, from `kiln status --json`."
         ),
     );
     let whole_rate = rate(&whole);
