@@ -23,23 +23,20 @@ const FINDINGS: &[(&str, &str)] = &[
     (
         "1.",
         "**run-local** tracks the baseline when the machine is quiet (1.14× in a quick run) and swings \
-         between 0.6× and 1.1× under load: both are CPU-bound on the same 2 cores, and in the executor \
+         between 0.6× and 1.3× under load: both are CPU-bound on the same 2 cores, and in the executor \
          three quarters of the samples are the plugin's own hashing (`HashMap::entry` and `memcmp` of the \
          words).\n\n\
-         **The cluster** runs its chunks about as fast as run-local, but only after the whole input is \
-         uploaded: the breakdown's \"job created → job queued\" stage is a third of a 64 MiB run and \
-         grows with the input (1 GiB took 7.5 s on this VM, about 150 MB/s, before the first chunk ran), \
-         so the ratio is bounded by run ÷ (upload + run), well below 0.85× while the upload is slower \
-         than the baseline itself. In that stage: the controller writes the spool file through \
-         `tokio::fs` (8 MiB pieces, one in flight, copied 2 MiB at a time through the blocking pool; \
-         1 GiB of page-cache writes alone take 2.0 s here), `sync_all` at `finish_input` flushes it \
-         (1.8 s for 1 GiB here), cutting reads it all again (UTF-8 check, line count), and each byte is \
-         copied about four times in user space on the way (read, the clone kept for a resend, bincode \
-         framing, decoding). Closing the gap needs the upload to overlap the work: cut chunks while \
-         pieces arrive (the `Chunker` already streams) and dispatch them before the input is complete, \
-         with `n_chunks` and the aggregate waiting for `finish_input`; then fewer copies per piece \
-         (`Bytes` instead of a cloned `Vec`, `std::fs` writes of whole pieces in `spawn_blocking`) and a \
-         flush of the spool that no chunk waits for.",
+         **The cluster** used to wait for its whole upload before the first chunk ran (the input was \
+         spooled through `tokio::fs`, `sync_all`ed — 1.8 s/GiB here — and read again to be cut): 0.60× \
+         in a 64 MiB quick run. Chunks are now cut from each piece as it arrives (`chunk::Cutter`) and \
+         run while the rest uploads, and the file is synced in the background: the stage before the \
+         first dispatch is ~70 ms whatever the size, and the quick run under the same load went to \
+         0.78×. What remains is copying: each byte crosses user space about a dozen times on the way \
+         (client read and framing, controller decoding, file write, cutter, read back for dispatch, \
+         framing to the worker, worker decoding, the executor pipe both ways), ~1.5 core-seconds per \
+         GiB beside ~7 for the word count itself. If a quiet run misses, fewer copies are the lever: \
+         chunks handed from the cutter to dispatch while still in memory rather than read back from \
+         the file, and shared memory rather than the pipe between worker and executor.",
     ),
     (
         "2.",
@@ -71,26 +68,30 @@ const FINDINGS: &[(&str, &str)] = &[
     ),
     (
         "4.",
-        "Builds are cargo compiling abi_stable, serde and their proc macros, which is CPU-bound: under the \
-         load of other builds on these 2 cores each cargo job gets about half a core (the prototype \
-         measured 17 s cold and 0.55 s warm on a quiet machine). Not profiled further; if a quiet run still \
-         misses, `cargo build --release --timings` on a copy of the plugin shows which crate dominates.",
+        "Builds are cargo compiling abi_stable, serde and their proc macros, CPU-bound. On a quiet \
+         machine (load 0.3) by hand: cold 34 s, warm (plugin source edited) 1.9 s. `cargo build \
+         --timings` of a cold build shows a serial chain: syn → abi_stable_derive (6 s) → abi_stable \
+         (12 s, front-end bound: `opt-level=1` for it changes nothing); the prototype's 17 s (§9 of \
+         DESIGN.md) is not reproducible on this VM. Warm: the plugin crate itself takes 1.3 s, and \
+         every upload is built in a directory named by its hash, so cargo's incremental cache (keyed \
+         by the package's path) is never reused; by hand, the same crate rebuilt in one stable \
+         directory with `profile.release.incremental=true` took 0.2 s. Closing the gap: build each \
+         package name in one stable directory under the host-wide build lock, with incremental on for \
+         the plugin's own crate (measure its cost in run-time speed first), and warm the shared target \
+         directory when a worker starts so a first upload compiles only the user's crate.",
     ),
     (
         "5.",
-        "Most of the growth is the allocator, not data Kiln keeps: glibc raises its mmap threshold to the \
-         size of every large block freed (up to 32 MiB), after which the multi-MiB buffers the daemons \
-         pass between threads (input pieces, chunks, frames) come from up to 8 heaps per core and stay \
-         there. Measured by hand on a fresh controller per input (16 MiB → 1 GiB): 55–61 → 141–150 MiB \
-         as shipped; with `MALLOC_ARENA_MAX=1` 29 → 72 MiB, with `MALLOC_ARENA_MAX=2` 34 → 87 MiB (no CPU \
-         cost visible through the noise); with `MALLOC_MMAP_THRESHOLD_=262144` 60 MiB at 1 GiB but twice \
-         the controller's CPU and three times the worker's (page faults). The rest of the growth is the \
-         aggregate: the controller loads every partial of the job (SQLite rows, then `Vec<ByteBuf>`, then \
-         the request frame: three copies at once) and sends them in one call, 32 partials for 1 GiB of \
-         word count, so it grows with the number of chunks. Closing the gap: cap the arenas in the daemons \
-         (`mallopt(M_ARENA_MAX, 2)` at start; left out until its CPU cost is measured on a quiet \
-         machine), and bound what aggregate receives, by combining the combined groups again (a tree of \
-         combines) and streaming partials from the store into the frame.",
+        "The controller no longer grows with the input (−7 % from 256 MiB to 1 GiB in the full run: \
+         the services cap glibc at two malloc arenas, `memory.rs`, and combine groups cover 64 MiB so \
+         `aggregate` gets at most 16 partials per GiB), but its peak is at the target: chunks now run \
+         while the input uploads, so input pieces (8 MiB, decoded then written), the cutter's tail, \
+         chunks read back for dispatch and their request frames are all alive at once, and partials \
+         wait in memory for their batched write. By hand earlier: `MALLOC_ARENA_MAX=1` took another \
+         quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the CPU (page \
+         faults). Closing the gap: bound the partials waiting for their write (hold the slot until \
+         the write), and stream the aggregate's partials from the store into the frame instead of \
+         three copies at once.",
     ),
 ];
 
