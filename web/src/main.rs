@@ -26,9 +26,15 @@ struct Cli {
     /// A PostgreSQL URL (postgres://USER@HOST/DB) to use instead of SQLite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Do not start the embedded cluster (users then add their own clusters).
-    #[arg(long)]
-    no_embedded_cluster: bool,
+    /// Do not start the built-in "local" cluster, for a shared deployment: users then add their
+    /// own clusters (the quickstart keeps it).
+    #[arg(
+        long,
+        alias = "no-embedded-cluster",
+        env = "KILN_WEB_NO_LOCAL_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_local_cluster: bool,
     /// How many workers the embedded cluster has.
     #[arg(long, default_value_t = 2)]
     embedded_workers: usize,
@@ -87,7 +93,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     config.listen = cli.listen;
     config.database_url = cli.database_url.filter(|url| !url.is_empty());
-    config.embedded_cluster = !cli.no_embedded_cluster;
+    config.embedded_cluster = !cli.no_local_cluster;
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
