@@ -28,9 +28,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use salvo::Server;
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::server::ServerHandle;
-use salvo::{Server, Service};
 use tokio::task::JoinHandle;
 
 use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
@@ -265,7 +265,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         TcpAcceptor::try_from(listener).map_err(|source| WebError::Listen { addr: config.listen, source })?;
     let server = Server::new(acceptor);
     let handle = server.handle();
-    let service = Service::new(http::router(app));
+    let service = http::service(app);
     let serving = tokio::spawn(async move { server.serve(service).await });
     let sweeper = tokio::spawn(sweep_sessions(store.clone()));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");

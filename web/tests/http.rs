@@ -379,3 +379,61 @@ async fn the_progress_websocket_serves_only_pages_of_this_site() {
     })
     .await;
 }
+
+/// Whether a response carries the app's security headers.
+fn has_security_headers(response: &reqwest::Response) -> Result<(), String> {
+    let headers = response.headers();
+    let csp = headers.get("content-security-policy").and_then(|v| v.to_str().ok()).unwrap_or("");
+    let checks = [
+        ("x-content-type-options", headers.get("x-content-type-options").is_some_and(|v| v == "nosniff")),
+        ("x-frame-options", headers.get("x-frame-options").is_some_and(|v| v == "DENY")),
+        ("referrer-policy", headers.get("referrer-policy").is_some_and(|v| v == "same-origin")),
+        ("content-security-policy", csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'")),
+    ];
+    match checks.iter().find(|(_, ok)| !ok) {
+        Some((name, _)) => {
+            Err(format!("{} {}: {name} missing or wrong in {headers:?}", response.status(), response.url()))
+        }
+        None => Ok(()),
+    }
+}
+
+#[tokio::test]
+async fn every_response_has_the_security_headers_and_errors_get_the_apps_page() {
+    check(defaults, async |web| {
+        let browser = user(web, "headers@example.com").await;
+        let client = &browser.client;
+        let cases = [
+            (reqwest::Method::GET, "/tasks", StatusCode::OK),
+            (reqwest::Method::GET, "/static/app.css", StatusCode::OK),
+            (reqwest::Method::GET, "/static/run.js", StatusCode::OK),
+            (reqwest::Method::GET, "/", StatusCode::SEE_OTHER),
+            (reqwest::Method::GET, "/no/such/page", StatusCode::NOT_FOUND),
+            (reqwest::Method::GET, "/static/nope.css", StatusCode::NOT_FOUND),
+            (reqwest::Method::GET, "/tasks/999999", StatusCode::NOT_FOUND),
+            (reqwest::Method::DELETE, "/tasks", StatusCode::METHOD_NOT_ALLOWED),
+            (reqwest::Method::PUT, "/users/log_in", StatusCode::METHOD_NOT_ALLOWED),
+        ];
+        for (method, path, status) in cases {
+            let response = client.request(method.clone(), browser.url(path)).send().await.expect("request");
+            assert_eq!(response.status(), status, "{method} {path}");
+            has_security_headers(&response).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            if status.is_client_error() {
+                let body = response.text().await.unwrap();
+                let reason = status.canonical_reason().unwrap();
+                assert!(
+                    body.contains(&format!("<h1>{} · {reason}</h1>", status.as_u16()))
+                        && body.contains("<link rel=\"stylesheet\" href=\"/static/app.css\">")
+                        && body.contains("headers@example.com"),
+                    "{method} {path}: not the app's page in its layout: {body}"
+                );
+            }
+        }
+        // A visitor who is not logged in gets the same page, without a user.
+        let anonymous = web.browser().client.get(format!("{}/nowhere", web.base)).send().await.unwrap();
+        has_security_headers(&anonymous).unwrap();
+        let body = anonymous.text().await.unwrap();
+        assert!(body.contains("404 · Not Found") && body.contains("/static/app.css"), "{body}");
+    })
+    .await;
+}

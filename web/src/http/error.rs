@@ -7,6 +7,7 @@
 use std::time::Duration;
 
 use askama::Template;
+use salvo::catcher::Catcher;
 use salvo::prelude::*;
 
 use super::Page;
@@ -20,6 +21,12 @@ pub enum HttpError {
     /// No such page, or the object is someone else's.
     #[error("not found")]
     NotFound,
+    /// The page exists but not for this method (a GET-only page was posted to, and the like).
+    #[error("this page does not accept {0} requests")]
+    MethodNotAllowed(String),
+    /// Any other error status that salvo answered before a handler ran.
+    #[error("the request could not be handled")]
+    Status(StatusCode),
     /// The page needs a logged-in user.
     #[error("please log in")]
     Unauthenticated,
@@ -60,6 +67,8 @@ impl HttpError {
     pub fn status(&self) -> StatusCode {
         match self {
             HttpError::NotFound => StatusCode::NOT_FOUND,
+            HttpError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
+            HttpError::Status(status) => *status,
             HttpError::Unauthenticated => StatusCode::SEE_OTHER,
             HttpError::Csrf | HttpError::Forbidden(_) => StatusCode::FORBIDDEN,
             HttpError::BadRequest(_) => StatusCode::BAD_REQUEST,
@@ -83,6 +92,24 @@ impl HttpError {
             self.to_string()
         }
     }
+}
+
+/// The catcher of error responses that have no body yet (no route matched: 404 or 405, or
+/// salvo refused the request): they get the app's own error page, in the site's layout.
+/// `affix` and `load_session` give the page the app and the session, as routes have them.
+pub fn catcher(affix: impl Handler, load_session: impl Handler) -> Catcher {
+    Catcher::default().hoop(affix).hoop(load_session).hoop(error_page)
+}
+
+#[handler]
+async fn error_page(req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+    let error = match res.status_code.unwrap_or(StatusCode::NOT_FOUND) {
+        StatusCode::NOT_FOUND => HttpError::NotFound,
+        StatusCode::METHOD_NOT_ALLOWED => HttpError::MethodNotAllowed(req.method().to_string()),
+        status => HttpError::Status(status),
+    };
+    error.write(req, depot, res).await;
+    ctrl.skip_rest();
 }
 
 #[derive(Template)]

@@ -74,8 +74,18 @@ pub struct App {
     pub embedded_cluster: bool,
 }
 
+/// The whole site: its routes with `app` given to every handler, security headers on every
+/// response (404 and 405 included, which no route's hoop sees), and the app's own error page
+/// for the errors salvo answers itself.
+pub fn service(app: Arc<App>) -> Service {
+    // The error page's layout names the logged-in user, so the catcher looks up the session
+    // too (no route's hoop ran for an unknown URL).
+    let catcher = error::catcher(affix(Arc::clone(&app)), load_session);
+    Service::new(router(app)).hoop(security_headers).catcher(catcher)
+}
+
 /// The whole site's routes, with `app` given to every handler.
-pub fn router(app: Arc<App>) -> Router {
+fn router(app: Arc<App>) -> Router {
     // Assets need no session: they are served before it is looked up.
     let pages = Router::new()
         .hoop(affix(app))
@@ -85,7 +95,7 @@ pub fn router(app: Arc<App>) -> Router {
         .push(tasks::router())
         .push(clusters::router())
         .push(runs::router());
-    Router::new().hoop(security_headers).push(assets::router()).push(pages)
+    Router::new().push(assets::router()).push(pages)
 }
 
 /// A handler that injects the app into the depot.
@@ -101,7 +111,8 @@ fn affix(app: Arc<App>) -> impl Handler {
 }
 
 /// Headers that keep pages from being framed, sniffed or running scripts from elsewhere: all
-/// scripts are files under `/static/`, so even a missed escape could not run inline code.
+/// scripts are files under `/static/`, so even a missed escape could not run inline code. A
+/// hoop of the service, so it runs before routing, for every response.
 #[handler]
 async fn security_headers(res: &mut Response) {
     let headers = res.headers_mut();
