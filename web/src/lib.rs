@@ -220,10 +220,11 @@ impl RunningWeb {
 /// Starts the web app and returns once it serves.
 pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let upload_dir = config.data_dir.join("uploads");
+    let plugin_dir = config.data_dir.join("plugins");
     make_private_dir(&config.data_dir).await?;
-    tokio::fs::create_dir_all(&upload_dir)
-        .await
-        .map_err(|source| WebError::DataDir { path: upload_dir.clone(), source })?;
+    for dir in [&upload_dir, &plugin_dir] {
+        tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
+    }
     remove_stale_uploads(&upload_dir).await;
     let store = open_store(&config).await?;
     let embedded = match start_embedded(&config).await {
@@ -243,6 +244,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         store.clone(),
         embedded.as_ref().map(EmbeddedCluster::target),
         upload_dir.clone(),
+        plugin_dir.clone(),
         config.chunk_bytes,
     );
     let resumed = runs.resume().await?;
@@ -251,6 +253,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         runs: Arc::clone(&runs),
         limiter: LoginLimiter::default(),
         upload_dir,
+        plugin_dir,
         max_input_bytes: config.max_upload_bytes,
         max_plugin_bytes: config.max_plugin_bytes,
         session_ttl: config.session_ttl,

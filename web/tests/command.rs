@@ -63,3 +63,25 @@ async fn the_environment_can_turn_the_local_cluster_off() {
     assert!(!offers_local_cluster(&new_user(&server).await).await);
     assert!(!server.log().contains("embedded cluster started"), "{}", server.log());
 }
+
+#[tokio::test]
+async fn a_large_plugin_upload_is_not_held_several_times_in_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = WebProcess::start(dir.path(), &["--no-local-cluster"], &[]);
+    let browser = new_user(&server).await;
+    // A first small task warms up every path an upload takes (allocator arenas, the pool).
+    assert_eq!(browser.create_task("Small", "lib.rs", b"// small".to_vec()).await.status, StatusCode::SEE_OTHER);
+    let line = "// a comment line that makes the file large, as generated code does\n";
+    let plugin_bytes = 48usize << 20;
+    let plugin = line.repeat(plugin_bytes / line.len()).into_bytes();
+    let size_kib = plugin.len() as u64 / 1024;
+    let before = server.status_kib("VmHWM");
+    let page = browser.create_task("Large", "lib.rs", plugin.clone()).await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let growth = server.status_kib("VmHWM").saturating_sub(before);
+    eprintln!("peak resident size grew by {} KiB for a {size_kib} KiB plugin", growth);
+    assert!(growth < 2 * size_kib, "the server's peak grew by {growth} KiB for a {size_kib} KiB plugin");
+    let task = page.redirect_id();
+    let shown = browser.get(&format!("/tasks/{task}")).await.body;
+    assert!(shown.contains("48.0 MiB") || shown.contains("48 MiB"), "{shown}");
+}

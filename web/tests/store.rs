@@ -12,7 +12,7 @@ use db::TestDb;
 use kiln_web::sealing::SecretKey;
 use kiln_web::store::clusters::{ClusterFields, LOCAL_CLUSTER, UnreadableKey};
 use kiln_web::store::runs::{NewRun, RunEnding, RunProgress, RunState};
-use kiln_web::store::tasks::{Plugin, PluginKind};
+use kiln_web::store::tasks::{Plugin, PluginContent, PluginKind};
 use kiln_web::store::{Store, StoreError, now_ms};
 
 /// Runs `test` on a fresh SQLite database, then on a fresh PostgreSQL database.
@@ -31,7 +31,11 @@ where
 }
 
 fn plugin(text: &str) -> Plugin {
-    Plugin { name: "lib.rs".into(), kind: PluginKind::RustFile, bytes: text.as_bytes().to_vec() }
+    Plugin {
+        name: "lib.rs".into(),
+        kind: PluginKind::RustFile,
+        content: PluginContent::Bytes(text.as_bytes().to_vec()),
+    }
 }
 
 fn cluster_fields(name: &str) -> ClusterFields {
@@ -152,7 +156,11 @@ async fn tasks_keep_their_plugin_and_are_seen_only_by_their_owner() {
     check(|store| async move {
         let (a, b, task, _) = two_users(&store).await;
         let bytes: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-        let archive = Plugin { name: "crate.tar.gz".into(), kind: PluginKind::TarGz, bytes: bytes.clone() };
+        let archive = Plugin {
+            name: "crate.tar.gz".into(),
+            kind: PluginKind::TarGz,
+            content: PluginContent::Bytes(bytes.clone()),
+        };
         assert!(store.update_task(a, task, "Count <words>", "new", Some(&archive)).await.unwrap());
         let shown = store.task(a, task).await.unwrap().expect("a's task");
         assert_eq!(
@@ -160,10 +168,17 @@ async fn tasks_keep_their_plugin_and_are_seen_only_by_their_owner() {
             ("Count <words>", "crate.tar.gz", "tar.gz")
         );
         assert_eq!(shown.plugin_size, 70_000);
-        assert_eq!(store.task_plugin(a, task).await.unwrap(), Some(archive));
+        assert_eq!(store.task_plugin(a, task).await.unwrap(), Some(archive.clone()));
 
         assert!(store.update_task(a, task, "Renamed", "", None).await.unwrap());
-        assert_eq!(store.task_plugin(a, task).await.unwrap().unwrap().bytes, bytes, "the plugin is kept");
+        assert_eq!(store.task_plugin(a, task).await.unwrap(), Some(archive), "the plugin is kept");
+
+        // A plugin kept as a file: the row names it and holds none of its bytes.
+        let file = PluginContent::File { file: "0123-lib.rs".into(), size: 49 << 20 };
+        let in_file = Plugin { name: "lib.rs".into(), kind: PluginKind::RustFile, content: file };
+        assert!(store.update_task(a, task, "Filed", "", Some(&in_file)).await.unwrap());
+        assert_eq!(store.task_plugin(a, task).await.unwrap(), Some(in_file));
+        assert_eq!(store.task(a, task).await.unwrap().unwrap().plugin_size, 49 << 20);
 
         assert_eq!(store.task(b, task).await.unwrap(), None);
         assert_eq!(store.task_plugin(b, task).await.unwrap(), None);

@@ -62,6 +62,8 @@ pub struct App {
     pub limiter: LoginLimiter,
     /// Where uploads are spooled while they arrive.
     pub upload_dir: PathBuf,
+    /// Where tasks' plugins are kept, one file each (on the same file system as `upload_dir`).
+    pub plugin_dir: PathBuf,
     /// The largest input file accepted.
     pub max_input_bytes: u64,
     /// The largest plugin file accepted.

@@ -6,14 +6,16 @@ use std::sync::Arc;
 
 use askama::Template;
 use salvo::prelude::*;
+use tempfile::TempPath;
 
 use super::error::HttpError;
 use super::runs::RunRow;
 use super::upload::{FileLimit, Form, UploadedFile, read_form};
 use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
+use crate::security::new_token;
 use crate::store::clusters::Cluster;
 use crate::store::runs::NewRun;
-use crate::store::tasks::{Plugin, PluginKind, Task};
+use crate::store::tasks::{Plugin, PluginContent, PluginKind, Task};
 
 /// The longest title, in characters.
 const MAX_TITLE_CHARS: usize = 200;
@@ -125,11 +127,12 @@ async fn create(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         None => Err("choose the plugin to upload: a lib.rs, or a .tar.gz or .zip of a crate".to_owned()),
     };
     let problem = title_problem(&title).or_else(|| plugin.as_ref().err().cloned());
-    let (Some(plugin), None) = (plugin.ok(), problem.clone()) else {
+    let (Some((plugin, file)), None) = (plugin.ok(), problem.clone()) else {
         let page = form_page(depot, &app, None, title, description, None, problem);
         return render(res, StatusCode::UNPROCESSABLE_ENTITY, &page);
     };
     let task = app.store.create_task(user.user_id, &title, &description, &plugin).await?;
+    keep(file);
     tracing::info!(user = user.user_id, task = task.id, "task created");
     redirect(res, &format!("/tasks/{}", task.id));
     Ok(())
@@ -181,8 +184,17 @@ async fn update(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         let page = form_page(depot, &app, Some(id), title, description, Some(task.plugin_name), problem);
         return render(res, StatusCode::UNPROCESSABLE_ENTITY, &page);
     };
+    let (plugin, file) = plugin.unzip();
+    let old = match &plugin {
+        Some(_) => app.store.task_plugin(user.user_id, id).await?,
+        None => None,
+    };
     if !app.store.update_task(user.user_id, id, &title, &description, plugin.as_ref()).await? {
         return Err(HttpError::NotFound);
+    }
+    if let Some(file) = file {
+        keep(file);
+        remove_plugin_file(&app, old.as_ref()).await;
     }
     redirect(res, &format!("/tasks/{id}"));
     Ok(())
@@ -206,9 +218,11 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             tracing::warn!(run = run.id, "cannot cancel the run of a deleted task: {e}");
         }
     }
+    let plugin = app.store.task_plugin(user.user_id, id).await?;
     if !app.store.delete_task(user.user_id, id).await? {
         return Err(HttpError::NotFound);
     }
+    remove_plugin_file(&app, plugin.as_ref()).await;
     redirect(res, "/tasks");
     Ok(())
 }
@@ -283,9 +297,13 @@ async fn read_task_form(req: &mut Request, depot: &Depot, app: &App) -> Result<F
     read_form(req, &app.upload_dir, &limits, |sent| check_csrf(depot, sent)).await
 }
 
-/// Checks an uploaded plugin the way a worker will read it, and loads its bytes; the error is
-/// the message for the form.
-async fn read_plugin(app: &App, file: UploadedFile) -> Result<Plugin, String> {
+/// Checks an uploaded plugin the way a worker will read it and moves it into the plugin
+/// directory; the error is the message for the form. The file is removed when the answer's
+/// [`TempPath`] is dropped, unless it is [`keep`]t once the task is stored.
+///
+/// A single `.rs` file is never read here: the builder only wraps it, and its size was capped
+/// while it streamed in. An archive is unpacked in memory once to check it, as a worker would.
+async fn read_plugin(app: &App, file: UploadedFile) -> Result<(Plugin, TempPath), String> {
     let kind = PluginKind::from_file_name(&file.file_name).ok_or_else(|| {
         format!("`{}` is not a plugin: upload a lib.rs, or a .tar.gz, .tgz or .zip of a crate", file.file_name)
     })?;
@@ -293,21 +311,45 @@ async fn read_plugin(app: &App, file: UploadedFile) -> Result<Plugin, String> {
         tracing::error!("cannot check an uploaded plugin: {e}");
         "the plugin could not be checked on the server; try again".to_owned()
     };
-    let dir = tempfile::Builder::new().prefix("plugin-").tempdir_in(&app.upload_dir).map_err(internal)?;
-    // The reader tells a single file from an archive by the name.
-    let path = dir.path().join(kind.file_name());
-    tokio::fs::rename(&file.path, &path).await.map_err(internal)?;
-    let checked = {
-        let path = path.clone();
-        tokio::task::spawn_blocking(move || kiln_engine::worker::builder::read_source(&path).map(|_| ())).await
-    };
-    match checked {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => return Err(format!("the plugin cannot be used: {e}")),
-        Err(e) => return Err(internal(std::io::Error::other(e))),
+    if file.size > kiln_engine::worker::builder::MAX_BYTES {
+        return Err(format!(
+            "the plugin cannot be used: it is larger than {}",
+            format::bytes(i64::try_from(kiln_engine::worker::builder::MAX_BYTES).unwrap_or(i64::MAX))
+        ));
     }
-    let bytes = tokio::fs::read(&path).await.map_err(internal)?;
-    Ok(Plugin { name: file.file_name, kind, bytes })
+    // The reader tells a single file from an archive by the name's ending.
+    let stored = format!("{}-{}", new_token(), kind.file_name());
+    let path = app.plugin_dir.join(&stored);
+    tokio::fs::rename(&file.path, &path).await.map_err(internal)?;
+    let path = TempPath::try_from_path(path).map_err(internal)?;
+    if kind != PluginKind::RustFile {
+        let checked = {
+            let path = path.to_path_buf();
+            tokio::task::spawn_blocking(move || kiln_engine::worker::builder::read_source(&path).map(|_| ())).await
+        };
+        match checked {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("the plugin cannot be used: {e}")),
+            Err(e) => return Err(internal(std::io::Error::other(e))),
+        }
+    }
+    let size = i64::try_from(file.size).unwrap_or(i64::MAX);
+    Ok((Plugin { name: file.file_name, kind, content: PluginContent::File { file: stored, size } }, path))
+}
+
+/// Keeps a plugin file that a stored task now names.
+fn keep(file: TempPath) {
+    if let Err(e) = file.keep() {
+        tracing::error!("cannot keep a plugin file: {e}");
+    }
+}
+
+/// Removes the file of a plugin no task names any longer.
+async fn remove_plugin_file(app: &App, plugin: Option<&Plugin>) {
+    let Some(file) = plugin.and_then(Plugin::file) else { return };
+    if let Err(e) = tokio::fs::remove_file(app.plugin_dir.join(file)).await {
+        tracing::warn!(file, "cannot remove the file of a replaced or deleted plugin: {e}");
+    }
 }
 
 fn title_problem(title: &str) -> Option<String> {

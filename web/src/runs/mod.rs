@@ -81,6 +81,7 @@ pub struct RunManager {
     store: Store,
     embedded: Option<ClusterTarget>,
     work_dir: PathBuf,
+    plugin_dir: PathBuf,
     chunk_bytes: u64,
     live: Mutex<HashMap<i64, Live>>,
     tasks: Mutex<JoinSet<()>>,
@@ -88,13 +89,21 @@ pub struct RunManager {
 
 impl RunManager {
     /// A manager storing runs in `store`, with the embedded cluster's controller if one runs,
-    /// writing plugins to submit under `work_dir`, cutting inputs into chunks of `chunk_bytes`
-    /// (0: the controller's default).
-    pub fn new(store: Store, embedded: Option<ClusterTarget>, work_dir: PathBuf, chunk_bytes: u64) -> Arc<RunManager> {
+    /// reading tasks' plugin files in `plugin_dir` and writing older tasks' plugins to submit
+    /// under `work_dir`, cutting inputs into chunks of `chunk_bytes` (0: the controller's
+    /// default).
+    pub fn new(
+        store: Store,
+        embedded: Option<ClusterTarget>,
+        work_dir: PathBuf,
+        plugin_dir: PathBuf,
+        chunk_bytes: u64,
+    ) -> Arc<RunManager> {
         Arc::new(RunManager {
             store,
             embedded,
             work_dir,
+            plugin_dir,
             chunk_bytes,
             live: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),

@@ -14,7 +14,7 @@ use super::progress::{Progress, run_state};
 use super::{ClusterTarget, RunManager, client_failure, failure};
 use crate::store::now_ms;
 use crate::store::runs::{Run, RunEnding, RunProgress, RunState};
-use crate::store::tasks::Plugin;
+use crate::store::tasks::{Plugin, PluginContent};
 
 /// How often, at most, a run's progress is written to the database while nothing but the
 /// counters change (every message still goes to the browsers).
@@ -74,9 +74,15 @@ async fn submit(
 ) -> Result<JobId, (&'static str, String)> {
     let internal = |e: std::io::Error| ("internal", format!("cannot prepare the plugin for submission: {e}"));
     let dir = tempfile::Builder::new().prefix("submit-").tempdir_in(&manager.work_dir).map_err(internal)?;
-    // The builder tells a single file from an archive by its name.
-    let plugin_path = dir.path().join(plugin.kind.file_name());
-    tokio::fs::write(&plugin_path, &plugin.bytes).await.map_err(internal)?;
+    let plugin_path = match &plugin.content {
+        // Named with the kind's ending, which the builder goes by.
+        PluginContent::File { file, .. } => manager.plugin_dir.join(file),
+        PluginContent::Bytes(bytes) => {
+            let path = dir.path().join(plugin.kind.file_name());
+            tokio::fs::write(&path, bytes).await.map_err(internal)?;
+            path
+        }
+    };
     let input_file =
         tokio::fs::File::open(input).await.map_err(|e| ("internal", format!("cannot read the input: {e}")))?;
     let client = Client::connect(&target.address, target.api_key.clone()).await.map_err(|e| client_failure(&e))?;

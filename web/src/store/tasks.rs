@@ -1,6 +1,7 @@
-//! Tasks: a plugin (its uploaded bytes, original file name and kind) with a title and a
-//! description. Lists and pages read everything but the plugin's bytes; only starting a run
-//! reads those.
+//! Tasks: a plugin (its original file name, kind and where its bytes are) with a title and a
+//! description. A plugin's bytes are a file in the web app's plugin directory, named in the
+//! row; tasks saved before plugins were files keep their bytes in the row, which only starting
+//! a run reads.
 
 use sqlx::Row;
 
@@ -87,8 +88,48 @@ pub struct Plugin {
     pub name: String,
     /// Its kind.
     pub kind: PluginKind,
-    /// The file's bytes.
-    pub bytes: Vec<u8>,
+    /// Where its bytes are.
+    pub content: PluginContent,
+}
+
+/// Where a plugin's bytes are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PluginContent {
+    /// A file in the plugin directory, by its name there, and its size in bytes.
+    File {
+        /// The file's name in the plugin directory.
+        file: String,
+        /// Its size.
+        size: i64,
+    },
+    /// In the row itself: tasks saved before plugins were files.
+    Bytes(Vec<u8>),
+}
+
+impl Plugin {
+    /// The plugin's size in bytes.
+    pub fn size(&self) -> i64 {
+        match &self.content {
+            PluginContent::File { size, .. } => *size,
+            PluginContent::Bytes(bytes) => i64::try_from(bytes.len()).unwrap_or(i64::MAX),
+        }
+    }
+
+    /// Its file's name in the plugin directory, if it has one.
+    pub fn file(&self) -> Option<&str> {
+        match &self.content {
+            PluginContent::File { file, .. } => Some(file),
+            PluginContent::Bytes(_) => None,
+        }
+    }
+
+    /// The bytes kept in the row (none for a plugin kept as a file).
+    fn row_bytes(&self) -> &[u8] {
+        match &self.content {
+            PluginContent::File { .. } => &[],
+            PluginContent::Bytes(bytes) => bytes,
+        }
+    }
 }
 
 const COLUMNS: &str = "id, user_id, title, description, plugin_name, plugin_kind, plugin_size, created_at, updated_at";
@@ -119,16 +160,17 @@ impl Store {
         let now = now_ms();
         let row = sqlx::query(&format!(
             "INSERT INTO tasks (user_id, title, description, plugin_name, plugin_kind, plugin_size, plugin_bytes, \
-             created_at, updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8) RETURNING {COLUMNS}"
+             created_at, updated_at, plugin_file) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $8, $9) RETURNING {COLUMNS}"
         ))
         .bind(user_id)
         .bind(title.trim())
         .bind(description)
         .bind(&plugin.name)
         .bind(plugin.kind.as_str())
-        .bind(i64::try_from(plugin.bytes.len()).unwrap_or(i64::MAX))
-        .bind(plugin.bytes.as_slice())
+        .bind(plugin.size())
+        .bind(plugin.row_bytes())
         .bind(now)
+        .bind(plugin.file())
         .fetch_one(&self.pool)
         .await?;
         Ok(task_from_row(&row)?)
@@ -155,17 +197,29 @@ impl Store {
 
     /// The plugin of the user's task with this id.
     pub async fn task_plugin(&self, user_id: i64, id: i64) -> Result<Option<Plugin>, StoreError> {
-        let row =
-            sqlx::query("SELECT plugin_name, plugin_kind, plugin_bytes FROM tasks WHERE id = $1 AND user_id = $2")
-                .bind(id)
-                .bind(user_id)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(
+            "SELECT plugin_name, plugin_kind, plugin_size, plugin_file FROM tasks WHERE id = $1 AND user_id = $2",
+        )
+        .bind(id)
+        .bind(user_id)
+        .fetch_optional(&self.pool)
+        .await?;
         let Some(row) = row else { return Ok(None) };
         let kind: String = row.try_get("plugin_kind")?;
         let kind = PluginKind::parse(&kind)
             .ok_or_else(|| sqlx::Error::Decode(format!("unknown plugin kind `{kind}` in task {id}").into()))?;
-        Ok(Some(Plugin { name: row.try_get("plugin_name")?, kind, bytes: row.try_get("plugin_bytes")? }))
+        let content = match row.try_get::<Option<String>, _>("plugin_file")? {
+            Some(file) => PluginContent::File { file, size: row.try_get("plugin_size")? },
+            None => {
+                let row = sqlx::query("SELECT plugin_bytes FROM tasks WHERE id = $1")
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                let Some(row) = row else { return Ok(None) };
+                PluginContent::Bytes(row.try_get("plugin_bytes")?)
+            }
+        };
+        Ok(Some(Plugin { name: row.try_get("plugin_name")?, kind, content }))
     }
 
     /// Changes the title and description of the user's task, and its plugin when one is
@@ -195,17 +249,19 @@ impl Store {
             Some(plugin) => {
                 sqlx::query(
                     "UPDATE tasks SET title = $1, description = $2, plugin_name = $3, plugin_kind = $4, \
-                     plugin_size = $5, plugin_bytes = $6, updated_at = $7 WHERE id = $8 AND user_id = $9",
+                     plugin_size = $5, plugin_bytes = $6, updated_at = $7, plugin_file = $10 \
+                     WHERE id = $8 AND user_id = $9",
                 )
                 .bind(title.trim())
                 .bind(description)
                 .bind(&plugin.name)
                 .bind(plugin.kind.as_str())
-                .bind(i64::try_from(plugin.bytes.len()).unwrap_or(i64::MAX))
-                .bind(plugin.bytes.as_slice())
+                .bind(plugin.size())
+                .bind(plugin.row_bytes())
                 .bind(now)
                 .bind(id)
                 .bind(user_id)
+                .bind(plugin.file())
                 .execute(&self.pool)
                 .await?
             }
