@@ -9,6 +9,7 @@
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 //! - [`memory`]: allocator settings for the long-running services.
+//! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 
 pub mod chunk;
 pub mod client;
@@ -16,4 +17,5 @@ pub mod controller;
 pub mod local;
 pub mod memory;
 pub mod rpc;
+pub mod tls;
 pub mod worker;
