@@ -9,6 +9,9 @@
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 //! - [`memory`]: allocator settings for the long-running services.
+//! - [`sandbox`]: confining a process before it runs untrusted code (namespaces, landlock,
+//!   seccomp, limits).
+//! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 
 pub mod chunk;
 pub mod client;
@@ -16,4 +19,6 @@ pub mod controller;
 pub mod local;
 pub mod memory;
 pub mod rpc;
+pub mod sandbox;
+pub mod tls;
 pub mod worker;

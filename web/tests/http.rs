@@ -334,7 +334,8 @@ async fn a_run_on_an_unreachable_cluster_fails_with_the_reason() {
     check(defaults, async |web| {
         let browser = user(web, "down@example.com").await;
         let task = browser.create_task("T", "lib.rs", plugin_source()).await.redirect_id();
-        let cluster = browser.create_cluster("down", NOWHERE, "key-0123456789").await.redirect_id();
+        let key = format!("kiln-key-v2.{}.key-0123456789", "0".repeat(64));
+        let cluster = browser.create_cluster("down", NOWHERE, &key).await.redirect_id();
         let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
         let page = wait_until_finished(&browser, run).await;
         assert!(page.body.contains("state-failed"), "{}", page.body);
