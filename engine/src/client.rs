@@ -1,7 +1,9 @@
 //! The client library: submit jobs to a controller, watch them, fetch their results, cancel and
 //! list them. `kiln submit` and the other job commands use it, and so does the web app.
 //!
-//! A [`Client`] holds one connection to the controller and opens a new one when it breaks;
+//! A [`Client`] holds one connection to the controller and opens a new one when it breaks.
+//! Every connection is TLS, checked against the CA whose fingerprint the API key carries (or
+//! the system roots, or a CA file, for a `pki` key) before the key's secret is sent;
 //! watching a job ([`Client::watch`], [`Client::wait`]) keeps retrying for a while, so a watcher
 //! survives a controller restart. Plugins and inputs are uploaded in pieces of at most
 //! [`MAX_PIECE_BYTES`], read from disk (or any reader) as they go: an input is never held whole
@@ -16,7 +18,8 @@
 //!
 //! #[tokio::main]
 //! async fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     let client = Client::connect("127.0.0.1:7700", Secret::new("the cluster's API key")).await?;
+//!     let key = Secret::new("kiln-key-v2.<the CA's fingerprint>.<secret>");
+//!     let client = Client::connect("127.0.0.1:7700", key).await?;
 //!     let options = SubmitOptions { processes: 2, ..SubmitOptions::default() };
 //!     let plugin = std::path::Path::new("examples/plugins/wordcount");
 //!     let input = std::path::Path::new("examples/inputs/sample.txt");
@@ -44,13 +47,16 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use tarpc::context::{self, Context};
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::rpc::{
-    ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
-    MAX_PIECE_BYTES, RpcError, Secret, WATCH_WAIT,
+    ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES,
+    RpcError, Secret, WATCH_WAIT, WorkerId,
 };
+use crate::tls::TlsError;
+use crate::tls::key::{Credential, Role};
+use crate::tls::link::{self, is_wrong_peer};
+use crate::tls::verify::{Dial, dial_controller};
 use crate::worker::builder::{SourceError, read_source};
 
 mod watch;
@@ -126,6 +132,19 @@ pub enum ClientError {
     /// The controller refused the API key.
     #[error("the controller refused the API key ({0}): check --api-key or KILN_API_KEY")]
     Unauthorized(String),
+    /// The API key is not usable (an old key without the CA's fingerprint, a damaged one).
+    #[error("cannot use the API key: {0}")]
+    Key(TlsError),
+    /// The controller's certificate does not come from the CA the key pins: another
+    /// controller, or someone in between. Nothing secret was sent.
+    #[error(
+        "the controller at {addr} is not the one this key belongs to: its certificate is not from the CA the key \
+         pins; check the address, or use the key that controller printed"
+    )]
+    WrongController {
+        /// The controller's address.
+        addr: String,
+    },
     /// The controller refused the request.
     #[error(transparent)]
     Rpc(RpcError),
@@ -193,7 +212,10 @@ pub struct Client {
 
 struct Inner {
     addr: String,
+    /// The key's secret, sent only over a link whose controller was verified.
     key: Secret,
+    /// How the controller is checked; `None` for a plaintext key.
+    dial: Option<Dial>,
     connection: Mutex<Option<ControllerClient>>,
 }
 
@@ -211,10 +233,19 @@ enum Repeat {
 }
 
 impl Client {
-    /// Connects to the controller at `addr` (`host:port`) and checks the API key.
+    /// Connects to the controller at `addr` (`host:port`) with an API key as the controller
+    /// printed it (`kiln-key-v2.…`), checking the controller first and then the key.
     pub async fn connect(addr: &str, api_key: Secret) -> Result<Client, ClientError> {
-        let client =
-            Client { inner: Arc::new(Inner { addr: addr.to_owned(), key: api_key, connection: Mutex::new(None) }) };
+        Client::connect_with(addr, api_key, None).await
+    }
+
+    /// [`Client::connect`], checking a controller with an operator's certificate (a `pki` key)
+    /// against the CA certificates in `ca_file` (PEM) rather than the system roots.
+    pub async fn connect_with(addr: &str, api_key: Secret, ca_file: Option<&Path>) -> Result<Client, ClientError> {
+        let key = Credential::parse(Role::Client, api_key.expose()).map_err(ClientError::Key)?;
+        let dial = dial_controller(key.trust, addr, ca_file, None).map_err(ClientError::Key)?;
+        let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, connection: Mutex::new(None) };
+        let client = Client { inner: Arc::new(inner) };
         client.cluster_info().await?;
         Ok(client)
     }
@@ -422,6 +453,16 @@ impl Client {
         .await
     }
 
+    /// Removes a worker from the cluster: its work goes elsewhere and it is refused from now on.
+    pub async fn remove_worker(&self, worker_id: WorkerId) -> Result<(), ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.remove_worker(ctx, key, worker_id).await }
+        })
+        .await
+    }
+
     /// Makes a call with a deadline `deadline` from now, on the current connection or a new
     /// one. When the connection turns out broken, a call that is safe to repeat is sent once
     /// more on a fresh connection.
@@ -463,13 +504,14 @@ impl Client {
             return Ok(controller);
         }
         let addr = &self.inner.addr;
-        let connect_error = |source| ClientError::Connect { addr: addr.clone(), source };
-        let mut connect = tarpc::serde_transport::tcp::connect(addr.as_str(), Bincode::default);
-        connect.config_mut().max_frame_length(MAX_FRAME_BYTES);
-        let transport = tokio::time::timeout(CONNECT_TIMEOUT, connect)
-            .await
-            .map_err(|_| connect_error(io::Error::new(io::ErrorKind::TimedOut, "connecting timed out")))?
-            .map_err(connect_error)?;
+        let link = link::connect(addr, self.inner.dial.as_ref(), CONNECT_TIMEOUT).await.map_err(|source| {
+            if is_wrong_peer(&source) {
+                ClientError::WrongController { addr: addr.clone() }
+            } else {
+                ClientError::Connect { addr: addr.clone(), source }
+            }
+        })?;
+        let transport = link::transport(link);
         let controller = ControllerClient::new(tarpc::client::Config::default(), transport).spawn();
         *lock(&self.inner.connection) = Some(controller.clone());
         Ok(controller)

@@ -11,6 +11,7 @@
 //! - [`memory`]: allocator settings for the long-running services.
 //! - [`sandbox`]: confining a process before it runs untrusted code (namespaces, landlock,
 //!   seccomp, limits).
+//! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 
 pub mod chunk;
 pub mod client;
@@ -19,4 +20,5 @@ pub mod local;
 pub mod memory;
 pub mod rpc;
 pub mod sandbox;
+pub mod tls;
 pub mod worker;

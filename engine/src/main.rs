@@ -41,8 +41,8 @@ enum Command {
     Cancel(cli::jobs::JobArgs),
     /// List the controller's jobs, newest first.
     Jobs(cli::jobs::ListArgs),
-    /// Show the cluster's workers and load.
-    Cluster(cli::jobs::ListArgs),
+    /// Show the cluster's workers and load, or remove a worker.
+    Cluster(cli::jobs::ClusterArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
     Exec {

@@ -9,8 +9,11 @@
 //!   jobs, pushes chunks, asks for aggregation and cancels.
 //!
 //! Every method checks credentials first and returns a typed [`RpcError`]. All traffic uses
-//! tarpc's bincode transport over TCP with [`MAX_FRAME_BYTES`] frames; bulk data (archives,
-//! input pieces, chunks, partials) travels as `serde_bytes` buffers.
+//! tarpc's bincode transport in [`MAX_FRAME_BYTES`] frames over TLS 1.3 (see [`crate::tls`];
+//! plain TCP only behind `--insecure-plaintext`); bulk data (archives, input pieces, chunks,
+//! partials) travels as `serde_bytes` buffers. Worker calls to the controller (`heartbeat`,
+//! `fetch_plugin`, `activate`, `renew`) also need the link's client certificate to be the one
+//! the controller issued to that worker.
 
 use std::fmt;
 use std::time::Duration;
@@ -22,7 +25,9 @@ use serde_bytes::ByteBuf;
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
 /// Version 3: chunks travel in batches, `run_chunks` with [`ChunkInput`]s, replacing
 /// `run_chunk`.
-pub const PROTOCOL_VERSION: u32 = 3;
+/// Version 4: TLS on every link; a worker sends its public key at registration, gets a
+/// certificate, and is dialled back on `activate`; `renew`, `remove_worker`.
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
 /// batch of partials for aggregation, with room to spare.
@@ -116,6 +121,21 @@ pub struct WorkerInfo {
     pub processes: u32,
     /// The worker's host name, for display.
     pub hostname: String,
+    /// The worker's public key (an uncompressed P-256 point), for its certificate; its
+    /// private key never leaves the worker. Empty on a plaintext cluster.
+    #[serde(default)]
+    pub public_key: ByteBuf,
+}
+
+/// A certificate the controller issued to a worker.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct WorkerCertificate {
+    /// The worker's certificate (DER), for `worker-<id>.kiln`, for the public key it sent.
+    pub cert: ByteBuf,
+    /// The cluster CA's certificate (DER), whose fingerprint the join token carries.
+    pub ca: ByteBuf,
+    /// When the certificate expires, in milliseconds since the Unix epoch: renew it before.
+    pub expires_ms: u64,
 }
 
 /// What the controller answers a registration with.
@@ -126,6 +146,9 @@ pub struct Registration {
     /// The secret the worker must see on every call from the controller, and must send with
     /// its own calls.
     pub worker_secret: Secret,
+    /// The worker's certificate: it serves the controller's calls with it and presents it on
+    /// its own link to the controller. `None` on a plaintext cluster.
+    pub certificate: Option<WorkerCertificate>,
 }
 
 /// What a client asks the controller to run.
@@ -379,8 +402,16 @@ pub enum TaskError {
 /// The controller's service.
 #[tarpc::service]
 pub trait Controller {
-    /// Registers a worker with the cluster's join token; answers with its id and secret.
+    /// Registers a worker with the cluster's join token; answers its id, secret and certificate.
+    /// The worker then connects again presenting the certificate and calls `activate`.
     async fn register(token: Secret, info: WorkerInfo) -> Result<Registration, RpcError>;
+
+    /// Makes a registered worker live: the controller dials it back at its address (checking
+    /// its certificate) and starts sending it work.
+    async fn activate(worker_id: WorkerId, secret: Secret) -> Result<(), RpcError>;
+
+    /// Issues a worker a fresh certificate for `public_key` before its current one expires.
+    async fn renew(worker_id: WorkerId, secret: Secret, public_key: ByteBuf) -> Result<WorkerCertificate, RpcError>;
 
     /// Tells the controller a worker is alive. An unknown worker (for example after the
     /// controller restarted) gets `NotFound` and registers again.
@@ -417,6 +448,10 @@ pub trait Controller {
 
     /// The cluster's live workers and load.
     async fn cluster_info(key: Secret) -> Result<ClusterInfo, RpcError>;
+
+    /// Removes a worker: its work goes elsewhere, its certificate is revoked, and its key is
+    /// refused if it registers again.
+    async fn remove_worker(key: Secret, worker_id: WorkerId) -> Result<(), RpcError>;
 }
 
 /// A worker's service; only the controller it registered with may call it.

@@ -10,7 +10,7 @@ mod util;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use cluster::{API_KEY, Cluster};
+use cluster::{API_KEY, Cluster, client_key};
 use futures::StreamExt;
 use kiln_engine::client::{Client, ClientError, SubmitOptions};
 use kiln_engine::rpc::{JobState, Secret};
@@ -156,10 +156,13 @@ fn the_client_library_streams_progress_until_the_result() {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let addr = cluster.controller.addr.to_string();
-        let refused = Client::connect(&addr, Secret::new("not the key")).await;
+        let wrong = client_key(&cluster.controller, "not the key");
+        let refused = Client::connect(&addr, Secret::new(wrong)).await;
         assert!(matches!(refused, Err(ClientError::Unauthorized(_))), "{refused:?}");
+        let old = Client::connect(&addr, Secret::new(API_KEY)).await;
+        assert!(matches!(&old, Err(ClientError::Key(e)) if e.to_string().contains("old format")), "{old:?}");
 
-        let client = Client::connect(&addr, Secret::new(API_KEY)).await.unwrap();
+        let client = Client::connect(&addr, Secret::new(cluster.api_key())).await.unwrap();
         let options =
             SubmitOptions { chunk_size: 16 << 10, input_name: "words".to_owned(), ..SubmitOptions::default() };
         // Any reader will do: here, the text in memory.

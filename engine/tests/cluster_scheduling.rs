@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use cluster::{API_KEY, Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals, slow_params};
+use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals, slow_params};
 use serde_json::Value;
 use util::{example, fixture, word_text};
 
@@ -97,7 +97,7 @@ fn a_cancelled_job_stops_dispatching_at_once_and_the_next_job_completes() {
 
     // A `kiln submit` that follows the job, as a user would.
     let follower = kiln_command()
-        .args(["submit", "--controller", &cluster.controller.addr.to_string(), "--api-key", API_KEY])
+        .args(["submit", "--controller", &cluster.controller.addr.to_string(), "--api-key", &cluster.api_key()])
         .arg("--plugin")
         .arg(fixture("misbehave"))
         .arg("--input")

@@ -1,5 +1,6 @@
 //! Who may do what on a cluster: clients need the API key, workers the join token, and a
-//! worker takes calls only from the controller it registered with. Each refusal is checked to
+//! worker takes calls only from the controller it registered with (over TLS, from the
+//! controller's certificate). Each refusal is checked to
 //! leave nothing run.
 
 #[path = "util/cluster.rs"]
@@ -10,10 +11,15 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
-use kiln_engine::rpc::{ChunkInput, ExecLimits, MAX_FRAME_BYTES, RpcError, Secret, TaskError, WorkerClient};
+use kiln_engine::rpc::{ChunkInput, ExecLimits, Secret, TaskError, WorkerClient};
+use kiln_engine::tls::ca::self_signed;
+use kiln_engine::tls::key::Trust;
+use kiln_engine::tls::link;
+use kiln_engine::tls::verify::dial_controller;
+use kiln_engine::tls::{CONTROLLER_NAME, Fingerprint, worker_name};
+use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
 use serde_json::Value;
-use tarpc::tokio_serde::formats::Bincode;
 use util::{example, fixture, word_text};
 
 fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
@@ -70,12 +76,9 @@ fn a_worker_with_a_wrong_join_token_is_refused_and_gets_no_work() {
     assert_eq!(status["state"], "Succeeded", "{status:#}");
 }
 
-/// Checks that a stranger's call was refused as unauthorized.
-fn refused<T: std::fmt::Debug>(answer: Result<T, TaskError>, call: &str) {
-    match answer {
-        Err(TaskError::Rpc(RpcError::Unauthorized(_))) => {}
-        other => panic!("{call} by a stranger was not refused: {other:?}"),
-    }
+/// Checks that a stranger's call got no answer: the worker refused its link.
+fn refused<T: std::fmt::Debug>(answer: Result<Result<T, TaskError>, tarpc::client::RpcError>, call: &str) {
+    assert!(answer.is_err(), "{call} by a stranger was answered: {answer:?}");
 }
 
 #[test]
@@ -92,27 +95,34 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
     cluster.wait_status(job, JOB_TIMEOUT, |status| status["state"] == "Running");
 
     let plugin_hash = cluster.status(job)["plugin_hash"].as_str().unwrap().to_owned();
+    let fingerprint = Fingerprint::from_hex(&cluster::trust_of(&cluster.controller)).unwrap();
+    let worker_id = cluster.cluster_info()["workers"][0]["worker_id"].as_u64().unwrap();
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let mut connect = tarpc::serde_transport::tcp::connect(worker_addr, Bincode::default);
-        connect.config_mut().max_frame_length(MAX_FRAME_BYTES);
-        let worker = WorkerClient::new(tarpc::client::Config::default(), connect.await.unwrap()).spawn();
-        let ctx = tarpc::context::current;
-        let guess = Secret::generate();
-
-        let params = format!("record={}", intruder_record.display());
-        refused(
-            worker.prepare(ctx(), guess.clone(), 999, plugin_hash, params, ExecLimits::default()).await.unwrap(),
-            "prepare",
-        );
-        let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
-        refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await.unwrap(), "run_chunks");
-        refused(worker.combine(ctx(), guess.clone(), job, vec![]).await.unwrap(), "combine");
-        refused(worker.aggregate(ctx(), guess.clone(), job, vec![]).await.unwrap(), "aggregate");
-        refused(worker.release(ctx(), guess.clone(), job).await.unwrap(), "release");
-        let empty = Secret::new("");
-        let chunk = ChunkInput { first_line: 1_000_002, text: ByteBuf::new() };
-        refused(worker.run_chunks(ctx(), empty, job, vec![chunk]).await.unwrap(), "run_chunks");
+        // Plain TCP, TLS without a certificate, and TLS with a self-signed certificate that
+        // claims to be the controller: the worker takes none of them.
+        let pinned = |identity| dial_controller(Trust::Pinned(fingerprint), "x:1", None, identity).unwrap().unwrap();
+        let dials = [None, Some(pinned(None)), Some(pinned(Some(self_signed(CONTROLLER_NAME).unwrap())))];
+        for dial in dials {
+            let addr = worker_addr.to_string();
+            let link = match &dial {
+                None => link::connect(&addr, None, Duration::from_secs(5)).await,
+                Some(dial) => {
+                    let name = ServerName::try_from(worker_name(worker_id)).unwrap();
+                    link::connect_named(&addr, dial, name, Duration::from_secs(5)).await
+                }
+            };
+            let Ok(link) = link else { continue };
+            let worker = WorkerClient::new(tarpc::client::Config::default(), link::transport(link)).spawn();
+            let ctx = tarpc::context::current;
+            let guess = Secret::generate();
+            let params = format!("record={}", intruder_record.display());
+            let limits = ExecLimits::default();
+            refused(worker.prepare(ctx(), guess.clone(), 999, plugin_hash.clone(), params, limits).await, "prepare");
+            let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
+            refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
+            refused(worker.release(ctx(), guess.clone(), job).await, "release");
+        }
     });
 
     // The job went on undisturbed (not released), and only its own chunks ran, once each.

@@ -263,8 +263,11 @@ async fn connect(addr: SocketAddr) -> ControllerClient {
     ControllerClient::new(tarpc::client::Config::default(), connect.await.expect("controller reachable")).spawn()
 }
 
+/// A controller on loopback without TLS: these tests speak tarpc to it directly, as fake
+/// workers and clients (TLS on every link is shown with real processes in `cluster_tls.rs`).
 async fn start_controller(data_dir: &Path) -> RunningController {
-    let config = ControllerConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.to_path_buf());
+    let mut config = ControllerConfig::new("127.0.0.1:0".parse().unwrap(), data_dir.to_path_buf());
+    config.plaintext = true;
     start(config).await.expect("controller starts")
 }
 
@@ -313,7 +316,13 @@ impl Cluster {
             }
         });
         let controller = connect(self.controller.local_addr()).await;
-        let info = WorkerInfo { protocol: PROTOCOL_VERSION, address, processes, hostname: name.into() };
+        let info = WorkerInfo {
+            protocol: PROTOCOL_VERSION,
+            address,
+            processes,
+            hostname: name.into(),
+            public_key: ByteBuf::new(),
+        };
         let registration = controller
             .register(context::current(), self.controller.join_token().clone(), info)
             .await
@@ -321,6 +330,8 @@ impl Cluster {
             .expect("registration accepted");
         fake.secret.send_replace(Some(registration.worker_secret.clone()));
         let worker_id = registration.worker_id;
+        let secret = registration.worker_secret.clone();
+        controller.activate(context::current(), worker_id, secret).await.unwrap().expect("activation accepted");
         tasks.spawn(async move {
             let mut ticks = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -492,7 +503,13 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     refused(c.list_jobs(ctx(), wrong.clone()).await.unwrap().map(drop));
     refused(c.cluster_info(ctx(), wrong.clone()).await.unwrap().map(drop));
 
-    let info = |address: String| WorkerInfo { protocol: PROTOCOL_VERSION, address, processes: 1, hostname: "h".into() };
+    let info = |address: String| WorkerInfo {
+        protocol: PROTOCOL_VERSION,
+        address,
+        processes: 1,
+        hostname: "h".into(),
+        public_key: ByteBuf::new(),
+    };
     refused(c.register(ctx(), wrong.clone(), info("127.0.0.1:1".into())).await.unwrap().map(drop));
     let old = WorkerInfo { protocol: PROTOCOL_VERSION + 1, ..info("127.0.0.1:1".into()) };
     let mismatch = c.register(ctx(), cluster.controller.join_token().clone(), old).await.unwrap();
@@ -502,6 +519,8 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     let worker = cluster.worker("w", quick(), 1).await;
     refused(c.heartbeat(ctx(), worker.worker_id, wrong.clone()).await.unwrap());
     refused(c.fetch_plugin(ctx(), worker.worker_id, wrong.clone(), "ab".into()).await.unwrap().map(drop));
+    refused(c.activate(ctx(), worker.worker_id, wrong.clone()).await.unwrap());
+    refused(c.remove_worker(ctx(), wrong.clone(), worker.worker_id).await.unwrap());
 
     let jobs = c.list_jobs(ctx(), cluster.key.clone()).await.unwrap().unwrap();
     assert!(jobs.is_empty(), "no job was created: {jobs:?}");

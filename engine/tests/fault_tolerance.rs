@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use cluster::{API_KEY, Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
+use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
 use serde_json::Value;
 use util::{Run, fixture, run_local};
 
@@ -73,7 +73,7 @@ struct Follower {
 impl Follower {
     fn start(cluster: &Cluster, input: &Path, extra: &[&str]) -> Follower {
         let mut child = kiln_command()
-            .args(["submit", "--controller", &cluster.controller.addr.to_string(), "--api-key", API_KEY])
+            .args(["submit", "--controller", &cluster.controller.addr.to_string(), "--api-key", &cluster.api_key()])
             .arg("--plugin")
             .arg(fixture("misbehave"))
             .arg("--input")

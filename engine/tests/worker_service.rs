@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::rpc::{
     ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
-    Registration, RpcError, Secret, TaskError, WorkerClient, WorkerId, WorkerInfo,
+    Registration, RpcError, Secret, TaskError, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
 };
 use kiln_engine::worker::builder::{BuilderConfig, read_source};
 use kiln_engine::worker::executor::ExecutorConfig;
@@ -60,10 +60,24 @@ impl Controller for StandIn {
         }
         let mut seen = self.seen.lock().unwrap();
         seen.registrations.push(info);
-        let registration =
-            Registration { worker_id: seen.registrations.len() as WorkerId, worker_secret: Secret::generate() };
+        let registration = Registration {
+            worker_id: seen.registrations.len() as WorkerId,
+            worker_secret: Secret::generate(),
+            certificate: None,
+        };
         seen.known = Some(registration.clone());
         Ok(registration)
+    }
+
+    async fn activate(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
+        if !self.knows(worker_id, &secret) {
+            return Err(RpcError::NotFound(format!("worker {worker_id}")));
+        }
+        Ok(())
+    }
+
+    async fn renew(self, _: Context, _: WorkerId, _: Secret, _: ByteBuf) -> Result<WorkerCertificate, RpcError> {
+        not_here()
     }
 
     async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
@@ -116,6 +130,9 @@ impl Controller for StandIn {
     async fn cluster_info(self, _: Context, _: Secret) -> Result<ClusterInfo, RpcError> {
         not_here()
     }
+    async fn remove_worker(self, _: Context, _: Secret, _: WorkerId) -> Result<(), RpcError> {
+        not_here()
+    }
 }
 
 /// Serves a stand-in controller on `addr` until the returned handle is aborted.
@@ -143,7 +160,10 @@ async fn start_worker(controller: SocketAddr, token: &str, cache: &std::path::Pa
     let mut builder = BuilderConfig::new(cache);
     builder.target_dir = plugin_target_dir();
     let executor = ExecutorConfig::new(env!("CARGO_BIN_EXE_kiln").into(), 2);
-    service::start(WorkerConfig::new(controller.to_string(), Secret::new(token), builder, executor)).await.unwrap()
+    // The stand-in speaks plain tarpc: the worker is given a plaintext token (TLS on every link
+    // is shown with real processes in `cluster_tls.rs`).
+    let token = Secret::new(format!("kiln-join-v2.plaintext.{token}"));
+    service::start(WorkerConfig::new(controller.to_string(), token, builder, executor)).await.unwrap()
 }
 
 /// Waits until `check` holds for what the stand-in saw.

@@ -54,7 +54,10 @@ pub struct EmbeddedCluster {
 impl EmbeddedCluster {
     /// Where its controller is and its API key.
     pub fn target(&self) -> ClusterTarget {
-        ClusterTarget { address: self.controller.local_addr().to_string(), api_key: self.controller.api_key().clone() }
+        ClusterTarget {
+            address: self.controller.local_addr().to_string(),
+            api_key: self.controller.client_key().to_secret(),
+        }
     }
 
     /// Stops the workers, then the controller, and waits for them.
@@ -79,7 +82,7 @@ pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedE
     for _ in 0..config.workers {
         let worker_config = WorkerConfig::new(
             controller.local_addr().to_string(),
-            controller.join_token().clone(),
+            controller.worker_token().to_secret(),
             builder.clone(),
             executor.clone(),
         );

@@ -4,6 +4,10 @@
 //! blocking thread, since a hash takes tens of milliseconds of CPU. Session tokens and CSRF
 //! tokens are 32 random bytes from the OS, hex-encoded; only a session token's SHA-256 is
 //! stored, so the database alone does not let anyone log in.
+//!
+//! A new password must be long enough and hard to guess: zxcvbn (Dropbox's estimator, which
+//! knows common passwords, words, names, dates, keyboard patterns and the user's own e-mail
+//! address) must score it at least [`MIN_PASSWORD_SCORE`], its guesses ≥ 10^10.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -21,6 +25,13 @@ pub const MIN_PASSWORD_CHARS: usize = 8;
 /// The longest password accepted: argon2 takes any length, but hashing megabytes per attempt
 /// would hand a cheap denial of service to anyone.
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The lowest zxcvbn score accepted (0 to 4); zxcvbn's authors call anything below 3 too weak.
+pub const MIN_PASSWORD_SCORE: u8 = 3;
+
+/// How much of a password the estimator looks at: its time grows quickly with the length, and
+/// a password this long that starts out guessable is still refused.
+const ESTIMATED_CHARS: usize = 100;
 
 /// Failed logins allowed per e-mail address and client address within [`LOGIN_WINDOW`].
 pub const MAX_LOGIN_FAILURES: usize = 5;
@@ -62,6 +73,36 @@ pub async fn verify_password(password: String, hash: String) -> Result<bool, Pas
     })
     .await
     .map_err(|e| PasswordError::Thread(e.to_string()))?
+}
+
+/// Why `password` may not be chosen by the user with address `email`, as a message for the
+/// form; `None` when it is strong enough. Takes milliseconds of CPU on long passwords: call it
+/// on a blocking thread.
+pub fn password_problem(password: &str, email: &str) -> Option<String> {
+    let chars = password.chars().count();
+    if chars < MIN_PASSWORD_CHARS {
+        return Some(format!("choose a password of at least {MIN_PASSWORD_CHARS} characters"));
+    }
+    if password.len() > MAX_PASSWORD_BYTES {
+        return Some(format!("choose a password of at most {MAX_PASSWORD_BYTES} bytes"));
+    }
+    let estimated: String = password.chars().take(ESTIMATED_CHARS).collect();
+    let (local_part, domain) = email.split_once('@').unwrap_or((email, ""));
+    let entropy = zxcvbn::zxcvbn(&estimated, &[email, local_part, domain, "kiln"]);
+    if u8::from(entropy.score()) >= MIN_PASSWORD_SCORE {
+        return None;
+    }
+    let mut message = "this password is too easy to guess".to_owned();
+    if let Some(feedback) = entropy.feedback() {
+        if let Some(warning) = feedback.warning() {
+            message.push_str(&format!(": {}", warning.to_string().trim_end_matches('.').to_lowercase()));
+        }
+        for suggestion in feedback.suggestions() {
+            message.push_str(&format!("; {}", suggestion.to_string().trim_end_matches('.').to_lowercase()));
+        }
+    }
+    message.push_str("; a few unrelated words make a strong password");
+    Some(message)
 }
 
 /// A new random token: 32 bytes from the OS's generator, hex-encoded.
@@ -136,6 +177,28 @@ mod tests {
         assert!(verify_password("correct horse".into(), hash.clone()).await.unwrap());
         assert!(!verify_password("wrong horse".into(), hash).await.unwrap());
         assert!(verify_password("x".into(), "not a hash".into()).await.is_err());
+    }
+
+    #[test]
+    fn weak_passwords_are_refused_with_the_estimators_feedback() {
+        for weak in ["password", "password123", "qwertyuiop", "abcdefgh", "aaaaaaaaaa", "Julia1987", "ada@example"] {
+            let problem = password_problem(weak, "ada@example.com").unwrap_or_else(|| panic!("{weak} accepted"));
+            assert!(problem.starts_with("this password is too easy to guess"), "{weak}: {problem}");
+        }
+        let problem = password_problem("password1", "ada@example.com").unwrap();
+        assert!(problem.contains("common password"), "{problem}");
+        assert_eq!(
+            password_problem("short", "a@b.c").as_deref(),
+            Some("choose a password of at least 8 characters"),
+            "the length check stays"
+        );
+        assert!(password_problem(&"x".repeat(MAX_PASSWORD_BYTES + 1), "a@b.c").unwrap().contains("at most 1024"));
+        for strong in ["correct horse battery", "tangerine-osprey-lattice", "Wq7#vL9p!xR2"] {
+            assert_eq!(password_problem(strong, "ada@example.com"), None, "{strong}");
+        }
+        let started = std::time::Instant::now();
+        let _ = password_problem(&"ab1".repeat(300), "a@b.c");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "a long password is estimated quickly");
     }
 
     #[test]

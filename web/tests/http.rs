@@ -90,6 +90,25 @@ async fn users_register_log_in_and_log_out() {
 }
 
 #[tokio::test]
+async fn guessable_passwords_are_refused_with_advice() {
+    check(defaults, async |web| {
+        for weak in ["password123", "qwertyuiop", "bob@example.com1"] {
+            let page = web.browser().register("bob@example.com", weak).await;
+            assert_eq!(page.status, StatusCode::UNPROCESSABLE_ENTITY, "{weak}");
+            assert!(page.body.contains("this password is too easy to guess"), "{weak}: {}", page.body);
+        }
+        let common = web.browser().register("bob@example.com", "password1").await;
+        assert!(common.body.contains("common password") && common.body.contains("unrelated words"), "{}", common.body);
+        let pool = sqlx::AnyPool::connect(&web.db.url).await.expect("connect to the app's database");
+        let users = sqlx::query("SELECT id FROM users").fetch_all(&pool).await.unwrap();
+        assert!(users.is_empty(), "no account was made");
+        pool.close().await;
+        user(web, "bob@example.com").await;
+    })
+    .await;
+}
+
+#[tokio::test]
 async fn passwords_are_stored_as_argon2_hashes() {
     check(defaults, async |web| {
         user(web, "hash@example.com").await;
@@ -315,7 +334,8 @@ async fn a_run_on_an_unreachable_cluster_fails_with_the_reason() {
     check(defaults, async |web| {
         let browser = user(web, "down@example.com").await;
         let task = browser.create_task("T", "lib.rs", plugin_source()).await.redirect_id();
-        let cluster = browser.create_cluster("down", NOWHERE, "key-0123456789").await.redirect_id();
+        let key = format!("kiln-key-v2.{}.key-0123456789", "0".repeat(64));
+        let cluster = browser.create_cluster("down", NOWHERE, &key).await.redirect_id();
         let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
         let page = wait_until_finished(&browser, run).await;
         assert!(page.body.contains("state-failed"), "{}", page.body);

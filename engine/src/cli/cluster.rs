@@ -34,6 +34,23 @@ pub struct ControllerArgs {
     /// Seconds without a heartbeat after which a worker counts as lost.
     #[arg(long, default_value_t = 3.0)]
     heartbeat_timeout: f64,
+    /// Serve plain TCP instead of TLS: keys, plugins and inputs cross the network readable by
+    /// anyone. Only on a loopback address, unless --insecure-plaintext-allow-remote.
+    #[arg(long)]
+    insecure_plaintext: bool,
+    /// Allow --insecure-plaintext on an address other hosts reach.
+    #[arg(long, requires = "insecure_plaintext")]
+    insecure_plaintext_allow_remote: bool,
+    /// A certificate chain (PEM) to present to clients instead of the cluster's own, e.g. for
+    /// a public address; clients check it against the system roots or their --ca-file.
+    #[arg(long, requires = "tls_key", conflicts_with = "insecure_plaintext")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Seconds a worker's certificate is valid; workers renew theirs when two thirds are gone.
+    #[arg(long, default_value_t = 86_400)]
+    worker_cert_lifetime: u64,
 }
 
 /// `kiln worker`.
@@ -70,6 +87,10 @@ pub struct WorkerArgs {
     /// sandbox and every plugin is trusted. Every job is logged with a warning.
     #[arg(long)]
     insecure_no_sandbox: bool,
+    /// With a join token of an --insecure-plaintext controller, allow a --listen address
+    /// other hosts reach.
+    #[arg(long)]
+    insecure_plaintext_allow_remote: bool,
 }
 
 /// Runs a controller until SIGINT or SIGTERM.
@@ -85,6 +106,10 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-timeout must be a positive number of seconds");
     }
     config.heartbeat_timeout = Duration::from_secs_f64(args.heartbeat_timeout);
+    config.plaintext = args.insecure_plaintext;
+    config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;
+    config.operator_cert = args.tls_cert.zip(args.tls_key);
+    config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -92,13 +117,29 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot start the controller on {}", args.listen))?;
         // Printed once, when made: afterwards they are only in the data directory.
-        for name in running.generated() {
-            let (what, secret, file) = if name.contains("api") {
-                ("API key (for clients)", running.api_key(), "api_key")
+        let generated = running.generated();
+        for name in &generated {
+            let (what, key, file) = if name.contains("api") {
+                ("API key (for clients)", running.client_key(), "api_key")
             } else {
-                ("join token (for workers)", running.join_token(), "join_token")
+                ("join token (for workers)", running.worker_token(), "join_token")
             };
-            eprintln!("generated a new {what}: {} (stored in {})", secret.expose(), data_dir.join(file).display());
+            eprintln!("generated a new {what}: {} (stored in {})", key.to_text(), data_dir.join(file).display());
+        }
+        match running.fingerprint() {
+            Some(fingerprint) => eprintln!("cluster CA fingerprint: {fingerprint}"),
+            None => eprintln!("WARNING: --insecure-plaintext: nothing on this cluster's links is private"),
+        }
+        if generated.len() < 2 {
+            // Keys given on the command line: say the form clients and workers need, not the secret.
+            let trust = |key: &kiln_engine::tls::key::Credential| {
+                key.to_text().rsplit_once('.').map(|(head, _)| head.to_owned()).unwrap_or_default()
+            };
+            eprintln!(
+                "clients use {}.<API key>, workers {}.<join token>",
+                trust(running.client_key()),
+                trust(running.worker_token())
+            );
         }
         eprintln!("listening on {}", running.local_addr());
         let signal = shutdown_signal().await;
@@ -131,6 +172,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     config.processes = processes.max(1);
     config.listen = args.listen;
     config.advertise = args.advertise;
+    config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -20,9 +20,14 @@ pub struct ControllerFlags {
     /// The controller's address.
     #[arg(long, env = "KILN_CONTROLLER", default_value = DEFAULT_CONTROLLER)]
     controller: String,
-    /// The cluster's API key (default: the one a controller on this machine stored).
+    /// The cluster's API key, as the controller printed it (default: the one a controller on
+    /// this machine stored).
     #[arg(long, env = "KILN_API_KEY", hide_env_values = true)]
     api_key: Option<String>,
+    /// CA certificates (PEM) to check a controller with an operator's certificate against,
+    /// instead of the system roots.
+    #[arg(long, env = "KILN_CA_FILE")]
+    ca_file: Option<PathBuf>,
 }
 
 /// `kiln submit`.
@@ -76,7 +81,31 @@ pub struct JobArgs {
     json: bool,
 }
 
-/// `kiln jobs` and `kiln cluster`.
+/// `kiln cluster`: the workers, or `remove`.
+#[derive(clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    action: Option<ClusterAction>,
+    #[command(flatten)]
+    list: ListArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum ClusterAction {
+    /// Remove a worker: its work goes elsewhere, its certificate is revoked and its key is
+    /// refused if it registers again.
+    Remove(RemoveArgs),
+}
+
+#[derive(clap::Args)]
+struct RemoveArgs {
+    #[command(flatten)]
+    controller: ControllerFlags,
+    /// The worker's id (see `kiln cluster`).
+    worker: u64,
+}
+
+/// `kiln jobs`.
 #[derive(clap::Args)]
 pub struct ListArgs {
     #[command(flatten)]
@@ -203,8 +232,17 @@ pub fn jobs(args: ListArgs) -> anyhow::Result<()> {
     })
 }
 
-/// `kiln cluster`.
-pub fn cluster(args: ListArgs) -> anyhow::Result<()> {
+/// `kiln cluster` and `kiln cluster remove WORKER`.
+pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
+    if let Some(ClusterAction::Remove(remove)) = args.action {
+        return block_on(async {
+            let client = connect(remove.controller).await?;
+            client.remove_worker(remove.worker).await?;
+            eprintln!("removed worker {}", remove.worker);
+            Ok(())
+        });
+    }
+    let args = args.list;
     block_on(async {
         let client = connect(args.controller).await?;
         let info = client.cluster_info().await?;
@@ -236,7 +274,7 @@ fn block_on<T>(work: impl Future<Output = anyhow::Result<T>>) -> anyhow::Result<
 
 async fn connect(flags: ControllerFlags) -> anyhow::Result<Client> {
     let key = key_or_stored(flags.api_key, "api_key", "--api-key", "KILN_API_KEY")?;
-    Ok(Client::connect(&flags.controller, Secret::new(key)).await?)
+    Ok(Client::connect_with(&flags.controller, Secret::new(key), flags.ca_file.as_deref()).await?)
 }
 
 /// A progress bar on stderr; hidden when stderr is not a terminal.

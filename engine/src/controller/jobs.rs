@@ -20,7 +20,7 @@ use super::input::Spool;
 use super::now_ms;
 use super::speculation::ChunkTimes;
 use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
-use super::workers::WorkerEntry;
+use super::workers::{PendingWorker, WorkerEntry};
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
 
@@ -40,6 +40,8 @@ pub(super) struct State {
     pub run_queue: Vec<JobId>,
     /// Registered workers that have not been lost.
     pub workers: BTreeMap<WorkerId, WorkerEntry>,
+    /// Workers registered and not yet activated (dialled back).
+    pub pending: BTreeMap<WorkerId, PendingWorker>,
     /// Jobs to release on workers that prepared them.
     pub releases: Vec<(WorkerId, JobId)>,
     /// When a running chunk becomes slow enough for a speculative copy, if one may.

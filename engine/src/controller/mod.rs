@@ -10,18 +10,23 @@
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
+//! - `links`: keys, TLS set-up, the accept loop, worker certificates and removed workers.
 //! - `store`: every SQL query (SQLite, `engine/migrations/`).
 //!
 //! # On disk, in the data directory
 //! - `controller.db`: jobs, chunk states, partials and results.
 //! - `inputs/<job>.txt`: a job's input, deleted when the job ends.
 //! - `plugins/<hash>.tar.gz`: uploaded plugin archives, by content hash.
-//! - `api_key`, `join_token`: the secrets, when not given (mode 0600).
+//! - `api_key`, `join_token`: the keys as users copy them (`kiln-key-v2.…`, `kiln-join-v2.…`),
+//!   when not given (mode 0600).
+//! - `tls/ca.key` (mode 0600), `tls/ca.pem`: the cluster's certificate authority, whose
+//!   fingerprint the keys carry; `tls/removed_workers`: public keys of removed workers.
 
 mod batch;
 mod dispatch;
 mod input;
 mod jobs;
+mod links;
 mod plan;
 mod service;
 mod speculation;
@@ -29,41 +34,28 @@ mod store;
 mod workers;
 
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use futures::{StreamExt, future};
-use tarpc::server::incoming::Incoming;
-use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_serde::formats::Bincode;
-use tokio::io::AsyncWriteExt;
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
-use tracing::{info, warn};
+use tracing::info;
 
 use self::input::Spool;
 use self::jobs::{Job, State};
+use self::links::Links;
 use self::service::ControllerService;
 use self::store::ChunkRow;
 use self::store::Store;
-use crate::rpc::{Controller as _, ControllerRequest, ControllerResponse, JobId, MAX_FRAME_BYTES, Secret};
+use crate::rpc::{JobId, Secret};
+use crate::tls::key::Credential;
+use crate::tls::{Fingerprint, TlsError};
 
 /// How long a worker may stay silent before it is declared lost (three heartbeats).
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Connections from one IP address: a host runs a worker and a few clients; a web app relaying
-/// many users may hold a few dozen.
-const MAX_CHANNELS_PER_IP: u32 = 64;
-
-/// Connections in all, so that a flood of them cannot exhaust file descriptors.
-const MAX_CHANNELS: usize = 1024;
-
-/// Requests in flight on one connection: long-polls of many jobs, uploads, and a margin.
-const MAX_REQUESTS_PER_CHANNEL: usize = 128;
 
 /// How the controller runs.
 #[derive(Debug, Clone)]
@@ -72,12 +64,24 @@ pub struct ControllerConfig {
     pub listen: SocketAddr,
     /// Where the database, inputs, plugins and secrets live.
     pub data_dir: PathBuf,
-    /// The API key clients must give; `None`: read `<data_dir>/api_key`, or generate it there.
+    /// The API key clients must give (its secret, or a whole `kiln-key-v2.…` key); `None`:
+    /// read `<data_dir>/api_key`, or generate it there.
     pub api_key: Option<Secret>,
-    /// The token workers must give; `None`: read `<data_dir>/join_token`, or generate it there.
+    /// The token workers must give (its secret, or a whole `kiln-join-v2.…` token); `None`:
+    /// read `<data_dir>/join_token`, or generate it there.
     pub join_token: Option<Secret>,
     /// How long a worker may stay silent before its work goes elsewhere.
     pub heartbeat_timeout: Duration,
+    /// Plain TCP instead of TLS (`--insecure-plaintext`): only on a loopback address unless
+    /// `plaintext_allow_remote`.
+    pub plaintext: bool,
+    /// Allows plain TCP on an address other hosts reach (`--insecure-plaintext-allow-remote`).
+    pub plaintext_allow_remote: bool,
+    /// An operator's certificate chain and key (PEM files) to present to clients instead of
+    /// the cluster's own; clients then check it against the system roots or a CA file.
+    pub operator_cert: Option<(PathBuf, PathBuf)>,
+    /// How long the certificates issued to workers are valid; workers renew them before.
+    pub worker_cert_lifetime: Duration,
 }
 
 impl ControllerConfig {
@@ -89,6 +93,10 @@ impl ControllerConfig {
             api_key: None,
             join_token: None,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            plaintext: false,
+            plaintext_allow_remote: false,
+            operator_cert: None,
+            worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
         }
     }
 }
@@ -117,6 +125,16 @@ pub enum ControllerError {
     /// The listening address could not be bound.
     #[error("cannot listen on {addr}: {source}: is another controller running there?")]
     Listen { addr: SocketAddr, source: io::Error },
+    /// The cluster's CA or certificates could not be made or read.
+    #[error("cannot set up TLS: {0}")]
+    Tls(TlsError),
+    /// Plain TCP was asked for on an address other hosts reach.
+    #[error(
+        "refusing --insecure-plaintext on {addr}, which is not a loopback address: anyone on the network could \
+         read the keys, plugins and inputs; drop --insecure-plaintext, or add --insecure-plaintext-allow-remote \
+         if this network is yours alone"
+    )]
+    PlaintextRemote { addr: SocketAddr },
 }
 
 /// A controller serving on its address, until [`RunningController::shutdown`].
@@ -134,14 +152,29 @@ impl RunningController {
         self.local_addr
     }
 
-    /// The API key clients must give.
+    /// The secret of the API key clients must give (what travels in calls).
     pub fn api_key(&self) -> &Secret {
         &self.shared.api_key
     }
 
-    /// The token workers must give.
+    /// The secret of the token workers must give (what travels in `register`).
     pub fn join_token(&self) -> &Secret {
         &self.shared.join_token
+    }
+
+    /// The API key as clients are given it: `kiln-key-v2.<trust>.<secret>`.
+    pub fn client_key(&self) -> &Credential {
+        &self.shared.links.api_key
+    }
+
+    /// The join token as workers are given it: `kiln-join-v2.<trust>.<secret>`.
+    pub fn worker_token(&self) -> &Credential {
+        &self.shared.links.join_token
+    }
+
+    /// The fingerprint of the cluster's CA; `None` on a plaintext controller.
+    pub fn fingerprint(&self) -> Option<Fingerprint> {
+        self.shared.links.tls.as_ref().map(|tls| tls.ca.fingerprint())
     }
 
     /// Which secrets (`"api_key"`, `"join_token"`) were generated by this start, to print once.
@@ -172,6 +205,7 @@ struct Shared {
     data_dir: PathBuf,
     api_key: Secret,
     join_token: Secret,
+    links: Links,
     heartbeat_timeout: Duration,
     store: Store,
     state: Mutex<State>,
@@ -218,23 +252,17 @@ fn now_ms() -> u64 {
 
 /// Starts a controller: opens its store, resumes unfinished jobs and serves on `listen`.
 pub async fn start(config: ControllerConfig) -> Result<RunningController, ControllerError> {
-    let data_dir = config.data_dir;
+    let data_dir = config.data_dir.clone();
     for dir in [data_dir.clone(), data_dir.join("inputs"), data_dir.join("plugins")] {
         tokio::fs::create_dir_all(&dir).await.map_err(|source| ControllerError::DataDir { path: dir, source })?;
     }
-    let mut generated = Vec::new();
-    let api_key = load_secret(config.api_key, &data_dir.join("api_key"), "API key").await?;
-    let join_token = load_secret(config.join_token, &data_dir.join("join_token"), "join token").await?;
-    for (name, (_, fresh)) in [("api_key", &api_key), ("join_token", &join_token)] {
-        if *fresh {
-            generated.push(name);
-        }
-    }
+    let links::SetUp { links, generated } = links::set_up(&config).await?;
     let store = Store::open(&data_dir.join("controller.db")).await?;
     let shared = Arc::new(Shared {
         data_dir: data_dir.clone(),
-        api_key: api_key.0,
-        join_token: join_token.0,
+        api_key: links.api_key.secret.clone(),
+        join_token: links.join_token.secret.clone(),
+        links,
         heartbeat_timeout: config.heartbeat_timeout,
         store,
         state: Mutex::new(State::default()),
@@ -244,87 +272,28 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         background: Mutex::new(JoinSet::new()),
     });
     let listener = match resume(&shared).await {
-        Ok(()) => tarpc::serde_transport::tcp::listen(config.listen, Bincode::default).await,
+        Ok(()) => tokio::net::TcpListener::bind(config.listen).await,
         Err(e) => {
             shared.store.close().await;
             return Err(e);
         }
     };
-    let mut listener = match listener {
-        Ok(listener) => listener,
+    let listener = match listener.and_then(|listener| listener.local_addr().map(|addr| (listener, addr))) {
+        Ok(bound) => bound,
         Err(source) => {
             shared.store.close().await;
             return Err(ControllerError::Listen { addr: config.listen, source });
         }
     };
-    listener.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    let local_addr = listener.local_addr();
-    let service = ControllerService { shared: Arc::clone(&shared) };
+    let (listener, local_addr) = listener;
+    let service = ControllerService { shared: Arc::clone(&shared), peer: None };
+    let server = shared.links.tls.as_ref().map(|tls| Arc::clone(&tls.server));
     let mut tasks = JoinSet::new();
-    tasks.spawn(async move {
-        let mut channels = JoinSet::new();
-        let all_channels = Arc::new(Semaphore::new(MAX_CHANNELS));
-        let mut incoming = listener
-            .filter_map(|accepted| future::ready(accepted.map_err(|e| warn!("cannot accept a connection: {e}")).ok()))
-            .map(BaseChannel::<ControllerRequest, ControllerResponse, _>::with_defaults)
-            .max_channels_per_key(MAX_CHANNELS_PER_IP, |channel| {
-                channel.transport().peer_addr().map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), |addr| addr.ip())
-            });
-        while let Some(channel) = incoming.next().await {
-            while channels.try_join_next().is_some() {}
-            let Ok(permit) = Arc::clone(&all_channels).try_acquire_owned() else {
-                warn!("{MAX_CHANNELS} connections are open: refusing another");
-                continue;
-            };
-            let service = service.clone();
-            channels.spawn(async move {
-                let _permit = permit;
-                channel
-                    .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
-                    .execute(service.serve())
-                    .for_each_concurrent(None, |request| request)
-                    .await;
-            });
-        }
-    });
+    tasks.spawn(links::accept_loop(listener, server, service));
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
     Ok(RunningController { shared, local_addr, generated, tasks })
-}
-
-/// The given secret, or the one stored at `path`, or a new one stored there (mode 0600);
-/// answers whether it was generated.
-async fn load_secret(
-    given: Option<Secret>,
-    path: &Path,
-    what: &'static str,
-) -> Result<(Secret, bool), ControllerError> {
-    let file_error = |source| ControllerError::SecretFile { path: path.to_owned(), source };
-    let empty = || ControllerError::EmptySecret { what, path: path.to_owned() };
-    if let Some(secret) = given {
-        return if secret.expose().is_empty() { Err(empty()) } else { Ok((secret, false)) };
-    }
-    match tokio::fs::read_to_string(path).await {
-        Ok(text) if text.trim().is_empty() => Err(empty()),
-        Ok(text) => Ok((Secret::new(text.trim()), false)),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            let secret = Secret::generate();
-            let mut file = tokio::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .await
-                .map_err(file_error)?;
-            file.write_all(format!("{}\n", secret.expose()).as_bytes()).await.map_err(file_error)?;
-            file.sync_all().await.map_err(file_error)?;
-            // The mode above is filtered by the umask; make sure of it.
-            tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).await.map_err(file_error)?;
-            Ok((secret, true))
-        }
-        Err(e) => Err(file_error(e)),
-    }
 }
 
 /// Loads the jobs that had not ended: chunks with a stored partial stay done, the rest run

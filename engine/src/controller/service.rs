@@ -15,13 +15,14 @@ use tracing::info;
 use super::dispatch::end_job;
 use super::input::{Spool, finish_input, upload_input};
 use super::jobs::Job;
-use super::workers::{fetch_plugin, heartbeat, is_plugin_hash, register};
+use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
 use crate::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
-    WATCH_WAIT, WorkerId, WorkerInfo,
+    WATCH_WAIT, WorkerCertificate, WorkerId, WorkerInfo,
 };
+use crate::tls::Fingerprint;
 use crate::worker::builder::{MAX_BYTES, SourceTree};
 
 /// The largest plugin archive accepted: no more than the source it may unpack to.
@@ -50,6 +51,9 @@ const WATCH_MARGIN: Duration = Duration::from_millis(500);
 #[derive(Clone)]
 pub(super) struct ControllerService {
     pub shared: Arc<Shared>,
+    /// The fingerprint of the client certificate of the link this service answers on (a
+    /// worker's), if it presented one.
+    pub peer: Option<Fingerprint>,
 }
 
 impl ControllerService {
@@ -111,11 +115,25 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 
 impl Controller for ControllerService {
     async fn register(self, _: Context, token: Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
-        register(&self.shared, &token, info).await
+        register(&self.shared, &token, info)
+    }
+
+    async fn activate(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
+        activate(&self.shared, self.peer, worker_id, &secret).await
+    }
+
+    async fn renew(
+        self,
+        _: Context,
+        worker_id: WorkerId,
+        secret: Secret,
+        public_key: ByteBuf,
+    ) -> Result<WorkerCertificate, RpcError> {
+        renew(&self.shared, self.peer, worker_id, &secret, &public_key)
     }
 
     async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
-        heartbeat(&self.shared, worker_id, &secret)
+        heartbeat(&self.shared, self.peer, worker_id, &secret)
     }
 
     async fn fetch_plugin(
@@ -125,7 +143,7 @@ impl Controller for ControllerService {
         secret: Secret,
         hash: String,
     ) -> Result<ByteBuf, RpcError> {
-        fetch_plugin(&self.shared, worker_id, &secret, &hash).await
+        fetch_plugin(&self.shared, self.peer, worker_id, &secret, &hash).await
     }
 
     async fn upload_plugin(self, _: Context, key: Secret, archive: ByteBuf) -> Result<String, RpcError> {
@@ -269,6 +287,11 @@ impl Controller for ControllerService {
                 .filter(|job| matches!(job.state, JobState::Queued | JobState::Running | JobState::Aggregating))
                 .count() as u64,
         }))
+    }
+
+    async fn remove_worker(self, _: Context, key: Secret, worker_id: WorkerId) -> Result<(), RpcError> {
+        self.check_key(&key)?;
+        remove(&self.shared, worker_id).await
     }
 }
 

@@ -1,35 +1,51 @@
 //! Workers: registration, the controller's connection to each, heartbeats and loss.
 //!
-//! A worker registers with the join token; the controller dials it back at the address it
-//! gave (a tarpc [`WorkerClient`]) and answers with an id and a fresh secret. The worker takes
-//! work at once, so that one joining mid-job helps without waiting for a heartbeat: a call may
-//! then reach it just before it has read the answer to `register`, and the worker holds calls
-//! with an unknown secret for a moment while it registers. A worker is lost when its
-//! heartbeats stop for the configured timeout ([`run_reaper`]) or the connection to it ends;
-//! its work is then done elsewhere.
+//! A worker registers with the join token and its public key; the controller answers with an
+//! id, a fresh secret and a certificate for that key (on TLS), and keeps the worker pending.
+//! The worker connects again presenting the certificate and calls `activate`: the controller
+//! dials it back at the address it gave (a tarpc [`WorkerClient`] over TLS, checking the
+//! worker's certificate) and the worker takes work at once, so that one joining mid-job helps
+//! without waiting for a heartbeat. Every worker call must come over a link carrying the
+//! certificate issued to that worker ([`Links::check_peer`](super::links::Links)). A worker is
+//! lost when its heartbeats stop for the configured timeout ([`run_reaper`]) or the connection
+//! to it ends; its work is then done elsewhere. A removed worker's key is refused for good.
 
 use std::io;
 use std::sync::{Arc, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
+use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
 use tarpc::client::{self, NewClient};
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::task::AbortHandle;
 use tracing::info;
 
 use super::Shared;
 use super::jobs::State;
 use crate::rpc::{
-    MAX_FRAME_BYTES, PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerClient, WorkerId, WorkerInfo,
+    PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
     WorkerSummary,
 };
+use crate::tls::link::{self, Transport};
+use crate::tls::verify::Dial;
+use crate::tls::{Fingerprint, worker_name};
 
 /// How long dialing a registering worker may take.
 const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The longest address or host name a worker may give: enough for any DNS name and port.
 const MAX_NAME_LEN: usize = 512;
+
+/// How long a registered worker may take to call `activate` before its registration is
+/// dropped.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A worker registered and not yet activated.
+pub(super) struct PendingWorker {
+    info: WorkerInfo,
+    secret: Secret,
+    since: Instant,
+}
 
 /// A registered worker.
 pub(super) struct WorkerEntry {
@@ -111,9 +127,9 @@ impl State {
     }
 }
 
-/// Registers a worker: checks the join token and protocol, dials it, and answers its id and
-/// secret. A worker registering again from the same address replaces its old entry.
-pub(super) async fn register(shared: &Arc<Shared>, token: &Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
+/// Registers a worker: checks the join token, protocol and key, issues its certificate, and
+/// answers its id, secret and certificate. The worker is pending until it calls `activate`.
+pub(super) fn register(shared: &Shared, token: &Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
     if !shared.join_token.matches(token) {
         return Err(RpcError::Unauthorized(
             "wrong join token: give the worker the token the controller printed (--join-token or KILN_JOIN_TOKEN)"
@@ -128,14 +144,44 @@ pub(super) async fn register(shared: &Arc<Shared>, token: &Secret, info: WorkerI
             "a worker's address must be given and, like its host name, at most {MAX_NAME_LEN} bytes"
         )));
     }
-    let transport = dial(&info.address).await.map_err(|e| {
+    let worker_id = shared.next_worker_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let certificate = shared.links.issue(worker_id, &info.public_key)?;
+    let secret = Secret::generate();
+    let pending = PendingWorker { info, secret: secret.clone(), since: Instant::now() };
+    shared.with_state(|st| {
+        st.pending.retain(|_, pending| pending.since.elapsed() < PENDING_TIMEOUT);
+        st.pending.insert(worker_id, pending);
+    });
+    Ok(Registration { worker_id, worker_secret: secret, certificate })
+}
+
+/// Makes a pending worker live: dials it back (checking its certificate names it) and adds it
+/// to the workers that get work. A worker registering again from the same address replaces its
+/// old entry. Activating a live worker again changes nothing.
+pub(super) async fn activate(
+    shared: &Arc<Shared>,
+    peer: Option<Fingerprint>,
+    worker_id: WorkerId,
+    secret: &Secret,
+) -> Result<(), RpcError> {
+    shared.links.check_peer(peer, worker_id)?;
+    let pending = shared.with_state(|st| match st.pending.get(&worker_id) {
+        Some(pending) if pending.secret.matches(secret) => Ok(Some(pending.info.clone())),
+        Some(_) => Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}"))),
+        None => match st.workers.get(&worker_id) {
+            Some(worker) if worker.secret.matches(secret) => Ok(None),
+            Some(_) => Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}"))),
+            None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
+        },
+    })?;
+    let Some(info) = pending else { return Ok(()) };
+    let transport = dial(shared, worker_id, &info.address).await.map_err(|e| {
         RpcError::Invalid(format!(
             "cannot reach the worker at {}: {e}: give the worker a --listen address the controller can reach",
             info.address
         ))
     })?;
     let NewClient { client, dispatch } = WorkerClient::new(client::Config::default(), transport);
-    let worker_id = shared.next_worker_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let weak: Weak<Shared> = Arc::downgrade(shared);
     let connection = shared.spawn_background(async move {
         let ended = dispatch.await;
@@ -149,7 +195,6 @@ pub(super) async fn register(shared: &Arc<Shared>, token: &Secret, info: WorkerI
             }
         }
     });
-    let secret = Secret::generate();
     let entry = WorkerEntry {
         id: worker_id,
         info: WorkerInfo { processes: info.processes.max(1), ..info },
@@ -168,38 +213,97 @@ pub(super) async fn register(shared: &Arc<Shared>, token: &Secret, info: WorkerI
         processes = entry.info.processes,
         "worker joined"
     );
-    shared.with_state(|st| {
+    let joined = shared.with_state(|st| {
+        if st.pending.remove(&worker_id).is_none() {
+            // Removed while it was being dialled.
+            return false;
+        }
         let stale: Vec<WorkerId> =
             st.workers.values().filter(|w| w.info.address == entry.info.address).map(|w| w.id).collect();
         for old in stale {
             st.lose_worker(old, "it registered again");
         }
         st.workers.insert(worker_id, entry);
+        true
     });
+    if !joined {
+        return Err(RpcError::NotFound(format!("worker {worker_id} was removed: register again")));
+    }
     shared.reaper_wake.notify_one();
     shared.wake();
-    Ok(Registration { worker_id, worker_secret: secret })
+    Ok(())
 }
 
-async fn dial(
-    address: &str,
-) -> io::Result<
-    tarpc::serde_transport::Transport<
-        tokio::net::TcpStream,
-        tarpc::Response<crate::rpc::WorkerResponse>,
-        tarpc::ClientMessage<crate::rpc::WorkerRequest>,
-        Bincode<tarpc::Response<crate::rpc::WorkerResponse>, tarpc::ClientMessage<crate::rpc::WorkerRequest>>,
-    >,
-> {
-    let mut connect = tarpc::serde_transport::tcp::connect(address, Bincode::default);
-    connect.config_mut().max_frame_length(MAX_FRAME_BYTES);
-    tokio::time::timeout(DIAL_TIMEOUT, connect).await.map_err(|_| {
-        io::Error::new(io::ErrorKind::TimedOut, format!("no answer within {} s", DIAL_TIMEOUT.as_secs()))
-    })?
+/// Issues a live or pending worker a fresh certificate for `public_key`.
+pub(super) fn renew(
+    shared: &Shared,
+    peer: Option<Fingerprint>,
+    worker_id: WorkerId,
+    secret: &Secret,
+    public_key: &[u8],
+) -> Result<WorkerCertificate, RpcError> {
+    shared.links.check_peer(peer, worker_id)?;
+    let known = shared.with_state(|st| {
+        st.workers
+            .get(&worker_id)
+            .map(|w| w.secret.matches(secret))
+            .or(st.pending.get(&worker_id).map(|p| p.secret.matches(secret)))
+    });
+    match known {
+        None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
+        Some(false) => Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}"))),
+        Some(true) => shared
+            .links
+            .issue(worker_id, public_key)?
+            .ok_or_else(|| RpcError::Invalid("this controller runs without TLS: there is nothing to renew".to_owned())),
+    }
 }
 
-/// Checks a worker's id and secret.
-fn check_worker(shared: &Shared, worker_id: WorkerId, secret: &Secret) -> Result<(), RpcError> {
+/// Removes a worker (live or pending): its work goes elsewhere, its certificates are revoked
+/// and its key refused from now on.
+pub(super) async fn remove(shared: &Shared, worker_id: WorkerId) -> Result<(), RpcError> {
+    let public_key = shared.with_state(|st| {
+        let key = match (st.workers.get(&worker_id), st.pending.remove(&worker_id)) {
+            (Some(worker), _) => Some(worker.info.public_key.to_vec()),
+            (None, Some(pending)) => Some(pending.info.public_key.to_vec()),
+            (None, None) => None,
+        };
+        st.lose_worker(worker_id, "it was removed from the cluster");
+        key
+    });
+    let Some(public_key) = public_key else {
+        return Err(RpcError::NotFound(format!("worker {worker_id} is not registered (see kiln cluster)")));
+    };
+    shared.wake();
+    info!(worker = worker_id, "worker removed");
+    shared.links.remove(worker_id, &public_key).await
+}
+
+type DialTransport =
+    Transport<tarpc::Response<crate::rpc::WorkerResponse>, tarpc::ClientMessage<crate::rpc::WorkerRequest>>;
+
+/// Dials worker `worker_id` at `address`: over TLS it must present the certificate naming it.
+async fn dial(shared: &Shared, worker_id: WorkerId, address: &str) -> io::Result<DialTransport> {
+    let link = match &shared.links.tls {
+        Some(tls) => {
+            let name = ServerName::try_from(worker_name(worker_id))
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))?;
+            let dial = Dial { config: Arc::clone(&tls.dial), name };
+            link::connect(address, Some(&dial), DIAL_TIMEOUT).await?
+        }
+        None => link::connect(address, None, DIAL_TIMEOUT).await?,
+    };
+    Ok(link::transport(link))
+}
+
+/// Checks a worker's link, id and secret.
+fn check_worker(
+    shared: &Shared,
+    peer: Option<Fingerprint>,
+    worker_id: WorkerId,
+    secret: &Secret,
+) -> Result<(), RpcError> {
+    shared.links.check_peer(peer, worker_id)?;
     shared.with_state(|st| match st.workers.get(&worker_id) {
         None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
         Some(worker) if !worker.secret.matches(secret) => {
@@ -210,8 +314,13 @@ fn check_worker(shared: &Shared, worker_id: WorkerId, secret: &Secret) -> Result
 }
 
 /// Records a heartbeat.
-pub(super) fn heartbeat(shared: &Shared, worker_id: WorkerId, secret: &Secret) -> Result<(), RpcError> {
-    check_worker(shared, worker_id, secret)?;
+pub(super) fn heartbeat(
+    shared: &Shared,
+    peer: Option<Fingerprint>,
+    worker_id: WorkerId,
+    secret: &Secret,
+) -> Result<(), RpcError> {
+    check_worker(shared, peer, worker_id, secret)?;
     shared.with_state(|st| {
         if let Some(worker) = st.workers.get_mut(&worker_id) {
             worker.last_seen = Instant::now();
@@ -223,11 +332,12 @@ pub(super) fn heartbeat(shared: &Shared, worker_id: WorkerId, secret: &Secret) -
 /// Sends a worker the plugin archive with this hash.
 pub(super) async fn fetch_plugin(
     shared: &Shared,
+    peer: Option<Fingerprint>,
     worker_id: WorkerId,
     secret: &Secret,
     hash: &str,
 ) -> Result<ByteBuf, RpcError> {
-    check_worker(shared, worker_id, secret)?;
+    check_worker(shared, peer, worker_id, secret)?;
     if !is_plugin_hash(hash) {
         return Err(RpcError::Invalid(format!("`{hash}` is not a plugin hash")));
     }

@@ -16,7 +16,8 @@ use serde_json::Value;
 
 use crate::util::{Run, plugin_target_dir};
 
-/// The API key and join token of test clusters.
+/// The secrets of the API key and join token of test clusters; clients and workers are given
+/// them inside whole keys that carry the controller's CA fingerprint ([`Cluster::api_key`]).
 pub const API_KEY: &str = "test-api-key-5f1c0a9e";
 pub const JOIN_TOKEN: &str = "test-join-token-77b2d4e1";
 
@@ -32,6 +33,35 @@ pub struct Daemon {
     /// The address it printed (`listening on ADDR`).
     pub addr: SocketAddr,
     stderr: Arc<Mutex<String>>,
+}
+
+/// The key-or-token's trust part a controller printed: `cluster CA fingerprint: HEX`, or
+/// `plaintext` for a controller without TLS.
+pub fn trust_of(controller: &Daemon) -> String {
+    let stderr = controller.stderr();
+    match stderr.lines().find_map(|line| line.strip_prefix("cluster CA fingerprint: ")) {
+        Some(fingerprint) => fingerprint.trim().to_owned(),
+        None if stderr.contains("--insecure-plaintext") => "plaintext".to_owned(),
+        None => panic!("the controller printed no CA fingerprint:\n{stderr}"),
+    }
+}
+
+/// A whole API key for `secret` (unchanged when it already is one).
+pub fn client_key(controller: &Daemon, secret: &str) -> String {
+    if secret.starts_with("kiln-key-v2.") {
+        secret.to_owned()
+    } else {
+        format!("kiln-key-v2.{}.{secret}", trust_of(controller))
+    }
+}
+
+/// A whole join token for `secret` (unchanged when it already is one).
+pub fn worker_token(controller: &Daemon, secret: &str) -> String {
+    if secret.starts_with("kiln-join-v2.") {
+        secret.to_owned()
+    } else {
+        format!("kiln-join-v2.{}.{secret}", trust_of(controller))
+    }
 }
 
 impl Daemon {
@@ -180,7 +210,7 @@ impl Cluster {
             .arg("--controller")
             .arg(self.controller.addr.to_string())
             .arg("--join-token")
-            .arg(token)
+            .arg(worker_token(&self.controller, token))
             .arg("--processes")
             .arg(processes.to_string())
             .arg("--listen")
@@ -194,19 +224,25 @@ impl Cluster {
         worker
     }
 
+    /// The whole API key of this cluster's clients.
+    pub fn api_key(&self) -> String {
+        client_key(&self.controller, API_KEY)
+    }
+
     /// Runs `kiln ARGS --controller ADDR --api-key KEY`.
     pub fn kiln(&self, args: &[&str]) -> Run {
         self.kiln_with_key(args, API_KEY)
     }
 
-    /// Runs `kiln ARGS --controller ADDR --api-key KEY` with the given key.
+    /// Runs `kiln ARGS --controller ADDR --api-key KEY` with the given key (a secret is given
+    /// inside a whole key with this controller's fingerprint).
     pub fn kiln_with_key(&self, args: &[&str], key: &str) -> Run {
         kiln_command()
             .args(args)
             .arg("--controller")
             .arg(self.controller.addr.to_string())
             .arg("--api-key")
-            .arg(key)
+            .arg(client_key(&self.controller, key))
             .output()
             .expect("kiln runs")
             .into()

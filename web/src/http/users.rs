@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use super::error::HttpError;
 use super::{CSRF_FIELD, Page, SESSION_COOKIE, app, check_csrf, cookie, parse_form, redirect, render};
-use crate::security::{MAX_PASSWORD_BYTES, MIN_PASSWORD_CHARS, hash_password, new_token, token_hash, verify_password};
+use crate::security::{MAX_PASSWORD_BYTES, hash_password, new_token, password_problem, token_hash, verify_password};
 use crate::store::{StoreError, now_ms};
 
 /// The routes under `/users`.
@@ -59,12 +59,11 @@ async fn register(req: &mut Request, depot: &mut Depot, res: &mut Response) -> R
     let email = form.email.trim().to_lowercase();
     let problem = if !valid_email(&email) {
         Some("enter an e-mail address such as ada@example.com".to_owned())
-    } else if form.password.chars().count() < MIN_PASSWORD_CHARS {
-        Some(format!("choose a password of at least {MIN_PASSWORD_CHARS} characters"))
-    } else if form.password.len() > MAX_PASSWORD_BYTES {
-        Some(format!("choose a password of at most {MAX_PASSWORD_BYTES} bytes"))
     } else {
-        None
+        let (password, email) = (form.password.clone(), email.clone());
+        tokio::task::spawn_blocking(move || password_problem(&password, &email))
+            .await
+            .map_err(|e| HttpError::Internal(format!("the password check failed: {e}")))?
     };
     if let Some(error) = problem {
         let page = RegisterPage { page: Page::new(depot, "Register", ""), email, error: Some(error) };

@@ -17,10 +17,6 @@ use anyhow::{Context, bail};
 
 use super::Bench;
 
-/// The credentials of the benchmark's clusters; they only ever listen on loopback.
-const API_KEY: &str = "kiln-bench-api-key";
-const JOIN_TOKEN: &str = "kiln-bench-join-token";
-
 /// How long a daemon may take to print its address, and a worker to join.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -35,6 +31,10 @@ const COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
 /// A controller and its workers, stopped when dropped.
 pub struct Cluster {
     addr: String,
+    /// The keys the controller generated (`kiln-key-v2.…`, `kiln-join-v2.…`), read from its
+    /// data directory.
+    api_key: String,
+    join_token: String,
     /// The release `kiln` binary.
     kiln: PathBuf,
     /// Declared before the controller: fields drop in order, and workers stop first.
@@ -83,14 +83,23 @@ impl Cluster {
             .tempdir_in(&bench.work)
             .context("cannot make the controller's data directory")?;
         let mut command = daemon_command(bench);
-        command
-            .arg("controller")
-            .args(["--listen", "127.0.0.1:0", "--api-key", API_KEY, "--join-token", JOIN_TOKEN])
-            .arg("--data-dir")
-            .arg(data_dir.path());
+        command.arg("controller").args(["--listen", "127.0.0.1:0"]).arg("--data-dir").arg(data_dir.path());
         let (controller, addr) = Daemon::spawn(command, "controller")?;
-        let mut cluster =
-            Cluster { addr, kiln: bench.kiln.clone(), workers: Vec::new(), controller, _data_dir: data_dir };
+        let stored = |file: &str| {
+            std::fs::read_to_string(data_dir.path().join(file))
+                .map(|text| text.trim().to_owned())
+                .with_context(|| format!("the controller stored no {file}"))
+        };
+        let (api_key, join_token) = (stored("api_key")?, stored("join_token")?);
+        let mut cluster = Cluster {
+            addr,
+            api_key,
+            join_token,
+            kiln: bench.kiln.clone(),
+            workers: Vec::new(),
+            controller,
+            _data_dir: data_dir,
+        };
         for _ in 0..n_workers {
             cluster.add_worker(bench, processes)?;
         }
@@ -102,7 +111,7 @@ impl Cluster {
         let mut command = daemon_command(bench);
         command
             .arg("worker")
-            .args(["--controller", &self.addr, "--join-token", JOIN_TOKEN])
+            .args(["--controller", &self.addr, "--join-token", &self.join_token])
             .args(["--processes", &processes.to_string()]);
         let (worker, _) = Daemon::spawn(command, "worker")?;
         self.workers.push(worker);
@@ -201,7 +210,7 @@ impl Cluster {
     /// A `kiln` client command for this cluster.
     fn client(&self, subcommand: &str) -> Command {
         let mut command = Command::new(&self.kiln);
-        command.env("RUST_LOG", "warn").arg(subcommand).args(["--controller", &self.addr, "--api-key", API_KEY]);
+        command.env("RUST_LOG", "warn").arg(subcommand).args(["--controller", &self.addr, "--api-key", &self.api_key]);
         command
     }
 }

@@ -2,7 +2,7 @@
 //! and keeps that registration alive.
 //!
 //! [`start`] binds the service, then a background task registers with the controller (with the
-//! join token), sends a heartbeat every [`HEARTBEAT_INTERVAL`](crate::rpc::HEARTBEAT_INTERVAL)
+//! join token, over TLS checked against the CA the token pins, getting a certificate), sends a heartbeat every [`HEARTBEAT_INTERVAL`](crate::rpc::HEARTBEAT_INTERVAL)
 //! and registers again by itself when the controller was away or forgot the worker (it
 //! restarted), retrying with a backoff capped at 2 s. Registration hands the
 //! worker a secret; every call to the service must carry the secret of the current
@@ -21,24 +21,27 @@ mod attribution;
 mod registrar;
 mod state;
 
+use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use futures::{StreamExt, future};
 use serde_bytes::ByteBuf;
 use tarpc::context::Context;
-use tarpc::server::incoming::Incoming;
 use tarpc::server::{BaseChannel, Channel};
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
-use self::state::State;
-use crate::rpc::{ChunkInput, ExecLimits, JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use self::state::{State, lock};
+use crate::rpc::{ChunkInput, ExecLimits, JobId, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
+use crate::tls::TlsError;
+use crate::tls::ca::WorkerKey;
+use crate::tls::key::{Credential, Role, Trust};
+use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
 
@@ -56,7 +59,7 @@ const MAX_REQUESTS_PER_CHANNEL: usize = 256;
 pub struct WorkerConfig {
     /// The controller's address, `host:port`.
     pub controller: String,
-    /// The cluster's join token.
+    /// The cluster's join token, as the controller printed it (`kiln-join-v2.…`).
     pub join_token: Secret,
     /// How many chunks the worker runs at once (the threads of each executor).
     pub processes: u32,
@@ -69,6 +72,9 @@ pub struct WorkerConfig {
     pub builder: BuilderConfig,
     /// How executors are started (`threads` is set from `processes`).
     pub executor: ExecutorConfig,
+    /// Allows a plaintext join token with a `listen` address other hosts reach
+    /// (`--insecure-plaintext-allow-remote`).
+    pub plaintext_allow_remote: bool,
 }
 
 impl WorkerConfig {
@@ -88,6 +94,7 @@ impl WorkerConfig {
             advertise: None,
             builder,
             executor,
+            plaintext_allow_remote: false,
         }
     }
 }
@@ -103,6 +110,16 @@ pub enum WorkerError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The join token is not usable.
+    #[error("cannot use the join token: {0}")]
+    Token(TlsError),
+    /// A plaintext cluster, and a listen address other hosts reach.
+    #[error(
+        "refusing to serve plain TCP on {addr}, which is not a loopback address: the join token is for an \
+         --insecure-plaintext controller; listen on loopback, or add --insecure-plaintext-allow-remote if this \
+         network is yours alone"
+    )]
+    PlaintextRemote { addr: SocketAddr },
     /// The controller refused the registration for good (wrong join token, other protocol).
     #[error("the controller at {controller} refused this worker: {error}{}", refusal_hint(.error))]
     Refused {
@@ -119,6 +136,7 @@ pub enum WorkerError {
 
 fn refusal_hint(error: &RpcError) -> &'static str {
     match error {
+        RpcError::Unauthorized(message) if message.contains("removed") || message.contains("belongs to") => "",
         RpcError::Unauthorized(_) => ": check the join token (--join-token or KILN_JOIN_TOKEN)",
         RpcError::VersionMismatch { .. } => ": run the same Kiln version on the controller and its workers",
         _ => "",
@@ -177,11 +195,22 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     } else {
         tracing::warn!("plugins run without a sandbox (--insecure-no-sandbox): they have this worker's rights");
     }
+    let token = Credential::parse(Role::Worker, config.join_token.expose()).map_err(WorkerError::Token)?;
+    let key = match token.trust {
+        Trust::Pinned(_) => Some(Arc::new(WorkerKey::generate().map_err(WorkerError::Token)?)),
+        Trust::Plaintext if !config.listen.ip().is_loopback() && !config.plaintext_allow_remote => {
+            return Err(WorkerError::PlaintextRemote { addr: config.listen });
+        }
+        Trust::Plaintext => None,
+        Trust::WebPki => {
+            return Err(WorkerError::Token(TlsError::BadKey(
+                "a join token pins the cluster's own CA, never `pki`: use the token the controller printed".to_owned(),
+            )));
+        }
+    };
     let bind_error = |source| WorkerError::Bind { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
-    let mut incoming = tarpc::serde_transport::tcp::listen_on(listener, Bincode::default).await.map_err(bind_error)?;
-    incoming.config_mut().max_frame_length(MAX_FRAME_BYTES);
 
     let processes = config.processes.max(1);
     let executor = ExecutorConfig { threads: processes as usize, ..config.executor.clone() };
@@ -189,10 +218,12 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();
-    tasks.spawn(serve(incoming, WorkerServer { state: Arc::clone(&state) }));
+    tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state) }));
     let registrar = Registrar {
         controller: config.controller.clone(),
-        join_token: config.join_token.clone(),
+        trust: token.trust,
+        join_token: token.secret,
+        key,
         advertise: config.advertise.clone(),
         local_addr,
         processes,
@@ -203,30 +234,53 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     Ok(RunningWorker { local_addr, stop, refused, controller: config.controller, tasks, state })
 }
 
-type WorkerTransport = tarpc::serde_transport::Transport<
-    tokio::net::TcpStream,
-    tarpc::ClientMessage<crate::rpc::WorkerRequest>,
-    tarpc::Response<crate::rpc::WorkerResponse>,
-    Bincode<tarpc::ClientMessage<crate::rpc::WorkerRequest>, tarpc::Response<crate::rpc::WorkerResponse>>,
->;
-
 /// Accepts connections with limits per peer and per connection; each connection is served in
-/// its own task, which ends with this one.
-async fn serve(incoming: impl futures::Stream<Item = io::Result<WorkerTransport>> + Send, server: WorkerServer) {
-    let peer_ip = |channel: &BaseChannel<_, _, WorkerTransport>| {
-        channel.transport().peer_addr().map(|addr| addr.ip()).unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
-    };
-    let channels = incoming
-        .filter_map(|transport| future::ready(transport.ok()))
-        .map(BaseChannel::with_defaults)
-        .max_channels_per_key(MAX_CHANNELS_PER_PEER, peer_ip)
-        .map(|channel| channel.max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL).execute(server.clone().serve()));
-    let mut channels = std::pin::pin!(channels);
+/// its own task (TLS handshake first, with the certificate of the current registration: none
+/// is accepted before the first), which ends with this one.
+async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServer) {
+    let per_peer: Arc<Mutex<HashMap<IpAddr, u32>>> = Arc::default();
     let mut connections = JoinSet::new();
-    while let Some(requests) = channels.next().await {
-        connections.spawn(requests.for_each_concurrent(None, |request| request));
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            continue;
+        };
         // Reap finished connections so the set does not grow with every one ever accepted.
         while connections.try_join_next().is_some() {}
+        let config = if tls {
+            match lock(&server.state.link).server_tls.clone() {
+                Some(config) => Some(config),
+                None => continue,
+            }
+        } else {
+            None
+        };
+        {
+            let mut counts = lock(&per_peer);
+            let count = counts.entry(peer.ip()).or_insert(0);
+            if *count >= MAX_CHANNELS_PER_PEER {
+                continue;
+            }
+            *count += 1;
+        }
+        let (server, per_peer) = (server.clone(), Arc::clone(&per_peer));
+        connections.spawn(async move {
+            if let Ok(link) = link::accept(tcp, config).await {
+                let transport = link::transport(link);
+                BaseChannel::with_defaults(transport)
+                    .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
+                    .execute(server.serve())
+                    .for_each_concurrent(None, |request| request)
+                    .await;
+            }
+            let mut counts = lock(&per_peer);
+            if let Some(count) = counts.get_mut(&peer.ip()) {
+                *count -= 1;
+                if *count == 0 {
+                    counts.remove(&peer.ip());
+                }
+            }
+        });
     }
 }
 

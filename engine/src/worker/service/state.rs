@@ -44,6 +44,13 @@ pub(super) struct Link {
     pub(super) controller: Option<ControllerClient>,
     /// Whether a registration is being made, so a call with an unknown secret may be early.
     pub(super) registering: bool,
+    /// How the service accepts the controller's calls (the worker's certificate, and only the
+    /// controller's as a client); `None` before the first certificate or on plain TCP.
+    pub(super) server_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The worker's certificate and key, presented on its link to the controller.
+    pub(super) identity: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// When to renew the certificate.
+    pub(super) renew_at: Option<std::time::SystemTime>,
 }
 
 /// A plugin hash, the job parameters and the job's limits an executor was started with.
