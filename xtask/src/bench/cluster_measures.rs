@@ -146,9 +146,9 @@ pub fn tiny_jobs(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     report.section(
         "2. Tiny job latency",
         &format!(
-            "{TINY_JOBS} jobs of one line (wordcount, plugin cached, executor warm, one worker), each \
-             a new `kiln submit` process, from its start to its exit with the result printed; \
-             {TINY_WARM_UP} untimed jobs first."
+            "{TINY_JOBS} jobs of one line (wordcount, plugin cached, one worker), each a new `kiln \
+             submit` process, from its start to its exit with the result printed; {TINY_WARM_UP} \
+             untimed jobs first. Each job starts its own sandboxed executor, which ends with it."
         ),
     );
     report.figure("p50", &human(p50), Target::AtMost(p50, Duration::from_millis(20), "≤ 20 ms"));

@@ -195,3 +195,49 @@ fn copy_dir(from: &Path, to: &Path) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+/// Runs of each kind for the sandbox measure: short runs, so many of them.
+const SANDBOX_RUNS: usize = 40;
+
+/// What the sandbox costs each executor start: `kiln run-local` of a one-line job (one
+/// executor) sandboxed and with `--insecure-no-sandbox`, alternating so that both see the same
+/// machine; the difference of the medians is the set-up (namespaces, landlock, seccomp, the
+/// library's copy into the private directory and its removal).
+pub fn sandbox_setup(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
+    eprintln!("sandbox: run-local of one line, {SANDBOX_RUNS} times with and without the sandbox");
+    let input = bench.inputs().join("sandbox-one-line.txt");
+    std::fs::write(&input, "the quick brown fox\n")?;
+    let run = |insecure: bool| -> anyhow::Result<Duration> {
+        let mut command = bench.kiln();
+        command.arg("run-local").arg("--plugin").arg(bench.example("wordcount")).arg("--input").arg(&input);
+        command.args(["--processes", "1"]);
+        if insecure {
+            command.arg("--insecure-no-sandbox");
+        }
+        let started = std::time::Instant::now();
+        checked(&mut command)?;
+        Ok(started.elapsed())
+    };
+    // Builds the plugin into the cache and warms the page cache.
+    run(false)?;
+    run(true)?;
+    let (mut sandboxed, mut unconfined) = (Vec::new(), Vec::new());
+    for _ in 0..SANDBOX_RUNS {
+        sandboxed.push(run(false)?);
+        unconfined.push(run(true)?);
+    }
+    let (sandboxed, unconfined) = (Samples::from_durations(sandboxed), Samples::from_durations(unconfined));
+    let setup = sandboxed.median().saturating_sub(unconfined.median());
+    report.section(
+        "7. Sandbox set-up per executor start",
+        &format!(
+            "`kiln run-local` of a one-line word count (plugin cached, one executor), {SANDBOX_RUNS} runs \
+             each way, alternating. The difference of the medians is what entering the sandbox costs one \
+             executor start; since an executor serves one job, every job pays it once per executor."
+        ),
+    );
+    report.figure("run-local, sandboxed", &sandboxed.describe(), Target::None);
+    report.figure("run-local, `--insecure-no-sandbox`", &unconfined.describe(), Target::None);
+    report.figure("sandbox set-up (difference of the medians)", &super::human(setup), Target::None);
+    Ok(())
+}

@@ -57,6 +57,8 @@ pub enum Measure {
     Builds,
     /// The other example plugins through run-local.
     Plugins,
+    /// The sandbox's set-up time per executor start (section 7).
+    Sandbox,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -133,6 +135,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wanted(Measure::Plugins) {
         measures::other_plugins(&bench, &mut report)?;
+    }
+    if wanted(Measure::Sandbox) {
+        measures::sandbox_setup(&bench, &mut report)?;
     }
     report.note_total(started.elapsed());
 
