@@ -141,14 +141,24 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controller: Daemon,
     pub workers: Vec<Daemon>,
+    /// Extra flags of the controller, kept for restarts.
+    controller_flags: Vec<String>,
 }
 
 impl Cluster {
     /// A controller and `n_workers` workers of 2 processes each.
     pub fn start(n_workers: usize) -> Cluster {
+        Cluster::start_with(n_workers, &[])
+    }
+
+    /// [`Cluster::start`] with extra flags for the controller.
+    pub fn start_with(n_workers: usize, controller_flags: &[&str]) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let controller = Daemon::start(controller_command(dir.path(), "127.0.0.1:0"));
-        let mut cluster = Cluster { dir, controller, workers: Vec::new() };
+        let controller_flags: Vec<String> = controller_flags.iter().map(|flag| flag.to_string()).collect();
+        let mut command = controller_command(dir.path(), "127.0.0.1:0");
+        command.args(&controller_flags);
+        let controller = Daemon::start(command);
+        let mut cluster = Cluster { dir, controller, workers: Vec::new(), controller_flags };
         for _ in 0..n_workers {
             cluster.add_worker(2);
         }
@@ -169,7 +179,9 @@ impl Cluster {
     /// workers and clients look for it.
     pub fn restart_controller(&mut self) {
         let addr = self.controller.addr.to_string();
-        self.controller = Daemon::start(controller_command(self.dir.path(), &addr));
+        let mut command = controller_command(self.dir.path(), &addr);
+        command.args(&self.controller_flags);
+        self.controller = Daemon::start(command);
         assert_eq!(self.controller.addr.to_string(), addr, "the controller came back elsewhere");
     }
 
@@ -184,22 +196,31 @@ impl Cluster {
     /// A worker of this cluster's controller presenting `token`, with its own plugin cache
     /// and the tests' shared cargo target directory.
     pub fn worker_with_token(&self, token: &str, processes: u32) -> Daemon {
+        let controller = self.controller.addr.to_string();
+        Daemon::start(self.worker_command(&controller, &worker_token(&self.controller, token), processes, &[]))
+    }
+
+    /// A `kiln worker` of 2 processes reaching the controller at `controller` with the whole
+    /// join token `token`, with extra flags (`--listen 127.0.0.1:0` unless they give one).
+    pub fn worker_command(&self, controller: &str, token: &str, processes: u32, extra: &[&str]) -> Command {
         let cache = tempfile::Builder::new().prefix("worker-cache-").tempdir_in(self.dir.path()).expect("cache dir");
         let mut worker = kiln_command();
         worker
             .arg("worker")
             .arg("--controller")
-            .arg(self.controller.addr.to_string())
+            .arg(controller)
             .arg("--join-token")
-            .arg(worker_token(&self.controller, token))
+            .arg(token)
             .arg("--processes")
             .arg(processes.to_string())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--cache-dir")
             .arg(cache.keep())
+            .args(extra)
             .env("KILN_TARGET_DIR", plugin_target_dir());
-        Daemon::start(worker)
+        if !extra.contains(&"--listen") {
+            worker.arg("--listen").arg("127.0.0.1:0");
+        }
+        worker
     }
 
     /// The whole API key of this cluster's clients.
