@@ -363,3 +363,58 @@ fn a_removed_worker_is_refused_and_its_work_goes_elsewhere() {
     assert!(run.success, "{}", run.stderr);
     assert_eq!(serde_json::from_str::<Value>(&run.stdout).unwrap()[KNOWN_WORD], 50);
 }
+
+#[test]
+fn an_operators_certificate_is_checked_against_the_ca_file_while_workers_still_pin_the_cluster_ca() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::tempdir().unwrap();
+    // An operator's own CA, and a certificate it issued for localhost.
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "an operator's CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let leaf_key = KeyPair::generate().unwrap();
+    let leaf = CertificateParams::new(vec!["localhost".to_owned()]).unwrap().signed_by(&leaf_key, &issuer).unwrap();
+    let (cert, key, ca_file) = (dir.path().join("cert.pem"), dir.path().join("key.pem"), dir.path().join("ca.pem"));
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca_cert.pem())).unwrap();
+    std::fs::write(&key, leaf_key.serialize_pem()).unwrap();
+    std::fs::write(&ca_file, ca_cert.pem()).unwrap();
+
+    let cluster = Cluster::start_with(1, &["--tls-cert", cert.to_str().unwrap(), "--tls-key", key.to_str().unwrap()]);
+    assert!(
+        cluster.controller.stderr().contains("clients use kiln-key-v2.pki.<API key>"),
+        "{}",
+        cluster.controller.stderr()
+    );
+    cluster.wait_workers(1);
+    let addr = format!("localhost:{}", cluster.controller.addr.port());
+    let pki_key = format!("kiln-key-v2.pki.{API_KEY}");
+    let kiln = |extra: &[&str]| -> Run {
+        let mut command = kiln_command();
+        command.args(extra).args(["--controller", &addr, "--api-key", &pki_key]);
+        command.output().unwrap().into()
+    };
+    let without_ca_file = kiln(&["jobs"]);
+    assert!(!without_ca_file.success, "the system roots took an operator's private CA");
+    let expected = format!("the certificate of the controller at {addr} is not trusted");
+    assert!(without_ca_file.stderr.contains(&expected), "{}", without_ca_file.stderr);
+
+    // Checked against the operator's CA, a job runs on the workers, which pin the cluster's CA.
+    let (input, _) = input_with_known_word(cluster.dir.path());
+    let plugin = example("wordcount");
+    let run = kiln(&[
+        "submit",
+        "--plugin",
+        plugin.to_str().unwrap(),
+        "--input",
+        input.to_str().unwrap(),
+        "--ca-file",
+        ca_file.to_str().unwrap(),
+    ]);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(serde_json::from_str::<Value>(&run.stdout).unwrap()[KNOWN_WORD], 50);
+    // A key pinning the cluster's own CA still works too.
+    assert!(cluster.kiln(&["jobs"]).success);
+}
