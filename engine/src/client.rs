@@ -54,7 +54,7 @@ use crate::rpc::{
     RpcError, Secret, WATCH_WAIT, WorkerId,
 };
 use crate::tls::TlsError;
-use crate::tls::key::{Credential, Role};
+use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
 use crate::worker::builder::{SourceError, read_source};
@@ -145,6 +145,18 @@ pub enum ClientError {
         /// The controller's address.
         addr: String,
     },
+    /// The certificate of a controller with an operator's certificate (a `pki` key) is not
+    /// trusted by the system roots or the CA file.
+    #[error(
+        "the certificate of the controller at {addr} is not trusted ({reason}): give the CA that issued it with \
+         --ca-file (or KILN_CA_FILE)"
+    )]
+    Untrusted {
+        /// The controller's address.
+        addr: String,
+        /// What the check said.
+        reason: String,
+    },
     /// The controller refused the request.
     #[error(transparent)]
     Rpc(RpcError),
@@ -216,6 +228,8 @@ struct Inner {
     key: Secret,
     /// How the controller is checked; `None` for a plaintext key.
     dial: Option<Dial>,
+    /// Whether the key pins the cluster's own CA (rather than trusting roots).
+    pinned: bool,
     connection: Mutex<Option<ControllerClient>>,
 }
 
@@ -244,7 +258,8 @@ impl Client {
     pub async fn connect_with(addr: &str, api_key: Secret, ca_file: Option<&Path>) -> Result<Client, ClientError> {
         let key = Credential::parse(Role::Client, api_key.expose()).map_err(ClientError::Key)?;
         let dial = dial_controller(key.trust, addr, ca_file, None).map_err(ClientError::Key)?;
-        let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, connection: Mutex::new(None) };
+        let pinned = matches!(key.trust, Trust::Pinned(_));
+        let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, pinned, connection: Mutex::new(None) };
         let client = Client { inner: Arc::new(inner) };
         client.cluster_info().await?;
         Ok(client)
@@ -505,8 +520,10 @@ impl Client {
         }
         let addr = &self.inner.addr;
         let link = link::connect(addr, self.inner.dial.as_ref(), CONNECT_TIMEOUT).await.map_err(|source| {
-            if is_wrong_peer(&source) {
+            if is_wrong_peer(&source) && self.inner.pinned {
                 ClientError::WrongController { addr: addr.clone() }
+            } else if is_wrong_peer(&source) {
+                ClientError::Untrusted { addr: addr.clone(), reason: error_chain(&source) }
             } else {
                 ClientError::Connect { addr: addr.clone(), source }
             }

@@ -33,7 +33,7 @@ const GONE: Duration = Duration::from_secs(10);
 /// keeps the plugin out).
 fn hostile_cluster() -> (Cluster, Vec<PathBuf>) {
     let mut cluster = Cluster::start(0);
-    let mut worker = cluster.worker_command(JOIN_TOKEN, 2);
+    let mut worker = cluster.joining_worker(JOIN_TOKEN, 2);
     worker.env(SECRET_ENV, SECRET);
     cluster.workers.push(Daemon::start(worker));
     cluster.wait_workers(1);

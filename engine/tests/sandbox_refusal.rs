@@ -62,7 +62,7 @@ fn finish(mut command: Command) -> (bool, String) {
 #[test]
 fn a_worker_on_a_host_without_landlock_refuses_naming_it_and_the_flag() {
     let cluster = Cluster::start(0);
-    let mut worker = cluster.worker_command(JOIN_TOKEN, 1);
+    let mut worker = cluster.joining_worker(JOIN_TOKEN, 1);
     worker.env(UNAVAILABLE, "landlock");
     let (success, stderr) = finish(worker);
     assert!(!success, "the worker ran without a sandbox:\n{stderr}");
@@ -74,7 +74,7 @@ fn a_worker_on_a_host_without_landlock_refuses_naming_it_and_the_flag() {
 #[test]
 fn a_worker_without_user_namespaces_refuses_naming_them() {
     let cluster = Cluster::start(0);
-    let mut worker = cluster.worker_command(JOIN_TOKEN, 1);
+    let mut worker = cluster.joining_worker(JOIN_TOKEN, 1);
     worker.env(UNAVAILABLE, "user-namespaces");
     let (success, stderr) = finish(worker);
     assert!(!success, "the worker ran without a sandbox:\n{stderr}");
@@ -84,7 +84,7 @@ fn a_worker_without_user_namespaces_refuses_naming_them() {
 #[test]
 fn with_insecure_no_sandbox_a_worker_runs_jobs_and_warns_for_each() {
     let mut cluster = Cluster::start(0);
-    let mut command = cluster.worker_command(JOIN_TOKEN, 2);
+    let mut command = cluster.joining_worker(JOIN_TOKEN, 2);
     command.env(UNAVAILABLE, "landlock").arg("--insecure-no-sandbox");
     cluster.workers.push(Daemon::start(command));
     cluster.wait_workers(1);

@@ -438,3 +438,31 @@ async fn every_response_has_the_security_headers_and_errors_get_the_apps_page() 
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_controller_that_is_not_the_keys_is_named_on_the_cluster_and_run_pages() {
+    use kiln_engine::controller::{ControllerConfig, start};
+    use kiln_engine::tls::Fingerprint;
+    let dir = tempfile::tempdir().unwrap();
+    let controller = start(ControllerConfig::new("127.0.0.1:0".parse().unwrap(), dir.path().to_path_buf()))
+        .await
+        .expect("a controller starts");
+    let address = controller.local_addr().to_string();
+    // The right secret, but the fingerprint of another cluster's CA.
+    let other = Fingerprint::of(b"another cluster's CA");
+    let key = format!("kiln-key-v2.{other}.{}", controller.api_key().expose());
+    check(defaults, async |web| {
+        let browser = user(web, "pinned@example.com").await;
+        let task = browser.create_task("T", "lib.rs", plugin_source()).await.redirect_id();
+        let cluster = browser.create_cluster("elsewhere", &address, &key).await.redirect_id();
+        let expected = format!("the controller at {address} is not the one this key belongs to");
+        let cluster_page = browser.get(&format!("/clusters/{cluster}")).await;
+        assert!(cluster_page.body.contains(&expected), "{}", cluster_page.body);
+        let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
+        let page = wait_until_finished(&browser, run).await;
+        assert!(page.body.contains("state-failed") && page.body.contains(&expected), "{}", page.body);
+    })
+    .await;
+    assert!(controller.client_key().to_text().contains(&controller.fingerprint().unwrap().to_hex()));
+    controller.shutdown().await;
+}

@@ -143,25 +143,35 @@ pub struct Cluster {
     pub workers: Vec<Daemon>,
     /// Whether its workers run plugins without the sandbox (`--insecure-no-sandbox`).
     unconfined: bool,
+    /// Extra flags of the controller, kept for restarts.
+    controller_flags: Vec<String>,
 }
 
 impl Cluster {
     /// A controller and `n_workers` workers of 2 processes each.
     pub fn start(n_workers: usize) -> Cluster {
-        Cluster::start_with(n_workers, false)
+        Cluster::start_with(n_workers, &[])
     }
 
     /// Like [`Cluster::start`], with workers that run plugins unconfined
     /// (`--insecure-no-sandbox`): for tests whose plugin reports what it did through files in
     /// the test's directory (`record=`, `fail-once-dir=`), which the sandbox forbids.
     pub fn start_unconfined(n_workers: usize) -> Cluster {
-        Cluster::start_with(n_workers, true)
+        Cluster::assemble(n_workers, &[], true)
     }
 
-    fn start_with(n_workers: usize, unconfined: bool) -> Cluster {
+    /// [`Cluster::start`] with extra flags for the controller.
+    pub fn start_with(n_workers: usize, controller_flags: &[&str]) -> Cluster {
+        Cluster::assemble(n_workers, controller_flags, false)
+    }
+
+    fn assemble(n_workers: usize, controller_flags: &[&str], unconfined: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
-        let controller = Daemon::start(controller_command(dir.path(), "127.0.0.1:0"));
-        let mut cluster = Cluster { dir, controller, workers: Vec::new(), unconfined };
+        let controller_flags: Vec<String> = controller_flags.iter().map(|flag| flag.to_string()).collect();
+        let mut command = controller_command(dir.path(), "127.0.0.1:0");
+        command.args(&controller_flags);
+        let controller = Daemon::start(command);
+        let mut cluster = Cluster { dir, controller, workers: Vec::new(), unconfined, controller_flags };
         for _ in 0..n_workers {
             cluster.add_worker(2);
         }
@@ -182,7 +192,9 @@ impl Cluster {
     /// workers and clients look for it.
     pub fn restart_controller(&mut self) {
         let addr = self.controller.addr.to_string();
-        self.controller = Daemon::start(controller_command(self.dir.path(), &addr));
+        let mut command = controller_command(self.dir.path(), &addr);
+        command.args(&self.controller_flags);
+        self.controller = Daemon::start(command);
         assert_eq!(self.controller.addr.to_string(), addr, "the controller came back elsewhere");
     }
 
@@ -197,29 +209,38 @@ impl Cluster {
     /// A worker of this cluster's controller presenting `token`, with its own plugin cache
     /// and the tests' shared cargo target directory.
     pub fn worker_with_token(&self, token: &str, processes: u32) -> Daemon {
-        Daemon::start(self.worker_command(token, processes))
+        Daemon::start(self.joining_worker(token, processes))
     }
 
     /// The command [`Cluster::worker_with_token`] starts, for a test to add flags or
     /// environment to.
-    pub fn worker_command(&self, token: &str, processes: u32) -> Command {
+    pub fn joining_worker(&self, token: &str, processes: u32) -> Command {
+        let controller = self.controller.addr.to_string();
+        self.worker_command(&controller, &worker_token(&self.controller, token), processes, &[])
+    }
+
+    /// A `kiln worker` of 2 processes reaching the controller at `controller` with the whole
+    /// join token `token`, with extra flags (`--listen 127.0.0.1:0` unless they give one).
+    pub fn worker_command(&self, controller: &str, token: &str, processes: u32, extra: &[&str]) -> Command {
         let cache = tempfile::Builder::new().prefix("worker-cache-").tempdir_in(self.dir.path()).expect("cache dir");
         let mut worker = kiln_command();
         worker
             .arg("worker")
             .arg("--controller")
-            .arg(self.controller.addr.to_string())
+            .arg(controller)
             .arg("--join-token")
-            .arg(worker_token(&self.controller, token))
+            .arg(token)
             .arg("--processes")
             .arg(processes.to_string())
-            .arg("--listen")
-            .arg("127.0.0.1:0")
             .arg("--cache-dir")
             .arg(cache.keep())
+            .args(extra)
             .env("KILN_TARGET_DIR", plugin_target_dir());
         if self.unconfined {
             worker.arg("--insecure-no-sandbox");
+        }
+        if !extra.contains(&"--listen") {
+            worker.arg("--listen").arg("127.0.0.1:0");
         }
         worker
     }

@@ -45,6 +45,14 @@ pub struct Cluster {
     _data_dir: tempfile::TempDir,
 }
 
+/// How a bench cluster's links run: TLS (the default) or plain TCP (`--insecure-plaintext`),
+/// to measure what TLS costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Link {
+    Tls,
+    PlainTcp,
+}
+
 /// A job that `kiln submit` ran to its end.
 pub struct Submitted {
     pub job: u64,
@@ -78,12 +86,20 @@ impl Cluster {
     /// `n_workers` workers of `processes` each that share the bench's plugin cache, and waits
     /// until every worker has joined.
     pub fn start(bench: &Bench, n_workers: usize, processes: u32) -> anyhow::Result<Cluster> {
+        Cluster::start_on(bench, n_workers, processes, Link::Tls)
+    }
+
+    /// [`Cluster::start`] with its links over `link`.
+    pub fn start_on(bench: &Bench, n_workers: usize, processes: u32, link: Link) -> anyhow::Result<Cluster> {
         let data_dir = tempfile::Builder::new()
             .prefix("cluster-")
             .tempdir_in(&bench.work)
             .context("cannot make the controller's data directory")?;
         let mut command = daemon_command(bench);
         command.arg("controller").args(["--listen", "127.0.0.1:0"]).arg("--data-dir").arg(data_dir.path());
+        if link == Link::PlainTcp {
+            command.arg("--insecure-plaintext");
+        }
         let (controller, addr) = Daemon::spawn(command, "controller")?;
         let stored = |file: &str| {
             std::fs::read_to_string(data_dir.path().join(file))

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use super::cluster::{Cluster, PeakMemory, Submitted, epoch_ms};
+use super::cluster::{Cluster, Link, PeakMemory, Submitted, epoch_ms};
 use super::measures::{Baseline, throughput};
 use super::report::{Report, Target};
 use super::{Bench, Samples, baseline, checked, corpus, human};
@@ -47,10 +47,12 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
     let quarter_bytes = std::fs::metadata(&quarter_input)?.len();
     eprintln!("word count: kiln submit, {} MiB (peak memory at a quarter of the size)", quarter_bytes >> 20);
     let quarter_expected = baseline::word_count(&quarter_input)?;
-    let (quarter, _, quarter_memory) = cluster_word_count(bench, &quarter_input, &quarter_expected)?;
+    let (quarter, _, quarter_memory) = cluster_word_count(bench, &quarter_input, &quarter_expected, Link::Tls)?;
 
     eprintln!("word count: kiln submit, {} MiB", base.bytes >> 20);
-    let (samples, stages, memory) = cluster_word_count(bench, &base.input, &base.expected)?;
+    let (samples, stages, memory) = cluster_word_count(bench, &base.input, &base.expected, Link::Tls)?;
+    eprintln!("word count: kiln submit, {} MiB, plain TCP", base.bytes >> 20);
+    let (plain, _, _) = cluster_word_count(bench, &base.input, &base.expected, Link::PlainTcp)?;
 
     let ratio = base.samples.median().as_secs_f64() / samples.median().as_secs_f64();
     report.figure(
@@ -59,6 +61,17 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
         Target::None,
     );
     report.figure("cluster ÷ baseline", &format!("{ratio:.2}×"), Target::AtLeast(ratio, 0.85, "≥ 0.85×"));
+    let tls_ratio = plain.median().as_secs_f64() / samples.median().as_secs_f64();
+    report.figure(
+        "the same over plain TCP (`kiln controller --insecure-plaintext`)",
+        &throughput(base.bytes, &plain),
+        Target::None,
+    );
+    report.figure(
+        "TLS ÷ plain TCP (every link is TLS 1.3 by default)",
+        &format!("{tls_ratio:.3}×"),
+        Target::AtLeast(tls_ratio, 0.95, "≥ 0.95× (within 5 %)"),
+    );
     report.figure(
         &format!("`kiln submit` over {} MiB, for comparison", quarter_bytes >> 20),
         &throughput(quarter_bytes, &quarter),
@@ -80,8 +93,9 @@ fn cluster_word_count(
     bench: &Bench,
     input: &Path,
     expected: &BTreeMap<String, u64>,
+    link: Link,
 ) -> anyhow::Result<(Samples, Stages, PeakMemory)> {
-    let cluster = Cluster::start(bench, 1, PROCESSES)?;
+    let cluster = Cluster::start_on(bench, 1, PROCESSES, link)?;
     let plugin = bench.example("wordcount");
     let processes = PROCESSES.to_string();
     let args = ["--processes", processes.as_str()];
@@ -125,22 +139,11 @@ pub fn tiny_jobs(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         Ok(())
     })?;
 
-    let cluster = Cluster::start(bench, 1, PROCESSES)?;
-    let plugin = bench.example("wordcount");
-    let mut latencies = Vec::with_capacity(TINY_JOBS);
-    let mut stages = Stages::default();
-    for n in 0..TINY_WARM_UP + TINY_JOBS {
-        let submitted = cluster.submit(&plugin, &input, &[])?;
-        check_word_count(&submitted.output, &expected)?;
-        if n >= TINY_WARM_UP {
-            latencies.push(submitted.took);
-            stages.add(&cluster, &submitted)?;
-        }
-    }
-    drop(cluster);
-    latencies.sort();
-    let percentile = |p: usize| latencies[(latencies.len() * p).div_ceil(100).saturating_sub(1)];
-    let (p50, p90, p99) = (percentile(50), percentile(90), percentile(99));
+    let (latencies, stages) = tiny_job_latencies(bench, &input, &expected, Link::Tls)?;
+    let (plain, _) = tiny_job_latencies(bench, &input, &expected, Link::PlainTcp)?;
+    let percentile =
+        |latencies: &[Duration], p: usize| latencies[(latencies.len() * p).div_ceil(100).saturating_sub(1)];
+    let (p50, p90, p99) = (percentile(&latencies, 50), percentile(&latencies, 90), percentile(&latencies, 99));
     let max = latencies[latencies.len() - 1];
 
     report.section(
@@ -155,10 +158,37 @@ pub fn tiny_jobs(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     report.figure("p90", &human(p90), Target::None);
     report.figure("p99", &human(p99), Target::AtMost(p99, Duration::from_millis(50), "≤ 50 ms"));
     report.figure("max", &human(max), Target::None);
+    report.figure("p50 over plain TCP (`--insecure-plaintext`)", &human(percentile(&plain, 50)), Target::None);
+    report.figure("p99 over plain TCP", &human(percentile(&plain, 99)), Target::None);
     report.figure("`kiln --version` (starting the binary alone)", &version.describe(), Target::None);
     report.paragraph("Where the time of a tiny job goes (median of each stage):");
     report.table(&["stage", "what happens", "median", "share"], stages.rows());
     Ok(())
+}
+
+/// The sorted latencies of [`TINY_JOBS`] one-line jobs on a fresh cluster over `link`, after
+/// [`TINY_WARM_UP`] untimed ones, and their breakdown.
+fn tiny_job_latencies(
+    bench: &Bench,
+    input: &Path,
+    expected: &BTreeMap<String, u64>,
+    link: Link,
+) -> anyhow::Result<(Vec<Duration>, Stages)> {
+    let cluster = Cluster::start_on(bench, 1, PROCESSES, link)?;
+    let plugin = bench.example("wordcount");
+    let mut latencies = Vec::with_capacity(TINY_JOBS);
+    let mut stages = Stages::default();
+    for n in 0..TINY_WARM_UP + TINY_JOBS {
+        let submitted = cluster.submit(&plugin, input, &[])?;
+        check_word_count(&submitted.output, expected)?;
+        if n >= TINY_WARM_UP {
+            latencies.push(submitted.took);
+            stages.add(&cluster, &submitted)?;
+        }
+    }
+    drop(cluster);
+    latencies.sort();
+    Ok((latencies, stages))
 }
 
 /// Chunks per second through the controller with a plugin that does nothing, two workers
