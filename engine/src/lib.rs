@@ -9,11 +9,13 @@
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 //! - [`memory`]: allocator settings for the long-running services.
+//! - [`owner`]: who a job belongs to, and the owner's directory name on workers.
 
 pub mod chunk;
 pub mod client;
 pub mod controller;
 pub mod local;
 pub mod memory;
+pub mod owner;
 pub mod rpc;
 pub mod worker;

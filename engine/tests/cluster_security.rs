@@ -10,7 +10,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
-use kiln_engine::rpc::{ChunkInput, ExecLimits, MAX_FRAME_BYTES, RpcError, Secret, TaskError, WorkerClient};
+use kiln_engine::rpc::{ChunkInput, ExecLimits, JobPlugin, MAX_FRAME_BYTES, RpcError, Secret, TaskError, WorkerClient};
 use serde_bytes::ByteBuf;
 use serde_json::Value;
 use tarpc::tokio_serde::formats::Bincode;
@@ -101,10 +101,8 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
         let guess = Secret::generate();
 
         let params = format!("record={}", intruder_record.display());
-        refused(
-            worker.prepare(ctx(), guess.clone(), 999, plugin_hash, params, ExecLimits::default()).await.unwrap(),
-            "prepare",
-        );
+        let plugin = JobPlugin { owner: "cli".into(), plugin_hash, params, limits: ExecLimits::default() };
+        refused(worker.prepare(ctx(), guess.clone(), 999, plugin).await.unwrap(), "prepare");
         let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
         refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await.unwrap(), "run_chunks");
         refused(worker.combine(ctx(), guess.clone(), job, vec![]).await.unwrap(), "combine");

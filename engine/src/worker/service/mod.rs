@@ -35,8 +35,9 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
-use self::state::State;
-use crate::rpc::{ChunkInput, ExecLimits, JobId, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use self::state::{ExecutorKey, State};
+use crate::owner::Owner;
+use crate::rpc::{ChunkInput, JobId, JobPlugin, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
 
@@ -228,20 +229,15 @@ struct WorkerServer {
 }
 
 impl Worker for WorkerServer {
-    async fn prepare(
-        self,
-        _: Context,
-        secret: Secret,
-        job: JobId,
-        plugin_hash: String,
-        params: String,
-        limits: ExecLimits,
-    ) -> Result<(), TaskError> {
+    async fn prepare(self, _: Context, secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError> {
         self.state.authorize(&secret).await?;
+        let JobPlugin { owner, plugin_hash, params, limits } = plugin;
+        let owner = Owner::parse(&owner)
+            .map_err(|error| RpcError::Invalid(format!("the controller sent an unusable owner: {error}")))?;
         // In a task of its own, so a build the controller stopped waiting for still finishes
         // and the next `prepare` finds it done (or joins it) instead of starting over.
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move { state.prepare(job, plugin_hash, params, limits).await })
+        tokio::spawn(async move { state.prepare(job, ExecutorKey { owner, hash: plugin_hash, params, limits }).await })
             .await
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
     }

@@ -10,6 +10,7 @@ use tarpc::context;
 use tokio::sync::{OnceCell, watch};
 
 use super::{WARM_EXECUTORS, build_error, start_error};
+use crate::owner::Owner;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
 use crate::worker::builder::{Builder, SourceTree};
 use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
@@ -43,8 +44,15 @@ pub(super) struct Link {
     pub(super) registering: bool,
 }
 
-/// A plugin hash, the job parameters and the job's limits an executor was started with.
-type ExecutorKey = (String, String, ExecLimits);
+/// What an executor was started for: its owner, plugin hash, the job's parameters and limits.
+/// Jobs share an executor only when all four are the same.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub(super) struct ExecutorKey {
+    pub(super) owner: Owner,
+    pub(super) hash: String,
+    pub(super) params: String,
+    pub(super) limits: ExecLimits,
+}
 
 struct WarmEntry {
     executor: Arc<WarmExecutor>,
@@ -191,7 +199,7 @@ impl State {
     /// The warm executor for `key`, made (not yet started) if there is none; records that `job`
     /// uses it.
     fn use_executor(&self, job: JobId, key: ExecutorKey, library: PathBuf) -> Arc<WarmExecutor> {
-        let config = limited(&self.executor, key.2);
+        let config = limited(&self.executor, key.limits);
         let previous = lock(&self.jobs).insert(job, key.clone());
         let mut executors = lock(&self.executors);
         if let Some(previous) = previous
@@ -202,7 +210,7 @@ impl State {
         let entry = executors.entry(key.clone()).or_insert_with(|| WarmEntry {
             executor: Arc::new(WarmExecutor {
                 library,
-                params: key.1.clone(),
+                params: key.params.clone(),
                 config,
                 current: Mutex::new(Arc::new(OnceCell::new())),
             }),
@@ -237,25 +245,20 @@ impl State {
 
     /// Builds the plugin `hash` (fetching its archive unless the cache has it) and starts the
     /// job's executor with the job's limits.
-    pub(super) async fn prepare(
-        &self,
-        job: JobId,
-        hash: String,
-        params: String,
-        limits: ExecLimits,
-    ) -> Result<(), TaskError> {
-        let library = match self.builder.cached(&hash).await {
+    pub(super) async fn prepare(&self, job: JobId, key: ExecutorKey) -> Result<(), TaskError> {
+        let library = match self.builder.cached(&key.hash).await {
             Some(built) => built.library,
-            None => self.fetch_and_build(job, &hash).await?,
+            None => self.fetch_and_build(job, &key.hash).await?,
         };
-        let warm = self.use_executor(job, (hash.clone(), params, limits), library);
+        let (owner, hash) = (key.owner.clone(), key.hash.clone());
+        let warm = self.use_executor(job, key, library);
         match warm.get().await {
             Ok(_) => {
-                tracing::info!(job, hash = short(&hash), "job prepared");
+                tracing::info!(job, %owner, hash = short(&hash), "job prepared");
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(job, hash = short(&hash), %error, "cannot start the job's executor");
+                tracing::warn!(job, %owner, hash = short(&hash), %error, "cannot start the job's executor");
                 self.release(job);
                 Err(start_error(error))
             }
@@ -301,7 +304,7 @@ fn evict_idle(executors: &mut HashMap<ExecutorKey, WarmEntry>) {
         }
         let Some(oldest) = idle.iter().min_by_key(|(_, used)| *used).map(|(key, _)| (*key).clone()) else { return };
         if let Some(entry) = executors.remove(&oldest) {
-            tracing::debug!(hash = short(&oldest.0), "stopping an idle executor");
+            tracing::debug!(owner = %oldest.owner, hash = short(&oldest.hash), "stopping an idle executor");
             entry.executor.kill("no job needs it any more");
         }
     }
@@ -327,7 +330,12 @@ mod tests {
     }
 
     fn key(n: u64) -> ExecutorKey {
-        (format!("{n:064}"), String::new(), ExecLimits::default())
+        ExecutorKey {
+            owner: Owner::key_holder(),
+            hash: format!("{n:064}"),
+            params: String::new(),
+            limits: ExecLimits::default(),
+        }
     }
 
     fn warm_keys(state: &State) -> Vec<ExecutorKey> {
@@ -355,6 +363,11 @@ mod tests {
         assert!(Arc::ptr_eq(&first, &second));
         assert!(Arc::ptr_eq(&state.job_executor(8).ok().unwrap(), &first));
         assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
+
+        // The same plugin and parameters of another owner get an executor of their own.
+        let other = ExecutorKey { owner: Owner::web_user(1), ..key(3) };
+        let others = state.use_executor(9, other, PathBuf::from("plugin.so"));
+        assert!(!Arc::ptr_eq(&first, &others));
     }
 
     #[test]
