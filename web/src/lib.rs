@@ -11,17 +11,20 @@
 //! - [`runs`]: submitting runs to controllers, watching their jobs, relaying progress.
 //! - [`cluster`]: the embedded "local" cluster (a controller and workers in this process).
 //! - [`security`]: password hashing, tokens and the login rate limit.
+//! - [`sealing`]: the secret key, and cluster API keys sealed with it at rest.
 
 pub mod cluster;
 pub mod http;
 pub mod runs;
+pub mod sealing;
 pub mod security;
 pub mod store;
 
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -33,6 +36,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
 use crate::http::App;
 use crate::runs::{RunError, RunManager};
+use crate::sealing::{KeyError, KeyOrigin, SecretKey};
 use crate::security::LoginLimiter;
 use crate::store::{Store, StoreError};
 
@@ -57,8 +61,12 @@ const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
 pub struct WebConfig {
     /// Where to serve HTTP.
     pub listen: SocketAddr,
-    /// Where the SQLite database, uploads in progress and the embedded cluster live.
+    /// Where the SQLite database, the secret key, uploads in progress and the embedded cluster
+    /// live; readable by the server's user only (mode 0700).
     pub data_dir: PathBuf,
+    /// The key that seals cluster API keys in the database; `None`: the one in
+    /// `<data_dir>/secret.key`, made on first start.
+    pub secret_key: Option<SecretKey>,
     /// A `postgres://` (or `sqlite://`) URL; `None`: SQLite at `<data_dir>/kiln.db`.
     pub database_url: Option<String>,
     /// Whether to start the embedded cluster and offer it to every user as "local".
@@ -93,6 +101,7 @@ impl WebConfig {
         WebConfig {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             data_dir: data_dir.into(),
+            secret_key: None,
             database_url: None,
             embedded_cluster: true,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
@@ -123,6 +132,31 @@ pub enum WebError {
         path: PathBuf,
         /// The underlying error.
         source: io::Error,
+    },
+    /// The data directory could not be made private.
+    #[error("cannot make the data directory {path} private (mode 0700): {source}: check who owns it")]
+    DataDirMode {
+        /// The directory.
+        path: PathBuf,
+        /// The underlying error.
+        source: io::Error,
+    },
+    /// The secret key could not be had.
+    #[error(transparent)]
+    SecretKey(#[from] KeyError),
+    /// The database holds sealed API keys but the key that sealed them is gone.
+    #[error(
+        "the database holds {count} sealed cluster API keys but the secret key file {} is missing and \
+         KILN_WEB_SECRET_KEY is not set: restore the file (or set the variable to the key) that sealed them; \
+         to give them up, set KILN_WEB_SECRET_KEY to a new key (`openssl rand -hex 32`) and have users enter \
+         their clusters' keys again",
+        path.display()
+    )]
+    SecretKeyMissing {
+        /// Where the file should be.
+        path: PathBuf,
+        /// How many keys are sealed.
+        count: i64,
     },
     /// The database could not be opened.
     #[error(transparent)]
@@ -186,11 +220,12 @@ impl RunningWeb {
 /// Starts the web app and returns once it serves.
 pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let upload_dir = config.data_dir.join("uploads");
-    for dir in [&config.data_dir, &upload_dir] {
-        tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
-    }
+    make_private_dir(&config.data_dir).await?;
+    tokio::fs::create_dir_all(&upload_dir)
+        .await
+        .map_err(|source| WebError::DataDir { path: upload_dir.clone(), source })?;
     remove_stale_uploads(&upload_dir).await;
-    let store = Store::open(&config.database_url()).await?;
+    let store = open_store(&config).await?;
     let embedded = match start_embedded(&config).await {
         Ok(embedded) => embedded,
         Err(e) => {
@@ -261,6 +296,68 @@ async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, W
         processes: config.worker_processes,
     };
     Ok(Some(cluster::start(&embedded).await?))
+}
+
+/// Makes the data directory (mode 0700) or tightens an existing one to 0700: it holds the
+/// database, the secret key and users' uploads.
+async fn make_private_dir(dir: &Path) -> Result<(), WebError> {
+    let create = {
+        let dir = dir.to_owned();
+        tokio::task::spawn_blocking(move || std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)).await
+    };
+    create
+        .map_err(io::Error::other)
+        .and_then(|created| created)
+        .map_err(|source| WebError::DataDir { path: dir.to_owned(), source })?;
+    tokio::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+        .await
+        .map_err(|source| WebError::DataDirMode { path: dir.to_owned(), source })
+}
+
+/// Opens the database with the secret key, writing a new key only when the database holds no
+/// key sealed with another, then seals any API key still in plain text.
+async fn open_store(config: &WebConfig) -> Result<Store, WebError> {
+    let (secret_key, origin) =
+        match &config.secret_key {
+            Some(key) => (key.clone(), KeyOrigin::Environment),
+            None => {
+                let data_dir = config.data_dir.clone();
+                tokio::task::spawn_blocking(move || SecretKey::load(&data_dir)).await.map_err(|e| {
+                    KeyError::File { action: "read", path: config.data_dir.clone(), source: io::Error::other(e) }
+                })??
+            }
+        };
+    let store = Store::open(&config.database_url(), secret_key.clone()).await?;
+    let checked = check_secret_key(&store, &secret_key, &origin).await;
+    if let Err(e) = checked {
+        store.close().await;
+        return Err(e);
+    }
+    Ok(store)
+}
+
+async fn check_secret_key(store: &Store, secret_key: &SecretKey, origin: &KeyOrigin) -> Result<(), WebError> {
+    if let KeyOrigin::New(path) = origin {
+        let count = store.sealed_api_key_count().await?;
+        if count > 0 {
+            return Err(WebError::SecretKeyMissing { path: path.clone(), count });
+        }
+        let (key, path) = (secret_key.clone(), path.clone());
+        tokio::task::spawn_blocking(move || key.write_new(&path)).await.map_err(|e| KeyError::File {
+            action: "create",
+            path: PathBuf::new(),
+            source: io::Error::other(e),
+        })??;
+        tracing::info!("made a new secret key to seal cluster API keys with");
+    }
+    let sealed = store.seal_plain_api_keys().await?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed the cluster API keys stored in plain text");
+    }
+    for unreadable in store.unreadable_api_keys().await? {
+        tracing::error!(cluster = unreadable.cluster_id, "{unreadable}");
+    }
+    Ok(())
 }
 
 /// Deletes uploads left by a server that stopped while receiving them.

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kiln_web::sealing::{SECRET_KEY_ENV, SecretKey};
 use kiln_web::{DEFAULT_MAX_UPLOAD_BYTES, WebConfig};
 
 /// Kiln's web application: upload plugins, run them on your clusters, watch them live.
@@ -18,15 +19,22 @@ struct Cli {
     /// Where to serve HTTP.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Where the SQLite database, uploads and the embedded cluster's data live.
+    /// Where the SQLite database, the secret key (`secret.key`, unless KILN_WEB_SECRET_KEY gives
+    /// it as 64 hex digits), uploads and the embedded cluster's data live.
     #[arg(long, env = "KILN_DATA_DIR", default_value = "kiln-data")]
     data_dir: PathBuf,
     /// A PostgreSQL URL (postgres://USER@HOST/DB) to use instead of SQLite.
     #[arg(long, env = "DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
-    /// Do not start the embedded cluster (users then add their own clusters).
-    #[arg(long)]
-    no_embedded_cluster: bool,
+    /// Do not start the built-in "local" cluster, for a shared deployment: users then add their
+    /// own clusters (the quickstart keeps it).
+    #[arg(
+        long,
+        alias = "no-embedded-cluster",
+        env = "KILN_WEB_NO_LOCAL_CLUSTER",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    no_local_cluster: bool,
     /// How many workers the embedded cluster has.
     #[arg(long, default_value_t = 2)]
     embedded_workers: usize,
@@ -78,9 +86,14 @@ fn main() -> ExitCode {
 
 fn serve(cli: Cli) -> anyhow::Result<()> {
     let mut config = WebConfig::new(cli.data_dir);
+    // Only from the environment: a flag's value would show in every process listing.
+    if let Some(text) = std::env::var_os(SECRET_KEY_ENV).filter(|text| !text.is_empty()) {
+        let text = text.into_string().map_err(|_| anyhow::anyhow!("{SECRET_KEY_ENV} is not 64 hex digits"))?;
+        config.secret_key = Some(SecretKey::from_hex(&text, SECRET_KEY_ENV)?);
+    }
     config.listen = cli.listen;
     config.database_url = cli.database_url.filter(|url| !url.is_empty());
-    config.embedded_cluster = !cli.no_embedded_cluster;
+    config.embedded_cluster = !cli.no_local_cluster;
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;

@@ -6,8 +6,11 @@ mod db;
 
 use std::future::Future;
 
+use sqlx::Row;
+
 use db::TestDb;
-use kiln_web::store::clusters::{ClusterFields, LOCAL_CLUSTER};
+use kiln_web::sealing::SecretKey;
+use kiln_web::store::clusters::{ClusterFields, LOCAL_CLUSTER, UnreadableKey};
 use kiln_web::store::runs::{NewRun, RunEnding, RunProgress, RunState};
 use kiln_web::store::tasks::{Plugin, PluginKind};
 use kiln_web::store::{Store, StoreError, now_ms};
@@ -19,7 +22,8 @@ where
     Fut: Future<Output = ()>,
 {
     for db in TestDb::both().await {
-        let store = Store::open(&db.url).await.unwrap_or_else(|e| panic!("open {:?}: {e}", db.backend));
+        let store =
+            Store::open(&db.url, SecretKey::generate()).await.unwrap_or_else(|e| panic!("open {:?}: {e}", db.backend));
         assert_eq!(store.backend(), db.backend);
         test(store.clone()).await;
         store.close().await;
@@ -100,7 +104,7 @@ async fn clusters_are_seen_and_changed_only_by_their_owner() {
     check(|store| async move {
         let (a, b, _, cluster) = two_users(&store).await;
         let mine = store.cluster(a, cluster).await.unwrap().expect("a's cluster");
-        assert_eq!(mine.api_key, "key-0123456789abcdef");
+        assert_eq!(mine.api_key.as_deref(), Ok("key-0123456789abcdef"));
         assert_eq!(mine.api_key_hint(), "…cdef");
         assert_eq!(store.cluster(b, cluster).await.unwrap(), None);
         assert!(store.clusters(b).await.unwrap().is_empty());
@@ -111,7 +115,10 @@ async fn clusters_are_seen_and_changed_only_by_their_owner() {
         let fields = ClusterFields { name: "lab 2".into(), controller_address: "h:1".into(), api_key: None };
         assert!(store.update_cluster(a, cluster, &fields).await.unwrap());
         let edited = store.cluster(a, cluster).await.unwrap().unwrap();
-        assert_eq!((edited.name.as_str(), edited.api_key.as_str()), ("lab 2", "key-0123456789abcdef"));
+        assert_eq!((edited.name.as_str(), edited.api_key.as_deref()), ("lab 2", Ok("key-0123456789abcdef")));
+        let fields = ClusterFields { api_key: Some(" new-key-0123456789 ".into()), ..fields };
+        assert!(store.update_cluster(a, cluster, &fields).await.unwrap());
+        assert_eq!(store.cluster(a, cluster).await.unwrap().unwrap().api_key.as_deref(), Ok("new-key-0123456789"));
 
         let duplicate = store.create_cluster(a, &cluster_fields("lab 2")).await.unwrap_err();
         assert_eq!(duplicate.to_string(), "a cluster with this name already exists");
@@ -250,12 +257,97 @@ async fn deleting_a_task_or_a_cluster_deletes_their_runs() {
 #[tokio::test]
 async fn reopening_a_database_keeps_its_rows_and_migrates_nothing_twice() {
     for db in TestDb::both().await {
-        let store = Store::open(&db.url).await.unwrap();
+        let key = SecretKey::generate();
+        let store = Store::open(&db.url, key.clone()).await.unwrap();
         let user = store.create_user("keep@example.com", "$argon2id$x").await.unwrap();
         store.close().await;
-        let reopened = Store::open(&db.url).await.unwrap_or_else(|e| panic!("reopen {:?}: {e}", db.backend));
+        let reopened = Store::open(&db.url, key).await.unwrap_or_else(|e| panic!("reopen {:?}: {e}", db.backend));
         assert_eq!(reopened.user(user.id).await.unwrap().map(|u| u.email), Some("keep@example.com".into()));
         reopened.close().await;
+    }
+}
+
+/// A connection of the test's own to the store's database, to see the rows as they are stored.
+async fn raw(db: &TestDb) -> sqlx::AnyPool {
+    sqlx::AnyPool::connect(&db.url).await.expect("connect to the database")
+}
+
+#[tokio::test]
+async fn api_keys_are_sealed_in_the_database_and_bound_to_their_row() {
+    for db in TestDb::both().await {
+        let key = SecretKey::generate();
+        let store = Store::open(&db.url, key.clone()).await.unwrap();
+        let (a, b, _, cluster) = two_users(&store).await;
+        let b_cluster = store.create_cluster(b, &cluster_fields("b")).await.unwrap().id;
+        let pool = raw(&db).await;
+        let stored: Vec<String> = sqlx::query("SELECT api_key FROM clusters ORDER BY id")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+            .iter()
+            .map(|row| row.try_get("api_key").unwrap())
+            .collect();
+        assert_eq!(stored.len(), 2);
+        for value in &stored {
+            assert!(value.starts_with("v1:") && !value.contains("0123456789abcdef"), "{:?}: {value}", db.backend);
+        }
+        assert_ne!(stored[0], stored[1], "the same key seals differently for each row");
+
+        // B copies a's sealed key into their own row: it does not open there.
+        sqlx::query("UPDATE clusters SET api_key = $1 WHERE id = $2")
+            .bind(&stored[0])
+            .bind(b_cluster)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let moved = store.cluster(b, b_cluster).await.unwrap().unwrap();
+        assert_eq!(moved.api_key, Err(UnreadableKey { cluster_id: b_cluster, name: "b".into() }));
+        assert_eq!(store.unreadable_api_keys().await.unwrap().len(), 1);
+        assert_eq!(store.cluster(a, cluster).await.unwrap().unwrap().api_key.as_deref(), Ok("key-0123456789abcdef"));
+        store.close().await;
+
+        // Another secret key opens none of them, and says what to do.
+        let other = Store::open(&db.url, SecretKey::generate()).await.unwrap();
+        let error = other.cluster(a, cluster).await.unwrap().unwrap().api_key.unwrap_err().to_string();
+        assert!(
+            error.contains("cannot decrypt the API key of cluster \"lab\"")
+                && error.contains("secret key changed")
+                && error.contains("enter the key again"),
+            "{error}"
+        );
+        other.close().await;
+        pool.close().await;
+    }
+}
+
+#[tokio::test]
+async fn api_keys_stored_in_plain_text_are_sealed_once() {
+    for db in TestDb::both().await {
+        let key = SecretKey::generate();
+        let store = Store::open(&db.url, key.clone()).await.unwrap();
+        let (a, _, _, cluster) = two_users(&store).await;
+        // A row as a web app from before sealing wrote it.
+        let pool = raw(&db).await;
+        sqlx::query("UPDATE clusters SET api_key = 'plain-0123456789abcdef', api_key_sealed = 0 WHERE id = $1")
+            .bind(cluster)
+            .execute(&pool)
+            .await
+            .unwrap();
+        let local = store.ensure_local_cluster(a).await.unwrap();
+        assert_eq!(store.seal_plain_api_keys().await.unwrap(), 1, "{:?}", db.backend);
+        assert_eq!(store.seal_plain_api_keys().await.unwrap(), 0, "nothing twice");
+        let row = sqlx::query("SELECT api_key, api_key_sealed FROM clusters WHERE id = $1")
+            .bind(cluster)
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        let stored: String = row.try_get("api_key").unwrap();
+        assert!(!stored.contains("plain-") && row.try_get::<i64, _>("api_key_sealed").unwrap() == 1, "{stored}");
+        assert_eq!(store.cluster(a, cluster).await.unwrap().unwrap().api_key.as_deref(), Ok("plain-0123456789abcdef"));
+        assert_eq!(store.cluster(a, local).await.unwrap().unwrap().api_key.as_deref(), Ok(""));
+        assert_eq!(store.sealed_api_key_count().await.unwrap(), 1, "the local cluster has no key");
+        pool.close().await;
+        store.close().await;
     }
 }
 

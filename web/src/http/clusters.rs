@@ -88,7 +88,9 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
     if app.embedded_cluster {
         app.store.ensure_local_cluster(user.user_id).await?;
     }
-    let clusters = app.store.clusters(user.user_id).await?;
+    let mut clusters = app.store.clusters(user.user_id).await?;
+    // A "local" row left from a start with the embedded cluster is not offered without it.
+    clusters.retain(|cluster| app.embedded_cluster || !cluster.embedded);
     render(res, StatusCode::OK, &ListPage { page: Page::new(depot, "Clusters", "clusters"), clusters })
 }
 

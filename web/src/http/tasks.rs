@@ -356,7 +356,9 @@ async fn start_form(
     if app.embedded_cluster {
         app.store.ensure_local_cluster(user_id).await?;
     }
-    let clusters = app.store.clusters(user_id).await?;
+    let mut clusters = app.store.clusters(user_id).await?;
+    // A "local" row left from a start with the embedded cluster is not offered without it.
+    clusters.retain(|cluster| app.embedded_cluster || !cluster.embedded);
     let cluster_id = cluster_id.or_else(|| clusters.first().map(|c| c.id)).unwrap_or(0);
     Ok(StartPage {
         page: Page::new(depot, format!("Start {}", task.title), "tasks"),

@@ -111,7 +111,8 @@ impl RunManager {
                 )
             });
         }
-        Ok(ClusterTarget { address: cluster.controller_address.clone(), api_key: Secret::new(cluster.api_key.clone()) })
+        let api_key = cluster.api_key.clone().map_err(|e| RunError::ClusterUnavailable(e.to_string()))?;
+        Ok(ClusterTarget { address: cluster.controller_address.clone(), api_key: Secret::new(api_key) })
     }
 
     /// Starts a new run (in state `Submitting`): submits the plugin and the input, then

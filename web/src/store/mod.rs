@@ -9,6 +9,11 @@
 //! Every query on a user's object takes the user's id and filters on it, so a handler cannot
 //! reach another user's task, cluster or run even by mistake: the answer is `None`.
 //!
+//! Cluster API keys are sealed with the web app's secret key, which the store holds: queries
+//! hand out keys in plain text and write them sealed. An SQLite file (and its `-wal` and
+//! `-shm`) is readable and writable by the server's user only (mode 0600), set when the file is
+//! made and again at every start.
+//!
 //! # Layout
 //! - [`users`]: accounts and password hashes.
 //! - [`sessions`]: server-side sessions with their CSRF tokens.
@@ -22,11 +27,14 @@ pub mod sessions;
 pub mod tasks;
 pub mod users;
 
-use std::path::Path;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyPool, Row};
+
+use crate::sealing::SecretKey;
 
 /// How many connections the pool keeps at most: page loads, run watchers and the websocket
 /// relays share them, and SQLite writes one at a time anyway.
@@ -50,6 +58,14 @@ pub enum StoreError {
     /// The database could not be reached or opened.
     #[error("cannot open the database: {0}")]
     Connect(#[source] sqlx::Error),
+    /// The SQLite file's mode could not be made 0600.
+    #[error("cannot make the database file {path} private (mode 0600): {source}: check who owns it")]
+    Permissions {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
     /// The schema could not be brought up to date.
     #[error("cannot migrate the database: {0}: was it written by a newer kiln-web?")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -66,12 +82,13 @@ pub enum StoreError {
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    secret_key: SecretKey,
 }
 
 impl Store {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://…`) and applies the
-    /// migrations the database lacks.
-    pub async fn open(url: &str) -> Result<Store, StoreError> {
+    /// migrations the database lacks; API keys are sealed and opened with `secret_key`.
+    pub async fn open(url: &str, secret_key: SecretKey) -> Result<Store, StoreError> {
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
@@ -80,17 +97,21 @@ impl Store {
             return Err(StoreError::UnsupportedUrl(redact_url(url)));
         };
         sqlx::any::install_default_drivers();
+        if backend == Backend::Sqlite {
+            create_private_sqlite_file(url).await;
+        }
         let pool =
             AnyPoolOptions::new().max_connections(MAX_CONNECTIONS).connect(url).await.map_err(StoreError::Connect)?;
         if backend == Backend::Sqlite {
             // Readers do not wait for the writer in WAL mode; the setting stays with the file.
             sqlx::query("PRAGMA journal_mode = WAL").execute(&pool).await?;
+            restrict_sqlite_files(&pool).await?;
         }
         match backend {
             Backend::Sqlite => sqlx::migrate!("migrations/sqlite").run(&pool).await?,
             Backend::Postgres => sqlx::migrate!("migrations/postgres").run(&pool).await?,
         }
-        Ok(Store { pool, backend })
+        Ok(Store { pool, backend, secret_key })
     }
 
     /// The URL of an SQLite database file at `path`, created when missing.
@@ -113,6 +134,41 @@ impl Store {
 pub fn now_ms() -> i64 {
     let since_epoch = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     i64::try_from(since_epoch.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// The file an `sqlite:` URL names, if it names one (not `:memory:`).
+fn sqlite_path(url: &str) -> Option<PathBuf> {
+    let rest = url.strip_prefix("sqlite://").or_else(|| url.strip_prefix("sqlite:"))?;
+    let path = rest.split('?').next().unwrap_or("");
+    (!path.is_empty() && !path.starts_with(":memory:")).then(|| PathBuf::from(path))
+}
+
+/// Creates the SQLite file with mode 0600 when it does not exist yet, so it is never readable
+/// by others, not even for the moment between SQLite creating it and a `chmod`.
+async fn create_private_sqlite_file(url: &str) {
+    let Some(path) = sqlite_path(url) else { return };
+    // An existing file is fine (its mode is fixed after connecting); a missing directory and
+    // the like SQLite reports better when it connects.
+    let _ = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&path).await;
+}
+
+/// Makes the main database file and its `-wal` and `-shm` mode 0600 (SQLite gives those the
+/// main file's mode when it makes them, and a database from an older version may have 0644).
+async fn restrict_sqlite_files(pool: &AnyPool) -> Result<(), StoreError> {
+    let row = sqlx::query("SELECT file FROM pragma_database_list WHERE name = 'main'").fetch_optional(pool).await?;
+    let Some(file) = row.map(|row| row.try_get::<String, _>("file")).transpose()? else { return Ok(()) };
+    if file.is_empty() {
+        return Ok(()); // an in-memory database
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let path = PathBuf::from(format!("{file}{suffix}"));
+        match tokio::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && !suffix.is_empty() => {}
+            Err(source) => return Err(StoreError::Permissions { path, source }),
+        }
+    }
+    Ok(())
 }
 
 /// A database URL without its password, for messages.
@@ -146,5 +202,13 @@ mod tests {
         assert_eq!(redact_url("postgres://kiln:secret@db:5432/kiln"), "postgres://kiln:***@db:5432/kiln");
         assert_eq!(redact_url("postgres://postgres@127.0.0.1/test"), "postgres://postgres@127.0.0.1/test");
         assert_eq!(redact_url("mysql://localhost/x"), "mysql://localhost/x");
+    }
+
+    #[test]
+    fn the_file_of_an_sqlite_url_is_found() {
+        assert_eq!(sqlite_path("sqlite:///tmp/d/kiln.db?mode=rwc"), Some(PathBuf::from("/tmp/d/kiln.db")));
+        assert_eq!(sqlite_path("sqlite://kiln.db"), Some(PathBuf::from("kiln.db")));
+        assert_eq!(sqlite_path("sqlite::memory:"), None);
+        assert_eq!(sqlite_path("postgres://x/y"), None);
     }
 }
