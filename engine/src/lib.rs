@@ -10,6 +10,8 @@
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 //! - [`memory`]: allocator settings for the long-running services.
 //! - [`owner`]: who a job belongs to, and the owner's directory name on workers.
+//! - [`sandbox`]: confining a process before it runs untrusted code (namespaces, landlock,
+//!   seccomp, limits).
 
 pub mod chunk;
 pub mod client;
@@ -18,4 +20,5 @@ pub mod local;
 pub mod memory;
 pub mod owner;
 pub mod rpc;
+pub mod sandbox;
 pub mod worker;

@@ -49,6 +49,9 @@ enum Command {
         /// How many calls to run at once.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Enter the sandbox with this as the only writable directory before loading the plugin.
+        #[arg(long)]
+        sandbox_dir: Option<PathBuf>,
     },
 }
 
@@ -88,8 +91,8 @@ fn main() -> ExitCode {
     // The daemons say what they do; the other commands only what went wrong.
     let result = match cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
-        Command::Exec { threads } => {
-            return match kiln_engine::worker::executor::process::serve(threads) {
+        Command::Exec { threads, sandbox_dir } => {
+            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiln exec: {e}");

@@ -56,14 +56,17 @@ enum Command {
         /// How many calls to run at once.
         #[arg(long, default_value_t = 1)]
         threads: usize,
+        /// Enter the sandbox with this as the only writable directory before loading the plugin.
+        #[arg(long)]
+        sandbox_dir: Option<PathBuf>,
     },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Exec { threads }) = cli.command {
+    if let Some(Command::Exec { threads, sandbox_dir }) = cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
-        return match kiln_engine::worker::executor::process::serve(threads) {
+        return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kiln-web exec: {e}");

@@ -1,6 +1,7 @@
 //! The executor's child process: its address-space limit, its death with the worker, its
-//! stdout as a blocking file, and its exit status.
+//! stdout as a blocking file, how it is stopped, and its exit status.
 
+use std::os::unix::process::ExitStatusExt;
 use std::process::ExitStatus;
 use std::time::Duration;
 
@@ -8,6 +9,7 @@ use tokio::process::{Child, ChildStdout, Command};
 use tokio::sync::watch;
 
 use super::ExecError;
+use super::scratch::PrivateDir;
 
 /// Sets `RLIMIT_AS` in the child before it runs, so a plugin that allocates without bound
 /// fails its allocation (and aborts) instead of taking the machine's memory.
@@ -74,11 +76,19 @@ fn set_blocking(file: &std::fs::File) {
     }
 }
 
-/// Owns the child: waits for it to exit, or kills it when asked, and publishes its status.
+/// How long a sandboxed executor has to end its sandbox after SIGTERM before it gets SIGKILL.
+/// Its outer process only kills and reaps the sandbox's init, which takes milliseconds.
+const SANDBOX_STOP_GRACE: Duration = Duration::from_secs(2);
+
+/// Owns the child: waits for it to exit, or kills it when asked, and publishes its status;
+/// then removes its private directory and says it has `finished`.
 pub(super) async fn watch_process(
     mut child: Child,
     mut kill: watch::Receiver<bool>,
     status: watch::Sender<Option<ExitStatus>>,
+    sandboxed: bool,
+    scratch: PrivateDir,
+    finished: watch::Sender<bool>,
 ) {
     let killed = async {
         // The guard `wait_for` returns must not live across an await; only the event matters.
@@ -86,14 +96,29 @@ pub(super) async fn watch_process(
     };
     let exit = tokio::select! {
         exit = child.wait() => exit,
-        () = killed => {
-            let _ = child.start_kill();
-            child.wait().await
-        }
+        () = killed => stop(&mut child, sandboxed).await,
     };
     if let Ok(exit) = exit {
         let _ = status.send(Some(exit));
     }
+    // The process has ended, and in the sandbox everything it started: nothing writes there now.
+    let _ = tokio::task::spawn_blocking(move || scratch.remove()).await;
+    let _ = finished.send(true);
+}
+
+/// Ends the child. A sandboxed one gets SIGTERM first, on which it kills its sandbox and exits
+/// only once every process in it is gone (SIGKILL would leave the kernel to end them a moment
+/// later); a plain one, or one that does not end in time, gets SIGKILL.
+async fn stop(child: &mut Child, sandboxed: bool) -> std::io::Result<ExitStatus> {
+    if let (true, Some(pid)) = (sandboxed, child.id()) {
+        // SAFETY: signalling our own child, which has not been reaped (`id` is still known).
+        unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        if let Ok(exit) = tokio::time::timeout(SANDBOX_STOP_GRACE, child.wait()).await {
+            return exit;
+        }
+    }
+    let _ = child.start_kill();
+    child.wait().await
 }
 
 /// Waits (briefly) for the process's exit status once its pipe has closed.
@@ -102,5 +127,26 @@ pub(super) async fn wait_status(mut status: watch::Receiver<Option<ExitStatus>>)
     match tokio::time::timeout(Duration::from_secs(5), wait).await {
         Ok(Ok(status)) => *status,
         _ => None,
+    }
+}
+
+/// Names how a process ended, in words a plugin author can act on.
+pub(super) fn describe_exit(status: ExitStatus) -> String {
+    if let Some(signal) = status.signal() {
+        let what = match signal {
+            libc::SIGSEGV => "crashed with a segmentation fault (SIGSEGV)",
+            libc::SIGBUS => "crashed with a bus error (SIGBUS)",
+            libc::SIGILL => "crashed on an illegal instruction (SIGILL)",
+            libc::SIGFPE => "crashed on an arithmetic error (SIGFPE)",
+            libc::SIGABRT => "aborted (SIGABRT)",
+            libc::SIGKILL => "was killed (SIGKILL), by a timeout, its memory limit or the OOM killer",
+            libc::SIGTERM => "was terminated (SIGTERM)",
+            _ => return format!("was killed by signal {signal}"),
+        };
+        return what.to_owned();
+    }
+    match status.code() {
+        Some(code) => format!("exited unexpectedly with status {code}"),
+        None => "ended for an unknown reason".to_owned(),
     }
 }

@@ -23,9 +23,9 @@
 mod child;
 pub mod process;
 pub mod protocol;
+mod scratch;
 
 use std::collections::{HashMap, VecDeque};
-use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -37,8 +37,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{ChildStdin, Command};
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::child::{die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
+use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
+use self::scratch::PrivateDir;
 
 /// How long a plugin may take to load and create its instance.
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -63,6 +64,12 @@ pub struct ExecutorConfig {
     pub start_timeout: Duration,
     /// A limit on the executor's address space in bytes (`RLIMIT_AS`), if any.
     pub memory_limit: Option<u64>,
+    /// Whether executors enter the sandbox (`crate::sandbox`) before loading the plugin. Only
+    /// `--insecure-no-sandbox` turns it off.
+    pub sandbox: bool,
+    /// Where each executor's private directory is made (default: the system's temporary
+    /// directory). When the caller runs as root, `nobody` must be able to reach it.
+    pub scratch_dir: PathBuf,
 }
 
 impl ExecutorConfig {
@@ -74,6 +81,8 @@ impl ExecutorConfig {
             call_timeout: DEFAULT_CALL_TIMEOUT,
             start_timeout: DEFAULT_START_TIMEOUT,
             memory_limit: None,
+            sandbox: true,
+            scratch_dir: std::env::temp_dir(),
         }
     }
 }
@@ -90,6 +99,9 @@ pub enum ExecError {
     /// The plugin was built against an incompatible API version.
     #[error("{0}")]
     Incompatible(String),
+    /// The executor could not enter its sandbox.
+    #[error("cannot start the executor: {0}")]
+    Sandbox(String),
     /// The plugin's `new` refused the job's parameters.
     #[error("the plugin refused its parameters: {0}")]
     Params(String),
@@ -224,16 +236,34 @@ pub struct Executor {
     call_timeout: Duration,
     combines: bool,
     api_version: String,
+    /// Becomes true once the process (with all it started) has ended and its private
+    /// directory is removed.
+    finished: watch::Receiver<bool>,
 }
 
 impl Executor {
-    /// Starts an executor for the plugin `library`, created with `params`.
+    /// Starts an executor for the plugin `library`, created with `params`: in a private
+    /// directory holding a copy of the library, with a cleared environment, in the sandbox
+    /// unless the configuration says otherwise.
     pub async fn start(config: &ExecutorConfig, library: &Path, params: &str) -> Result<Executor, ExecError> {
+        let spawn_error = |message: String| ExecError::Spawn { program: config.program.display().to_string(), message };
+        let (scratch, library_copy) = {
+            let (root, library) = (config.scratch_dir.clone(), library.to_path_buf());
+            tokio::task::spawn_blocking(move || PrivateDir::create(&root, &library))
+                .await
+                .map_err(|e| spawn_error(e.to_string()))?
+                .map_err(spawn_error)?
+        };
         let mut command = Command::new(&config.program);
+        command.arg("exec").arg("--threads").arg(config.threads.to_string());
+        if config.sandbox {
+            command.arg("--sandbox-dir").arg(scratch.path());
+        }
+        // Nothing of the caller's environment (secrets, keys, paths) reaches the plugin.
         command
-            .arg("exec")
-            .arg("--threads")
-            .arg(config.threads.to_string())
+            .env_clear()
+            .env("TMPDIR", scratch.path())
+            .env("HOME", scratch.path())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -262,9 +292,10 @@ impl Executor {
         let stderr_task = tokio::spawn(collect_stderr(stderr, Arc::clone(&shared)));
         let (kill, kill_rx) = watch::channel(false);
         let (status_tx, status_rx) = watch::channel(None);
-        tokio::spawn(watch_process(child, kill_rx, status_tx));
+        let (finished_tx, finished) = watch::channel(false);
+        tokio::spawn(watch_process(child, kill_rx, status_tx, config.sandbox, scratch, finished_tx));
 
-        let init = Request::Init { library: library.display().to_string(), params: params.to_owned() };
+        let init = Request::Init { library: library_copy.display().to_string(), params: params.to_owned() };
         let mut stdout = std::io::BufReader::new(stdout_to_std(stdout)?);
         let handshake = async {
             write_request(&mut stdin, &init).await?;
@@ -288,9 +319,13 @@ impl Executor {
             (Some(Response::Ready { api_version, combines }), stdout) => (combines, api_version, stdout),
             (Some(Response::StartFailed { kind, message }), _) => {
                 return Err(match kind {
-                    StartFailure::Load => ExecError::Load(message),
+                    // Name the library the caller knows, not its copy.
+                    StartFailure::Load => ExecError::Load(
+                        message.replace(&library_copy.display().to_string(), &library.display().to_string()),
+                    ),
                     StartFailure::Incompatible => ExecError::Incompatible(message),
                     StartFailure::Init => ExecError::Params(message),
+                    StartFailure::Sandbox => ExecError::Sandbox(message),
                 });
             }
             (other, _) => {
@@ -318,6 +353,7 @@ impl Executor {
             call_timeout: config.call_timeout,
             combines,
             api_version,
+            finished,
         })
     }
 
@@ -423,6 +459,14 @@ impl Executor {
     pub fn kill(&self, why: &str) {
         self.shared.fail_all(ExecError::Stopped(why.to_owned()));
         let _ = self.kill.send(true);
+    }
+
+    /// Kills the executor and waits until its process, and in the sandbox every process and
+    /// thread the plugin started, has ended and its private directory is removed.
+    pub async fn shutdown(&self, why: &str) {
+        self.kill(why);
+        let mut finished = self.finished.clone();
+        let _ = finished.wait_for(|finished| *finished).await;
     }
 
     async fn call(&self, request: impl FnOnce(u64) -> Request) -> Result<Bytes, ExecError> {
@@ -573,26 +617,5 @@ async fn collect_stderr(stderr: tokio::process::ChildStderr, shared: Arc<Shared>
             tail.pop_front();
         }
         tail.push_back(line);
-    }
-}
-
-/// Names how a process ended, in words a plugin author can act on.
-pub fn describe_exit(status: ExitStatus) -> String {
-    if let Some(signal) = status.signal() {
-        let what = match signal {
-            libc::SIGSEGV => "crashed with a segmentation fault (SIGSEGV)",
-            libc::SIGBUS => "crashed with a bus error (SIGBUS)",
-            libc::SIGILL => "crashed on an illegal instruction (SIGILL)",
-            libc::SIGFPE => "crashed on an arithmetic error (SIGFPE)",
-            libc::SIGABRT => "aborted (SIGABRT)",
-            libc::SIGKILL => "was killed (SIGKILL), by a timeout, its memory limit or the OOM killer",
-            libc::SIGTERM => "was terminated (SIGTERM)",
-            _ => return format!("was killed by signal {signal}"),
-        };
-        return what.to_owned();
-    }
-    match status.code() {
-        Some(code) => format!("exited unexpectedly with status {code}"),
-        None => "ended for an unknown reason".to_owned(),
     }
 }

@@ -1,6 +1,9 @@
 //! The executor process, `kiln exec`: loads one plugin and serves calls over stdin and stdout.
 //!
-//! This is the only place where plugin code runs. The process reads requests on its main
+//! This is the only place where plugin code runs. Given a private directory, the process
+//! enters the sandbox (`crate::sandbox`) after reading `Init` and before loading the library
+//! (which the supervisor copied into that directory), so that nothing of the plugin ever
+//! runs unconfined; it is then PID 2 of its own namespaces. The process reads requests on its main
 //! thread and runs them on a pool of threads sharing one plugin instance; each thread writes
 //! its responses itself, one at a time under a lock, before it runs anything else. Plugin output to stdout is redirected to stderr before the plugin is
 //! loaded, so it cannot corrupt the protocol. When stdin closes, it finishes the calls in
@@ -21,10 +24,13 @@ use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
 
 use super::protocol::{Request, Response, StartFailure};
 
-/// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes.
+/// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes; first
+/// enters the sandbox with `sandbox_dir` as its only writable directory, if given.
 ///
-/// Returns an error only when the protocol itself breaks; plugin failures are answers.
-pub fn serve(threads: usize) -> io::Result<()> {
+/// Must be called at the start of the process, while it has one thread (see
+/// [`crate::sandbox::enter`]). Returns an error only when the protocol itself breaks; plugin
+/// failures are answers.
+pub fn serve(threads: usize, sandbox_dir: Option<&Path>) -> io::Result<()> {
     let protocol_out = take_stdout()?;
     let mut input = BufReader::with_capacity(1 << 20, io::stdin().lock());
     let mut output = BufWriter::with_capacity(1 << 16, protocol_out);
@@ -32,6 +38,10 @@ pub fn serve(threads: usize) -> io::Result<()> {
     let Some(Request::Init { library, params }) = Request::read_from(&mut input)? else {
         return Err(io::Error::new(io::ErrorKind::InvalidData, "the first request must be init"));
     };
+    if let Some(Err(e)) = sandbox_dir.map(|dir| crate::sandbox::enter(&crate::sandbox::Policy::private(dir))) {
+        Response::StartFailed { kind: StartFailure::Sandbox, message: e.to_string() }.write_to(&mut output)?;
+        return output.flush();
+    }
     let plugin = match Plugin::load(Path::new(&library), &params) {
         Ok(plugin) => plugin,
         Err((kind, message)) => {

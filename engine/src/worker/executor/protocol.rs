@@ -65,6 +65,8 @@ pub enum StartFailure {
     Incompatible = 2,
     /// The plugin's `new` refused the parameters.
     Init = 3,
+    /// The executor could not enter its sandbox (before loading anything).
+    Sandbox = 4,
 }
 
 impl StartFailure {
@@ -73,6 +75,7 @@ impl StartFailure {
             1 => Ok(StartFailure::Load),
             2 => Ok(StartFailure::Incompatible),
             3 => Ok(StartFailure::Init),
+            4 => Ok(StartFailure::Sandbox),
             other => Err(invalid(format!("unknown start failure kind {other}"))),
         }
     }

@@ -307,7 +307,9 @@ fn build_error(error: BuildError) -> RpcError {
 /// The answer for an executor that could not start: hopeless when the plugin is at fault.
 fn start_error(error: ExecError) -> TaskError {
     match error {
-        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) => TaskError::Fatal(error.to_string()),
+        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) | ExecError::Sandbox(_) => {
+            TaskError::Fatal(error.to_string())
+        }
         error => TaskError::Crashed(error.to_string()),
     }
 }
@@ -316,7 +318,9 @@ fn start_error(error: ExecError) -> TaskError {
 fn call_error(error: ExecError) -> TaskError {
     match error {
         ExecError::Plugin(message) => TaskError::Plugin(message),
-        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) => TaskError::Fatal(error.to_string()),
+        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) | ExecError::Sandbox(_) => {
+            TaskError::Fatal(error.to_string())
+        }
         error => TaskError::Crashed(error.to_string()),
     }
 }
