@@ -84,6 +84,9 @@ pub enum LocalError {
     /// The plugin did not build.
     #[error(transparent)]
     Build(#[from] BuildError),
+    /// The host cannot sandbox plugins and the configuration did not allow running unconfined.
+    #[error("this host cannot sandbox plugins: {0}: {hint}", hint = crate::sandbox::REFUSAL_HINT)]
+    NoSandbox(#[from] crate::sandbox::Unavailable),
     /// The input could not be opened.
     #[error("cannot open the input {path}: {source}")]
     OpenInput { path: PathBuf, source: std::io::Error },
@@ -111,6 +114,11 @@ pub async fn run_local(
     config: &LocalConfig,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<LocalReport, LocalError> {
+    if config.executor.sandbox {
+        crate::sandbox::probe()?;
+    } else {
+        tracing::warn!("the plugin runs without a sandbox (--insecure-no-sandbox): it has your rights");
+    }
     let started = Instant::now();
     let plugin_path = config.plugin.clone();
     let source = tokio::task::spawn_blocking(move || read_source(&plugin_path))
@@ -204,14 +212,19 @@ pub async fn run_local(
         }
     };
     if let Err(e) = result {
-        executor.kill("the job failed");
+        executor.shutdown("the job failed").await;
         return Err(e);
     }
     drop(chunks_rx);
     let _ = reader.await;
 
-    let finals = final_partials(&executor, partials.into_ordered(), processes).await?;
-    let output = executor.aggregate(finals).await.map_err(LocalError::Aggregate)?;
+    let output = match final_partials(&executor, partials.into_ordered(), processes).await {
+        Ok(finals) => executor.aggregate(finals).await.map_err(LocalError::Aggregate),
+        Err(e) => Err(e),
+    };
+    // Nothing the plugin started outlives its job: in the sandbox no thread, process or file.
+    executor.shutdown("the job ended").await;
+    let output = output?;
     Ok(LocalReport {
         output,
         cached_build: built.cached,
@@ -296,7 +309,10 @@ async fn isolate(
     for work in suspects {
         match work.perform(&executor).await {
             Ok(partial) => done.push((work, partial)),
-            Err(error) => return Err(work.failed(error)),
+            Err(error) => {
+                executor.shutdown("the job failed").await;
+                return Err(work.failed(error));
+            }
         }
     }
     Ok((executor, done))

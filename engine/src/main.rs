@@ -84,6 +84,10 @@ struct RunLocalArgs {
     /// A limit on the executor's address space, e.g. 2GiB (default: none).
     #[arg(long, value_parser = parse_size)]
     memory_limit: Option<usize>,
+    /// Run the plugin without the sandbox, with your rights: only where the host cannot
+    /// sandbox and the plugin is trusted.
+    #[arg(long)]
+    insecure_no_sandbox: bool,
 }
 
 fn main() -> ExitCode {
@@ -158,6 +162,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     let mut executor = ExecutorConfig::new(program, processes);
     executor.call_timeout = Duration::from_secs(args.timeout.max(1));
     executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
+    executor.sandbox = !args.insecure_no_sandbox;
     let config = LocalConfig {
         plugin: args.plugin,
         input: args.input,

@@ -88,7 +88,7 @@ fn a_worker_that_joins_mid_job_receives_chunks() {
 
 #[test]
 fn a_cancelled_job_stops_dispatching_at_once_and_the_next_job_completes() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start_unconfined(1);
     let text = numbered_lines(20_000);
     let input = write_input(cluster.dir.path(), "lines.txt", &text);
     let record = cluster.dir.path().join("runs");

@@ -80,7 +80,7 @@ fn refused<T: std::fmt::Debug>(answer: Result<T, TaskError>, call: &str) {
 
 #[test]
 fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
-    let mut cluster = Cluster::start(0);
+    let mut cluster = Cluster::start_unconfined(0);
     let worker_addr = cluster.add_worker(1);
     let text: String = (0..4_000).map(|i| format!("line {i} of the input\n")).collect();
     let input = write_input(cluster.dir.path(), "lines.txt", &text);

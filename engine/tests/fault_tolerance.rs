@@ -189,7 +189,7 @@ fn killing_one_of_three_workers_mid_job_leaves_the_output_unchanged() {
 
 #[test]
 fn killing_the_controller_mid_job_resumes_it_without_running_stored_chunks_again() {
-    let mut cluster = Cluster::start(2);
+    let mut cluster = Cluster::start_unconfined(2);
     let n_chunks = 60;
     let (input, text) = write_lines(cluster.dir.path(), n_chunks * LINES_PER_CHUNK);
     let expected = failure_free_output(&input, &text);
@@ -230,7 +230,7 @@ fn killing_the_controller_mid_job_resumes_it_without_running_stored_chunks_again
 
 #[test]
 fn chunks_that_fail_their_first_attempt_are_retried_to_the_exact_output() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start_unconfined(2);
     let n_chunks = 30;
     let (input, text) = write_lines(cluster.dir.path(), n_chunks * LINES_PER_CHUNK);
     // Every third chunk fails once: the others find their marker already there.
@@ -312,7 +312,7 @@ fn crashing_plugins_cost_only_their_chunk_an_attempt_and_the_workers_serve_on() 
 
 #[test]
 fn failures_among_tiny_chunks_sent_in_batches_cost_only_their_own_chunk() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start_unconfined(2);
     let n_lines = 2000;
     let (input, text) = write_lines(cluster.dir.path(), n_lines);
     // 10-byte lines cut at 10 bytes: a chunk per line, small enough to travel in batches
@@ -379,7 +379,7 @@ fn straggler_job(cluster: &Cluster, extra: &[&str], sleep_ms: u64) -> Value {
 
 #[test]
 fn a_straggler_is_overtaken_by_a_speculative_copy_on_another_worker() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start_unconfined(2);
     let status = straggler_job(&cluster, &[], 60_000);
     assert!(run_time(&status) < Duration::from_secs(20), "the job waited for the straggler: {status:#}");
     assert_eq!((status["speculative"].as_u64(), status["speculative_won"].as_u64()), (Some(1), Some(1)), "{status:#}");
@@ -388,7 +388,7 @@ fn a_straggler_is_overtaken_by_a_speculative_copy_on_another_worker() {
 
 #[test]
 fn a_straggler_on_a_lone_worker_is_copied_into_its_free_slot() {
-    let cluster = Cluster::start(1);
+    let cluster = Cluster::start_unconfined(1);
     let status = straggler_job(&cluster, &[], 60_000);
     assert!(run_time(&status) < Duration::from_secs(20), "the job waited for the straggler: {status:#}");
     assert_eq!((status["speculative"].as_u64(), status["speculative_won"].as_u64()), (Some(1), Some(1)), "{status:#}");
@@ -396,7 +396,7 @@ fn a_straggler_on_a_lone_worker_is_copied_into_its_free_slot() {
 
 #[test]
 fn without_speculation_a_straggler_is_waited_for() {
-    let cluster = Cluster::start(2);
+    let cluster = Cluster::start_unconfined(2);
     let status = straggler_job(&cluster, &["--no-speculation"], 3_000);
     assert!(run_time(&status) >= Duration::from_secs(3), "the straggler was not waited for: {status:#}");
     assert_eq!(status["speculative"], 0, "{status:#}");

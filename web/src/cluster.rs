@@ -30,6 +30,8 @@ pub struct EmbeddedConfig {
     pub workers: usize,
     /// Chunks each worker runs at once.
     pub processes: u32,
+    /// Whether plugins run in the sandbox (the workers refuse to start where the host cannot).
+    pub sandbox: bool,
 }
 
 /// Why the embedded cluster could not start.
@@ -71,7 +73,8 @@ pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedE
     let mut builder = BuilderConfig::new(config.dir.join("plugin-cache"));
     builder.target_dir = config.plugin_target_dir.clone().unwrap_or_else(|| config.dir.join("plugin-target"));
     let processes = config.processes.max(1);
-    let executor = ExecutorConfig::new(config.executor_program.clone(), processes as usize);
+    let mut executor = ExecutorConfig::new(config.executor_program.clone(), processes as usize);
+    executor.sandbox = config.sandbox;
     let mut workers = Vec::new();
     for _ in 0..config.workers {
         let worker_config = WorkerConfig::new(

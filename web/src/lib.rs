@@ -91,6 +91,10 @@ pub struct WebConfig {
     pub worker_processes: u32,
     /// The chunk size of every run, in bytes (0: the controller's default, 4 MiB).
     pub chunk_bytes: u64,
+    /// Whether the embedded workers run plugins in the sandbox; without it (only by
+    /// `--insecure-no-sandbox`) they run with the server's rights and warn on every job. With
+    /// it, a host that cannot sandbox refuses to start the embedded cluster.
+    pub sandbox: bool,
 }
 
 impl WebConfig {
@@ -113,6 +117,7 @@ impl WebConfig {
             embedded_workers: 2,
             worker_processes: u32::try_from((cores / 2).max(1)).unwrap_or(1),
             chunk_bytes: 0,
+            sandbox: true,
         }
     }
 
@@ -294,6 +299,7 @@ async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, W
         plugin_target_dir: config.plugin_target_dir.clone(),
         workers: config.embedded_workers,
         processes: config.worker_processes,
+        sandbox: config.sandbox,
     };
     Ok(Some(cluster::start(&embedded).await?))
 }

@@ -44,6 +44,11 @@ struct Cli {
     /// Mark cookies Secure (when a proxy serves the app over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
+    /// Let the embedded cluster run plugins without the sandbox, with this server's rights
+    /// (its database, keys, every user's data): only where the host cannot sandbox and every
+    /// user is trusted. Every job is logged with a warning.
+    #[arg(long)]
+    insecure_no_sandbox: bool,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -100,6 +105,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
+    config.sandbox = !cli.insecure_no_sandbox;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let web = kiln_web::start(config).await.context("cannot start kiln-web")?;

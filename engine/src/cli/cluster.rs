@@ -66,6 +66,10 @@ pub struct WorkerArgs {
     /// A limit on each executor's address space, e.g. 2GiB (default: none).
     #[arg(long, value_parser = crate::parse_size)]
     memory_limit: Option<usize>,
+    /// Run plugins without the sandbox, with this worker's rights: only where the host cannot
+    /// sandbox and every plugin is trusted. Every job is logged with a warning.
+    #[arg(long)]
+    insecure_no_sandbox: bool,
 }
 
 /// Runs a controller until SIGINT or SIGTERM.
@@ -122,6 +126,7 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let mut executor = ExecutorConfig::new(program, processes.max(1) as usize);
     executor.call_timeout = Duration::from_secs(args.timeout.max(1));
     executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
+    executor.sandbox = !args.insecure_no_sandbox;
     let mut config = WorkerConfig::new(args.controller, Secret::new(join_token), builder, executor);
     config.processes = processes.max(1);
     config.listen = args.listen;

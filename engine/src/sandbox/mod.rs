@@ -33,6 +33,11 @@ use std::path::{Path, PathBuf};
 /// that lacks it, so that the refusal to run plugins can be tested on a host that has it.
 pub const TEST_UNAVAILABLE_ENV: &str = "KILN_TEST_SANDBOX_UNAVAILABLE";
 
+/// What a program that refuses to run plugins on a host that cannot sandbox them tells its
+/// user to do.
+pub const REFUSAL_HINT: &str = "enable it, or pass --insecure-no-sandbox to run plugins anyway, unconfined, with the \
+     rights of this process (only for plugins you trust)";
+
 /// The identity (uid and gid) a process running as root drops to before it is confined.
 pub const UNPRIVILEGED_ID: u32 = 65534;
 

@@ -111,14 +111,27 @@ pub struct Cluster {
     pub dir: tempfile::TempDir,
     pub controller: Daemon,
     pub workers: Vec<Daemon>,
+    /// Whether its workers run plugins without the sandbox (`--insecure-no-sandbox`).
+    unconfined: bool,
 }
 
 impl Cluster {
     /// A controller and `n_workers` workers of 2 processes each.
     pub fn start(n_workers: usize) -> Cluster {
+        Cluster::start_with(n_workers, false)
+    }
+
+    /// Like [`Cluster::start`], with workers that run plugins unconfined
+    /// (`--insecure-no-sandbox`): for tests whose plugin reports what it did through files in
+    /// the test's directory (`record=`, `fail-once-dir=`), which the sandbox forbids.
+    pub fn start_unconfined(n_workers: usize) -> Cluster {
+        Cluster::start_with(n_workers, true)
+    }
+
+    fn start_with(n_workers: usize, unconfined: bool) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let controller = Daemon::start(controller_command(dir.path(), "127.0.0.1:0"));
-        let mut cluster = Cluster { dir, controller, workers: Vec::new() };
+        let mut cluster = Cluster { dir, controller, workers: Vec::new(), unconfined };
         for _ in 0..n_workers {
             cluster.add_worker(2);
         }
@@ -154,6 +167,12 @@ impl Cluster {
     /// A worker of this cluster's controller presenting `token`, with its own plugin cache
     /// and the tests' shared cargo target directory.
     pub fn worker_with_token(&self, token: &str, processes: u32) -> Daemon {
+        Daemon::start(self.worker_command(token, processes))
+    }
+
+    /// The command [`Cluster::worker_with_token`] starts, for a test to add flags or
+    /// environment to.
+    pub fn worker_command(&self, token: &str, processes: u32) -> Command {
         let cache = tempfile::Builder::new().prefix("worker-cache-").tempdir_in(self.dir.path()).expect("cache dir");
         let mut worker = kiln_command();
         worker
@@ -169,7 +188,10 @@ impl Cluster {
             .arg("--cache-dir")
             .arg(cache.keep())
             .env("KILN_TARGET_DIR", plugin_target_dir());
-        Daemon::start(worker)
+        if self.unconfined {
+            worker.arg("--insecure-no-sandbox");
+        }
+        worker
     }
 
     /// Runs `kiln ARGS --controller ADDR --api-key KEY`.

@@ -10,9 +10,10 @@
 //!
 //! `prepare` finds the plugin in the build cache or fetches its archive from the controller and
 //! builds it (one [`Builder`] for all jobs, so a plugin hash is built once per host), then gets
-//! an executor for the job's plugin and parameters. Executors stay warm across jobs, keyed by
-//! (hash, parameters), so a second job with the same plugin starts at once; up to
-//! [`WARM_EXECUTORS`] idle ones are kept. Plugin code runs only in those executor processes,
+//! an executor for the job. An executor serves one job: it stays warm across the job's chunks
+//! and is stopped when the job is released (in the sandbox with every process and thread the
+//! plugin started), so nothing of one job's plugin outlives it or meets another job's data.
+//! Plugin code runs only in those executor processes,
 //! never in the worker itself. An executor that crashed or timed out is replaced by a fresh one
 //! on the next call, and a crash is charged only to the chunk that caused it (`attribution`).
 
@@ -35,15 +36,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
-use self::state::{ExecutorKey, State};
+use self::state::State;
 use crate::owner::Owner;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, MAX_FRAME_BYTES, RpcError, Secret, TaskError, Worker};
+use crate::sandbox::{self, Unavailable};
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
-
-/// How many idle executors (plugin and parameters no running job uses) are kept warm for the
-/// next job; more are stopped, least recently used first.
-pub const WARM_EXECUTORS: usize = 4;
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
@@ -114,6 +112,10 @@ pub enum WorkerError {
         /// Its answer.
         error: RpcError,
     },
+    /// The host cannot sandbox plugins, and the configuration did not allow running them
+    /// unconfined.
+    #[error("this host cannot sandbox plugins: {0}: {hint}", hint = sandbox::REFUSAL_HINT)]
+    NoSandbox(#[from] Unavailable),
 }
 
 fn refusal_hint(error: &RpcError) -> &'static str {
@@ -169,6 +171,13 @@ impl RunningWorker {
 /// Returns once the service listens; registration goes on in the background and retries while
 /// the controller is away. See [`RunningWorker::failed`] for refusals.
 pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
+    if config.executor.sandbox {
+        tokio::task::spawn_blocking(sandbox::probe).await.unwrap_or_else(|e| {
+            Err(Unavailable { feature: sandbox::Feature::Seccomp, reason: format!("the probe panicked: {e}") })
+        })?;
+    } else {
+        tracing::warn!("plugins run without a sandbox (--insecure-no-sandbox): they have this worker's rights");
+    }
     let bind_error = |source| WorkerError::Bind { addr: config.listen, source };
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
@@ -237,7 +246,7 @@ impl Worker for WorkerServer {
         // In a task of its own, so a build the controller stopped waiting for still finishes
         // and the next `prepare` finds it done (or joins it) instead of starting over.
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move { state.prepare(job, ExecutorKey { owner, hash: plugin_hash, params, limits }).await })
+        tokio::spawn(async move { state.prepare(job, owner, plugin_hash, params, limits).await })
             .await
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
     }
@@ -288,7 +297,7 @@ impl Worker for WorkerServer {
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
         self.state.authorize(&secret).await?;
-        self.state.release(job);
+        self.state.release(job).await;
         Ok(())
     }
 }

@@ -1,5 +1,9 @@
-//! The worker's state: its registration, the jobs it prepared and the executors kept warm for
-//! them, and how a job is prepared (fetch, build, start).
+//! The worker's state: its registration, the jobs it prepared and each one's executor, and
+//! how a job is prepared (fetch, build, start).
+//!
+//! An executor serves one job: it stays warm across that job's chunks (and is restarted when
+//! it dies), and is shut down when the job is released, or forgotten after a new
+//! registration. In the sandbox that ends every thread and process the plugin started.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -9,7 +13,7 @@ use std::time::{Duration, Instant};
 use tarpc::context;
 use tokio::sync::{OnceCell, watch};
 
-use super::{WARM_EXECUTORS, build_error, start_error};
+use super::{build_error, start_error};
 use crate::owner::Owner;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
 use crate::worker::builder::{Builder, SourceTree};
@@ -30,9 +34,8 @@ pub(super) struct State {
     pub(super) link: Mutex<Link>,
     /// Bumped whenever the registration changes, for calls waiting in [`State::authorize`].
     link_changed: watch::Sender<u64>,
-    /// The executor each prepared job uses.
-    jobs: Mutex<HashMap<JobId, ExecutorKey>>,
-    executors: Mutex<HashMap<ExecutorKey, WarmEntry>>,
+    /// Each prepared job's executor.
+    jobs: Mutex<HashMap<JobId, JobEntry>>,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -44,24 +47,16 @@ pub(super) struct Link {
     pub(super) registering: bool,
 }
 
-/// What an executor was started for: its owner, plugin hash, the job's parameters and limits.
-/// Jobs share an executor only when all four are the same.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub(super) struct ExecutorKey {
-    pub(super) owner: Owner,
-    pub(super) hash: String,
-    pub(super) params: String,
-    pub(super) limits: ExecLimits,
-}
+/// A plugin hash, the job parameters and the job's limits an executor was started with.
+type ExecutorKey = (String, String, ExecLimits);
 
-struct WarmEntry {
+/// A prepared job: what its executor was started with, and the executor.
+struct JobEntry {
+    key: ExecutorKey,
     executor: Arc<WarmExecutor>,
-    /// Prepared jobs using it; an entry without jobs is idle and may be evicted.
-    jobs: usize,
-    last_used: Instant,
 }
 
-/// One plugin instance's executor, restarted when it dies.
+/// One job's plugin instance's executor, restarted when it dies, until the job ends.
 pub(super) struct WarmExecutor {
     library: PathBuf,
     params: String,
@@ -69,13 +64,19 @@ pub(super) struct WarmExecutor {
     config: ExecutorConfig,
     /// The current executor, started once by whichever call comes first.
     current: Mutex<Arc<OnceCell<Arc<Executor>>>>,
+    /// Set when the job ended: no executor starts any more, one that was starting is stopped.
+    closed: Mutex<bool>,
 }
+
+/// Why a call finds its job's executor gone.
+const JOB_ENDED: &str = "its job ended on this worker";
 
 impl WarmExecutor {
     /// The live executor, starting a fresh one when there is none or the last one died.
     pub(super) async fn get(&self) -> Result<Arc<Executor>, ExecError> {
         // Twice at most: a fresh executor that is dead at once will not do better a third time.
         for _ in 0..2 {
+            self.check_open()?;
             let cell = Arc::clone(&lock(&self.current));
             let executor = cell
                 .get_or_try_init(|| async {
@@ -83,6 +84,11 @@ impl WarmExecutor {
                     Ok::<_, ExecError>(Arc::new(executor))
                 })
                 .await?;
+            // The job may have ended while this executor started: `close` did not see it then.
+            if let Err(error) = self.check_open() {
+                executor.kill(JOB_ENDED);
+                return Err(error);
+            }
             if executor.is_alive() {
                 return Ok(Arc::clone(executor));
             }
@@ -97,13 +103,25 @@ impl WarmExecutor {
 
     /// A fresh executor of the same plugin with one slot, for a call that must run alone.
     pub(super) async fn start_alone(&self) -> Result<Executor, ExecError> {
+        self.check_open()?;
         let config = ExecutorConfig { threads: 1, ..self.config.clone() };
-        Executor::start(&config, &self.library, &self.params).await
+        let executor = Executor::start(&config, &self.library, &self.params).await?;
+        // Dropping it stops it, if the job ended meanwhile.
+        self.check_open()?;
+        Ok(executor)
     }
 
-    fn kill(&self, why: &str) {
-        if let Some(executor) = lock(&self.current).get() {
-            executor.kill(why);
+    fn check_open(&self) -> Result<(), ExecError> {
+        if *lock(&self.closed) { Err(ExecError::Stopped(JOB_ENDED.to_owned())) } else { Ok(()) }
+    }
+
+    /// Ends the job's executor for good, and waits until its process (and in the sandbox all
+    /// it started) is gone.
+    async fn close(&self, why: &str) {
+        *lock(&self.closed) = true;
+        let executor = lock(&self.current).get().cloned();
+        if let Some(executor) = executor {
+            executor.shutdown(why).await;
         }
     }
 }
@@ -129,7 +147,6 @@ impl State {
             link: Mutex::new(Link::default()),
             link_changed: watch::channel(0).0,
             jobs: Mutex::new(HashMap::new()),
-            executors: Mutex::new(HashMap::new()),
         }
     }
 
@@ -175,83 +192,74 @@ impl State {
         }
     }
 
-    /// Forgets every prepared job: after a new registration, the controller prepares again what
-    /// it wants run. Executors stay warm.
+    /// Forgets every prepared job and stops their executors: after a new registration, the
+    /// controller prepares again what it wants run.
     pub(super) fn forget_jobs(&self) {
-        let jobs: Vec<ExecutorKey> = lock(&self.jobs).drain().map(|(_, key)| key).collect();
-        let mut executors = lock(&self.executors);
-        for key in jobs {
-            if let Some(entry) = executors.get_mut(&key) {
-                entry.jobs = entry.jobs.saturating_sub(1);
-            }
-        }
-        evict_idle(&mut executors);
+        let jobs: Vec<JobEntry> = lock(&self.jobs).drain().map(|(_, entry)| entry).collect();
+        close_all(jobs, "the worker registered again");
     }
 
     pub(super) fn forget_everything(&self) {
-        lock(&self.jobs).clear();
-        let executors: Vec<WarmEntry> = lock(&self.executors).drain().map(|(_, entry)| entry).collect();
-        for entry in executors {
-            entry.executor.kill("the worker is shutting down");
-        }
+        let jobs: Vec<JobEntry> = lock(&self.jobs).drain().map(|(_, entry)| entry).collect();
+        close_all(jobs, "the worker is shutting down");
     }
 
-    /// The warm executor for `key`, made (not yet started) if there is none; records that `job`
-    /// uses it.
+    /// The job's executor, made (not yet started) unless the job has one for the same plugin,
+    /// parameters and limits; an executor the job had for others is stopped.
     fn use_executor(&self, job: JobId, key: ExecutorKey, library: PathBuf) -> Arc<WarmExecutor> {
-        let config = limited(&self.executor, key.limits);
-        let previous = lock(&self.jobs).insert(job, key.clone());
-        let mut executors = lock(&self.executors);
-        if let Some(previous) = previous
-            && let Some(entry) = executors.get_mut(&previous)
+        let mut jobs = lock(&self.jobs);
+        if let Some(entry) = jobs.get(&job)
+            && entry.key == key
         {
-            entry.jobs = entry.jobs.saturating_sub(1);
+            return Arc::clone(&entry.executor);
         }
-        let entry = executors.entry(key.clone()).or_insert_with(|| WarmEntry {
-            executor: Arc::new(WarmExecutor {
-                library,
-                params: key.params.clone(),
-                config,
-                current: Mutex::new(Arc::new(OnceCell::new())),
-            }),
-            jobs: 0,
-            last_used: Instant::now(),
+        let executor = Arc::new(WarmExecutor {
+            library,
+            params: key.1.clone(),
+            config: limited(&self.executor, key.2),
+            current: Mutex::new(Arc::new(OnceCell::new())),
+            closed: Mutex::new(false),
         });
-        entry.jobs += 1;
-        entry.last_used = Instant::now();
-        let executor = Arc::clone(&entry.executor);
-        evict_idle(&mut executors);
+        let previous = jobs.insert(job, JobEntry { key, executor: Arc::clone(&executor) });
+        drop(jobs);
+        close_all(previous.into_iter().collect(), "its job was prepared again");
         executor
     }
 
     /// The executor of a prepared job.
     pub(super) fn job_executor(&self, job: JobId) -> Result<Arc<WarmExecutor>, TaskError> {
-        let key = lock(&self.jobs).get(&job).cloned().ok_or(TaskError::NotPrepared(job))?;
-        let mut executors = lock(&self.executors);
-        let entry = executors.get_mut(&key).ok_or(TaskError::NotPrepared(job))?;
-        entry.last_used = Instant::now();
-        Ok(Arc::clone(&entry.executor))
+        lock(&self.jobs).get(&job).map(|entry| Arc::clone(&entry.executor)).ok_or(TaskError::NotPrepared(job))
     }
 
-    pub(super) fn release(&self, job: JobId) {
-        let Some(key) = lock(&self.jobs).remove(&job) else { return };
-        let mut executors = lock(&self.executors);
-        if let Some(entry) = executors.get_mut(&key) {
-            entry.jobs = entry.jobs.saturating_sub(1);
-            entry.last_used = Instant::now();
+    /// Forgets the job and stops its executor; returns once its processes are gone.
+    pub(super) async fn release(&self, job: JobId) {
+        let entry = lock(&self.jobs).remove(&job);
+        if let Some(entry) = entry {
+            entry.executor.close(JOB_ENDED).await;
         }
-        evict_idle(&mut executors);
     }
 
     /// Builds the plugin `hash` (fetching its archive unless the cache has it) and starts the
     /// job's executor with the job's limits.
-    pub(super) async fn prepare(&self, job: JobId, key: ExecutorKey) -> Result<(), TaskError> {
-        let library = match self.builder.cached(&key.hash).await {
+    pub(super) async fn prepare(
+        &self,
+        job: JobId,
+        owner: Owner,
+        hash: String,
+        params: String,
+        limits: ExecLimits,
+    ) -> Result<(), TaskError> {
+        if !self.executor.sandbox {
+            tracing::warn!(
+                job,
+                "the job's plugin runs without a sandbox (--insecure-no-sandbox): it has this worker's rights"
+            );
+        }
+        let library = match self.builder.cached(&hash).await {
             Some(built) => built.library,
-            None => self.fetch_and_build(job, &key.hash).await?,
+            None => self.fetch_and_build(job, &hash).await?,
         };
-        let (owner, hash) = (key.owner.clone(), key.hash.clone());
-        let warm = self.use_executor(job, key, library);
+        let warm = self.use_executor(job, (hash.clone(), params, limits), library);
         match warm.get().await {
             Ok(_) => {
                 tracing::info!(job, %owner, hash = short(&hash), "job prepared");
@@ -259,7 +267,7 @@ impl State {
             }
             Err(error) => {
                 tracing::warn!(job, %owner, hash = short(&hash), %error, "cannot start the job's executor");
-                self.release(job);
+                self.release(job).await;
                 Err(start_error(error))
             }
         }
@@ -294,18 +302,17 @@ impl State {
     }
 }
 
-/// Stops the least recently used idle executors beyond [`WARM_EXECUTORS`].
-fn evict_idle(executors: &mut HashMap<ExecutorKey, WarmEntry>) {
-    loop {
-        let idle: Vec<(&ExecutorKey, Instant)> =
-            executors.iter().filter(|(_, entry)| entry.jobs == 0).map(|(key, entry)| (key, entry.last_used)).collect();
-        if idle.len() <= WARM_EXECUTORS {
-            return;
-        }
-        let Some(oldest) = idle.iter().min_by_key(|(_, used)| *used).map(|(key, _)| (*key).clone()) else { return };
-        if let Some(entry) = executors.remove(&oldest) {
-            tracing::debug!(owner = %oldest.owner, hash = short(&oldest.hash), "stopping an idle executor");
-            entry.executor.kill("no job needs it any more");
+/// Stops the jobs' executors in the background (the callers cannot wait).
+fn close_all(jobs: Vec<JobEntry>, why: &'static str) {
+    for entry in jobs {
+        // At once, so that no call starts the executor again before the task runs.
+        *lock(&entry.executor.closed) = true;
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(async move { entry.executor.close(why).await });
+            }
+            // Without a runtime the executors' own tasks are gone; dropping them kills them.
+            Err(_) => drop(entry),
         }
     }
 }
@@ -330,44 +337,27 @@ mod tests {
     }
 
     fn key(n: u64) -> ExecutorKey {
-        ExecutorKey {
-            owner: Owner::key_holder(),
-            hash: format!("{n:064}"),
-            params: String::new(),
-            limits: ExecLimits::default(),
-        }
+        (format!("{n:064}"), String::new(), ExecLimits::default())
     }
 
-    fn warm_keys(state: &State) -> Vec<ExecutorKey> {
-        let mut keys: Vec<ExecutorKey> = lock(&state.executors).keys().cloned().collect();
-        keys.sort();
-        keys
-    }
-
-    #[test]
-    fn executors_of_running_jobs_are_kept_and_idle_ones_evicted_least_recently_used_first() {
+    #[tokio::test]
+    async fn each_job_has_its_own_executor_which_ends_with_it() {
         let state = state();
-        for job in 1..=6 {
-            state.use_executor(job, key(job), PathBuf::from("plugin.so"));
-        }
-        assert_eq!(warm_keys(&state).len(), 6, "executors that jobs use are never evicted");
+        let first = state.use_executor(1, key(3), PathBuf::from("plugin.so"));
+        let second = state.use_executor(2, key(3), PathBuf::from("plugin.so"));
+        assert!(!Arc::ptr_eq(&first, &second), "two jobs never share an executor");
+        assert!(Arc::ptr_eq(&state.use_executor(1, key(3), PathBuf::from("plugin.so")), &first));
+        assert!(Arc::ptr_eq(&state.job_executor(2).ok().unwrap(), &second));
 
-        for job in 1..=6 {
-            state.release(job);
-        }
-        assert_eq!(warm_keys(&state), (3..=6).map(key).collect::<Vec<_>>());
+        // Prepared again with other parameters, the job gets a new executor and the old one ends.
+        let replaced = state.use_executor(2, key(4), PathBuf::from("plugin.so"));
+        assert!(!Arc::ptr_eq(&replaced, &second));
+        assert!(matches!(second.check_open(), Err(ExecError::Stopped(_))));
 
-        // Two jobs with the same plugin and parameters share one executor.
-        let first = state.use_executor(7, key(3), PathBuf::from("plugin.so"));
-        let second = state.use_executor(8, key(3), PathBuf::from("plugin.so"));
-        assert!(Arc::ptr_eq(&first, &second));
-        assert!(Arc::ptr_eq(&state.job_executor(8).ok().unwrap(), &first));
+        state.release(1).await;
         assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
-
-        // The same plugin and parameters of another owner get an executor of their own.
-        let other = ExecutorKey { owner: Owner::web_user(1), ..key(3) };
-        let others = state.use_executor(9, other, PathBuf::from("plugin.so"));
-        assert!(!Arc::ptr_eq(&first, &others));
+        assert!(matches!(first.get().await, Err(ExecError::Stopped(_))), "a released job's executor never starts");
+        assert!(state.job_executor(2).is_ok());
     }
 
     #[test]
@@ -384,12 +374,12 @@ mod tests {
         assert_eq!((capped.memory_limit, capped.call_timeout), (Some(1 << 20), Duration::from_secs(1)));
     }
 
-    #[test]
-    fn a_new_registration_forgets_prepared_jobs_but_keeps_executors_warm() {
+    #[tokio::test]
+    async fn a_new_registration_forgets_prepared_jobs_and_stops_their_executors() {
         let state = state();
-        state.use_executor(1, key(1), PathBuf::from("plugin.so"));
+        let executor = state.use_executor(1, key(1), PathBuf::from("plugin.so"));
         state.forget_jobs();
         assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
-        assert_eq!(warm_keys(&state), [key(1)]);
+        assert!(matches!(executor.start_alone().await, Err(ExecError::Stopped(_))));
     }
 }
