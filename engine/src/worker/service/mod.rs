@@ -186,7 +186,8 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
 
     let processes = config.processes.max(1);
     let executor = ExecutorConfig { threads: processes as usize, ..config.executor.clone() };
-    let state = Arc::new(State::new(Builder::new(config.builder.clone()), executor));
+    let builder = config.builder.clone().sandboxed_like_executors(&executor.program, executor.sandbox);
+    let state = Arc::new(State::new(Builder::new(builder), executor));
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();

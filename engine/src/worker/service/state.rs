@@ -255,9 +255,9 @@ impl State {
                 "the job's plugin runs without a sandbox (--insecure-no-sandbox): it has this worker's rights"
             );
         }
-        let library = match self.builder.cached(&hash).await {
+        let library = match self.builder.cached(&owner, &hash).await {
             Some(built) => built.library,
-            None => self.fetch_and_build(job, &hash).await?,
+            None => self.fetch_and_build(job, &owner, &hash).await?,
         };
         let warm = self.use_executor(job, (hash.clone(), params, limits), library);
         match warm.get().await {
@@ -273,7 +273,7 @@ impl State {
         }
     }
 
-    async fn fetch_and_build(&self, job: JobId, hash: &str) -> Result<PathBuf, TaskError> {
+    async fn fetch_and_build(&self, job: JobId, owner: &Owner, hash: &str) -> Result<PathBuf, TaskError> {
         let (controller, registration) = self.controller()?;
         let mut ctx = context::current();
         ctx.deadline = Instant::now() + FETCH_DEADLINE;
@@ -292,7 +292,7 @@ impl State {
             );
         }
         let progress = |line: &str| tracing::info!(target: "kiln::build", "{line}");
-        match self.builder.build(&tree, &progress).await {
+        match self.builder.build(owner, &tree, &progress).await {
             Ok(built) => Ok(built.library),
             Err(error) => {
                 tracing::warn!(job, hash = short(hash), "plugin build failed");
