@@ -49,6 +49,7 @@ use serde_bytes::ByteBuf;
 use tarpc::context::{self, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
+use crate::owner::{Owner, OwnerError};
 use crate::rpc::{
     ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES,
     RpcError, Secret, WATCH_WAIT, WorkerId,
@@ -89,6 +90,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 /// How a job is to be run. The defaults leave each choice to the controller.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SubmitOptions {
+    /// Who the job belongs to (an [`Owner`] name); empty: the API key's holder,
+    /// [`Owner::key_holder`]. Holding the key entitles to any owner.
+    pub owner: String,
     /// Parameters passed to the plugin's `new`.
     pub params: String,
     /// Chunks in flight per worker (0: the controller's default).
@@ -160,6 +164,9 @@ pub enum ClientError {
     /// The controller refused the request.
     #[error(transparent)]
     Rpc(RpcError),
+    /// The owner asked for is not a usable name.
+    #[error("cannot submit the job: {0}")]
+    Owner(#[from] OwnerError),
     /// The plugin's source could not be read or is not a valid crate.
     #[error("cannot use the plugin: {0}")]
     Plugin(#[from] SourceError),
@@ -313,8 +320,13 @@ impl Client {
         options: SubmitOptions,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
+        let owner = match options.owner.as_str() {
+            "" => Owner::key_holder(),
+            name => Owner::parse(name)?,
+        };
         let plugin_hash = self.upload_plugin(plugin).await?;
         let spec = JobSpec {
+            owner: owner.as_str().to_owned(),
             plugin_hash,
             params: options.params,
             processes: options.processes,

@@ -9,6 +9,7 @@
 //! - [`rpc`]: the tarpc services between clients, the controller and workers.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
 //! - [`memory`]: allocator settings for the long-running services.
+//! - [`owner`]: who a job belongs to, and the owner's directory name on workers.
 //! - [`sandbox`]: confining a process before it runs untrusted code (namespaces, landlock,
 //!   seccomp, limits).
 //! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
@@ -18,6 +19,7 @@ pub mod client;
 pub mod controller;
 pub mod local;
 pub mod memory;
+pub mod owner;
 pub mod rpc;
 pub mod sandbox;
 pub mod tls;

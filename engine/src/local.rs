@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use crate::chunk::{ChunkError, Chunker, InputChunk};
+use crate::owner::Owner;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig, SourceError, read_source};
 use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
 
@@ -124,8 +125,11 @@ pub async fn run_local(
     let source = tokio::task::spawn_blocking(move || read_source(&plugin_path))
         .await
         .map_err(|e| LocalError::Start(ExecError::Stopped(format!("reading the plugin panicked: {e}"))))??;
-    let builder = Builder::new(config.builder.clone());
-    let built = builder.build(&source, progress).await?;
+    let builder = Builder::new(
+        config.builder.clone().sandboxed_like_executors(&config.executor.program, config.executor.sandbox),
+    );
+    // The one running `kiln run-local` holds everything on this machine: the key holder.
+    let built = builder.build(&Owner::key_holder(), &source, progress).await?;
     let build_time = started.elapsed();
 
     let started = Instant::now();

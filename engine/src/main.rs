@@ -53,6 +53,9 @@ enum Command {
         #[arg(long)]
         sandbox_dir: Option<PathBuf>,
     },
+    /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
+    #[command(hide = true, name = "sandboxed-build")]
+    SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
 }
 
 #[derive(clap::Args)]
@@ -75,7 +78,7 @@ struct RunLocalArgs {
     /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// The cargo target directory shared by plugin builds (default: CACHE_DIR/target).
+    /// Where each owner's cargo target directory and cargo home go (default: CACHE_DIR/target).
     #[arg(long, env = "KILN_TARGET_DIR")]
     target_dir: Option<PathBuf>,
     /// The longest one chunk may run, in seconds.
@@ -95,6 +98,11 @@ fn main() -> ExitCode {
     // The daemons say what they do; the other commands only what went wrong.
     let result = match cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
+        // Confines itself and becomes cargo; it never logs.
+        Command::SandboxedBuild(args) => {
+            eprintln!("kiln sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
+            return ExitCode::from(70);
+        }
         Command::Exec { threads, sandbox_dir } => {
             return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
                 Ok(()) => ExitCode::SUCCESS,

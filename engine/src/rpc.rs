@@ -27,7 +27,9 @@ use serde_bytes::ByteBuf;
 /// `run_chunk`.
 /// Version 4: TLS on every link; a worker sends its public key at registration, gets a
 /// certificate, and is dialled back on `activate`; `renew`, `remove_worker`.
-pub const PROTOCOL_VERSION: u32 = 4;
+/// Version 5: a job carries its owner ([`JobSpec::owner`]), which `prepare` passes to the
+/// worker, and summaries and statuses show it.
+pub const PROTOCOL_VERSION: u32 = 5;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
 /// batch of partials for aggregation, with room to spare.
@@ -154,6 +156,10 @@ pub struct Registration {
 /// What a client asks the controller to run.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobSpec {
+    /// Who the job belongs to (an [`Owner`](crate::owner::Owner) name, checked by the
+    /// controller): workers keep each owner's builds and executors apart.
+    #[serde(default)]
+    pub owner: String,
     /// The plugin's content hash, as returned by `upload_plugin`.
     pub plugin_hash: String,
     /// Parameters passed to the plugin's `new`.
@@ -198,6 +204,31 @@ impl JobSpec {
     /// The executor limits the job asks for.
     pub fn limits(&self) -> ExecLimits {
         ExecLimits { memory_limit: self.memory_limit, chunk_timeout_ms: self.chunk_timeout_ms }
+    }
+}
+
+/// What a worker needs to prepare a job: whose it is, its plugin, parameters and limits.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct JobPlugin {
+    /// The job's owner ([`JobSpec::owner`]).
+    pub owner: String,
+    /// The plugin's content hash.
+    pub plugin_hash: String,
+    /// Parameters passed to the plugin's `new`.
+    pub params: String,
+    /// The executor limits the job asks for.
+    pub limits: ExecLimits,
+}
+
+impl JobSpec {
+    /// What a worker needs to prepare this job.
+    pub fn plugin(&self) -> JobPlugin {
+        JobPlugin {
+            owner: self.owner.clone(),
+            plugin_hash: self.plugin_hash.clone(),
+            params: self.params.clone(),
+            limits: self.limits(),
+        }
     }
 }
 
@@ -289,6 +320,9 @@ pub struct WorkerProgress {
 pub struct JobStatus {
     /// The job.
     pub id: JobId,
+    /// Who the job belongs to.
+    #[serde(default)]
+    pub owner: String,
     /// Incremented on every change, for long-polling with `watch`.
     pub seq: u64,
     /// Where the job is.
@@ -331,6 +365,9 @@ pub struct JobStatus {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct JobSummary {
     pub id: JobId,
+    /// Who the job belongs to.
+    #[serde(default)]
+    pub owner: String,
     pub state: JobState,
     pub input_name: String,
     pub n_chunks: u64,
@@ -457,16 +494,11 @@ pub trait Controller {
 /// A worker's service; only the controller it registered with may call it.
 #[tarpc::service]
 pub trait Worker {
-    /// Makes the job's plugin ready: fetches the archive if its cache lacks the hash, builds
-    /// it, and starts an executor with the job's parameters and limits. A build failure comes
-    /// back as `RpcError::Build` with cargo's diagnostics.
-    async fn prepare(
-        secret: Secret,
-        job: JobId,
-        plugin_hash: String,
-        params: String,
-        limits: ExecLimits,
-    ) -> Result<(), TaskError>;
+    /// Makes the job's plugin ready for its owner: fetches the archive if the owner's cache
+    /// lacks the hash, builds it in the owner's directories, and starts an executor with the
+    /// job's parameters and limits. A build failure comes back as `RpcError::Build` with
+    /// cargo's diagnostics.
+    async fn prepare(secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError>;
 
     /// Runs a batch of chunks of a prepared job, one after another in the job's executor (the
     /// batch takes one of the worker's slots), and answers one result per chunk, in order: the

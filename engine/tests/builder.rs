@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Instant;
 
+use kiln_engine::owner::Owner;
 use kiln_engine::worker::builder::{
     BuildError, Builder, BuilderConfig, SourceError, SourceLimits, SourceTree, read_source, read_source_with_limits,
 };
@@ -51,13 +52,20 @@ impl MapReduce for LineCount {
 kiln_plugin_api::export_plugin!(LineCount);
 "#;
 
-/// A builder with a fresh cache in `cache_dir` and the tests' shared target directory.
+/// A builder with a fresh cache in `cache_dir` and the tests' shared target directory,
+/// building in the sandbox like a worker.
 fn builder(cache_dir: &Path) -> Builder {
     Builder::new(BuilderConfig {
         cache_dir: cache_dir.to_owned(),
         target_dir: PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("plugin-target"),
         cargo: PathBuf::from("cargo"),
+        sandbox: Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln"))),
     })
+}
+
+/// The owner of every build here: the same as the other tests', so dependencies compile once.
+fn cli() -> Owner {
+    Owner::key_holder()
 }
 
 /// Writes `files` (path, contents) under `dir` and returns `dir`.
@@ -82,7 +90,7 @@ async fn build(
     source: &SourceTree,
 ) -> (Result<kiln_engine::worker::builder::BuiltPlugin, BuildError>, Vec<String>) {
     let lines = Mutex::new(Vec::new());
-    let result = builder.build(source, &|line: &str| lines.lock().unwrap().push(line.to_owned())).await;
+    let result = builder.build(&cli(), source, &|line: &str| lines.lock().unwrap().push(line.to_owned())).await;
     (result, lines.into_inner().unwrap())
 }
 
@@ -157,13 +165,14 @@ async fn builds_a_valid_crate_into_a_library_exporting_the_api_version() {
 
     assert!(!built.cached);
     assert_eq!(built.hash, source.hash());
-    assert!(built.library.starts_with(temp.path().join("cache/plugins").join(&built.hash)), "{built:?}");
+    let owners = temp.path().join("cache/owners").join(cli().dir_name());
+    assert!(built.library.starts_with(owners.join("plugins").join(&built.hash)), "{built:?}");
     let library = fs::read(&built.library).unwrap();
     assert!(library.windows(23).any(|window| window == b"kiln_plugin_api_version"));
     assert!(progress.iter().any(|line| line.starts_with("Compiling linecount")), "{progress:?}");
     assert_eq!(builder.cargo_invocations(), 1);
     // The crate was built from a copy made its own workspace; the upload is left alone.
-    let copy = fs::read_to_string(temp.path().join("cache/src").join(&built.hash).join("Cargo.toml")).unwrap();
+    let copy = fs::read_to_string(owners.join("src").join(&built.hash).join("Cargo.toml")).unwrap();
     assert!(copy.ends_with("\n[workspace]\n"), "{copy}");
     assert!(!temp.path().join("crate/Cargo.lock").exists());
 }
@@ -173,20 +182,20 @@ async fn an_unchanged_crate_comes_from_the_cache_without_cargo() {
     let temp = tempfile::tempdir().unwrap();
     let cache = temp.path().join("cache");
     let source = plugin_crate(&temp.path().join("crate"), "cached");
-    let first = builder(&cache).build(&source, &|_| {}).await.unwrap();
+    let first = builder(&cache).build(&cli(), &source, &|_| {}).await.unwrap();
 
     let no_cargo =
         Builder::new(BuilderConfig { cargo: temp.path().join("no-such-cargo"), ..BuilderConfig::new(&cache) });
     let started = Instant::now();
     let again = read_source(&temp.path().join("crate")).unwrap();
-    let second = no_cargo.build(&again, &|_| {}).await.unwrap();
+    let second = no_cargo.build(&cli(), &again, &|_| {}).await.unwrap();
     eprintln!("cached build took {:?}", started.elapsed());
 
     assert!(second.cached);
     assert_eq!(second.library, first.library);
     assert_eq!(no_cargo.cargo_invocations(), 0);
-    assert_eq!(no_cargo.cached(&first.hash).await, Some(second));
-    assert_eq!(no_cargo.cached("../../etc").await, None);
+    assert_eq!(no_cargo.cached(&cli(), &first.hash).await, Some(second));
+    assert_eq!(no_cargo.cached(&cli(), "../../etc").await, None);
 }
 
 #[tokio::test]
@@ -198,9 +207,9 @@ async fn concurrent_builds_of_one_crate_run_cargo_once() {
 
     let first = tokio::spawn({
         let source = source.clone();
-        async move { builder.build(&source, &|_| {}).await }
+        async move { builder.build(&cli(), &source, &|_| {}).await }
     });
-    let second = other.build(&source, &|_| {}).await.unwrap();
+    let second = other.build(&cli(), &source, &|_| {}).await.unwrap();
     let first = first.await.unwrap().unwrap();
 
     assert_eq!(other.cargo_invocations(), 1);
@@ -218,7 +227,7 @@ async fn a_single_rs_file_builds_through_the_template() {
     let source = read_source(&upload).unwrap();
     assert_eq!(source.package_name(), "plugin");
     assert_eq!(source.paths().collect::<Vec<_>>(), ["Cargo.toml", "src/lib.rs"]);
-    let built = builder(&temp.path().join("cache")).build(&source, &|_| {}).await.unwrap();
+    let built = builder(&temp.path().join("cache")).build(&cli(), &source, &|_| {}).await.unwrap();
     assert!(fs::metadata(&built.library).unwrap().len() > 0);
 }
 
@@ -396,7 +405,7 @@ async fn a_type_error_comes_back_as_rustc_diagnostics() {
     assert!(matches!(error, BuildError::Compile { .. }), "{message}");
     assert!(message.contains(&format!("src/lib.rs:{line}:")), "{message}");
     assert!(message.contains("mismatched types"), "{message}");
-    assert!(!temp.path().join("cache/plugins").exists());
+    assert!(!temp.path().join("cache/owners").join(cli().dir_name()).join("plugins").exists());
 }
 
 #[tokio::test]
@@ -433,5 +442,5 @@ fn the_builder_is_shareable_across_tasks() {
     assert!(builder.config().cache_dir.is_absolute());
     assert_eq!(builder.config().target_dir, builder.config().cache_dir.join("target"));
     let source = SourceTree::from_single_file(b"").unwrap();
-    send(&builder.build(&source, &|_| {}));
+    send(&builder.build(&cli(), &source, &|_| {}));
 }

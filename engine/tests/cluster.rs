@@ -132,6 +132,12 @@ fn two_jobs_submitted_at_once_both_complete_correctly() {
     let jobs: Value = serde_json::from_str(&jobs.stdout).unwrap();
     let states: Vec<&str> = jobs.as_array().unwrap().iter().map(|job| job["state"].as_str().unwrap()).collect();
     assert_eq!(states, ["Succeeded", "Succeeded"]);
+    let owners: Vec<&str> = jobs.as_array().unwrap().iter().map(|job| job["owner"].as_str().unwrap()).collect();
+    assert_eq!(owners, ["cli", "cli"], "jobs submitted with the key belong to its holder by default");
+    let table = cluster.kiln(&["jobs"]);
+    assert!(table.stdout.contains("OWNER") && table.stdout.contains(" cli "), "{}", table.stdout);
+    let refused = cluster.submit(&wordcount, &words_input, &["--owner", "../x"]);
+    assert!(!refused.success && refused.stderr.contains("owner name `../x`"), "{}", refused.stderr);
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
-use kiln_engine::rpc::{ChunkInput, ExecLimits, Secret, TaskError, WorkerClient};
+use kiln_engine::rpc::{ChunkInput, ExecLimits, JobPlugin, Secret, TaskError, WorkerClient};
 use kiln_engine::tls::ca::self_signed;
 use kiln_engine::tls::key::Trust;
 use kiln_engine::tls::link;
@@ -117,10 +117,13 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
             let ctx = tarpc::context::current;
             let guess = Secret::generate();
             let params = format!("record={}", intruder_record.display());
-            let limits = ExecLimits::default();
-            refused(worker.prepare(ctx(), guess.clone(), 999, plugin_hash.clone(), params, limits).await, "prepare");
+            let plugin =
+                JobPlugin { owner: "cli".into(), plugin_hash: plugin_hash.clone(), params, limits: ExecLimits::default() };
+            refused(worker.prepare(ctx(), guess.clone(), 999, plugin).await, "prepare");
             let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
             refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
+            refused(worker.combine(ctx(), guess.clone(), job, vec![]).await, "combine");
+            refused(worker.aggregate(ctx(), guess.clone(), job, vec![]).await, "aggregate");
             refused(worker.release(ctx(), guess.clone(), job).await, "release");
         }
     });

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
 use kiln_engine::rpc::{
-    ChunkInput, ControllerClient, ExecLimits, FailureKind, JobId, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES,
+    ChunkInput, ControllerClient, FailureKind, JobId, JobPlugin, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES,
     PROTOCOL_VERSION, RpcError, Secret, TaskError, Worker, WorkerInfo,
 };
 use kiln_engine::worker::builder::SourceTree;
@@ -59,7 +59,7 @@ struct Record {
     runs: Mutex<Vec<(JobId, u64)>>,
     /// The first lines of the chunks of each call, in order.
     batches: Mutex<Vec<Vec<u64>>>,
-    prepared: Mutex<Vec<JobId>>,
+    prepared: Mutex<Vec<(JobId, String)>>,
     released: Mutex<Vec<JobId>>,
     /// How many partials the last `aggregate` received.
     aggregated: AtomicU64,
@@ -159,17 +159,9 @@ fn merge(partials: &[ByteBuf]) -> Result<Partial, TaskError> {
 }
 
 impl Worker for FakeWorker {
-    async fn prepare(
-        self,
-        _: Context,
-        secret: Secret,
-        job: JobId,
-        _: String,
-        _: String,
-        _: ExecLimits,
-    ) -> Result<(), TaskError> {
+    async fn prepare(self, _: Context, secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError> {
         self.check(&secret).await?;
-        self.record.prepared.lock().unwrap().push(job);
+        self.record.prepared.lock().unwrap().push((job, plugin.owner));
         match &self.knobs.build_error {
             Some(diagnostics) => Err(TaskError::Rpc(RpcError::Build(diagnostics.clone()))),
             None => Ok(()),
@@ -351,6 +343,7 @@ impl Cluster {
     /// The spec of a job in `CHUNK_SIZE` chunks.
     async fn spec(&self, processes: u32, max_attempts: u32) -> JobSpec {
         JobSpec {
+            owner: "cli".into(),
             plugin_hash: self.upload_plugin().await,
             params: String::new(),
             processes,
@@ -480,6 +473,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     let c = &cluster.client;
     let archive = ByteBuf::from(SourceTree::from_single_file(b"\n").unwrap().to_tar_gz());
     let spec = JobSpec {
+        owner: "cli".into(),
         plugin_hash: "ab".into(),
         params: String::new(),
         processes: 1,
@@ -862,6 +856,7 @@ async fn empty_input_aggregates_no_partials_and_bad_input_names_its_line() {
     assert_eq!(cluster.result(empty).await.unwrap(), "{}");
 
     let spec = JobSpec {
+        owner: "cli".into(),
         plugin_hash: cluster.upload_plugin().await,
         params: String::new(),
         processes: 1,
@@ -936,6 +931,30 @@ async fn finished_job_and_secrets_survive_a_restart() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jobs_owner_is_checked_stored_listed_and_sent_to_the_workers() {
+    let cluster = Cluster::new().await;
+    let worker = cluster.worker("w", quick(), 2).await;
+    let spec = JobSpec { owner: "web:42".into(), ..cluster.spec(2, 0).await };
+    let job = cluster.submit_spec(&words(14, 300), spec.clone()).await;
+    let status = cluster.finish(job).await;
+    assert_eq!((status.state, status.owner.as_str()), (JobState::Succeeded, "web:42"));
+    assert_eq!(worker.record.prepared.lock().unwrap().clone(), [(job, "web:42".to_owned())]);
+    let jobs = cluster.client.list_jobs(context::current(), cluster.key.clone()).await.unwrap().unwrap();
+    assert_eq!((jobs[0].id, jobs[0].owner.as_str()), (job, "web:42"));
+
+    // Owners become directory names on workers: anything but a plain name is refused.
+    for owner in ["", "../../etc", "a/b", "web 1", ".x"] {
+        let spec = JobSpec { owner: owner.into(), ..spec.clone() };
+        let refused = cluster.client.create_job(context::current(), cluster.key.clone(), spec).await.unwrap();
+        assert!(matches!(&refused, Err(RpcError::Invalid(m)) if m.contains("owner")), "{owner:?}: {refused:?}");
+    }
+    let jobs = cluster.client.list_jobs(context::current(), cluster.key.clone()).await.unwrap().unwrap();
+    assert_eq!(jobs.len(), 1, "no job was created under a refused owner");
+    worker.kill().await;
+    cluster.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unfinished_job_resumes_after_a_restart_without_redoing_stored_chunks() {
     let cluster = Cluster::new().await;
     let worker = cluster.worker("before", slow(20), 2).await;
@@ -967,6 +986,7 @@ impl Cluster {
     /// Creates a job of the word count, without input.
     async fn create(&self, processes: u32) -> JobId {
         let spec = JobSpec {
+            owner: "cli".into(),
             plugin_hash: self.upload_plugin().await,
             params: String::new(),
             processes,

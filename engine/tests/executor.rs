@@ -14,8 +14,13 @@ use util::{fixture, plugin_target_dir, shared_cache_dir};
 async fn misbehave_library() -> PathBuf {
     let mut config = BuilderConfig::new(shared_cache_dir());
     config.target_dir = plugin_target_dir();
+    config.sandbox = Some(PathBuf::from(env!("CARGO_BIN_EXE_kiln")));
     let source = read_source(&fixture("misbehave")).expect("fixture readable");
-    Builder::new(config).build(&source, &|_| {}).await.expect("fixture builds").library
+    Builder::new(config)
+        .build(&kiln_engine::owner::Owner::key_holder(), &source, &|_| {})
+        .await
+        .expect("fixture builds")
+        .library
 }
 
 fn config() -> ExecutorConfig {

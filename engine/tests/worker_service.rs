@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::rpc::{
-    ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
+    ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobPlugin, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
     Registration, RpcError, Secret, TaskError, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
 };
 use kiln_engine::worker::builder::{BuilderConfig, read_source};
@@ -166,6 +166,11 @@ async fn start_worker(controller: SocketAddr, token: &str, cache: &std::path::Pa
     service::start(WorkerConfig::new(controller.to_string(), token, builder, executor)).await.unwrap()
 }
 
+/// What `prepare` gets for the key holder's job of plugin `hash`.
+fn plugin(hash: impl Into<String>, params: impl Into<String>, limits: ExecLimits) -> JobPlugin {
+    JobPlugin { owner: "cli".into(), plugin_hash: hash.into(), params: params.into(), limits }
+}
+
 /// Waits until `check` holds for what the stand-in saw.
 async fn until(stand_in: &StandIn, what: &str, check: impl Fn(&Seen) -> bool) {
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -232,7 +237,7 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     // A stranger is refused before anything happens: nothing is fetched or built.
     let stranger = Secret::generate();
     assert!(is_unauthorized(
-        client.prepare(long(), stranger.clone(), 1, hash.clone(), String::new(), limits).await.unwrap()
+        client.prepare(long(), stranger.clone(), 1, plugin(hash.clone(), String::new(), limits)).await.unwrap()
     ));
     let chunk = b"a b a\n";
     assert!(is_unauthorized(run_one(&client, &stranger, 1, 1, chunk).await));
@@ -240,7 +245,7 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
 
     // Its controller prepares a job (fetch, build, executor) and runs chunks.
     assert_eq!(run_one(&client, &secret, 1, 1, chunk).await, Err(TaskError::NotPrepared(1)));
-    client.prepare(long(), secret.clone(), 1, hash.clone(), String::new(), limits).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 1, plugin(hash.clone(), String::new(), limits)).await.unwrap().unwrap();
     let first = run_one(&client, &secret, 1, 1, chunk).await.unwrap();
     let second = run_one(&client, &secret, 1, 2, b"b c\n").await.unwrap();
     let merged = client.combine(long(), secret.clone(), 1, vec![first.clone(), second.clone()]).await.unwrap().unwrap();
@@ -255,20 +260,21 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     // A second job with the same plugin: no fetch, and its executor is warm at once.
     client.release(long(), secret.clone(), 1).await.unwrap().unwrap();
     let started = Instant::now();
-    client.prepare(long(), secret.clone(), 2, hash.clone(), String::new(), limits).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 2, plugin(hash.clone(), String::new(), limits)).await.unwrap().unwrap();
     assert!(started.elapsed() < Duration::from_millis(500), "prepare took {:?}", started.elapsed());
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 1);
     let answer = run_one(&client, &secret, 1, 1, b"x\n").await;
     assert_eq!(answer, Err(TaskError::NotPrepared(1)), "job 1 was released");
 
     // Parameters the plugin refuses are fatal, not worth a retry.
-    let refused = client.prepare(long(), secret.clone(), 3, hash.clone(), "nonsense".to_owned(), limits).await.unwrap();
+    let refused =
+        client.prepare(long(), secret.clone(), 3, plugin(hash.clone(), "nonsense".to_owned(), limits)).await.unwrap();
     assert!(
         matches!(&refused, Err(TaskError::Fatal(message)) if message.contains("takes no parameters")),
         "{refused:?}"
     );
     // A hash the controller does not have.
-    let missing = client.prepare(long(), secret, 4, "0".repeat(64), String::new(), limits).await.unwrap();
+    let missing = client.prepare(long(), secret, 4, plugin("0".repeat(64), String::new(), limits)).await.unwrap();
     assert!(matches!(missing, Err(TaskError::Rpc(RpcError::NotFound(_)))), "{missing:?}");
     worker.shutdown().await;
 }
@@ -294,7 +300,11 @@ async fn a_crash_is_charged_to_the_chunk_that_caused_it_and_a_timeout_spares_the
     // The chunk at line 1 segfaults while the one at line 11 sleeps in the same executor: both
     // calls fail, each runs again alone, and only the culprit's failure comes back.
     let params = "segfault-at=1,sleep-at=11:1500".to_owned();
-    client.prepare(long(), secret.clone(), 1, hash.clone(), params, ExecLimits::default()).await.unwrap().unwrap();
+    client
+        .prepare(long(), secret.clone(), 1, plugin(hash.clone(), params, ExecLimits::default()))
+        .await
+        .unwrap()
+        .unwrap();
     let bystander = run(1, 11);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let culprit = run(1, 1).await.unwrap();
@@ -306,7 +316,7 @@ async fn a_crash_is_charged_to_the_chunk_that_caused_it_and_a_timeout_spares_the
     // the culprit times out, the bystander is interrupted, which costs it no attempt.
     let params = "loop-at=1,sleep-at=11:2500".to_owned();
     let limits = ExecLimits { chunk_timeout_ms: 3_000, ..ExecLimits::default() };
-    client.prepare(long(), secret.clone(), 2, hash.clone(), params, limits).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 2, plugin(hash.clone(), params, limits)).await.unwrap().unwrap();
     let culprit = run(2, 1);
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let bystander = run(2, 11);
@@ -342,7 +352,7 @@ async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
     let refused = client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11])).await.unwrap();
     assert_eq!(refused, Err(TaskError::NotPrepared(1)), "the whole call is refused");
     let params = "panic-at=25,segfault-at=45,sleep-at=101:1000".to_owned();
-    client.prepare(long(), secret.clone(), 1, hash, params, ExecLimits::default()).await.unwrap().unwrap();
+    client.prepare(long(), secret.clone(), 1, plugin(hash, params, ExecLimits::default())).await.unwrap().unwrap();
 
     // A batch in the other slot, sleeping in the same executor when the segfault strikes: it is
     // a bystander, and its chunks answer normally (its sleeper run again alone if need be).

@@ -65,10 +65,18 @@ enum Command {
         #[arg(long)]
         sandbox_dir: Option<PathBuf>,
     },
+    /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
+    #[command(hide = true, name = "sandboxed-build")]
+    SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(Command::SandboxedBuild(args)) = cli.command {
+        // Confines itself and becomes cargo; it never logs.
+        eprintln!("kiln-web sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
+        return ExitCode::from(70);
+    }
     if let Some(Command::Exec { threads, sandbox_dir }) = cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
         return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {

@@ -68,7 +68,7 @@ pub struct WorkerArgs {
     /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
     #[arg(long, env = "KILN_CACHE_DIR")]
     cache_dir: Option<PathBuf>,
-    /// The cargo target directory shared by plugin builds (default: CACHE_DIR/target).
+    /// Where each owner's cargo target directory and cargo home go (default: CACHE_DIR/target).
     #[arg(long, env = "KILN_TARGET_DIR")]
     target_dir: Option<PathBuf>,
     /// The address the worker serves the controller on.

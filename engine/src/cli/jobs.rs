@@ -47,6 +47,10 @@ pub struct SubmitArgs {
     /// Parameters passed to the plugin's `new`.
     #[arg(long, default_value = "")]
     params: String,
+    /// Who the job belongs to: workers keep each owner's builds and executors apart
+    /// (default: cli, the API key's holder; letters, digits and `._-:@+`).
+    #[arg(long, default_value = kiln_engine::owner::KEY_HOLDER)]
+    owner: String,
     /// The size of the chunks the input is cut into, e.g. 4MiB or 65536 (default: 4MiB).
     #[arg(long, value_parser = crate::parse_size)]
     chunk_size: Option<usize>,
@@ -121,6 +125,7 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         .with_context(|| format!("cannot read the input {}", args.input.display()))?
         .len();
     let options = SubmitOptions {
+        owner: args.owner,
         params: args.params,
         processes: args.processes.unwrap_or(0),
         input_name: String::new(),
@@ -222,11 +227,12 @@ pub fn jobs(args: ListArgs) -> anyhow::Result<()> {
             println!("{}", serde_json::to_string_pretty(&jobs)?);
             return Ok(());
         }
-        println!("{:>6}  {:<12} {:>15}  {:<20} INPUT", "JOB", "STATE", "CHUNKS", "CREATED");
+        println!("{:>6}  {:<12} {:<16} {:>15}  {:<20} INPUT", "JOB", "STATE", "OWNER", "CHUNKS", "CREATED");
         for job in jobs {
             let chunks = format!("{}/{}", job.chunks_done, job.n_chunks);
             let created = age(job.created_ms);
-            println!("{:>6}  {:<12} {:>15}  {:<20} {}", job.id, state_word(job.state), chunks, created, job.input_name);
+            let (state, owner) = (state_word(job.state), shorten(&job.owner, 16));
+            println!("{:>6}  {:<12} {:<16} {:>15}  {:<20} {}", job.id, state, owner, chunks, created, job.input_name);
         }
         Ok(())
     })
@@ -336,8 +342,9 @@ fn summary(status: &JobStatus) -> String {
 /// A job's status as text, for `kiln status`.
 fn describe(status: &JobStatus) -> String {
     let mut text = format!(
-        "job {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {}, {}, {} ({} finished first)\n",
+        "job {} of {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {}, {}, {} ({} finished first)\n",
         status.id,
+        status.owner,
         state_word(status.state),
         status.chunks_done,
         status.n_chunks,

@@ -20,7 +20,7 @@ use super::Shared;
 use super::jobs::{Aggregation, CALL_MARGIN, GroupState, Prep};
 use super::store::{ChunkMeta, state_name};
 use super::workers::WorkerHandle;
-use crate::rpc::{ExecLimits, FailureKind, JobFailure, JobId, JobState, RpcError, TaskError, WorkerId};
+use crate::rpc::{FailureKind, JobFailure, JobId, JobPlugin, JobState, RpcError, TaskError, WorkerId};
 use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
 
 /// How long a worker may take to prepare a job: fetching the archive, a cold cargo build of
@@ -39,7 +39,7 @@ const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
 /// Something the scheduler decided to start.
 pub(super) enum Action {
     /// Make a worker ready for a job.
-    Prepare { worker: WorkerHandle, job: JobId, plugin_hash: String, params: String, limits: ExecLimits },
+    Prepare { worker: WorkerHandle, job: JobId, plugin: JobPlugin },
     /// Run a copy of each of these chunks in one call, until it answers or `cancel` is notified.
     Run { worker: WorkerHandle, job: JobId, chunks: Vec<(u64, ChunkMeta)>, cancel: Arc<Notify>, deadline: Duration },
     /// Merge the partials of a complete group.
@@ -129,10 +129,10 @@ pub(super) async fn run_scheduler(shared: Arc<Shared>) {
 
 async fn perform(shared: Arc<Shared>, action: Action) {
     match action {
-        Action::Prepare { worker, job, plugin_hash, params, limits } => {
+        Action::Prepare { worker, job, plugin } => {
             debug!(job, worker = worker.id, "preparing");
             let ctx = deadline_in(PREPARE_DEADLINE);
-            let result = worker.client.prepare(ctx, worker.secret(), job, plugin_hash, params, limits).await;
+            let result = worker.client.prepare(ctx, worker.secret(), job, plugin).await;
             on_prepared(&shared, job, worker.id, classify(result, PREPARE_DEADLINE)).await;
         }
         Action::Run { worker, job, chunks, cancel, deadline } => {

@@ -517,6 +517,7 @@ pub(super) mod tests {
     /// A queued job of `n_chunks` one-line chunks, in groups of 4.
     pub(in crate::controller) fn job(n_chunks: u64) -> Job {
         let spec = JobSpec {
+            owner: "cli".into(),
             plugin_hash: "h".into(),
             params: String::new(),
             processes: 2,

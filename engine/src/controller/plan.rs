@@ -207,12 +207,6 @@ fn start_prepare(job: &mut Job, worker: &WorkerEntry, actions: &mut Vec<Action>)
         return false;
     }
     job.prepared.insert(worker.id, Prep::Preparing);
-    actions.push(Action::Prepare {
-        worker: worker.handle(),
-        job: job.id,
-        plugin_hash: job.spec.plugin_hash.clone(),
-        params: job.spec.params.clone(),
-        limits: job.spec.limits(),
-    });
+    actions.push(Action::Prepare { worker: worker.handle(), job: job.id, plugin: job.spec.plugin() });
     true
 }

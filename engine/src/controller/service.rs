@@ -18,6 +18,7 @@ use super::jobs::Job;
 use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
 use crate::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
+use crate::owner::Owner;
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
     WATCH_WAIT, WorkerCertificate, WorkerId, WorkerInfo,
@@ -80,6 +81,10 @@ impl ControllerService {
 
 /// Checks a job spec and fills in its defaults.
 fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
+    // The owner becomes part of directory names on workers; the client library always sends one.
+    if let Err(error) = Owner::parse(&spec.owner) {
+        return Err(RpcError::Invalid(format!("the job's owner is not usable: {error}")));
+    }
     if !is_plugin_hash(&spec.plugin_hash) {
         return Err(RpcError::Invalid(format!("`{}` is not a plugin hash: upload the plugin first", spec.plugin_hash)));
     }
@@ -184,7 +189,7 @@ impl Controller for ControllerService {
             super::dispatch::fail_internal(&self.shared, job_id, format!("cannot create the input file: {e}")).await;
             return Err(internal(format!("cannot create {}: {e}", path.display())));
         }
-        info!(job = job_id, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
+        info!(job = job_id, owner = %spec.owner, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
         let spool = Spool::new(path, spec.chunk_size);
         let job = Job::new(job_id, spec, created_ms, spool);
         self.shared.with_state(|st| {
@@ -308,6 +313,7 @@ mod tests {
 
     fn spec() -> JobSpec {
         JobSpec {
+            owner: "cli".into(),
             plugin_hash: "ab12".into(),
             params: String::new(),
             processes: 2,
@@ -328,6 +334,10 @@ mod tests {
         assert!(matches!(bad_hash, RpcError::Invalid(_)));
         let huge = normalize(JobSpec { chunk_size: u64::MAX, ..spec.clone() }).unwrap_err();
         assert!(matches!(huge, RpcError::Invalid(m) if m.contains("chunk size")));
+        for owner in ["", "../a", "a/b"] {
+            let bad_owner = normalize(JobSpec { owner: owner.into(), ..spec.clone() }).unwrap_err();
+            assert!(matches!(bad_owner, RpcError::Invalid(m) if m.contains("owner")), "{owner:?}");
+        }
         let tiny = normalize(JobSpec { memory_limit: 1 << 20, ..spec }).unwrap_err();
         assert!(matches!(tiny, RpcError::Invalid(m) if m.contains("memory limit must be at least 64 MiB")));
     }

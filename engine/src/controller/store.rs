@@ -99,6 +99,7 @@ impl JobRow {
     pub fn status(&self) -> JobStatus {
         JobStatus {
             id: self.id,
+            owner: self.spec.owner.clone(),
             seq: self.seq,
             state: self.state,
             plugin_hash: self.spec.plugin_hash.clone(),
@@ -193,7 +194,7 @@ fn get_opt_u64(row: &SqliteRow, column: &'static str) -> Result<Option<u64>, Sto
     row.try_get::<Option<i64>, _>(column).map(|v| v.map(uint)).map_err(query_error(column))
 }
 
-const JOB_COLUMNS: &str = "id, spec, state, n_chunks, bytes_total, combine_group, combines, chunks_done, lines_done, \
+const JOB_COLUMNS: &str = "id, owner, spec, state, n_chunks, bytes_total, combine_group, combines, chunks_done, lines_done, \
      bytes_done, retries, lost_workers, speculative, speculative_won, workers, seq, created_ms, started_ms, \
      finished_ms, failure";
 
@@ -203,9 +204,12 @@ fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
     let workers: Option<String> = row.try_get("workers").map_err(query_error("reading a job"))?;
     let failure: Option<String> = row.try_get("failure").map_err(query_error("reading a job"))?;
     let combines: Option<i64> = row.try_get("combines").map_err(query_error("reading a job"))?;
+    let owner: String = row.try_get("owner").map_err(query_error("reading a job"))?;
+    // The column is the record: specs stored before owners existed carry none.
+    let spec = JobSpec { owner, ..from_json("job spec", &spec)? };
     Ok(JobRow {
         id: get_u64(row, "id")?,
-        spec: from_json("job spec", &spec)?,
+        spec,
         state: parse_state(&state)?,
         n_chunks: get_u64(row, "n_chunks")?,
         bytes_total: get_u64(row, "bytes_total")?,
@@ -284,12 +288,14 @@ impl Store {
 
     /// Stores a new job, waiting for its input; answers its id.
     pub async fn insert_job(&self, spec: &JobSpec, created_ms: u64) -> Result<JobId, StoreError> {
-        let row = sqlx::query("INSERT INTO jobs (spec, state, created_ms) VALUES (?, 'uploading', ?) RETURNING id")
-            .bind(to_json("job spec", spec)?)
-            .bind(int(created_ms))
-            .fetch_one(&self.pool)
-            .await
-            .map_err(query_error("creating a job"))?;
+        let row =
+            sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, 'uploading', ?) RETURNING id")
+                .bind(&spec.owner)
+                .bind(to_json("job spec", spec)?)
+                .bind(int(created_ms))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(query_error("creating a job"))?;
         get_u64(&row, "id")
     }
 
@@ -413,7 +419,8 @@ impl Store {
     /// The newest `limit` jobs, newest first, with their stored figures.
     pub async fn list_jobs(&self, limit: u64) -> Result<Vec<JobSummary>, StoreError> {
         let rows = sqlx::query(
-            "SELECT id, spec, state, n_chunks, chunks_done, created_ms, finished_ms FROM jobs ORDER BY id DESC LIMIT ?",
+            "SELECT id, owner, spec, state, n_chunks, chunks_done, created_ms, finished_ms FROM jobs \
+             ORDER BY id DESC LIMIT ?",
         )
         .bind(int(limit))
         .fetch_all(&self.pool)
@@ -425,6 +432,7 @@ impl Store {
                 let state: String = row.try_get("state").map_err(query_error("listing jobs"))?;
                 Ok(JobSummary {
                     id: get_u64(row, "id")?,
+                    owner: row.try_get("owner").map_err(query_error("listing jobs"))?,
                     state: parse_state(&state)?,
                     input_name: from_json::<JobSpec>("job spec", &spec)?.input_name,
                     n_chunks: get_u64(row, "n_chunks")?,
@@ -443,6 +451,7 @@ pub(super) mod tests {
 
     pub(in crate::controller) fn spec() -> JobSpec {
         JobSpec {
+            owner: "web:3".into(),
             plugin_hash: "abc".into(),
             params: String::new(),
             processes: 2,
@@ -493,6 +502,8 @@ pub(super) mod tests {
         assert_eq!(store.result(job).await.unwrap(), Some((JobState::Succeeded, Some("{\"n\":1}".into()))));
         assert!(store.chunks(job).await.unwrap().is_empty());
         assert!(store.unfinished_jobs().await.unwrap().is_empty());
-        assert_eq!(store.list_jobs(10).await.unwrap()[0].input_name, "in.txt");
+        let listed = &store.list_jobs(10).await.unwrap()[0];
+        assert_eq!((listed.input_name.as_str(), listed.owner.as_str()), ("in.txt", "web:3"));
+        assert_eq!(row.spec.owner, "web:3");
     }
 }

@@ -53,6 +53,11 @@ pub struct Policy {
     pub write: Vec<PathBuf>,
     /// Whether it keeps the host's network: no network namespace, TCP and sockets allowed.
     pub network: bool,
+    /// Whether a process running as root stays root (mapped to itself in its user namespace,
+    /// with no capabilities) instead of becoming [`UNPRIVILEGED_ID`]: a plugin build needs the
+    /// toolchain, which may live under a home directory only its owner can enter (`/root`).
+    /// Landlock, seccomp and the namespaces confine it either way.
+    pub keep_identity: bool,
     /// Its resource limits.
     pub limits: Limits,
 }
@@ -93,7 +98,7 @@ pub fn system_libraries() -> Vec<PathBuf> {
 }
 
 /// Harmless device files: `/dev/null` and `/dev/zero` (read-write) and the random devices.
-fn devices() -> (Vec<PathBuf>, Vec<PathBuf>) {
+pub fn devices() -> (Vec<PathBuf>, Vec<PathBuf>) {
     (existing(&["/dev/urandom", "/dev/random"]), existing(&["/dev/null", "/dev/zero"]))
 }
 
@@ -108,7 +113,14 @@ impl Policy {
     pub fn private(private_dir: &Path) -> Policy {
         let (read, mut write) = devices();
         write.insert(0, private_dir.to_path_buf());
-        Policy { read, read_exec: system_libraries(), write, network: false, limits: Limits::default() }
+        Policy {
+            read,
+            read_exec: system_libraries(),
+            write,
+            network: false,
+            keep_identity: false,
+            limits: Limits::default(),
+        }
     }
 }
 
@@ -225,7 +237,9 @@ pub fn enter(policy: &Policy) -> Result<(), SandboxError> {
             });
         }
     }
-    process::drop_root(&policy.write)?;
+    if !policy.keep_identity {
+        process::drop_root(&policy.write)?;
+    }
     process::no_new_privs()?;
     namespaces::unshare(policy.network)?;
     process::set_limits(&policy.limits)?;

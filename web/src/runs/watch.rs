@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use kiln_engine::client::{Client, ClientError, SubmitOptions};
+use kiln_engine::owner::Owner;
 use kiln_engine::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, RpcError};
 use tempfile::TempPath;
 
@@ -87,6 +88,9 @@ async fn submit(
         tokio::fs::File::open(input).await.map_err(|e| ("internal", format!("cannot read the input: {e}")))?;
     let client = Client::connect(&target.address, target.api_key.clone()).await.map_err(|e| client_failure(&e))?;
     let options = SubmitOptions {
+        // The user who started the run owns its job: workers keep users' builds and executors
+        // apart. Users never choose their owner name.
+        owner: Owner::web_user(run.user_id).as_str().to_owned(),
         params: run.params.clone(),
         processes: u32::try_from(run.processes).unwrap_or(1),
         input_name: run.input_name.clone(),

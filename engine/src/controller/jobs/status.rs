@@ -10,6 +10,7 @@ impl Job {
     pub(super) fn snapshot(&self) -> JobStatus {
         JobStatus {
             id: self.id,
+            owner: self.spec.owner.clone(),
             seq: self.seq,
             state: self.state,
             plugin_hash: self.spec.plugin_hash.clone(),
@@ -54,6 +55,7 @@ impl Job {
 pub(super) fn placeholder_status(id: JobId) -> JobStatus {
     JobStatus {
         id,
+        owner: String::new(),
         seq: 0,
         state: JobState::Uploading,
         plugin_hash: String::new(),

@@ -1,6 +1,7 @@
-//! Running `cargo build` on a plugin crate: the command line, its JSON messages on stdout
-//! (artifacts and compiler diagnostics), its human-readable stderr (forwarded as progress), and
-//! the verdict.
+//! Running cargo on a plugin crate: `cargo fetch` (with the network, no crate code), then
+//! `cargo build --frozen` (offline, in the build sandbox unless it is turned off): the command
+//! lines, the JSON messages on stdout (artifacts and compiler diagnostics), the human-readable
+//! stderr (forwarded as progress), and the verdict.
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::BuildError;
+use super::sandboxed::{BuildPaths, Toolchain, sandbox_args};
 
 /// How long one `cargo build` may run. A cold build of a small plugin takes about 20 s on two
 /// cores, but a plugin may pull in large dependencies and a busy host may be slow; past half
@@ -26,18 +28,86 @@ const STDERR_TAIL_LINES: usize = 40;
 /// user needs, and the message travels over RPC and into web pages.
 const MAX_DIAGNOSTICS_BYTES: usize = 64 * 1024;
 
-/// One `cargo build` of a plugin crate.
-pub(super) struct CargoBuild<'a> {
+/// How long fetching a plugin's dependencies may take: downloads from the registry.
+pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// One `cargo fetch` of a plugin crate: resolves its dependencies (writing `Cargo.lock` into
+/// the crate's copy) and downloads them into the owner's `CARGO_HOME`. Runs cargo's own code
+/// only, with the network and without the sandbox: no crate's code runs in a fetch.
+pub(super) struct CargoFetch<'a> {
     /// The cargo executable.
     pub cargo: &'a Path,
     /// The plugin's canonical `Cargo.toml` path.
     pub manifest: &'a Path,
-    /// The shared target directory (absolute).
+    /// The absolute path of the engine's copy of `kiln-plugin-api`.
+    pub plugin_api: &'a Path,
+    /// The owner's cargo home.
+    pub cargo_home: &'a Path,
+    /// The working directory, outside the plugin's tree (see [`CargoBuild::work_dir`]).
+    pub work_dir: &'a Path,
+}
+
+/// Runs the fetch; cargo's messages go to `progress`, and a failure carries its last lines.
+pub(super) async fn fetch(fetch: &CargoFetch<'_>, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<(), BuildError> {
+    let mut command = Command::new(fetch.cargo);
+    command
+        .arg("fetch")
+        .arg("--manifest-path")
+        .arg(fetch.manifest)
+        .arg("--config")
+        .arg(patch_config(fetch.plugin_api)?)
+        .current_dir(fetch.work_dir)
+        .env("CARGO_HOME", fetch.cargo_home)
+        .env("CARGO_TERM_COLOR", "never")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = command.spawn().map_err(|error| BuildError::Spawn { cargo: fetch.cargo.to_owned(), error })?;
+    let Some(stderr) = child.stderr.take() else {
+        return Err(BuildError::Task("cargo's output pipes were not set up".to_owned()));
+    };
+    let work = async { (read_stderr(stderr, progress).await, child.wait().await) };
+    let Ok((stderr_tail, status)) = tokio::time::timeout(FETCH_TIMEOUT, work).await else {
+        let _ = child.kill().await;
+        return Err(BuildError::Timeout { limit: FETCH_TIMEOUT });
+    };
+    let status = status.map_err(|error| BuildError::Spawn { cargo: fetch.cargo.to_owned(), error })?;
+    if status.success() {
+        return Ok(());
+    }
+    Err(cargo_failure(status.to_string(), stderr_tail))
+}
+
+/// The `--config` value that patches `kiln-plugin-api` to the engine's copy at `plugin_api`.
+fn patch_config(plugin_api: &Path) -> Result<String, BuildError> {
+    let path = plugin_api.to_str().ok_or_else(|| BuildError::Io {
+        action: "use as a cargo patch path",
+        path: plugin_api.to_owned(),
+        error: std::io::Error::other("the path is not UTF-8"),
+    })?;
+    // The value is TOML: a quoted string with any quotes or backslashes in the path escaped.
+    Ok(format!("patch.crates-io.kiln-plugin-api.path={}", toml::Value::String(path.to_owned())))
+}
+
+/// One `cargo build` of a plugin crate, offline: everything it needs was fetched.
+pub(super) struct CargoBuild<'a> {
+    /// The toolchain.
+    pub toolchain: &'a Toolchain,
+    /// The program whose `sandboxed-build` command confines the build; `None` builds outside
+    /// the sandbox (only with `--insecure-no-sandbox`).
+    pub sandbox: Option<&'a Path>,
+    /// The plugin's canonical `Cargo.toml` path.
+    pub manifest: &'a Path,
+    /// The owner's target directory (absolute).
     pub target_dir: &'a Path,
     /// The absolute path of the engine's copy of `kiln-plugin-api`.
     pub plugin_api: &'a Path,
-    /// The working directory: outside the plugin's tree, so that neither cargo's configuration
-    /// discovery nor rustup's toolchain files ever read anything the user uploaded.
+    /// The owner's registry sources, which the fetch filled.
+    pub registry: &'a Path,
+    /// The build's temporary directory, also its working directory: outside the plugin's tree,
+    /// so that neither cargo's configuration discovery nor rustup's toolchain files ever read
+    /// anything the user uploaded. Its `cargo-home/` is the build's `CARGO_HOME`.
     pub work_dir: &'a Path,
 }
 
@@ -47,28 +117,50 @@ pub(super) async fn run(
     package: &str,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<PathBuf, BuildError> {
-    let plugin_api = build.plugin_api.to_str().ok_or_else(|| BuildError::Io {
-        action: "use as a cargo patch path",
-        path: build.plugin_api.to_owned(),
-        error: std::io::Error::other("the path is not UTF-8"),
-    })?;
-    // The value is TOML: a quoted string with any quotes or backslashes in the path escaped.
-    let patch = format!("patch.crates-io.kiln-plugin-api.path={}", toml::Value::String(plugin_api.to_owned()));
-    let mut command = Command::new(build.cargo);
+    let source_dir = build.manifest.parent().unwrap_or(build.manifest);
+    let toolchain = build.toolchain;
+    let mut command = match build.sandbox {
+        Some(program) => {
+            let paths = BuildPaths {
+                source_dir,
+                plugin_api: build.plugin_api,
+                registry: build.registry,
+                target_dir: build.target_dir,
+                temp_dir: build.work_dir,
+            };
+            let mut command = Command::new(program);
+            command.args(sandbox_args(toolchain, &paths)).arg(&toolchain.sandboxed_cargo);
+            command
+        }
+        None => Command::new(&toolchain.sandboxed_cargo),
+    };
+    let path = std::env::join_paths(
+        std::iter::once(toolchain.bin.clone()).chain(["/usr/local/bin", "/usr/bin", "/bin"].map(PathBuf::from)),
+    )
+    .map_err(|error| BuildError::Task(format!("cannot make the build's PATH: {error}")))?;
+    let temp = build.work_dir.join("tmp");
     command
-        .args(["build", "--release", "--message-format=json", "--manifest-path"])
+        .args(["build", "--release", "--frozen", "--message-format=json", "--manifest-path"])
         .arg(build.manifest)
         .arg("--target-dir")
         .arg(build.target_dir)
         .arg("--config")
-        .arg(patch)
+        .arg(patch_config(build.plugin_api)?)
         .current_dir(build.work_dir)
+        // Nothing of the worker's environment (keys, tokens, paths) reaches build scripts.
+        .env_clear()
+        .env("PATH", path)
+        .env("RUSTC", &toolchain.rustc)
+        .env("CARGO_HOME", build.work_dir.join("cargo-home"))
+        .env("HOME", build.work_dir)
+        .env("TMPDIR", &temp)
         .env("CARGO_TERM_COLOR", "never")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    let mut child = command.spawn().map_err(|error| BuildError::Spawn { cargo: build.cargo.to_owned(), error })?;
+    let cargo = &toolchain.sandboxed_cargo;
+    let mut child = command.spawn().map_err(|error| BuildError::Spawn { cargo: cargo.to_owned(), error })?;
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(BuildError::Task("cargo's output pipes were not set up".to_owned()));
     };
@@ -82,13 +174,19 @@ pub(super) async fn run(
         let _ = child.kill().await;
         return Err(BuildError::Timeout { limit: BUILD_TIMEOUT });
     };
-    let status = status.map_err(|error| BuildError::Spawn { cargo: build.cargo.to_owned(), error })?;
+    let status = status.map_err(|error| BuildError::Spawn { cargo: cargo.to_owned(), error })?;
     if status.success() {
         return messages.cdylib.ok_or_else(|| BuildError::NotCdylib { package: package.to_owned() });
     }
     if !messages.errors.is_empty() {
         return Err(BuildError::Compile { diagnostics: messages.diagnostics() });
     }
+    Err(cargo_failure(status.to_string(), stderr_tail))
+}
+
+/// Cargo failed before the compiler said anything: its last lines, with a hint when the
+/// plugin API could not be resolved.
+fn cargo_failure(status: String, stderr_tail: VecDeque<String>) -> BuildError {
     let mut stderr = Vec::from(stderr_tail).join("\n");
     if stderr.contains("kiln-plugin-api") {
         let version = kiln_plugin_api::API_VERSION;
@@ -98,7 +196,7 @@ pub(super) async fn run(
              kiln-plugin-api = \"{requirement}\""
         ));
     }
-    Err(BuildError::Cargo { status: status.to_string(), stderr })
+    BuildError::Cargo { status, stderr }
 }
 
 /// What cargo's JSON messages said. Reading goes on to the end of the stream whatever the

@@ -3,16 +3,28 @@
 //!
 //! # Layout on disk
 //!
-//! - `<cache_dir>/plugins/<hash>/plugin.so`: the built library, one path per hash because
-//!   `dlopen` deduplicates libraries by path. Its presence is the cache: a hash found there is
-//!   never built again.
-//! - `<cache_dir>/src/<hash>/`: the copy of the crate cargo builds (cargo writes `Cargo.lock`
-//!   into it; the upload itself is never touched).
-//! - `<target_dir>/`: one cargo target directory shared by every plugin of the host, so that
-//!   dependencies (abi_stable above all) compile once. `<target_dir>/kiln/` holds the engine's
-//!   copy of `kiln-plugin-api`, which every build patches in, and `build.lock`, a host-wide
-//!   lock held around each build, because plugins with the same crate name would overwrite each
-//!   other's `target/release/lib<name>.so`.
+//! Owners share nothing a build can write: each [`Owner`] has its own libraries, sources,
+//! cargo home and target directory (`<o>` is [`Owner::dir_name`]).
+//!
+//! - `<cache_dir>/owners/<o>/plugins/<hash>/plugin.so`: the owner's built library, one path per
+//!   hash because `dlopen` deduplicates libraries by path. Its presence is the cache: a hash
+//!   found there is never built again for that owner. Another owner's library of the same hash
+//!   is never used: it came out of that owner's target directory, which that owner's earlier
+//!   build scripts could write.
+//! - `<cache_dir>/owners/<o>/src/<hash>/`: the copy of the crate cargo builds (the fetch writes
+//!   `Cargo.lock` into it; the upload itself is never touched).
+//! - `<target_dir>/owners/<o>/target/`: the owner's cargo target directory, shared by the
+//!   owner's plugins so that dependencies (abi_stable above all) compile once per owner; the
+//!   only directory besides its temporary one that a build may write.
+//! - `<target_dir>/owners/<o>/cargo-home/`: the owner's `CARGO_HOME`, which the fetch fills
+//!   with the registry's index and sources; builds read its `registry/` only.
+//! - `<target_dir>/owners/<o>/tmp/`: each build's temporary directory (its working directory,
+//!   `TMPDIR`, and a `CARGO_HOME` whose `registry` links to the owner's, so cargo's locks and
+//!   cache records land there), removed after the build.
+//! - `<target_dir>/owners/<o>/build.lock`: held around each of the owner's builds, because
+//!   plugins with the same crate name would overwrite each other's `release/lib<name>.so`.
+//! - `<target_dir>/kiln/`: the engine's copy of `kiln-plugin-api`, which every build patches
+//!   in and reads only.
 //!
 //! Sources are read and validated by [`read_source`] (and the [`SourceTree`] constructors)
 //! entirely in memory, before anything is written.
@@ -20,6 +32,7 @@
 mod cargo;
 mod embedded;
 mod links;
+pub mod sandboxed;
 mod source;
 mod unpack;
 
@@ -33,22 +46,42 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use self::sandboxed::Toolchain;
+use crate::owner::Owner;
+
 /// Where and with what the builder builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BuilderConfig {
-    /// Holds built libraries (`plugins/`) and the crates' build copies (`src/`).
+    /// Holds each owner's built libraries and the crates' build copies (`owners/`).
     pub cache_dir: PathBuf,
-    /// The cargo target directory shared by all plugin builds of the host.
+    /// Holds each owner's cargo target directory and cargo home (`owners/`), and the engine's
+    /// plugin API (`kiln/`).
     pub target_dir: PathBuf,
     /// The cargo executable to run.
     pub cargo: PathBuf,
+    /// The program (`kiln` or `kiln-web`) whose hidden [`sandboxed::SUBCOMMAND`] runs builds
+    /// in the sandbox; `None` builds outside it, which only `--insecure-no-sandbox` may ask
+    /// for. The worker, `run-local` and the web app's cluster set their executor program here
+    /// unless the sandbox is off.
+    pub sandbox: Option<PathBuf>,
 }
 
 impl BuilderConfig {
-    /// A config with `target_dir` at `cache_dir/target` and `cargo` from `PATH`.
+    /// A config with `target_dir` at `cache_dir/target`, `cargo` from `PATH` and no sandbox
+    /// program yet.
     pub fn new(cache_dir: impl Into<PathBuf>) -> BuilderConfig {
         let cache_dir = cache_dir.into();
-        BuilderConfig { target_dir: cache_dir.join("target"), cache_dir, cargo: PathBuf::from("cargo") }
+        BuilderConfig { target_dir: cache_dir.join("target"), cache_dir, cargo: PathBuf::from("cargo"), sandbox: None }
+    }
+
+    /// This config with builds sandboxed exactly when executors are (`sandbox`, the executors'
+    /// setting): by `program`, the executors' program, unless a sandbox program is set already.
+    pub fn sandboxed_like_executors(mut self, program: &Path, sandbox: bool) -> BuilderConfig {
+        self.sandbox = match sandbox {
+            true => self.sandbox.or_else(|| Some(program.to_owned())),
+            false => None,
+        };
+        self
     }
 }
 
@@ -132,6 +165,8 @@ pub struct Builder {
 struct Inner {
     config: BuilderConfig,
     cargo_invocations: AtomicU64,
+    /// The toolchain, found at the first build.
+    toolchain: tokio::sync::OnceCell<Toolchain>,
     /// One async mutex per hash being built in this process, so concurrent builds of the same
     /// source run cargo once. Entries go away when nobody waits on them.
     in_flight: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
@@ -155,6 +190,7 @@ impl Builder {
             inner: Arc::new(Inner {
                 config,
                 cargo_invocations: AtomicU64::new(0),
+                toolchain: tokio::sync::OnceCell::new(),
                 in_flight: Mutex::new(HashMap::new()),
             }),
         }
@@ -170,14 +206,14 @@ impl Builder {
         self.inner.cargo_invocations.load(Ordering::Relaxed)
     }
 
-    /// The cached library for `hash`, if this host built it before. Anything that is not a
-    /// SHA-256 hex hash (as from the network) is simply not found.
-    pub async fn cached(&self, hash: &str) -> Option<BuiltPlugin> {
+    /// The library `owner` has cached for `hash`, if this host built it for that owner before.
+    /// Anything that is not a SHA-256 hex hash (as from the network) is simply not found.
+    pub async fn cached(&self, owner: &Owner, hash: &str) -> Option<BuiltPlugin> {
         let is_hash = hash.len() == 64 && hash.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !is_hash {
             return None;
         }
-        let library = self.library_path(hash);
+        let library = self.dirs(owner).library(hash);
         tokio::fs::try_exists(&library).await.unwrap_or(false).then(|| BuiltPlugin {
             hash: hash.to_owned(),
             library,
@@ -185,95 +221,158 @@ impl Builder {
         })
     }
 
-    /// Builds `source` into a library, or returns the cached one. Cargo's progress lines
-    /// ("Compiling serde v1.0.228") and the compiler's warnings go to `progress` as they come.
+    /// Builds `source` into a library for `owner`, or returns the owner's cached one. Cargo's
+    /// progress lines ("Compiling serde v1.0.228") and the compiler's warnings go to `progress`
+    /// as they come.
     pub async fn build(
         &self,
+        owner: &Owner,
         source: &SourceTree,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<BuiltPlugin, BuildError> {
         let hash = source.hash();
-        if let Some(cached) = self.cached(&hash).await {
-            tracing::debug!(plugin = source.package_name(), hash = %hash, "plugin found in cache");
+        if let Some(cached) = self.cached(owner, &hash).await {
+            tracing::debug!(%owner, plugin = source.package_name(), hash = %hash, "plugin found in cache");
             return Ok(cached);
         }
-        let gate = self.gate(&hash);
+        let gate_key = format!("{}/{hash}", owner.dir_name());
+        let gate = self.gate(&gate_key);
         let result = {
             let _building = gate.lock().await;
-            self.build_alone(source, &hash, progress).await
+            self.build_alone(owner, source, &hash, progress).await
         };
-        self.release_gate(&hash, gate);
+        self.release_gate(&gate_key, gate);
         result
     }
 
-    /// Builds while holding this process's gate for `hash`.
+    /// Builds while holding this process's gate for the owner and `hash`.
     async fn build_alone(
         &self,
+        owner: &Owner,
         source: &SourceTree,
         hash: &str,
         progress: &(dyn Fn(&str) + Send + Sync),
     ) -> Result<BuiltPlugin, BuildError> {
         // A concurrent build of the same hash may have finished while we waited.
-        if let Some(cached) = self.cached(hash).await {
-            tracing::debug!(plugin = source.package_name(), hash, "plugin built by a concurrent build");
+        if let Some(cached) = self.cached(owner, hash).await {
+            tracing::debug!(%owner, plugin = source.package_name(), hash, "plugin built by a concurrent build");
             return Ok(cached);
         }
         let config = &self.inner.config;
-        let kiln_dir = config.target_dir.join("kiln");
-        let host_lock = lock_host(&kiln_dir, progress).await?;
+        let dirs = self.dirs(owner);
+        let owner_lock = lock_owner(&dirs.root, progress).await?;
         // Another process sharing the target directory may have built it while we waited.
-        if let Some(cached) = self.cached(hash).await {
-            tracing::debug!(plugin = source.package_name(), hash, "plugin built by another process");
+        if let Some(cached) = self.cached(owner, hash).await {
+            tracing::debug!(%owner, plugin = source.package_name(), hash, "plugin built by another process");
             return Ok(cached);
         }
         let started = Instant::now();
-        tracing::info!(plugin = source.package_name(), hash, "building plugin");
-        let source_dir = config.cache_dir.join("src").join(hash);
+        tracing::info!(%owner, plugin = source.package_name(), hash, "building plugin");
+        let source_dir = dirs.sources.join(hash);
         let prepared = {
-            let (source, source_dir) = (source.clone(), source_dir.clone());
-            blocking(move || prepare(&source, &source_dir, &kiln_dir)).await?
+            let (source, source_dir, kiln_dir) = (source.clone(), source_dir.clone(), config.target_dir.join("kiln"));
+            let dirs = dirs.clone();
+            blocking(move || prepare(&source, &source_dir, &kiln_dir, &dirs)).await?
         };
+        let toolchain = self.toolchain(&dirs.root).await?;
         self.inner.cargo_invocations.fetch_add(1, Ordering::Relaxed);
-        let build = cargo::CargoBuild {
-            cargo: &config.cargo,
+        let fetch = cargo::CargoFetch {
+            cargo: &toolchain.cargo,
             manifest: &prepared.manifest,
-            target_dir: &config.target_dir,
             plugin_api: &prepared.plugin_api,
-            work_dir: source_dir.parent().unwrap_or(&config.cache_dir),
+            cargo_home: &dirs.cargo_home,
+            work_dir: &dirs.root,
         };
-        let artifact = match cargo::run(&build, source.package_name(), progress).await {
+        let built = match cargo::fetch(&fetch, progress).await {
+            Ok(()) => {
+                let temp = {
+                    let dirs = dirs.clone();
+                    blocking(move || build_temp_dir(&dirs)).await?
+                };
+                let build = cargo::CargoBuild {
+                    toolchain,
+                    sandbox: config.sandbox.as_deref(),
+                    manifest: &prepared.manifest,
+                    target_dir: &dirs.target,
+                    plugin_api: &prepared.plugin_api,
+                    registry: &dirs.cargo_home.join("registry"),
+                    work_dir: temp.path(),
+                };
+                cargo::run(&build, source.package_name(), progress).await
+            }
+            Err(error) => Err(error),
+        };
+        let artifact = match built {
             Ok(artifact) => artifact,
             Err(error) => {
-                tracing::info!(plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "plugin build failed");
+                tracing::info!(%owner, plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "plugin build failed");
                 return Err(error);
             }
         };
-        let library = self.library_path(hash);
+        let library = dirs.library(hash);
         {
             let library = library.clone();
             blocking(move || install(&artifact, &library)).await?;
         }
-        drop(host_lock);
-        tracing::info!(plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "built plugin");
+        drop(owner_lock);
+        tracing::info!(%owner, plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "built plugin");
         Ok(BuiltPlugin { hash: hash.to_owned(), library, cached: false })
     }
 
-    fn library_path(&self, hash: &str) -> PathBuf {
-        let file = format!("plugin{}", std::env::consts::DLL_SUFFIX);
-        self.inner.config.cache_dir.join("plugins").join(hash).join(file)
+    /// The directories of `owner` (see the module's doc).
+    fn dirs(&self, owner: &Owner) -> OwnerDirs {
+        let config = &self.inner.config;
+        let name = owner.dir_name();
+        let cache = config.cache_dir.join("owners").join(&name);
+        let root = config.target_dir.join("owners").join(&name);
+        OwnerDirs {
+            libraries: cache.join("plugins"),
+            sources: cache.join("src"),
+            target: root.join("target"),
+            cargo_home: root.join("cargo-home"),
+            root,
+        }
     }
 
-    fn gate(&self, hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+    /// The toolchain, found once.
+    async fn toolchain(&self, work_dir: &Path) -> Result<&Toolchain, BuildError> {
+        let (cargo, work_dir) = (self.inner.config.cargo.clone(), work_dir.to_owned());
+        self.inner.toolchain.get_or_try_init(|| blocking(move || sandboxed::find_toolchain(&cargo, &work_dir))).await
+    }
+
+    fn gate(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|poison| poison.into_inner());
-        in_flight.entry(hash.to_owned()).or_default().clone()
+        in_flight.entry(key.to_owned()).or_default().clone()
     }
 
-    fn release_gate(&self, hash: &str, gate: Arc<tokio::sync::Mutex<()>>) {
+    fn release_gate(&self, key: &str, gate: Arc<tokio::sync::Mutex<()>>) {
         let mut in_flight = self.inner.in_flight.lock().unwrap_or_else(|poison| poison.into_inner());
         // Two references: the map's and ours. More means someone else still waits on it.
         if Arc::strong_count(&gate) == 2 {
-            in_flight.remove(hash);
+            in_flight.remove(key);
         }
+    }
+}
+
+/// One owner's directories on this host.
+#[derive(Debug, Clone)]
+struct OwnerDirs {
+    /// `plugins/`: built libraries by hash.
+    libraries: PathBuf,
+    /// `src/`: the crates' build copies by hash.
+    sources: PathBuf,
+    /// The root of the owner's build directories (lock, target, cargo home, temporary ones).
+    root: PathBuf,
+    /// The cargo target directory.
+    target: PathBuf,
+    /// The cargo home the fetch fills.
+    cargo_home: PathBuf,
+}
+
+impl OwnerDirs {
+    fn library(&self, hash: &str) -> PathBuf {
+        let file = format!("plugin{}", std::env::consts::DLL_SUFFIX);
+        self.libraries.join(hash).join(file)
     }
 }
 
@@ -284,9 +383,10 @@ async fn blocking<T: Send + 'static>(
     tokio::task::spawn_blocking(work).await.map_err(|error| BuildError::Task(error.to_string()))?
 }
 
-/// Takes the host-wide build lock in `<kiln_dir>/build.lock`, telling `progress` when it has
+/// Takes the owner's build lock in `<owner_root>/build.lock`, telling `progress` when it has
 /// to wait for another build; dropping the file releases the lock.
-async fn lock_host(kiln_dir: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<std::fs::File, BuildError> {
+async fn lock_owner(owner_root: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<std::fs::File, BuildError> {
+    let kiln_dir = owner_root;
     let path = kiln_dir.join("build.lock");
     let io_error = |action, path: &Path| {
         let path = path.to_owned();
@@ -306,7 +406,7 @@ async fn lock_host(kiln_dir: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> 
         Err(std::fs::TryLockError::WouldBlock) => {}
         Err(std::fs::TryLockError::Error(error)) => return Err(io_error("lock", &path)(error)),
     }
-    progress("Waiting for another plugin build on this host to finish");
+    progress("Waiting for another build of this owner's plugins on this host to finish");
     blocking(move || {
         file.lock().map_err(io_error("lock", &path))?;
         Ok(file)
@@ -320,12 +420,17 @@ struct Prepared {
     plugin_api: PathBuf,
 }
 
-/// Writes the plugin API copy (once) and a fresh copy of the crate to build. Blocking.
-fn prepare(source: &SourceTree, source_dir: &Path, kiln_dir: &Path) -> Result<Prepared, BuildError> {
+/// Writes the plugin API copy (once), the owner's directories, its cargo home's configuration
+/// and a fresh copy of the crate to build. Blocking.
+fn prepare(source: &SourceTree, source_dir: &Path, kiln_dir: &Path, dirs: &OwnerDirs) -> Result<Prepared, BuildError> {
     let io_error = |action, path: &Path| {
         let path = path.to_owned();
         move |error| BuildError::Io { action, path, error }
     };
+    for dir in [&dirs.target, &dirs.cargo_home.join("registry"), &dirs.root.join("tmp")] {
+        std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
+    }
+    copy_cargo_config(&dirs.cargo_home).map_err(io_error("copy the cargo configuration into", &dirs.cargo_home))?;
     let plugin_api = embedded::ensure_plugin_api(kiln_dir).map_err(io_error("write the plugin API into", kiln_dir))?;
     // Left over from an interrupted build: start from a clean copy.
     if source_dir.exists() {
@@ -345,6 +450,59 @@ fn prepare(source: &SourceTree, source_dir: &Path, kiln_dir: &Path) -> Result<Pr
     }
     let manifest = manifest.canonicalize().map_err(io_error("resolve", &manifest))?;
     Ok(Prepared { manifest, plugin_api })
+}
+
+/// The operator's cargo home: `CARGO_HOME`, or `~/.cargo`.
+fn operator_cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
+}
+
+/// Copies the operator's cargo configuration (`config.toml`, `config`; a registry mirror, say)
+/// into `cargo_home`, so that the owner's fetches and builds honour it. Never credentials.
+fn copy_cargo_config(cargo_home: &Path) -> io::Result<()> {
+    let Some(operator) = operator_cargo_home() else { return Ok(()) };
+    if operator == cargo_home {
+        return Ok(());
+    }
+    for name in ["config.toml", "config"] {
+        let from = operator.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, cargo_home.join(name))?;
+        }
+    }
+    Ok(())
+}
+
+/// Makes a build's temporary directory in the owner's `tmp/`: `tmp/` inside it for `TMPDIR`,
+/// and `cargo-home/` with the owner's configuration and a `registry` link to the owner's
+/// registry, so cargo reads the fetched sources and writes its locks and records here.
+/// Blocking.
+fn build_temp_dir(dirs: &OwnerDirs) -> Result<tempfile::TempDir, BuildError> {
+    let io_error = |action, path: &Path| {
+        let path = path.to_owned();
+        move |error| BuildError::Io { action, path, error }
+    };
+    let parent = dirs.root.join("tmp");
+    let temp = tempfile::Builder::new()
+        .prefix("build-")
+        .tempdir_in(&parent)
+        .map_err(io_error("create a directory in", &parent))?;
+    let cargo_home = temp.path().join("cargo-home");
+    for dir in [temp.path().join("tmp"), cargo_home.clone()] {
+        std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
+    }
+    for name in ["config.toml", "config"] {
+        let from = dirs.cargo_home.join(name);
+        if from.is_file() {
+            std::fs::copy(&from, cargo_home.join(name)).map_err(io_error("copy", &from))?;
+        }
+    }
+    let registry = dirs.cargo_home.join("registry");
+    std::os::unix::fs::symlink(&registry, cargo_home.join("registry")).map_err(io_error("link to", &registry))?;
+    Ok(temp)
 }
 
 /// Copies the built library to its cache path through a temporary file and a rename, so that

@@ -36,7 +36,8 @@ use tokio::task::JoinSet;
 
 use self::registrar::Registrar;
 use self::state::{State, lock};
-use crate::rpc::{ChunkInput, ExecLimits, JobId, RpcError, Secret, TaskError, Worker};
+use crate::owner::Owner;
+use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::tls::TlsError;
 use crate::tls::ca::WorkerKey;
@@ -214,7 +215,8 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
 
     let processes = config.processes.max(1);
     let executor = ExecutorConfig { threads: processes as usize, ..config.executor.clone() };
-    let state = Arc::new(State::new(Builder::new(config.builder.clone()), executor));
+    let builder = config.builder.clone().sandboxed_like_executors(&executor.program, executor.sandbox);
+    let state = Arc::new(State::new(Builder::new(builder), executor));
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();
@@ -291,20 +293,15 @@ struct WorkerServer {
 }
 
 impl Worker for WorkerServer {
-    async fn prepare(
-        self,
-        _: Context,
-        secret: Secret,
-        job: JobId,
-        plugin_hash: String,
-        params: String,
-        limits: ExecLimits,
-    ) -> Result<(), TaskError> {
+    async fn prepare(self, _: Context, secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError> {
         self.state.authorize(&secret).await?;
+        let JobPlugin { owner, plugin_hash, params, limits } = plugin;
+        let owner = Owner::parse(&owner)
+            .map_err(|error| RpcError::Invalid(format!("the controller sent an unusable owner: {error}")))?;
         // In a task of its own, so a build the controller stopped waiting for still finishes
         // and the next `prepare` finds it done (or joins it) instead of starting over.
         let state = Arc::clone(&self.state);
-        tokio::spawn(async move { state.prepare(job, plugin_hash, params, limits).await })
+        tokio::spawn(async move { state.prepare(job, owner, plugin_hash, params, limits).await })
             .await
             .unwrap_or_else(|e| Err(RpcError::Internal(format!("preparing job {job} failed: {e}")).into()))
     }

@@ -14,6 +14,7 @@ use tarpc::context;
 use tokio::sync::{OnceCell, watch};
 
 use super::{build_error, start_error};
+use crate::owner::Owner;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
 use crate::worker::builder::{Builder, SourceTree};
 use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
@@ -250,6 +251,7 @@ impl State {
     pub(super) async fn prepare(
         &self,
         job: JobId,
+        owner: Owner,
         hash: String,
         params: String,
         limits: ExecLimits,
@@ -260,25 +262,25 @@ impl State {
                 "the job's plugin runs without a sandbox (--insecure-no-sandbox): it has this worker's rights"
             );
         }
-        let library = match self.builder.cached(&hash).await {
+        let library = match self.builder.cached(&owner, &hash).await {
             Some(built) => built.library,
-            None => self.fetch_and_build(job, &hash).await?,
+            None => self.fetch_and_build(job, &owner, &hash).await?,
         };
         let warm = self.use_executor(job, (hash.clone(), params, limits), library);
         match warm.get().await {
             Ok(_) => {
-                tracing::info!(job, hash = short(&hash), "job prepared");
+                tracing::info!(job, %owner, hash = short(&hash), "job prepared");
                 Ok(())
             }
             Err(error) => {
-                tracing::warn!(job, hash = short(&hash), %error, "cannot start the job's executor");
+                tracing::warn!(job, %owner, hash = short(&hash), %error, "cannot start the job's executor");
                 self.release(job).await;
                 Err(start_error(error))
             }
         }
     }
 
-    async fn fetch_and_build(&self, job: JobId, hash: &str) -> Result<PathBuf, TaskError> {
+    async fn fetch_and_build(&self, job: JobId, owner: &Owner, hash: &str) -> Result<PathBuf, TaskError> {
         let (controller, registration) = self.controller()?;
         let mut ctx = context::current();
         ctx.deadline = Instant::now() + FETCH_DEADLINE;
@@ -297,7 +299,7 @@ impl State {
             );
         }
         let progress = |line: &str| tracing::info!(target: "kiln::build", "{line}");
-        match self.builder.build(&tree, &progress).await {
+        match self.builder.build(owner, &tree, &progress).await {
             Ok(built) => Ok(built.library),
             Err(error) => {
                 tracing::warn!(job, hash = short(hash), "plugin build failed");
