@@ -168,7 +168,10 @@ impl Registrar {
                 Ok(client)
             }
             Err(refused) => {
-                self.state.set_link(|link| link.registration = None);
+                self.state.set_link(|link| {
+                    link.registration = None;
+                    link.controller = None;
+                });
                 Err(refused)
             }
         }
@@ -181,6 +184,9 @@ impl Registrar {
         registration: &Registration,
     ) -> Result<ControllerClient, Refusal> {
         let client = if self.key.is_some() { self.connect(true).await?.0 } else { client };
+        // The controller dials back and may prepare a job, which fetches its plugin over this
+        // link, before `activate` answers: the link must be in place first.
+        self.state.set_link(|link| link.controller = Some(client.clone()));
         let mut ctx = context::current();
         ctx.deadline = Instant::now() + ACTIVATE_DEADLINE;
         match client.activate(ctx, registration.worker_id, registration.worker_secret.clone()).await {
