@@ -117,8 +117,12 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
             let ctx = tarpc::context::current;
             let guess = Secret::generate();
             let params = format!("record={}", intruder_record.display());
-            let plugin =
-                JobPlugin { owner: "cli".into(), plugin_hash: plugin_hash.clone(), params, limits: ExecLimits::default() };
+            let plugin = JobPlugin {
+                owner: "cli".into(),
+                plugin_hash: plugin_hash.clone(),
+                params,
+                limits: ExecLimits::default(),
+            };
             refused(worker.prepare(ctx(), guess.clone(), 999, plugin).await, "prepare");
             let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
             refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
