@@ -1,6 +1,9 @@
 //! A hostile plugin, uploaded by an ordinary registered user and run on the web app's built-in
 //! "local" cluster, tries to read the web app's database and secret key and the embedded
-//! controller's data: the sandbox shows it nothing, and the next run is fine.
+//! controller's data, to reach a port on loopback, to write outside its directory, to read the
+//! server's environment, to trace and to mount: the sandbox lets it do none of it, and the next
+//! run is fine. (The whole list of attacks, threads and processes that outlive a job included,
+//! runs in run-local and on a cluster in the engine's `sandbox*.rs` tests.)
 
 #[path = "util/db.rs"]
 mod db;
@@ -16,11 +19,43 @@ use web::{Browser, TestWeb};
 /// How long a run may take: the first one of a test run builds the plugin's dependencies.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// A plugin that tries to read every path its parameters list (one per line) and answers, for
-/// each, how many bytes it read or the error it got.
+/// A plugin that makes every attack its parameters list (one per line: a path to read, or
+/// `write:PATH`, `connect:ADDR`, `env:NAME`, `ptrace`, `mount`) and answers, for each, what it
+/// got or `denied: ERROR`.
 const SNOOP: &str = r#"
 use std::collections::BTreeMap;
+use std::io::Write;
 use kiln_plugin_api::{Chunk, MapReduce};
+
+unsafe extern "C" {
+    fn ptrace(request: i64, pid: i32, addr: usize, data: usize) -> i64;
+    fn mount(source: *const u8, target: *const u8, fstype: *const u8, flags: u64, data: usize) -> i32;
+}
+
+fn attack(line: &str) -> Result<String, String> {
+    let err = |e: std::io::Error| e.to_string();
+    if let Some(path) = line.strip_prefix("write:") {
+        let mut file = std::fs::File::create(path).map_err(err)?;
+        file.write_all(b"written by a plugin").map_err(err)?;
+        Ok("wrote".to_owned())
+    } else if let Some(addr) = line.strip_prefix("connect:") {
+        let mut stream = std::net::TcpStream::connect(addr).map_err(err)?;
+        stream.write_all(b"hello from a plugin").map_err(err)?;
+        Ok("connected".to_owned())
+    } else if let Some(name) = line.strip_prefix("env:") {
+        std::env::var(name).map_err(|e| e.to_string())
+    } else if line == "ptrace" {
+        // SAFETY: PTRACE_TRACEME on ourselves; the sandbox refuses it.
+        if unsafe { ptrace(0, 0, 0, 0) } == 0 { Ok("traced".to_owned()) } else { Err(err(std::io::Error::last_os_error())) }
+    } else if line == "mount" {
+        let target = format!("{}\0", std::env::temp_dir().display());
+        // SAFETY: NUL-terminated strings; the sandbox refuses the call.
+        let done = unsafe { mount(c"none".as_ptr().cast(), target.as_ptr(), c"tmpfs".as_ptr().cast(), 0, 0) };
+        if done == 0 { Ok("mounted".to_owned()) } else { Err(err(std::io::Error::last_os_error())) }
+    } else {
+        std::fs::read(line).map(|bytes| format!("read {} bytes", bytes.len())).map_err(err)
+    }
+}
 
 pub struct Snoop(Vec<String>);
 
@@ -33,12 +68,12 @@ impl MapReduce for Snoop {
     }
 
     fn run(&self, _chunk: &Chunk<'_>) -> Result<Self::Partial, String> {
-        Ok(self.0.iter().map(|path| {
-            let seen = match std::fs::read(path) {
-                Ok(bytes) => format!("read {} bytes", bytes.len()),
+        Ok(self.0.iter().map(|line| {
+            let seen = match attack(line) {
+                Ok(got) => got,
                 Err(e) => format!("denied: {e}"),
             };
-            (path.clone(), seen)
+            (line.clone(), seen)
         }).collect())
     }
 
@@ -90,7 +125,24 @@ async fn a_users_plugin_on_the_local_cluster_cannot_read_the_web_apps_or_control
     assert_eq!(browser.register("mallory@example.com", "correct horse battery").await.status, StatusCode::SEE_OTHER);
     let task = browser.create_task("Snoop", "lib.rs", SNOOP.as_bytes().to_vec()).await.redirect_id();
     let cluster = browser.local_cluster(task).await;
-    let params: Vec<String> = targets.iter().map(|path| path.display().to_string()).collect();
+    // A port on loopback that nobody may reach, a file anybody may write next to, and a
+    // variable in the server's environment.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    // (Under the system's temporary directory: the server's own directory is its user's alone.)
+    let open = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(open.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+    let written = open.path().join("planted");
+    // SAFETY: this test binary runs this one test; no other thread reads the environment now.
+    unsafe { std::env::set_var("KILN_TEST_SERVER_SECRET", "s3cr3t-of-the-server") };
+    let mut params: Vec<String> = targets.iter().map(|path| path.display().to_string()).collect();
+    params.extend([
+        format!("connect:{}", listener.local_addr().unwrap()),
+        format!("write:{}", written.display()),
+        "env:KILN_TEST_SERVER_SECRET".to_owned(),
+        "ptrace".to_owned(),
+        "mount".to_owned(),
+    ]);
 
     let (page, result) = run(&browser, task, cluster, &params.join("\n")).await;
     if page.contains("state-succeeded") {
@@ -102,6 +154,8 @@ async fn a_users_plugin_on_the_local_cluster_cannot_read_the_web_apps_or_control
     } else {
         assert!(page.contains("state-failed"), "{page}");
     }
+    assert!(listener.accept().is_err(), "the plugin reached a port on loopback");
+    assert!(!written.exists(), "the plugin wrote {}", written.display());
 
     // The cluster and the web app are fine: the next run of the same plugin succeeds.
     let (page, result) = run(&browser, task, cluster, "").await;
