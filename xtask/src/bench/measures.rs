@@ -29,26 +29,30 @@ pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<Baseline
         Ok(())
     })?;
 
+    // Sandboxed (as always unless told otherwise) and unconfined, to show what the sandbox costs
+    // a job's throughput rather than its start.
+    let run_local = |insecure: bool| {
+        let mut output = String::new();
+        let samples = Samples::collect(bench.runs, true, || {
+            let mut command = bench.kiln();
+            command.arg("run-local").arg("--plugin").arg(bench.example("wordcount")).arg("--input").arg(&input);
+            command.args(["--processes", "2"]);
+            if insecure {
+                command.arg("--insecure-no-sandbox");
+            }
+            output = String::from_utf8(checked(&mut command)?.stdout).context("kiln's output is UTF-8")?;
+            Ok(())
+        })?;
+        let counted: BTreeMap<String, u64> = serde_json::from_str(&output).context("kiln's output is a word count")?;
+        if counted != expected {
+            bail!("kiln's word count differs from the baseline's: no figure reported");
+        }
+        Ok::<_, anyhow::Error>((samples, counted.len()))
+    };
     eprintln!("word count: kiln run-local --processes 2");
-    let mut output = String::new();
-    let local = Samples::collect(bench.runs, true, || {
-        let run = checked(
-            bench
-                .kiln()
-                .arg("run-local")
-                .arg("--plugin")
-                .arg(bench.example("wordcount"))
-                .arg("--input")
-                .arg(&input)
-                .args(["--processes", "2"]),
-        )?;
-        output = String::from_utf8(run.stdout).context("kiln's output is UTF-8")?;
-        Ok(())
-    })?;
-    let counted: BTreeMap<String, u64> = serde_json::from_str(&output).context("kiln's output is a word count")?;
-    if counted != expected {
-        bail!("kiln's word count differs from the baseline's: no figure reported");
-    }
+    let (local, distinct) = run_local(false)?;
+    eprintln!("word count: kiln run-local --processes 2 --insecure-no-sandbox");
+    let (unconfined, _) = run_local(true)?;
 
     let ratio = base.median().as_secs_f64() / local.median().as_secs_f64();
     report.section(
@@ -59,12 +63,23 @@ pub fn word_count(bench: &Bench, report: &mut Report) -> anyhow::Result<Baseline
              Kiln, process and executor start; for the cluster, also uploading the input to the \
              controller and the result back.",
             bytes >> 20,
-            counted.len()
+            distinct
         ),
     );
     report.figure("direct rayon word count (baseline)", &throughput(bytes, &base), Target::None);
     report.figure("`kiln run-local --processes 2`", &throughput(bytes, &local), Target::None);
     report.figure("run-local ÷ baseline", &format!("{ratio:.2}×"), Target::AtLeast(ratio, 0.9, "≥ 0.9×"));
+    let sandbox_ratio = unconfined.median().as_secs_f64() / local.median().as_secs_f64();
+    report.figure(
+        "`kiln run-local --processes 2 --insecure-no-sandbox`",
+        &throughput(bytes, &unconfined),
+        Target::None,
+    );
+    report.figure(
+        "sandboxed ÷ unconfined",
+        &format!("{sandbox_ratio:.3}×"),
+        Target::AtLeast(sandbox_ratio, 0.98, "≥ 0.98× (within 2 %)"),
+    );
     Ok(Baseline { input, bytes, expected, samples: base })
 }
 
