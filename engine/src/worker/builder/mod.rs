@@ -18,9 +18,10 @@
 //!   only directory besides its temporary one that a build may write.
 //! - `<target_dir>/owners/<o>/cargo-home/`: the owner's `CARGO_HOME`, which the fetch fills
 //!   with the registry's index and sources; builds read its `registry/` only.
-//! - `<target_dir>/owners/<o>/tmp/`: each build's temporary directory (its working directory,
-//!   `TMPDIR`, and a `CARGO_HOME` whose `registry` links to the owner's, so cargo's locks and
-//!   cache records land there), removed after the build.
+//! - `<target_dir>/owners/<o>/tmp/build/`: the builds' working directory (its `tmp/`, emptied
+//!   before each build, is `TMPDIR`; its `cargo-home/` is the build's `CARGO_HOME`, whose
+//!   `registry` links to the owner's, so cargo's locks and cache records land there). Its path
+//!   never changes, since cargo's fingerprints hold the paths of registry sources.
 //! - `<target_dir>/owners/<o>/build.lock`: held around each of the owner's builds, because
 //!   plugins with the same crate name would overwrite each other's `release/lib<name>.so`.
 //! - `<target_dir>/kiln/`: the engine's copy of `kiln-plugin-api`, which every build patches
@@ -285,9 +286,9 @@ impl Builder {
         };
         let built = match cargo::fetch(&fetch, progress).await {
             Ok(()) => {
-                let temp = {
+                let work_dir = {
                     let dirs = dirs.clone();
-                    blocking(move || build_temp_dir(&dirs)).await?
+                    blocking(move || build_work_dir(&dirs)).await?
                 };
                 let build = cargo::CargoBuild {
                     toolchain,
@@ -296,7 +297,7 @@ impl Builder {
                     target_dir: &dirs.target,
                     plugin_api: &prepared.plugin_api,
                     registry: &dirs.cargo_home.join("registry"),
-                    work_dir: temp.path(),
+                    work_dir: &work_dir,
                 };
                 cargo::run(&build, source.package_name(), progress).await
             }
@@ -476,22 +477,27 @@ fn copy_cargo_config(cargo_home: &Path) -> io::Result<()> {
     Ok(())
 }
 
-/// Makes a build's temporary directory in the owner's `tmp/`: `tmp/` inside it for `TMPDIR`,
-/// and `cargo-home/` with the owner's configuration and a `registry` link to the owner's
-/// registry, so cargo reads the fetched sources and writes its locks and records here.
+/// Readies the owner's build directory, `tmp/build/` in the owner's root: `tmp/` inside it,
+/// emptied, for `TMPDIR`, and `cargo-home/` with the owner's configuration and a `registry`
+/// link to the owner's registry, so cargo reads the fetched sources and writes its locks and
+/// records here. The path stays the same from build to build (the owner's builds take turns
+/// under its build lock): cargo's fingerprints hold the absolute paths of registry sources, so
+/// a `CARGO_HOME` of a new name each time would rebuild every dependency on every build.
 /// Blocking.
-fn build_temp_dir(dirs: &OwnerDirs) -> Result<tempfile::TempDir, BuildError> {
+fn build_work_dir(dirs: &OwnerDirs) -> Result<PathBuf, BuildError> {
     let io_error = |action, path: &Path| {
         let path = path.to_owned();
         move |error| BuildError::Io { action, path, error }
     };
-    let parent = dirs.root.join("tmp");
-    let temp = tempfile::Builder::new()
-        .prefix("build-")
-        .tempdir_in(&parent)
-        .map_err(io_error("create a directory in", &parent))?;
-    let cargo_home = temp.path().join("cargo-home");
-    for dir in [temp.path().join("tmp"), cargo_home.clone()] {
+    let work_dir = dirs.root.join("tmp").join("build");
+    let temp = work_dir.join("tmp");
+    match std::fs::remove_dir_all(&temp) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io_error("empty", &temp)(error)),
+    }
+    let cargo_home = work_dir.join("cargo-home");
+    for dir in [temp, cargo_home.clone()] {
         std::fs::create_dir_all(&dir).map_err(io_error("create", &dir))?;
     }
     for name in ["config.toml", "config"] {
@@ -501,8 +507,16 @@ fn build_temp_dir(dirs: &OwnerDirs) -> Result<tempfile::TempDir, BuildError> {
         }
     }
     let registry = dirs.cargo_home.join("registry");
-    std::os::unix::fs::symlink(&registry, cargo_home.join("registry")).map_err(io_error("link to", &registry))?;
-    Ok(temp)
+    let link = cargo_home.join("registry");
+    if std::fs::read_link(&link).ok().as_deref() != Some(registry.as_path()) {
+        match std::fs::remove_file(&link) {
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("replace", &link)(error)),
+        }
+        std::os::unix::fs::symlink(&registry, &link).map_err(io_error("link to", &registry))?;
+    }
+    Ok(work_dir)
 }
 
 /// Copies the built library to its cache path through a temporary file and a rename, so that
