@@ -160,3 +160,41 @@ fn params_the_plugin_refuses_fail_the_run_before_any_chunk() {
     assert!(!run.success);
     assert!(run.stderr.contains("refused its parameters"), "stderr: {}", run.stderr);
 }
+
+/// A copy of the wordcount example whose source differs by `nonce`, so its hash is new.
+fn wordcount_copy(dir: &Path, nonce: &str) -> std::path::PathBuf {
+    let crate_dir = dir.join(format!("wordcount-{nonce}"));
+    std::fs::create_dir_all(crate_dir.join("src")).unwrap();
+    std::fs::copy(example("wordcount").join("Cargo.toml"), crate_dir.join("Cargo.toml")).unwrap();
+    let source = std::fs::read_to_string(example("wordcount").join("src/lib.rs")).unwrap();
+    std::fs::write(crate_dir.join("src/lib.rs"), format!("{source}\n// {nonce}\n")).unwrap();
+    crate_dir
+}
+
+#[test]
+fn a_new_plugin_of_an_owner_compiles_only_itself_not_its_dependencies_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = write_input(dir.path(), "words.txt", "b a b\n");
+    // A cache of its own, so both plugins are built; the shared target directory, so the
+    // dependencies may already be there from other tests (or the first build puts them there).
+    let cache = dir.path().join("cache");
+    let nonce = format!("{}-{}", std::process::id(), Rng::new(7).next());
+    let build = |plugin: &Path| {
+        let run: util::Run = util::kiln()
+            .env("KILN_CACHE_DIR", &cache)
+            .args(["run-local", "--plugin"])
+            .arg(plugin)
+            .arg("--input")
+            .arg(&input)
+            .output()
+            .expect("kiln runs")
+            .into();
+        assert!(run.success, "{}", run.stderr);
+        assert_eq!(serde_json::from_str::<Value>(&run.stdout).unwrap(), serde_json::json!({"a": 1, "b": 2}));
+        run.stderr
+    };
+    build(&wordcount_copy(dir.path(), &format!("first-{nonce}")));
+    let second = build(&wordcount_copy(dir.path(), &format!("second-{nonce}")));
+    assert!(second.contains("Compiling wordcount"), "the second plugin was not built: {second}");
+    assert!(!second.contains("Compiling abi_stable"), "the dependencies were compiled again: {second}");
+}
