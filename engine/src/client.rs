@@ -50,6 +50,7 @@ use tarpc::context::{self, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
 use crate::owner::{Owner, OwnerError};
+use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::{
     ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES,
     RpcError, Secret, WATCH_WAIT, WorkerId,
@@ -58,7 +59,6 @@ use crate::tls::TlsError;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
-use crate::worker::builder::{SourceError, read_source};
 
 mod watch;
 

@@ -1,12 +1,18 @@
-//! `kiln run-local`: a whole job on this machine, with no cluster.
+//! `kiln run-local`: a whole job on this machine, a cluster of one.
 //!
-//! The plugin is built (or found in the cache), one executor process is started with one thread
-//! per slot, and the input is streamed through the [`Chunker`](crate::chunk::Chunker): at most
-//! `processes` chunks run at once and a few more wait, so memory stays bounded whatever the
-//! input's size. Partials are kept by chunk index; when the plugin combines, every run of
-//! [`combine_group`] consecutive partials is merged as soon as it is complete, so `aggregate`
-//! decodes a handful of partials instead of one per chunk.
+//! It runs through the same parts as a cluster, in process and without RPC: the plugin is
+//! built by the worker's [`Builder`], its calls go through the worker's [`JobRunner`] (one
+//! executor for the job with one thread per slot, restarted when it dies, each crash charged
+//! to the chunk that caused it), and the job's [`rules`](crate::rules) cut the input, size the
+//! batches, group partials for `combine` and decide what a failure costs.
+//!
+//! The input is streamed through the [`Chunker`]: a bounded queue of chunks waits for the
+//! slots, so memory stays bounded whatever the input's size. Partials are kept by chunk index;
+//! when the plugin combines, every run of [`combine_group`] consecutive partials is merged as
+//! soon as it is complete, so `aggregate` decodes a handful of partials instead of one per
+//! chunk.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,28 +21,19 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
-use crate::chunk::{ChunkError, Chunker, InputChunk};
 use crate::owner::Owner;
-use crate::worker::builder::{BuildError, Builder, BuilderConfig, SourceError, read_source};
-use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
+use crate::plugin_source::{SourceError, read_source};
+use crate::rpc::TaskError;
+use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
+use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
+use crate::rules::combine::{COMBINE_GROUP, combine_group};
+use crate::rules::retry;
+use crate::worker::builder::{BuildError, Builder, BuilderConfig};
+use crate::worker::executor::ExecutorConfig;
+use crate::worker::runner::JobRunner;
 
-/// The fewest consecutive partials merged into one by `combine` while a job runs.
-pub const COMBINE_GROUP: usize = 16;
-
-/// How much input a combine group covers at least: merging the partials of a few kilobytes
-/// of input costs a call and a store round trip for next to nothing. Sixteen default chunks.
-pub const COMBINE_GROUP_BYTES: u64 = 64 << 20;
-
-/// The most partials one combine merges: they travel in one call and sit in the controller's
-/// and the executor's memory together.
-pub const MAX_COMBINE_GROUP: u64 = 256;
-
-/// How many consecutive chunks of `chunk_size` bytes make one combine group: enough to cover
-/// [`COMBINE_GROUP_BYTES`] of input, at least [`COMBINE_GROUP`] and at most
-/// [`MAX_COMBINE_GROUP`]; 16 for the default 4 MiB chunks, 256 for chunks of 256 KiB or less.
-pub fn combine_group(chunk_size: u64) -> u64 {
-    COMBINE_GROUP_BYTES.div_ceil(chunk_size.max(1)).clamp(COMBINE_GROUP as u64, MAX_COMBINE_GROUP)
-}
+/// The job id run-local's logs carry: it has one job.
+const LOCAL_JOB: u64 = 0;
 
 /// What to run, and how.
 #[derive(Debug, Clone)]
@@ -55,6 +52,9 @@ pub struct LocalConfig {
     pub builder: BuilderConfig,
     /// How executors are started (`threads` is set from `processes`).
     pub executor: ExecutorConfig,
+    /// Attempts at a chunk before the run fails (0: the cluster's default,
+    /// [`retry::DEFAULT_MAX_ATTEMPTS`]).
+    pub max_attempts: u32,
 }
 
 /// What a successful run produced.
@@ -96,16 +96,19 @@ pub enum LocalError {
     Input(#[from] ChunkError),
     /// The executor could not start the plugin.
     #[error(transparent)]
-    Start(ExecError),
-    /// A chunk failed.
+    Start(TaskError),
+    /// A chunk failed (on its last attempt).
     #[error("chunk {index} (lines {first_line}-{last_line}) failed: {error}")]
-    Chunk { index: u64, first_line: u64, last_line: u64, error: ExecError },
+    Chunk { index: u64, first_line: u64, last_line: u64, error: TaskError },
     /// Merging partials failed.
     #[error("combine failed: {0}")]
-    Combine(ExecError),
+    Combine(TaskError),
     /// The final aggregation failed.
     #[error("aggregate failed: {0}")]
-    Aggregate(ExecError),
+    Aggregate(TaskError),
+    /// A task of the run itself panicked (a bug in Kiln).
+    #[error("run-local failed internally: {0}")]
+    Internal(String),
 }
 
 /// Builds the plugin and runs it over the input on this machine.
@@ -124,7 +127,7 @@ pub async fn run_local(
     let plugin_path = config.plugin.clone();
     let source = tokio::task::spawn_blocking(move || read_source(&plugin_path))
         .await
-        .map_err(|e| LocalError::Start(ExecError::Stopped(format!("reading the plugin panicked: {e}"))))??;
+        .map_err(|e| LocalError::Internal(format!("reading the plugin panicked: {e}")))??;
     let builder = Builder::new(
         config.builder.clone().sandboxed_like_executors(&config.executor.program, config.executor.sandbox),
     );
@@ -133,14 +136,43 @@ pub async fn run_local(
     let build_time = started.elapsed();
 
     let started = Instant::now();
-    let processes = config.processes.max(1);
-    let executor_config = ExecutorConfig { threads: processes, ..config.executor.clone() };
-    let mut executor =
-        Arc::new(Executor::start(&executor_config, &built.library, &config.params).await.map_err(LocalError::Start)?);
+    let slots = config.processes.max(1);
+    let executor = ExecutorConfig { threads: slots, ..config.executor.clone() };
+    let runner = Arc::new(JobRunner::new(executor, built.library.clone(), config.params.clone()));
+    let result = run_chunks(config, slots, &runner).await;
+    // Nothing the plugin started outlives its job: in the sandbox no thread, process or file.
+    runner.close(if result.is_ok() { "the job ended" } else { "the job failed" }).await;
+    let (output, counts) = result?;
+    Ok(LocalReport {
+        output,
+        cached_build: built.cached,
+        n_chunks: counts.chunks,
+        n_lines: counts.lines,
+        n_bytes: counts.bytes,
+        build_time,
+        run_time: started.elapsed(),
+    })
+}
 
+/// How much of the input was run.
+#[derive(Debug, Default, Clone, Copy)]
+struct Counts {
+    chunks: u64,
+    lines: u64,
+    bytes: u64,
+}
+
+/// Streams the input through the runner's slots and aggregates the partials.
+async fn run_chunks(
+    config: &LocalConfig,
+    slots: usize,
+    runner: &Arc<JobRunner>,
+) -> Result<(String, Counts), LocalError> {
+    // Started before the input is read, so a plugin that cannot start fails the run at once.
+    let combines = runner.combines().await.map_err(LocalError::Start)?;
     let file = std::fs::File::open(&config.input)
         .map_err(|source| LocalError::OpenInput { path: config.input.clone(), source })?;
-    let (chunks_tx, mut chunks_rx) = mpsc::channel::<Result<InputChunk, ChunkError>>(processes);
+    let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, ChunkError>>(slots);
     let chunk_size = config.chunk_size;
     let reader = tokio::task::spawn_blocking(move || {
         for chunk in Chunker::new(file, chunk_size) {
@@ -149,177 +181,203 @@ pub async fn run_local(
             }
         }
     });
-
     let group = usize::try_from(combine_group(config.chunk_size as u64)).unwrap_or(COMBINE_GROUP);
-    let mut partials = Partials::new(executor.combines(), group);
-    let mut tasks: JoinSet<(Work, Result<Bytes, ExecError>)> = JoinSet::new();
-    let mut ready: Vec<Work> = Vec::new();
-    let mut suspects: Vec<Work> = Vec::new();
-    let (mut n_chunks, mut n_lines, mut n_bytes) = (0u64, 0u64, 0u64);
-    let mut input_done = false;
-    let mut input_error = None;
-    let result = loop {
-        // While an executor's crash is being sorted out, nothing new starts.
-        while suspects.is_empty() && tasks.len() < processes {
-            if let Some(work) = ready.pop() {
-                spawn_work(&mut tasks, &executor, work);
+    let mut run = Run {
+        runner: Arc::clone(runner),
+        slots,
+        max_attempts: retry::max_attempts(config.max_attempts),
+        capacity: queue_capacity(config.chunk_size, slots),
+        queue: VecDeque::new(),
+        combines: VecDeque::new(),
+        tasks: JoinSet::new(),
+        partials: Partials::new(combines, group),
+        pace: Pace::default(),
+        counts: Counts::default(),
+    };
+    let ran = run.drive(chunks_rx).await;
+    drop(run.tasks);
+    let _ = reader.await;
+    ran?;
+    let finals = final_partials(runner, run.partials.into_ordered(), slots).await?;
+    let output = runner.aggregate(finals).await.map_err(LocalError::Aggregate)?;
+    Ok((output, run.counts))
+}
+
+/// How many chunks wait for a slot: enough bytes for two full batches per slot, so that small
+/// chunks can travel in batches, at least two chunks per slot and at most two full batches of
+/// [`MAX_BATCH_CHUNKS`] per slot.
+fn queue_capacity(chunk_size: usize, slots: usize) -> usize {
+    let by_bytes = usize::try_from(2 * slots as u64 * MAX_BATCH_BYTES / chunk_size.max(1) as u64).unwrap_or(usize::MAX);
+    by_bytes.clamp(2 * slots, 2 * slots * MAX_BATCH_CHUNKS)
+}
+
+/// A chunk waiting for a slot.
+struct Queued {
+    index: u64,
+    first_line: u64,
+    last_line: u64,
+    text: Bytes,
+    /// Attempts that failed so far.
+    failures: u32,
+}
+
+impl Queued {
+    fn failed(self, error: TaskError) -> LocalError {
+        LocalError::Chunk { index: self.index, first_line: self.first_line, last_line: self.last_line, error }
+    }
+}
+
+/// What a slot finished.
+enum Done {
+    /// A batch of chunks, with one result per chunk, after `took`.
+    Batch { chunks: Vec<Queued>, took: Duration, results: Vec<Result<Bytes, TaskError>> },
+    /// The combine of a complete group.
+    Combine { group: usize, members: Vec<Bytes>, result: Result<Option<Bytes>, TaskError> },
+}
+
+/// A run in progress: the chunks waiting, the calls in flight, the partials.
+struct Run {
+    runner: Arc<JobRunner>,
+    slots: usize,
+    max_attempts: u32,
+    /// How many chunks may wait in `queue` ([`queue_capacity`]).
+    capacity: usize,
+    /// Chunks waiting for a slot, in input order; retries go first.
+    queue: VecDeque<Queued>,
+    /// Complete groups waiting to be combined.
+    combines: VecDeque<(usize, Vec<Bytes>)>,
+    tasks: JoinSet<Done>,
+    partials: Partials,
+    pace: Pace,
+    counts: Counts,
+}
+
+impl Run {
+    /// Runs every chunk of the input, combining complete groups as they finish.
+    async fn drive(&mut self, mut input: mpsc::Receiver<Result<InputChunk, ChunkError>>) -> Result<(), LocalError> {
+        let mut input_done = false;
+        loop {
+            while !input_done && self.queue.len() < self.capacity {
+                match input.try_recv() {
+                    Ok(chunk) => self.enqueue(chunk?),
+                    Err(mpsc::error::TryRecvError::Empty) => break,
+                    Err(mpsc::error::TryRecvError::Disconnected) => input_done = true,
+                }
+            }
+            self.start_calls();
+            if self.tasks.is_empty() {
+                if input_done && self.queue.is_empty() && self.combines.is_empty() {
+                    return Ok(());
+                }
+                match input.recv().await {
+                    Some(chunk) => self.enqueue(chunk?),
+                    None => input_done = true,
+                }
                 continue;
             }
-            if input_done {
-                break;
-            }
-            match chunks_rx.recv().await {
-                Some(Ok(chunk)) => {
-                    n_chunks += 1;
-                    n_lines += chunk.n_lines;
-                    n_bytes += chunk.text.len() as u64;
-                    partials.expect(chunk.index);
-                    spawn_work(&mut tasks, &executor, Work::from_chunk(chunk));
-                }
-                Some(Err(e)) => {
-                    input_error = Some(e);
-                    break;
-                }
-                None => input_done = true,
+            tokio::select! {
+                biased;
+                done = self.tasks.join_next() => match done {
+                    Some(Ok(done)) => self.finished(done)?,
+                    Some(Err(e)) => return Err(LocalError::Internal(format!("a call's task panicked: {e}"))),
+                    None => {}
+                },
+                chunk = input.recv(), if !input_done && self.queue.len() < self.capacity => match chunk {
+                    Some(chunk) => self.enqueue(chunk?),
+                    None => input_done = true,
+                },
             }
         }
-        // A read error is the input's fault: report it rather than the chunks in flight.
-        if let Some(e) = input_error.take() {
-            break Err(LocalError::Input(e));
-        }
-        let Some(finished) = tasks.join_next().await else {
-            if suspects.is_empty() {
-                break Ok(());
-            }
-            // Every call in the dead executor has come back: find the culprit.
-            match isolate(&executor_config, &built.library, &config.params, std::mem::take(&mut suspects)).await {
-                Ok((fresh, done)) => {
-                    executor = Arc::new(fresh);
-                    for (work, partial) in done {
-                        ready.extend(accept(&mut partials, work, partial));
-                    }
-                    continue;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        let (work, result) = match finished {
-            Ok(finished) => finished,
-            Err(e) => break Err(LocalError::Combine(ExecError::Stopped(format!("a task panicked: {e}")))),
-        };
-        match result {
-            Ok(partial) => ready.extend(accept(&mut partials, work, partial)),
-            // A crash fails every call in flight in that executor, so it does not say which
-            // chunk caused it; all of them are suspects until run alone.
-            Err(ExecError::Crashed { .. } | ExecError::Stopped(_)) => suspects.push(work),
-            Err(error) => break Err(work.failed(error)),
-        }
-    };
-    if let Err(e) = result {
-        executor.shutdown("the job failed").await;
-        return Err(e);
     }
-    drop(chunks_rx);
-    let _ = reader.await;
 
-    let output = match final_partials(&executor, partials.into_ordered(), processes).await {
-        Ok(finals) => executor.aggregate(finals).await.map_err(LocalError::Aggregate),
-        Err(e) => Err(e),
-    };
-    // Nothing the plugin started outlives its job: in the sandbox no thread, process or file.
-    executor.shutdown("the job ended").await;
-    let output = output?;
-    Ok(LocalReport {
-        output,
-        cached_build: built.cached,
-        n_chunks,
-        n_lines,
-        n_bytes,
-        build_time,
-        run_time: started.elapsed(),
-    })
-}
-
-/// A unit of work for an executor slot.
-enum Work {
-    /// Run one chunk.
-    Run { index: u64, first_line: u64, last_line: u64, text: Bytes },
-    /// Merge a complete group of consecutive partials.
-    Combine { group: usize, members: Vec<Bytes> },
-}
-
-impl Work {
-    fn from_chunk(chunk: InputChunk) -> Self {
+    fn enqueue(&mut self, chunk: InputChunk) {
+        self.counts.chunks += 1;
+        self.counts.lines += chunk.n_lines;
+        self.counts.bytes += chunk.text.len() as u64;
+        self.partials.expect(chunk.index);
         let last_line = chunk.last_line();
-        Work::Run {
+        self.queue.push_back(Queued {
             index: chunk.index,
             first_line: chunk.first_line,
             last_line,
             text: Bytes::from(chunk.text.into_bytes()),
-        }
+            failures: 0,
+        });
     }
 
-    async fn perform(&self, executor: &Executor) -> Result<Bytes, ExecError> {
-        match self {
-            Work::Run { first_line, text, .. } => executor.run(*first_line, text.clone()).await,
-            Work::Combine { members, .. } => executor.combine(members.clone()).await,
-        }
-    }
-
-    fn failed(self, error: ExecError) -> LocalError {
-        match self {
-            Work::Run { index, first_line, last_line, .. } => LocalError::Chunk { index, first_line, last_line, error },
-            Work::Combine { .. } => LocalError::Combine(error),
-        }
-    }
-}
-
-fn spawn_work(tasks: &mut JoinSet<(Work, Result<Bytes, ExecError>)>, executor: &Arc<Executor>, work: Work) {
-    let executor = Arc::clone(executor);
-    tasks.spawn(async move {
-        let result = work.perform(&executor).await;
-        (work, result)
-    });
-}
-
-/// Stores a finished work's partial; returns a combine to run when a group became complete.
-fn accept(partials: &mut Partials, work: Work, partial: Bytes) -> Option<Work> {
-    match work {
-        Work::Run { index, .. } => {
-            partials.insert(index, partial).map(|(group, members)| Work::Combine { group, members })
-        }
-        Work::Combine { group, .. } => {
-            partials.combined(group, partial);
-            None
-        }
-    }
-}
-
-/// Runs the suspects of a crash one at a time in a fresh executor: the one that crashes alone
-/// is the culprit and fails the job with its own line range; the others just complete.
-async fn isolate(
-    config: &ExecutorConfig,
-    library: &std::path::Path,
-    params: &str,
-    mut suspects: Vec<Work>,
-) -> Result<(Executor, Vec<(Work, Bytes)>), LocalError> {
-    // In input order, so that of two faulty chunks the first is reported.
-    suspects.sort_by_key(|work| match work {
-        Work::Run { index, .. } => *index,
-        Work::Combine { .. } => u64::MAX,
-    });
-    let executor = Executor::start(config, library, params).await.map_err(LocalError::Start)?;
-    let mut done = Vec::with_capacity(suspects.len());
-    for work in suspects {
-        match work.perform(&executor).await {
-            Ok(partial) => done.push((work, partial)),
-            Err(error) => {
-                executor.shutdown("the job failed").await;
-                return Err(work.failed(error));
+    /// Fills the free slots: complete groups' combines first, then batches of queued chunks
+    /// sized by the job's rules ([`batch_limit`]).
+    fn start_calls(&mut self) {
+        while self.tasks.len() < self.slots {
+            if let Some((group, members)) = self.combines.pop_front() {
+                let runner = Arc::clone(&self.runner);
+                self.tasks.spawn(async move {
+                    let result = runner.combine(members.clone()).await;
+                    Done::Combine { group, members, result }
+                });
+                continue;
             }
+            let Some(first) = self.queue.pop_front() else { break };
+            let mut batch = vec![first];
+            // A chunk that failed before runs alone.
+            if batch[0].failures == 0 {
+                let limit = batch_limit(self.queue.len() + 1, self.pace, self.slots as u32);
+                let mut bytes = batch[0].text.len() as u64;
+                while batch.len() < limit {
+                    match self.queue.front() {
+                        Some(next) if next.failures == 0 && bytes + next.text.len() as u64 <= MAX_BATCH_BYTES => {
+                            bytes += next.text.len() as u64;
+                            batch.extend(self.queue.pop_front());
+                        }
+                        _ => break,
+                    }
+                }
+            }
+            let runner = Arc::clone(&self.runner);
+            self.tasks.spawn(async move {
+                let inputs = batch.iter().map(|chunk| (chunk.first_line, chunk.text.clone())).collect();
+                let started = Instant::now();
+                let results = runner.run_batch(LOCAL_JOB, inputs).await;
+                Done::Batch { chunks: batch, took: started.elapsed(), results }
+            });
         }
     }
-    Ok((executor, done))
+
+    /// Takes in what a slot finished: partials are kept, failures cost an attempt as in a
+    /// cluster (an interruption costs none; a plugin that cannot start fails the run at once).
+    fn finished(&mut self, done: Done) -> Result<(), LocalError> {
+        match done {
+            Done::Batch { chunks, took, results } => {
+                self.pace.record_call(took, chunks.len());
+                for (mut chunk, result) in chunks.into_iter().zip(results) {
+                    match result {
+                        Ok(partial) => {
+                            if let Some(group) = self.partials.insert(chunk.index, partial) {
+                                self.combines.push_back(group);
+                            }
+                        }
+                        Err(TaskError::Interrupted(_)) => self.queue.push_front(chunk),
+                        Err(error @ TaskError::Fatal(_)) => return Err(chunk.failed(error)),
+                        Err(error) => {
+                            chunk.failures += 1;
+                            if chunk.failures >= self.max_attempts {
+                                return Err(chunk.failed(error));
+                            }
+                            tracing::warn!(chunk = chunk.index, %error, "chunk failed: trying it again");
+                            self.queue.push_front(chunk);
+                        }
+                    }
+                }
+            }
+            Done::Combine { group, members, result } => match result {
+                Ok(Some(merged)) => self.partials.combined(group, merged),
+                Ok(None) => return Err(LocalError::Internal("the plugin stopped combining mid-run".to_owned())),
+                Err(TaskError::Interrupted(_)) => self.combines.push_front((group, members)),
+                Err(error) => return Err(LocalError::Combine(error)),
+            },
+        }
+        Ok(())
+    }
 }
 
 /// The partials of a job, in chunk order, with groups of consecutive partials merged as they
@@ -353,7 +411,8 @@ impl Partials {
         }
     }
 
-    /// Stores a chunk's partial; returns a complete group's partials to combine, if any.
+    /// Stores a chunk's partial; returns a complete group (its number and partials) to
+    /// combine, if any.
     fn insert(&mut self, index: u64, partial: Bytes) -> Option<(usize, Vec<Bytes>)> {
         let index = index as usize;
         self.by_chunk[index] = Some(partial);
@@ -388,16 +447,12 @@ impl Partials {
 
 /// Merges the remaining partials into at most `slots` (in parallel, keeping their order) when
 /// the plugin combines and there are more than that, so `aggregate` has little left to decode.
-async fn final_partials(
-    executor: &Arc<Executor>,
-    partials: Vec<Bytes>,
-    slots: usize,
-) -> Result<Vec<Bytes>, LocalError> {
-    if !executor.combines() || partials.len() <= slots {
+async fn final_partials(runner: &Arc<JobRunner>, partials: Vec<Bytes>, slots: usize) -> Result<Vec<Bytes>, LocalError> {
+    if partials.len() <= slots || !runner.combines().await.map_err(LocalError::Combine)? {
         return Ok(partials);
     }
     let per_batch = partials.len().div_ceil(slots);
-    let mut batches: JoinSet<(usize, Result<Bytes, ExecError>)> = JoinSet::new();
+    let mut batches: JoinSet<(usize, Result<Option<Bytes>, TaskError>)> = JoinSet::new();
     let mut rest = partials.into_iter();
     let mut n_batches = 0;
     loop {
@@ -405,29 +460,18 @@ async fn final_partials(
         if batch.is_empty() {
             break;
         }
-        let executor = Arc::clone(executor);
+        let runner = Arc::clone(runner);
         let position = n_batches;
-        batches.spawn(async move { (position, executor.combine(batch).await) });
+        batches.spawn(async move { (position, runner.combine(batch).await) });
         n_batches += 1;
     }
     let mut merged = vec![Bytes::new(); n_batches];
     while let Some(done) = batches.join_next().await {
-        let (position, result) = done.map_err(|e| LocalError::Combine(ExecError::Stopped(e.to_string())))?;
-        merged[position] = result.map_err(LocalError::Combine)?;
+        let (position, result) = done.map_err(|e| LocalError::Internal(format!("a combine's task panicked: {e}")))?;
+        match result.map_err(LocalError::Combine)? {
+            Some(partial) => merged[position] = partial,
+            None => return Err(LocalError::Internal("the plugin stopped combining mid-run".to_owned())),
+        }
     }
     Ok(merged)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn combine_groups_cover_64_mib_of_input_within_bounds() {
-        assert_eq!(combine_group(4 << 20), 16, "the default chunks, as before");
-        assert_eq!(combine_group(1 << 30), 16, "never fewer than 16");
-        assert_eq!(combine_group(1 << 20), 64);
-        assert_eq!(combine_group(8), MAX_COMBINE_GROUP, "tiny chunks, capped");
-        assert_eq!(combine_group(0), MAX_COMBINE_GROUP);
-    }
 }

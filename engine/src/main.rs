@@ -10,10 +10,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use kiln_engine::chunk::DEFAULT_CHUNK_SIZE;
 use kiln_engine::local::{LocalConfig, run_local};
+use kiln_engine::rules::chunk::DEFAULT_CHUNK_SIZE;
+use kiln_engine::rules::deadlines::DEFAULT_CALL_TIMEOUT;
 use kiln_engine::worker::builder::BuilderConfig;
-use kiln_engine::worker::executor::{DEFAULT_CALL_TIMEOUT, ExecutorConfig};
+use kiln_engine::worker::executor::ExecutorConfig;
 
 /// Kiln runs your map-reduce plugins over your own machines.
 #[derive(Parser)]
@@ -84,6 +85,10 @@ struct RunLocalArgs {
     /// The longest one chunk may run, in seconds.
     #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
     timeout: u64,
+    /// Attempts at a chunk before the run fails (0: the cluster's default, 4). One by default,
+    /// as in Spark's local mode: on one machine a chunk that failed fails again.
+    #[arg(long, default_value_t = 1)]
+    max_attempts: u32,
     /// A limit on the executor's address space, e.g. 2GiB (default: none).
     #[arg(long, value_parser = parse_size)]
     memory_limit: Option<usize>,
@@ -179,6 +184,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         chunk_size: args.chunk_size,
         builder,
         executor,
+        max_attempts: args.max_attempts,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

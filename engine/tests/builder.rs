@@ -11,9 +11,8 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use kiln_engine::owner::Owner;
-use kiln_engine::worker::builder::{
-    BuildError, Builder, BuilderConfig, SourceError, SourceLimits, SourceTree, read_source, read_source_with_limits,
-};
+use kiln_engine::plugin_source::{SourceError, SourceLimits, SourceTree, read_source, read_source_with_limits};
+use kiln_engine::worker::builder::{BuildError, Builder, BuilderConfig};
 
 const MANIFEST: &str = r#"[package]
 name = "linecount"

@@ -16,13 +16,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use cluster::{API_KEY, Cluster, Daemon, JOIN_TOKEN, kiln_command, misbehave_totals, slow_params, trust_of};
+use kiln_engine::plugin_source::read_source;
 use kiln_engine::rpc::{ControllerClient, PROTOCOL_VERSION, RpcError, Secret, WorkerInfo};
 use kiln_engine::tls::ca::{ClusterCa, WorkerKey, self_signed};
 use kiln_engine::tls::key::Trust;
 use kiln_engine::tls::link;
 use kiln_engine::tls::verify::{controller_server, dial_controller, worker_server};
 use kiln_engine::tls::{CONTROLLER_NAME, Fingerprint};
-use kiln_engine::worker::builder::read_source;
 use proxy::Proxy;
 use serde_bytes::ByteBuf;
 use serde_json::Value;

@@ -12,11 +12,11 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
+use kiln_engine::plugin_source::SourceTree;
 use kiln_engine::rpc::{
     ChunkInput, ControllerClient, FailureKind, JobId, JobPlugin, JobSpec, JobState, JobStatus, MAX_FRAME_BYTES,
     PROTOCOL_VERSION, RpcError, Secret, TaskError, Worker, WorkerInfo,
 };
-use kiln_engine::worker::builder::SourceTree;
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 use tarpc::context::{self, Context};
@@ -536,7 +536,7 @@ async fn job_runs_on_two_workers_and_counts_exactly() {
     let status = cluster.finish(job).await;
     assert_eq!(status.state, JobState::Succeeded, "{status:?}");
     assert_eq!(cluster.result(job).await.unwrap(), check(&text));
-    let group = kiln_engine::local::combine_group(CHUNK_SIZE);
+    let group = kiln_engine::rules::combine::combine_group(CHUNK_SIZE);
     assert_eq!(group, 256, "small chunks make large groups");
     assert!(status.n_chunks > 2 * group, "the input spans several combine groups: {}", status.n_chunks);
     assert_eq!(

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use kiln_engine::worker::builder::{Builder, BuilderConfig, read_source};
+use kiln_engine::plugin_source::read_source;
+use kiln_engine::worker::builder::{Builder, BuilderConfig};
 use kiln_engine::worker::executor::{ExecError, Executor, ExecutorConfig};
 use util::{fixture, plugin_target_dir, shared_cache_dir};
 

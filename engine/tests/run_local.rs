@@ -69,7 +69,7 @@ fn grep_reports_matching_lines_in_order_with_global_line_numbers() {
         assert_eq!(check(&example("grep"), &input, processes, pattern), Value::from(expected.clone()));
     }
     // Tiny chunks make combine groups of 256 chunks, merged while the job runs, in order.
-    assert_eq!(kiln_engine::local::combine_group(256), 256);
+    assert_eq!(kiln_engine::rules::combine::combine_group(256), 256);
     assert!(text.len() > 4 * 256 * 256, "the input spans several groups of tiny chunks");
     assert_eq!(check_in_chunks(&example("grep"), &input, 3, pattern, "256"), Value::from(expected));
 }

@@ -11,11 +11,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
+use kiln_engine::plugin_source::read_source;
 use kiln_engine::rpc::{
     ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobPlugin, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
     Registration, RpcError, Secret, TaskError, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
 };
-use kiln_engine::worker::builder::{BuilderConfig, read_source};
+use kiln_engine::worker::builder::BuilderConfig;
 use kiln_engine::worker::executor::ExecutorConfig;
 use kiln_engine::worker::service::{self, RunningWorker, WorkerConfig, WorkerError};
 use serde_bytes::ByteBuf;

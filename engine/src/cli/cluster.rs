@@ -8,8 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use kiln_engine::controller::{self, ControllerConfig};
 use kiln_engine::rpc::Secret;
+use kiln_engine::rules::deadlines::DEFAULT_CALL_TIMEOUT;
 use kiln_engine::worker::builder::BuilderConfig;
-use kiln_engine::worker::executor::{DEFAULT_CALL_TIMEOUT, ExecutorConfig};
+use kiln_engine::worker::executor::ExecutorConfig;
 use kiln_engine::worker::service::{self, WorkerConfig};
 
 use super::{DEFAULT_CONTROLLER, default_data_dir, key_or_stored, shutdown_signal};

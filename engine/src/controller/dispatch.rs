@@ -17,21 +17,11 @@ use tokio::task::JoinSet;
 use tracing::{debug, error, info, warn};
 
 use super::Shared;
-use super::jobs::{Aggregation, CALL_MARGIN, GroupState, Prep};
+use super::jobs::{Aggregation, GroupState, Prep};
 use super::store::{ChunkMeta, state_name};
 use super::workers::WorkerHandle;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobPlugin, JobState, RpcError, TaskError, WorkerId};
-use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
-
-/// How long a worker may take to prepare a job: fetching the archive, a cold cargo build of
-/// the plugin and its dependencies (minutes on a small host), starting an executor.
-pub(super) const PREPARE_DEADLINE: Duration = Duration::from_secs(30 * 60);
-
-/// How long a combine or aggregate call may take: the executor's own call timeout (after
-/// which the worker answers `Crashed`) plus room for queueing and transfer, so that a slow
-/// plugin is reported by the worker rather than cut off here. Chunks have their job's
-/// deadline (`Job::call_deadline`).
-pub(super) const CALL_DEADLINE: Duration = DEFAULT_CALL_TIMEOUT.saturating_add(CALL_MARGIN);
+use crate::rules::deadlines::{CALL_DEADLINE, PREPARE_DEADLINE};
 
 /// How long a worker may take to forget a job.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);

@@ -20,8 +20,8 @@ use tracing::{info, warn};
 use super::Shared;
 use super::dispatch::{end_job, fail_internal};
 use super::store::{ChunkMeta, ChunkRow};
-use crate::chunk::{ChunkError, ChunkPlace, Cutter};
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, MAX_PIECE_BYTES, RpcError};
+use crate::rules::chunk::{ChunkError, ChunkPlace, Cutter};
 
 /// A job's input file as it is uploaded, and the cutter it goes through.
 pub(super) struct Spool {

@@ -22,14 +22,8 @@ use super::speculation::ChunkTimes;
 use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
 use super::workers::{PendingWorker, WorkerEntry};
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
-use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
-
-/// Attempts at a chunk before the job fails, when the spec says 0 (as Hadoop's default).
-pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 4;
-
-/// Beyond the executor's own timeouts, how long a call to a worker may take: queueing behind
-/// other calls, transferring a chunk or partials, starting an executor.
-pub(super) const CALL_MARGIN: Duration = Duration::from_secs(120);
+use crate::rules::deadlines::chunk_call_deadline;
+use crate::rules::{combine, retry};
 
 /// The controller's mutable state.
 #[derive(Default)]
@@ -179,7 +173,7 @@ impl Job {
     }
 
     fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
-        let group_size = crate::local::combine_group(spec.chunk_size);
+        let group_size = combine::combine_group(spec.chunk_size);
         let job = Job {
             id,
             spec,
@@ -302,16 +296,12 @@ impl Job {
     /// run a chunk again alone, plus room for queueing and transfer, so that the worker reports
     /// a slow chunk rather than being cut off here.
     pub fn call_deadline(&self, n_chunks: usize) -> Duration {
-        let timeout = match self.spec.chunk_timeout_ms {
-            0 => DEFAULT_CALL_TIMEOUT,
-            ms => Duration::from_millis(ms),
-        };
-        let n_chunks = u32::try_from(n_chunks.max(1)).unwrap_or(u32::MAX);
-        timeout.saturating_mul(2).saturating_mul(n_chunks).saturating_add(CALL_MARGIN)
+        let timeout = (self.spec.chunk_timeout_ms > 0).then(|| Duration::from_millis(self.spec.chunk_timeout_ms));
+        chunk_call_deadline(timeout, n_chunks)
     }
 
     pub fn max_attempts(&self) -> u32 {
-        if self.spec.max_attempts > 0 { self.spec.max_attempts } else { DEFAULT_MAX_ATTEMPTS }
+        retry::max_attempts(self.spec.max_attempts)
     }
 
     pub fn span(&self, index: u64) -> ChunkSpan {

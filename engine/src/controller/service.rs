@@ -17,14 +17,14 @@ use super::input::{Spool, finish_input, upload_input};
 use super::jobs::Job;
 use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
-use crate::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
 use crate::owner::Owner;
+use crate::plugin_source::{MAX_BYTES, SourceTree};
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
     WATCH_WAIT, WorkerCertificate, WorkerId, WorkerInfo,
 };
+use crate::rules::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
 use crate::tls::Fingerprint;
-use crate::worker::builder::{MAX_BYTES, SourceTree};
 
 /// The largest plugin archive accepted: no more than the source it may unpack to.
 const MAX_ARCHIVE_BYTES: usize = MAX_BYTES as usize;
@@ -106,7 +106,7 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
         )));
     }
     if spec.max_attempts == 0 {
-        spec.max_attempts = super::jobs::DEFAULT_MAX_ATTEMPTS;
+        spec.max_attempts = crate::rules::retry::DEFAULT_MAX_ATTEMPTS;
     }
     if spec.chunk_size == 0 {
         spec.chunk_size = DEFAULT_CHUNK_SIZE as u64;

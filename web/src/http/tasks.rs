@@ -311,10 +311,10 @@ async fn read_plugin(app: &App, file: UploadedFile) -> Result<(Plugin, TempPath)
         tracing::error!("cannot check an uploaded plugin: {e}");
         "the plugin could not be checked on the server; try again".to_owned()
     };
-    if file.size > kiln_engine::worker::builder::MAX_BYTES {
+    if file.size > kiln_engine::plugin_source::MAX_BYTES {
         return Err(format!(
             "the plugin cannot be used: it is larger than {}",
-            format::bytes(i64::try_from(kiln_engine::worker::builder::MAX_BYTES).unwrap_or(i64::MAX))
+            format::bytes(i64::try_from(kiln_engine::plugin_source::MAX_BYTES).unwrap_or(i64::MAX))
         ));
     }
     // The reader tells a single file from an archive by the name's ending.
@@ -325,7 +325,7 @@ async fn read_plugin(app: &App, file: UploadedFile) -> Result<(Plugin, TempPath)
     if kind != PluginKind::RustFile {
         let checked = {
             let path = path.to_path_buf();
-            tokio::task::spawn_blocking(move || kiln_engine::worker::builder::read_source(&path).map(|_| ())).await
+            tokio::task::spawn_blocking(move || kiln_engine::plugin_source::read_source(&path).map(|_| ())).await
         };
         match checked {
             Ok(Ok(())) => {}

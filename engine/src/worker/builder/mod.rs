@@ -31,14 +31,7 @@
 //! entirely in memory, before anything is written.
 
 mod cargo;
-mod embedded;
-mod links;
 pub mod sandboxed;
-mod source;
-mod unpack;
-
-// Each item has this one public path; the submodules are private seams of the builder.
-pub use source::{MAX_BYTES, MAX_FILES, SourceError, SourceLimits, SourceTree, read_source, read_source_with_limits};
 
 use std::collections::HashMap;
 use std::io;
@@ -49,6 +42,7 @@ use std::time::{Duration, Instant};
 
 use self::sandboxed::Toolchain;
 use crate::owner::Owner;
+use crate::plugin_source::SourceTree;
 
 /// Where and with what the builder builds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -432,7 +426,8 @@ fn prepare(source: &SourceTree, source_dir: &Path, kiln_dir: &Path, dirs: &Owner
         std::fs::create_dir_all(dir).map_err(io_error("create", dir))?;
     }
     copy_cargo_config(&dirs.cargo_home).map_err(io_error("copy the cargo configuration into", &dirs.cargo_home))?;
-    let plugin_api = embedded::ensure_plugin_api(kiln_dir).map_err(io_error("write the plugin API into", kiln_dir))?;
+    let plugin_api = crate::plugin_source::embedded::ensure_plugin_api(kiln_dir)
+        .map_err(io_error("write the plugin API into", kiln_dir))?;
     // Left over from an interrupted build: start from a clean copy.
     if source_dir.exists() {
         std::fs::remove_dir_all(source_dir).map_err(io_error("remove", source_dir))?;

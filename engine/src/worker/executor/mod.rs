@@ -40,13 +40,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
-
-/// How long a plugin may take to load and create its instance.
-pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// How long one call may run before the executor is killed. Chunks are a few MiB, which
-/// plugins handle in well under a second; ten minutes leaves room for heavy ones.
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(600);
+use crate::rules::deadlines::{DEFAULT_CALL_TIMEOUT, DEFAULT_START_TIMEOUT};
 
 /// How many lines of the executor's stderr are kept to explain a crash.
 const STDERR_TAIL_LINES: usize = 20;

@@ -15,9 +15,9 @@
 //! plugin started), so nothing of one job's plugin outlives it or meets another job's data.
 //! Plugin code runs only in those executor processes,
 //! never in the worker itself. An executor that crashed or timed out is replaced by a fresh one
-//! on the next call, and a crash is charged only to the chunk that caused it (`attribution`).
+//! on the next call, and a crash is charged only to the chunk that caused it (see
+//! [`crate::worker::runner`]).
 
-mod attribution;
 mod registrar;
 mod state;
 
@@ -44,7 +44,7 @@ use crate::tls::ca::WorkerKey;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
+use crate::worker::executor::ExecutorConfig;
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
@@ -314,8 +314,10 @@ impl Worker for WorkerServer {
         chunks: Vec<ChunkInput>,
     ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.state.authorize(&secret).await?;
-        let warm = self.state.job_executor(job)?;
-        Ok(attribution::run_batch(&warm, job, chunks).await)
+        let runner = self.state.job_runner(job)?;
+        let chunks = chunks.into_iter().map(|chunk| (chunk.first_line, Bytes::from(chunk.text.into_vec()))).collect();
+        let results = runner.run_batch(job, chunks).await;
+        Ok(results.into_iter().map(|result| result.map(|partial| ByteBuf::from(Vec::from(partial)))).collect())
     }
 
     async fn combine(
@@ -326,14 +328,10 @@ impl Worker for WorkerServer {
         partials: Vec<ByteBuf>,
     ) -> Result<Option<ByteBuf>, TaskError> {
         self.state.authorize(&secret).await?;
-        let warm = self.state.job_executor(job)?;
-        let executor = warm.get().await.map_err(start_error)?;
-        if !executor.combines() {
-            return Ok(None);
-        }
+        let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        let merged = executor.combine(partials).await.map_err(|e| ended_call_error(e, &executor))?;
-        Ok(Some(ByteBuf::from(Vec::from(merged))))
+        let merged = runner.combine(partials).await?;
+        Ok(merged.map(|merged| ByteBuf::from(Vec::from(merged))))
     }
 
     async fn aggregate(
@@ -344,10 +342,9 @@ impl Worker for WorkerServer {
         partials: Vec<ByteBuf>,
     ) -> Result<String, TaskError> {
         self.state.authorize(&secret).await?;
-        let warm = self.state.job_executor(job)?;
-        let executor = warm.get().await.map_err(start_error)?;
+        let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        executor.aggregate(partials).await.map_err(|e| ended_call_error(e, &executor))
+        runner.aggregate(partials).await
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
@@ -365,35 +362,5 @@ fn build_error(error: BuildError) -> RpcError {
             RpcError::Build(error.to_string())
         }
         error => RpcError::Internal(error.to_string()),
-    }
-}
-
-/// The answer for an executor that could not start: hopeless when the plugin is at fault.
-fn start_error(error: ExecError) -> TaskError {
-    match error {
-        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) | ExecError::Sandbox(_) => {
-            TaskError::Fatal(error.to_string())
-        }
-        error => TaskError::Crashed(error.to_string()),
-    }
-}
-
-/// The answer for a failed call to an executor.
-fn call_error(error: ExecError) -> TaskError {
-    match error {
-        ExecError::Plugin(message) => TaskError::Plugin(message),
-        ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) | ExecError::Sandbox(_) => {
-            TaskError::Fatal(error.to_string())
-        }
-        error => TaskError::Crashed(error.to_string()),
-    }
-}
-
-/// The answer for a failed combine or aggregate: `Interrupted` when its executor was ended on
-/// purpose (another call timed out there), which is no fault of this call.
-fn ended_call_error(error: ExecError, executor: &Executor) -> TaskError {
-    match (&error, executor.ending()) {
-        (ExecError::Stopped(_), Some(Ending { cause: ExecError::Stopped(why), .. })) => TaskError::Interrupted(why),
-        _ => call_error(error),
     }
 }

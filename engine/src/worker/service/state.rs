@@ -11,13 +11,15 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use tarpc::context;
-use tokio::sync::{OnceCell, watch};
+use tokio::sync::watch;
 
-use super::{build_error, start_error};
+use super::build_error;
 use crate::owner::Owner;
+use crate::plugin_source::SourceTree;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
-use crate::worker::builder::{Builder, SourceTree};
-use crate::worker::executor::{ExecError, Executor, ExecutorConfig};
+use crate::worker::builder::Builder;
+use crate::worker::executor::ExecutorConfig;
+use crate::worker::runner::{JOB_ENDED, JobRunner, start_error};
 
 /// Deadline of fetching a plugin archive (at most 50 MiB) from the controller.
 const FETCH_DEADLINE: Duration = Duration::from_secs(120);
@@ -60,77 +62,7 @@ type ExecutorKey = (String, String, ExecLimits);
 /// A prepared job: what its executor was started with, and the executor.
 struct JobEntry {
     key: ExecutorKey,
-    executor: Arc<WarmExecutor>,
-}
-
-/// One job's plugin instance's executor, restarted when it dies, until the job ends.
-pub(super) struct WarmExecutor {
-    library: PathBuf,
-    params: String,
-    /// The worker's executor configuration within the job's limits.
-    config: ExecutorConfig,
-    /// The current executor, started once by whichever call comes first.
-    current: Mutex<Arc<OnceCell<Arc<Executor>>>>,
-    /// Set when the job ended: no executor starts any more, one that was starting is stopped.
-    closed: Mutex<bool>,
-}
-
-/// Why a call finds its job's executor gone.
-const JOB_ENDED: &str = "its job ended on this worker";
-
-impl WarmExecutor {
-    /// The live executor, starting a fresh one when there is none or the last one died.
-    pub(super) async fn get(&self) -> Result<Arc<Executor>, ExecError> {
-        // Twice at most: a fresh executor that is dead at once will not do better a third time.
-        for _ in 0..2 {
-            self.check_open()?;
-            let cell = Arc::clone(&lock(&self.current));
-            let executor = cell
-                .get_or_try_init(|| async {
-                    let executor = Executor::start(&self.config, &self.library, &self.params).await?;
-                    Ok::<_, ExecError>(Arc::new(executor))
-                })
-                .await?;
-            // The job may have ended while this executor started: `close` did not see it then.
-            if let Err(error) = self.check_open() {
-                executor.kill(JOB_ENDED);
-                return Err(error);
-            }
-            if executor.is_alive() {
-                return Ok(Arc::clone(executor));
-            }
-            let mut current = lock(&self.current);
-            // Unless another call replaced it already, the next one starts a fresh executor.
-            if Arc::ptr_eq(&current, &cell) {
-                *current = Arc::new(OnceCell::new());
-            }
-        }
-        Err(ExecError::Crashed { reason: "died as soon as it started".to_owned(), stderr: String::new() })
-    }
-
-    /// A fresh executor of the same plugin with one slot, for a call that must run alone.
-    pub(super) async fn start_alone(&self) -> Result<Executor, ExecError> {
-        self.check_open()?;
-        let config = ExecutorConfig { threads: 1, ..self.config.clone() };
-        let executor = Executor::start(&config, &self.library, &self.params).await?;
-        // Dropping it stops it, if the job ended meanwhile.
-        self.check_open()?;
-        Ok(executor)
-    }
-
-    fn check_open(&self) -> Result<(), ExecError> {
-        if *lock(&self.closed) { Err(ExecError::Stopped(JOB_ENDED.to_owned())) } else { Ok(()) }
-    }
-
-    /// Ends the job's executor for good, and waits until its process (and in the sandbox all
-    /// it started) is gone.
-    async fn close(&self, why: &str) {
-        *lock(&self.closed) = true;
-        let executor = lock(&self.current).get().cloned();
-        if let Some(executor) = executor {
-            executor.shutdown(why).await;
-        }
-    }
+    executor: Arc<JobRunner>,
 }
 
 /// The worker's executor configuration with a job's limits applied: each limit the job sets
@@ -213,28 +145,22 @@ impl State {
 
     /// The job's executor, made (not yet started) unless the job has one for the same plugin,
     /// parameters and limits; an executor the job had for others is stopped.
-    fn use_executor(&self, job: JobId, key: ExecutorKey, library: PathBuf) -> Arc<WarmExecutor> {
+    fn use_executor(&self, job: JobId, key: ExecutorKey, library: PathBuf) -> Arc<JobRunner> {
         let mut jobs = lock(&self.jobs);
         if let Some(entry) = jobs.get(&job)
             && entry.key == key
         {
             return Arc::clone(&entry.executor);
         }
-        let executor = Arc::new(WarmExecutor {
-            library,
-            params: key.1.clone(),
-            config: limited(&self.executor, key.2),
-            current: Mutex::new(Arc::new(OnceCell::new())),
-            closed: Mutex::new(false),
-        });
+        let executor = Arc::new(JobRunner::new(limited(&self.executor, key.2), library, key.1.clone()));
         let previous = jobs.insert(job, JobEntry { key, executor: Arc::clone(&executor) });
         drop(jobs);
         close_all(previous.into_iter().collect(), "its job was prepared again");
         executor
     }
 
-    /// The executor of a prepared job.
-    pub(super) fn job_executor(&self, job: JobId) -> Result<Arc<WarmExecutor>, TaskError> {
+    /// The runner of a prepared job.
+    pub(super) fn job_runner(&self, job: JobId) -> Result<Arc<JobRunner>, TaskError> {
         lock(&self.jobs).get(&job).map(|entry| Arc::clone(&entry.executor)).ok_or(TaskError::NotPrepared(job))
     }
 
@@ -267,7 +193,7 @@ impl State {
             None => self.fetch_and_build(job, &owner, &hash).await?,
         };
         let warm = self.use_executor(job, (hash.clone(), params, limits), library);
-        match warm.get().await {
+        match warm.executor().await {
             Ok(_) => {
                 tracing::info!(job, %owner, hash = short(&hash), "job prepared");
                 Ok(())
@@ -313,7 +239,7 @@ impl State {
 fn close_all(jobs: Vec<JobEntry>, why: &'static str) {
     for entry in jobs {
         // At once, so that no call starts the executor again before the task runs.
-        *lock(&entry.executor.closed) = true;
+        entry.executor.refuse_new();
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 runtime.spawn(async move { entry.executor.close(why).await });
@@ -337,6 +263,7 @@ pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 mod tests {
     use super::*;
     use crate::worker::builder::BuilderConfig;
+    use crate::worker::executor::ExecError;
 
     fn state() -> State {
         let cache = std::env::temp_dir().join("kiln-unused-cache");
@@ -354,7 +281,7 @@ mod tests {
         let second = state.use_executor(2, key(3), PathBuf::from("plugin.so"));
         assert!(!Arc::ptr_eq(&first, &second), "two jobs never share an executor");
         assert!(Arc::ptr_eq(&state.use_executor(1, key(3), PathBuf::from("plugin.so")), &first));
-        assert!(Arc::ptr_eq(&state.job_executor(2).ok().unwrap(), &second));
+        assert!(Arc::ptr_eq(&state.job_runner(2).ok().unwrap(), &second));
 
         // Prepared again with other parameters, the job gets a new executor and the old one ends.
         let replaced = state.use_executor(2, key(4), PathBuf::from("plugin.so"));
@@ -362,9 +289,9 @@ mod tests {
         assert!(matches!(second.check_open(), Err(ExecError::Stopped(_))));
 
         state.release(1).await;
-        assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
-        assert!(matches!(first.get().await, Err(ExecError::Stopped(_))), "a released job's executor never starts");
-        assert!(state.job_executor(2).is_ok());
+        assert!(matches!(state.job_runner(1), Err(TaskError::NotPrepared(1))));
+        assert!(matches!(first.executor().await, Err(ExecError::Stopped(_))), "a released job's executor never starts");
+        assert!(state.job_runner(2).is_ok());
     }
 
     #[test]
@@ -386,7 +313,7 @@ mod tests {
         let state = state();
         let executor = state.use_executor(1, key(1), PathBuf::from("plugin.so"));
         state.forget_jobs();
-        assert!(matches!(state.job_executor(1), Err(TaskError::NotPrepared(1))));
+        assert!(matches!(state.job_runner(1), Err(TaskError::NotPrepared(1))));
         assert!(matches!(executor.start_alone().await, Err(ExecError::Stopped(_))));
     }
 }

@@ -51,7 +51,7 @@ fn plugin_api_dir_name() -> String {
 ///
 /// The files go to a temporary directory that is then renamed into place, so concurrent
 /// processes never see a half-written copy; whoever renames first wins.
-pub(super) fn ensure_plugin_api(kiln_dir: &Path) -> io::Result<PathBuf> {
+pub(crate) fn ensure_plugin_api(kiln_dir: &Path) -> io::Result<PathBuf> {
     let dir = kiln_dir.join(plugin_api_dir_name());
     let complete = |dir: &Path| dir.join("Cargo.toml").is_file();
     if !complete(&dir) {

@@ -6,8 +6,8 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use super::source::{SourceError, SourceFile, SourceLimits};
-use super::unpack::{self, Entry, EntryKind, Unpacked};
+use super::limits::{SourceError, SourceLimits};
+use super::unpack::{self, Entry, EntryKind, SourceFile, Unpacked};
 
 /// How many symlinks may be followed to resolve one path, as Linux allows (`ELOOP`).
 const MAX_LINK_HOPS: usize = 40;

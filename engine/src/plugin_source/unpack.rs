@@ -10,7 +10,7 @@ use std::io::{self, Read, Seek};
 use std::path::Path;
 use std::rc::Rc;
 
-use super::source::{SourceError, SourceLimits};
+use super::limits::{SourceError, SourceLimits};
 
 /// Directories left out at any depth: build output, version control, cargo configuration
 /// (which must never be honoured from an upload: it could replace the compiler or the
@@ -23,6 +23,20 @@ const TAR_OVERHEAD_PER_FILE: u64 = 4 * 1024;
 
 /// The longest symlink target we read (Linux's `PATH_MAX`).
 const MAX_LINK_TARGET: u64 = 4096;
+
+/// A file's contents and executable bit.
+#[derive(Clone, PartialEq, Eq)]
+pub(super) struct SourceFile {
+    pub(super) bytes: Vec<u8>,
+    pub(super) executable: bool,
+}
+
+impl SourceFile {
+    /// A file that is not executable.
+    pub(super) fn new(bytes: Vec<u8>) -> SourceFile {
+        SourceFile { bytes, executable: false }
+    }
+}
 
 /// An entry of an upload, its path checked and split into components.
 pub(super) struct Entry {

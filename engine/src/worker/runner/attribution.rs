@@ -15,11 +15,9 @@
 use std::collections::VecDeque;
 
 use bytes::Bytes;
-use serde_bytes::ByteBuf;
 
-use super::state::WarmExecutor;
-use super::{call_error, start_error};
-use crate::rpc::{ChunkInput, JobId, TaskError};
+use super::{JobRunner, call_error, start_error};
+use crate::rpc::{JobId, TaskError};
 use crate::worker::executor::{Ending, ExecError};
 
 /// Runs a batch of chunks one after another in the job's executor, as one executor call;
@@ -28,15 +26,14 @@ use crate::worker::executor::{Ending, ExecError};
 /// go on in a fresh executor. Once the executor cannot start, the chunks left all get that
 /// answer (`Fatal` when the plugin is at fault: no retry can help them either).
 pub(super) async fn run_batch(
-    warm: &WarmExecutor,
+    warm: &JobRunner,
     job: JobId,
-    chunks: Vec<ChunkInput>,
-) -> Vec<Result<ByteBuf, TaskError>> {
+    chunks: Vec<(u64, Bytes)>,
+) -> Vec<Result<Bytes, TaskError>> {
     let mut results = Vec::with_capacity(chunks.len());
-    let mut left: VecDeque<(u64, Bytes)> =
-        chunks.into_iter().map(|chunk| (chunk.first_line, Bytes::from(chunk.text.into_vec()))).collect();
+    let mut left: VecDeque<(u64, Bytes)> = chunks.into();
     while !left.is_empty() {
-        let executor = match warm.get().await {
+        let executor = match warm.executor().await {
             Ok(executor) => executor,
             Err(error) => {
                 let error = start_error(error);
@@ -47,12 +44,12 @@ pub(super) async fn run_batch(
         let outcome = executor.run_batch(left.iter().cloned().collect()).await;
         for answer in outcome.answers {
             left.pop_front();
-            results.push(answer.map(|partial| ByteBuf::from(Vec::from(partial))).map_err(call_error));
+            results.push(answer.map_err(call_error));
         }
         let Some(error) = outcome.ended else { break };
         let Some((first_line, text)) = left.pop_front() else { break };
         let result = judge(warm, job, first_line, text, error, executor.ending()).await;
-        results.push(result.map(|partial| ByteBuf::from(Vec::from(partial))));
+        results.push(result);
     }
     results
 }
@@ -60,7 +57,7 @@ pub(super) async fn run_batch(
 /// Answers for a chunk whose call failed with `error` in an executor that ended as `ending`
 /// says: its own failure, an interruption, or what it does when run again alone.
 async fn judge(
-    warm: &WarmExecutor,
+    warm: &JobRunner,
     job: JobId,
     first_line: u64,
     text: Bytes,
@@ -109,7 +106,7 @@ fn verdict(error: &ExecError, ending: Option<Ending>) -> Verdict {
 }
 
 /// Runs a suspect alone in a fresh executor, ended when done.
-async fn run_alone(warm: &WarmExecutor, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
+async fn run_alone(warm: &JobRunner, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
     let executor = warm.start_alone().await.map_err(start_error)?;
     match executor.run(first_line, text).await {
         Ok(partial) => {

@@ -1,8 +1,9 @@
-//! Cutting a text input into chunks of whole lines.
-//!
-//! The [`Chunker`] reads any [`Read`] in pieces, never holding more than about one chunk of the
-//! input, and yields chunks that end on a line boundary. Each chunk is checked to be UTF-8 as it
-//! is cut; since `\n` is ASCII, a valid UTF-8 sequence never straddles two chunks.
+//! Cutting a text input into chunks of whole lines, by one rule ([`Cutter::next_len`]) behind
+//! two interfaces: the [`Cutter`], pushed the input piece by piece as it arrives (the
+//! controller, during an upload), answers where chunks lie; the [`Chunker`] pulls from any
+//! [`Read`] (run-local), never holding more than about one chunk of it, and yields the chunks
+//! with their text. Each chunk is checked to be UTF-8 as it is cut; since `\n` is ASCII, a
+//! valid UTF-8 sequence never straddles two chunks.
 
 use std::io::{self, Read};
 
@@ -59,117 +60,67 @@ pub enum ChunkError {
     },
 }
 
-/// Cuts a reader's bytes into chunks of whole lines of about `chunk_size` bytes.
+/// Cuts a reader's bytes into chunks of whole lines of about `chunk_size` bytes: the pull
+/// interface, for an input on this machine. It reads into a [`Cutter`] and hands out each chunk
+/// the cutter finds with its text, so both interfaces cut by the one rule of
+/// [`Cutter::next_len`].
 ///
 /// A chunk is cut after the last line ending within `chunk_size` bytes; a line longer than
 /// that makes a chunk of its own. The last line needs no `\n`.
 pub struct Chunker<R> {
     reader: R,
-    chunk_size: usize,
-    /// Bytes read but not yet handed out: the start of the next chunk.
-    pending: Vec<u8>,
-    next_index: u64,
-    next_line: u64,
-    next_offset: u64,
+    cutter: Cutter,
     at_eof: bool,
 }
 
 impl<R: Read> Chunker<R> {
     /// Makes a chunker over `reader`; `chunk_size` is at least one byte.
     pub fn new(reader: R, chunk_size: usize) -> Self {
-        Chunker {
-            reader,
-            chunk_size: chunk_size.max(1),
-            pending: Vec::new(),
-            next_index: 0,
-            next_line: 1,
-            next_offset: 0,
-            at_eof: false,
-        }
+        Chunker { reader, cutter: Cutter::new(chunk_size), at_eof: false }
     }
 
-    /// Reads until `pending` holds at least `want` bytes or the input ends.
+    /// Reads until the cutter holds at least `want` bytes or the input ends.
     fn fill(&mut self, want: usize) -> io::Result<()> {
-        while self.pending.len() < want && !self.at_eof {
-            let start = self.pending.len();
-            self.pending.resize(want, 0);
+        let pending = &mut self.cutter.pending;
+        while pending.len() < want && !self.at_eof {
+            let start = pending.len();
+            pending.resize(want, 0);
             let read = loop {
-                match self.reader.read(&mut self.pending[start..]) {
+                match self.reader.read(&mut pending[start..]) {
                     Ok(n) => break n,
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        self.pending.truncate(start);
+                        pending.truncate(start);
                         return Err(e);
                     }
                 }
             };
-            self.pending.truncate(start + read);
+            pending.truncate(start + read);
             self.at_eof = read == 0;
         }
         Ok(())
     }
 
-    /// The length of the next chunk in `pending`, reading more input while no line ends.
-    fn next_chunk_len(&mut self) -> Result<usize, ChunkError> {
-        let mut want = self.chunk_size;
-        let mut searched = 0;
-        loop {
-            // One byte more than the window, so that the end of the input is known whenever
-            // the rest fits in it.
-            self.fill(want + 1)?;
-            let rest_fits = self.at_eof && self.pending.len() <= want;
-            if rest_fits && searched == 0 {
-                return Ok(self.pending.len());
-            }
-            let window = &self.pending[..self.pending.len().min(want)];
-            // Normally cut after the window's last line; once a line has outgrown the window,
-            // cut right after that line so that it makes a chunk of its own.
-            let newline =
-                if searched == 0 { memchr::memrchr(b'\n', window) } else { memchr::memchr(b'\n', &window[searched..]) };
-            match newline {
-                Some(newline) if searched == 0 => return Ok(newline + 1),
-                Some(newline) => return Ok(searched + newline + 1),
-                None if rest_fits => return Ok(self.pending.len()),
-                None => {}
-            }
-            // No line ends within the window: the chunk is one line longer than a chunk.
-            searched = window.len();
-            if searched >= MAX_LINE_BYTES {
-                return Err(ChunkError::LineTooLong { line: self.next_line });
-            }
-            want = (want * 2).min(MAX_LINE_BYTES + 1);
-        }
-    }
-
     fn next_chunk(&mut self) -> Result<Option<InputChunk>, ChunkError> {
-        let len = self.next_chunk_len()?;
-        if len == 0 {
-            return Ok(None);
-        }
-        let mut rest = Vec::with_capacity((self.chunk_size + 1).max(self.pending.len() - len));
-        rest.extend_from_slice(&self.pending[len..]);
-        let mut bytes = std::mem::replace(&mut self.pending, rest);
-        bytes.truncate(len);
-
-        let newlines = bytecount::count(&bytes, b'\n') as u64;
-        let n_lines = newlines + u64::from(bytes.last() != Some(&b'\n'));
-        let text = match String::from_utf8(bytes) {
-            Ok(text) => text,
-            Err(e) => {
-                let valid = e.utf8_error().valid_up_to();
-                let bytes = e.as_bytes();
-                return Err(ChunkError::InvalidUtf8 {
-                    line: self.next_line + bytecount::count(&bytes[..valid], b'\n') as u64,
-                    offset: self.next_offset + valid as u64,
-                });
+        // One byte more than a chunk, so that the end of the input is known whenever the rest
+        // fits in one; twice as much each time a line turns out longer than what is held.
+        let mut want = self.cutter.chunk_size + 1;
+        loop {
+            self.fill(want)?;
+            if let Some((place, text)) = self.cutter.take(self.at_eof)? {
+                return Ok(Some(InputChunk {
+                    index: place.index,
+                    first_line: place.first_line,
+                    n_lines: place.n_lines,
+                    offset: place.offset,
+                    text,
+                }));
             }
-        };
-        let chunk =
-            InputChunk { index: self.next_index, first_line: self.next_line, n_lines, offset: self.next_offset, text };
-        self.next_index += 1;
-        self.next_line += n_lines;
-        self.next_offset += len as u64;
-        Ok(Some(chunk))
+            if self.at_eof {
+                return Ok(None);
+            }
+            want = (self.cutter.pending.len() * 2).clamp(want, MAX_LINE_BYTES + 1);
+        }
     }
 }
 
@@ -183,7 +134,7 @@ impl<R: Read> Iterator for Chunker<R> {
             Err(e) => {
                 // After an error the input cannot be trusted to line up: stop.
                 self.at_eof = true;
-                self.pending.clear();
+                self.cutter.fail();
                 Some(Err(e))
             }
         }
@@ -280,6 +231,13 @@ impl Cutter {
         }
     }
 
+    /// Refuses all further input: after an error it cannot be trusted to line up.
+    fn fail(&mut self) {
+        self.failed = true;
+        self.pending = Vec::new();
+    }
+
+    /// Appends to `out` every chunk the pending bytes complete, checking each is UTF-8.
     fn cut(&mut self, at_end: bool, out: &mut Vec<ChunkPlace>) -> Result<(), ChunkError> {
         let mut start = 0;
         let result = loop {
@@ -291,35 +249,62 @@ impl Cutter {
             };
             let bytes = &pending[..len];
             if let Err(e) = std::str::from_utf8(bytes) {
-                let valid = e.valid_up_to();
-                break Err(ChunkError::InvalidUtf8 {
-                    line: self.next_line + bytecount::count(&bytes[..valid], b'\n') as u64,
-                    offset: self.next_offset + valid as u64,
-                });
+                break Err(self.invalid_utf8(bytes, e.valid_up_to()));
             }
-            let newlines = bytecount::count(bytes, b'\n') as u64;
-            let n_lines = newlines + u64::from(bytes.last() != Some(&b'\n'));
-            out.push(ChunkPlace {
-                index: self.next_index,
-                first_line: self.next_line,
-                n_lines,
-                offset: self.next_offset,
-                len: len as u64,
-            });
-            self.next_index += 1;
-            self.next_line += n_lines;
-            self.next_offset += len as u64;
+            let n_lines = count_lines(bytes);
+            out.push(self.advance(len, n_lines));
             start += len;
         };
         self.pending.drain(..start);
         if result.is_err() {
-            self.failed = true;
-            self.pending = Vec::new();
+            self.fail();
         }
         result
     }
 
-    /// The length of the chunk at the start of `pending`, once it is decided.
+    /// Takes the next chunk out of the pending bytes with its text, once it is decided (see
+    /// [`Cutter::next_len`]): what the [`Chunker`] hands out.
+    fn take(&mut self, at_end: bool) -> Result<Option<(ChunkPlace, String)>, ChunkError> {
+        self.check()?;
+        let Some(len) = self.next_len(&self.pending, at_end)? else { return Ok(None) };
+        // The chunk keeps the buffer; the few bytes after it move to a fresh one.
+        let mut rest = Vec::with_capacity((self.chunk_size + 1).max(self.pending.len() - len));
+        rest.extend_from_slice(&self.pending[len..]);
+        let mut bytes = std::mem::replace(&mut self.pending, rest);
+        bytes.truncate(len);
+        match String::from_utf8(bytes) {
+            Ok(text) => Ok(Some((self.advance(len, count_lines(text.as_bytes())), text))),
+            Err(e) => Err(self.invalid_utf8(e.as_bytes(), e.utf8_error().valid_up_to())),
+        }
+    }
+
+    /// The place of the next chunk, `len` bytes of `n_lines` lines; moves past it.
+    fn advance(&mut self, len: usize, n_lines: u64) -> ChunkPlace {
+        let place = ChunkPlace {
+            index: self.next_index,
+            first_line: self.next_line,
+            n_lines,
+            offset: self.next_offset,
+            len: len as u64,
+        };
+        self.next_index += 1;
+        self.next_line += n_lines;
+        self.next_offset += len as u64;
+        place
+    }
+
+    /// The error for the next chunk's `bytes`, valid UTF-8 up to `valid`.
+    fn invalid_utf8(&self, bytes: &[u8], valid: usize) -> ChunkError {
+        ChunkError::InvalidUtf8 {
+            line: self.next_line + bytecount::count(&bytes[..valid], b'\n') as u64,
+            offset: self.next_offset + valid as u64,
+        }
+    }
+
+    /// The length of the chunk at the start of `pending`, once it is decided: the cutting rule.
+    /// Normally the chunk ends after the last line end within `chunk_size` bytes; a line longer
+    /// than that makes a chunk of its own, ended by its line end; the input's last bytes make
+    /// the last chunk. Undecided (`None`) while more bytes could change the answer.
     fn next_len(&self, pending: &[u8], at_end: bool) -> Result<Option<usize>, ChunkError> {
         if pending.is_empty() {
             return Ok(None);
@@ -340,6 +325,11 @@ impl Cutter {
             None => Ok(None),
         }
     }
+}
+
+/// The lines in a chunk's bytes: its line ends, and one more when the last line has none.
+fn count_lines(bytes: &[u8]) -> u64 {
+    bytecount::count(bytes, b'\n') as u64 + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
 #[cfg(test)]

@@ -1,141 +1,18 @@
-//! Plugin sources: a crate read from a directory, an archive or a single `lib.rs`, validated
-//! entirely in memory into a [`SourceTree`] before anything is written to disk.
-//!
-//! Symlinks that stay inside the crate are resolved to copies of what they point to, so a
-//! `SourceTree` holds regular files only and nothing written from it can ever be a link that
-//! leads out of the build directory. A symlink that points outside the crate (lexically,
-//! relative to its own directory) or to an absolute path is refused; one that points to nothing
-//! is dropped, as it would dangle on the worker too.
+//! [`SourceTree`]: a validated plugin crate in memory, and [`read_source`], which makes one
+//! from a path.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 
 use sha2::{Digest, Sha256};
 
 use super::embedded;
+use super::limits::{MAX_BYTES, SourceError, SourceLimits};
 use super::links;
-use super::unpack::{self, Unpacked};
-
-/// The most files a plugin source may hold: a plugin is a small crate, and every file costs
-/// memory on the controller and the workers while the upload is checked.
-pub const MAX_FILES: usize = 10_000;
-
-/// The most bytes a plugin source may unpack to (files' contents, counted while
-/// decompressing): large enough for any hand-written crate with test data, small enough that
-/// an archive bomb stops long before it fills memory or disk.
-pub const MAX_BYTES: u64 = 50 * 1024 * 1024;
-
-/// The limits a plugin source must stay within; [`SourceLimits::default`] gives
-/// [`MAX_FILES`] and [`MAX_BYTES`].
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct SourceLimits {
-    /// The most files (after resolving symlinks to copies) the crate may have.
-    pub max_files: usize,
-    /// The most bytes the files' contents may add up to.
-    pub max_bytes: u64,
-}
-
-impl Default for SourceLimits {
-    fn default() -> Self {
-        SourceLimits { max_files: MAX_FILES, max_bytes: MAX_BYTES }
-    }
-}
-
-/// Why a plugin source was refused.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum SourceError {
-    /// The source could not be read from disk.
-    #[error("cannot read `{path}`: {error}")]
-    Io {
-        /// The file or directory that failed.
-        path: PathBuf,
-        /// The underlying error.
-        error: io::Error,
-    },
-    /// The path is neither a directory nor a file of a supported kind.
-    #[error(
-        "unsupported plugin source `{path}`: give a crate directory, a .tar.gz, .tgz or .zip \
-         archive of one, or a single .rs file"
-    )]
-    Unsupported {
-        /// The path given.
-        path: PathBuf,
-    },
-    /// The archive is corrupt or uses a feature we do not read.
-    #[error("cannot unpack the plugin archive: {message}: pack the crate again with tar czf or zip")]
-    Archive {
-        /// What went wrong.
-        message: String,
-    },
-    /// An entry's name could escape the crate directory.
-    #[error("refusing archive entry `{entry}`: {reason}")]
-    UnsafePath {
-        /// The entry's name as the archive gives it.
-        entry: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// A symlink points out of the crate, to an absolute path, or into a loop.
-    #[error("refusing symlink `{entry}` -> `{target}`: {reason}: replace it with a copy of what it points to")]
-    UnsafeLink {
-        /// The symlink's path in the crate.
-        entry: String,
-        /// What it points to.
-        target: String,
-        /// Why it is refused.
-        reason: &'static str,
-    },
-    /// A hard link, device, fifo or socket.
-    #[error("refusing entry `{entry}`: {kind} are not allowed in a plugin source")]
-    UnsupportedEntry {
-        /// The entry's name.
-        entry: String,
-        /// What kind of entry it is, in the plural.
-        kind: &'static str,
-    },
-    /// Two entries with the same path, or a path under a file.
-    #[error("refusing entry `{entry}`: {reason}")]
-    Conflict {
-        /// The entry's path in the crate.
-        entry: String,
-        /// What it clashes with.
-        reason: String,
-    },
-    /// More files than [`SourceLimits::max_files`].
-    #[error("the plugin source has more than {limit} files: leave out target/, data and generated files")]
-    TooManyFiles {
-        /// The limit that was passed.
-        limit: usize,
-    },
-    /// More bytes than [`SourceLimits::max_bytes`].
-    #[error(
-        "the plugin source unpacks to more than {limit} bytes: leave out target/, .git/ and data \
-         files"
-    )]
-    TooLarge {
-        /// The limit that was passed.
-        limit: u64,
-    },
-    /// No `Cargo.toml` at the root of the crate.
-    #[error(
-        "the plugin source has no Cargo.toml at its root: upload a crate directory, an archive \
-         of one, or a single .rs file"
-    )]
-    NoManifest,
-    /// `Cargo.toml` does not parse or lacks a package name.
-    #[error("the plugin's Cargo.toml is not valid: {message}: fix it and upload again")]
-    BadManifest {
-        /// What is wrong with it.
-        message: String,
-    },
-    /// `Cargo.toml` has no `[package]`, e.g. a virtual workspace manifest.
-    #[error("the plugin's Cargo.toml has no [package] section: a plugin is a single crate, not a workspace")]
-    NotAPackage,
-}
+use super::unpack::{self, SourceFile, Unpacked};
 
 /// A plugin crate in memory: relative paths (`/`-separated) to file contents and executable
 /// bits, validated, with a parsed `Cargo.toml` at its root. Cheap to clone.
@@ -145,13 +22,6 @@ pub struct SourceTree {
     package: String,
     has_workspace: bool,
     hash: String,
-}
-
-/// A file's contents and executable bit.
-#[derive(Clone, PartialEq, Eq)]
-pub(super) struct SourceFile {
-    pub(super) bytes: Vec<u8>,
-    pub(super) executable: bool,
 }
 
 /// Reads a plugin source with the default [`SourceLimits`]; see [`read_source_with_limits`].
@@ -269,12 +139,12 @@ impl SourceTree {
     }
 
     /// Whether `Cargo.toml` has a `[workspace]` table of its own.
-    pub(super) fn has_workspace(&self) -> bool {
+    pub(crate) fn has_workspace(&self) -> bool {
         self.has_workspace
     }
 
     /// Writes the files into `dir`, which must be new and empty. Blocking.
-    pub(super) fn write_to(&self, dir: &Path) -> io::Result<()> {
+    pub(crate) fn write_to(&self, dir: &Path) -> io::Result<()> {
         for (path, file) in self.files.iter() {
             let full = dir.join(path);
             if let Some(parent) = full.parent() {
@@ -323,13 +193,6 @@ impl std::fmt::Debug for SourceTree {
             .field("hash", &self.hash)
             .field("files", &self.files.len())
             .finish()
-    }
-}
-
-impl SourceFile {
-    /// A file that is not executable.
-    pub(super) fn new(bytes: Vec<u8>) -> SourceFile {
-        SourceFile { bytes, executable: false }
     }
 }
 
