@@ -49,18 +49,21 @@ use serde_bytes::ByteBuf;
 use tarpc::context::{self, Context};
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::owner::{Owner, OwnerError};
-use crate::plugin_source::{SourceError, read_source};
+use crate::owner::Owner;
+use crate::plugin_source::read_source;
 use crate::rpc::{
-    ClusterInfo, ControllerClient, FailureKind, JobFailure, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES,
-    RpcError, Secret, WATCH_WAIT, WorkerId,
+    ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES, RpcError, Secret,
+    WATCH_WAIT, WorkerId,
 };
-use crate::tls::TlsError;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
 
+mod error;
 mod watch;
+
+pub use self::error::ClientError;
+use self::error::error_chain;
 
 use self::watch::ended;
 
@@ -112,115 +115,6 @@ pub struct SubmitOptions {
     /// Turns off speculative copies of chunks that run far longer than the job's others
     /// (on by default).
     pub no_speculation: bool,
-}
-
-/// Why a client call failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The controller could not be reached.
-    #[error("cannot connect to the controller at {addr}: {source}: check that it runs and the address is right")]
-    Connect {
-        /// The controller's address.
-        addr: String,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The connection broke, or the controller did not answer in time.
-    #[error("lost the connection to the controller at {addr}: {message}")]
-    Connection {
-        /// The controller's address.
-        addr: String,
-        /// What happened.
-        message: String,
-    },
-    /// The controller refused the API key.
-    #[error("the controller refused the API key ({0}): check --api-key or KILN_API_KEY")]
-    Unauthorized(String),
-    /// The API key is not usable (an old key without the CA's fingerprint, a damaged one).
-    #[error("cannot use the API key: {0}")]
-    Key(TlsError),
-    /// The controller's certificate does not come from the CA the key pins: another
-    /// controller, or someone in between. Nothing secret was sent.
-    #[error(
-        "the controller at {addr} is not the one this key belongs to: its certificate is not from the CA the key \
-         pins; check the address, or use the key that controller printed"
-    )]
-    WrongController {
-        /// The controller's address.
-        addr: String,
-    },
-    /// The certificate of a controller with an operator's certificate (a `pki` key) is not
-    /// trusted by the system roots or the CA file.
-    #[error(
-        "the certificate of the controller at {addr} is not trusted ({reason}): give the CA that issued it with \
-         --ca-file (or KILN_CA_FILE)"
-    )]
-    Untrusted {
-        /// The controller's address.
-        addr: String,
-        /// What the check said.
-        reason: String,
-    },
-    /// The controller refused the request.
-    #[error(transparent)]
-    Rpc(RpcError),
-    /// The owner asked for is not a usable name.
-    #[error("cannot submit the job: {0}")]
-    Owner(#[from] OwnerError),
-    /// The plugin's source could not be read or is not a valid crate.
-    #[error("cannot use the plugin: {0}")]
-    Plugin(#[from] SourceError),
-    /// The input could not be read.
-    #[error("cannot read the input {}: {source}", .path.display())]
-    Input {
-        /// The input's path (or name, for a reader).
-        path: PathBuf,
-        /// The underlying error.
-        source: io::Error,
-    },
-    /// The job failed; the message is the plugin's own, cargo's diagnostics, or the controller's.
-    #[error("{}", describe_failure(*.job, .failure))]
-    JobFailed {
-        /// The job.
-        job: JobId,
-        /// Why it failed.
-        failure: JobFailure,
-    },
-    /// The job was cancelled.
-    #[error("job {0} was cancelled")]
-    Cancelled(JobId),
-}
-
-impl ClientError {
-    fn from_rpc(error: RpcError) -> ClientError {
-        match error {
-            RpcError::Unauthorized(message) => ClientError::Unauthorized(message),
-            error => ClientError::Rpc(error),
-        }
-    }
-
-    /// Whether the controller may answer if asked again later (it is away or restarting).
-    fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Connect { .. } | ClientError::Connection { .. })
-    }
-}
-
-/// Words for a job's failure: what failed, where, and the message.
-fn describe_failure(job: JobId, failure: &JobFailure) -> String {
-    let message = failure.message.trim_end();
-    match (failure.kind, failure.chunk) {
-        (FailureKind::Build, _) => format!("job {job} failed: the plugin does not compile:\n{message}"),
-        (FailureKind::Input, _) => format!("job {job} failed: the input cannot be used: {message}"),
-        (_, Some(chunk)) => format!(
-            "job {job} failed: chunk {} (lines {}-{}) failed after {} attempt{}: {message}",
-            chunk.index,
-            chunk.first_line,
-            chunk.last_line,
-            failure.attempts,
-            if failure.attempts == 1 { "" } else { "s" },
-        ),
-        (_, None) => format!("job {job} failed: {message}"),
-    }
 }
 
 /// A connection to a controller, with its API key. Cheap to clone; clones share the connection.
@@ -558,52 +452,6 @@ async fn read_piece(input: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, Cli
     Ok(piece)
 }
 
-/// An error and its sources, as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
-}
-
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::rpc::ChunkSpan;
-
-    #[test]
-    fn a_plugin_failure_names_the_chunk_its_lines_and_the_attempts() {
-        let failure = JobFailure {
-            kind: FailureKind::Plugin,
-            message: "deliberate panic at line 12".to_owned(),
-            chunk: Some(ChunkSpan { index: 3, first_line: 10, last_line: 19 }),
-            attempts: 4,
-        };
-        let error = ClientError::JobFailed { job: 7, failure };
-        assert_eq!(
-            error.to_string(),
-            "job 7 failed: chunk 3 (lines 10-19) failed after 4 attempts: deliberate panic at line 12"
-        );
-    }
-
-    #[test]
-    fn a_build_failure_shows_cargos_diagnostics() {
-        let failure = JobFailure {
-            kind: FailureKind::Build,
-            message: "error[E0308]: mismatched types\n --> src/lib.rs:16:22\n".to_owned(),
-            chunk: None,
-            attempts: 1,
-        };
-        let shown = ClientError::JobFailed { job: 2, failure }.to_string();
-        assert!(shown.starts_with("job 2 failed: the plugin does not compile:\nerror[E0308]: mismatched types"));
-        assert!(shown.contains("src/lib.rs:16"));
-    }
 }

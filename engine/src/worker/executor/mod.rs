@@ -20,6 +20,7 @@
 //! On Linux an executor also dies with the process that started it, so a killed worker leaves
 //! no plugin running behind it.
 
+mod calls;
 mod child;
 pub mod process;
 pub mod protocol;
@@ -27,23 +28,20 @@ mod scratch;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
-use std::process::{ExitStatus, Stdio};
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{ChildStdin, Command};
+use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use self::calls::{Pending, PendingBatch, Shared, collect_stderr, read_responses, write_request, write_requests};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
 use crate::rules::deadlines::{DEFAULT_CALL_TIMEOUT, DEFAULT_START_TIMEOUT};
-
-/// How many lines of the executor's stderr are kept to explain a crash.
-const STDERR_TAIL_LINES: usize = 20;
 
 /// How to start executors.
 #[derive(Debug, Clone)]
@@ -143,80 +141,6 @@ pub struct BatchOutcome {
     /// What ended the executor before every chunk was answered; the chunk that was running
     /// then is the first one without an answer.
     pub ended: Option<ExecError>,
-}
-
-type Reply = oneshot::Sender<Result<Bytes, ExecError>>;
-
-/// A call in flight.
-enum Pending {
-    One(Reply),
-    Batch(PendingBatch),
-}
-
-/// A batch in flight: the answers so far, and when the last one came.
-struct PendingBatch {
-    expected: usize,
-    answers: Vec<Result<Bytes, ExecError>>,
-    last_answer: Instant,
-    reply: oneshot::Sender<BatchOutcome>,
-}
-
-impl Pending {
-    /// Answers the call with what ended the executor (a batch with its answers so far).
-    fn fail(self, error: ExecError) {
-        match self {
-            Pending::One(reply) => {
-                let _ = reply.send(Err(error));
-            }
-            Pending::Batch(batch) => {
-                let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: Some(error) });
-            }
-        }
-    }
-}
-
-/// State shared by an executor's handle and its reader task.
-struct Shared {
-    /// Calls in flight by number; a batch counts as one call.
-    pending: Mutex<HashMap<u64, Pending>>,
-    /// Set once the executor is unusable; later calls fail with it at once.
-    dead: Mutex<Option<ExecError>>,
-    /// The calls in flight when the executor was marked dead.
-    calls_lost: AtomicUsize,
-    stderr_tail: Mutex<VecDeque<String>>,
-}
-
-impl Shared {
-    /// Marks the executor dead (keeping the first cause) and fails every call in flight.
-    fn fail_all(&self, error: ExecError) {
-        let (error, first) = {
-            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-            let first = dead.is_none();
-            (dead.get_or_insert(error).clone(), first)
-        };
-        let pending: Vec<Pending> = {
-            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().map(|(_, call)| call).collect()
-        };
-        if first {
-            self.calls_lost.store(pending.len(), Ordering::Relaxed);
-        } else {
-            // Calls that slipped in between the first cause and now went down with it too.
-            self.calls_lost.fetch_add(pending.len(), Ordering::Relaxed);
-        }
-        for call in pending {
-            call.fail(error.clone());
-        }
-    }
-
-    fn dead(&self) -> Option<ExecError> {
-        self.dead.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    fn stderr_tail(&self) -> String {
-        let tail = self.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-        tail.iter().map(|line| format!("  {line}\n")).collect()
-    }
 }
 
 /// A running executor process with one plugin instance.
@@ -524,92 +448,5 @@ impl Drop for AbandonGuard<'_> {
             tracing::debug!("the executor's only call was abandoned: ending it");
             self.executor.kill("its only call was cancelled");
         }
-    }
-}
-
-async fn write_request(stdin: &mut ChildStdin, request: &Request) -> std::io::Result<()> {
-    let mut frame = Vec::new();
-    request.write_to(&mut frame)?;
-    stdin.write_all(&frame).await?;
-    stdin.flush().await
-}
-
-/// Writes requests to the executor in the order they were made.
-async fn write_requests(mut stdin: ChildStdin, mut requests: mpsc::UnboundedReceiver<Request>) {
-    while let Some(request) = requests.recv().await {
-        if let Err(e) = write_request(&mut stdin, &request).await {
-            // The reader will see the process end and explain why; this only stops writing.
-            tracing::debug!("executor pipe closed: {e}");
-            return;
-        }
-    }
-}
-
-/// Reads responses until the executor's stdout closes, then fails what is left in flight with
-/// the reason the process ended.
-fn read_responses(
-    mut stdout: std::io::BufReader<std::fs::File>,
-    shared: Arc<Shared>,
-    status: watch::Receiver<Option<ExitStatus>>,
-    stderr_task: tokio::task::JoinHandle<()>,
-) {
-    loop {
-        match Response::read_from(&mut stdout) {
-            Ok(Some(Response::Done { call, bytes })) => answer(&shared, call, Ok(bytes)),
-            Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
-            Ok(Some(other)) => {
-                tracing::warn!("executor sent an unexpected {other:?}");
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
-    let status = tokio::runtime::Handle::try_current().ok().and_then(|handle| {
-        handle.block_on(async {
-            // Let the last words on stderr arrive: they often say why the process ended.
-            let _ = tokio::time::timeout(Duration::from_secs(1), stderr_task).await;
-            wait_status(status).await
-        })
-    });
-    let mut reason = status.map(describe_exit).unwrap_or_else(|| "closed its output".to_owned());
-    let stderr = shared.stderr_tail();
-    // Rust aborts when an allocation fails, which is how a memory limit shows itself.
-    if stderr.contains("memory allocation of") {
-        reason = format!("ran out of memory and {reason}");
-    }
-    shared.fail_all(ExecError::Crashed { reason, stderr });
-}
-
-fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError>) {
-    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-    // A call that was abandoned or timed out is no longer there.
-    let Some(entry) = pending.get_mut(&call) else { return };
-    if let Pending::Batch(batch) = entry {
-        batch.answers.push(result);
-        batch.last_answer = Instant::now();
-        if batch.answers.len() < batch.expected {
-            return;
-        }
-        if let Some(Pending::Batch(batch)) = pending.remove(&call) {
-            drop(pending);
-            let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: None });
-        }
-        return;
-    }
-    if let Some(Pending::One(reply)) = pending.remove(&call) {
-        drop(pending);
-        let _ = reply.send(result);
-    }
-}
-
-/// Keeps the last lines of the executor's stderr and logs them.
-async fn collect_stderr(stderr: tokio::process::ChildStderr, shared: Arc<Shared>) {
-    let mut lines = BufReader::new(stderr).lines();
-    while let Ok(Some(line)) = lines.next_line().await {
-        tracing::debug!(target: "kiln::executor", "{line}");
-        let mut tail = shared.stderr_tail.lock().unwrap_or_else(|e| e.into_inner());
-        if tail.len() == STDERR_TAIL_LINES {
-            tail.pop_front();
-        }
-        tail.push_back(line);
     }
 }
