@@ -10,14 +10,9 @@ mod db;
 #[path = "util/web.rs"]
 mod web;
 
-use std::time::{Duration, Instant};
-
 use db::TestDb;
 use reqwest::StatusCode;
-use web::{Browser, TestWeb};
-
-/// How long a run may take: the first one of a test run builds the plugin's dependencies.
-const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+use web::{Browser, RUN_TIMEOUT, TestWeb};
 
 /// A plugin that makes every attack its parameters list (one per line: a path to read, or
 /// `write:PATH`, `connect:ADDR`, `env:NAME`, `ptrace`, `mount`) and answers, for each, what it
@@ -90,16 +85,9 @@ async fn run(browser: &Browser, task: i64, cluster: i64, params: &str) -> (Strin
     let page = browser.start_run(task, cluster, b"one line\n".to_vec(), params).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let run = page.redirect_id();
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        let page = browser.get(&format!("/runs/{run}")).await.body;
-        if page.contains("data-finished=\"true\"") {
-            let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
-            return (page, result);
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end:\n{page}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
+    let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
+    (page, result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
