@@ -133,14 +133,13 @@ async fn a_users_plugin_on_the_local_cluster_cannot_read_the_web_apps_or_control
     ]);
 
     let (page, result) = run(&browser, task, cluster, &params.join("\n")).await;
-    if page.contains("state-succeeded") {
-        let seen: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
-        for path in &params {
-            let answer = seen[path].as_str().unwrap_or_else(|| panic!("no answer for {path}: {result}"));
-            assert!(answer.starts_with("denied"), "the plugin read {path}: {answer}");
-        }
-    } else {
-        assert!(page.contains("state-failed"), "{page}");
+    // The sandbox refuses each attack with an error (EPERM, ENOENT, ...), not by killing the
+    // plugin, which reports every refusal: so the run succeeds, and answers "denied" to each.
+    assert!(page.contains("state-succeeded"), "the hostile run did not succeed:\n{page}");
+    let seen: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    for path in &params {
+        let answer = seen[path].as_str().unwrap_or_else(|| panic!("no answer for {path}: {result}"));
+        assert!(answer.starts_with("denied"), "the plugin read {path}: {answer}");
     }
     assert!(listener.accept().is_err(), "the plugin reached a port on loopback");
     assert!(!written.exists(), "the plugin wrote {}", written.display());
