@@ -7,24 +7,17 @@
 mod cluster;
 mod util;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use cluster::{API_KEY, Cluster, client_key};
 use futures::StreamExt;
 use kiln_engine::client::{Client, ClientError, SubmitOptions};
 use kiln_engine::rpc::{JobState, Secret};
 use serde_json::Value;
-use util::{Rng, example, fixture, run_local, word_text};
+use util::{Rng, example, fixture, run_local, word_counts, word_text, write_input};
 
 /// Small chunks, so that test inputs of a few hundred KiB make dozens of chunks.
 const CHUNK: &str = "16KiB";
-
-fn write_input(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("input written");
-    path
-}
 
 /// Runs the plugin through the cluster with `kiln submit` and through `kiln run-local`; checks
 /// both succeed with the same JSON and answers it.
@@ -39,14 +32,6 @@ fn check(cluster: &Cluster, plugin: &Path, input: &Path, params: &str) -> Value 
     let (cluster_output, local_output) = (parse("submit", &submitted.stdout), parse("run-local", &local.stdout));
     assert_eq!(cluster_output, local_output, "the cluster and run-local disagree");
     cluster_output
-}
-
-fn word_counts(text: &str) -> Value {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_default() += 1;
-    }
-    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
 }
 
 fn grep(text: &str, pattern: &str) -> Value {

@@ -6,41 +6,19 @@
 mod cluster;
 mod util;
 
-use std::collections::HashMap;
-use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals, slow_params};
 use serde_json::Value;
-use util::{example, fixture, word_text};
+use util::{example, fixture, word_counts, word_text, write_input};
 
 /// Small chunks, so that test inputs of a few hundred KiB make dozens of chunks.
 const CHUNK: &str = "16KiB";
 
-fn write_input(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("input written");
-    path
-}
-
-fn word_counts(text: &str) -> Value {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_default() += 1;
-    }
-    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
-}
-
 /// Numbered lines, about 22 bytes each: some 740 to a chunk.
 fn numbered_lines(n_lines: usize) -> String {
     (0..n_lines).map(|i| format!("line {i} of the input\n")).collect()
-}
-
-fn result(cluster: &Cluster, job: u64) -> Value {
-    let run = cluster.kiln(&["result", &job.to_string()]);
-    assert!(run.success, "kiln result failed:\n{}", run.stderr);
-    serde_json::from_str(&run.stdout).unwrap()
 }
 
 #[test]
@@ -57,7 +35,7 @@ fn a_job_submitted_with_no_worker_waits_and_runs_when_one_joins() {
     cluster.add_worker(2);
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(&cluster, job), word_counts(&text));
+    assert_eq!(cluster.result(job), word_counts(&text));
 }
 
 #[test]
@@ -77,7 +55,7 @@ fn a_worker_that_joins_mid_job_receives_chunks() {
 
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(&cluster, job), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     let done_by = |addr: std::net::SocketAddr| -> u64 {
         let workers = status["workers"].as_array().unwrap();
         workers.iter().filter(|w| w["address"] == addr.to_string()).map(|w| w["chunks_done"].as_u64().unwrap()).sum()

@@ -7,7 +7,6 @@
 mod cluster;
 mod util;
 
-use std::path::Path;
 use std::time::Duration;
 
 use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
@@ -20,13 +19,7 @@ use kiln_engine::tls::{CONTROLLER_NAME, Fingerprint, worker_name};
 use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
 use serde_json::Value;
-use util::{example, fixture, word_text};
-
-fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("input written");
-    path
-}
+use util::{example, fixture, word_text, write_input};
 
 fn jobs(cluster: &Cluster) -> Value {
     let run = cluster.kiln(&["jobs", "--json"]);
@@ -135,8 +128,7 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
     // The job went on undisturbed (not released), and only its own chunks ran, once each.
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    let output = cluster.kiln(&["result", &job.to_string()]);
-    assert_eq!(serde_json::from_str::<Value>(&output.stdout).unwrap(), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     let runs = std::fs::read_to_string(&record).unwrap();
     assert!(!runs.contains("1000001") && !runs.contains("1000002"), "a stranger's chunk ran: {runs}");
     assert_eq!(runs.lines().count() as u64, status["n_chunks"].as_u64().unwrap());

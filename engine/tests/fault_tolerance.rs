@@ -51,12 +51,6 @@ fn failure_free_output(input: &Path, text: &str) -> Value {
     output
 }
 
-fn result(cluster: &Cluster, job: u64) -> Value {
-    let run = cluster.kiln(&["result", &job.to_string()]);
-    assert!(run.success, "kiln result failed:\n{}", run.stderr);
-    serde_json::from_str(&run.stdout).expect("the result is JSON")
-}
-
 /// How long the job ran: from its first chunk to its end (building the plugin comes before).
 fn run_time(status: &Value) -> Duration {
     let (started, finished) = (status["started_ms"].as_u64(), status["finished_ms"].as_u64());
@@ -173,7 +167,7 @@ fn killing_one_of_three_workers_mid_job_leaves_the_output_unchanged() {
 
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(&cluster, job), expected);
+    assert_eq!(cluster.result(job), expected);
     assert_eq!(status["lost_workers"], 1, "{status:#}");
     assert_eq!(status["retries"], 0, "a lost worker's chunks cost no attempt: {status:#}");
     let lost: Vec<&Value> = status["workers"].as_array().unwrap().iter().filter(|w| w["lost"] == true).collect();
@@ -244,7 +238,7 @@ fn chunks_that_fail_their_first_attempt_are_retried_to_the_exact_output() {
     let job = cluster.submit_detached(&fixture("misbehave"), &input, &["--params", &params, "--chunk-size", CHUNK]);
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(&cluster, job), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     assert_eq!(status["retries"], n_chunks as u64 / 3, "one retry per failing chunk: {status:#}");
 }
 
@@ -303,7 +297,7 @@ fn crashing_plugins_cost_only_their_chunk_an_attempt_and_the_workers_serve_on() 
     let job = cluster.submit_detached(&fixture("misbehave"), &input, &["--params", &params, "--chunk-size", CHUNK]);
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(&cluster, job), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     assert_eq!(cluster.workers.iter().map(|w| w.pid()).collect::<Vec<_>>(), pids, "the same worker processes");
     let served: Vec<&Value> =
         status["workers"].as_array().unwrap().iter().filter(|w| w["chunks_done"].as_u64() > Some(0)).collect();
@@ -332,7 +326,7 @@ fn failures_among_tiny_chunks_sent_in_batches_cost_only_their_own_chunk() {
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
     assert_eq!(status["n_chunks"], n_lines, "{status:#}");
-    assert_eq!(result(&cluster, job), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     assert_eq!(status["retries"], failing.len(), "one retry per failing chunk: {status:#}");
     let mut runs: BTreeMap<usize, usize> = BTreeMap::new();
     for line in std::fs::read_to_string(&record).unwrap().lines() {
@@ -373,7 +367,7 @@ fn straggler_job(cluster: &Cluster, extra: &[&str], sleep_ms: u64) -> Value {
     let job = cluster.submit_detached(&fixture("misbehave"), &input, &args);
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
-    assert_eq!(result(cluster, job), misbehave_totals(&text));
+    assert_eq!(cluster.result(job), misbehave_totals(&text));
     status
 }
 

@@ -198,8 +198,7 @@ fn two_owners_on_one_worker_cannot_read_or_change_each_others_files() {
     // B's plugin cannot read either; its input is gone.
     let status = cluster.wait_ended(job_a);
     assert_eq!(status["state"], "Succeeded", "{status}");
-    let result: Value = serde_json::from_str(&cluster.kiln(&["result", &job_a.to_string()]).stdout).unwrap();
-    assert_eq!(result, misbehave_totals(&text));
+    assert_eq!(cluster.result(job_a), misbehave_totals(&text));
     assert!(!input_a.exists(), "the controller keeps an ended job's input");
     let database = cluster.data_dir().join("controller.db");
     let wal = cluster.data_dir().join("controller.db-wal");

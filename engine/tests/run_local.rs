@@ -7,16 +7,10 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{Rng, example, run_local, word_text};
+use util::{Rng, example, run_local, word_text, write_input};
 
 /// Small chunks, so that test inputs of a few hundred KiB make dozens of chunks.
 const CHUNK: &str = "16KiB";
-
-fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("input written");
-    path
-}
 
 /// Runs a plugin and parses its output, failing the test with kiln's stderr if it failed.
 fn check(plugin: &Path, input: &Path, processes: u32, params: &str) -> Value {

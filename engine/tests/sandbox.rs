@@ -8,25 +8,19 @@
 mod hostile;
 mod util;
 
-use std::collections::HashMap;
-use std::io::ErrorKind;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use hostile::{
-    SECRET, SECRET_ENV, assert_all_stopped, eventually, expose, heartbeat_path, open_dir, outcome_of, outcomes,
-    plant_secret, tasks_named, unique_name,
+    Linger, SECRET, SECRET_ENV, assert_every_attack_stopped, assert_not_reached, bait_port, eventually, every_attack,
+    expose, heartbeat_path, open_dir, outcome_of, outcomes, plant_secret, tasks_named, unique_name,
 };
 use serde_json::Value;
-use util::{Run, example, fixture, word_text};
+use util::{Run, example, fixture, word_counts, word_text, write_input};
 
 /// How long a lingering thread or process may take to show up (the plugin builds first).
 const SHOW_UP: Duration = Duration::from_secs(240);
-
-/// How long the leftovers of a job may take to disappear once it has ended.
-const GONE: Duration = Duration::from_secs(10);
 
 /// A test's directory: a plugin cache of its own with a secret in it, a stand-in for the web
 /// app's database, and a directory everybody may write in.
@@ -70,18 +64,8 @@ impl Host {
     }
 
     fn input(&self, name: &str, text: &str) -> PathBuf {
-        let path = self.dir.path().join(name);
-        std::fs::write(&path, text).unwrap();
-        path
+        write_input(self.dir.path(), name, text)
     }
-}
-
-fn word_counts(text: &str) -> Value {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_default() += 1;
-    }
-    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
 }
 
 /// The next job on the same host runs and is right.
@@ -96,35 +80,22 @@ fn check_next_job(host: &Host) {
 #[test]
 fn a_plugin_can_read_nothing_of_the_host_reach_no_port_and_write_nowhere() {
     let host = host();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let listener = bait_port();
     let planted = host.drop_dir.join("planted");
     let tmp_planted = std::env::temp_dir().join(unique_name("kiln-planted-"));
-    let params = [
-        format!("read={}", host.cache.join("secret.txt").display()),
-        format!("read={}", host.database.display()),
-        "read=/etc/shadow".to_owned(),
-        format!("connect={}", listener.local_addr().unwrap()),
-        format!("write={}", planted.display()),
-        format!("write={}", tmp_planted.display()),
-        format!("env={SECRET_ENV}"),
-        "ptrace=1".to_owned(),
-        "mount=1".to_owned(),
-    ]
-    .join(",");
+    let params = every_attack(
+        &[host.cache.join("secret.txt"), host.database.clone()],
+        &[listener.local_addr().unwrap().to_string()],
+        &[planted.clone(), tmp_planted.clone()],
+    );
     let input = host.input("one.txt", "one line\n");
     let run = host.run(&fixture("hostile"), &input, &params, &[]);
     assert!(run.success, "kiln run-local failed:\n{}", run.stderr);
     let outcomes = outcomes(&run.stdout);
-    // Two reads, two writes: the set keeps each distinct outcome line.
-    assert_all_stopped(&outcomes, outcomes.len());
-    for attack in ["read", "connect", "write", "env", "ptrace", "mount"] {
-        assert!(!outcome_of(&outcomes, attack).is_empty(), "no outcome for {attack}: {outcomes:#?}");
-    }
-    assert!(outcome_of(&outcomes, "env").contains("not found"), "{outcomes:#?}");
+    assert_every_attack_stopped(&outcomes);
     assert!(outcome_of(&outcomes, "ptrace").contains("Operation not permitted"), "{outcomes:#?}");
     assert!(outcome_of(&outcomes, "mount").contains("Operation not permitted"), "{outcomes:#?}");
-    assert!(matches!(listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock), "the plugin connected");
+    assert_not_reached(&listener);
     assert!(!planted.exists() && !tmp_planted.exists(), "the plugin wrote outside its directory");
     check_next_job(&host);
 }
@@ -145,11 +116,10 @@ fn without_the_sandbox_the_same_attacks_succeed_so_the_checks_can_fail() {
 #[test]
 fn no_thread_process_or_file_of_a_plugin_outlives_its_job() {
     let host = host();
-    let name = unique_name("hl");
-    let (thread, process) = (format!("{name}-t"), format!("{name}-p"));
+    let linger = Linger::new("hl");
     let input = host.input("one.txt", "one line\n");
     let mut child = host
-        .command(&fixture("hostile"), &input, &format!("linger={name},hold=2000"), &[])
+        .command(&fixture("hostile"), &input, &linger.params, &[])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -157,8 +127,8 @@ fn no_thread_process_or_file_of_a_plugin_outlives_its_job() {
     // While the job runs, the thread and the process are there: the check below can fail.
     let seen = eventually(SHOW_UP, || {
         let ended = matches!(child.try_wait(), Ok(Some(_)));
-        ended || (!tasks_named(&thread).is_empty() && !tasks_named(&process).is_empty())
-    }) && !tasks_named(&thread).is_empty();
+        ended || linger.both_running()
+    }) && !tasks_named(&linger.thread).is_empty();
     if !seen {
         let _ = child.kill();
     }
@@ -168,10 +138,7 @@ fn no_thread_process_or_file_of_a_plugin_outlives_its_job() {
     let outcomes = outcomes(&String::from_utf8_lossy(&output.stdout));
     let heartbeat = heartbeat_path(&outcomes);
 
-    assert!(
-        eventually(GONE, || tasks_named(&thread).is_empty() && tasks_named(&process).is_empty()),
-        "the plugin's thread or process outlived its job"
-    );
+    linger.assert_gone();
     assert!(!heartbeat.exists(), "the private directory outlived its job");
     // A thread still alive would write its heartbeat again.
     std::thread::sleep(Duration::from_millis(300));

@@ -10,23 +10,16 @@ mod cluster;
 mod hostile;
 mod util;
 
-use std::collections::HashMap;
-use std::io::ErrorKind;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use cluster::{Cluster, Daemon, JOB_TIMEOUT, JOIN_TOKEN};
 use hostile::{
-    SECRET, SECRET_ENV, assert_all_stopped, eventually, expose, heartbeat_path, open_dir, outcome_of, outcomes,
-    plant_secret, tasks_named, unique_name,
+    GONE, Linger, SECRET, SECRET_ENV, assert_every_attack_stopped, assert_not_reached, bait_port, eventually,
+    every_attack, expose, heartbeat_path, open_dir, outcomes, plant_secret, tasks_named,
 };
 use serde_json::Value;
-use util::{example, fixture, word_text};
-
-/// How long the leftovers of a job may take to disappear once it has ended (the controller
-/// releases the job on its workers right after).
-const GONE: Duration = Duration::from_secs(10);
+use util::{example, fixture, word_counts, word_text, write_input};
 
 /// A cluster of one worker that has a secret in its environment, with secrets in the
 /// controller's and the worker's directories (readable by everybody, so that only the sandbox
@@ -52,20 +45,6 @@ fn hostile_cluster() -> (Cluster, Vec<PathBuf>) {
     (cluster, secrets)
 }
 
-fn write_input(dir: &Path, name: &str, text: &str) -> PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).unwrap();
-    path
-}
-
-fn word_counts(text: &str) -> Value {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_default() += 1;
-    }
-    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
-}
-
 /// The worker is still up and the next job is right.
 fn check_next_job(cluster: &mut Cluster) {
     assert!(cluster.workers[0].is_running(), "the worker died:\n{}", cluster.workers[0].stderr());
@@ -79,30 +58,16 @@ fn check_next_job(cluster: &mut Cluster) {
 #[test]
 fn a_plugin_on_a_cluster_reads_nothing_reaches_no_port_and_writes_nowhere() {
     let (mut cluster, secrets) = hostile_cluster();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    listener.set_nonblocking(true).unwrap();
+    let listener = bait_port();
     let planted = open_dir(&cluster.dir.path().join("open")).join("planted");
-    let mut params: Vec<String> = secrets.iter().map(|path| format!("read={}", path.display())).collect();
-    params.extend([
-        "read=/etc/shadow".to_owned(),
-        format!("connect={}", listener.local_addr().unwrap()),
-        format!("connect={}", cluster.controller.addr),
-        format!("write={}", planted.display()),
-        format!("env={SECRET_ENV}"),
-        "ptrace=1".to_owned(),
-        "mount=1".to_owned(),
-    ]);
-    let params = params.join(",");
+    let connects = [listener.local_addr().unwrap().to_string(), cluster.controller.addr.to_string()];
+    let params = every_attack(&secrets, &connects, std::slice::from_ref(&planted));
     let input = write_input(cluster.dir.path(), "one.txt", "one line\n");
     let run = cluster.submit(&fixture("hostile"), &input, &["--params", &params]);
     assert!(run.success, "the job failed:\n{}", run.stderr);
     let outcomes = outcomes(&run.stdout);
-    assert_all_stopped(&outcomes, outcomes.len());
-    for attack in ["read", "connect", "write", "env", "ptrace", "mount"] {
-        assert!(!outcome_of(&outcomes, attack).is_empty(), "no outcome for {attack}: {outcomes:#?}");
-    }
-    assert!(outcome_of(&outcomes, "env").contains("not found"), "{outcomes:#?}");
-    assert!(matches!(listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock), "the plugin connected");
+    assert_every_attack_stopped(&outcomes);
+    assert_not_reached(&listener);
     assert!(!planted.exists(), "the plugin wrote outside its directory");
     check_next_job(&mut cluster);
 }
@@ -110,29 +75,24 @@ fn a_plugin_on_a_cluster_reads_nothing_reaches_no_port_and_writes_nowhere() {
 #[test]
 fn no_thread_or_process_of_a_plugin_outlives_its_job_on_a_worker() {
     let (mut cluster, _) = hostile_cluster();
-    let name = unique_name("hc");
-    let (thread, process) = (format!("{name}-t"), format!("{name}-p"));
+    let linger = Linger::new("hc");
     let input = write_input(cluster.dir.path(), "one.txt", "one line\n");
-    let params = format!("linger={name},hold=2000");
-    let job = cluster.submit_detached(&fixture("hostile"), &input, &["--params", &params]);
+    let job = cluster.submit_detached(&fixture("hostile"), &input, &["--params", &linger.params]);
     // While the job runs, the thread and the process are there: the check below can fail.
     let seen = eventually(JOB_TIMEOUT, || {
         let ended = cluster.status(job)["state"]
             .as_str()
             .is_some_and(|state| ["Succeeded", "Failed", "Cancelled"].contains(&state));
-        ended || (!tasks_named(&thread).is_empty() && !tasks_named(&process).is_empty())
+        ended || linger.both_running()
     });
-    assert!(seen && !tasks_named(&process).is_empty(), "the lingering thread and process never showed up");
+    assert!(seen && !tasks_named(&linger.process).is_empty(), "the lingering thread and process never showed up");
     let status = cluster.wait_ended(job);
     assert_eq!(status["state"], "Succeeded", "{status:#}");
     let result = cluster.kiln(&["result", &job.to_string()]);
     assert!(result.success, "{}", result.stderr);
     let heartbeat = heartbeat_path(&outcomes(&result.stdout));
 
-    assert!(
-        eventually(GONE, || tasks_named(&thread).is_empty() && tasks_named(&process).is_empty()),
-        "the plugin's thread or process outlived its job"
-    );
+    linger.assert_gone();
     assert!(eventually(GONE, || !heartbeat.exists()), "the private directory outlived its job");
     std::thread::sleep(Duration::from_millis(300));
     assert!(!heartbeat.parent().is_some_and(Path::exists), "the heartbeat came back");

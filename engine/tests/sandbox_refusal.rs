@@ -7,33 +7,17 @@
 mod cluster;
 mod util;
 
-use std::collections::HashMap;
-use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Daemon, JOIN_TOKEN};
 use serde_json::Value;
-use util::{example, word_text};
+use util::{example, word_counts, word_text, write_input};
 
 const UNAVAILABLE: &str = "KILN_TEST_SANDBOX_UNAVAILABLE";
 
 /// How long a refusing command may take to give up.
 const REFUSAL_TIMEOUT: Duration = Duration::from_secs(60);
-
-fn word_counts(text: &str) -> Value {
-    let mut counts: HashMap<&str, u64> = HashMap::new();
-    for word in text.split_whitespace() {
-        *counts.entry(word).or_default() += 1;
-    }
-    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
-}
-
-fn write_input(dir: &Path, name: &str, text: &str) -> std::path::PathBuf {
-    let path = dir.join(name);
-    std::fs::write(&path, text).expect("input written");
-    path
-}
 
 /// Runs `command` to its end (killing it after [`REFUSAL_TIMEOUT`]); answers whether it
 /// succeeded and its stderr.

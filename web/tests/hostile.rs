@@ -10,14 +10,9 @@ mod db;
 #[path = "util/web.rs"]
 mod web;
 
-use std::time::{Duration, Instant};
-
 use db::TestDb;
 use reqwest::StatusCode;
-use web::{Browser, TestWeb};
-
-/// How long a run may take: the first one of a test run builds the plugin's dependencies.
-const RUN_TIMEOUT: Duration = Duration::from_secs(600);
+use web::{Browser, RUN_TIMEOUT, TestWeb};
 
 /// A plugin that makes every attack its parameters list (one per line: a path to read, or
 /// `write:PATH`, `connect:ADDR`, `env:NAME`, `ptrace`, `mount`) and answers, for each, what it
@@ -90,16 +85,9 @@ async fn run(browser: &Browser, task: i64, cluster: i64, params: &str) -> (Strin
     let page = browser.start_run(task, cluster, b"one line\n".to_vec(), params).await;
     assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
     let run = page.redirect_id();
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        let page = browser.get(&format!("/runs/{run}")).await.body;
-        if page.contains("data-finished=\"true\"") {
-            let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
-            return (page, result);
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end:\n{page}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
+    let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
+    (page, result)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -145,14 +133,13 @@ async fn a_users_plugin_on_the_local_cluster_cannot_read_the_web_apps_or_control
     ]);
 
     let (page, result) = run(&browser, task, cluster, &params.join("\n")).await;
-    if page.contains("state-succeeded") {
-        let seen: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
-        for path in &params {
-            let answer = seen[path].as_str().unwrap_or_else(|| panic!("no answer for {path}: {result}"));
-            assert!(answer.starts_with("denied"), "the plugin read {path}: {answer}");
-        }
-    } else {
-        assert!(page.contains("state-failed"), "{page}");
+    // The sandbox refuses each attack with an error (EPERM, ENOENT, ...), not by killing the
+    // plugin, which reports every refusal: so the run succeeds, and answers "denied" to each.
+    assert!(page.contains("state-succeeded"), "the hostile run did not succeed:\n{page}");
+    let seen: serde_json::Value = serde_json::from_str(&result).unwrap_or_else(|e| panic!("{e}: {result}"));
+    for path in &params {
+        let answer = seen[path].as_str().unwrap_or_else(|| panic!("no answer for {path}: {result}"));
+        assert!(answer.starts_with("denied"), "the plugin read {path}: {answer}");
     }
     assert!(listener.accept().is_err(), "the plugin reached a port on loopback");
     assert!(!written.exists(), "the plugin wrote {}", written.display());

@@ -7,7 +7,7 @@ mod db;
 #[path = "util/web.rs"]
 mod web;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use db::TestDb;
 use futures::StreamExt;
@@ -15,12 +15,15 @@ use kiln_web::WebConfig;
 use reqwest::StatusCode;
 use reqwest::multipart::{Form, Part};
 use sqlx::Row;
-use web::{Browser, Page, TestWeb};
+use web::{Browser, TestWeb};
 
 const PASSWORD: &str = "correct horse battery";
 
 /// A cluster address where nothing listens: runs on it fail at once.
 const NOWHERE: &str = "127.0.0.1:1";
+
+/// How long a run on a cluster that cannot take it may take to end.
+const FAIL_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Runs `test` against a fresh server on SQLite, then on PostgreSQL.
 async fn check(configure: impl Fn(&mut WebConfig), test: impl AsyncFn(&TestWeb)) {
@@ -39,19 +42,6 @@ async fn user(web: &TestWeb, email: &str) -> Browser {
     let page = browser.register(email, PASSWORD).await;
     assert_eq!((page.status, page.location.as_deref()), (StatusCode::SEE_OTHER, Some("/tasks")), "{}", page.body);
     browser
-}
-
-/// Waits until the run's page says it has ended.
-async fn wait_until_finished(browser: &Browser, run: i64) -> Page {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let page = browser.get(&format!("/runs/{run}")).await;
-        if page.body.contains("data-finished=\"true\"") {
-            return page;
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end: {}", page.body);
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 fn plugin_source() -> Vec<u8> {
@@ -167,7 +157,7 @@ async fn another_users_tasks_clusters_and_runs_are_not_found() {
         let task = a.create_task("A's task", "lib.rs", plugin_source()).await.redirect_id();
         let cluster = a.create_cluster("A's cluster", NOWHERE, "key-of-a-0123456789").await.redirect_id();
         let run = a.start_run(task, cluster, b"a b c\n".to_vec(), "").await.redirect_id();
-        wait_until_finished(&a, run).await;
+        a.finished_run(run, FAIL_TIMEOUT).await;
 
         let b = user(web, "b@example.com").await;
         let b_csrf = b.csrf("/tasks").await;
@@ -337,7 +327,7 @@ async fn a_run_on_an_unreachable_cluster_fails_with_the_reason() {
         let key = format!("kiln-key-v2.{}.key-0123456789", "0".repeat(64));
         let cluster = browser.create_cluster("down", NOWHERE, &key).await.redirect_id();
         let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
-        let page = wait_until_finished(&browser, run).await;
+        let page = browser.finished_run(run, FAIL_TIMEOUT).await;
         assert!(page.body.contains("state-failed"), "{}", page.body);
         assert!(page.body.contains("cannot connect to the controller at 127.0.0.1:1"), "{}", page.body);
         let task_page = browser.get(&format!("/tasks/{task}")).await;
@@ -356,7 +346,7 @@ async fn the_progress_websocket_serves_only_pages_of_this_site() {
         let task = browser.create_task("T", "lib.rs", plugin_source()).await.redirect_id();
         let cluster = browser.create_cluster("down", NOWHERE, "key-0123456789").await.redirect_id();
         let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
-        wait_until_finished(&browser, run).await;
+        browser.finished_run(run, FAIL_TIMEOUT).await;
         let cookie = format!("kiln_session={}", browser.cookie("kiln_session").unwrap());
         let url = format!("{}/runs/{run}/ws", web.base.replace("http://", "ws://"));
         let request = |origin: &str| {
@@ -459,7 +449,7 @@ async fn a_controller_that_is_not_the_keys_is_named_on_the_cluster_and_run_pages
         let cluster_page = browser.get(&format!("/clusters/{cluster}")).await;
         assert!(cluster_page.body.contains(&expected), "{}", cluster_page.body);
         let run = browser.start_run(task, cluster, b"a b\n".to_vec(), "").await.redirect_id();
-        let page = wait_until_finished(&browser, run).await;
+        let page = browser.finished_run(run, FAIL_TIMEOUT).await;
         assert!(page.body.contains("state-failed") && page.body.contains(&expected), "{}", page.body);
     })
     .await;

@@ -13,13 +13,10 @@ use std::time::{Duration, Instant};
 use db::TestDb;
 use kiln_web::WebConfig;
 use reqwest::StatusCode;
-use web::{Browser, TestWeb, progress_messages};
+use web::{Browser, RUN_TIMEOUT, TestWeb, progress_messages};
 
 /// Small chunks, so that a small input makes many of them.
 const CHUNK_BYTES: u64 = 16 << 10;
-
-/// How long a run may take: the first one of a test run builds the plugin's dependencies.
-const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A plugin that counts lines slowly, so that a run lasts long enough to be interrupted.
 const SLOW_LINES: &str = r#"
@@ -110,19 +107,6 @@ async fn registered(web: &TestWeb, email: &str) -> Browser {
     browser
 }
 
-/// Waits until the run's page says it has ended; answers the page.
-async fn finished_page(browser: &Browser, run: i64) -> String {
-    let deadline = Instant::now() + RUN_TIMEOUT;
-    loop {
-        let page = browser.get(&format!("/runs/{run}")).await.body;
-        if page.contains("data-finished=\"true\"") {
-            return page;
-        }
-        assert!(Instant::now() < deadline, "run {run} did not end:\n{page}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_on_the_local_cluster_streams_progress_and_stores_its_result() {
     for db in TestDb::both().await {
@@ -156,7 +140,7 @@ async fn a_run_on_the_local_cluster_streams_progress_and_stores_its_result() {
         let counted: BTreeMap<String, u64> = serde_json::from_str(&download.body).expect("the result is JSON");
         assert_eq!(counted, expected);
 
-        let page = finished_page(&browser, run).await;
+        let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
         assert!(page.contains("id=\"duration\"") && page.contains("&#34;Kiln&#34;: "), "{page}");
         let task_page = browser.get(&format!("/tasks/{task}")).await.body;
         assert!(task_page.contains("state-succeeded") && task_page.contains("/s</td>"), "runs with throughput");
@@ -199,7 +183,7 @@ async fn runs_are_watched_again_after_the_web_server_restarts() {
 
     let web = TestWeb::start_in(dir, db, embedded).await;
     let browser = Browser::with_cookie(&web.base, "kiln_session", &cookie);
-    let page = finished_page(&browser, run).await;
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
     assert!(page.contains("state-succeeded"), "{page}");
     let result = browser.get(&format!("/runs/{run}/result.json")).await.body;
     assert_eq!(result.trim(), n_lines.to_string());
@@ -220,7 +204,7 @@ async fn a_running_run_can_be_cancelled() {
     }
     let cancelled = browser.submit(&format!("/runs/{run}"), &format!("/runs/{run}/cancel"), &[]).await;
     assert_eq!(cancelled.location, Some(format!("/runs/{run}")));
-    let page = finished_page(&browser, run).await;
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
     assert!(page.contains("state-cancelled"), "{page}");
     assert!(!page.contains("id=\"cancel-run\""), "an ended run has no cancel button");
     web.stop().await;
@@ -236,7 +220,7 @@ async fn a_plugin_error_is_shown_with_its_chunk_and_lines() {
     text.push_str("this line goes boom\n");
     let n_lines = text.lines().count();
     let run = browser.start_run(task, cluster, text.into_bytes(), "").await.redirect_id();
-    let page = finished_page(&browser, run).await;
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
     assert!(page.contains("state-failed") && page.contains("The plugin failed"), "{page}");
     let message = format!("failed after 4 attempts: found &#60;boom&#62; on line {n_lines}");
     assert!(page.contains(&message), "{page}");

@@ -293,6 +293,13 @@ impl Cluster {
         serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("status is not JSON ({e}): {}", run.stdout))
     }
 
+    /// `kiln result JOB`, parsed; fails the test if the command fails.
+    pub fn result(&self, job: u64) -> Value {
+        let run = self.kiln(&["result", &job.to_string()]);
+        assert!(run.success, "kiln result failed:\n{}", run.stderr);
+        serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("the result is not JSON ({e}): {}", run.stdout))
+    }
+
     /// Polls the job's status until `done` holds for it; fails the test after `timeout`.
     pub fn wait_status(&self, job: u64, timeout: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + timeout;

@@ -1,9 +1,12 @@
 //! Helpers of the sandbox tests: secrets placed where only the sandbox keeps a plugin from
-//! them, the `hostile` fixture's outcomes, and looking for a plugin's leftovers in /proc.
+//! them, the `hostile` fixture's attacks and outcomes, a port nobody may reach, and looking for
+//! a plugin's leftovers in /proc.
 //! Included with `#[path = "util/hostile.rs"] mod hostile;` beside `mod util;`.
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+use std::io::ErrorKind;
+use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -15,6 +18,13 @@ pub const SECRET: &str = "s3cret-argon2id-hash-and-api-key";
 
 /// An environment variable set on the worker (or run-local), which plugins must not see.
 pub const SECRET_ENV: &str = "KILN_TEST_SECRET_ENV";
+
+/// How long the leftovers of a job may take to disappear once it has ended (on a cluster, the
+/// controller releases the job on its workers right after).
+pub const GONE: Duration = Duration::from_secs(10);
+
+/// The attacks [`every_attack`] makes, each with an outcome line of its own.
+const ATTACKS: [&str; 6] = ["read", "connect", "write", "env", "ptrace", "mount"];
 
 /// Makes `path` and its parent directories up to `/tmp` (or `/`) readable and traversable by
 /// every user, so that only the sandbox, not file permissions, keeps `nobody` out.
@@ -46,6 +56,41 @@ pub fn open_dir(path: &Path) -> PathBuf {
     path.to_path_buf()
 }
 
+/// The `hostile` fixture's parameters for reading each of `reads` and /etc/shadow, connecting
+/// to each of `connects`, writing each of `writes`, reading [`SECRET_ENV`], tracing and mounting.
+pub fn every_attack(reads: &[PathBuf], connects: &[String], writes: &[PathBuf]) -> String {
+    let mut params: Vec<String> = reads.iter().map(|path| format!("read={}", path.display())).collect();
+    params.push("read=/etc/shadow".to_owned());
+    params.extend(connects.iter().map(|addr| format!("connect={addr}")));
+    params.extend(writes.iter().map(|path| format!("write={}", path.display())));
+    params.extend([format!("env={SECRET_ENV}"), "ptrace=1".to_owned(), "mount=1".to_owned()]);
+    params.join(",")
+}
+
+/// Checks the outcomes of [`every_attack`]: every attack was stopped, each kind has an outcome,
+/// no outcome shows a secret, and the environment variable was not found.
+pub fn assert_every_attack_stopped(outcomes: &[String]) {
+    // One outcome per distinct line (the fixture keeps a set), so as many as there are lines.
+    assert_all_stopped(outcomes, outcomes.len());
+    for attack in ATTACKS {
+        assert!(!outcome_of(outcomes, attack).is_empty(), "no outcome for {attack}: {outcomes:#?}");
+    }
+    assert!(outcome_of(outcomes, "env").contains("not found"), "{outcomes:#?}");
+}
+
+/// A port on loopback that accepts nobody, for a plugin's attempt to connect: see
+/// [`assert_not_reached`].
+pub fn bait_port() -> TcpListener {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    listener
+}
+
+/// Checks that no connection to [`bait_port`]'s listener is waiting.
+pub fn assert_not_reached(listener: &TcpListener) {
+    assert!(matches!(listener.accept(), Err(e) if e.kind() == ErrorKind::WouldBlock), "the plugin connected");
+}
+
 /// The `hostile` fixture's outcome lines from its JSON output.
 pub fn outcomes(stdout: &str) -> Vec<String> {
     let output: Value = serde_json::from_str(stdout).unwrap_or_else(|e| panic!("output is not JSON ({e}): {stdout}"));
@@ -70,6 +115,35 @@ pub fn outcome_of<'a>(outcomes: &'a [String], attack: &str) -> &'a str {
 pub fn unique_name(tag: &str) -> String {
     let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
     format!("{tag}{:06}", (nanos ^ std::process::id()) % 1_000_000)
+}
+
+/// The thread and the process the `hostile` fixture leaves behind with [`Linger::params`].
+pub struct Linger {
+    pub thread: String,
+    pub process: String,
+    /// `linger=NAME,hold=2000`: the job holds its chunk two seconds, so both show up meanwhile.
+    pub params: String,
+}
+
+impl Linger {
+    /// Names no other test's plugin uses, from `tag` (two letters).
+    pub fn new(tag: &str) -> Linger {
+        let name = unique_name(tag);
+        Linger { thread: format!("{name}-t"), process: format!("{name}-p"), params: format!("linger={name},hold=2000") }
+    }
+
+    /// Whether both the thread and the process are running on this host.
+    pub fn both_running(&self) -> bool {
+        !tasks_named(&self.thread).is_empty() && !tasks_named(&self.process).is_empty()
+    }
+
+    /// Checks that neither outlives the job by more than [`GONE`].
+    pub fn assert_gone(&self) {
+        assert!(
+            eventually(GONE, || tasks_named(&self.thread).is_empty() && tasks_named(&self.process).is_empty()),
+            "the plugin's thread or process outlived its job"
+        );
+    }
 }
 
 /// The process or thread ids on this host whose name is `name`.

@@ -1,10 +1,14 @@
 //! Helpers shared by the engine's integration tests: paths to plugins, the `kiln` binary set up
-//! with the shared plugin build directories, and deterministic inputs.
+//! with the shared plugin build directories, deterministic inputs written to a test's directory,
+//! and the word counts the `wordcount` example must answer for them.
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+
+use serde_json::Value;
 
 /// The repository's root.
 pub fn repo_root() -> PathBuf {
@@ -121,4 +125,21 @@ pub fn word_text(seed: u64, n_lines: usize) -> String {
         text.push_str(if line % 50 == 0 { "\r\n" } else { "\n" });
     }
     text
+}
+
+/// Writes `text` to `dir/name` (a test's input); answers its path.
+pub fn write_input(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("input written");
+    path
+}
+
+/// The counts of the whitespace-separated words of `text`, as the `wordcount` example's JSON
+/// output spells them, computed here independently of it.
+pub fn word_counts(text: &str) -> Value {
+    let mut counts: HashMap<&str, u64> = HashMap::new();
+    for word in text.split_whitespace() {
+        *counts.entry(word).or_default() += 1;
+    }
+    counts.into_iter().map(|(word, n)| (word.to_owned(), Value::from(n))).collect()
 }

@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use kiln_web::{RunningWeb, WebConfig};
 use reqwest::StatusCode;
@@ -13,6 +14,10 @@ use reqwest::cookie::{CookieStore, Jar};
 use reqwest::multipart::{Form, Part};
 
 use crate::db::TestDb;
+
+/// How long a run on the embedded cluster may take: the first one of a test run builds the
+/// plugin's dependencies.
+pub const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// A web server and its data directory.
 pub struct TestWeb {
@@ -211,6 +216,20 @@ impl Browser {
             .text("params", params.to_owned())
             .part("input", Part::bytes(input).file_name("input.txt"));
         self.post_multipart(&format!("/tasks/{task}/start"), form).await
+    }
+
+    /// Waits until the run's page says it has ended, failing the test after `timeout`; answers
+    /// the page.
+    pub async fn finished_run(&self, run: i64, timeout: Duration) -> Page {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let page = self.get(&format!("/runs/{run}")).await;
+            if page.body.contains("data-finished=\"true\"") {
+                return page;
+            }
+            assert!(Instant::now() < deadline, "run {run} did not end:\n{}", page.body);
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
     }
 }
 

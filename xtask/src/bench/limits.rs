@@ -9,7 +9,13 @@
 
 use std::fmt::Write;
 
-use super::report::Missed;
+/// A target a figure missed.
+pub struct Missed {
+    /// The title of the figure's section.
+    pub section: String,
+    /// The figure and its target.
+    pub figure: String,
+}
 
 /// How the findings were made, printed before them.
 const METHOD: &str = "Profiles: `perf record -e cpu-clock -F 999 -g` of the whole machine or of the controller \

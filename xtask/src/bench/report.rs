@@ -4,7 +4,8 @@ use std::fmt::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use super::{Bench, limits};
+use super::Bench;
+use super::limits::{self, Missed};
 
 /// A figure's target, and whether it was met.
 pub enum Target {
@@ -16,14 +17,6 @@ pub enum Target {
     AtMost(Duration, Duration, &'static str),
     /// A measured value that must be at most a bound.
     AtMostNumber(f64, f64, &'static str),
-}
-
-/// A target a figure missed.
-pub struct Missed {
-    /// The title of the figure's section.
-    pub section: String,
-    /// The figure and its target.
-    pub figure: String,
 }
 
 /// The report being written.
