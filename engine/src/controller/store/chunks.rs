@@ -290,7 +290,7 @@ mod tests {
         assert!(store.finish_input(job, 2, &chunks[2..], 50, 2).await.unwrap());
         assert!(!store.finish_input(job, 5, &[], 50, 2).await.unwrap(), "a queued job is not finished again");
         assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
-        assert_eq!(store.job(job).await.unwrap().unwrap().state, JobState::Queued);
+        assert_eq!(store.job(job).await.unwrap().unwrap().figures.state, JobState::Queued);
         let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
         let partials: Vec<NewPartial<'_>> =
             (0..5).map(|index| NewPartial { index, attempts: 1, partial: &bytes[index as usize] }).collect();
@@ -346,7 +346,7 @@ mod tests {
         let stored = store.chunk_partials(job, 1, 6).await.unwrap();
         assert_eq!(stored, (1..7).map(|index: u64| ByteBuf::from(index.to_le_bytes().to_vec())).collect::<Vec<_>>());
         let status = store.unfinished_jobs().await.unwrap();
-        assert_eq!(status[0].retries, failed.len() as u64);
+        assert_eq!(status[0].figures.retries, failed.len() as u64);
     }
 
     #[tokio::test]

@@ -1,129 +1,42 @@
-//! Jobs and chunks in memory.
-//!
-//! [`State`] is the controller's whole mutable state, behind one mutex that is never held
-//! across an `.await`: jobs with their chunks, combine groups and per-worker figures, the queue
-//! of jobs, and the registered workers. What to start next is decided by `plan`; the answers
-//! of workers are applied by `dispatch`.
+//! A job in memory: its chunks, combine groups and per-worker figures, what its workers have
+//! prepared, and where its aggregation stands. What to start next is decided by `plan`; the
+//! answers of workers are applied by `dispatch`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
-mod status;
-
-use self::status::placeholder_status;
-
-use super::input::Spool;
-use super::now_ms;
-use super::speculation::ChunkTimes;
-use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
-use super::workers::{PendingWorker, WorkerEntry};
+use super::chunk::{Chunk, Group, GroupState, RunningCopy};
+use super::spool::Spool;
+use super::timings::ChunkTimes;
+use super::workers::WorkerEntry;
+use crate::controller::now_ms;
+use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
 
 /// Attempts at a chunk before the job fails, when the spec says 0 (as Hadoop's default).
-pub(super) const DEFAULT_MAX_ATTEMPTS: u32 = 4;
+pub(in crate::controller) const DEFAULT_MAX_ATTEMPTS: u32 = 4;
 
 /// Beyond the executor's own timeouts, how long a call to a worker may take: queueing behind
 /// other calls, transferring a chunk or partials, starting an executor.
-pub(super) const CALL_MARGIN: Duration = Duration::from_secs(120);
-
-/// The controller's mutable state.
-#[derive(Default)]
-pub(super) struct State {
-    /// Jobs created since the controller started, and unfinished jobs it resumed.
-    pub jobs: BTreeMap<JobId, Job>,
-    /// Jobs whose input is cut and that have not ended, in the order they were queued.
-    pub run_queue: Vec<JobId>,
-    /// Registered workers that have not been lost.
-    pub workers: BTreeMap<WorkerId, WorkerEntry>,
-    /// Workers registered and not yet activated (dialled back).
-    pub pending: BTreeMap<WorkerId, PendingWorker>,
-    /// Jobs to release on workers that prepared them.
-    pub releases: Vec<(WorkerId, JobId)>,
-    /// When a running chunk becomes slow enough for a speculative copy, if one may.
-    pub next_speculation: Option<Instant>,
-}
+pub(in crate::controller) const CALL_MARGIN: Duration = Duration::from_secs(120);
 
 /// Whether a worker is ready to run a job's chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Prep {
+pub(in crate::controller) enum Prep {
     Preparing,
     Ready,
     /// The worker could not prepare the job; it gets none of its work.
     Failed,
 }
 
-/// Where a group of consecutive chunks stands with `combine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GroupState {
-    /// Waiting for its chunks (or for a worker to merge them).
-    Open,
-    Combining(WorkerId),
-    Combined,
-    /// Left as separate partials: the merge failed, or the plugin does not combine.
-    Raw,
-}
-
-/// A group of consecutive chunks whose partials `combine` merges into one.
-#[derive(Debug, Clone)]
-pub(super) struct Group {
-    pub members: u64,
-    pub arrived: u64,
-    pub state: GroupState,
-}
-
-/// One copy of a chunk running on a worker, in a call that may carry a batch of chunks.
-#[derive(Debug, Clone)]
-pub(super) struct RunningCopy {
-    pub worker: WorkerId,
-    pub since: Instant,
-    /// Whether this is a speculative copy of a slow chunk.
-    pub speculative: bool,
-    /// Notified to abandon the call (every chunk it carries is done elsewhere, or the job
-    /// ended); shared by the copies of the chunks of one call.
-    pub cancel: Arc<Notify>,
-    /// The chunks the call carries, in the order the worker runs them (this one among them).
-    pub batch: Arc<[u64]>,
-}
-
-impl RunningCopy {
-    /// A copy starting now on `worker`, in a call carrying the chunks `batch`.
-    pub fn start(worker: WorkerId, speculative: bool, batch: Arc<[u64]>) -> RunningCopy {
-        RunningCopy { worker, since: Instant::now(), speculative, cancel: Arc::new(Notify::new()), batch }
-    }
-}
-
-/// A chunk of a job's input.
-#[derive(Debug, Clone)]
-pub(super) struct Chunk {
-    pub meta: ChunkMeta,
-    pub done: bool,
-    /// A partial came back and is being written; the chunk is neither queued nor lost.
-    pub storing: bool,
-    /// Attempts that failed.
-    pub failures: u32,
-    pub running: Vec<RunningCopy>,
-    /// Workers where an attempt failed: a retry goes elsewhere when it can.
-    pub failed_on: Vec<WorkerId>,
-    /// Whether a speculative copy was started (one per chunk at most).
-    pub speculated: bool,
-}
-
-impl Chunk {
-    /// Removes the running copy whose cancellation is `cancel`, and answers it.
-    pub fn take_copy(&mut self, cancel: &Arc<Notify>) -> Option<RunningCopy> {
-        let position = self.running.iter().position(|copy| Arc::ptr_eq(&copy.cancel, cancel))?;
-        Some(self.running.remove(position))
-    }
-}
-
 /// Where a job's aggregation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Aggregation {
+pub(in crate::controller) enum Aggregation {
     Idle,
     Running(WorkerId),
     /// The output came back and is being written.
@@ -131,7 +44,7 @@ pub(super) enum Aggregation {
 }
 
 /// A job in memory.
-pub(super) struct Job {
+pub(in crate::controller) struct Job {
     pub id: JobId,
     pub spec: JobSpec,
     pub state: JobState,
@@ -180,7 +93,8 @@ impl Job {
 
     fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
         let group_size = crate::local::combine_group(spec.chunk_size);
-        let job = Job {
+        let published = Figures::new(state, created_ms, seq).status(id, &spec);
+        Job {
             id,
             spec,
             state,
@@ -212,32 +126,31 @@ impl Job {
             aggregate_failures: 0,
             spool: Arc::new(tokio::sync::Mutex::new(spool)),
             seq,
-            status: watch::Sender::new(placeholder_status(id)),
-        };
-        job.status.send_replace(job.snapshot());
-        job
+            status: watch::Sender::new(published),
+        }
     }
 
     /// A job resumed from the store after a restart: done chunks stay done, the others are
     /// queued again. Its `seq` starts above any the previous run can have reached (it is
     /// derived from the clock), so a watcher's old `seen_seq` never matches by chance.
     pub fn resume(row: JobRow, chunks: Vec<ChunkRow>, combined: &[u64], spool: Spool) -> Job {
-        let state = match row.state {
+        let figures = row.figures;
+        let state = match figures.state {
             JobState::Aggregating => JobState::Running,
             state => state,
         };
-        let mut job = Job::with_seq(row.id, row.spec, state, row.created_ms, spool, now_ms().saturating_mul(1000));
-        job.started_ms = row.started_ms;
-        job.retries = row.retries;
-        job.lost_workers = row.lost_workers;
-        job.speculative = row.speculative;
-        job.speculative_won = row.speculative_won;
+        let mut job = Job::with_seq(row.id, row.spec, state, figures.created_ms, spool, now_ms().saturating_mul(1000));
+        job.started_ms = figures.started_ms;
+        job.retries = figures.retries;
+        job.lost_workers = figures.lost_workers;
+        job.speculative = figures.speculative;
+        job.speculative_won = figures.speculative_won;
         job.combines = row.combines;
         // The group size is stored when the input is complete; until then it follows the spec.
         if state != JobState::Uploading {
             job.group_size = row.combine_group.max(1);
         }
-        job.bytes_total = row.bytes_total;
+        job.bytes_total = figures.bytes_total;
         job.append_chunks(chunks.iter().map(|c| c.meta));
         for (index, row) in chunks.iter().enumerate() {
             job.chunks[index].failures = row.attempts;
@@ -294,7 +207,7 @@ impl Job {
     /// The number of chunks this job may have in flight on a worker: the spec's `processes`,
     /// or the worker's own when the spec leaves it at 0.
     pub fn slots_on(&self, worker: &WorkerEntry) -> u32 {
-        if self.spec.processes > 0 { self.spec.processes } else { worker.info.processes.max(1) }
+        if self.spec.processes > 0 { self.spec.processes } else { worker.info().processes.max(1) }
     }
 
     /// How long a call running `n_chunks` of this job's chunks may take: the job's chunk
@@ -356,6 +269,63 @@ impl Job {
             in_flight: 0,
             lost: false,
         })
+    }
+
+    /// Starts a call on `worker` carrying `batch`, chunks taken off the queue: each gets a
+    /// copy, and the call holds a slot on the worker and counts in the job's figures of chunks
+    /// in flight there. Answers the call's cancellation.
+    pub fn start_call(&mut self, worker: &mut WorkerEntry, batch: Arc<[u64]>) -> Arc<Notify> {
+        self.start_copies(worker, batch, false)
+    }
+
+    /// Starts a speculative copy of the running chunk `index`, alone in a call on `worker`
+    /// (see `speculation`). Answers the call's cancellation.
+    pub fn start_speculative_copy(&mut self, worker: &mut WorkerEntry, index: u64) -> Arc<Notify> {
+        let cancel = self.start_copies(worker, Arc::from([index]), true);
+        if let Some(chunk) = self.chunks.get_mut(index as usize) {
+            chunk.speculated = true;
+        }
+        self.speculative += 1;
+        self.figures_dirty = true;
+        cancel
+    }
+
+    fn start_copies(&mut self, worker: &mut WorkerEntry, batch: Arc<[u64]>, speculative: bool) -> Arc<Notify> {
+        let worker_id = worker.id();
+        let copy = RunningCopy::start(worker_id, speculative, Arc::clone(&batch));
+        let cancel = Arc::clone(&copy.cancel);
+        for &index in batch.iter() {
+            if let Some(chunk) = self.chunks.get_mut(index as usize) {
+                chunk.running.push(copy.clone());
+            }
+        }
+        self.times.copies_started();
+        let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        worker.take_slot(n_chunks);
+        self.progress_of(worker_id, &worker.info().address).in_flight += n_chunks;
+        cancel
+    }
+
+    /// Ends a call of `worker_id` carrying the chunks `indices` whose cancellation is `cancel`:
+    /// its chunks leave the job's figure in flight on the worker. Answers the call's copies,
+    /// one per chunk in order (`None` where the chunk no longer had it).
+    pub fn end_call(
+        &mut self,
+        worker_id: WorkerId,
+        indices: impl ExactSizeIterator<Item = u64>,
+        cancel: &Arc<Notify>,
+    ) -> Vec<Option<RunningCopy>> {
+        let n_chunks = u32::try_from(indices.len()).unwrap_or(u32::MAX);
+        if let Some(progress) = self.workers.get_mut(&worker_id) {
+            progress.in_flight = progress.in_flight.saturating_sub(n_chunks);
+        }
+        indices.map(|index| self.chunks.get_mut(index as usize).and_then(|chunk| chunk.take_copy(cancel))).collect()
+    }
+
+    /// Counts a speculative copy that finished before the original.
+    pub fn count_speculative_win(&mut self) {
+        self.speculative_won += 1;
+        self.figures_dirty = true;
     }
 
     /// Puts a chunk back in the queue unless it is done, being stored, or still running
@@ -454,6 +424,49 @@ impl Job {
         }
     }
 
+    /// The job's figures now, as they are with `seq`.
+    fn figures(&self, seq: u64) -> Figures {
+        Figures {
+            seq,
+            state: self.state,
+            n_chunks: self.n_chunks,
+            bytes_total: self.bytes_total,
+            chunks_done: self.chunks_done,
+            lines_done: self.lines_done,
+            bytes_done: self.bytes_done,
+            retries: self.retries,
+            lost_workers: self.lost_workers,
+            speculative: self.speculative,
+            speculative_won: self.speculative_won,
+            workers: self.workers.values().cloned().collect(),
+            created_ms: self.created_ms,
+            started_ms: self.started_ms,
+            finished_ms: self.finished_ms,
+            failure: self.failure.clone(),
+        }
+    }
+
+    /// Sends the job's status, with a new `seq`, to everyone watching.
+    pub fn publish(&mut self) {
+        self.seq += 1;
+        self.status.send_replace(self.snapshot());
+    }
+
+    /// The job's status now.
+    fn snapshot(&self) -> JobStatus {
+        self.figures(self.seq).status(self.id, &self.spec)
+    }
+
+    /// The last published status.
+    pub fn published(&self) -> JobStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver of the job's published statuses.
+    pub fn subscribe(&self) -> watch::Receiver<JobStatus> {
+        self.status.subscribe()
+    }
+
     /// Changes the job's state, logging it; publishing is the caller's.
     pub fn set_state(&mut self, state: JobState) {
         if self.state != state {
@@ -487,22 +500,7 @@ impl Job {
         }
         self.aggregation = Aggregation::Idle;
         let prepared: Vec<WorkerId> = self.prepared.drain().map(|(worker, _)| worker).collect();
-        let record = FinalRecord {
-            job: self.id,
-            state,
-            finished_ms,
-            failure: self.failure.clone(),
-            result,
-            chunks_done: self.chunks_done,
-            lines_done: self.lines_done,
-            bytes_done: self.bytes_done,
-            retries: self.retries,
-            lost_workers: self.lost_workers,
-            speculative: self.speculative,
-            speculative_won: self.speculative_won,
-            workers: self.workers.values().cloned().collect(),
-            seq: self.seq + 1,
-        };
+        let record = FinalRecord { job: self.id, figures: self.figures(self.seq + 1), result };
         // The chunks are no longer needed; the figures above stay for the status.
         self.chunks = Vec::new();
         self.groups = Vec::new();
@@ -511,7 +509,7 @@ impl Job {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::controller) mod tests {
     use super::*;
 
     /// A queued job of `n_chunks` one-line chunks, in groups of 4.
@@ -575,10 +573,10 @@ pub(super) mod tests {
         let before = job.published().seq;
         let (record, release) = job.finalize(JobState::Cancelled, None, None);
         assert_eq!(release, vec![4]);
-        assert_eq!(record.state, JobState::Cancelled);
+        assert_eq!(record.figures.state, JobState::Cancelled);
         assert!(job.queue.is_empty());
         job.publish();
-        assert_eq!(job.published().seq, record.seq);
+        assert_eq!(job.published().seq, record.figures.seq);
         assert!(job.published().seq > before);
     }
 }
