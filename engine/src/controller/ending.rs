@@ -4,7 +4,6 @@
 use tracing::{error, info, warn};
 
 use super::Shared;
-use super::store::state_name;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState};
 
 /// Ends a job: in memory at once (nothing more is dispatched, late answers are ignored), then
@@ -23,7 +22,7 @@ pub(super) async fn end_job(
         info!(job = job_id, kind = ?failure.kind, "job failed: {}", failure.message);
     }
     if let Err(e) = shared.store.save_final(&record).await {
-        error!(job = job_id, state = state_name(state), "{e}");
+        error!(job = job_id, state = state.as_str(), "{e}");
     }
     shared.with_state(|st| {
         if let Some(job) = st.job_mut(job_id) {

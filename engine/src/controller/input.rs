@@ -31,7 +31,7 @@ fn meta_of(place: &ChunkPlace) -> ChunkMeta {
 async fn not_in_memory(shared: &Shared, job_id: JobId) -> RpcError {
     match shared.store.job(job_id).await {
         Ok(Some(row)) => {
-            RpcError::Invalid(format!("job {job_id} is {:?}: its input can no longer change", row.figures.state))
+            RpcError::Invalid(format!("job {job_id} is {}: its input can no longer change", row.figures.state.as_str()))
         }
         Ok(None) => RpcError::NotFound(format!("job {job_id}")),
         Err(e) => RpcError::Internal(e.to_string()),
@@ -192,16 +192,7 @@ pub(super) async fn finish_input(shared: &Arc<Shared>, job_id: JobId, total_byte
 fn input_ended(job: JobId, state: JobState, failure: Option<&JobFailure>) -> RpcError {
     match failure {
         Some(failure) if failure.kind == FailureKind::Input => RpcError::Invalid(failure.message.clone()),
-        _ => RpcError::Invalid(format!("job {job} is {}: its input can no longer change", state_word(state))),
-    }
-}
-
-fn state_word(state: JobState) -> &'static str {
-    match state {
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Succeeded => "done",
-        _ => "running",
+        _ => RpcError::Invalid(format!("job {job} is {}: its input can no longer change", state.as_str())),
     }
 }
 

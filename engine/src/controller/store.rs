@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 mod chunks;
 
 use super::ControllerError;
-use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, WorkerProgress};
+use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, UnknownJobState, WorkerProgress};
 
 /// Connections in the pool: SQLite serialises writers anyway; a few let reads (status, list,
 /// partials for aggregation) proceed beside a write.
@@ -170,30 +170,9 @@ pub(crate) struct FinalRecord {
     pub result: Option<String>,
 }
 
-/// The job state's name in the database.
-pub(crate) fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Uploading => "uploading",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Aggregating => "aggregating",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
-}
-
+/// A job state read from the database.
 fn parse_state(name: &str) -> Result<JobState, StoreError> {
-    Ok(match name {
-        "uploading" => JobState::Uploading,
-        "queued" => JobState::Queued,
-        "running" => JobState::Running,
-        "aggregating" => JobState::Aggregating,
-        "succeeded" => JobState::Succeeded,
-        "failed" => JobState::Failed,
-        "cancelled" => JobState::Cancelled,
-        other => return Err(StoreError::Corrupt { what: "job state", message: format!("unknown state `{other}`") }),
-    })
+    name.parse().map_err(|e: UnknownJobState| StoreError::Corrupt { what: "job state", message: e.to_string() })
 }
 
 fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
@@ -317,26 +296,32 @@ impl Store {
 
     /// Stores a new job, waiting for its input; answers its id.
     pub async fn insert_job(&self, spec: &JobSpec, created_ms: u64) -> Result<JobId, StoreError> {
-        let row =
-            sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, 'uploading', ?) RETURNING id")
-                .bind(&spec.owner)
-                .bind(to_json("job spec", spec)?)
-                .bind(int(created_ms))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(query_error("creating a job"))?;
+        let row = sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, ?, ?) RETURNING id")
+            .bind(&spec.owner)
+            .bind(to_json("job spec", spec)?)
+            .bind(JobState::Uploading.as_str())
+            .bind(int(created_ms))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("creating a job"))?;
         get_u64(&row, "id")
     }
 
     /// Records when a job started running; a queued job becomes running, and a job whose
     /// input still uploads stays uploading.
     pub async fn mark_running(&self, job: JobId, started_ms: u64) -> Result<(), StoreError> {
+        let (queued, running, uploading) =
+            (JobState::Queued.as_str(), JobState::Running.as_str(), JobState::Uploading.as_str());
         sqlx::query(
-            "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'running' ELSE state END, started_ms = ? \
-             WHERE id = ? AND state IN ('queued', 'uploading')",
+            "UPDATE jobs SET state = CASE state WHEN ? THEN ? ELSE state END, started_ms = ? \
+             WHERE id = ? AND state IN (?, ?)",
         )
+        .bind(queued)
+        .bind(running)
         .bind(int(started_ms))
         .bind(int(job))
+        .bind(queued)
+        .bind(uploading)
         .execute(&self.pool)
         .await
         .map_err(query_error("marking a job running"))?;
@@ -389,7 +374,7 @@ impl Store {
              bytes_done = ?, retries = ?, lost_workers = ?, speculative = ?, speculative_won = ?, workers = ?, \
              seq = ? WHERE id = ?",
         )
-        .bind(state_name(figures.state))
+        .bind(figures.state.as_str())
         .bind(figures.finished_ms.map(int))
         .bind(failure)
         .bind(record.result.as_deref())
@@ -424,12 +409,13 @@ impl Store {
 
     /// The jobs that had not ended when the controller stopped, oldest first.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('uploading', 'queued', 'running', 'aggregating') ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("reading unfinished jobs"))?;
+        let unfinished = JobState::ALL.iter().filter(|state| !state.is_final());
+        let names: Vec<String> = unfinished.map(|state| format!("'{}'", state.as_str())).collect();
+        let rows =
+            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({}) ORDER BY id", names.join(", ")))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("reading unfinished jobs"))?;
         rows.iter().map(job_row).collect()
     }
 

@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{ChunkMeta, ChunkRow, NewPartial, Store, StoreError, get_u64, int, query_error};
-use crate::rpc::JobId;
+use crate::rpc::{JobId, JobState};
 
 /// The most rows one multi-row statement writes: 256 rows of a few values stay far below
 /// SQLite's limit of 32766 bound values, and the batches of chunks a worker answers fit in one.
@@ -20,9 +20,10 @@ impl Store {
     pub async fn add_chunks(&self, job: JobId, first: u64, chunks: &[ChunkMeta]) -> Result<bool, StoreError> {
         let what = "storing a job's chunks";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
-        let updated = sqlx::query("UPDATE jobs SET n_chunks = ? WHERE id = ? AND state = 'uploading'")
+        let updated = sqlx::query("UPDATE jobs SET n_chunks = ? WHERE id = ? AND state = ?")
             .bind(int(first + chunks.len() as u64))
             .bind(int(job))
+            .bind(JobState::Uploading.as_str())
             .execute(&mut *tx)
             .await
             .map_err(query_error(what))?;
@@ -48,13 +49,16 @@ impl Store {
         let what = "storing the end of a job's input";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         let updated = sqlx::query(
-            "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN 'queued' ELSE 'running' END, \
-             n_chunks = ?, bytes_total = ?, combine_group = ? WHERE id = ? AND state = 'uploading'",
+            "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN ? ELSE ? END, \
+             n_chunks = ?, bytes_total = ?, combine_group = ? WHERE id = ? AND state = ?",
         )
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Running.as_str())
         .bind(int(first + chunks.len() as u64))
         .bind(int(bytes_total))
         .bind(int(combine_group))
         .bind(int(job))
+        .bind(JobState::Uploading.as_str())
         .execute(&mut *tx)
         .await
         .map_err(query_error(what))?;
