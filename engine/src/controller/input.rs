@@ -63,10 +63,10 @@ pub(super) async fn upload_input(
     }
     let spool = shared.with_state(|st| {
         let job = st.job(job_id)?;
-        Some(match job.state {
-            JobState::Uploading if !job.finishing_input => Ok(Arc::clone(&job.spool)),
+        Some(match job.state() {
+            JobState::Uploading if !job.finishing_input => Ok(job.spool()),
             JobState::Uploading => Err(RpcError::Invalid(format!("job {job_id}'s input is being finished"))),
-            _ => Err(input_ended(job.id, job.state, job.failure.as_ref())),
+            _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
     });
     let spool = match spool {
@@ -124,7 +124,7 @@ async fn queue_chunks(
         }
     }
     shared.with_state(|st| {
-        let Some(job) = st.job_mut(job_id).filter(|job| job.state == JobState::Uploading) else { return };
+        let Some(job) = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading) else { return };
         job.bytes_total = received;
         job.append_chunks(metas);
         job.publish();
@@ -156,14 +156,14 @@ enum Claim {
 pub(super) async fn finish_input(shared: &Arc<Shared>, job_id: JobId, total_bytes: u64) -> Result<(), RpcError> {
     let claimed = shared.with_state(|st| {
         let job = st.job_mut(job_id)?;
-        Some(match job.state {
+        Some(match job.state() {
             JobState::Uploading if job.finishing_input => Ok(Claim::Wait(job.subscribe())),
             JobState::Uploading => {
                 job.finishing_input = true;
-                Ok(Claim::Finish(Arc::clone(&job.spool)))
+                Ok(Claim::Finish(job.spool()))
             }
             state if !state.is_final() && job.bytes_total == total_bytes => Ok(Claim::Done),
-            _ => Err(input_ended(job.id, job.state, job.failure.as_ref())),
+            _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
     });
     let spool = match claimed {
@@ -227,7 +227,7 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
     };
     let first = spool.next_index() - places.len() as u64;
     let metas: Vec<ChunkMeta> = places.iter().map(meta_of).collect();
-    let group_size = shared.with_state(|st| st.job(job_id).map(|job| job.group_size)).unwrap_or(1);
+    let group_size = shared.with_state(|st| st.job(job_id).map(|job| job.group_size())).unwrap_or(1);
     match shared.store.finish_input(job_id, first, &metas, total_bytes, group_size).await {
         Ok(true) => {}
         Ok(false) => return Err(RpcError::Invalid(format!("job {job_id} ended: its input can no longer change"))),
@@ -238,13 +238,13 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
         }
     }
     let n_chunks = shared.with_state(|st| {
-        let job = st.job_mut(job_id).filter(|job| job.state == JobState::Uploading)?;
+        let job = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading)?;
         job.append_chunks(metas);
         job.bytes_total = total_bytes;
         job.finishing_input = false;
-        job.set_state(if job.started_ms.is_some() { JobState::Running } else { JobState::Queued });
+        job.set_state(if job.started_ms().is_some() { JobState::Running } else { JobState::Queued });
         job.publish();
-        Some(job.n_chunks)
+        Some(job.n_chunks())
     });
     let Some(n_chunks) = n_chunks else {
         return Err(RpcError::Invalid(format!("job {job_id} ended: its input can no longer change")));

@@ -321,7 +321,7 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
             job.bytes_total = received;
             job.publish();
         }
-        info!(job = job_id, state = ?job.state, chunks_done = job.chunks_done, n_chunks = job.n_chunks, "job resumed");
+        info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), n_chunks = job.n_chunks(), "job resumed");
         shared.with_state(|st| st.add_job(job));
         if let Some(message) = lost {
             ending::fail_internal(shared, job_id, message).await;

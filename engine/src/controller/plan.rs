@@ -21,7 +21,6 @@ use tracing::debug;
 
 use super::action::Action;
 use super::batch::{batch_limit, take_batch};
-use super::now_ms;
 use super::speculation::speculate;
 use super::state::State;
 use super::state::chunk::GroupState;
@@ -36,14 +35,10 @@ pub(super) fn plan(state: &mut State) -> Vec<Action> {
     for (worker, job) in state.take_releases() {
         actions.push(Action::Release { worker, job });
     }
-    for job in state.active_jobs_mut().filter(|job| job.figures_dirty) {
-        job.figures_dirty = false;
-        actions.push(Action::SaveFigures {
-            job: job.id,
-            lost_workers: job.lost_workers,
-            speculative: job.speculative,
-            speculative_won: job.speculative_won,
-        });
+    for job in state.active_jobs_mut() {
+        if let Some((lost_workers, speculative, speculative_won)) = job.take_dirty_figures() {
+            actions.push(Action::SaveFigures { job: job.id, lost_workers, speculative, speculative_won });
+        }
     }
     state.set_next_speculation(None);
     let mut ready: Vec<WorkerId> = state.workers().ids();
@@ -57,7 +52,7 @@ pub(super) fn plan(state: &mut State) -> Vec<Action> {
         let mut next_speculation = None;
         for job_id in state.run_queue() {
             let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
-            if job.state.is_final() {
+            if job.state().is_final() {
                 continue;
             }
             ready.sort_by_key(|id| (workers.load(*id), *id));
@@ -79,7 +74,7 @@ fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action
     for job_id in state.run_queue() {
         let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
         // A job whose input still uploads runs the chunks cut so far.
-        if job.state.is_final() {
+        if job.state().is_final() {
             continue;
         }
         // The least loaded workers first, so that a few chunks spread over the cluster.
@@ -104,8 +99,8 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
                 actions.push(Action::Aggregate {
                     worker: worker.handle(),
                     job: job.id,
-                    n_chunks: job.n_chunks,
-                    group_size: job.group_size,
+                    n_chunks: job.n_chunks(),
+                    group_size: job.group_size(),
                 });
             } else if !job.prepared.values().any(|p| *p == Prep::Preparing)
                 && let Some(worker) =
@@ -133,7 +128,7 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
                 worker: worker.handle(),
                 job: job.id,
                 group: group as u64,
-                group_size: job.group_size,
+                group_size: job.group_size(),
             });
             if let Some(worker) = workers.get_mut(worker_id) {
                 worker.take_slot(0);
@@ -173,12 +168,7 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
         }
     }
     if changed {
-        // A job still uploading stays `Uploading` until its input is complete.
-        if job.started_ms.is_none() || job.state == JobState::Queued {
-            let started_ms = *job.started_ms.get_or_insert_with(now_ms);
-            if job.state == JobState::Queued {
-                job.set_state(JobState::Running);
-            }
+        if let Some(started_ms) = job.mark_running() {
             actions.push(Action::MarkRunning { job: job.id, started_ms });
         }
         job.publish();

@@ -286,7 +286,7 @@ impl Controller for ControllerService {
             workers: st.workers().iter().map(|w| w.summary(now)).collect(),
             active_jobs: st
                 .jobs()
-                .filter(|job| matches!(job.state, JobState::Queued | JobState::Running | JobState::Aggregating))
+                .filter(|job| matches!(job.state(), JobState::Queued | JobState::Running | JobState::Aggregating))
                 .count() as u64,
         }))
     }

@@ -78,7 +78,7 @@ pub(super) fn speculate(
 /// The job's chunks that deserve a copy now, the slowest first, and when the next running
 /// chunk will (if nothing changes).
 fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
-    if !job.spec.speculative || job.state != JobState::Running || !job.queue.is_empty() {
+    if !job.spec.speculative || job.state() != JobState::Running || !job.queue.is_empty() {
         return (Vec::new(), None);
     }
     if let Some(quiet_until) = job.times.quiet_until().filter(|until| now < *until) {
@@ -88,7 +88,7 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
     let threshold = median * SPECULATION_FACTOR;
     let mut next_check: Option<Instant> = None;
     let mut slow: Vec<(Instant, u64)> = Vec::new();
-    let undone_from = job.undone_from as usize;
+    let undone_from = job.undone_from() as usize;
     for (index, chunk) in job.chunks.iter().enumerate().skip(undone_from) {
         // One copy per chunk, of a chunk that runs once now.
         if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {

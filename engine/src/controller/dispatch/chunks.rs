@@ -190,7 +190,7 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
             };
             charge(job, index, worker_id, kind, &mut verdicts);
         }
-        verdicts.retries = job.retries;
+        verdicts.retries = job.retries();
         // With partials to store, the status is published once they count.
         if verdicts.answered.is_empty() {
             job.publish();
@@ -238,7 +238,7 @@ fn charge(
         }
         return;
     }
-    job.retries += 1;
+    job.count_retry();
     job.requeue_if_idle(index);
     verdicts.retried.push((index, attempts));
 }
@@ -270,7 +270,7 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
                 info!(job = job_id, chunk = index, worker = worker_id, "the speculative copy finished first");
             }
         }
-        debug!(job = job_id, worker = worker_id, chunks_done = job.chunks_done, "partials stored");
+        debug!(job = job_id, worker = worker_id, chunks_done = job.chunks_done(), "partials stored");
         job.publish();
     });
     shared.wake();

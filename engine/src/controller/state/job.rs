@@ -9,6 +9,8 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
+mod status;
+
 use super::chunk::{Chunk, Group, GroupState, RunningCopy};
 use super::spool::Spool;
 use super::timings::ChunkTimes;
@@ -47,40 +49,47 @@ pub(in crate::controller) enum Aggregation {
 pub(in crate::controller) struct Job {
     pub id: JobId,
     pub spec: JobSpec,
-    pub state: JobState,
-    pub created_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    pub failure: Option<JobFailure>,
+    /// Changed through [`Job::set_state`], which logs it, and [`Job::finalize`].
+    state: JobState,
+    created_ms: u64,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    failure: Option<JobFailure>,
     /// Whether `finish_input` is cutting the input now.
     pub finishing_input: bool,
+    /// Input bytes received so far; all of them once the input is complete.
     pub bytes_total: u64,
-    pub n_chunks: u64,
+    /// The chunks cut so far: `chunks.len()`, kept by [`Job::append_chunks`].
+    n_chunks: u64,
     pub chunks: Vec<Chunk>,
     /// Chunks waiting for a worker, by index (lowest first).
     pub queue: BTreeSet<u64>,
-    pub group_size: u64,
+    group_size: u64,
     pub groups: Vec<Group>,
     /// Whether the plugin combines; unknown until a worker answers a `combine`.
     pub combines: Option<bool>,
-    pub chunks_done: u64,
+    /// The figures of chunks done, moved together (with their groups' arrivals and the
+    /// per-worker figures) by [`Job::count_done`].
+    chunks_done: u64,
     /// Every chunk before this index is done, so scans for running chunks start here.
-    pub undone_from: u64,
-    pub lines_done: u64,
-    pub bytes_done: u64,
-    pub retries: u64,
-    pub lost_workers: u64,
-    pub speculative: u64,
-    pub speculative_won: u64,
+    undone_from: u64,
+    lines_done: u64,
+    bytes_done: u64,
+    retries: u64,
+    lost_workers: u64,
+    speculative: u64,
+    speculative_won: u64,
     /// Whether `lost_workers` or the speculative figures changed since they were stored.
-    pub figures_dirty: bool,
+    figures_dirty: bool,
     /// How long the chunks that completed in this run of the controller took.
     pub times: ChunkTimes,
-    pub workers: BTreeMap<WorkerId, WorkerProgress>,
+    /// Per-worker figures: chunks done there, and in flight (kept with the workers' slots by
+    /// [`Job::start_call`] and [`Job::end_call`]).
+    workers: BTreeMap<WorkerId, WorkerProgress>,
     pub prepared: HashMap<WorkerId, Prep>,
     pub aggregation: Aggregation,
     pub aggregate_failures: u32,
-    pub spool: Arc<tokio::sync::Mutex<Spool>>,
+    spool: Arc<tokio::sync::Mutex<Spool>>,
     seq: u64,
     status: watch::Sender<JobStatus>,
 }
@@ -196,6 +205,48 @@ impl Job {
             }
         }
         self.n_chunks = self.chunks.len() as u64;
+    }
+
+    pub fn state(&self) -> JobState {
+        self.state
+    }
+
+    /// When the job's first chunk was dispatched.
+    pub fn started_ms(&self) -> Option<u64> {
+        self.started_ms
+    }
+
+    pub fn failure(&self) -> Option<&JobFailure> {
+        self.failure.as_ref()
+    }
+
+    /// Every chunk before this index is done.
+    pub fn undone_from(&self) -> u64 {
+        self.undone_from
+    }
+
+    /// How many consecutive chunks a combine group holds.
+    pub fn group_size(&self) -> u64 {
+        self.group_size
+    }
+
+    /// The job's spooled input.
+    pub fn spool(&self) -> Arc<tokio::sync::Mutex<Spool>> {
+        Arc::clone(&self.spool)
+    }
+
+    /// Records that chunks were dispatched: a queued job becomes running, and the first time
+    /// the start is recorded. Answers when it started, if that is to be stored now.
+    pub fn mark_running(&mut self) -> Option<u64> {
+        // A job still uploading stays `Uploading` until its input is complete.
+        if self.started_ms.is_some() && self.state != JobState::Queued {
+            return None;
+        }
+        let started_ms = *self.started_ms.get_or_insert_with(now_ms);
+        if self.state == JobState::Queued {
+            self.set_state(JobState::Running);
+        }
+        Some(started_ms)
     }
 
     /// Whether the whole input has arrived and is cut: until then more chunks may come (those
@@ -322,12 +373,6 @@ impl Job {
         indices.map(|index| self.chunks.get_mut(index as usize).and_then(|chunk| chunk.take_copy(cancel))).collect()
     }
 
-    /// Counts a speculative copy that finished before the original.
-    pub fn count_speculative_win(&mut self) {
-        self.speculative_won += 1;
-        self.figures_dirty = true;
-    }
-
     /// Puts a chunk back in the queue unless it is done, being stored, or still running
     /// elsewhere.
     pub fn requeue_if_idle(&mut self, index: u64) {
@@ -422,49 +467,6 @@ impl Job {
                 copy.cancel.notify_one();
             }
         }
-    }
-
-    /// The job's figures now, as they are with `seq`.
-    fn figures(&self, seq: u64) -> Figures {
-        Figures {
-            seq,
-            state: self.state,
-            n_chunks: self.n_chunks,
-            bytes_total: self.bytes_total,
-            chunks_done: self.chunks_done,
-            lines_done: self.lines_done,
-            bytes_done: self.bytes_done,
-            retries: self.retries,
-            lost_workers: self.lost_workers,
-            speculative: self.speculative,
-            speculative_won: self.speculative_won,
-            workers: self.workers.values().cloned().collect(),
-            created_ms: self.created_ms,
-            started_ms: self.started_ms,
-            finished_ms: self.finished_ms,
-            failure: self.failure.clone(),
-        }
-    }
-
-    /// Sends the job's status, with a new `seq`, to everyone watching.
-    pub fn publish(&mut self) {
-        self.seq += 1;
-        self.status.send_replace(self.snapshot());
-    }
-
-    /// The job's status now.
-    fn snapshot(&self) -> JobStatus {
-        self.figures(self.seq).status(self.id, &self.spec)
-    }
-
-    /// The last published status.
-    pub fn published(&self) -> JobStatus {
-        self.status.borrow().clone()
-    }
-
-    /// A receiver of the job's published statuses.
-    pub fn subscribe(&self) -> watch::Receiver<JobStatus> {
-        self.status.subscribe()
     }
 
     /// Changes the job's state, logging it; publishing is the caller's.

@@ -6,7 +6,8 @@
 //! figure; the jobs and the queue they run in; a lost worker and everything it was doing.
 //!
 //! # Layout
-//! - `job`: a job, what it knows of its workers, and the status watchers see.
+//! - `job`: a job and what it knows of its workers; `job/status`: its figures and the status
+//!   watchers see.
 //! - `chunk`: a job's chunks, their running copies, and the groups `combine` merges.
 //! - `workers`: the live and pending workers and their slots.
 //! - `timings`: how long a job's chunks took.
@@ -63,12 +64,12 @@ impl State {
 
     /// The job, if it exists and has not ended.
     pub fn active_job_mut(&mut self, job_id: JobId) -> Option<&mut Job> {
-        self.jobs.get_mut(&job_id).filter(|job| !job.state.is_final())
+        self.jobs.get_mut(&job_id).filter(|job| !job.state().is_final())
     }
 
     /// Whether the job exists and has not ended.
     pub fn is_active(&self, job_id: JobId) -> bool {
-        self.jobs.get(&job_id).is_some_and(|job| !job.state.is_final())
+        self.jobs.get(&job_id).is_some_and(|job| !job.state().is_final())
     }
 
     /// Every job in memory, by id.
@@ -78,7 +79,7 @@ impl State {
 
     /// Every job in memory that has not ended, by id.
     pub fn active_jobs_mut(&mut self) -> impl Iterator<Item = &mut Job> {
-        self.jobs.values_mut().filter(|job| !job.state.is_final())
+        self.jobs.values_mut().filter(|job| !job.state().is_final())
     }
 
     /// The jobs that have not ended, in the order they run.
@@ -135,7 +136,7 @@ impl State {
         failure: Option<JobFailure>,
         result: Option<String>,
     ) -> Option<FinalRecord> {
-        let job = self.jobs.get_mut(&job_id).filter(|job| !job.state.is_final())?;
+        let job = self.jobs.get_mut(&job_id).filter(|job| !job.state().is_final())?;
         let (record, prepared) = job.finalize(state, failure, result);
         self.run_queue.retain(|id| *id != job_id);
         for worker in prepared {
@@ -192,7 +193,7 @@ impl State {
         info!(worker = worker_id, address = %worker.info().address, reason, "worker lost");
         self.releases.retain(|(w, _)| *w != worker_id);
         for job in self.jobs.values_mut() {
-            if !job.state.is_final() && job.forget_worker(worker_id) {
+            if !job.state().is_final() && job.forget_worker(worker_id) {
                 job.publish();
             }
         }
