@@ -20,7 +20,7 @@ use super::calls::{Failure, classify, deadline_in};
 use super::ending::{end_job, fail_internal};
 use super::plan::plan;
 use super::state::chunk::GroupState;
-use super::state::job::{Aggregation, CALL_MARGIN, Prep};
+use super::state::job::{CALL_MARGIN, Prep};
 use super::state::workers::WorkerHandle;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, WorkerId};
 use crate::worker::executor::DEFAULT_CALL_TIMEOUT;
@@ -177,30 +177,24 @@ async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u6
             st.lose_worker(worker.id, reason);
         }
         let job = st.active_job_mut(job_id)?;
-        let before = job.combines;
-        let slot = job.groups.get_mut(group as usize)?;
+        let before = job.combines();
+        let left = match &outcome {
+            Ok(Some(())) => GroupState::Combined,
+            Err(Failure::Lost(_) | Failure::Interrupted(_) | Failure::NotPrepared) => GroupState::Open,
+            // Combining is an optimisation: the group's partials go to `aggregate` as they are.
+            Ok(None) | Err(_) => GroupState::Raw,
+        };
+        job.end_combine(group, left)?;
         match &outcome {
-            Ok(Some(())) => {
-                slot.state = GroupState::Combined;
-                job.combines = Some(true);
-                debug!(job = job_id, group, "group combined");
-            }
-            Ok(None) => {
-                slot.state = GroupState::Raw;
-                job.stop_combining();
-            }
-            Err(Failure::Lost(_) | Failure::Interrupted(_)) => slot.state = GroupState::Open,
+            Ok(Some(())) => debug!(job = job_id, group, "group combined"),
+            Ok(None) => job.stop_combining(),
+            Err(Failure::Lost(_) | Failure::Interrupted(_)) => {}
             Err(Failure::NotPrepared) => {
-                slot.state = GroupState::Open;
                 job.prepared.remove(&worker.id);
             }
-            Err(failure) => {
-                // Combining is an optimisation: the group's partials go to `aggregate` as they are.
-                warn!(job = job_id, group, "cannot combine, keeping the partials apart: {failure:?}");
-                slot.state = GroupState::Raw;
-            }
+            Err(failure) => warn!(job = job_id, group, "cannot combine, keeping the partials apart: {failure:?}"),
         }
-        (job.combines != before).then_some(job.combines).flatten()
+        (job.combines() != before).then_some(job.combines()).flatten()
     });
     shared.wake();
     if let Some(combines) = learned
@@ -222,10 +216,8 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
     let result = worker.client.aggregate(deadline_in(CALL_DEADLINE), worker.secret(), job_id, partials).await;
     let failure = match classify(result, CALL_DEADLINE) {
         Ok(output) => {
-            let mine = shared.with_state(|st| {
-                let job = st.job_mut(job_id).filter(|job| job.aggregation == Aggregation::Running(worker.id));
-                job.map(|job| job.aggregation = Aggregation::Storing).is_some()
-            });
+            let mine =
+                shared.with_state(|st| st.job_mut(job_id).is_some_and(|job| job.aggregation_answered(worker.id)));
             if mine {
                 end_job(shared, job_id, JobState::Succeeded, None, Some(output)).await;
             }
@@ -237,8 +229,10 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
         if let Failure::Lost(reason) = &failure {
             st.lose_worker(worker.id, reason);
         }
-        let job = st.job_mut(job_id).filter(|job| job.aggregation == Aggregation::Running(worker.id))?;
-        job.aggregation = Aggregation::Idle;
+        let job = st.job_mut(job_id)?;
+        if !job.aggregation_failed(worker.id) {
+            return None;
+        }
         match failure {
             Failure::Lost(_) | Failure::Interrupted(_) => None,
             Failure::NotPrepared => {
@@ -246,9 +240,9 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
                 None
             }
             Failure::Attempt(message) => {
-                job.aggregate_failures += 1;
+                let failures = job.count_aggregate_failure();
                 warn!(job = job_id, worker = worker.id, "aggregate failed: {message}");
-                (job.aggregate_failures >= job.max_attempts()).then_some((FailureKind::Plugin, message))
+                (failures >= job.max_attempts()).then_some((FailureKind::Plugin, message))
             }
             Failure::Fatal(message) => Some((FailureKind::Plugin, message)),
             Failure::Build(message) => Some((FailureKind::Build, message)),

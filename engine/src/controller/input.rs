@@ -64,7 +64,7 @@ pub(super) async fn upload_input(
     let spool = shared.with_state(|st| {
         let job = st.job(job_id)?;
         Some(match job.state() {
-            JobState::Uploading if !job.finishing_input => Ok(job.spool()),
+            JobState::Uploading if !job.finishing_input() => Ok(job.spool()),
             JobState::Uploading => Err(RpcError::Invalid(format!("job {job_id}'s input is being finished"))),
             _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
@@ -108,7 +108,7 @@ async fn queue_chunks(
     let Some(first) = places.first().map(|place| place.index) else {
         shared.with_state(|st| {
             if let Some(job) = st.job_mut(job_id) {
-                job.bytes_total = received;
+                job.received(received);
             }
         });
         return Ok(());
@@ -125,7 +125,7 @@ async fn queue_chunks(
     }
     shared.with_state(|st| {
         let Some(job) = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading) else { return };
-        job.bytes_total = received;
+        job.received(received);
         job.append_chunks(metas);
         job.publish();
     });
@@ -157,12 +157,12 @@ pub(super) async fn finish_input(shared: &Arc<Shared>, job_id: JobId, total_byte
     let claimed = shared.with_state(|st| {
         let job = st.job_mut(job_id)?;
         Some(match job.state() {
-            JobState::Uploading if job.finishing_input => Ok(Claim::Wait(job.subscribe())),
+            JobState::Uploading if job.finishing_input() => Ok(Claim::Wait(job.subscribe())),
             JobState::Uploading => {
-                job.finishing_input = true;
+                job.set_finishing_input(true);
                 Ok(Claim::Finish(job.spool()))
             }
-            state if !state.is_final() && job.bytes_total == total_bytes => Ok(Claim::Done),
+            state if !state.is_final() && job.bytes_total() == total_bytes => Ok(Claim::Done),
             _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
     });
@@ -201,7 +201,7 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
         // Published, so that a repeated call waiting on this one learns it failed.
         shared.with_state(|st| {
             if let Some(job) = st.job_mut(job_id) {
-                job.finishing_input = false;
+                job.set_finishing_input(false);
                 job.publish();
             }
         })
@@ -239,10 +239,7 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
     }
     let n_chunks = shared.with_state(|st| {
         let job = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading)?;
-        job.append_chunks(metas);
-        job.bytes_total = total_bytes;
-        job.finishing_input = false;
-        job.set_state(if job.started_ms().is_some() { JobState::Running } else { JobState::Queued });
+        job.input_finished(metas, total_bytes);
         job.publish();
         Some(job.n_chunks())
     });

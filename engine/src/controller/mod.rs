@@ -318,7 +318,7 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
         let received = spool.received();
         let mut job = Job::resume(row, chunks, &combined, spool);
         if !job.input_complete() {
-            job.bytes_total = received;
+            job.received(received);
             job.publish();
         }
         info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), n_chunks = job.n_chunks(), "job resumed");

@@ -23,11 +23,10 @@ use super::action::Action;
 use super::batch::{batch_limit, take_batch};
 use super::speculation::speculate;
 use super::state::State;
-use super::state::chunk::GroupState;
 use super::state::job::{Aggregation, Job, Prep};
 use super::state::workers::{WorkerEntry, Workers};
 use super::store::ChunkMeta;
-use crate::rpc::{JobState, WorkerId};
+use crate::rpc::WorkerId;
 
 /// Decides what to start now, marking it started.
 pub(super) fn plan(state: &mut State) -> Vec<Action> {
@@ -90,11 +89,10 @@ fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action
 fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &mut Vec<Action>) {
     let mut changed = false;
     if job.ready_to_aggregate() {
-        if job.aggregation == Aggregation::Idle {
+        if job.aggregation() == Aggregation::Idle {
             let prepared = ready.iter().find(|id| job.prepared.get(*id) == Some(&Prep::Ready));
             if let Some(worker) = prepared.and_then(|id| workers.get(*id)) {
-                job.aggregation = Aggregation::Running(worker.id());
-                job.set_state(JobState::Aggregating);
+                job.start_aggregation(worker.id());
                 changed = true;
                 actions.push(Action::Aggregate {
                     worker: worker.handle(),
@@ -114,7 +112,7 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
         }
         return;
     }
-    if job.combines != Some(false) {
+    if job.combines() != Some(false) {
         let groups: Vec<usize> = job.groups_to_combine().collect();
         for group in groups {
             let free = ready
@@ -123,7 +121,7 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
                 .find(|w| job.prepared.get(&w.id()) == Some(&Prep::Ready) && w.slots_used() < job.slots_on(w));
             let Some(worker) = free else { break };
             let worker_id = worker.id();
-            job.groups[group].state = GroupState::Combining(worker_id);
+            job.start_combine(group, worker_id);
             actions.push(Action::Combine {
                 worker: worker.handle(),
                 job: job.id,

@@ -9,6 +9,7 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
+mod fold;
 mod status;
 
 use super::chunk::{Chunk, Group, GroupState, RunningCopy};
@@ -56,18 +57,18 @@ pub(in crate::controller) struct Job {
     finished_ms: Option<u64>,
     failure: Option<JobFailure>,
     /// Whether `finish_input` is cutting the input now.
-    pub finishing_input: bool,
+    finishing_input: bool,
     /// Input bytes received so far; all of them once the input is complete.
-    pub bytes_total: u64,
+    bytes_total: u64,
     /// The chunks cut so far: `chunks.len()`, kept by [`Job::append_chunks`].
     n_chunks: u64,
     pub chunks: Vec<Chunk>,
     /// Chunks waiting for a worker, by index (lowest first).
     pub queue: BTreeSet<u64>,
     group_size: u64,
-    pub groups: Vec<Group>,
+    groups: Vec<Group>,
     /// Whether the plugin combines; unknown until a worker answers a `combine`.
-    pub combines: Option<bool>,
+    combines: Option<bool>,
     /// The figures of chunks done, moved together (with their groups' arrivals and the
     /// per-worker figures) by [`Job::count_done`].
     chunks_done: u64,
@@ -87,8 +88,8 @@ pub(in crate::controller) struct Job {
     /// [`Job::start_call`] and [`Job::end_call`]).
     workers: BTreeMap<WorkerId, WorkerProgress>,
     pub prepared: HashMap<WorkerId, Prep>,
-    pub aggregation: Aggregation,
-    pub aggregate_failures: u32,
+    aggregation: Aggregation,
+    aggregate_failures: u32,
     spool: Arc<tokio::sync::Mutex<Spool>>,
     seq: u64,
     status: watch::Sender<JobStatus>,
@@ -211,11 +212,6 @@ impl Job {
         self.state
     }
 
-    /// When the job's first chunk was dispatched.
-    pub fn started_ms(&self) -> Option<u64> {
-        self.started_ms
-    }
-
     pub fn failure(&self) -> Option<&JobFailure> {
         self.failure.as_ref()
     }
@@ -247,6 +243,35 @@ impl Job {
             self.set_state(JobState::Running);
         }
         Some(started_ms)
+    }
+
+    /// Input bytes received so far; all of them once the input is complete.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_total
+    }
+
+    /// Records that the input holds `bytes` so far.
+    pub fn received(&mut self, bytes: u64) {
+        self.bytes_total = bytes;
+    }
+
+    /// Whether a `finish_input` call is cutting the input's end now.
+    pub fn finishing_input(&self) -> bool {
+        self.finishing_input
+    }
+
+    /// A `finish_input` call starts cutting the input's end (`true`), or gave up (`false`).
+    pub fn set_finishing_input(&mut self, finishing: bool) {
+        self.finishing_input = finishing;
+    }
+
+    /// The input is complete, `bytes_total` bytes, ending with the chunks `metas`: the job is
+    /// queued, or running if its first chunks were dispatched while it uploaded.
+    pub fn input_finished(&mut self, metas: impl IntoIterator<Item = ChunkMeta>, bytes_total: u64) {
+        self.append_chunks(metas);
+        self.bytes_total = bytes_total;
+        self.finishing_input = false;
+        self.set_state(if self.started_ms.is_some() { JobState::Running } else { JobState::Queued });
     }
 
     /// Whether the whole input has arrived and is cut: until then more chunks may come (those
@@ -383,33 +408,6 @@ impl Job {
         {
             self.queue.insert(index);
         }
-    }
-
-    /// Groups whose partials are all stored and that wait for a merge.
-    pub fn groups_to_combine(&self) -> impl Iterator<Item = usize> + '_ {
-        self.groups.iter().enumerate().filter_map(|(g, group)| {
-            (group.state == GroupState::Open && group.members == self.group_size && group.arrived == group.members)
-                .then_some(g)
-        })
-    }
-
-    /// Leaves every group not yet merged as separate partials.
-    pub fn stop_combining(&mut self) {
-        self.combines = Some(false);
-        for group in &mut self.groups {
-            if group.state == GroupState::Open {
-                group.state = GroupState::Raw;
-            }
-        }
-    }
-
-    fn combining(&self) -> bool {
-        self.groups.iter().any(|g| matches!(g.state, GroupState::Combining(_)))
-    }
-
-    /// Whether every chunk is done and no merge is running: time to aggregate.
-    pub fn ready_to_aggregate(&self) -> bool {
-        self.input_complete() && self.chunks_done == self.n_chunks && !self.combining()
     }
 
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,

@@ -7,7 +7,7 @@
 //!
 //! # Layout
 //! - `job`: a job and what it knows of its workers; `job/status`: its figures and the status
-//!   watchers see.
+//!   watchers see; `job/fold`: its combine groups and aggregation.
 //! - `chunk`: a job's chunks, their running copies, and the groups `combine` merges.
 //! - `workers`: the live and pending workers and their slots.
 //! - `timings`: how long a job's chunks took.
