@@ -252,9 +252,47 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in the order a job goes through them.
+    pub const ALL: [JobState; 7] = [
+        JobState::Uploading,
+        JobState::Queued,
+        JobState::Running,
+        JobState::Aggregating,
+        JobState::Succeeded,
+        JobState::Failed,
+        JobState::Cancelled,
+    ];
+
     /// Whether the job has ended and will not change again.
     pub fn is_final(self) -> bool {
         matches!(self, JobState::Succeeded | JobState::Failed | JobState::Cancelled)
+    }
+
+    /// The state's one name: what the controller's database stores and people read.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Uploading => "uploading",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Aggregating => "aggregating",
+            JobState::Succeeded => "succeeded",
+            JobState::Failed => "failed",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A name that is no job state's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown state `{0}`")]
+pub struct UnknownJobState(pub String);
+
+impl std::str::FromStr for JobState {
+    type Err = UnknownJobState;
+
+    /// Reads the name [`JobState::as_str`] gives.
+    fn from_str(name: &str) -> Result<JobState, UnknownJobState> {
+        JobState::ALL.into_iter().find(|state| state.as_str() == name).ok_or_else(|| UnknownJobState(name.to_owned()))
     }
 }
 
@@ -528,6 +566,15 @@ pub trait Worker {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_job_state_has_one_name_that_reads_back() {
+        for state in JobState::ALL {
+            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
+        }
+        assert_eq!("Running".parse::<JobState>(), Err(UnknownJobState("Running".into())));
+        assert_eq!(UnknownJobState("done".into()).to_string(), "unknown state `done`");
+    }
 
     #[test]
     fn secrets_compare_by_content_and_never_print() {

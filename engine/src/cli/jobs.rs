@@ -212,7 +212,7 @@ pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
         if args.json {
             println!("{}", serde_json::to_string_pretty(&status)?);
         } else {
-            println!("job {} is {}", status.id, state_word(status.state));
+            println!("job {} is {}", status.id, status.state.as_str());
         }
         Ok(())
     })
@@ -231,7 +231,7 @@ pub fn jobs(args: ListArgs) -> anyhow::Result<()> {
         for job in jobs {
             let chunks = format!("{}/{}", job.chunks_done, job.n_chunks);
             let created = age(job.created_ms);
-            let (state, owner) = (state_word(job.state), shorten(&job.owner, 16));
+            let (state, owner) = (job.state.as_str(), shorten(&job.owner, 16));
             println!("{:>6}  {:<12} {:<16} {:>15}  {:<20} {}", job.id, state, owner, chunks, created, job.input_name);
         }
         Ok(())
@@ -293,7 +293,7 @@ fn progress_bar(length: u64, template: &str) -> ProgressBar {
 }
 
 fn progress_message(status: &JobStatus) -> String {
-    let mut message = state_word(status.state).to_owned();
+    let mut message = status.state.as_str().to_owned();
     if status.state == JobState::Running || status.state == JobState::Aggregating {
         let busy = status.workers.iter().filter(|w| w.in_flight > 0).count();
         message.push_str(&format!(" on {}", plural(busy as u64, "worker")));
@@ -328,7 +328,7 @@ fn summary(status: &JobStatus) -> String {
     format!(
         "job {} {}: {}, {}, {:.1} MB in {:.2} s ({:.1} MB/s) on {}{}",
         status.id,
-        state_word(status.state),
+        status.state.as_str(),
         plural(status.chunks_done, "chunk"),
         plural(status.lines_done, "line"),
         status.bytes_done as f64 / 1e6,
@@ -345,7 +345,7 @@ fn describe(status: &JobStatus) -> String {
         "job {} of {}: {}, {} of {} chunks, {} lines, {:.1} of {:.1} MB, {}, {}, {} ({} finished first)\n",
         status.id,
         status.owner,
-        state_word(status.state),
+        status.state.as_str(),
         status.chunks_done,
         status.n_chunks,
         status.lines_done,
@@ -402,18 +402,6 @@ fn shorten(text: &str, max: usize) -> String {
     match text.char_indices().nth(max) {
         Some((cut, _)) => format!("{}…", &text[..cut]),
         None => text.to_owned(),
-    }
-}
-
-fn state_word(state: JobState) -> &'static str {
-    match state {
-        JobState::Uploading => "uploading",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Aggregating => "aggregating",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
     }
 }
 

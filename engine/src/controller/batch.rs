@@ -18,7 +18,7 @@
 
 use std::time::Duration;
 
-use super::jobs::Job;
+use super::state::job::Job;
 use crate::rpc::WorkerId;
 
 /// The most chunks one call carries: beyond this the per-call cost is already well under a
@@ -89,7 +89,7 @@ fn take_chunk_for(job: &mut Job, worker_id: WorkerId, able: &[WorkerId]) -> Opti
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::jobs::tests::job;
+    use crate::controller::state::job::tests::job;
 
     #[test]
     fn a_retry_avoids_the_worker_it_failed_on_when_another_exists() {

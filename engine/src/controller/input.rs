@@ -11,94 +11,17 @@
 //! holds every stored chunk (see `resume_input`).
 
 use std::os::unix::fs::FileExt;
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 use tracing::{info, warn};
 
 use super::Shared;
-use super::dispatch::{end_job, fail_internal};
+use super::ending::{end_job, fail_internal};
+use super::state::spool::{PieceError, Spool, chunk_size_of};
 use super::store::{ChunkMeta, ChunkRow};
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, MAX_PIECE_BYTES, RpcError};
 use crate::rules::chunk::{ChunkError, ChunkPlace, Cutter};
-
-/// A job's input file as it is uploaded, and the cutter it goes through.
-pub(super) struct Spool {
-    path: PathBuf,
-    /// Bytes received so far: the file's length.
-    len: u64,
-    file: Option<std::fs::File>,
-    /// Set once the input is finished: no piece may change it.
-    sealed: bool,
-    cutter: Cutter,
-}
-
-/// Why a piece was not taken.
-#[derive(Debug)]
-enum PieceError {
-    /// The call was wrong (a gap, a finished input) or the disk failed: the job goes on.
-    Refused(RpcError),
-    /// The input cannot be cut (not UTF-8, a line too long): the job fails.
-    Input(ChunkError),
-}
-
-impl Spool {
-    /// The spool of an empty input, cut into chunks of `chunk_size` bytes.
-    pub fn new(path: PathBuf, chunk_size: u64) -> Spool {
-        Spool::resume(path, 0, Cutter::new(chunk_size_of(chunk_size)))
-    }
-
-    /// The spool of an input file that holds `len` bytes, whose cutting goes on with `cutter`.
-    pub fn resume(path: PathBuf, len: u64, cutter: Cutter) -> Spool {
-        Spool { path, len, file: None, sealed: false, cutter }
-    }
-
-    /// Bytes received so far.
-    pub fn received(&self) -> u64 {
-        self.len
-    }
-
-    /// Writes a piece at `offset` and cuts what it completes: the bytes past the current end
-    /// are appended, a piece wholly received before is ignored, and a gap is refused. Blocking.
-    fn take(&mut self, offset: u64, piece: &[u8]) -> Result<Vec<ChunkPlace>, PieceError> {
-        if self.sealed {
-            return Err(PieceError::Refused(RpcError::Invalid("the input is finished: no more pieces".into())));
-        }
-        if offset > self.len {
-            return Err(PieceError::Refused(RpcError::Invalid(format!(
-                "a piece at byte {offset} leaves a gap: {} bytes were received so far; resend from there",
-                self.len
-            ))));
-        }
-        let end = offset + piece.len() as u64;
-        if end <= self.len {
-            return Ok(Vec::new());
-        }
-        let new = &piece[usize::try_from(self.len - offset).unwrap_or(0)..];
-        let io_error =
-            |e: std::io::Error| PieceError::Refused(RpcError::Internal(format!("cannot write the input to disk: {e}")));
-        let file = match &mut self.file {
-            Some(file) => file,
-            None => {
-                let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path);
-                self.file.insert(file.map_err(io_error)?)
-            }
-        };
-        // On an error the file may hold part of the piece; what counts is `len`, and the
-        // resent piece overwrites from there.
-        file.write_all_at(new, self.len).map_err(io_error)?;
-        self.len = end;
-        let mut places = Vec::new();
-        self.cutter.push(new, &mut places).map_err(PieceError::Input)?;
-        Ok(places)
-    }
-}
-
-/// The chunk size a job's cutter uses.
-fn chunk_size_of(chunk_size: u64) -> usize {
-    usize::try_from(chunk_size).unwrap_or(usize::MAX)
-}
 
 fn meta_of(place: &ChunkPlace) -> ChunkMeta {
     ChunkMeta { offset: place.offset, len: place.len, first_line: place.first_line, n_lines: place.n_lines }
@@ -107,7 +30,9 @@ fn meta_of(place: &ChunkPlace) -> ChunkMeta {
 /// The error for a job that exists only in the store (it ended before this start).
 async fn not_in_memory(shared: &Shared, job_id: JobId) -> RpcError {
     match shared.store.job(job_id).await {
-        Ok(Some(row)) => RpcError::Invalid(format!("job {job_id} is {:?}: its input can no longer change", row.state)),
+        Ok(Some(row)) => {
+            RpcError::Invalid(format!("job {job_id} is {}: its input can no longer change", row.figures.state.as_str()))
+        }
         Ok(None) => RpcError::NotFound(format!("job {job_id}")),
         Err(e) => RpcError::Internal(e.to_string()),
     }
@@ -137,11 +62,11 @@ pub(super) async fn upload_input(
         return Err(RpcError::Invalid(format!("a piece of input may be at most {MAX_PIECE_BYTES} bytes")));
     }
     let spool = shared.with_state(|st| {
-        let job = st.jobs.get(&job_id)?;
-        Some(match job.state {
-            JobState::Uploading if !job.finishing_input => Ok(Arc::clone(&job.spool)),
+        let job = st.job(job_id)?;
+        Some(match job.state() {
+            JobState::Uploading if !job.finishing_input() => Ok(job.spool()),
             JobState::Uploading => Err(RpcError::Invalid(format!("job {job_id}'s input is being finished"))),
-            _ => Err(input_ended(job.id, job.state, job.failure.as_ref())),
+            _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
     });
     let spool = match spool {
@@ -179,11 +104,11 @@ async fn queue_chunks(
     spool: &OwnedMutexGuard<Spool>,
     places: Vec<ChunkPlace>,
 ) -> Result<(), RpcError> {
-    let received = spool.len;
+    let received = spool.received();
     let Some(first) = places.first().map(|place| place.index) else {
         shared.with_state(|st| {
-            if let Some(job) = st.jobs.get_mut(&job_id) {
-                job.bytes_total = received;
+            if let Some(job) = st.job_mut(job_id) {
+                job.received(received);
             }
         });
         return Ok(());
@@ -199,8 +124,8 @@ async fn queue_chunks(
         }
     }
     shared.with_state(|st| {
-        let Some(job) = st.jobs.get_mut(&job_id).filter(|job| job.state == JobState::Uploading) else { return };
-        job.bytes_total = received;
+        let Some(job) = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading) else { return };
+        job.received(received);
         job.append_chunks(metas);
         job.publish();
     });
@@ -230,15 +155,15 @@ enum Claim {
 /// repeated call waits for the outcome of the first.
 pub(super) async fn finish_input(shared: &Arc<Shared>, job_id: JobId, total_bytes: u64) -> Result<(), RpcError> {
     let claimed = shared.with_state(|st| {
-        let job = st.jobs.get_mut(&job_id)?;
-        Some(match job.state {
-            JobState::Uploading if job.finishing_input => Ok(Claim::Wait(job.subscribe())),
+        let job = st.job_mut(job_id)?;
+        Some(match job.state() {
+            JobState::Uploading if job.finishing_input() => Ok(Claim::Wait(job.subscribe())),
             JobState::Uploading => {
-                job.finishing_input = true;
-                Ok(Claim::Finish(Arc::clone(&job.spool)))
+                job.set_finishing_input(true);
+                Ok(Claim::Finish(job.spool()))
             }
-            state if !state.is_final() && job.bytes_total == total_bytes => Ok(Claim::Done),
-            _ => Err(input_ended(job.id, job.state, job.failure.as_ref())),
+            state if !state.is_final() && job.bytes_total() == total_bytes => Ok(Claim::Done),
+            _ => Err(input_ended(job.id, job.state(), job.failure())),
         })
     });
     let spool = match claimed {
@@ -267,16 +192,7 @@ pub(super) async fn finish_input(shared: &Arc<Shared>, job_id: JobId, total_byte
 fn input_ended(job: JobId, state: JobState, failure: Option<&JobFailure>) -> RpcError {
     match failure {
         Some(failure) if failure.kind == FailureKind::Input => RpcError::Invalid(failure.message.clone()),
-        _ => RpcError::Invalid(format!("job {job} is {}: its input can no longer change", state_word(state))),
-    }
-}
-
-fn state_word(state: JobState) -> &'static str {
-    match state {
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-        JobState::Succeeded => "done",
-        _ => "running",
+        _ => RpcError::Invalid(format!("job {job} is {}: its input can no longer change", state.as_str())),
     }
 }
 
@@ -284,25 +200,24 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
     let unclaim = || {
         // Published, so that a repeated call waiting on this one learns it failed.
         shared.with_state(|st| {
-            if let Some(job) = st.jobs.get_mut(&job_id) {
-                job.finishing_input = false;
+            if let Some(job) = st.job_mut(job_id) {
+                job.set_finishing_input(false);
                 job.publish();
             }
         })
     };
     let mut spool = spool.lock_owned().await;
-    if spool.len != total_bytes {
+    if spool.received() != total_bytes {
         unclaim();
         return Err(RpcError::Invalid(format!(
             "job {job_id} received {} bytes of input, not {total_bytes}: upload the rest first",
-            spool.len
+            spool.received()
         )));
     }
-    spool.sealed = true;
+    spool.seal();
     let (spool, cut) = blocking(move || {
         let mut spool = spool;
-        let mut places = Vec::new();
-        let cut = spool.cutter.finish(&mut places).map(|()| places);
+        let cut = spool.finish_cut();
         (spool, cut)
     })
     .await?;
@@ -310,9 +225,9 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
         Ok(places) => places,
         Err(e) => return Err(refuse_input(shared, job_id, e).await),
     };
-    let first = spool.cutter.next_index() - places.len() as u64;
+    let first = spool.next_index() - places.len() as u64;
     let metas: Vec<ChunkMeta> = places.iter().map(meta_of).collect();
-    let group_size = shared.with_state(|st| st.jobs.get(&job_id).map(|job| job.group_size)).unwrap_or(1);
+    let group_size = shared.with_state(|st| st.job(job_id).map(|job| job.group_size())).unwrap_or(1);
     match shared.store.finish_input(job_id, first, &metas, total_bytes, group_size).await {
         Ok(true) => {}
         Ok(false) => return Err(RpcError::Invalid(format!("job {job_id} ended: its input can no longer change"))),
@@ -323,20 +238,17 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
         }
     }
     let n_chunks = shared.with_state(|st| {
-        let job = st.jobs.get_mut(&job_id).filter(|job| job.state == JobState::Uploading)?;
-        job.append_chunks(metas);
-        job.bytes_total = total_bytes;
-        job.finishing_input = false;
-        job.set_state(if job.started_ms.is_some() { JobState::Running } else { JobState::Queued });
+        let job = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading)?;
+        job.input_finished(metas, total_bytes);
         job.publish();
-        Some(job.n_chunks)
+        Some(job.n_chunks())
     });
     let Some(n_chunks) = n_chunks else {
         return Err(RpcError::Invalid(format!("job {job_id} ended: its input can no longer change")));
     };
     info!(job = job_id, chunks = n_chunks, bytes = total_bytes, "job's input complete");
     shared.wake();
-    if let Some(file) = spool.file.as_ref().and_then(|file| file.try_clone().ok()) {
+    if let Some(file) = spool.file() {
         // Durable soon, off the job's path; a restart checks the file anyway.
         tokio::task::spawn_blocking(move || {
             if let Err(e) = file.sync_data() {
@@ -385,7 +297,7 @@ pub(super) async fn resume_input(
             return Err(lost(held));
         }
         let mut spool = Spool::resume(path, held, cutter);
-        spool.sealed = true;
+        spool.seal();
         return Ok(ResumedInput { spool, new_chunks: Vec::new() });
     }
     let held = file_len.unwrap_or(0);
@@ -414,47 +326,4 @@ pub(super) async fn resume_input(
         }
     }
     Ok(ResumedInput { spool: Spool::resume(shared.input_path(job_id), held, cutter), new_chunks })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn refused(taken: Result<Vec<ChunkPlace>, PieceError>) -> RpcError {
-        match taken {
-            Err(PieceError::Refused(e)) => e,
-            Err(PieceError::Input(e)) => panic!("not refused but bad input: {e}"),
-            Ok(places) => panic!("taken: {places:?}"),
-        }
-    }
-
-    #[test]
-    fn pieces_append_and_cut_repeats_are_ignored_and_gaps_refused() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("in.txt");
-        let mut spool = Spool::new(path.clone(), 4);
-        assert!(spool.take(0, b"ab\n").unwrap().is_empty(), "one more byte decides where the chunk ends");
-        assert!(spool.take(0, b"ab\n").unwrap().is_empty(), "a repeat is ignored");
-        let cut = spool.take(2, b"\ncd\nef").unwrap();
-        let first = ChunkPlace { index: 0, first_line: 1, n_lines: 1, offset: 0, len: 3 };
-        assert_eq!(cut, vec![first, ChunkPlace { index: 1, first_line: 2, n_lines: 1, offset: 3, len: 3 }]);
-        let gap = refused(spool.take(10, b"x"));
-        assert!(matches!(&gap, RpcError::Invalid(m) if m.contains("8 bytes")), "{gap}");
-        let mut rest = Vec::new();
-        spool.cutter.finish(&mut rest).unwrap();
-        assert_eq!(rest.iter().map(|p| (p.first_line, p.len)).collect::<Vec<_>>(), vec![(3, 2)]);
-        spool.sealed = true;
-        assert!(matches!(refused(spool.take(8, b"late")), RpcError::Invalid(_)), "a finished input is closed");
-        assert_eq!(std::fs::read(&path).unwrap(), b"ab\ncd\nef");
-    }
-
-    #[test]
-    fn a_piece_that_is_not_utf8_is_written_then_refused_naming_its_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut spool = Spool::new(dir.path().join("in.txt"), 4);
-        match spool.take(0, b"ok\n\xff\nmore text\n") {
-            Err(PieceError::Input(e)) => assert!(e.to_string().contains("line 2"), "{e}"),
-            _ => panic!("bad input taken"),
-        }
-    }
 }

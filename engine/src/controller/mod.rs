@@ -22,14 +22,17 @@
 //! - `tls/ca.key` (mode 0600), `tls/ca.pem`: the cluster's certificate authority, whose
 //!   fingerprint the keys carry; `tls/removed_workers`: public keys of removed workers.
 
+mod action;
 mod batch;
+mod calls;
 mod dispatch;
+mod ending;
 mod input;
-mod jobs;
 mod links;
 mod plan;
 mod service;
 mod speculation;
+mod state;
 mod store;
 mod workers;
 
@@ -44,10 +47,11 @@ use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinSet};
 use tracing::info;
 
-use self::input::Spool;
-use self::jobs::{Job, State};
 use self::links::Links;
 use self::service::ControllerService;
+use self::state::State;
+use self::state::job::Job;
+use self::state::spool::Spool;
 use self::store::ChunkRow;
 use self::store::Store;
 use crate::rpc::{JobId, Secret};
@@ -189,12 +193,7 @@ impl RunningController {
         let mut background =
             std::mem::take(&mut *self.shared.background.lock().unwrap_or_else(PoisonError::into_inner));
         background.shutdown().await;
-        self.shared.with_state(|st| {
-            for worker in st.workers.values() {
-                worker.disconnect();
-            }
-            st.workers.clear();
-        });
+        self.shared.with_state(State::disconnect_workers);
         self.shared.store.close().await;
         info!(addr = %self.local_addr, "controller stopped");
     }
@@ -304,7 +303,7 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
     let rows = shared.store.unfinished_jobs().await.map_err(resume_error)?;
     for row in rows {
         let job_id = row.id;
-        let state = row.state;
+        let state = row.figures.state;
         let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
         let combined = shared.store.combined_groups(job_id).await.map_err(resume_error)?;
         let mut chunks = chunks;
@@ -319,16 +318,13 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
         let received = spool.received();
         let mut job = Job::resume(row, chunks, &combined, spool);
         if !job.input_complete() {
-            job.bytes_total = received;
+            job.received(received);
             job.publish();
         }
-        info!(job = job_id, state = ?job.state, chunks_done = job.chunks_done, n_chunks = job.n_chunks, "job resumed");
-        shared.with_state(|st| {
-            st.run_queue.push(job_id);
-            st.jobs.insert(job_id, job);
-        });
+        info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), n_chunks = job.n_chunks(), "job resumed");
+        shared.with_state(|st| st.add_job(job));
         if let Some(message) = lost {
-            dispatch::fail_internal(shared, job_id, message).await;
+            ending::fail_internal(shared, job_id, message).await;
         }
     }
     Ok(())

@@ -1,6 +1,6 @@
 //! The scheduling plan: what to start now.
 //!
-//! [`State::plan`] looks at the state and decides, synchronously and under the state's lock,
+//! [`plan`] looks at the state and decides, synchronously and under the state's lock,
 //! what to start: prepares, chunk runs, combines, aggregations and releases. It marks what it
 //! starts as running before it returns the [`Action`]s, so that nothing is started twice; the
 //! actions themselves run as tasks (see `dispatch`).
@@ -14,109 +14,95 @@
 //! When no job has a queued chunk left, slots still free may run speculative copies of slow
 //! chunks (`speculation`).
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use tracing::debug;
 
+use super::action::Action;
 use super::batch::{batch_limit, take_batch};
-use super::dispatch::Action;
-use super::jobs::{Aggregation, GroupState, Job, Prep, RunningCopy, State};
-use super::now_ms;
 use super::speculation::speculate;
+use super::state::State;
+use super::state::job::{Aggregation, Job, Prep};
+use super::state::workers::{WorkerEntry, Workers};
 use super::store::ChunkMeta;
-use super::workers::WorkerEntry;
-use crate::rpc::{JobState, WorkerId};
+use crate::rpc::WorkerId;
 
-impl State {
-    /// Decides what to start now, marking it started.
-    pub fn plan(&mut self) -> Vec<Action> {
-        let mut actions = Vec::new();
-        for (worker_id, job) in std::mem::take(&mut self.releases) {
-            if let Some(worker) = self.workers.get(&worker_id) {
-                actions.push(Action::Release { worker: worker.handle(), job });
-            }
-        }
-        for job in self.jobs.values_mut().filter(|job| job.figures_dirty && !job.state.is_final()) {
-            job.figures_dirty = false;
-            actions.push(Action::SaveFigures {
-                job: job.id,
-                lost_workers: job.lost_workers,
-                speculative: job.speculative,
-                speculative_won: job.speculative_won,
-            });
-        }
-        self.next_speculation = None;
-        let mut ready: Vec<WorkerId> = self.workers.keys().copied().collect();
-        if ready.is_empty() {
-            return actions;
-        }
-        self.plan_jobs(&mut ready, &mut actions);
-        // Speculative copies only take slots that no queued chunk of any job wants.
-        if self.nothing_queued() {
-            let now = Instant::now();
-            for job_id in self.run_queue.clone() {
-                let Some(job) = self.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { continue };
-                ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
-                if let Some(due) = speculate(job, &mut self.workers, &ready, now, &mut actions) {
-                    self.next_speculation = Some(self.next_speculation.map_or(due, |next| next.min(due)));
-                }
-            }
-            // Chunks that waited behind a straggler in its batch are queued again: send them now.
-            if !self.nothing_queued() {
-                self.plan_jobs(&mut ready, &mut actions);
-            }
-        }
-        actions
+/// Decides what to start now, marking it started.
+pub(super) fn plan(state: &mut State) -> Vec<Action> {
+    let mut actions = Vec::new();
+    for (worker, job) in state.take_releases() {
+        actions.push(Action::Release { worker, job });
     }
-
-    /// Plans the jobs in the order they were queued, until one still has queued chunks.
-    fn plan_jobs(&mut self, ready: &mut [WorkerId], actions: &mut Vec<Action>) {
-        for job_id in self.run_queue.clone() {
-            let Some(job) = self.jobs.get_mut(&job_id) else { continue };
-            // A job whose input still uploads runs the chunks cut so far.
-            if job.state.is_final() {
+    for job in state.active_jobs_mut() {
+        if let Some((lost_workers, speculative, speculative_won)) = job.take_dirty_figures() {
+            actions.push(Action::SaveFigures { job: job.id, lost_workers, speculative, speculative_won });
+        }
+    }
+    state.set_next_speculation(None);
+    let mut ready: Vec<WorkerId> = state.workers().ids();
+    if ready.is_empty() {
+        return actions;
+    }
+    plan_jobs(state, &mut ready, &mut actions);
+    // Speculative copies only take slots that no queued chunk of any job wants.
+    if state.nothing_queued() {
+        let now = Instant::now();
+        let mut next_speculation = None;
+        for job_id in state.run_queue() {
+            let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
+            if job.state().is_final() {
                 continue;
             }
-            // The least loaded workers first, so that a few chunks spread over the cluster.
-            ready.sort_by_key(|id| (self.workers.get(id).map_or(u32::MAX, |w| w.slots_used), *id));
-            plan_job(job, &mut self.workers, ready, actions);
-            if !job.queue.is_empty() {
-                break;
+            ready.sort_by_key(|id| (workers.load(*id), *id));
+            if let Some(due) = speculate(job, workers, &ready, now, &mut actions) {
+                next_speculation = Some(next_speculation.map_or(due, |next: Instant| next.min(due)));
             }
         }
+        state.set_next_speculation(next_speculation);
+        // Chunks that waited behind a straggler in its batch are queued again: send them now.
+        if !state.nothing_queued() {
+            plan_jobs(state, &mut ready, &mut actions);
+        }
     }
+    actions
+}
 
-    fn nothing_queued(&self) -> bool {
-        self.run_queue.iter().all(|id| self.jobs.get(id).is_none_or(|job| job.queue.is_empty()))
+/// Plans the jobs in the order they were queued, until one still has queued chunks.
+fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action>) {
+    for job_id in state.run_queue() {
+        let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
+        // A job whose input still uploads runs the chunks cut so far.
+        if job.state().is_final() {
+            continue;
+        }
+        // The least loaded workers first, so that a few chunks spread over the cluster.
+        ready.sort_by_key(|id| (workers.load(*id), *id));
+        plan_job(job, workers, ready, actions);
+        if !job.queue.is_empty() {
+            break;
+        }
     }
 }
 
 /// Plans one job: its aggregation, merges of complete groups, then chunks.
-fn plan_job(
-    job: &mut Job,
-    workers: &mut BTreeMap<WorkerId, WorkerEntry>,
-    ready: &[WorkerId],
-    actions: &mut Vec<Action>,
-) {
+fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &mut Vec<Action>) {
     let mut changed = false;
     if job.ready_to_aggregate() {
-        if job.aggregation == Aggregation::Idle {
+        if job.aggregation() == Aggregation::Idle {
             let prepared = ready.iter().find(|id| job.prepared.get(*id) == Some(&Prep::Ready));
-            if let Some(worker) = prepared.and_then(|id| workers.get(id)) {
-                job.aggregation = Aggregation::Running(worker.id);
-                job.set_state(JobState::Aggregating);
+            if let Some(worker) = prepared.and_then(|id| workers.get(*id)) {
+                job.start_aggregation(worker.id());
                 changed = true;
                 actions.push(Action::Aggregate {
                     worker: worker.handle(),
                     job: job.id,
-                    n_chunks: job.n_chunks,
-                    group_size: job.group_size,
+                    n_chunks: job.n_chunks(),
+                    group_size: job.group_size(),
                 });
             } else if !job.prepared.values().any(|p| *p == Prep::Preparing)
                 && let Some(worker) =
-                    ready.iter().find(|id| !job.prepared.contains_key(*id)).and_then(|id| workers.get(id))
+                    ready.iter().find(|id| !job.prepared.contains_key(*id)).and_then(|id| workers.get(*id))
             {
                 changed |= start_prepare(job, worker, actions);
             }
@@ -126,35 +112,35 @@ fn plan_job(
         }
         return;
     }
-    if job.combines != Some(false) {
+    if job.combines() != Some(false) {
         let groups: Vec<usize> = job.groups_to_combine().collect();
         for group in groups {
             let free = ready
                 .iter()
-                .filter_map(|id| workers.get(id))
-                .find(|w| job.prepared.get(&w.id) == Some(&Prep::Ready) && w.slots_used < job.slots_on(w));
+                .filter_map(|id| workers.get(*id))
+                .find(|w| job.prepared.get(&w.id()) == Some(&Prep::Ready) && w.slots_used() < job.slots_on(w));
             let Some(worker) = free else { break };
-            let worker_id = worker.id;
-            job.groups[group].state = GroupState::Combining(worker_id);
+            let worker_id = worker.id();
+            job.start_combine(group, worker_id);
             actions.push(Action::Combine {
                 worker: worker.handle(),
                 job: job.id,
                 group: group as u64,
-                group_size: job.group_size,
+                group_size: job.group_size(),
             });
-            if let Some(worker) = workers.get_mut(&worker_id) {
-                worker.slots_used += 1;
+            if let Some(worker) = workers.get_mut(worker_id) {
+                worker.take_slot(0);
             }
         }
     }
     // The workers that can still run this job's chunks (not those that failed to prepare it).
     let able: Vec<WorkerId> = ready.iter().copied().filter(|id| job.prepared.get(id) != Some(&Prep::Failed)).collect();
-    let job_slots: u32 = able.iter().filter_map(|id| workers.get(id)).map(|w| job.slots_on(w)).sum();
+    let job_slots: u32 = able.iter().filter_map(|id| workers.get(*id)).map(|w| job.slots_on(w)).sum();
     for &worker_id in ready {
         if job.queue.is_empty() {
             break;
         }
-        let Some(worker) = workers.get_mut(&worker_id) else { continue };
+        let Some(worker) = workers.get_mut(worker_id) else { continue };
         match job.prepared.get(&worker_id) {
             None => {
                 changed |= start_prepare(job, worker, actions);
@@ -164,24 +150,15 @@ fn plan_job(
             Some(Prep::Ready) => {}
         }
         let slots = job.slots_on(worker);
-        while worker.slots_used < slots {
+        while worker.slots_used() < slots {
             let limit = batch_limit(job, job_slots);
             let batch: Arc<[u64]> = take_batch(job, worker_id, &able, limit).into();
             if batch.is_empty() {
                 break;
             }
-            let copy = RunningCopy::start(worker_id, false, Arc::clone(&batch));
-            let cancel = Arc::clone(&copy.cancel);
             let chunks: Vec<(u64, ChunkMeta)> =
                 batch.iter().map(|&index| (index, job.chunks[index as usize].meta)).collect();
-            for &index in batch.iter() {
-                job.chunks[index as usize].running.push(copy.clone());
-            }
-            job.times.copies_started();
-            let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
-            worker.slots_used += 1;
-            worker.chunks_in_flight += n_chunks;
-            job.progress_of(worker_id, &worker.info.address).in_flight += n_chunks;
+            let cancel = job.start_call(worker, Arc::clone(&batch));
             changed = true;
             debug!(job = job.id, first_chunk = batch[0], chunks = batch.len(), worker = worker_id, "chunks dispatched");
             let deadline = job.call_deadline(batch.len());
@@ -189,12 +166,7 @@ fn plan_job(
         }
     }
     if changed {
-        // A job still uploading stays `Uploading` until its input is complete.
-        if job.started_ms.is_none() || job.state == JobState::Queued {
-            let started_ms = *job.started_ms.get_or_insert_with(now_ms);
-            if job.state == JobState::Queued {
-                job.set_state(JobState::Running);
-            }
+        if let Some(started_ms) = job.mark_running() {
             actions.push(Action::MarkRunning { job: job.id, started_ms });
         }
         job.publish();
@@ -203,10 +175,10 @@ fn plan_job(
 
 /// Asks a worker to prepare the job; answers whether it was not already asked.
 fn start_prepare(job: &mut Job, worker: &WorkerEntry, actions: &mut Vec<Action>) -> bool {
-    if job.prepared.contains_key(&worker.id) {
+    if job.prepared.contains_key(&worker.id()) {
         return false;
     }
-    job.prepared.insert(worker.id, Prep::Preparing);
+    job.prepared.insert(worker.id(), Prep::Preparing);
     actions.push(Action::Prepare { worker: worker.handle(), job: job.id, plugin: job.spec.plugin() });
     true
 }

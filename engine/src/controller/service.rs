@@ -12,9 +12,10 @@ use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 use tracing::info;
 
-use super::dispatch::end_job;
-use super::input::{Spool, finish_input, upload_input};
-use super::jobs::Job;
+use super::ending::{end_job, fail_internal};
+use super::input::{finish_input, upload_input};
+use super::state::job::Job;
+use super::state::spool::Spool;
 use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
 use crate::owner::Owner;
@@ -186,17 +187,14 @@ impl Controller for ControllerService {
         let job_id = self.shared.store.insert_job(&spec, created_ms).await.map_err(internal)?;
         let path = self.shared.input_path(job_id);
         if let Err(e) = tokio::fs::File::create(&path).await {
-            super::dispatch::fail_internal(&self.shared, job_id, format!("cannot create the input file: {e}")).await;
+            fail_internal(&self.shared, job_id, format!("cannot create the input file: {e}")).await;
             return Err(internal(format!("cannot create {}: {e}", path.display())));
         }
         info!(job = job_id, owner = %spec.owner, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
         let spool = Spool::new(path, spec.chunk_size);
         let job = Job::new(job_id, spec, created_ms, spool);
-        self.shared.with_state(|st| {
-            st.jobs.insert(job_id, job);
-            // Queued from the start: its chunks run as soon as they are cut from its input.
-            st.run_queue.push(job_id);
-        });
+        // Queued from the start: its chunks run as soon as they are cut from its input.
+        self.shared.with_state(|st| st.add_job(job));
         Ok(job_id)
     }
 
@@ -220,7 +218,7 @@ impl Controller for ControllerService {
     async fn watch(self, ctx: Context, key: Secret, job: JobId, seen_seq: u64) -> Result<JobStatus, RpcError> {
         self.check_key(&key)?;
         let wait = WATCH_WAIT.min(ctx.deadline.saturating_duration_since(Instant::now()).saturating_sub(WATCH_MARGIN));
-        let receiver = self.shared.with_state(|st| st.jobs.get(&job).map(Job::subscribe));
+        let receiver = self.shared.with_state(|st| st.job(job).map(Job::subscribe));
         // Any seq other than the one seen is news: a smaller one comes from before a restart.
         let Some(mut receiver) = receiver else {
             let status = self.stored_status(job).await?;
@@ -236,7 +234,7 @@ impl Controller for ControllerService {
 
     async fn result(self, _: Context, key: Secret, job: JobId) -> Result<String, RpcError> {
         self.check_key(&key)?;
-        let published = self.shared.with_state(|st| st.jobs.get(&job).map(Job::published));
+        let published = self.shared.with_state(|st| st.job(job).map(Job::published));
         if let Some(status) = &published
             && status.state != JobState::Succeeded
         {
@@ -251,14 +249,14 @@ impl Controller for ControllerService {
 
     async fn cancel(self, _: Context, key: Secret, job: JobId) -> Result<JobStatus, RpcError> {
         self.check_key(&key)?;
-        let known = self.shared.with_state(|st| st.jobs.contains_key(&job));
+        let known = self.shared.with_state(|st| st.job(job).is_some());
         if !known {
             return self.stored_status(job).await;
         }
         if end_job(&self.shared, job, JobState::Cancelled, None, None).await {
             info!(job, "job cancelled");
         }
-        let status = self.shared.with_state(|st| st.jobs.get(&job).map(Job::published));
+        let status = self.shared.with_state(|st| st.job(job).map(Job::published));
         status.ok_or_else(|| RpcError::NotFound(format!("job {job}")))
     }
 
@@ -268,7 +266,7 @@ impl Controller for ControllerService {
         // Jobs in memory have fresher figures than the store keeps while they run.
         self.shared.with_state(|st| {
             for summary in &mut jobs {
-                if let Some(job) = st.jobs.get(&summary.id) {
+                if let Some(job) = st.job(summary.id) {
                     let status = job.published();
                     summary.state = status.state;
                     summary.n_chunks = status.n_chunks;
@@ -285,11 +283,10 @@ impl Controller for ControllerService {
         let now = Instant::now();
         Ok(self.shared.with_state(|st| ClusterInfo {
             version: env!("CARGO_PKG_VERSION").to_owned(),
-            workers: st.workers.values().map(|w| w.summary(now)).collect(),
+            workers: st.workers().iter().map(|w| w.summary(now)).collect(),
             active_jobs: st
-                .jobs
-                .values()
-                .filter(|job| matches!(job.state, JobState::Queued | JobState::Running | JobState::Aggregating))
+                .jobs()
+                .filter(|job| matches!(job.state(), JobState::Queued | JobState::Running | JobState::Aggregating))
                 .count() as u64,
         }))
     }

@@ -3,90 +3,28 @@
 //! A straggler (a slow disk, a busy host, a plugin stuck on one chunk's first attempt) holds
 //! back the whole job. When nothing is queued in any job, a running chunk that has taken more
 //! than [`SPECULATION_FACTOR`] times its job's median chunk time (and at least
-//! [`SPECULATION_MIN_AGE`]), once [`SPECULATION_MIN_DONE`] chunks of the job have completed,
-//! gets one copy on a free slot: on another worker than the original where one is ready, on
-//! the same worker only when no other can run the job. The first partial stored wins (the
-//! store keeps exactly one per chunk), and the other copy's call is cancelled. Jobs with
-//! `speculative: false` in their spec are left alone.
+//! [`SPECULATION_MIN_AGE`]), once `SPECULATION_MIN_DONE` (in `state::timings`) chunks of the
+//! job have completed, gets one copy on a free slot: on another worker than the original where
+//! one is ready, on the same worker only when no other can run the job. The first partial
+//! stored wins (the store keeps exactly one per chunk), and the other copy's call is
+//! cancelled. Jobs with `speculative: false` in their spec are left alone.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::info;
 
-use super::dispatch::Action;
-use super::jobs::{Job, Prep, RunningCopy};
-use super::workers::WorkerEntry;
+use super::action::Action;
+use super::state::job::{Job, Prep};
+use super::state::workers::Workers;
 use crate::rpc::{JobState, WorkerId};
 
 /// How many times its job's median chunk time a chunk must have run to get a copy.
 pub(super) const SPECULATION_FACTOR: u32 = 3;
 
-/// How many chunks of a job must have completed (in this run of the controller) before a
-/// median means anything.
-pub(super) const SPECULATION_MIN_DONE: usize = 3;
-
 /// The least a chunk must have run to get a copy: below this, a copy costs more in transfer
 /// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
 pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
-
-/// How long the completed chunks of a job took, with their median, the recent pace per chunk
-/// that sizes batches (`batch`), and until when no running chunk can become a straggler.
-#[derive(Debug, Default)]
-pub(super) struct ChunkTimes {
-    done: Vec<Duration>,
-    /// The median, and the number of times it was computed over.
-    median: Option<(usize, Duration)>,
-    /// A moving average of the time per chunk of the calls that answered lately.
-    pace: Option<Duration>,
-    /// When the last scan for stragglers found none, the earliest moment a chunk running then
-    /// can become one: until then, or until new copies start, scanning again finds nothing.
-    quiet_until: Option<Instant>,
-}
-
-impl ChunkTimes {
-    /// Records a call that answered for `n_chunks` chunks after `took`: each chunk is counted
-    /// with its share of the call's time (its chunks ran one after another).
-    pub fn record_call(&mut self, took: Duration, n_chunks: usize) {
-        let n_chunks = n_chunks.max(1);
-        let share = took / u32::try_from(n_chunks).unwrap_or(u32::MAX);
-        self.done.extend(std::iter::repeat_n(share, n_chunks));
-        // Recent calls weigh more, so that the pace follows a plugin that speeds up or slows down.
-        self.pace = Some(self.pace.map_or(share, |pace| (pace * 3 + share) / 4));
-    }
-
-    /// The time per chunk of the calls that answered lately; `None` before any did.
-    pub fn pace(&self) -> Option<Duration> {
-        self.pace
-    }
-
-    /// New copies started: a scan for stragglers may find something sooner than the last one
-    /// said.
-    pub fn copies_started(&mut self) {
-        self.quiet_until = None;
-    }
-
-    /// The median chunk time, once [`SPECULATION_MIN_DONE`] chunks have completed. Computed
-    /// again (in linear time) once the times grew by an eighth since: the median of many
-    /// chunks hardly moves with a few more, and a job of 100,000 chunks would otherwise sort
-    /// through all their times at every answer near its end.
-    pub fn median(&mut self) -> Option<Duration> {
-        if self.done.len() < SPECULATION_MIN_DONE {
-            return None;
-        }
-        match self.median {
-            Some((n, median)) if self.done.len() - n < (n / 8).max(1) => Some(median),
-            _ => {
-                let mut times = self.done.clone();
-                let middle = times.len() / 2;
-                let median = *times.select_nth_unstable(middle).1;
-                self.median = Some((self.done.len(), median));
-                Some(median)
-            }
-        }
-    }
-}
 
 /// Starts speculative copies of the job's stragglers on free slots. A straggler carried in a
 /// batch is the first chunk of its call still needed (the others wait behind it there): it is
@@ -95,7 +33,7 @@ impl ChunkTimes {
 /// will become a straggler, so the scheduler looks again then.
 pub(super) fn speculate(
     job: &mut Job,
-    workers: &mut BTreeMap<WorkerId, WorkerEntry>,
+    workers: &mut Workers,
     ready: &[WorkerId],
     now: Instant,
     actions: &mut Vec<Action>,
@@ -107,21 +45,12 @@ pub(super) fn speculate(
     for index in stragglers {
         let chunk = &job.chunks[index as usize];
         let original = chunk.running[0].worker;
-        let has_slot = |id: WorkerId| workers.get(&id).is_some_and(|w| w.slots_used < job.slots_on(w));
+        let has_slot = |id: WorkerId| workers.get(id).is_some_and(|w| w.slots_used() < job.slots_on(w));
         let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
-        let Some(worker) = workers.get_mut(&target) else { continue };
+        let Some(worker) = workers.get_mut(target) else { continue };
         let meta = chunk.meta;
         let straggling_call = Arc::clone(&chunk.running[0].batch);
-        let copy = RunningCopy::start(target, true, Arc::from([index]));
-        let cancel = Arc::clone(&copy.cancel);
-        let chunk = &mut job.chunks[index as usize];
-        chunk.running.push(copy);
-        chunk.speculated = true;
-        worker.slots_used += 1;
-        worker.chunks_in_flight += 1;
-        job.progress_of(target, &worker.info.address).in_flight += 1;
-        job.speculative += 1;
-        job.figures_dirty = true;
+        let cancel = job.start_speculative_copy(worker, index);
         started = true;
         info!(job = job.id, chunk = index, original, copy_on = target, "speculative copy of a slow chunk");
         for &behind in straggling_call.iter().filter(|&&other| other != index) {
@@ -149,17 +78,17 @@ pub(super) fn speculate(
 /// The job's chunks that deserve a copy now, the slowest first, and when the next running
 /// chunk will (if nothing changes).
 fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
-    if !job.spec.speculative || job.state != JobState::Running || !job.queue.is_empty() {
+    if !job.spec.speculative || job.state() != JobState::Running || !job.queue.is_empty() {
         return (Vec::new(), None);
     }
-    if let Some(quiet_until) = job.times.quiet_until.filter(|until| now < *until) {
+    if let Some(quiet_until) = job.times.quiet_until().filter(|until| now < *until) {
         return (Vec::new(), Some(quiet_until));
     }
     let Some(median) = job.times.median() else { return (Vec::new(), None) };
     let threshold = median * SPECULATION_FACTOR;
     let mut next_check: Option<Instant> = None;
     let mut slow: Vec<(Instant, u64)> = Vec::new();
-    let undone_from = job.undone_from as usize;
+    let undone_from = job.undone_from() as usize;
     for (index, chunk) in job.chunks.iter().enumerate().skip(undone_from) {
         // One copy per chunk, of a chunk that runs once now.
         if chunk.done || chunk.storing || chunk.speculated || chunk.running.len() != 1 {
@@ -186,7 +115,7 @@ fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
         // Scanning is linear in the job's chunks not done; the next scan can wait for the first
         // chunk due (or a second, if none runs now), unless new copies start.
         let quiet_until = next_check.unwrap_or(now + SPECULATION_MIN_AGE);
-        job.times.quiet_until = Some(quiet_until);
+        job.times.quiet(quiet_until);
         return (Vec::new(), Some(quiet_until));
     }
     slow.sort();
@@ -213,7 +142,9 @@ fn copy_target(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::controller::jobs::tests::job;
+    use crate::controller::state::chunk::RunningCopy;
+    use crate::controller::state::job::tests::job;
+    use crate::controller::state::timings::ChunkTimes;
 
     /// A running job of `n` chunks whose first three took 100 ms, the others running on
     /// worker 1 since `started`.
@@ -310,21 +241,5 @@ mod tests {
         assert_eq!(copy_target(1, &[], &[1, 2], |id| id != 2), None, "wait for the other worker");
         assert_eq!(copy_target(1, &[], &[1], free), Some(1), "alone, a free slot on the same worker");
         assert_eq!(copy_target(1, &[], &[1], |_| false), None);
-    }
-
-    #[test]
-    fn the_median_needs_a_few_chunks_and_follows_new_ones() {
-        let mut times = ChunkTimes::default();
-        times.record_call(Duration::from_millis(100), 1);
-        times.record_call(Duration::from_millis(300), 1);
-        assert_eq!(times.median(), None, "two chunks say nothing yet");
-        times.record_call(Duration::from_millis(200), 1);
-        assert_eq!(times.median(), Some(Duration::from_millis(200)));
-        times.record_call(Duration::from_millis(90), 2);
-        assert_eq!(
-            times.median(),
-            Some(Duration::from_millis(100)),
-            "a call of two counts each chunk at half its time"
-        );
     }
 }

@@ -17,7 +17,7 @@ use sqlx::sqlite::{
 mod chunks;
 
 use super::ControllerError;
-use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, WorkerProgress};
+use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, UnknownJobState, WorkerProgress};
 
 /// Connections in the pool: SQLite serialises writers anyway; a few let reads (status, list,
 /// partials for aggregation) proceed beside a write.
@@ -74,11 +74,28 @@ pub(crate) struct ChunkRow {
 pub(crate) struct JobRow {
     pub id: JobId,
     pub spec: JobSpec,
+    pub figures: Figures,
+    pub combine_group: u64,
+    pub combines: Option<bool>,
+}
+
+impl JobRow {
+    /// The status a watcher of this job sees.
+    pub fn status(&self) -> JobStatus {
+        self.figures.clone().status(self.id, &self.spec)
+    }
+}
+
+/// Where a job stands and what it has done: everything its status says beside its spec. The
+/// job in memory, its stored row and the record written when it ends all carry these, and
+/// [`Figures::status`] is the one place a status is assembled from them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Figures {
+    /// Bumped at every change watchers see.
+    pub seq: u64,
     pub state: JobState,
     pub n_chunks: u64,
     pub bytes_total: u64,
-    pub combine_group: u64,
-    pub combines: Option<bool>,
     pub chunks_done: u64,
     pub lines_done: u64,
     pub bytes_done: u64,
@@ -87,25 +104,46 @@ pub(crate) struct JobRow {
     pub speculative: u64,
     pub speculative_won: u64,
     pub workers: Vec<WorkerProgress>,
-    pub seq: u64,
     pub created_ms: u64,
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub failure: Option<JobFailure>,
 }
 
-impl JobRow {
-    /// The status a watcher of this job sees.
-    pub fn status(&self) -> JobStatus {
+impl Figures {
+    /// The figures of a job in `state`, created at `created_ms`, that has done nothing yet.
+    pub fn new(state: JobState, created_ms: u64, seq: u64) -> Figures {
+        Figures {
+            seq,
+            state,
+            n_chunks: 0,
+            bytes_total: 0,
+            chunks_done: 0,
+            lines_done: 0,
+            bytes_done: 0,
+            retries: 0,
+            lost_workers: 0,
+            speculative: 0,
+            speculative_won: 0,
+            workers: Vec::new(),
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            failure: None,
+        }
+    }
+
+    /// The status of job `id`, of spec `spec`, with these figures.
+    pub fn status(self, id: JobId, spec: &JobSpec) -> JobStatus {
         JobStatus {
-            id: self.id,
-            owner: self.spec.owner.clone(),
+            id,
+            owner: spec.owner.clone(),
             seq: self.seq,
             state: self.state,
-            plugin_hash: self.spec.plugin_hash.clone(),
-            params: self.spec.params.clone(),
-            input_name: self.spec.input_name.clone(),
-            processes: self.spec.processes,
+            plugin_hash: spec.plugin_hash.clone(),
+            params: spec.params.clone(),
+            input_name: spec.input_name.clone(),
+            processes: spec.processes,
             n_chunks: self.n_chunks,
             chunks_done: self.chunks_done,
             lines_done: self.lines_done,
@@ -115,58 +153,26 @@ impl JobRow {
             lost_workers: self.lost_workers,
             speculative: self.speculative,
             speculative_won: self.speculative_won,
-            workers: self.workers.clone(),
+            workers: self.workers,
             created_ms: self.created_ms,
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
-            failure: self.failure.clone(),
+            failure: self.failure,
         }
     }
 }
 
-/// What is written when a job ends.
+/// What is written when a job ends: its last figures (`finished_ms` set) and its output.
 #[derive(Debug, Clone)]
 pub(crate) struct FinalRecord {
     pub job: JobId,
-    pub state: JobState,
-    pub finished_ms: u64,
-    pub failure: Option<JobFailure>,
+    pub figures: Figures,
     pub result: Option<String>,
-    pub chunks_done: u64,
-    pub lines_done: u64,
-    pub bytes_done: u64,
-    pub retries: u64,
-    pub lost_workers: u64,
-    pub speculative: u64,
-    pub speculative_won: u64,
-    pub workers: Vec<WorkerProgress>,
-    pub seq: u64,
 }
 
-/// The job state's name in the database.
-pub(crate) fn state_name(state: JobState) -> &'static str {
-    match state {
-        JobState::Uploading => "uploading",
-        JobState::Queued => "queued",
-        JobState::Running => "running",
-        JobState::Aggregating => "aggregating",
-        JobState::Succeeded => "succeeded",
-        JobState::Failed => "failed",
-        JobState::Cancelled => "cancelled",
-    }
-}
-
+/// A job state read from the database.
 fn parse_state(name: &str) -> Result<JobState, StoreError> {
-    Ok(match name {
-        "uploading" => JobState::Uploading,
-        "queued" => JobState::Queued,
-        "running" => JobState::Running,
-        "aggregating" => JobState::Aggregating,
-        "succeeded" => JobState::Succeeded,
-        "failed" => JobState::Failed,
-        "cancelled" => JobState::Cancelled,
-        other => return Err(StoreError::Corrupt { what: "job state", message: format!("unknown state `{other}`") }),
-    })
+    name.parse().map_err(|e: UnknownJobState| StoreError::Corrupt { what: "job state", message: e.to_string() })
 }
 
 fn to_json<T: serde::Serialize>(what: &'static str, value: &T) -> Result<String, StoreError> {
@@ -210,24 +216,26 @@ fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
     Ok(JobRow {
         id: get_u64(row, "id")?,
         spec,
-        state: parse_state(&state)?,
-        n_chunks: get_u64(row, "n_chunks")?,
-        bytes_total: get_u64(row, "bytes_total")?,
+        figures: Figures {
+            seq: get_u64(row, "seq")?,
+            state: parse_state(&state)?,
+            n_chunks: get_u64(row, "n_chunks")?,
+            bytes_total: get_u64(row, "bytes_total")?,
+            chunks_done: get_u64(row, "chunks_done")?,
+            lines_done: get_u64(row, "lines_done")?,
+            bytes_done: get_u64(row, "bytes_done")?,
+            retries: get_u64(row, "retries")?,
+            lost_workers: get_u64(row, "lost_workers")?,
+            speculative: get_u64(row, "speculative")?,
+            speculative_won: get_u64(row, "speculative_won")?,
+            workers: workers.map(|w| from_json("job's worker figures", &w)).transpose()?.unwrap_or_default(),
+            created_ms: get_u64(row, "created_ms")?,
+            started_ms: get_opt_u64(row, "started_ms")?,
+            finished_ms: get_opt_u64(row, "finished_ms")?,
+            failure: failure.map(|f| from_json("job failure", &f)).transpose()?,
+        },
         combine_group: get_u64(row, "combine_group")?.max(1),
         combines: combines.map(|c| c != 0),
-        chunks_done: get_u64(row, "chunks_done")?,
-        lines_done: get_u64(row, "lines_done")?,
-        bytes_done: get_u64(row, "bytes_done")?,
-        retries: get_u64(row, "retries")?,
-        lost_workers: get_u64(row, "lost_workers")?,
-        speculative: get_u64(row, "speculative")?,
-        speculative_won: get_u64(row, "speculative_won")?,
-        workers: workers.map(|w| from_json("job's worker figures", &w)).transpose()?.unwrap_or_default(),
-        seq: get_u64(row, "seq")?,
-        created_ms: get_u64(row, "created_ms")?,
-        started_ms: get_opt_u64(row, "started_ms")?,
-        finished_ms: get_opt_u64(row, "finished_ms")?,
-        failure: failure.map(|f| from_json("job failure", &f)).transpose()?,
     })
 }
 
@@ -288,26 +296,32 @@ impl Store {
 
     /// Stores a new job, waiting for its input; answers its id.
     pub async fn insert_job(&self, spec: &JobSpec, created_ms: u64) -> Result<JobId, StoreError> {
-        let row =
-            sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, 'uploading', ?) RETURNING id")
-                .bind(&spec.owner)
-                .bind(to_json("job spec", spec)?)
-                .bind(int(created_ms))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(query_error("creating a job"))?;
+        let row = sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, ?, ?) RETURNING id")
+            .bind(&spec.owner)
+            .bind(to_json("job spec", spec)?)
+            .bind(JobState::Uploading.as_str())
+            .bind(int(created_ms))
+            .fetch_one(&self.pool)
+            .await
+            .map_err(query_error("creating a job"))?;
         get_u64(&row, "id")
     }
 
     /// Records when a job started running; a queued job becomes running, and a job whose
     /// input still uploads stays uploading.
     pub async fn mark_running(&self, job: JobId, started_ms: u64) -> Result<(), StoreError> {
+        let (queued, running, uploading) =
+            (JobState::Queued.as_str(), JobState::Running.as_str(), JobState::Uploading.as_str());
         sqlx::query(
-            "UPDATE jobs SET state = CASE state WHEN 'queued' THEN 'running' ELSE state END, started_ms = ? \
-             WHERE id = ? AND state IN ('queued', 'uploading')",
+            "UPDATE jobs SET state = CASE state WHEN ? THEN ? ELSE state END, started_ms = ? \
+             WHERE id = ? AND state IN (?, ?)",
         )
+        .bind(queued)
+        .bind(running)
         .bind(int(started_ms))
         .bind(int(job))
+        .bind(queued)
+        .bind(uploading)
         .execute(&self.pool)
         .await
         .map_err(query_error("marking a job running"))?;
@@ -351,27 +365,28 @@ impl Store {
     /// Writes a job's end: state, figures, failure or result; deletes its chunks.
     pub async fn save_final(&self, record: &FinalRecord) -> Result<(), StoreError> {
         let what = "recording the end of a job";
-        let failure = record.failure.as_ref().map(|f| to_json("job failure", f)).transpose()?;
-        let workers = to_json("job's worker figures", &record.workers)?;
+        let figures = &record.figures;
+        let failure = figures.failure.as_ref().map(|f| to_json("job failure", f)).transpose()?;
+        let workers = to_json("job's worker figures", &figures.workers)?;
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         sqlx::query(
             "UPDATE jobs SET state = ?, finished_ms = ?, failure = ?, result = ?, chunks_done = ?, lines_done = ?, \
              bytes_done = ?, retries = ?, lost_workers = ?, speculative = ?, speculative_won = ?, workers = ?, \
              seq = ? WHERE id = ?",
         )
-        .bind(state_name(record.state))
-        .bind(int(record.finished_ms))
+        .bind(figures.state.as_str())
+        .bind(figures.finished_ms.map(int))
         .bind(failure)
         .bind(record.result.as_deref())
-        .bind(int(record.chunks_done))
-        .bind(int(record.lines_done))
-        .bind(int(record.bytes_done))
-        .bind(int(record.retries))
-        .bind(int(record.lost_workers))
-        .bind(int(record.speculative))
-        .bind(int(record.speculative_won))
+        .bind(int(figures.chunks_done))
+        .bind(int(figures.lines_done))
+        .bind(int(figures.bytes_done))
+        .bind(int(figures.retries))
+        .bind(int(figures.lost_workers))
+        .bind(int(figures.speculative))
+        .bind(int(figures.speculative_won))
         .bind(workers)
-        .bind(int(record.seq))
+        .bind(int(figures.seq))
         .bind(int(record.job))
         .execute(&mut *tx)
         .await
@@ -394,12 +409,13 @@ impl Store {
 
     /// The jobs that had not ended when the controller stopped, oldest first.
     pub async fn unfinished_jobs(&self) -> Result<Vec<JobRow>, StoreError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ('uploading', 'queued', 'running', 'aggregating') ORDER BY id"
-        ))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error("reading unfinished jobs"))?;
+        let unfinished = JobState::ALL.iter().filter(|state| !state.is_final());
+        let names: Vec<String> = unfinished.map(|state| format!("'{}'", state.as_str())).collect();
+        let rows =
+            sqlx::query(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE state IN ({}) ORDER BY id", names.join(", ")))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(query_error("reading unfinished jobs"))?;
         rows.iter().map(job_row).collect()
     }
 
@@ -476,12 +492,11 @@ pub(super) mod tests {
         assert!(store.finish_input(job, 0, &[meta(0)], 10, 16).await.unwrap());
         store.mark_running(job, 8).await.unwrap();
         store.save_partials(job, &[NewPartial { index: 0, attempts: 1, partial: b"p" }]).await.unwrap();
-        let record = FinalRecord {
-            job,
+        let figures = Figures {
+            seq: 12,
             state: JobState::Succeeded,
-            finished_ms: 9,
-            failure: None,
-            result: Some("{\"n\":1}".into()),
+            n_chunks: 1,
+            bytes_total: 10,
             chunks_done: 1,
             lines_done: 1,
             bytes_done: 10,
@@ -490,15 +505,27 @@ pub(super) mod tests {
             speculative: 2,
             speculative_won: 1,
             workers: Vec::new(),
-            seq: 12,
+            created_ms: 7,
+            started_ms: Some(8),
+            finished_ms: Some(9),
+            failure: None,
         };
+        let record = FinalRecord { job, figures, result: Some("{\"n\":1}".into()) };
         store.save_figures(job, 1, 1, 0).await.unwrap();
-        assert_eq!(store.unfinished_jobs().await.unwrap()[0].speculative, 1, "figures survive a restart");
+        assert_eq!(store.unfinished_jobs().await.unwrap()[0].figures.speculative, 1, "figures survive a restart");
         store.save_final(&record).await.unwrap();
         store.save_figures(job, 0, 1, 0).await.unwrap();
         let row = store.job(job).await.unwrap().unwrap();
-        assert_eq!((row.state, row.started_ms, row.finished_ms, row.seq), (JobState::Succeeded, Some(8), Some(9), 12));
-        assert_eq!((row.lost_workers, row.speculative, row.speculative_won), (1, 2, 1), "a late write lowers nothing");
+        let stored = &row.figures;
+        assert_eq!(
+            (stored.state, stored.started_ms, stored.finished_ms, stored.seq),
+            (JobState::Succeeded, Some(8), Some(9), 12)
+        );
+        assert_eq!(
+            (stored.lost_workers, stored.speculative, stored.speculative_won),
+            (1, 2, 1),
+            "a late write lowers nothing"
+        );
         assert_eq!(store.result(job).await.unwrap(), Some((JobState::Succeeded, Some("{\"n\":1}".into()))));
         assert!(store.chunks(job).await.unwrap().is_empty());
         assert!(store.unfinished_jobs().await.unwrap().is_empty());

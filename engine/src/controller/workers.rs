@@ -12,19 +12,17 @@
 
 use std::io;
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
 use tarpc::client::{self, NewClient};
-use tokio::task::AbortHandle;
 use tracing::info;
 
 use super::Shared;
-use super::jobs::State;
+use super::state::workers::{PendingWorker, WorkerEntry};
 use crate::rpc::{
     PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
-    WorkerSummary,
 };
 use crate::tls::link::{self, Transport};
 use crate::tls::verify::Dial;
@@ -35,97 +33,6 @@ const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The longest address or host name a worker may give: enough for any DNS name and port.
 const MAX_NAME_LEN: usize = 512;
-
-/// How long a registered worker may take to call `activate` before its registration is
-/// dropped.
-const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A worker registered and not yet activated.
-pub(super) struct PendingWorker {
-    info: WorkerInfo,
-    secret: Secret,
-    since: Instant,
-}
-
-/// A registered worker.
-pub(super) struct WorkerEntry {
-    pub id: WorkerId,
-    pub info: WorkerInfo,
-    pub secret: Secret,
-    pub client: WorkerClient,
-    pub last_seen: Instant,
-    /// Calls holding a slot (batches of chunks and combines), over all jobs.
-    pub slots_used: u32,
-    /// Chunks in those calls.
-    pub chunks_in_flight: u32,
-    pub chunks_done: u64,
-    /// Ends the connection's dispatch task, which fails every call in flight.
-    connection: AbortHandle,
-}
-
-/// What a call to a worker needs.
-#[derive(Clone)]
-pub(super) struct WorkerHandle {
-    pub id: WorkerId,
-    pub client: WorkerClient,
-    secret: Secret,
-}
-
-impl WorkerHandle {
-    /// The worker's secret, for a call.
-    pub fn secret(&self) -> Secret {
-        self.secret.clone()
-    }
-}
-
-impl WorkerEntry {
-    pub fn handle(&self) -> WorkerHandle {
-        WorkerHandle { id: self.id, client: self.client.clone(), secret: self.secret.clone() }
-    }
-
-    /// Closes the connection to the worker.
-    pub fn disconnect(&self) {
-        self.connection.abort();
-    }
-
-    pub fn summary(&self, now: Instant) -> WorkerSummary {
-        WorkerSummary {
-            worker_id: self.id,
-            address: self.info.address.clone(),
-            hostname: self.info.hostname.clone(),
-            processes: self.info.processes,
-            in_flight: self.chunks_in_flight,
-            chunks_done: self.chunks_done,
-            last_seen_ms: u64::try_from(now.duration_since(self.last_seen).as_millis()).unwrap_or(u64::MAX),
-        }
-    }
-}
-
-impl State {
-    /// Frees the slot a finished call carrying `n_chunks` chunks held on a worker (if it is
-    /// still registered).
-    pub fn release_slot(&mut self, worker_id: WorkerId, n_chunks: u32) {
-        if let Some(worker) = self.workers.get_mut(&worker_id) {
-            worker.slots_used = worker.slots_used.saturating_sub(1);
-            worker.chunks_in_flight = worker.chunks_in_flight.saturating_sub(n_chunks);
-        }
-    }
-
-    /// Removes a lost worker; everything it was doing is done again elsewhere. Answers whether
-    /// the worker was registered.
-    pub fn lose_worker(&mut self, worker_id: WorkerId, reason: &str) -> bool {
-        let Some(worker) = self.workers.remove(&worker_id) else { return false };
-        worker.disconnect();
-        info!(worker = worker_id, address = %worker.info.address, reason, "worker lost");
-        self.releases.retain(|(w, _)| *w != worker_id);
-        for job in self.jobs.values_mut() {
-            if !job.state.is_final() && job.forget_worker(worker_id) {
-                job.publish();
-            }
-        }
-        true
-    }
-}
 
 /// Registers a worker: checks the join token, protocol and key, issues its certificate, and
 /// answers its id, secret and certificate. The worker is pending until it calls `activate`.
@@ -147,11 +54,8 @@ pub(super) fn register(shared: &Shared, token: &Secret, info: WorkerInfo) -> Res
     let worker_id = shared.next_worker_id.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let certificate = shared.links.issue(worker_id, &info.public_key)?;
     let secret = Secret::generate();
-    let pending = PendingWorker { info, secret: secret.clone(), since: Instant::now() };
-    shared.with_state(|st| {
-        st.pending.retain(|_, pending| pending.since.elapsed() < PENDING_TIMEOUT);
-        st.pending.insert(worker_id, pending);
-    });
+    let pending = PendingWorker::new(info, secret.clone());
+    shared.with_state(|st| st.workers_mut().add_pending(worker_id, pending));
     Ok(Registration { worker_id, worker_secret: secret, certificate })
 }
 
@@ -165,11 +69,11 @@ pub(super) async fn activate(
     secret: &Secret,
 ) -> Result<(), RpcError> {
     shared.links.check_peer(peer, worker_id)?;
-    let pending = shared.with_state(|st| match st.pending.get(&worker_id) {
-        Some(pending) if pending.secret.matches(secret) => Ok(Some(pending.info.clone())),
+    let pending = shared.with_state(|st| match st.workers().pending(worker_id) {
+        Some(pending) if pending.secret_matches(secret) => Ok(Some(pending.info().clone())),
         Some(_) => Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}"))),
-        None => match st.workers.get(&worker_id) {
-            Some(worker) if worker.secret.matches(secret) => Ok(None),
+        None => match st.workers().get(worker_id) {
+            Some(worker) if worker.secret_matches(secret) => Ok(None),
             Some(_) => Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}"))),
             None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
         },
@@ -195,37 +99,17 @@ pub(super) async fn activate(
             }
         }
     });
-    let entry = WorkerEntry {
-        id: worker_id,
-        info: WorkerInfo { processes: info.processes.max(1), ..info },
-        secret: secret.clone(),
-        client,
-        last_seen: Instant::now(),
-        slots_used: 0,
-        chunks_in_flight: 0,
-        chunks_done: 0,
-        connection,
-    };
+    let info = WorkerInfo { processes: info.processes.max(1), ..info };
+    let entry = WorkerEntry::new(worker_id, info, secret.clone(), client, connection);
     info!(
         worker = worker_id,
-        address = %entry.info.address,
-        hostname = %entry.info.hostname,
-        processes = entry.info.processes,
+        address = %entry.info().address,
+        hostname = %entry.info().hostname,
+        processes = entry.info().processes,
         "worker joined"
     );
-    let joined = shared.with_state(|st| {
-        if st.pending.remove(&worker_id).is_none() {
-            // Removed while it was being dialled.
-            return false;
-        }
-        let stale: Vec<WorkerId> =
-            st.workers.values().filter(|w| w.info.address == entry.info.address).map(|w| w.id).collect();
-        for old in stale {
-            st.lose_worker(old, "it registered again");
-        }
-        st.workers.insert(worker_id, entry);
-        true
-    });
+    // False when it was removed while it was being dialled.
+    let joined = shared.with_state(|st| st.join_worker(entry));
     if !joined {
         return Err(RpcError::NotFound(format!("worker {worker_id} was removed: register again")));
     }
@@ -244,10 +128,10 @@ pub(super) fn renew(
 ) -> Result<WorkerCertificate, RpcError> {
     shared.links.check_peer(peer, worker_id)?;
     let known = shared.with_state(|st| {
-        st.workers
-            .get(&worker_id)
-            .map(|w| w.secret.matches(secret))
-            .or(st.pending.get(&worker_id).map(|p| p.secret.matches(secret)))
+        st.workers()
+            .get(worker_id)
+            .map(|w| w.secret_matches(secret))
+            .or(st.workers().pending(worker_id).map(|p| p.secret_matches(secret)))
     });
     match known {
         None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
@@ -262,15 +146,7 @@ pub(super) fn renew(
 /// Removes a worker (live or pending): its work goes elsewhere, its certificates are revoked
 /// and its key refused from now on.
 pub(super) async fn remove(shared: &Shared, worker_id: WorkerId) -> Result<(), RpcError> {
-    let public_key = shared.with_state(|st| {
-        let key = match (st.workers.get(&worker_id), st.pending.remove(&worker_id)) {
-            (Some(worker), _) => Some(worker.info.public_key.to_vec()),
-            (None, Some(pending)) => Some(pending.info.public_key.to_vec()),
-            (None, None) => None,
-        };
-        st.lose_worker(worker_id, "it was removed from the cluster");
-        key
-    });
+    let public_key = shared.with_state(|st| st.remove_worker(worker_id));
     let Some(public_key) = public_key else {
         return Err(RpcError::NotFound(format!("worker {worker_id} is not registered (see kiln cluster)")));
     };
@@ -304,9 +180,9 @@ fn check_worker(
     secret: &Secret,
 ) -> Result<(), RpcError> {
     shared.links.check_peer(peer, worker_id)?;
-    shared.with_state(|st| match st.workers.get(&worker_id) {
+    shared.with_state(|st| match st.workers().get(worker_id) {
         None => Err(RpcError::NotFound(format!("worker {worker_id} is not registered: register again"))),
-        Some(worker) if !worker.secret.matches(secret) => {
+        Some(worker) if !worker.secret_matches(secret) => {
             Err(RpcError::Unauthorized(format!("wrong secret for worker {worker_id}")))
         }
         Some(_) => Ok(()),
@@ -322,8 +198,8 @@ pub(super) fn heartbeat(
 ) -> Result<(), RpcError> {
     check_worker(shared, peer, worker_id, secret)?;
     shared.with_state(|st| {
-        if let Some(worker) = st.workers.get_mut(&worker_id) {
-            worker.last_seen = Instant::now();
+        if let Some(worker) = st.workers_mut().get_mut(worker_id) {
+            worker.seen();
         }
     });
     Ok(())
@@ -359,15 +235,7 @@ pub(super) async fn run_reaper(shared: Arc<Shared>) {
     let timeout = shared.heartbeat_timeout;
     loop {
         let now = Instant::now();
-        let (lost, next) = shared.with_state(|st| {
-            let expired: Vec<WorkerId> =
-                st.workers.values().filter(|w| now.duration_since(w.last_seen) >= timeout).map(|w| w.id).collect();
-            let reason = format!("no heartbeat for {} ms", timeout.as_millis());
-            for worker_id in &expired {
-                st.lose_worker(*worker_id, &reason);
-            }
-            (!expired.is_empty(), st.workers.values().map(|w| w.last_seen + timeout).min())
-        });
+        let (lost, next) = shared.with_state(|st| st.lose_silent_workers(timeout, now));
         if lost {
             shared.wake();
         }

@@ -17,10 +17,13 @@ use tokio::sync::Notify;
 use tracing::{debug, error, info, warn};
 
 use super::super::Shared;
-use super::super::jobs::{Job, RunningCopy, State};
+use super::super::calls::{Failure, classify, deadline_in};
+use super::super::ending::{end_job, fail_internal};
+use super::super::state::State;
+use super::super::state::chunk::RunningCopy;
+use super::super::state::job::Job;
+use super::super::state::workers::WorkerHandle;
 use super::super::store::{ChunkMeta, NewPartial};
-use super::super::workers::WorkerHandle;
-use super::{Failure, classify, deadline_in, end_job, fail_internal, is_active};
 use crate::rpc::{ChunkInput, FailureKind, JobFailure, JobId, JobState, WorkerId};
 
 /// One call carrying a batch of chunks to a worker: what its task knows of it.
@@ -39,7 +42,7 @@ pub(in crate::controller) struct BatchCall {
 /// Runs the call until the worker answers or the call is cancelled, and applies the answers.
 pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
-    if !is_active(shared, job_id) {
+    if !shared.with_state(|st| st.is_active(job_id)) {
         return drop_call(shared, &call);
     }
     let inputs = match read_chunks(shared.input_path(job_id), call.chunks.clone()).await {
@@ -82,18 +85,8 @@ pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
 /// Frees the slot of a call that ended and forgets its copies; answers the job and the copies
 /// (one per chunk, in order) if the job is still running.
 fn end_call<'a>(st: &'a mut State, call: &BatchCall) -> Option<(&'a mut Job, Vec<Option<RunningCopy>>)> {
-    let n_chunks = u32::try_from(call.chunks.len()).unwrap_or(u32::MAX);
-    st.release_slot(call.worker.id, n_chunks);
-    let job = st.jobs.get_mut(&call.job).filter(|job| !job.state.is_final())?;
-    if let Some(progress) = job.workers.get_mut(&call.worker.id) {
-        progress.in_flight = progress.in_flight.saturating_sub(n_chunks);
-    }
-    let copies = call
-        .chunks
-        .iter()
-        .map(|(index, _)| job.chunks.get_mut(*index as usize).and_then(|chunk| chunk.take_copy(&call.cancel)))
-        .collect();
-    Some((job, copies))
+    let indices = call.chunks.iter().map(|(index, _)| *index);
+    st.end_call(call.job, call.worker.id, indices, &call.cancel)
 }
 
 /// Forgets a call that ended without answers; its chunks are queued again unless another copy
@@ -197,7 +190,7 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
             };
             charge(job, index, worker_id, kind, &mut verdicts);
         }
-        verdicts.retries = job.retries;
+        verdicts.retries = job.retries();
         // With partials to store, the status is published once they count.
         if verdicts.answered.is_empty() {
             job.publish();
@@ -245,7 +238,7 @@ fn charge(
         }
         return;
     }
-    job.retries += 1;
+    job.count_retry();
     job.requeue_if_idle(index);
     verdicts.retried.push((index, attempts));
 }
@@ -262,10 +255,10 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
         return fail_internal(shared, job_id, format!("cannot store the partials of chunks from {first}: {e}")).await;
     }
     shared.with_state(|st| {
-        if let Some(worker) = st.workers.get_mut(&worker_id) {
-            worker.chunks_done += answered.len() as u64;
+        if let Some(worker) = st.workers_mut().get_mut(worker_id) {
+            worker.count_done(answered.len() as u64);
         }
-        let Some(job) = st.jobs.get_mut(&job_id).filter(|job| !job.state.is_final()) else { return };
+        let Some(job) = st.active_job_mut(job_id) else { return };
         for Answered { index, copy, .. } in answered {
             if job.chunks.get(index as usize).is_none_or(|chunk| chunk.done) {
                 continue;
@@ -273,12 +266,11 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
             job.cancel_copies(index);
             job.count_done(index, Some(worker_id));
             if copy.is_some_and(|copy| copy.speculative) {
-                job.speculative_won += 1;
-                job.figures_dirty = true;
+                job.count_speculative_win();
                 info!(job = job_id, chunk = index, worker = worker_id, "the speculative copy finished first");
             }
         }
-        debug!(job = job_id, worker = worker_id, chunks_done = job.chunks_done, "partials stored");
+        debug!(job = job_id, worker = worker_id, chunks_done = job.chunks_done(), "partials stored");
         job.publish();
     });
     shared.wake();

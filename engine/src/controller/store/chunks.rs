@@ -8,7 +8,7 @@ use serde_bytes::ByteBuf;
 use sqlx::{QueryBuilder, Row, Sqlite, SqliteConnection};
 
 use super::{ChunkMeta, ChunkRow, NewPartial, Store, StoreError, get_u64, int, query_error};
-use crate::rpc::JobId;
+use crate::rpc::{JobId, JobState};
 
 /// The most rows one multi-row statement writes: 256 rows of a few values stay far below
 /// SQLite's limit of 32766 bound values, and the batches of chunks a worker answers fit in one.
@@ -20,9 +20,10 @@ impl Store {
     pub async fn add_chunks(&self, job: JobId, first: u64, chunks: &[ChunkMeta]) -> Result<bool, StoreError> {
         let what = "storing a job's chunks";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
-        let updated = sqlx::query("UPDATE jobs SET n_chunks = ? WHERE id = ? AND state = 'uploading'")
+        let updated = sqlx::query("UPDATE jobs SET n_chunks = ? WHERE id = ? AND state = ?")
             .bind(int(first + chunks.len() as u64))
             .bind(int(job))
+            .bind(JobState::Uploading.as_str())
             .execute(&mut *tx)
             .await
             .map_err(query_error(what))?;
@@ -48,13 +49,16 @@ impl Store {
         let what = "storing the end of a job's input";
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         let updated = sqlx::query(
-            "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN 'queued' ELSE 'running' END, \
-             n_chunks = ?, bytes_total = ?, combine_group = ? WHERE id = ? AND state = 'uploading'",
+            "UPDATE jobs SET state = CASE WHEN started_ms IS NULL THEN ? ELSE ? END, \
+             n_chunks = ?, bytes_total = ?, combine_group = ? WHERE id = ? AND state = ?",
         )
+        .bind(JobState::Queued.as_str())
+        .bind(JobState::Running.as_str())
         .bind(int(first + chunks.len() as u64))
         .bind(int(bytes_total))
         .bind(int(combine_group))
         .bind(int(job))
+        .bind(JobState::Uploading.as_str())
         .execute(&mut *tx)
         .await
         .map_err(query_error(what))?;
@@ -290,7 +294,7 @@ mod tests {
         assert!(store.finish_input(job, 2, &chunks[2..], 50, 2).await.unwrap());
         assert!(!store.finish_input(job, 5, &[], 50, 2).await.unwrap(), "a queued job is not finished again");
         assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
-        assert_eq!(store.job(job).await.unwrap().unwrap().state, JobState::Queued);
+        assert_eq!(store.job(job).await.unwrap().unwrap().figures.state, JobState::Queued);
         let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
         let partials: Vec<NewPartial<'_>> =
             (0..5).map(|index| NewPartial { index, attempts: 1, partial: &bytes[index as usize] }).collect();
@@ -346,7 +350,7 @@ mod tests {
         let stored = store.chunk_partials(job, 1, 6).await.unwrap();
         assert_eq!(stored, (1..7).map(|index: u64| ByteBuf::from(index.to_le_bytes().to_vec())).collect::<Vec<_>>());
         let status = store.unfinished_jobs().await.unwrap();
-        assert_eq!(status[0].retries, failed.len() as u64);
+        assert_eq!(status[0].figures.retries, failed.len() as u64);
     }
 
     #[tokio::test]

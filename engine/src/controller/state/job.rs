@@ -1,123 +1,39 @@
-//! Jobs and chunks in memory.
-//!
-//! [`State`] is the controller's whole mutable state, behind one mutex that is never held
-//! across an `.await`: jobs with their chunks, combine groups and per-worker figures, the queue
-//! of jobs, and the registered workers. What to start next is decided by `plan`; the answers
-//! of workers are applied by `dispatch`.
+//! A job in memory: its chunks, combine groups and per-worker figures, what its workers have
+//! prepared, and where its aggregation stands. What to start next is decided by `plan`; the
+//! answers of workers are applied by `dispatch`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 use tracing::info;
 
+mod fold;
 mod status;
 
-use self::status::placeholder_status;
-
-use super::input::Spool;
-use super::now_ms;
-use super::speculation::ChunkTimes;
-use super::store::{ChunkMeta, ChunkRow, FinalRecord, JobRow};
-use super::workers::{PendingWorker, WorkerEntry};
+use super::chunk::{Chunk, Group, GroupState, RunningCopy};
+use super::spool::Spool;
+use super::timings::ChunkTimes;
+use super::workers::WorkerEntry;
+use crate::controller::now_ms;
+use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::rules::deadlines::chunk_call_deadline;
 use crate::rules::{combine, retry};
 
-/// The controller's mutable state.
-#[derive(Default)]
-pub(super) struct State {
-    /// Jobs created since the controller started, and unfinished jobs it resumed.
-    pub jobs: BTreeMap<JobId, Job>,
-    /// Jobs whose input is cut and that have not ended, in the order they were queued.
-    pub run_queue: Vec<JobId>,
-    /// Registered workers that have not been lost.
-    pub workers: BTreeMap<WorkerId, WorkerEntry>,
-    /// Workers registered and not yet activated (dialled back).
-    pub pending: BTreeMap<WorkerId, PendingWorker>,
-    /// Jobs to release on workers that prepared them.
-    pub releases: Vec<(WorkerId, JobId)>,
-    /// When a running chunk becomes slow enough for a speculative copy, if one may.
-    pub next_speculation: Option<Instant>,
-}
-
 /// Whether a worker is ready to run a job's chunks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Prep {
+pub(in crate::controller) enum Prep {
     Preparing,
     Ready,
     /// The worker could not prepare the job; it gets none of its work.
     Failed,
 }
 
-/// Where a group of consecutive chunks stands with `combine`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum GroupState {
-    /// Waiting for its chunks (or for a worker to merge them).
-    Open,
-    Combining(WorkerId),
-    Combined,
-    /// Left as separate partials: the merge failed, or the plugin does not combine.
-    Raw,
-}
-
-/// A group of consecutive chunks whose partials `combine` merges into one.
-#[derive(Debug, Clone)]
-pub(super) struct Group {
-    pub members: u64,
-    pub arrived: u64,
-    pub state: GroupState,
-}
-
-/// One copy of a chunk running on a worker, in a call that may carry a batch of chunks.
-#[derive(Debug, Clone)]
-pub(super) struct RunningCopy {
-    pub worker: WorkerId,
-    pub since: Instant,
-    /// Whether this is a speculative copy of a slow chunk.
-    pub speculative: bool,
-    /// Notified to abandon the call (every chunk it carries is done elsewhere, or the job
-    /// ended); shared by the copies of the chunks of one call.
-    pub cancel: Arc<Notify>,
-    /// The chunks the call carries, in the order the worker runs them (this one among them).
-    pub batch: Arc<[u64]>,
-}
-
-impl RunningCopy {
-    /// A copy starting now on `worker`, in a call carrying the chunks `batch`.
-    pub fn start(worker: WorkerId, speculative: bool, batch: Arc<[u64]>) -> RunningCopy {
-        RunningCopy { worker, since: Instant::now(), speculative, cancel: Arc::new(Notify::new()), batch }
-    }
-}
-
-/// A chunk of a job's input.
-#[derive(Debug, Clone)]
-pub(super) struct Chunk {
-    pub meta: ChunkMeta,
-    pub done: bool,
-    /// A partial came back and is being written; the chunk is neither queued nor lost.
-    pub storing: bool,
-    /// Attempts that failed.
-    pub failures: u32,
-    pub running: Vec<RunningCopy>,
-    /// Workers where an attempt failed: a retry goes elsewhere when it can.
-    pub failed_on: Vec<WorkerId>,
-    /// Whether a speculative copy was started (one per chunk at most).
-    pub speculated: bool,
-}
-
-impl Chunk {
-    /// Removes the running copy whose cancellation is `cancel`, and answers it.
-    pub fn take_copy(&mut self, cancel: &Arc<Notify>) -> Option<RunningCopy> {
-        let position = self.running.iter().position(|copy| Arc::ptr_eq(&copy.cancel, cancel))?;
-        Some(self.running.remove(position))
-    }
-}
-
 /// Where a job's aggregation stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Aggregation {
+pub(in crate::controller) enum Aggregation {
     Idle,
     Running(WorkerId),
     /// The output came back and is being written.
@@ -125,43 +41,50 @@ pub(super) enum Aggregation {
 }
 
 /// A job in memory.
-pub(super) struct Job {
+pub(in crate::controller) struct Job {
     pub id: JobId,
     pub spec: JobSpec,
-    pub state: JobState,
-    pub created_ms: u64,
-    pub started_ms: Option<u64>,
-    pub finished_ms: Option<u64>,
-    pub failure: Option<JobFailure>,
+    /// Changed through [`Job::set_state`], which logs it, and [`Job::finalize`].
+    state: JobState,
+    created_ms: u64,
+    started_ms: Option<u64>,
+    finished_ms: Option<u64>,
+    failure: Option<JobFailure>,
     /// Whether `finish_input` is cutting the input now.
-    pub finishing_input: bool,
-    pub bytes_total: u64,
-    pub n_chunks: u64,
+    finishing_input: bool,
+    /// Input bytes received so far; all of them once the input is complete.
+    bytes_total: u64,
+    /// The chunks cut so far: `chunks.len()`, kept by [`Job::append_chunks`].
+    n_chunks: u64,
     pub chunks: Vec<Chunk>,
     /// Chunks waiting for a worker, by index (lowest first).
     pub queue: BTreeSet<u64>,
-    pub group_size: u64,
-    pub groups: Vec<Group>,
+    group_size: u64,
+    groups: Vec<Group>,
     /// Whether the plugin combines; unknown until a worker answers a `combine`.
-    pub combines: Option<bool>,
-    pub chunks_done: u64,
+    combines: Option<bool>,
+    /// The figures of chunks done, moved together (with their groups' arrivals and the
+    /// per-worker figures) by [`Job::count_done`].
+    chunks_done: u64,
     /// Every chunk before this index is done, so scans for running chunks start here.
-    pub undone_from: u64,
-    pub lines_done: u64,
-    pub bytes_done: u64,
-    pub retries: u64,
-    pub lost_workers: u64,
-    pub speculative: u64,
-    pub speculative_won: u64,
+    undone_from: u64,
+    lines_done: u64,
+    bytes_done: u64,
+    retries: u64,
+    lost_workers: u64,
+    speculative: u64,
+    speculative_won: u64,
     /// Whether `lost_workers` or the speculative figures changed since they were stored.
-    pub figures_dirty: bool,
+    figures_dirty: bool,
     /// How long the chunks that completed in this run of the controller took.
     pub times: ChunkTimes,
-    pub workers: BTreeMap<WorkerId, WorkerProgress>,
+    /// Per-worker figures: chunks done there, and in flight (kept with the workers' slots by
+    /// [`Job::start_call`] and [`Job::end_call`]).
+    workers: BTreeMap<WorkerId, WorkerProgress>,
     pub prepared: HashMap<WorkerId, Prep>,
-    pub aggregation: Aggregation,
-    pub aggregate_failures: u32,
-    pub spool: Arc<tokio::sync::Mutex<Spool>>,
+    aggregation: Aggregation,
+    aggregate_failures: u32,
+    spool: Arc<tokio::sync::Mutex<Spool>>,
     seq: u64,
     status: watch::Sender<JobStatus>,
 }
@@ -174,7 +97,8 @@ impl Job {
 
     fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
         let group_size = combine::combine_group(spec.chunk_size);
-        let job = Job {
+        let published = Figures::new(state, created_ms, seq).status(id, &spec);
+        Job {
             id,
             spec,
             state,
@@ -206,32 +130,31 @@ impl Job {
             aggregate_failures: 0,
             spool: Arc::new(tokio::sync::Mutex::new(spool)),
             seq,
-            status: watch::Sender::new(placeholder_status(id)),
-        };
-        job.status.send_replace(job.snapshot());
-        job
+            status: watch::Sender::new(published),
+        }
     }
 
     /// A job resumed from the store after a restart: done chunks stay done, the others are
     /// queued again. Its `seq` starts above any the previous run can have reached (it is
     /// derived from the clock), so a watcher's old `seen_seq` never matches by chance.
     pub fn resume(row: JobRow, chunks: Vec<ChunkRow>, combined: &[u64], spool: Spool) -> Job {
-        let state = match row.state {
+        let figures = row.figures;
+        let state = match figures.state {
             JobState::Aggregating => JobState::Running,
             state => state,
         };
-        let mut job = Job::with_seq(row.id, row.spec, state, row.created_ms, spool, now_ms().saturating_mul(1000));
-        job.started_ms = row.started_ms;
-        job.retries = row.retries;
-        job.lost_workers = row.lost_workers;
-        job.speculative = row.speculative;
-        job.speculative_won = row.speculative_won;
+        let mut job = Job::with_seq(row.id, row.spec, state, figures.created_ms, spool, now_ms().saturating_mul(1000));
+        job.started_ms = figures.started_ms;
+        job.retries = figures.retries;
+        job.lost_workers = figures.lost_workers;
+        job.speculative = figures.speculative;
+        job.speculative_won = figures.speculative_won;
         job.combines = row.combines;
         // The group size is stored when the input is complete; until then it follows the spec.
         if state != JobState::Uploading {
             job.group_size = row.combine_group.max(1);
         }
-        job.bytes_total = row.bytes_total;
+        job.bytes_total = figures.bytes_total;
         job.append_chunks(chunks.iter().map(|c| c.meta));
         for (index, row) in chunks.iter().enumerate() {
             job.chunks[index].failures = row.attempts;
@@ -279,6 +202,72 @@ impl Job {
         self.n_chunks = self.chunks.len() as u64;
     }
 
+    pub fn state(&self) -> JobState {
+        self.state
+    }
+
+    pub fn failure(&self) -> Option<&JobFailure> {
+        self.failure.as_ref()
+    }
+
+    /// Every chunk before this index is done.
+    pub fn undone_from(&self) -> u64 {
+        self.undone_from
+    }
+
+    /// How many consecutive chunks a combine group holds.
+    pub fn group_size(&self) -> u64 {
+        self.group_size
+    }
+
+    /// The job's spooled input.
+    pub fn spool(&self) -> Arc<tokio::sync::Mutex<Spool>> {
+        Arc::clone(&self.spool)
+    }
+
+    /// Records that chunks were dispatched: a queued job becomes running, and the first time
+    /// the start is recorded. Answers when it started, if that is to be stored now.
+    pub fn mark_running(&mut self) -> Option<u64> {
+        // A job still uploading stays `Uploading` until its input is complete.
+        if self.started_ms.is_some() && self.state != JobState::Queued {
+            return None;
+        }
+        let started_ms = *self.started_ms.get_or_insert_with(now_ms);
+        if self.state == JobState::Queued {
+            self.set_state(JobState::Running);
+        }
+        Some(started_ms)
+    }
+
+    /// Input bytes received so far; all of them once the input is complete.
+    pub fn bytes_total(&self) -> u64 {
+        self.bytes_total
+    }
+
+    /// Records that the input holds `bytes` so far.
+    pub fn received(&mut self, bytes: u64) {
+        self.bytes_total = bytes;
+    }
+
+    /// Whether a `finish_input` call is cutting the input's end now.
+    pub fn finishing_input(&self) -> bool {
+        self.finishing_input
+    }
+
+    /// A `finish_input` call starts cutting the input's end (`true`), or gave up (`false`).
+    pub fn set_finishing_input(&mut self, finishing: bool) {
+        self.finishing_input = finishing;
+    }
+
+    /// The input is complete, `bytes_total` bytes, ending with the chunks `metas`: the job is
+    /// queued, or running if its first chunks were dispatched while it uploaded.
+    pub fn input_finished(&mut self, metas: impl IntoIterator<Item = ChunkMeta>, bytes_total: u64) {
+        self.append_chunks(metas);
+        self.bytes_total = bytes_total;
+        self.finishing_input = false;
+        self.set_state(if self.started_ms.is_some() { JobState::Running } else { JobState::Queued });
+    }
+
     /// Whether the whole input has arrived and is cut: until then more chunks may come (those
     /// cut so far run meanwhile) and the job cannot aggregate.
     pub fn input_complete(&self) -> bool {
@@ -288,7 +277,7 @@ impl Job {
     /// The number of chunks this job may have in flight on a worker: the spec's `processes`,
     /// or the worker's own when the spec leaves it at 0.
     pub fn slots_on(&self, worker: &WorkerEntry) -> u32 {
-        if self.spec.processes > 0 { self.spec.processes } else { worker.info.processes.max(1) }
+        if self.spec.processes > 0 { self.spec.processes } else { worker.info().processes.max(1) }
     }
 
     /// How long a call running `n_chunks` of this job's chunks may take: the job's chunk
@@ -348,6 +337,57 @@ impl Job {
         })
     }
 
+    /// Starts a call on `worker` carrying `batch`, chunks taken off the queue: each gets a
+    /// copy, and the call holds a slot on the worker and counts in the job's figures of chunks
+    /// in flight there. Answers the call's cancellation.
+    pub fn start_call(&mut self, worker: &mut WorkerEntry, batch: Arc<[u64]>) -> Arc<Notify> {
+        self.start_copies(worker, batch, false)
+    }
+
+    /// Starts a speculative copy of the running chunk `index`, alone in a call on `worker`
+    /// (see `speculation`). Answers the call's cancellation.
+    pub fn start_speculative_copy(&mut self, worker: &mut WorkerEntry, index: u64) -> Arc<Notify> {
+        let cancel = self.start_copies(worker, Arc::from([index]), true);
+        if let Some(chunk) = self.chunks.get_mut(index as usize) {
+            chunk.speculated = true;
+        }
+        self.speculative += 1;
+        self.figures_dirty = true;
+        cancel
+    }
+
+    fn start_copies(&mut self, worker: &mut WorkerEntry, batch: Arc<[u64]>, speculative: bool) -> Arc<Notify> {
+        let worker_id = worker.id();
+        let copy = RunningCopy::start(worker_id, speculative, Arc::clone(&batch));
+        let cancel = Arc::clone(&copy.cancel);
+        for &index in batch.iter() {
+            if let Some(chunk) = self.chunks.get_mut(index as usize) {
+                chunk.running.push(copy.clone());
+            }
+        }
+        self.times.copies_started();
+        let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
+        worker.take_slot(n_chunks);
+        self.progress_of(worker_id, &worker.info().address).in_flight += n_chunks;
+        cancel
+    }
+
+    /// Ends a call of `worker_id` carrying the chunks `indices` whose cancellation is `cancel`:
+    /// its chunks leave the job's figure in flight on the worker. Answers the call's copies,
+    /// one per chunk in order (`None` where the chunk no longer had it).
+    pub fn end_call(
+        &mut self,
+        worker_id: WorkerId,
+        indices: impl ExactSizeIterator<Item = u64>,
+        cancel: &Arc<Notify>,
+    ) -> Vec<Option<RunningCopy>> {
+        let n_chunks = u32::try_from(indices.len()).unwrap_or(u32::MAX);
+        if let Some(progress) = self.workers.get_mut(&worker_id) {
+            progress.in_flight = progress.in_flight.saturating_sub(n_chunks);
+        }
+        indices.map(|index| self.chunks.get_mut(index as usize).and_then(|chunk| chunk.take_copy(cancel))).collect()
+    }
+
     /// Puts a chunk back in the queue unless it is done, being stored, or still running
     /// elsewhere.
     pub fn requeue_if_idle(&mut self, index: u64) {
@@ -358,33 +398,6 @@ impl Job {
         {
             self.queue.insert(index);
         }
-    }
-
-    /// Groups whose partials are all stored and that wait for a merge.
-    pub fn groups_to_combine(&self) -> impl Iterator<Item = usize> + '_ {
-        self.groups.iter().enumerate().filter_map(|(g, group)| {
-            (group.state == GroupState::Open && group.members == self.group_size && group.arrived == group.members)
-                .then_some(g)
-        })
-    }
-
-    /// Leaves every group not yet merged as separate partials.
-    pub fn stop_combining(&mut self) {
-        self.combines = Some(false);
-        for group in &mut self.groups {
-            if group.state == GroupState::Open {
-                group.state = GroupState::Raw;
-            }
-        }
-    }
-
-    fn combining(&self) -> bool {
-        self.groups.iter().any(|g| matches!(g.state, GroupState::Combining(_)))
-    }
-
-    /// Whether every chunk is done and no merge is running: time to aggregate.
-    pub fn ready_to_aggregate(&self) -> bool {
-        self.input_complete() && self.chunks_done == self.n_chunks && !self.combining()
     }
 
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
@@ -477,22 +490,7 @@ impl Job {
         }
         self.aggregation = Aggregation::Idle;
         let prepared: Vec<WorkerId> = self.prepared.drain().map(|(worker, _)| worker).collect();
-        let record = FinalRecord {
-            job: self.id,
-            state,
-            finished_ms,
-            failure: self.failure.clone(),
-            result,
-            chunks_done: self.chunks_done,
-            lines_done: self.lines_done,
-            bytes_done: self.bytes_done,
-            retries: self.retries,
-            lost_workers: self.lost_workers,
-            speculative: self.speculative,
-            speculative_won: self.speculative_won,
-            workers: self.workers.values().cloned().collect(),
-            seq: self.seq + 1,
-        };
+        let record = FinalRecord { job: self.id, figures: self.figures(self.seq + 1), result };
         // The chunks are no longer needed; the figures above stay for the status.
         self.chunks = Vec::new();
         self.groups = Vec::new();
@@ -501,7 +499,7 @@ impl Job {
 }
 
 #[cfg(test)]
-pub(super) mod tests {
+pub(in crate::controller) mod tests {
     use super::*;
 
     /// A queued job of `n_chunks` one-line chunks, in groups of 4.
@@ -565,10 +563,10 @@ pub(super) mod tests {
         let before = job.published().seq;
         let (record, release) = job.finalize(JobState::Cancelled, None, None);
         assert_eq!(release, vec![4]);
-        assert_eq!(record.state, JobState::Cancelled);
+        assert_eq!(record.figures.state, JobState::Cancelled);
         assert!(job.queue.is_empty());
         job.publish();
-        assert_eq!(job.published().seq, record.seq);
+        assert_eq!(job.published().seq, record.figures.seq);
         assert!(job.published().seq > before);
     }
 }

@@ -1,0 +1,228 @@
+//! The workers the controller knows: registered ones waiting to be activated, and live ones
+//! with their connection and the slots their calls hold.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use tokio::task::AbortHandle;
+
+use crate::rpc::{Secret, WorkerClient, WorkerId, WorkerInfo, WorkerSummary};
+
+/// How long a registered worker may take to call `activate` before its registration is
+/// dropped.
+const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A worker registered and not yet activated.
+pub(in crate::controller) struct PendingWorker {
+    info: WorkerInfo,
+    secret: Secret,
+    since: Instant,
+}
+
+impl PendingWorker {
+    /// A worker that registered now with `info`, given `secret`.
+    pub fn new(info: WorkerInfo, secret: Secret) -> PendingWorker {
+        PendingWorker { info, secret, since: Instant::now() }
+    }
+
+    /// What the worker said of itself when it registered.
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    /// Whether `secret` is the one the worker was given.
+    pub fn secret_matches(&self, secret: &Secret) -> bool {
+        self.secret.matches(secret)
+    }
+}
+
+/// A registered worker.
+pub(in crate::controller) struct WorkerEntry {
+    id: WorkerId,
+    info: WorkerInfo,
+    secret: Secret,
+    client: WorkerClient,
+    last_seen: Instant,
+    /// Calls holding a slot (batches of chunks and combines), over all jobs.
+    slots_used: u32,
+    /// Chunks in those calls.
+    chunks_in_flight: u32,
+    chunks_done: u64,
+    /// Ends the connection's dispatch task, which fails every call in flight.
+    connection: AbortHandle,
+}
+
+/// What a call to a worker needs.
+#[derive(Clone)]
+pub(in crate::controller) struct WorkerHandle {
+    pub id: WorkerId,
+    pub client: WorkerClient,
+    secret: Secret,
+}
+
+impl WorkerHandle {
+    /// The worker's secret, for a call.
+    pub fn secret(&self) -> Secret {
+        self.secret.clone()
+    }
+}
+
+impl WorkerEntry {
+    /// A worker that joined now, reached through `client`; aborting `connection` closes it.
+    pub fn new(
+        id: WorkerId,
+        info: WorkerInfo,
+        secret: Secret,
+        client: WorkerClient,
+        connection: AbortHandle,
+    ) -> WorkerEntry {
+        WorkerEntry {
+            id,
+            info,
+            secret,
+            client,
+            last_seen: Instant::now(),
+            slots_used: 0,
+            chunks_in_flight: 0,
+            chunks_done: 0,
+            connection,
+        }
+    }
+
+    pub fn id(&self) -> WorkerId {
+        self.id
+    }
+
+    /// What the worker said of itself when it registered.
+    pub fn info(&self) -> &WorkerInfo {
+        &self.info
+    }
+
+    /// Whether `secret` is the worker's.
+    pub fn secret_matches(&self, secret: &Secret) -> bool {
+        self.secret.matches(secret)
+    }
+
+    /// When the worker's last heartbeat came.
+    pub fn last_seen(&self) -> Instant {
+        self.last_seen
+    }
+
+    /// Records a heartbeat now.
+    pub fn seen(&mut self) {
+        self.last_seen = Instant::now();
+    }
+
+    /// Calls holding a slot on the worker, over all jobs.
+    pub fn slots_used(&self) -> u32 {
+        self.slots_used
+    }
+
+    /// A call carrying `n_chunks` chunks (0 for a combine) takes a slot.
+    pub fn take_slot(&mut self, n_chunks: u32) {
+        self.slots_used += 1;
+        self.chunks_in_flight += n_chunks;
+    }
+
+    /// A call carrying `n_chunks` chunks ended and frees its slot.
+    pub fn free_slot(&mut self, n_chunks: u32) {
+        self.slots_used = self.slots_used.saturating_sub(1);
+        self.chunks_in_flight = self.chunks_in_flight.saturating_sub(n_chunks);
+    }
+
+    /// Counts chunks whose partials from this worker were stored.
+    pub fn count_done(&mut self, n_chunks: u64) {
+        self.chunks_done += n_chunks;
+    }
+
+    pub fn handle(&self) -> WorkerHandle {
+        WorkerHandle { id: self.id, client: self.client.clone(), secret: self.secret.clone() }
+    }
+
+    /// Closes the connection to the worker.
+    pub fn disconnect(&self) {
+        self.connection.abort();
+    }
+
+    pub fn summary(&self, now: Instant) -> WorkerSummary {
+        WorkerSummary {
+            worker_id: self.id,
+            address: self.info.address.clone(),
+            hostname: self.info.hostname.clone(),
+            processes: self.info.processes,
+            in_flight: self.chunks_in_flight,
+            chunks_done: self.chunks_done,
+            last_seen_ms: u64::try_from(now.duration_since(self.last_seen).as_millis()).unwrap_or(u64::MAX),
+        }
+    }
+}
+
+/// The live workers (registered and activated, not lost) and the pending ones.
+#[derive(Default)]
+pub(in crate::controller) struct Workers {
+    live: BTreeMap<WorkerId, WorkerEntry>,
+    pending: BTreeMap<WorkerId, PendingWorker>,
+}
+
+impl Workers {
+    pub fn get(&self, worker_id: WorkerId) -> Option<&WorkerEntry> {
+        self.live.get(&worker_id)
+    }
+
+    pub fn get_mut(&mut self, worker_id: WorkerId) -> Option<&mut WorkerEntry> {
+        self.live.get_mut(&worker_id)
+    }
+
+    /// Whether the worker is live.
+    pub fn contains(&self, worker_id: WorkerId) -> bool {
+        self.live.contains_key(&worker_id)
+    }
+
+    /// The live workers' ids, lowest first.
+    pub fn ids(&self) -> Vec<WorkerId> {
+        self.live.keys().copied().collect()
+    }
+
+    /// The live workers, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &WorkerEntry> {
+        self.live.values()
+    }
+
+    /// Calls holding a slot on a worker; `u32::MAX` for one not live, so that it sorts last.
+    pub fn load(&self, worker_id: WorkerId) -> u32 {
+        self.live.get(&worker_id).map_or(u32::MAX, WorkerEntry::slots_used)
+    }
+
+    /// Keeps a registered worker until it activates, dropping registrations that waited too
+    /// long.
+    pub fn add_pending(&mut self, worker_id: WorkerId, pending: PendingWorker) {
+        self.pending.retain(|_, pending| pending.since.elapsed() < PENDING_TIMEOUT);
+        self.pending.insert(worker_id, pending);
+    }
+
+    pub fn pending(&self, worker_id: WorkerId) -> Option<&PendingWorker> {
+        self.pending.get(&worker_id)
+    }
+
+    /// Removes a pending worker's registration.
+    pub fn take_pending(&mut self, worker_id: WorkerId) -> Option<PendingWorker> {
+        self.pending.remove(&worker_id)
+    }
+
+    /// Adds a live worker; its loss goes through [`State::lose_worker`](super::State).
+    pub(super) fn insert(&mut self, entry: WorkerEntry) {
+        self.live.insert(entry.id, entry);
+    }
+
+    pub(super) fn remove(&mut self, worker_id: WorkerId) -> Option<WorkerEntry> {
+        self.live.remove(&worker_id)
+    }
+
+    /// Closes every connection and forgets every worker.
+    pub(super) fn disconnect_all(&mut self) {
+        for worker in self.live.values() {
+            worker.disconnect();
+        }
+        self.live.clear();
+    }
+}
