@@ -1,47 +1,17 @@
-//! Batches: how many queued chunks one call to a worker carries.
-//!
-//! A call costs the controller and the worker a few hundred microseconds whatever it carries
-//! (a tarpc round trip, reading the spool, storing the answer, waking the scheduler), which is
-//! nothing beside a 4 MiB chunk and everything beside a chunk of a few lines. So a free slot
-//! takes several consecutive queued chunks when they are small and quick, and one chunk
-//! otherwise. A batch is bounded four ways:
-//! - by count, [`MAX_BATCH_CHUNKS`], and by bytes, [`MAX_BATCH_BYTES`] (independent of the
-//!   job's chunk size: with the default 4 MiB chunks a batch is one chunk);
-//! - by time: at most [`BATCH_TIME`] of work at the job's recent pace per chunk, and one chunk
-//!   until a call has answered, so slow chunks travel alone and progress, retries and
-//!   speculation keep their grain;
-//! - by fairness: at most the queue's length over twice the job's slots on the cluster, so the
-//!   tail of a job still spreads over every slot.
-//!
-//! A chunk that failed before runs alone, so that its next failure delays no other chunk; a
-//! chunk that failed on this worker is left for another one, as single chunks are.
-
-use std::time::Duration;
+//! Batches: which queued chunks one call to a worker carries. How many is the job's rule
+//! ([`crate::rules::batch`], shared with run-local); which ones is the cluster's: the first
+//! queued chunk this worker should run, then the chunks queued after it that have not failed,
+//! within [`MAX_BATCH_BYTES`]. A chunk that failed before runs alone, so that its next failure
+//! delays no other chunk; a chunk that failed on this worker is left for another one.
 
 use super::state::job::Job;
 use crate::rpc::WorkerId;
-
-/// The most chunks one call carries: beyond this the per-call cost is already well under a
-/// microsecond per chunk.
-pub(super) const MAX_BATCH_CHUNKS: usize = 256;
-
-/// The most chunk bytes one call carries (a batch's first chunk goes whatever its size): the
-/// size of a default chunk, so a batch costs the worker no more memory than a chunk does.
-pub(super) const MAX_BATCH_BYTES: u64 = 4 << 20;
-
-/// How long a batch should take at the job's pace: long enough that the per-call cost is a
-/// percent of it, short enough that a worker answers several times a second.
-pub(super) const BATCH_TIME: Duration = Duration::from_millis(50);
+use crate::rules::batch::{self, MAX_BATCH_BYTES};
 
 /// How many chunks the next call for `job` may carry, when the job may run in `job_slots`
 /// slots over the cluster.
 pub(super) fn batch_limit(job: &Job, job_slots: u32) -> usize {
-    let fair_share = job.queue.len() / (2 * job_slots.max(1) as usize);
-    let by_time = match job.times.pace() {
-        None => 1,
-        Some(pace) => usize::try_from(BATCH_TIME.as_nanos() / pace.as_nanos().max(1)).unwrap_or(usize::MAX),
-    };
-    fair_share.min(by_time).clamp(1, MAX_BATCH_CHUNKS)
+    batch::batch_limit(job.queue.len(), job.times.pace(), job_slots)
 }
 
 /// Takes the next batch for `worker_id` out of the job's queue, at most `limit` chunks: the
@@ -90,6 +60,8 @@ fn take_chunk_for(job: &mut Job, worker_id: WorkerId, able: &[WorkerId]) -> Opti
 mod tests {
     use super::*;
     use crate::controller::state::job::tests::job;
+    use crate::rules::batch::MAX_BATCH_CHUNKS;
+    use std::time::Duration;
 
     #[test]
     fn a_retry_avoids_the_worker_it_failed_on_when_another_exists() {

@@ -1,6 +1,7 @@
 //! How long a job's chunks took: the median that tells stragglers (`speculation`), the recent
 //! pace that sizes batches (`batch`), and until when no running chunk can become a straggler.
 
+use crate::rules::batch::Pace;
 use std::time::{Duration, Instant};
 
 /// How many chunks of a job must have completed (in this run of the controller) before a
@@ -15,7 +16,7 @@ pub(in crate::controller) struct ChunkTimes {
     /// The median, and the number of times it was computed over.
     median: Option<(usize, Duration)>,
     /// A moving average of the time per chunk of the calls that answered lately.
-    pace: Option<Duration>,
+    pace: Pace,
     /// When the last scan for stragglers found none, the earliest moment a chunk running then
     /// can become one: until then, or until new copies start, scanning again finds nothing.
     quiet_until: Option<Instant>,
@@ -25,15 +26,12 @@ impl ChunkTimes {
     /// Records a call that answered for `n_chunks` chunks after `took`: each chunk is counted
     /// with its share of the call's time (its chunks ran one after another).
     pub fn record_call(&mut self, took: Duration, n_chunks: usize) {
-        let n_chunks = n_chunks.max(1);
-        let share = took / u32::try_from(n_chunks).unwrap_or(u32::MAX);
-        self.done.extend(std::iter::repeat_n(share, n_chunks));
-        // Recent calls weigh more, so that the pace follows a plugin that speeds up or slows down.
-        self.pace = Some(self.pace.map_or(share, |pace| (pace * 3 + share) / 4));
+        let share = self.pace.record_call(took, n_chunks);
+        self.done.extend(std::iter::repeat_n(share, n_chunks.max(1)));
     }
 
-    /// The time per chunk of the calls that answered lately; `None` before any did.
-    pub fn pace(&self) -> Option<Duration> {
+    /// The time per chunk of the calls that answered lately.
+    pub fn pace(&self) -> Pace {
         self.pace
     }
 
