@@ -6,15 +6,11 @@ mod cli;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiln_engine::local::{LocalConfig, run_local};
 use kiln_engine::rules::chunk::DEFAULT_CHUNK_SIZE;
-use kiln_engine::rules::deadlines::DEFAULT_CALL_TIMEOUT;
-use kiln_engine::worker::builder::BuilderConfig;
-use kiln_engine::worker::executor::ExecutorConfig;
 
 /// Kiln runs your map-reduce plugins over your own machines.
 #[derive(Parser)]
@@ -67,35 +63,18 @@ struct RunLocalArgs {
     /// The input file (UTF-8 text; lines are the unit of work).
     #[arg(long)]
     input: PathBuf,
-    /// How many chunks run at once (default: the number of CPUs).
-    #[arg(long)]
-    processes: Option<usize>,
     /// Parameters passed to the plugin's `new`.
     #[arg(long, default_value = "")]
     params: String,
     /// The size of the chunks the input is cut into, e.g. 4MiB or 65536.
     #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: usize,
-    /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
-    #[arg(long, env = "KILN_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Where each owner's cargo target directory and cargo home go (default: CACHE_DIR/target).
-    #[arg(long, env = "KILN_TARGET_DIR")]
-    target_dir: Option<PathBuf>,
-    /// The longest one chunk may run, in seconds.
-    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
-    timeout: u64,
     /// Attempts at a chunk before the run fails (0: the cluster's default, 4). One by default,
     /// as in Spark's local mode: on one machine a chunk that failed fails again.
     #[arg(long, default_value_t = 1)]
     max_attempts: u32,
-    /// A limit on the executor's address space, e.g. 2GiB (default: none).
-    #[arg(long, value_parser = parse_size)]
-    memory_limit: Option<usize>,
-    /// Run the plugin without the sandbox, with your rights: only where the host cannot
-    /// sandbox and the plugin is trusted.
-    #[arg(long)]
-    insecure_no_sandbox: bool,
+    #[command(flatten)]
+    host: cli::host::HostArgs,
 }
 
 fn main() -> ExitCode {
@@ -161,21 +140,7 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
 }
 
 fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
-    let cache_dir = match args.cache_dir {
-        Some(dir) => dir,
-        None => default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
-    };
-    let mut builder = BuilderConfig::new(cache_dir);
-    if let Some(target_dir) = args.target_dir {
-        builder.target_dir = target_dir;
-    }
-    let program = std::env::current_exe().context("cannot find the kiln executable")?;
-    let processes =
-        args.processes.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    let mut executor = ExecutorConfig::new(program, processes);
-    executor.call_timeout = Duration::from_secs(args.timeout.max(1));
-    executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
-    executor.sandbox = !args.insecure_no_sandbox;
+    let (builder, executor, processes) = args.host.configs()?;
     let config = LocalConfig {
         plugin: args.plugin,
         input: args.input,

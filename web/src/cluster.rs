@@ -11,8 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use kiln_engine::controller::{self, ControllerConfig, ControllerError, RunningController};
-use kiln_engine::worker::builder::BuilderConfig;
-use kiln_engine::worker::executor::ExecutorConfig;
+use kiln_engine::worker::host_configs;
 use kiln_engine::worker::service::{self, RunningWorker, WorkerConfig, WorkerError};
 
 use crate::runs::ClusterTarget;
@@ -73,11 +72,14 @@ impl EmbeddedCluster {
 pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedError> {
     let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let controller = controller::start(ControllerConfig::new(loopback, config.dir.join("controller"))).await?;
-    let mut builder = BuilderConfig::new(config.dir.join("plugin-cache"));
-    builder.target_dir = config.plugin_target_dir.clone().unwrap_or_else(|| config.dir.join("plugin-target"));
     let processes = config.processes.max(1);
-    let mut executor = ExecutorConfig::new(config.executor_program.clone(), processes as usize);
-    executor.sandbox = config.sandbox;
+    let (builder, executor) = host_configs(
+        config.dir.join("plugin-cache"),
+        Some(config.plugin_target_dir.clone().unwrap_or_else(|| config.dir.join("plugin-target"))),
+        config.executor_program.clone(),
+        processes as usize,
+        config.sandbox,
+    );
     let mut workers = Vec::new();
     for _ in 0..config.workers {
         let worker_config = WorkerConfig::new(

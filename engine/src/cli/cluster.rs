@@ -8,11 +8,9 @@ use std::time::Duration;
 use anyhow::Context;
 use kiln_engine::controller::{self, ControllerConfig};
 use kiln_engine::rpc::Secret;
-use kiln_engine::rules::deadlines::DEFAULT_CALL_TIMEOUT;
-use kiln_engine::worker::builder::BuilderConfig;
-use kiln_engine::worker::executor::ExecutorConfig;
 use kiln_engine::worker::service::{self, WorkerConfig};
 
+use super::host::HostArgs;
 use super::{DEFAULT_CONTROLLER, default_data_dir, key_or_stored, shutdown_signal};
 
 /// `kiln controller`.
@@ -63,31 +61,14 @@ pub struct WorkerArgs {
     /// The cluster's join token (default: the one a controller on this machine stored).
     #[arg(long, env = "KILN_JOIN_TOKEN", hide_env_values = true)]
     join_token: Option<String>,
-    /// How many chunks run at once (default: the number of CPUs).
-    #[arg(long)]
-    processes: Option<u32>,
-    /// Where built plugins are cached (default: $XDG_CACHE_HOME/kiln or ~/.cache/kiln).
-    #[arg(long, env = "KILN_CACHE_DIR")]
-    cache_dir: Option<PathBuf>,
-    /// Where each owner's cargo target directory and cargo home go (default: CACHE_DIR/target).
-    #[arg(long, env = "KILN_TARGET_DIR")]
-    target_dir: Option<PathBuf>,
+    #[command(flatten)]
+    host: HostArgs,
     /// The address the worker serves the controller on.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: SocketAddr,
     /// The address the controller should dial, when it is not the one bound (NAT, containers).
     #[arg(long)]
     advertise: Option<String>,
-    /// The longest one chunk may run, in seconds.
-    #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
-    timeout: u64,
-    /// A limit on each executor's address space, e.g. 2GiB (default: none).
-    #[arg(long, value_parser = crate::parse_size)]
-    memory_limit: Option<usize>,
-    /// Run plugins without the sandbox, with this worker's rights: only where the host cannot
-    /// sandbox and every plugin is trusted. Every job is logged with a warning.
-    #[arg(long)]
-    insecure_no_sandbox: bool,
     /// With a join token of an --insecure-plaintext controller, allow a --listen address
     /// other hosts reach.
     #[arg(long)]
@@ -153,24 +134,9 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
 /// Runs a worker until SIGINT or SIGTERM, or until the controller refuses it for good.
 pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     let join_token = key_or_stored(args.join_token, "join_token", "--join-token", "KILN_JOIN_TOKEN")?;
-    let cache_dir = match args.cache_dir {
-        Some(dir) => dir,
-        None => crate::default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
-    };
-    let mut builder = BuilderConfig::new(cache_dir);
-    if let Some(target_dir) = args.target_dir {
-        builder.target_dir = target_dir;
-    }
-    let program = std::env::current_exe().context("cannot find the kiln executable")?;
-    let processes = args.processes.unwrap_or_else(|| {
-        std::thread::available_parallelism().map(|n| u32::try_from(n.get()).unwrap_or(u32::MAX)).unwrap_or(1)
-    });
-    let mut executor = ExecutorConfig::new(program, processes.max(1) as usize);
-    executor.call_timeout = Duration::from_secs(args.timeout.max(1));
-    executor.memory_limit = args.memory_limit.map(|bytes| bytes as u64);
-    executor.sandbox = !args.insecure_no_sandbox;
+    let (builder, executor, processes) = args.host.configs()?;
     let mut config = WorkerConfig::new(args.controller, Secret::new(join_token), builder, executor);
-    config.processes = processes.max(1);
+    config.processes = u32::try_from(processes).unwrap_or(u32::MAX);
     config.listen = args.listen;
     config.advertise = args.advertise;
     config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;

@@ -2,6 +2,7 @@
 //! commands that talk to a controller ([`jobs`]).
 
 pub mod cluster;
+pub mod host;
 pub mod jobs;
 
 use std::path::PathBuf;
