@@ -26,7 +26,7 @@ use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::TaskError;
 use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
 use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
-use crate::rules::combine::{COMBINE_GROUP, combine_group};
+use crate::rules::combine::{Groups, combine_group};
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::ExecutorConfig;
@@ -181,7 +181,7 @@ async fn run_chunks(
             }
         }
     });
-    let group = usize::try_from(combine_group(config.chunk_size as u64)).unwrap_or(COMBINE_GROUP);
+    let group = combine_group(config.chunk_size as u64);
     let mut run = Run {
         runner: Arc::clone(runner),
         slots,
@@ -384,59 +384,49 @@ impl Run {
 /// complete when the plugin combines.
 struct Partials {
     combines: bool,
-    /// Chunks per group.
-    group: usize,
     by_chunk: Vec<Option<Bytes>>,
-    /// Per group: how many of its partials have arrived, and its merged partial once done.
-    groups: Vec<Group>,
-}
-
-#[derive(Default)]
-struct Group {
-    arrived: usize,
-    merged: Option<Bytes>,
+    /// The combine groups, each with its merged partial once done.
+    groups: Groups<Option<Bytes>>,
 }
 
 impl Partials {
-    fn new(combines: bool, group: usize) -> Self {
-        Partials { combines, group: group.max(1), by_chunk: Vec::new(), groups: Vec::new() }
+    fn new(combines: bool, group: u64) -> Self {
+        Partials { combines, by_chunk: Vec::new(), groups: Groups::new(group) }
     }
 
-    /// Makes room for chunk `index`, which is now running.
+    /// Makes room for the next chunk, `index`, which is now queued.
     fn expect(&mut self, index: u64) {
-        let index = index as usize;
-        if self.by_chunk.len() <= index {
-            self.by_chunk.resize(index + 1, None);
-            self.groups.resize_with(index / self.group + 1, Group::default);
-        }
+        debug_assert_eq!(index, self.by_chunk.len() as u64, "chunks are queued in order");
+        self.by_chunk.push(None);
+        self.groups.add_chunk(|| None);
     }
 
     /// Stores a chunk's partial; returns a complete group (its number and partials) to
     /// combine, if any.
     fn insert(&mut self, index: u64, partial: Bytes) -> Option<(usize, Vec<Bytes>)> {
-        let index = index as usize;
-        self.by_chunk[index] = Some(partial);
-        let group = index / self.group;
-        self.groups[group].arrived += 1;
-        if !self.combines || self.groups[group].arrived < self.group {
+        self.by_chunk[index as usize] = Some(partial);
+        let group = self.groups.arrive(index)?;
+        if !self.combines {
             return None;
         }
-        let members = self.by_chunk[group * self.group..(group + 1) * self.group]
-            .iter_mut()
-            .map(|p| p.take().unwrap_or_default())
-            .collect();
+        let size = self.groups.size() as usize;
+        let members =
+            self.by_chunk[group * size..(group + 1) * size].iter_mut().map(|p| p.take().unwrap_or_default()).collect();
         Some((group, members))
     }
 
     fn combined(&mut self, group: usize, merged: Bytes) {
-        self.groups[group].merged = Some(merged);
+        if let Some(group) = self.groups.get_mut(group) {
+            group.state = Some(merged);
+        }
     }
 
     /// All partials in input order: merged groups as one partial each.
     fn into_ordered(self) -> Vec<Bytes> {
         let mut ordered = Vec::new();
-        for (group, chunk_partials) in self.groups.into_iter().zip(self.by_chunk.chunks(self.group)) {
-            match group.merged {
+        let size = self.groups.size() as usize;
+        for (merged, chunk_partials) in self.groups.into_states().zip(self.by_chunk.chunks(size)) {
+            match merged {
                 Some(merged) => ordered.push(merged),
                 None => ordered.extend(chunk_partials.iter().map(|p| p.clone().unwrap_or_default())),
             }

@@ -20,14 +20,6 @@ pub(in crate::controller) enum GroupState {
     Raw,
 }
 
-/// A group of consecutive chunks whose partials `combine` merges into one.
-#[derive(Debug, Clone)]
-pub(in crate::controller) struct Group {
-    pub members: u64,
-    pub arrived: u64,
-    pub state: GroupState,
-}
-
 /// One copy of a chunk running on a worker, in a call that may carry a batch of chunks.
 #[derive(Debug, Clone)]
 pub(in crate::controller) struct RunningCopy {

@@ -12,13 +12,14 @@ use tracing::info;
 mod fold;
 mod status;
 
-use super::chunk::{Chunk, Group, GroupState, RunningCopy};
+use super::chunk::{Chunk, GroupState, RunningCopy};
 use super::spool::Spool;
 use super::timings::ChunkTimes;
 use super::workers::WorkerEntry;
 use crate::controller::now_ms;
 use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
 use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
+use crate::rules::combine::Groups;
 use crate::rules::deadlines::chunk_call_deadline;
 use crate::rules::{combine, retry};
 
@@ -59,8 +60,8 @@ pub(in crate::controller) struct Job {
     pub chunks: Vec<Chunk>,
     /// Chunks waiting for a worker, by index (lowest first).
     pub queue: BTreeSet<u64>,
-    group_size: u64,
-    groups: Vec<Group>,
+    /// The combine groups, each with where its merge stands.
+    groups: Groups<GroupState>,
     /// Whether the plugin combines; unknown until a worker answers a `combine`.
     combines: Option<bool>,
     /// The figures of chunks done, moved together (with their groups' arrivals and the
@@ -111,8 +112,7 @@ impl Job {
             n_chunks: 0,
             chunks: Vec::new(),
             queue: BTreeSet::new(),
-            group_size,
-            groups: Vec::new(),
+            groups: Groups::new(group_size),
             combines: None,
             chunks_done: 0,
             undone_from: 0,
@@ -152,7 +152,7 @@ impl Job {
         job.combines = row.combines;
         // The group size is stored when the input is complete; until then it follows the spec.
         if state != JobState::Uploading {
-            job.group_size = row.combine_group.max(1);
+            job.groups = Groups::new(row.combine_group);
         }
         job.bytes_total = figures.bytes_total;
         job.append_chunks(chunks.iter().map(|c| c.meta));
@@ -191,13 +191,8 @@ impl Job {
                 speculated: false,
             });
             self.queue.insert(index);
-            match self.groups.last_mut() {
-                Some(group) if group.members < self.group_size => group.members += 1,
-                _ => {
-                    let state = if self.combines == Some(false) { GroupState::Raw } else { GroupState::Open };
-                    self.groups.push(Group { members: 1, arrived: 0, state });
-                }
-            }
+            let combines = self.combines;
+            self.groups.add_chunk(|| if combines == Some(false) { GroupState::Raw } else { GroupState::Open });
         }
         self.n_chunks = self.chunks.len() as u64;
     }
@@ -217,7 +212,7 @@ impl Job {
 
     /// How many consecutive chunks a combine group holds.
     pub fn group_size(&self) -> u64 {
-        self.group_size
+        self.groups.size()
     }
 
     /// The job's spooled input.
@@ -311,9 +306,7 @@ impl Job {
         self.chunks_done += 1;
         self.lines_done += meta.n_lines;
         self.bytes_done += meta.len;
-        if let Some(group) = self.groups.get_mut((index / self.group_size) as usize) {
-            group.arrived += 1;
-        }
+        self.groups.arrive(index);
         if let Some(progress) = worker.and_then(|id| self.workers.get_mut(&id)) {
             progress.chunks_done += 1;
             progress.lines_done += meta.n_lines;
@@ -417,7 +410,7 @@ impl Job {
             self.requeue_if_idle(index);
             changed = true;
         }
-        for group in &mut self.groups {
+        for group in self.groups.iter_mut() {
             if group.state == GroupState::Combining(worker_id) {
                 group.state = GroupState::Open;
                 changed = true;
@@ -493,7 +486,7 @@ impl Job {
         let record = FinalRecord { job: self.id, figures: self.figures(self.seq + 1), result };
         // The chunks are no longer needed; the figures above stay for the status.
         self.chunks = Vec::new();
-        self.groups = Vec::new();
+        self.groups.clear();
         (record, prepared)
     }
 }
@@ -517,7 +510,7 @@ pub(in crate::controller) mod tests {
             speculative: true,
         };
         let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
-        job.group_size = 4;
+        job.groups = Groups::new(4);
         job.append_chunks((0..n_chunks).map(|i| ChunkMeta { offset: i * 10, len: 10, first_line: i + 1, n_lines: 1 }));
         job.bytes_total = n_chunks * 10;
         job.set_state(JobState::Queued);
@@ -527,7 +520,7 @@ pub(in crate::controller) mod tests {
     #[test]
     fn groups_cover_the_chunks_and_only_full_ones_combine() {
         let mut job = job(10);
-        assert_eq!(job.groups.iter().map(|g| g.members).collect::<Vec<_>>(), vec![4, 4, 2]);
+        assert_eq!(job.groups.iter().map(|g| g.members()).collect::<Vec<_>>(), vec![4, 4, 2]);
         for index in [0, 1, 2, 3, 8, 9] {
             job.queue.remove(&index);
             job.count_done(index, None);

@@ -12,16 +12,17 @@ impl Job {
 
     /// Groups whose partials are all stored and that wait for a merge.
     pub fn groups_to_combine(&self) -> impl Iterator<Item = usize> + '_ {
-        self.groups.iter().enumerate().filter_map(|(g, group)| {
-            (group.state == GroupState::Open && group.members == self.group_size && group.arrived == group.members)
-                .then_some(g)
-        })
+        let size = self.groups.size();
+        self.groups
+            .iter()
+            .enumerate()
+            .filter_map(move |(g, group)| (group.state == GroupState::Open && group.is_complete(size)).then_some(g))
     }
 
     /// Leaves every group not yet merged as separate partials.
     pub fn stop_combining(&mut self) {
         self.combines = Some(false);
-        for group in &mut self.groups {
+        for group in self.groups.iter_mut() {
             if group.state == GroupState::Open {
                 group.state = GroupState::Raw;
             }
