@@ -4,9 +4,11 @@
 //! # Layout
 //! - `service`: the tarpc [`Controller`](crate::rpc::Controller) service; checks credentials.
 //! - `input`: spooling uploaded input to disk and cutting it into chunks.
-//! - `jobs`: jobs and chunks in memory.
-//! - `plan`: the scheduling plan: what to start now.
-//! - `batch`: how many queued chunks one call to a worker carries.
+//! - `state`: the controller's data, below its behaviour: jobs, chunks, combine groups,
+//!   workers, timings and spools, with private fields and the methods that keep them agreeing.
+//! - `action`: the scheduler's decisions, as an enum; `plan`: what to start now.
+//! - `batch`: which queued chunks one call to a worker carries (how many: `rules::batch`).
+//! - `calls`: deadlines and how a call's failure is classified; `ending`: ending a job.
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
