@@ -15,6 +15,7 @@
 //!   seccomp, limits).
 //! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 //! - [`memory`]: allocator settings for the long-running services.
+//! - [`errors`]: an error with its causes as one line, each cause once.
 //!
 //! The roles, above it:
 //! - [`worker`]: the plugin [`worker::builder`] and [`worker::executor`], the job runner that
@@ -27,6 +28,7 @@
 
 pub mod client;
 pub mod controller;
+pub mod errors;
 pub mod local;
 pub mod memory;
 pub mod owner;

@@ -128,12 +128,12 @@ fn init_logging(default: &str) {
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
-/// Prints a failure's whole chain on stderr and picks the exit code.
+/// Prints a failure with its causes, each once, on stderr and picks the exit code.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln_engine::errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

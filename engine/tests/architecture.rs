@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 
 /// The modules every role may use, which import none.
-const GROUND_FLOOR: [&str; 7] = ["rules", "plugin_source", "rpc", "owner", "sandbox", "tls", "memory"];
+const GROUND_FLOOR: [&str; 8] = ["rules", "plugin_source", "rpc", "owner", "sandbox", "tls", "memory", "errors"];
 
 /// What each role may not import (the binary's `cli` is above them all).
 const FORBIDDEN: [(&str, &[&str]); 4] = [

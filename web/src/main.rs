@@ -94,7 +94,7 @@ fn main() -> ExitCode {
     match serve(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", kiln_engine::errors::chain(e.as_ref()));
             ExitCode::FAILURE
         }
     }

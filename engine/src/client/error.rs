@@ -117,16 +117,9 @@ fn describe_failure(job: JobId, failure: &JobFailure) -> String {
     }
 }
 
-/// An error and its sources, as one line.
-pub(super) fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut message = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        message.push_str(": ");
-        message.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    message
+/// An error and its sources, as one line, each cause once.
+pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    crate::errors::chain(error)
 }
 
 #[cfg(test)]
