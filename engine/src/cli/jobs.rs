@@ -163,7 +163,13 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
     let mut statuses = std::pin::pin!(client.watch(job));
     let mut last = None;
     while let Some(status) = statuses.next().await {
-        let status = status.with_context(|| format!("lost track of job {job}"))?;
+        let status = status.map_err(|error| {
+            anyhow::anyhow!(
+                "stopped following job {job}: {}: the job goes on without this command; `kiln status {job}` \
+                 shows where it stands and `kiln result {job}` prints its result once it ends",
+                kiln_engine::errors::chain(&error)
+            )
+        })?;
         bar.set_length(status.n_chunks);
         bar.set_position(status.chunks_done);
         bar.set_message(progress_message(&status));
