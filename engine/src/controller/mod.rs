@@ -41,7 +41,7 @@ mod workers;
 use std::io;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -191,6 +191,7 @@ impl RunningController {
     /// Stops accepting connections, abandons the calls in flight (their chunks run again when
     /// the controller restarts), closes the connections to workers and the database.
     pub async fn shutdown(mut self) {
+        self.shared.stopping.store(true, Ordering::SeqCst);
         self.tasks.shutdown().await;
         let mut background =
             std::mem::take(&mut *self.shared.background.lock().unwrap_or_else(PoisonError::into_inner));
@@ -215,6 +216,9 @@ struct Shared {
     /// Wakes the heartbeat reaper: a worker registered.
     reaper_wake: Notify,
     next_worker_id: AtomicU64,
+    /// Set when shutdown begins: from then on no job ends (see `ending::end_job`), since calls
+    /// still unwinding may find the store closed and would fail jobs a restart resumes.
+    stopping: AtomicBool,
     /// Tasks started by calls (worker connections, input cutting), ended at shutdown.
     background: Mutex<JoinSet<()>>,
 }
@@ -270,6 +274,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         wake: Notify::new(),
         reaper_wake: Notify::new(),
         next_worker_id: AtomicU64::new(1),
+        stopping: AtomicBool::new(false),
         background: Mutex::new(JoinSet::new()),
     });
     let listener = match resume(&shared).await {
