@@ -63,7 +63,6 @@ mod error;
 mod watch;
 
 pub use self::error::ClientError;
-use self::error::error_chain;
 
 use self::watch::ended;
 
@@ -410,7 +409,7 @@ impl Client {
                             tarpc::client::RpcError::DeadlineExceeded => {
                                 format!("no answer within {} s", deadline.as_secs())
                             }
-                            error => error_chain(&error),
+                            error => crate::errors::chain(&error),
                         };
                         return Err(ClientError::Connection { addr: self.inner.addr.clone(), message });
                     }
@@ -429,7 +428,7 @@ impl Client {
             if is_wrong_peer(&source) && self.inner.pinned {
                 ClientError::WrongController { addr: addr.clone() }
             } else if is_wrong_peer(&source) {
-                ClientError::Untrusted { addr: addr.clone(), reason: error_chain(&source) }
+                ClientError::Untrusted { addr: addr.clone(), reason: crate::errors::chain(&source) }
             } else {
                 ClientError::Connect { addr: addr.clone(), source }
             }

@@ -117,11 +117,6 @@ fn describe_failure(job: JobId, failure: &JobFailure) -> String {
     }
 }
 
-/// An error and its sources, as one line, each cause once.
-pub(super) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
-    crate::errors::chain(error)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
