@@ -7,7 +7,9 @@
 //! watching a job ([`Client::watch`], [`Client::wait`]) keeps retrying for a while, so a watcher
 //! survives a controller restart. Plugins and inputs are uploaded in pieces of at most
 //! [`MAX_PIECE_BYTES`], read from disk (or any reader) as they go: an input is never held whole
-//! in memory.
+//! in memory. An input is an ordered list of files ([`Client::submit_files`]: files,
+//! directories, glob patterns), uploaded one after another, each decompressed as it is read
+//! when it is gzip or zstd.
 //!
 //! # Example
 //!
@@ -47,19 +49,19 @@ use std::time::{Duration, Instant};
 
 use serde_bytes::ByteBuf;
 use tarpc::context::{self, Context};
-use tokio::io::{AsyncRead, AsyncReadExt};
+use tokio::io::AsyncRead;
 
 use crate::owner::Owner;
 use crate::plugin_source::read_source;
 use crate::rpc::{
-    ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, MAX_PIECE_BYTES, RpcError, Secret,
-    WATCH_WAIT, WorkerId,
+    ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, RpcError, Secret, WATCH_WAIT, WorkerId,
 };
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
 
 mod error;
+mod upload;
 mod watch;
 
 pub use self::error::ClientError;
@@ -99,8 +101,12 @@ pub struct SubmitOptions {
     pub params: String,
     /// Chunks in flight per worker (0: the controller's default).
     pub processes: u32,
-    /// The input's name, for display (`submit_file` uses the file's name when this is empty).
+    /// The input's name, for display (`submit_file` and `submit_files` name it after the
+    /// files when this is empty).
     pub input_name: String,
+    /// The names of the input's files, in order; filled by `submit_files` and `submit_file`
+    /// (empty for `submit`: one file named `input_name`).
+    pub input_files: Vec<String>,
     /// How many times a chunk may be tried before the job fails (0: the default, 4).
     pub max_attempts: u32,
     /// The chunk size in bytes (0: the default, 4 MiB).
@@ -184,24 +190,56 @@ impl Client {
         self.submit_with_progress(plugin, input, options, &|_| {}).await
     }
 
-    /// [`Client::submit`] with the input's path; the job's input name is the file's name
-    /// unless `options` has one.
+    /// [`Client::submit_files`] with one file, named by its file name unless `options` has an
+    /// input name.
     pub async fn submit_file(
         &self,
         plugin: &Path,
         input: &Path,
         mut options: SubmitOptions,
     ) -> Result<JobId, ClientError> {
-        let file = tokio::fs::File::open(input)
-            .await
-            .map_err(|source| ClientError::Input { path: input.to_owned(), source })?;
         if options.input_name.is_empty() {
             options.input_name = input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         }
-        self.submit_with_progress(plugin, file, options, &|_| {}).await.map_err(|error| match error {
-            ClientError::Input { source, .. } => ClientError::Input { path: input.to_owned(), source },
-            error => error,
-        })
+        let name = options.input_name.clone();
+        let file = crate::input::InputFile { name, path: input.to_owned() };
+        self.submit_listed(plugin, vec![file], options, &|_| {}).await
+    }
+
+    /// Uploads the plugin, creates a job and uploads its input: the files of `sources`, in
+    /// order (a file, a directory's files sorted by path, a glob pattern's matches), each named
+    /// to the plugin as the user gave it and decompressed as it is read when it is gzip or
+    /// zstd. `uploaded` hears how many input bytes the controller has after each piece.
+    /// Answers as [`Client::submit`] does.
+    pub async fn submit_files(
+        &self,
+        plugin: &Path,
+        sources: &[String],
+        mut options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<JobId, ClientError> {
+        let sources = sources.to_vec();
+        let files = tokio::task::spawn_blocking(move || crate::input::expand(&sources))
+            .await
+            .map_err(|e| ClientError::Input { path: PathBuf::from("<input>"), source: io::Error::other(e) })??;
+        if options.input_name.is_empty() {
+            let names: Vec<String> = files.iter().map(|file| file.name.clone()).collect();
+            options.input_name = crate::input::describe(&names);
+        }
+        self.submit_listed(plugin, files, options, uploaded).await
+    }
+
+    /// Submits a job whose input is `files`, uploaded one after another.
+    async fn submit_listed(
+        &self,
+        plugin: &Path,
+        files: Vec<crate::input::InputFile>,
+        mut options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<JobId, ClientError> {
+        options.input_files = files.iter().map(|file| file.name.clone()).collect();
+        let pieces = upload::Pieces::<tokio::io::Empty>::Files(upload::FilePieces::start(files));
+        self.submit_pieces(plugin, options, pieces, uploaded).await
     }
 
     /// [`Client::submit`], telling `uploaded` how many input bytes the controller has after
@@ -209,8 +247,19 @@ impl Client {
     pub async fn submit_with_progress(
         &self,
         plugin: &Path,
-        mut input: impl AsyncRead + Unpin,
+        input: impl AsyncRead + Unpin,
         options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
+    ) -> Result<JobId, ClientError> {
+        self.submit_pieces(plugin, options, upload::Pieces::Stream(input), uploaded).await
+    }
+
+    /// Uploads the plugin, creates the job and uploads the input's pieces.
+    async fn submit_pieces(
+        &self,
+        plugin: &Path,
+        options: SubmitOptions,
+        mut pieces: upload::Pieces<impl AsyncRead + Unpin>,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
         let owner = match options.owner.as_str() {
@@ -224,6 +273,7 @@ impl Client {
             params: options.params,
             processes: options.processes,
             input_name: options.input_name,
+            input_files: options.input_files,
             max_attempts: options.max_attempts,
             chunk_size: options.chunk_size,
             memory_limit: options.memory_limit,
@@ -237,7 +287,7 @@ impl Client {
                 async move { controller.create_job(ctx, key, spec).await }
             })
             .await?;
-        match self.upload_input(job, &mut input, uploaded).await {
+        match self.upload_input(job, &mut pieces, uploaded).await {
             Ok(()) => Ok(job),
             // Chunks run while the input uploads, so the job may have failed already (the
             // plugin does not build, a chunk failed, bad input): its status says why.
@@ -267,22 +317,23 @@ impl Client {
         .await
     }
 
-    /// Streams `input` to the job in pieces, reading the next piece while the last one travels.
+    /// Streams the input's pieces to the job, reading the next piece while the last one
+    /// travels.
     async fn upload_input(
         &self,
         job: JobId,
-        input: &mut (impl AsyncRead + Unpin),
+        pieces: &mut upload::Pieces<impl AsyncRead + Unpin>,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let mut offset = 0u64;
-        let mut piece = read_piece(input).await?;
-        while !piece.is_empty() {
-            let length = piece.len() as u64;
-            let (sent, next) = tokio::join!(self.upload_piece(job, offset, piece), read_piece(input));
+        let mut piece = pieces.next().await?;
+        while let Some((file, bytes)) = piece {
+            let length = bytes.len() as u64;
+            let (sent, following) = tokio::join!(self.upload_piece(job, file, offset, bytes), pieces.next());
             sent?;
             offset += length;
             uploaded(offset);
-            piece = next?;
+            piece = following?;
         }
         let key = &self.inner.key;
         self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
@@ -292,12 +343,12 @@ impl Client {
         .await
     }
 
-    async fn upload_piece(&self, job: JobId, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
+    async fn upload_piece(&self, job: JobId, file: u32, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
         let key = &self.inner.key;
         // A repeated piece is acknowledged and ignored by the controller, so resending is safe.
         self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
             let (key, piece) = (key.clone(), ByteBuf::from(piece.clone()));
-            async move { controller.upload_input(ctx, key, job, offset, piece).await }
+            async move { controller.upload_input(ctx, key, job, file, offset, piece).await }
         })
         .await
     }
@@ -438,17 +489,6 @@ impl Client {
         *lock(&self.inner.connection) = Some(controller.clone());
         Ok(controller)
     }
-}
-
-/// Reads up to [`MAX_PIECE_BYTES`] from `input`; an empty piece means the input ended.
-async fn read_piece(input: &mut (impl AsyncRead + Unpin)) -> Result<Vec<u8>, ClientError> {
-    let mut piece = Vec::with_capacity(MAX_PIECE_BYTES);
-    input
-        .take(MAX_PIECE_BYTES as u64)
-        .read_to_end(&mut piece)
-        .await
-        .map_err(|source| ClientError::Input { path: PathBuf::from("<input>"), source })?;
-    Ok(piece)
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {

@@ -16,6 +16,8 @@
 //! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 //! - [`memory`]: allocator settings for the long-running services.
 //! - [`errors`]: an error with its causes as one line, each cause once.
+//! - [`input`]: a job's input as an ordered list of files: local files, directories and
+//!   patterns, URLs read by reference, compressed files.
 //!
 //! The roles, above it:
 //! - [`worker`]: the plugin [`worker::builder`] and [`worker::executor`], the job runner that
@@ -29,6 +31,7 @@
 pub mod client;
 pub mod controller;
 pub mod errors;
+pub mod input;
 pub mod local;
 pub mod memory;
 pub mod owner;

@@ -6,7 +6,8 @@
 //! to the chunk that caused it), and the job's [`rules`](crate::rules) cut the input, size the
 //! batches, group partials for `combine` and decide what a failure costs.
 //!
-//! The input is streamed through the [`Chunker`]: a bounded queue of chunks waits for the
+//! The input, an ordered list of files (compressed ones decompressed as they are read), is
+//! streamed file after file through the [`Chunker`]: a bounded queue of chunks waits for the
 //! slots, so memory stays bounded whatever the input's size. Partials are kept by chunk index;
 //! when the plugin combines, every run of [`combine_group`] consecutive partials is merged as
 //! soon as it is complete, so `aggregate` decodes a handful of partials instead of one per
@@ -21,6 +22,7 @@ use bytes::Bytes;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
+use crate::input::{self, InputError, InputFile};
 use crate::owner::Owner;
 use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::TaskError;
@@ -29,7 +31,7 @@ use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
 use crate::rules::combine::{Groups, combine_group};
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::ExecutorConfig;
+use crate::worker::executor::{ChunkText, ExecutorConfig};
 use crate::worker::runner::JobRunner;
 
 /// The job id run-local's logs carry: it has one job.
@@ -40,8 +42,8 @@ const LOCAL_JOB: u64 = 0;
 pub struct LocalConfig {
     /// The plugin: a crate directory, a `.tar.gz` or `.zip` of one, or a single `.rs` file.
     pub plugin: PathBuf,
-    /// The input file.
-    pub input: PathBuf,
+    /// The input's sources, in order: files, directories and glob patterns on this machine.
+    pub inputs: Vec<String>,
     /// How many chunks run at once.
     pub processes: usize,
     /// The job's parameters, passed to the plugin's `new`.
@@ -88,18 +90,23 @@ pub enum LocalError {
     /// The host cannot sandbox plugins and the configuration did not allow running unconfined.
     #[error("this host cannot sandbox plugins: {0}: {hint}", hint = crate::sandbox::REFUSAL_HINT)]
     NoSandbox(#[from] crate::sandbox::Unavailable),
-    /// The input could not be opened.
-    #[error("cannot open the input {path}: {source}")]
-    OpenInput { path: PathBuf, source: std::io::Error },
-    /// The input could not be read or is not UTF-8.
+    /// The input's sources could not be read.
     #[error(transparent)]
-    Input(#[from] ChunkError),
+    Input(#[from] InputError),
+    /// A file of the input could not be read, or is not UTF-8.
+    #[error("input file {file}: {source}")]
+    File {
+        /// The file's name as the user gave it.
+        file: String,
+        #[source]
+        source: ChunkError,
+    },
     /// The executor could not start the plugin.
     #[error(transparent)]
     Start(TaskError),
     /// A chunk failed (on its last attempt).
-    #[error("chunk {index} (lines {first_line}-{last_line}) failed: {error}")]
-    Chunk { index: u64, first_line: u64, last_line: u64, error: TaskError },
+    #[error("chunk {index} ({file} lines {first_line}-{last_line}) failed: {error}")]
+    Chunk { index: u64, file: String, first_line: u64, last_line: u64, error: TaskError },
     /// Merging partials failed.
     #[error("combine failed: {0}")]
     Combine(TaskError),
@@ -170,17 +177,14 @@ async fn run_chunks(
 ) -> Result<(String, Counts), LocalError> {
     // Started before the input is read, so a plugin that cannot start fails the run at once.
     let combines = runner.combines().await.map_err(LocalError::Start)?;
-    let file = std::fs::File::open(&config.input)
-        .map_err(|source| LocalError::OpenInput { path: config.input.clone(), source })?;
-    let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, ChunkError>>(slots);
+    let sources = config.inputs.clone();
+    let files = tokio::task::spawn_blocking(move || input::expand(&sources))
+        .await
+        .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
+    let names: Vec<Arc<str>> = files.iter().map(|file| Arc::from(file.name.as_str())).collect();
+    let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, LocalError>>(slots);
     let chunk_size = config.chunk_size;
-    let reader = tokio::task::spawn_blocking(move || {
-        for chunk in Chunker::new(file, chunk_size) {
-            if chunks_tx.blocking_send(chunk).is_err() {
-                break;
-            }
-        }
-    });
+    let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, &chunks_tx));
     let group = combine_group(config.chunk_size as u64);
     let mut run = Run {
         runner: Arc::clone(runner),
@@ -193,6 +197,7 @@ async fn run_chunks(
         partials: Partials::new(combines, group),
         pace: Pace::default(),
         counts: Counts::default(),
+        names,
     };
     let ran = run.drive(chunks_rx).await;
     drop(run.tasks);
@@ -201,6 +206,35 @@ async fn run_chunks(
     let finals = final_partials(runner, run.partials.into_ordered(), slots).await?;
     let output = runner.aggregate(finals).await.map_err(LocalError::Aggregate)?;
     Ok((output, run.counts))
+}
+
+/// Reads the files one after another, decompressed, and sends their chunks in order (numbered
+/// across the files, lines numbered within each); stops at the first error or when the
+/// receiver is gone. Blocking.
+fn read_files(files: &[InputFile], chunk_size: usize, chunks: &mpsc::Sender<Result<InputChunk, LocalError>>) {
+    let mut next_index = 0;
+    for (position, file) in files.iter().enumerate() {
+        let file_error = |source: ChunkError| LocalError::File { file: file.name.clone(), source };
+        let opened = std::fs::File::open(&file.path).and_then(input::decode::decoded);
+        let reader = match opened {
+            Ok((_, reader)) => reader,
+            Err(e) => {
+                let _ = chunks.blocking_send(Err(file_error(ChunkError::Read(e))));
+                return;
+            }
+        };
+        let file_number = u32::try_from(position).unwrap_or(u32::MAX);
+        for chunk in Chunker::for_file(reader, chunk_size, file_number, next_index) {
+            let chunk = chunk.map_err(file_error);
+            let failed = chunk.is_err();
+            if let Ok(chunk) = &chunk {
+                next_index = chunk.index + 1;
+            }
+            if chunks.blocking_send(chunk).is_err() || failed {
+                return;
+            }
+        }
+    }
 }
 
 /// How many chunks wait for a slot: enough bytes for two full batches per slot, so that small
@@ -214,16 +248,21 @@ fn queue_capacity(chunk_size: usize, slots: usize) -> usize {
 /// A chunk waiting for a slot.
 struct Queued {
     index: u64,
-    first_line: u64,
+    chunk: ChunkText,
     last_line: u64,
-    text: Bytes,
     /// Attempts that failed so far.
     failures: u32,
 }
 
 impl Queued {
     fn failed(self, error: TaskError) -> LocalError {
-        LocalError::Chunk { index: self.index, first_line: self.first_line, last_line: self.last_line, error }
+        LocalError::Chunk {
+            index: self.index,
+            file: self.chunk.file.to_string(),
+            first_line: self.chunk.first_line,
+            last_line: self.last_line,
+            error,
+        }
     }
 }
 
@@ -250,11 +289,13 @@ struct Run {
     partials: Partials,
     pace: Pace,
     counts: Counts,
+    /// The names of the input's files, by position.
+    names: Vec<Arc<str>>,
 }
 
 impl Run {
     /// Runs every chunk of the input, combining complete groups as they finish.
-    async fn drive(&mut self, mut input: mpsc::Receiver<Result<InputChunk, ChunkError>>) -> Result<(), LocalError> {
+    async fn drive(&mut self, mut input: mpsc::Receiver<Result<InputChunk, LocalError>>) -> Result<(), LocalError> {
         let mut input_done = false;
         loop {
             while !input_done && self.queue.len() < self.capacity {
@@ -296,11 +337,11 @@ impl Run {
         self.counts.bytes += chunk.text.len() as u64;
         self.partials.expect(chunk.index);
         let last_line = chunk.last_line();
+        let file = self.names.get(chunk.file as usize).cloned().unwrap_or_else(|| Arc::from(""));
         self.queue.push_back(Queued {
             index: chunk.index,
-            first_line: chunk.first_line,
+            chunk: ChunkText::new(file, chunk.first_line, Bytes::from(chunk.text.into_bytes())),
             last_line,
-            text: Bytes::from(chunk.text.into_bytes()),
             failures: 0,
         });
     }
@@ -322,11 +363,11 @@ impl Run {
             // A chunk that failed before runs alone.
             if batch[0].failures == 0 {
                 let limit = batch_limit(self.queue.len() + 1, self.pace, self.slots as u32);
-                let mut bytes = batch[0].text.len() as u64;
+                let mut bytes = batch[0].chunk.text.len() as u64;
                 while batch.len() < limit {
                     match self.queue.front() {
-                        Some(next) if next.failures == 0 && bytes + next.text.len() as u64 <= MAX_BATCH_BYTES => {
-                            bytes += next.text.len() as u64;
+                        Some(next) if next.failures == 0 && bytes + next.chunk.text.len() as u64 <= MAX_BATCH_BYTES => {
+                            bytes += next.chunk.text.len() as u64;
                             batch.extend(self.queue.pop_front());
                         }
                         _ => break,
@@ -335,7 +376,7 @@ impl Run {
             }
             let runner = Arc::clone(&self.runner);
             self.tasks.spawn(async move {
-                let inputs = batch.iter().map(|chunk| (chunk.first_line, chunk.text.clone())).collect();
+                let inputs = batch.iter().map(|queued| queued.chunk.clone()).collect();
                 let started = Instant::now();
                 let results = runner.run_batch(LOCAL_JOB, inputs).await;
                 Done::Batch { chunks: batch, took: started.elapsed(), results }

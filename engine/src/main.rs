@@ -22,7 +22,7 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Build a plugin and run it over a file on this machine, with no cluster.
+    /// Build a plugin and run it over files on this machine, with no cluster.
     RunLocal(RunLocalArgs),
     /// Run a controller: take jobs from clients and spread them over the workers that join.
     Controller(cli::cluster::ControllerArgs),
@@ -60,9 +60,11 @@ struct RunLocalArgs {
     /// The plugin: a crate directory, a .tar.gz or .zip of one, or a single lib.rs file.
     #[arg(long)]
     plugin: PathBuf,
-    /// The input file (UTF-8 text; lines are the unit of work).
-    #[arg(long)]
-    input: PathBuf,
+    /// The input: a file, a directory (its files, sorted by path) or a glob pattern; repeat it
+    /// for more, in order. UTF-8 text, plain, gzip or zstd (told by its bytes); lines are the
+    /// unit of work.
+    #[arg(long, required = true)]
+    input: Vec<String>,
     /// Parameters passed to the plugin's `new`.
     #[arg(long, default_value = "")]
     params: String,
@@ -143,7 +145,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     let (builder, executor, processes) = args.host.configs()?;
     let config = LocalConfig {
         plugin: args.plugin,
-        input: args.input,
+        inputs: args.input,
         processes,
         params: args.params,
         chunk_size: args.chunk_size,

@@ -15,11 +15,15 @@
 //! `fetch_plugin`, `activate`, `renew`) also need the link's client certificate to be the one
 //! the controller issued to that worker.
 
+pub mod input;
+
 use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
+
+use self::input::ChunkSpan;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
@@ -29,7 +33,10 @@ use serde_bytes::ByteBuf;
 /// certificate, and is dialled back on `activate`; `renew`, `remove_worker`.
 /// Version 5: a job carries its owner ([`JobSpec::owner`]), which `prepare` passes to the
 /// worker, and summaries and statuses show it.
-pub const PROTOCOL_VERSION: u32 = 5;
+/// Version 6: an input is an ordered list of files: a job names its uploaded files
+/// ([`JobSpec::input_files`]), each piece of input says its file, and a chunk carries its
+/// file's name ([`ChunkInput::file`]) and numbers its lines within that file.
+pub const PROTOCOL_VERSION: u32 = 6;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
 /// batch of partials for aggregation, with room to spare.
@@ -168,6 +175,10 @@ pub struct JobSpec {
     pub processes: u32,
     /// The input's name, for display.
     pub input_name: String,
+    /// The names of the uploaded input's files, in the order they are uploaded (a chunk's
+    /// file is named to its plugin); empty: one file, named `input_name`.
+    #[serde(default)]
+    pub input_files: Vec<String>,
     /// How many times a chunk may be tried before the job fails (0: the default, 4).
     pub max_attempts: u32,
     /// The chunk size in bytes (0: the default, 4 MiB).
@@ -322,17 +333,6 @@ pub enum FailureKind {
     Internal,
 }
 
-/// A chunk's place in the input.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
-pub struct ChunkSpan {
-    /// The chunk's index, from 0.
-    pub index: u64,
-    /// Its first line, 1-based.
-    pub first_line: u64,
-    /// Its last line.
-    pub last_line: u64,
-}
-
 /// One worker's share of a job.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct WorkerProgress {
@@ -443,7 +443,9 @@ pub struct ClusterInfo {
 /// One chunk of a batch sent to a worker with `run_chunks`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct ChunkInput {
-    /// The chunk's first line in the whole input, 1-based.
+    /// The name of the chunk's file, as the user gave it.
+    pub file: String,
+    /// The chunk's first line within its file, 1-based.
     pub first_line: u64,
     /// The chunk's text: whole lines of UTF-8.
     pub text: ByteBuf,
@@ -503,8 +505,10 @@ pub trait Controller {
     async fn create_job(key: Secret, spec: JobSpec) -> Result<JobId, RpcError>;
 
     /// Appends a piece of input (at most [`MAX_PIECE_BYTES`]) at `offset`, which must be the
-    /// number of bytes uploaded so far (a repeated piece is acknowledged and ignored).
-    async fn upload_input(key: Secret, job: JobId, offset: u64, piece: ByteBuf) -> Result<(), RpcError>;
+    /// number of bytes uploaded so far (a repeated piece is acknowledged and ignored). The
+    /// piece belongs to the input's file number `file` (see [`JobSpec::input_files`]): files
+    /// are uploaded one after another, a piece never spans two, and no chunk will.
+    async fn upload_input(key: Secret, job: JobId, file: u32, offset: u64, piece: ByteBuf) -> Result<(), RpcError>;
 
     /// Ends the input of a job, `total_bytes` long; the job is queued.
     async fn finish_input(key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError>;

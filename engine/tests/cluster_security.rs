@@ -117,7 +117,11 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
                 limits: ExecLimits::default(),
             };
             refused(worker.prepare(ctx(), guess.clone(), 999, plugin).await, "prepare");
-            let chunk = ChunkInput { first_line: 1_000_001, text: ByteBuf::from(b"stranger's line\n".to_vec()) };
+            let chunk = ChunkInput {
+                file: "in".into(),
+                first_line: 1_000_001,
+                text: ByteBuf::from(b"stranger's line\n".to_vec()),
+            };
             refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
             refused(worker.combine(ctx(), guess.clone(), job, vec![]).await, "combine");
             refused(worker.aggregate(ctx(), guess.clone(), job, vec![]).await, "aggregate");

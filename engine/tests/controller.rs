@@ -30,6 +30,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
         params: String::new(),
         processes: 1,
         input_name: "x".into(),
+        input_files: Vec::new(),
         max_attempts: 0,
         chunk_size: 0,
         memory_limit: 0,
@@ -41,7 +42,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     let ctx = context::current;
     refused(c.upload_plugin(ctx(), wrong.clone(), archive).await.unwrap().map(drop));
     refused(c.create_job(ctx(), wrong.clone(), spec).await.unwrap().map(drop));
-    refused(c.upload_input(ctx(), wrong.clone(), 1, 0, ByteBuf::from(vec![1])).await.unwrap());
+    refused(c.upload_input(ctx(), wrong.clone(), 1, 0, 0, ByteBuf::from(vec![1])).await.unwrap());
     refused(c.finish_input(ctx(), wrong.clone(), 1, 1).await.unwrap());
     refused(c.watch(ctx(), wrong.clone(), 1, 0).await.unwrap().map(drop));
     refused(c.result(ctx(), wrong.clone(), 1).await.unwrap().map(drop));

@@ -24,6 +24,7 @@ impl Cluster {
             params: String::new(),
             processes,
             input_name: "words.txt".into(),
+            input_files: Vec::new(),
             max_attempts: 0,
             chunk_size: CHUNK_SIZE,
             memory_limit: 0,
@@ -37,7 +38,11 @@ impl Cluster {
     async fn upload(&self, job: JobId, mut offset: u64, bytes: &[u8]) {
         for piece in bytes.chunks(3_000) {
             let sent = ByteBuf::from(piece.to_vec());
-            self.client.upload_input(context::current(), self.key.clone(), job, offset, sent).await.unwrap().unwrap();
+            self.client
+                .upload_input(context::current(), self.key.clone(), job, 0, offset, sent)
+                .await
+                .unwrap()
+                .unwrap();
             offset += piece.len() as u64;
         }
     }
@@ -58,6 +63,7 @@ async fn empty_input_aggregates_no_partials_and_bad_input_names_its_line() {
         params: String::new(),
         processes: 1,
         input_name: "bad.txt".into(),
+        input_files: Vec::new(),
         max_attempts: 0,
         chunk_size: 0,
         memory_limit: 0,
@@ -66,7 +72,7 @@ async fn empty_input_aggregates_no_partials_and_bad_input_names_its_line() {
     };
     let job = cluster.client.create_job(context::current(), cluster.key.clone(), spec).await.unwrap().unwrap();
     let bytes = ByteBuf::from(b"fine\nnot \xff utf-8\n".to_vec());
-    cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, bytes).await.unwrap().unwrap();
+    cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, 0, bytes).await.unwrap().unwrap();
     let short = cluster.client.finish_input(long(), cluster.key.clone(), job, 99).await.unwrap();
     assert!(matches!(&short, Err(RpcError::Invalid(m)) if m.contains("received 17 bytes")), "{short:?}");
     let finished = cluster.client.finish_input(long(), cluster.key.clone(), job, 17).await.unwrap();
@@ -147,13 +153,14 @@ async fn input_that_is_not_utf8_fails_the_job_during_its_upload() {
     text.extend_from_slice(b"bad \xff byte\n");
     text.extend_from_slice(words(18, 200).as_bytes());
     let sent = ByteBuf::from(text.clone());
-    let refused = cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, sent).await.unwrap();
+    let refused = cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, 0, sent).await.unwrap();
     assert!(matches!(&refused, Err(RpcError::Invalid(m)) if m.contains("line 201")), "{refused:?}");
     let status = cluster.finish(job).await;
     let failure = status.failure.expect("a failure");
     assert_eq!((status.state, failure.kind), (JobState::Failed, FailureKind::Input));
     let late = ByteBuf::from(b"more\n".to_vec());
-    let more = cluster.client.upload_input(context::current(), cluster.key.clone(), job, text.len() as u64, late).await;
+    let more =
+        cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, text.len() as u64, late).await;
     assert!(matches!(&more.unwrap(), Err(RpcError::Invalid(m)) if m.contains("line 201")), "the failure is kept");
     worker.kill().await;
     cluster.stop().await;

@@ -110,7 +110,7 @@ impl Controller for StandIn {
     async fn create_job(self, _: Context, _: Secret, _: JobSpec) -> Result<JobId, RpcError> {
         not_here()
     }
-    async fn upload_input(self, _: Context, _: Secret, _: JobId, _: u64, _: ByteBuf) -> Result<(), RpcError> {
+    async fn upload_input(self, _: Context, _: Secret, _: JobId, _: u32, _: u64, _: ByteBuf) -> Result<(), RpcError> {
         not_here()
     }
     async fn finish_input(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<(), RpcError> {
@@ -210,7 +210,7 @@ async fn run_one(
     first_line: u64,
     text: &[u8],
 ) -> Result<ByteBuf, TaskError> {
-    let chunk = ChunkInput { first_line, text: ByteBuf::from(text.to_vec()) };
+    let chunk = ChunkInput { file: "in".into(), first_line, text: ByteBuf::from(text.to_vec()) };
     let mut results = client.run_chunks(long(), secret.clone(), job, vec![chunk]).await.unwrap()?;
     assert_eq!(results.len(), 1, "one result per chunk");
     results.remove(0)
@@ -347,7 +347,10 @@ async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
         (first..first + 10).map(|i| format!("line{i}\n")).collect()
     }
     fn batch(firsts: &[u64]) -> Vec<ChunkInput> {
-        firsts.iter().map(|&first| ChunkInput { first_line: first, text: ByteBuf::from(lines(first)) }).collect()
+        firsts
+            .iter()
+            .map(|&first| ChunkInput { file: "in".into(), first_line: first, text: ByteBuf::from(lines(first)) })
+            .collect()
     }
 
     let refused = client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11])).await.unwrap();

@@ -52,9 +52,17 @@ pub struct PluginModule {
     /// Whether `combine` merges partials (the plugin implemented `MapReduce::combine`).
     pub combines: extern "C" fn(instance: Instance) -> bool,
 
-    /// Runs one chunk: its text and the 1-based number of its first line; returns the encoded
-    /// partial.
-    pub run: extern "C" fn(instance: Instance, text: RStr<'_>, first_line: u64) -> RResult<RVec<u8>, RString>,
+    /// Whether the plugin declares it needs line numbers (`MapReduce::LINE_NUMBERS`).
+    pub line_numbers: extern "C" fn() -> bool,
+
+    /// Runs one chunk of the file named `file`: its text and the 1-based number of its first
+    /// line within that file (0 when unknown); returns the encoded partial.
+    pub run: extern "C" fn(
+        instance: Instance,
+        text: RStr<'_>,
+        file: RStr<'_>,
+        first_line: u64,
+    ) -> RResult<RVec<u8>, RString>,
 
     /// Merges encoded partials of consecutive chunks into one encoded partial.
     pub combine: extern "C" fn(instance: Instance, partials: RSlice<'_, RSlice<'_, u8>>) -> RResult<RVec<u8>, RString>,

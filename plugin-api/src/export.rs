@@ -21,6 +21,7 @@ pub fn root_module<P: MapReduce>() -> PluginModuleRef {
         api_version: RStr::from_str(API_VERSION),
         new: new::<P>,
         combines: combines::<P>,
+        line_numbers: line_numbers::<P>,
         run: run::<P>,
         combine: combine::<P>,
         aggregate: aggregate::<P>,
@@ -94,12 +95,21 @@ extern "C" fn new<P: MapReduce>(params: RStr<'_>) -> RResult<Instance, RString> 
     })
 }
 
-extern "C" fn run<P: MapReduce>(instance: Instance, text: RStr<'_>, first_line: u64) -> RResult<RVec<u8>, RString> {
+extern "C" fn run<P: MapReduce>(
+    instance: Instance,
+    text: RStr<'_>,
+    file: RStr<'_>,
+    first_line: u64,
+) -> RResult<RVec<u8>, RString> {
     guard(|| {
         // SAFETY: the executor passes instances it got from `new` and has not dropped.
         let plugin = unsafe { plugin::<P>(instance) };
-        encode(&plugin.run(&Chunk::new(text.as_str(), first_line))?)
+        encode(&plugin.run(&Chunk::in_file(text.as_str(), file.as_str(), first_line))?)
     })
+}
+
+extern "C" fn line_numbers<P: MapReduce>() -> bool {
+    P::LINE_NUMBERS
 }
 
 extern "C" fn combines<P: MapReduce>(instance: Instance) -> bool {

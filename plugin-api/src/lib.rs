@@ -53,8 +53,12 @@
 //! # Rules Kiln relies on
 //!
 //! - `run` sees one chunk and nothing else; it must not depend on how the input was split.
-//! - `aggregate` gets one partial per chunk in input order, whichever machine produced it and
-//!   however often a chunk was retried, so the output is the same for any split and any failure.
+//! - `aggregate` gets one partial per chunk in input order (an input is an ordered list of files:
+//!   files in order, chunks in order within a file), whichever machine produced it and however
+//!   often a chunk was retried, so the output is the same for any split and any failure.
+//! - A chunk holds whole lines of one file: [`Chunk::file`] names it and [`Chunk::first_line`]
+//!   numbers its first line within it (see [`MapReduce::LINE_NUMBERS`] for inputs read by
+//!   reference).
 //! - A panic in plugin code is caught inside the plugin and reported as the chunk's error with
 //!   its message and location; it never unwinds into Kiln.
 //! - Partials cross process and machine boundaries in a compact binary encoding (postcard); keep
@@ -109,19 +113,41 @@ pub trait MapReduce: Send + Sync + Sized + 'static {
         let _ = partials;
         None
     }
+
+    /// Whether `run` needs the numbers of its chunk's lines ([`Chunk::first_line`]).
+    ///
+    /// Inputs uploaded or read on one machine are numbered as they are cut, at no cost, so
+    /// their chunks always know their lines. An input that the workers read by reference
+    /// (`s3://`, `https://`, `file://`) is cut into byte ranges read in parallel, and a range
+    /// that does not start its file cannot know how many lines come before it: when this is
+    /// `true`, the workers first count the line ends of every range (one more pass over the
+    /// uncompressed input, in parallel), so that every chunk gets its true numbers; when it is
+    /// `false` (the default), those chunks say their first line is unknown (0) and the plugin
+    /// pays nothing.
+    const LINE_NUMBERS: bool = false;
 }
 
-/// A chunk of the input: whole lines, borrowed from Kiln's buffer without copying.
+/// A chunk of the input: whole lines of one file, borrowed from Kiln's buffer without copying.
+///
+/// An input is an ordered list of files; a chunk never spans two of them.
 #[derive(Debug, Clone, Copy)]
 pub struct Chunk<'a> {
     text: &'a str,
+    file: &'a str,
     first_line: u64,
 }
 
 impl<'a> Chunk<'a> {
-    /// Makes a chunk of `text` whose first line is line `first_line` (1-based) of the input.
+    /// Makes a chunk of `text` whose first line is line `first_line` (1-based) of an input
+    /// with no file name.
     pub fn new(text: &'a str, first_line: u64) -> Self {
-        Chunk { text, first_line }
+        Chunk { text, file: "", first_line }
+    }
+
+    /// Makes a chunk of `text` from the file named `file`, whose first line is line
+    /// `first_line` (1-based) of that file, or 0 when that is unknown.
+    pub fn in_file(text: &'a str, file: &'a str, first_line: u64) -> Self {
+        Chunk { text, file, first_line }
     }
 
     /// The chunk's text: whole lines, each ending in `\n` except perhaps the input's last.
@@ -132,7 +158,15 @@ impl<'a> Chunk<'a> {
         self.text
     }
 
-    /// The 1-based number, in the whole input, of this chunk's first line.
+    /// The name of the file this chunk comes from, as the user gave it (a path, a URL, or a
+    /// path within a directory or a prefix the user gave); empty when the input has no name.
+    pub fn file(&self) -> &'a str {
+        self.file
+    }
+
+    /// The 1-based number, within its file, of this chunk's first line; 0 when it is unknown:
+    /// a chunk in the middle of a file read by reference, for a plugin that does not declare
+    /// [`MapReduce::LINE_NUMBERS`].
     pub fn first_line(&self) -> u64 {
         self.first_line
     }
@@ -142,9 +176,12 @@ impl<'a> Chunk<'a> {
         self.text.lines()
     }
 
-    /// The chunk's lines with their 1-based numbers in the whole input.
+    /// The chunk's lines with their 1-based numbers within the file (0 for every line when
+    /// [`Chunk::first_line`] is unknown).
     pub fn numbered_lines(&self) -> impl Iterator<Item = (u64, &'a str)> + 'a {
-        (self.first_line..).zip(self.text.lines())
+        let first_line = self.first_line;
+        let known = u64::from(first_line != 0);
+        (0..).map(move |i| first_line + i * known).zip(self.text.lines())
     }
 }
 

@@ -38,9 +38,11 @@ pub struct SubmitArgs {
     /// The plugin: a crate directory, a .tar.gz or .zip of one, or a single lib.rs file.
     #[arg(long)]
     plugin: PathBuf,
-    /// The input file (UTF-8 text; lines are the unit of work).
-    #[arg(long)]
-    input: PathBuf,
+    /// The input: a file, a directory (its files, sorted by path) or a glob pattern, uploaded
+    /// to the controller; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told
+    /// by its bytes, decompressed as it is read); lines are the unit of work.
+    #[arg(long, required = true)]
+    input: Vec<String>,
     /// Chunks in flight per worker (default: as many as each worker runs at once).
     #[arg(long)]
     processes: Option<u32>,
@@ -121,14 +123,12 @@ pub struct ListArgs {
 
 /// Uploads the plugin and input, then (without `--detach`) shows progress and prints the result.
 pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let input_size = std::fs::metadata(&args.input)
-        .with_context(|| format!("cannot read the input {}", args.input.display()))?
-        .len();
     let options = SubmitOptions {
         owner: args.owner,
         params: args.params,
         processes: args.processes.unwrap_or(0),
         input_name: String::new(),
+        input_files: Vec::new(),
         max_attempts: args.max_attempts.unwrap_or(0),
         chunk_size: args.chunk_size.map_or(0, |size| size as u64),
         memory_limit: args.memory_limit.map_or(0, |bytes| bytes as u64),
@@ -137,14 +137,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     };
     block_on(async {
         let client = connect(args.controller).await?;
-        let bar = progress_bar(input_size, "{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {msg}");
-        let file = tokio::fs::File::open(&args.input)
-            .await
-            .with_context(|| format!("cannot open the input {}", args.input.display()))?;
-        let mut options = options;
-        options.input_name = args.input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
+        let bar = progress_bar(0, "{spinner} uploading {bytes} ({bytes_per_sec}) {msg}");
         let job = client
-            .submit_with_progress(&args.plugin, file, options, &|bytes| bar.set_position(bytes))
+            .submit_files(&args.plugin, &args.input, options, &|bytes| bar.set_position(bytes))
             .await
             .context("cannot submit the job")?;
         bar.finish_and_clear();

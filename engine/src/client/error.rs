@@ -3,6 +3,7 @@
 use std::io;
 use std::path::PathBuf;
 
+use crate::input::InputError;
 use crate::owner::OwnerError;
 use crate::plugin_source::SourceError;
 use crate::rpc::{FailureKind, JobFailure, JobId, RpcError};
@@ -64,6 +65,9 @@ pub enum ClientError {
     /// The plugin's source could not be read or is not a valid crate.
     #[error("cannot use the plugin: {0}")]
     Plugin(#[from] SourceError),
+    /// The input's sources name no usable file.
+    #[error(transparent)]
+    Sources(#[from] InputError),
     /// The input could not be read.
     #[error("cannot read the input {}: {source}", .path.display())]
     Input {
@@ -102,14 +106,11 @@ impl ClientError {
 /// Words for a job's failure: what failed, where, and the message.
 fn describe_failure(job: JobId, failure: &JobFailure) -> String {
     let message = failure.message.trim_end();
-    match (failure.kind, failure.chunk) {
+    match (failure.kind, &failure.chunk) {
         (FailureKind::Build, _) => format!("job {job} failed: the plugin does not compile:\n{message}"),
         (FailureKind::Input, _) => format!("job {job} failed: the input cannot be used: {message}"),
         (_, Some(chunk)) => format!(
-            "job {job} failed: chunk {} (lines {}-{}) failed after {} attempt{}: {message}",
-            chunk.index,
-            chunk.first_line,
-            chunk.last_line,
+            "job {job} failed: {chunk} failed after {} attempt{}: {message}",
             failure.attempts,
             if failure.attempts == 1 { "" } else { "s" },
         ),
@@ -120,20 +121,20 @@ fn describe_failure(job: JobId, failure: &JobFailure) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rpc::ChunkSpan;
+    use crate::rpc::input::ChunkSpan;
 
     #[test]
     fn a_plugin_failure_names_the_chunk_its_lines_and_the_attempts() {
         let failure = JobFailure {
             kind: FailureKind::Plugin,
             message: "deliberate panic at line 12".to_owned(),
-            chunk: Some(ChunkSpan { index: 3, first_line: 10, last_line: 19 }),
+            chunk: Some(ChunkSpan { index: 3, file: "logs/b.txt".to_owned(), first_line: 10, last_line: 19 }),
             attempts: 4,
         };
         let error = ClientError::JobFailed { job: 7, failure };
         assert_eq!(
             error.to_string(),
-            "job 7 failed: chunk 3 (lines 10-19) failed after 4 attempts: deliberate panic at line 12"
+            "job 7 failed: chunk 3 (logs/b.txt lines 10-19) failed after 4 attempts: deliberate panic at line 12"
         );
     }
 

@@ -36,6 +36,11 @@ const MAX_CHUNK_SIZE: u64 = MAX_LINE_BYTES as u64;
 /// Bounds on what a job spec may carry, so that one spec cannot bloat every status.
 const MAX_PARAMS_BYTES: usize = 1 << 20;
 const MAX_INPUT_NAME_BYTES: usize = 4096;
+
+/// The most files one job's input may name, and the most bytes their names may take in all: a
+/// job's spec is one row of the controller's database.
+const MAX_INPUT_FILES: usize = 100_000;
+const MAX_INPUT_FILE_NAMES_BYTES: usize = 16 << 20;
 const MAX_PROCESSES: u32 = 4096;
 const MAX_ATTEMPTS: u32 = 100;
 
@@ -92,6 +97,14 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
     if spec.params.len() > MAX_PARAMS_BYTES || spec.input_name.len() > MAX_INPUT_NAME_BYTES {
         return Err(RpcError::Invalid(format!(
             "parameters may be at most {MAX_PARAMS_BYTES} bytes and the input's name {MAX_INPUT_NAME_BYTES}"
+        )));
+    }
+    let names_bytes: usize = spec.input_files.iter().map(String::len).sum();
+    if spec.input_files.len() > MAX_INPUT_FILES || names_bytes > MAX_INPUT_FILE_NAMES_BYTES {
+        return Err(RpcError::Invalid(format!(
+            "an input may hold at most {MAX_INPUT_FILES} files whose names take at most {} MiB: submit fewer, \
+             larger files, or several jobs",
+            MAX_INPUT_FILE_NAMES_BYTES >> 20
         )));
     }
     if spec.processes > MAX_PROCESSES || spec.max_attempts > MAX_ATTEMPTS || spec.chunk_size > MAX_CHUNK_SIZE {
@@ -203,11 +216,12 @@ impl Controller for ControllerService {
         _: Context,
         key: Secret,
         job: JobId,
+        file: u32,
         offset: u64,
         piece: ByteBuf,
     ) -> Result<(), RpcError> {
         self.check_key(&key)?;
-        upload_input(&self.shared, job, offset, piece.into_vec()).await
+        upload_input(&self.shared, job, file, offset, piece.into_vec()).await
     }
 
     async fn finish_input(self, _: Context, key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError> {
@@ -315,6 +329,7 @@ mod tests {
             params: String::new(),
             processes: 2,
             input_name: "in".into(),
+            input_files: Vec::new(),
             max_attempts: 0,
             chunk_size: 0,
             memory_limit: 0,

@@ -44,8 +44,12 @@ fn query_error(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
 /// A chunk's place in the input, as the input is cut.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct ChunkMeta {
+    /// The chunk's file, by its position in the input.
+    pub file: u32,
+    /// Where the chunk lies in the spooled input.
     pub offset: u64,
     pub len: u64,
+    /// Its first line within its file, and how many it holds.
     pub first_line: u64,
     pub n_lines: u64,
 }
@@ -391,7 +395,11 @@ impl Store {
         .execute(&mut *tx)
         .await
         .map_err(query_error(what))?;
-        for table in ["DELETE FROM chunks WHERE job_id = ?", "DELETE FROM combined WHERE job_id = ?"] {
+        for table in [
+            "DELETE FROM chunks WHERE job_id = ?",
+            "DELETE FROM combined WHERE job_id = ?",
+            "DELETE FROM input_files WHERE job_id = ?",
+        ] {
             sqlx::query(table).bind(int(record.job)).execute(&mut *tx).await.map_err(query_error(what))?;
         }
         tx.commit().await.map_err(query_error(what))
@@ -472,6 +480,7 @@ pub(super) mod tests {
             params: String::new(),
             processes: 2,
             input_name: "in.txt".into(),
+            input_files: Vec::new(),
             max_attempts: 4,
             chunk_size: 10,
             memory_limit: 0,
@@ -481,7 +490,7 @@ pub(super) mod tests {
     }
 
     pub(in crate::controller) fn meta(index: u64) -> ChunkMeta {
-        ChunkMeta { offset: index * 10, len: 10, first_line: index + 1, n_lines: 1 }
+        ChunkMeta { file: 0, offset: index * 10, len: 10, first_line: index + 1, n_lines: 1 }
     }
 
     #[tokio::test]

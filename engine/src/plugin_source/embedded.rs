@@ -32,9 +32,9 @@ pub(super) fn single_file_manifest() -> String {
     TEMPLATE_MANIFEST.replace(NAME_PLACEHOLDER, SINGLE_FILE_CRATE_NAME)
 }
 
-/// `plugin-api-<version>-<first 12 hex digits of the content hash>`: a new engine with changed
-/// API sources never reuses an older copy, even at the same version.
-fn plugin_api_dir_name() -> String {
+/// The SHA-256 of the embedded plugin API's sources, in hex: what plugins built here are built
+/// against, so a build cache keyed by it never serves a library built against other sources.
+pub(super) fn plugin_api_digest() -> String {
     let mut hasher = Sha256::new();
     for (path, text) in PLUGIN_API_FILES {
         hasher.update((path.len() as u64).to_le_bytes());
@@ -42,8 +42,13 @@ fn plugin_api_dir_name() -> String {
         hasher.update((text.len() as u64).to_le_bytes());
         hasher.update(text.as_bytes());
     }
-    let hex: String = hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect();
-    format!("plugin-api-{}-{}", kiln_plugin_api::API_VERSION, &hex[..12])
+    hasher.finalize().iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+/// `plugin-api-<version>-<first 12 hex digits of the content hash>`: a new engine with changed
+/// API sources never reuses an older copy, even at the same version.
+fn plugin_api_dir_name() -> String {
+    format!("plugin-api-{}-{}", kiln_plugin_api::API_VERSION, &plugin_api_digest()[..12])
 }
 
 /// Writes the embedded plugin API into `<kiln_dir>/plugin-api-<version>-<hash>/` unless it is

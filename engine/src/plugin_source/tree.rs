@@ -196,16 +196,19 @@ impl std::fmt::Debug for SourceTree {
     }
 }
 
-/// The canonical encoding: a tag, the API version, then each file as length-prefixed path,
-/// executable bit and length-prefixed contents, in path order.
+/// The canonical encoding: a tag, the API version and the digest of its sources (so a library
+/// built against other API sources, even of the same version, is never taken from a cache),
+/// then each file as length-prefixed path, executable bit and length-prefixed contents, in
+/// path order.
 fn hash_files(files: &BTreeMap<String, SourceFile>) -> String {
     let mut hasher = Sha256::new();
     let mut field = |bytes: &[u8]| {
         hasher.update((bytes.len() as u64).to_le_bytes());
         hasher.update(bytes);
     };
-    field(b"kiln-source-tree-v1");
+    field(b"kiln-source-tree-v2");
     field(kiln_plugin_api::API_VERSION.as_bytes());
+    field(embedded::plugin_api_digest().as_bytes());
     field(&(files.len() as u64).to_le_bytes());
     for (path, file) in files {
         field(path.as_bytes());

@@ -4,6 +4,9 @@
 //! [`Read`] (run-local), never holding more than about one chunk of it, and yields the chunks
 //! with their text. Each chunk is checked to be UTF-8 as it is cut; since `\n` is ASCII, a
 //! valid UTF-8 sequence never straddles two chunks.
+//!
+//! An input is an ordered list of files, fed one after another: a chunk never spans two files
+//! ([`Cutter::next_file`] ends one), and lines are numbered from 1 within each file.
 
 use std::io::{self, Read};
 
@@ -21,11 +24,13 @@ pub const MAX_LINE_BYTES: usize = 256 << 20;
 pub struct InputChunk {
     /// The chunk's position in the input, from 0.
     pub index: u64,
-    /// The 1-based number of the chunk's first line in the whole input.
+    /// The chunk's file: its position in the input's list of files, from 0.
+    pub file: u32,
+    /// The 1-based number of the chunk's first line within its file.
     pub first_line: u64,
     /// The number of lines in the chunk.
     pub n_lines: u64,
-    /// The byte offset of the chunk in the input.
+    /// The byte offset of the chunk in the bytes the chunker read.
     pub offset: u64,
     /// The chunk's text.
     pub text: String,
@@ -41,21 +46,21 @@ impl InputChunk {
 /// Why the input could not be cut into chunks.
 #[derive(Debug, thiserror::Error)]
 pub enum ChunkError {
-    /// Reading the input failed.
-    #[error("cannot read the input: {0}")]
+    /// Reading the input failed (the disk, the network, bad compressed data).
+    #[error("{0}")]
     Read(#[from] io::Error),
     /// The input has bytes that are not UTF-8.
-    #[error("the input is not valid UTF-8 at line {line} (byte {offset}): convert it to UTF-8 first")]
+    #[error("not valid UTF-8 at line {line} (byte {offset}): convert it to UTF-8 first")]
     InvalidUtf8 {
-        /// The 1-based line holding the first invalid byte.
+        /// The 1-based line, within its file, holding the first invalid byte.
         line: u64,
-        /// The byte offset of the first invalid byte in the input.
+        /// The byte offset of the first invalid byte in its file.
         offset: u64,
     },
     /// One line is longer than [`MAX_LINE_BYTES`].
-    #[error("line {line} of the input is longer than {} MiB", MAX_LINE_BYTES >> 20)]
+    #[error("line {line} is longer than {} MiB", MAX_LINE_BYTES >> 20)]
     LineTooLong {
-        /// The 1-based number of the line.
+        /// The 1-based number of the line within its file.
         line: u64,
     },
 }
@@ -74,9 +79,16 @@ pub struct Chunker<R> {
 }
 
 impl<R: Read> Chunker<R> {
-    /// Makes a chunker over `reader`; `chunk_size` is at least one byte.
+    /// Makes a chunker over `reader`, one file; `chunk_size` is at least one byte.
     pub fn new(reader: R, chunk_size: usize) -> Self {
         Chunker { reader, cutter: Cutter::new(chunk_size), at_eof: false }
+    }
+
+    /// Makes a chunker over `reader`, the input's file number `file`, whose first chunk has
+    /// number `first_index` (the chunks of the files before it).
+    pub fn for_file(reader: R, chunk_size: usize, file: u32, first_index: u64) -> Self {
+        let cutter = Cutter::resume(chunk_size, Resume { index: first_index, file, line: 1, offset: 0, file_start: 0 });
+        Chunker { reader, cutter, at_eof: false }
     }
 
     /// Reads until the cutter holds at least `want` bytes or the input ends.
@@ -110,6 +122,7 @@ impl<R: Read> Chunker<R> {
             if let Some((place, text)) = self.cutter.take(self.at_eof)? {
                 return Ok(Some(InputChunk {
                     index: place.index,
+                    file: place.file,
                     first_line: place.first_line,
                     n_lines: place.n_lines,
                     offset: place.offset,
@@ -146,11 +159,13 @@ impl<R: Read> Iterator for Chunker<R> {
 pub struct ChunkPlace {
     /// The chunk's position in the input, from 0.
     pub index: u64,
-    /// The 1-based number of the chunk's first line.
+    /// The chunk's file: its position in the input's list of files, from 0.
+    pub file: u32,
+    /// The 1-based number of the chunk's first line within its file.
     pub first_line: u64,
     /// The number of lines in the chunk.
     pub n_lines: u64,
-    /// The byte offset of the chunk in the input.
+    /// The byte offset of the chunk in the bytes the cutter was fed.
     pub offset: u64,
     /// The chunk's length in bytes.
     pub len: u64,
@@ -175,27 +190,42 @@ pub struct Cutter {
     /// The bytes from `next_offset` on, not yet in a chunk.
     pending: Vec<u8>,
     next_index: u64,
+    file: u32,
     next_line: u64,
     next_offset: u64,
+    /// Where the current file starts in the bytes fed.
+    file_start: u64,
     /// Set by an error: the input cannot be trusted to line up any more.
     failed: bool,
+}
+
+/// Where a [`Cutter`] goes on from: the next chunk's number, file, line within the file and
+/// byte offset, and where that file starts in the bytes fed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resume {
+    pub index: u64,
+    pub file: u32,
+    pub line: u64,
+    pub offset: u64,
+    pub file_start: u64,
 }
 
 impl Cutter {
     /// A cutter at the start of an input; `chunk_size` is at least one byte.
     pub fn new(chunk_size: usize) -> Self {
-        Cutter::resume(chunk_size, 0, 1, 0)
+        Cutter::resume(chunk_size, Resume { index: 0, file: 0, line: 1, offset: 0, file_start: 0 })
     }
 
-    /// A cutter that continues after chunks already cut: the next chunk has number `index`,
-    /// starts at line `line` and at byte `offset`.
-    pub fn resume(chunk_size: usize, index: u64, line: u64, offset: u64) -> Self {
+    /// A cutter that continues after chunks already cut, from `at`.
+    pub fn resume(chunk_size: usize, at: Resume) -> Self {
         Cutter {
             chunk_size: chunk_size.max(1),
             pending: Vec::new(),
-            next_index: index,
-            next_line: line,
-            next_offset: offset,
+            next_index: at.index,
+            file: at.file,
+            next_line: at.line,
+            next_offset: at.offset,
+            file_start: at.file_start,
             failed: false,
         }
     }
@@ -203,6 +233,23 @@ impl Cutter {
     /// The number the next chunk will have: how many chunks were cut so far.
     pub fn next_index(&self) -> u64 {
         self.next_index
+    }
+
+    /// The file being cut: its position in the input's list of files.
+    pub fn file(&self) -> u32 {
+        self.file
+    }
+
+    /// Ends the current file, appending to `out` the chunks still pending in it (at most one,
+    /// unless a line was longer than a chunk); the bytes pushed next start file `file`, at
+    /// line 1. Files in between are empty.
+    pub fn next_file(&mut self, file: u32, out: &mut Vec<ChunkPlace>) -> Result<(), ChunkError> {
+        self.check()?;
+        self.cut(true, out)?;
+        self.file = file.max(self.file);
+        self.next_line = 1;
+        self.file_start = self.next_offset;
+        Ok(())
     }
 
     /// Bytes pushed so far (including those a resumed cutter started after).
@@ -282,6 +329,7 @@ impl Cutter {
     fn advance(&mut self, len: usize, n_lines: u64) -> ChunkPlace {
         let place = ChunkPlace {
             index: self.next_index,
+            file: self.file,
             first_line: self.next_line,
             n_lines,
             offset: self.next_offset,
@@ -297,7 +345,7 @@ impl Cutter {
     fn invalid_utf8(&self, bytes: &[u8], valid: usize) -> ChunkError {
         ChunkError::InvalidUtf8 {
             line: self.next_line + bytecount::count(&bytes[..valid], b'\n') as u64,
-            offset: self.next_offset + valid as u64,
+            offset: self.next_offset - self.file_start + valid as u64,
         }
     }
 
@@ -424,7 +472,14 @@ mod tests {
             .map(|chunk| {
                 let c = chunk.map_err(|e| e.to_string())?;
                 let len = c.text.len() as u64;
-                Ok(ChunkPlace { index: c.index, first_line: c.first_line, n_lines: c.n_lines, offset: c.offset, len })
+                Ok(ChunkPlace {
+                    index: c.index,
+                    file: 0,
+                    first_line: c.first_line,
+                    n_lines: c.n_lines,
+                    offset: c.offset,
+                    len,
+                })
             })
             .collect()
     }
@@ -457,13 +512,51 @@ mod tests {
 
     #[test]
     fn a_resumed_cutter_continues_the_numbering() {
-        let mut cutter = Cutter::resume(4, 3, 10, 100);
+        let mut cutter = Cutter::resume(4, Resume { index: 3, file: 2, line: 10, offset: 100, file_start: 50 });
         let mut out = Vec::new();
         cutter.push(b"ab\ncd\n", &mut out).unwrap();
         cutter.finish(&mut out).unwrap();
-        let first = ChunkPlace { index: 3, first_line: 10, n_lines: 1, offset: 100, len: 3 };
-        assert_eq!(out, vec![first, ChunkPlace { index: 4, first_line: 11, n_lines: 1, offset: 103, len: 3 }]);
+        let first = ChunkPlace { index: 3, file: 2, first_line: 10, n_lines: 1, offset: 100, len: 3 };
+        let second = ChunkPlace { index: 4, file: 2, first_line: 11, n_lines: 1, offset: 103, len: 3 };
+        assert_eq!(out, vec![first, second]);
         assert_eq!(out[1].end(), 106);
+    }
+
+    #[test]
+    fn no_chunk_spans_two_files_and_lines_count_from_one_in_each() {
+        let mut cutter = Cutter::new(100);
+        let mut out = Vec::new();
+        cutter.push(b"a\nb", &mut out).unwrap();
+        cutter.next_file(1, &mut out).unwrap();
+        // File 1 is empty; file 2 starts here.
+        cutter.next_file(2, &mut out).unwrap();
+        cutter.push(b"c\n", &mut out).unwrap();
+        cutter.finish(&mut out).unwrap();
+        let places: Vec<(u32, u64, u64, u64)> = out.iter().map(|p| (p.file, p.first_line, p.offset, p.len)).collect();
+        assert_eq!(places, vec![(0, 1, 0, 3), (2, 1, 3, 2)]);
+
+        let mut cutter = Cutter::new(100);
+        let mut out = Vec::new();
+        cutter.push(b"a\nb", &mut out).unwrap();
+        cutter.next_file(2, &mut out).unwrap();
+        cutter.push(b"c\nd\n", &mut out).unwrap();
+        cutter.finish(&mut out).unwrap();
+        let places: Vec<(u64, u32, u64, u64, u64)> =
+            out.iter().map(|p| (p.index, p.file, p.first_line, p.n_lines, p.offset)).collect();
+        assert_eq!(places, vec![(0, 0, 1, 2, 0), (1, 2, 1, 2, 3)]);
+    }
+
+    #[test]
+    fn a_bad_byte_is_named_by_its_line_and_offset_within_its_file() {
+        let mut cutter = Cutter::new(100);
+        let mut out = Vec::new();
+        cutter.push(b"first file\n", &mut out).unwrap();
+        cutter.next_file(1, &mut out).unwrap();
+        cutter.push(b"ok\nb\xffd\n", &mut out).unwrap();
+        match cutter.finish(&mut out).unwrap_err() {
+            ChunkError::InvalidUtf8 { line, offset } => assert_eq!((line, offset), (2, 4)),
+            other => panic!("unexpected error {other}"),
+        }
     }
 
     #[test]

@@ -143,6 +143,7 @@ impl Cluster {
             params: String::new(),
             processes,
             input_name: "words.txt".into(),
+            input_files: Vec::new(),
             max_attempts,
             chunk_size: CHUNK_SIZE,
             memory_limit: 0,
@@ -163,7 +164,7 @@ impl Cluster {
         let mut offset = 0;
         for piece in text.as_bytes().chunks(10_000) {
             let piece = ByteBuf::from(piece.to_vec());
-            let taken = self.client.upload_input(context::current(), self.key.clone(), job, offset, piece).await;
+            let taken = self.client.upload_input(context::current(), self.key.clone(), job, 0, offset, piece).await;
             if self.ended_while_uploading(job, taken.unwrap()).await {
                 return job;
             }

@@ -219,16 +219,13 @@ async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEn
 /// message with the chunk and its lines for a plugin failure.
 pub(super) fn describe(failure: &JobFailure) -> (&'static str, String) {
     let message = failure.message.trim_end().to_owned();
-    match (failure.kind, failure.chunk) {
+    match (failure.kind, &failure.chunk) {
         (FailureKind::Build, _) => ("build", message),
         (FailureKind::Input, _) => ("input", format!("the input cannot be used: {message}")),
         (kind, Some(chunk)) => (
             if kind == FailureKind::Plugin { "plugin" } else { "internal" },
             format!(
-                "chunk {} (lines {}-{}) failed after {} attempt{}: {message}",
-                chunk.index,
-                chunk.first_line,
-                chunk.last_line,
+                "{chunk} failed after {} attempt{}: {message}",
                 failure.attempts,
                 if failure.attempts == 1 { "" } else { "s" }
             ),
@@ -271,17 +268,18 @@ fn run_progress(status: &JobStatus) -> RunProgress {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kiln_engine::rpc::ChunkSpan;
+    use kiln_engine::rpc::input::ChunkSpan;
 
     #[test]
     fn a_plugin_failure_names_its_chunk_and_lines() {
         let failure = JobFailure {
             kind: FailureKind::Plugin,
             message: "bad line\n".into(),
-            chunk: Some(ChunkSpan { index: 2, first_line: 21, last_line: 30 }),
+            chunk: Some(ChunkSpan { index: 2, file: "in.txt".into(), first_line: 21, last_line: 30 }),
             attempts: 4,
         };
-        assert_eq!(describe(&failure), ("plugin", "chunk 2 (lines 21-30) failed after 4 attempts: bad line".into()));
+        let expected = "chunk 2 (in.txt lines 21-30) failed after 4 attempts: bad line";
+        assert_eq!(describe(&failure), ("plugin", expected.into()));
         let build = JobFailure { kind: FailureKind::Build, message: "error[E0308]".into(), chunk: None, attempts: 1 };
         assert_eq!(describe(&build), ("build", "error[E0308]".into()));
     }

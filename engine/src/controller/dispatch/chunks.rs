@@ -42,10 +42,12 @@ pub(in crate::controller) struct BatchCall {
 /// Runs the call until the worker answers or the call is cancelled, and applies the answers.
 pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
-    if !shared.with_state(|st| st.is_active(job_id)) {
+    let Some(names) =
+        shared.with_state(|st| st.is_active(job_id).then(|| st.job(job_id).map(Job::file_names)).flatten())
+    else {
         return drop_call(shared, &call);
-    }
-    let inputs = match read_chunks(shared.input_path(job_id), call.chunks.clone()).await {
+    };
+    let inputs = match read_chunks(shared.input_path(job_id), call.chunks.clone(), names).await {
         Ok(inputs) => inputs,
         Err((index, e)) => {
             drop_call(shared, &call);
@@ -107,6 +109,7 @@ fn drop_call(shared: &Shared, call: &BatchCall) {
 async fn read_chunks(
     path: std::path::PathBuf,
     chunks: Vec<(u64, ChunkMeta)>,
+    names: Arc<[String]>,
 ) -> Result<Vec<ChunkInput>, (u64, std::io::Error)> {
     let first = chunks.first().map_or(0, |(index, _)| *index);
     tokio::task::spawn_blocking(move || {
@@ -116,7 +119,8 @@ async fn read_chunks(
             .map(|(index, meta)| {
                 let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
                 file.read_exact_at(&mut text, meta.offset).map_err(|e| (*index, e))?;
-                Ok(ChunkInput { first_line: meta.first_line, text: ByteBuf::from(text) })
+                let file = names.get(meta.file as usize).cloned().unwrap_or_default();
+                Ok(ChunkInput { file, first_line: meta.first_line, text: ByteBuf::from(text) })
             })
             .collect()
     })

@@ -18,7 +18,8 @@ use super::timings::ChunkTimes;
 use super::workers::WorkerEntry;
 use crate::controller::now_ms;
 use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
-use crate::rpc::{ChunkSpan, JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
+use crate::rpc::input::ChunkSpan;
+use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::rules::combine::Groups;
 use crate::rules::deadlines::chunk_call_deadline;
 use crate::rules::{combine, retry};
@@ -45,6 +46,8 @@ pub(in crate::controller) enum Aggregation {
 pub(in crate::controller) struct Job {
     pub id: JobId,
     pub spec: JobSpec,
+    /// The names of the input's files, by position.
+    file_names: Arc<[String]>,
     /// Changed through [`Job::set_state`], which logs it, and [`Job::finalize`].
     state: JobState,
     created_ms: u64,
@@ -99,9 +102,14 @@ impl Job {
     fn with_seq(id: JobId, spec: JobSpec, state: JobState, created_ms: u64, spool: Spool, seq: u64) -> Job {
         let group_size = combine::combine_group(spec.chunk_size);
         let published = Figures::new(state, created_ms, seq).status(id, &spec);
+        let file_names: Arc<[String]> = match spec.input_files.is_empty() {
+            true => Arc::from([spec.input_name.clone()]),
+            false => spec.input_files.clone().into(),
+        };
         Job {
             id,
             spec,
+            file_names,
             state,
             created_ms,
             started_ms: None,
@@ -290,8 +298,19 @@ impl Job {
 
     pub fn span(&self, index: u64) -> ChunkSpan {
         let meta = self.chunks.get(index as usize).map(|c| c.meta);
-        let (first_line, n_lines) = meta.map_or((0, 0), |m| (m.first_line, m.n_lines));
-        ChunkSpan { index, first_line, last_line: first_line + n_lines.saturating_sub(1) }
+        let (file, first_line, n_lines) = meta.map_or((0, 0, 0), |m| (m.file, m.first_line, m.n_lines));
+        let file = self.file_name(file).to_owned();
+        ChunkSpan { index, file, first_line, last_line: first_line + n_lines.saturating_sub(1) }
+    }
+
+    /// The name of the input's file number `file`.
+    pub fn file_name(&self, file: u32) -> &str {
+        self.file_names.get(file as usize).map_or("", String::as_str)
+    }
+
+    /// The names of the input's files, by position.
+    pub fn file_names(&self) -> Arc<[String]> {
+        Arc::clone(&self.file_names)
     }
 
     /// Counts a chunk as done (by `worker`, if known) and its group's arrival.
@@ -503,6 +522,7 @@ pub(in crate::controller) mod tests {
             params: String::new(),
             processes: 2,
             input_name: "in".into(),
+            input_files: Vec::new(),
             max_attempts: 0,
             chunk_size: 0,
             memory_limit: 0,
@@ -511,7 +531,13 @@ pub(in crate::controller) mod tests {
         };
         let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
         job.groups = Groups::new(4);
-        job.append_chunks((0..n_chunks).map(|i| ChunkMeta { offset: i * 10, len: 10, first_line: i + 1, n_lines: 1 }));
+        job.append_chunks((0..n_chunks).map(|i| ChunkMeta {
+            file: 0,
+            offset: i * 10,
+            len: 10,
+            first_line: i + 1,
+            n_lines: 1,
+        }));
         job.bytes_total = n_chunks * 10;
         job.set_state(JobState::Queued);
         job

@@ -1,6 +1,8 @@
 //! A job's input file as it uploads, and the cutter it goes through: pieces are written where
 //! they belong and pushed through the [`Cutter`], which keeps only the bytes after the last
-//! cut, so the length received and the chunks cut always agree.
+//! cut, so the length received and the chunks cut always agree. The input's files are
+//! uploaded one after another into the one spooled file; the first piece of a file ends the
+//! one before, so no chunk spans two.
 
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
@@ -44,6 +46,11 @@ impl Spool {
         self.len
     }
 
+    /// The input's file being received: its position in the input.
+    pub fn current_file(&self) -> u32 {
+        self.cutter.file()
+    }
+
     /// Closes the input: no piece may change it any more.
     pub fn seal(&mut self) {
         self.sealed = true;
@@ -65,11 +72,25 @@ impl Spool {
         self.file.as_ref().and_then(|file| file.try_clone().ok())
     }
 
-    /// Writes a piece at `offset` and cuts what it completes: the bytes past the current end
-    /// are appended, a piece wholly received before is ignored, and a gap is refused. Blocking.
-    pub fn take(&mut self, offset: u64, piece: &[u8]) -> Result<Vec<ChunkPlace>, PieceError> {
+    /// Writes a piece of file number `file` at `offset` and cuts what it completes: the bytes
+    /// past the current end are appended, a piece wholly received before is ignored, and a gap
+    /// is refused. The first piece of a file ends the file before it (the caller records where
+    /// it starts first). Blocking.
+    pub fn take(&mut self, file: u32, offset: u64, piece: &[u8]) -> Result<Vec<ChunkPlace>, PieceError> {
         if self.sealed {
             return Err(PieceError::Refused(RpcError::Invalid("the input is finished: no more pieces".into())));
+        }
+        let current = self.cutter.file();
+        if file < current && offset + piece.len() as u64 > self.len {
+            return Err(PieceError::Refused(RpcError::Invalid(format!(
+                "a piece of file {file} came after file {current} had begun: upload the files in order"
+            ))));
+        }
+        if file > current && offset != self.len {
+            return Err(PieceError::Refused(RpcError::Invalid(format!(
+                "file {file} must start where the input ends, at byte {}, not {offset}",
+                self.len
+            ))));
         }
         if offset > self.len {
             return Err(PieceError::Refused(RpcError::Invalid(format!(
@@ -84,18 +105,21 @@ impl Spool {
         let new = &piece[usize::try_from(self.len - offset).unwrap_or(0)..];
         let io_error =
             |e: std::io::Error| PieceError::Refused(RpcError::Internal(format!("cannot write the input to disk: {e}")));
-        let file = match &mut self.file {
-            Some(file) => file,
+        let disk = match &mut self.file {
+            Some(disk) => disk,
             None => {
-                let file = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path);
-                self.file.insert(file.map_err(io_error)?)
+                let disk = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path);
+                self.file.insert(disk.map_err(io_error)?)
             }
         };
         // On an error the file may hold part of the piece; what counts is `len`, and the
         // resent piece overwrites from there.
-        file.write_all_at(new, self.len).map_err(io_error)?;
+        disk.write_all_at(new, self.len).map_err(io_error)?;
         self.len = end;
         let mut places = Vec::new();
+        if file > current {
+            self.cutter.next_file(file, &mut places).map_err(PieceError::Input)?;
+        }
         self.cutter.push(new, &mut places).map_err(PieceError::Input)?;
         Ok(places)
     }
@@ -123,26 +147,41 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("in.txt");
         let mut spool = Spool::new(path.clone(), 4);
-        assert!(spool.take(0, b"ab\n").unwrap().is_empty(), "one more byte decides where the chunk ends");
-        assert!(spool.take(0, b"ab\n").unwrap().is_empty(), "a repeat is ignored");
-        let cut = spool.take(2, b"\ncd\nef").unwrap();
-        let first = ChunkPlace { index: 0, first_line: 1, n_lines: 1, offset: 0, len: 3 };
-        assert_eq!(cut, vec![first, ChunkPlace { index: 1, first_line: 2, n_lines: 1, offset: 3, len: 3 }]);
-        let gap = refused(spool.take(10, b"x"));
+        assert!(spool.take(0, 0, b"ab\n").unwrap().is_empty(), "one more byte decides where the chunk ends");
+        assert!(spool.take(0, 0, b"ab\n").unwrap().is_empty(), "a repeat is ignored");
+        let cut = spool.take(0, 2, b"\ncd\nef").unwrap();
+        let first = ChunkPlace { index: 0, file: 0, first_line: 1, n_lines: 1, offset: 0, len: 3 };
+        assert_eq!(cut, vec![first, ChunkPlace { index: 1, file: 0, first_line: 2, n_lines: 1, offset: 3, len: 3 }]);
+        let gap = refused(spool.take(0, 10, b"x"));
         assert!(matches!(&gap, RpcError::Invalid(m) if m.contains("8 bytes")), "{gap}");
         let mut rest = Vec::new();
         spool.cutter.finish(&mut rest).unwrap();
         assert_eq!(rest.iter().map(|p| (p.first_line, p.len)).collect::<Vec<_>>(), vec![(3, 2)]);
         spool.sealed = true;
-        assert!(matches!(refused(spool.take(8, b"late")), RpcError::Invalid(_)), "a finished input is closed");
+        assert!(matches!(refused(spool.take(0, 8, b"late")), RpcError::Invalid(_)), "a finished input is closed");
         assert_eq!(std::fs::read(&path).unwrap(), b"ab\ncd\nef");
+    }
+
+    #[test]
+    fn a_files_first_piece_ends_the_file_before_and_files_go_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::new(dir.path().join("in.txt"), 100);
+        assert!(spool.take(0, 0, b"a\nb").unwrap().is_empty());
+        let ended = spool.take(2, 3, b"c\n").unwrap();
+        assert_eq!(ended, vec![ChunkPlace { index: 0, file: 0, first_line: 1, n_lines: 2, offset: 0, len: 3 }]);
+        assert_eq!(spool.current_file(), 2);
+        assert!(matches!(refused(spool.take(1, 5, b"x\n")), RpcError::Invalid(m) if m.contains("in order")));
+        assert!(matches!(refused(spool.take(3, 4, b"x\n")), RpcError::Invalid(m) if m.contains("at byte 5")));
+        let mut rest = Vec::new();
+        spool.cutter.finish(&mut rest).unwrap();
+        assert_eq!(rest, vec![ChunkPlace { index: 1, file: 2, first_line: 1, n_lines: 1, offset: 3, len: 2 }]);
     }
 
     #[test]
     fn a_piece_that_is_not_utf8_is_written_then_refused_naming_its_line() {
         let dir = tempfile::tempdir().unwrap();
         let mut spool = Spool::new(dir.path().join("in.txt"), 4);
-        match spool.take(0, b"ok\n\xff\nmore text\n") {
+        match spool.take(0, 0, b"ok\n\xff\nmore text\n") {
             Err(PieceError::Input(e)) => assert!(e.to_string().contains("line 2"), "{e}"),
             _ => panic!("bad input taken"),
         }

@@ -227,7 +227,8 @@ impl Store {
     /// The chunks of a job, in order.
     pub async fn chunks(&self, job: JobId) -> Result<Vec<ChunkRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT byte_offset, byte_len, first_line, n_lines, done, attempts FROM chunks WHERE job_id = ? ORDER BY idx",
+            "SELECT file, byte_offset, byte_len, first_line, n_lines, done, attempts FROM chunks WHERE job_id = ? \
+             ORDER BY idx",
         )
         .bind(int(job))
         .fetch_all(&self.pool)
@@ -237,6 +238,7 @@ impl Store {
             .map(|row| {
                 Ok(ChunkRow {
                     meta: ChunkMeta {
+                        file: u32::try_from(get_u64(row, "file")?).unwrap_or(u32::MAX),
                         offset: get_u64(row, "byte_offset")?,
                         len: get_u64(row, "byte_len")?,
                         first_line: get_u64(row, "first_line")?,
@@ -246,6 +248,32 @@ impl Store {
                     attempts: u32::try_from(get_u64(row, "attempts")?).unwrap_or(u32::MAX),
                 })
             })
+            .collect()
+    }
+
+    /// Records that the job's uploaded file number `file` starts at byte `start` of its
+    /// spooled input (again: the first record stays).
+    pub async fn start_file(&self, job: JobId, file: u32, start: u64) -> Result<(), StoreError> {
+        sqlx::query("INSERT OR IGNORE INTO input_files (job_id, idx, start) VALUES (?, ?, ?)")
+            .bind(int(job))
+            .bind(i64::from(file))
+            .bind(int(start))
+            .execute(&self.pool)
+            .await
+            .map_err(query_error("recording where an input file starts"))?;
+        Ok(())
+    }
+
+    /// Where each of the job's uploaded files that began starts in its spooled input:
+    /// `(file, start)`, in file order.
+    pub async fn file_starts(&self, job: JobId) -> Result<Vec<(u32, u64)>, StoreError> {
+        let rows = sqlx::query("SELECT idx, start FROM input_files WHERE job_id = ? ORDER BY idx")
+            .bind(int(job))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error("reading where a job's input files start"))?;
+        rows.iter()
+            .map(|row| Ok((u32::try_from(get_u64(row, "idx")?).unwrap_or(u32::MAX), get_u64(row, "start")?)))
             .collect()
     }
 }
@@ -263,11 +291,12 @@ pub(super) async fn insert_chunk_rows(
     for (n, rows) in chunks.chunks(ROWS_PER_STATEMENT).enumerate() {
         let first = first_index + (n * ROWS_PER_STATEMENT) as u64;
         let mut query = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO chunks (job_id, idx, byte_offset, byte_len, first_line, n_lines) ",
+            "INSERT INTO chunks (job_id, idx, file, byte_offset, byte_len, first_line, n_lines) ",
         );
         query.push_values(rows.iter().enumerate(), |mut row, (offset, chunk)| {
             row.push_bind(int(job))
                 .push_bind(int(first + offset as u64))
+                .push_bind(i64::from(chunk.file))
                 .push_bind(int(chunk.offset))
                 .push_bind(int(chunk.len))
                 .push_bind(int(chunk.first_line))

@@ -43,6 +43,25 @@ use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
 use crate::rules::deadlines::{DEFAULT_CALL_TIMEOUT, DEFAULT_START_TIMEOUT};
 
+/// A chunk to run: whole lines of one file, with the file's name as the user gave it and the
+/// number of the chunk's first line within that file (0 when unknown).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkText {
+    /// The file's name, shared by the chunks of one file.
+    pub file: Arc<str>,
+    /// The 1-based number of the chunk's first line within its file; 0 when unknown.
+    pub first_line: u64,
+    /// Whole lines of UTF-8.
+    pub text: Bytes,
+}
+
+impl ChunkText {
+    /// A chunk of `file` starting at line `first_line`.
+    pub fn new(file: impl Into<Arc<str>>, first_line: u64, text: Bytes) -> ChunkText {
+        ChunkText { file: file.into(), first_line, text }
+    }
+}
+
 /// How to start executors.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
@@ -153,6 +172,7 @@ pub struct Executor {
     next_call: AtomicU64,
     call_timeout: Duration,
     combines: bool,
+    line_numbers: bool,
     api_version: String,
     /// Becomes true once the process (with all it started) has ended and its private
     /// directory is removed.
@@ -233,8 +253,10 @@ impl Executor {
                 });
             }
         };
-        let (combines, api_version, stdout) = match reply {
-            (Some(Response::Ready { api_version, combines }), stdout) => (combines, api_version, stdout),
+        let (combines, line_numbers, api_version, stdout) = match reply {
+            (Some(Response::Ready { api_version, combines, line_numbers }), stdout) => {
+                (combines, line_numbers, api_version, stdout)
+            }
             (Some(Response::StartFailed { kind, message }), _) => {
                 return Err(match kind {
                     // Name the library the caller knows, not its copy.
@@ -270,6 +292,7 @@ impl Executor {
             next_call: AtomicU64::new(1),
             call_timeout: config.call_timeout,
             combines,
+            line_numbers,
             api_version,
             finished,
         })
@@ -278,6 +301,11 @@ impl Executor {
     /// Whether the plugin implements `combine`.
     pub fn combines(&self) -> bool {
         self.combines
+    }
+
+    /// Whether the plugin declares it needs line numbers (`MapReduce::LINE_NUMBERS`).
+    pub fn line_numbers(&self) -> bool {
+        self.line_numbers
     }
 
     /// The API version the plugin was built against.
@@ -296,16 +324,16 @@ impl Executor {
         Some(Ending { cause, calls_lost: self.shared.calls_lost.load(Ordering::Relaxed) })
     }
 
-    /// Runs one chunk of text whose first line is `first_line`; returns the encoded partial.
-    pub async fn run(&self, first_line: u64, text: Bytes) -> Result<Bytes, ExecError> {
-        self.call(|call| Request::Run { call, first_line, text }).await
+    /// Runs one chunk; returns the encoded partial.
+    pub async fn run(&self, chunk: ChunkText) -> Result<Bytes, ExecError> {
+        self.call(|call| Request::Run { call, chunk }).await
     }
 
-    /// Runs chunks `(first_line, text)` one after another in one slot, each with the call
+    /// Runs chunks one after another in one slot, each with the call
     /// timeout from the answer before it; answers each chunk's partial or plugin error, in
     /// order, up to the first chunk that did not finish because the executor ended (a crash,
     /// or that chunk's own timeout).
-    pub async fn run_batch(&self, chunks: Vec<(u64, Bytes)>) -> BatchOutcome {
+    pub async fn run_batch(&self, chunks: Vec<ChunkText>) -> BatchOutcome {
         let expected = chunks.len();
         if expected == 0 {
             return BatchOutcome { answers: Vec::new(), ended: None };

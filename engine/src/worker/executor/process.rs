@@ -22,6 +22,7 @@ use bytes::Bytes;
 use kiln_plugin_api::abi::{Instance, PluginModuleRef, versions_compatible};
 use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
 
+use super::ChunkText;
 use super::protocol::{Request, Response, StartFailure};
 
 /// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes; first
@@ -49,7 +50,12 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>) -> io::Result<()> {
             return output.flush();
         }
     };
-    Response::Ready { api_version: plugin.api_version.clone(), combines: plugin.combines }.write_to(&mut output)?;
+    let ready = Response::Ready {
+        api_version: plugin.api_version.clone(),
+        combines: plugin.combines,
+        line_numbers: plugin.line_numbers,
+    };
+    ready.write_to(&mut output)?;
     output.flush()?;
 
     let plugin = Arc::new(plugin);
@@ -130,6 +136,7 @@ struct Plugin {
     instance: Instance,
     api_version: String,
     combines: bool,
+    line_numbers: bool,
 }
 
 impl Plugin {
@@ -153,7 +160,8 @@ impl Plugin {
             RResult::RErr(message) => return Err((StartFailure::Init, message.into_string())),
         };
         let combines = (module.combines())(instance);
-        Ok(Plugin { module, instance, api_version: module.api_version().to_string(), combines })
+        let line_numbers = (module.line_numbers())();
+        Ok(Plugin { module, instance, api_version: module.api_version().to_string(), combines, line_numbers })
     }
 
     /// Runs one call and sends its responses: one, or one per chunk of a batch as each is
@@ -161,8 +169,8 @@ impl Plugin {
     fn serve(&self, request: Request, output: &Mutex<BufWriter<File>>) -> io::Result<()> {
         match request {
             Request::RunBatch { call, chunks } => {
-                for (first_line, text) in chunks {
-                    send(output, &answer(call, self.run(&text, first_line)))?;
+                for chunk in chunks {
+                    send(output, &answer(call, self.run(&chunk)))?;
                 }
                 Ok(())
             }
@@ -173,7 +181,7 @@ impl Plugin {
     /// Runs one call and turns its outcome into the response.
     fn call(&self, request: Request) -> Response {
         let (call, outcome) = match request {
-            Request::Run { call, first_line, text } => (call, self.run(&text, first_line)),
+            Request::Run { call, chunk } => (call, self.run(&chunk)),
             Request::RunBatch { call, .. } => {
                 return Response::Failed { call, message: "a batch answers chunk by chunk".to_owned() };
             }
@@ -192,11 +200,12 @@ impl Plugin {
         answer(call, outcome)
     }
 
-    fn run(&self, text: &[u8], first_line: u64) -> Result<Bytes, String> {
+    fn run(&self, chunk: &ChunkText) -> Result<Bytes, String> {
         // The supervisor cut the chunk from validated UTF-8, but a plugin must never see
         // invalid text whatever sent it; checking costs little beside the plugin's own scan.
-        let text = std::str::from_utf8(text).map_err(|e| format!("chunk is not valid UTF-8: {e}"))?;
-        match (self.module.run())(self.instance, RStr::from_str(text), first_line) {
+        let text = std::str::from_utf8(&chunk.text).map_err(|e| format!("chunk is not valid UTF-8: {e}"))?;
+        let (text, file) = (RStr::from_str(text), RStr::from_str(&chunk.file));
+        match (self.module.run())(self.instance, text, file, chunk.first_line) {
             RResult::ROk(bytes) => Ok(Bytes::from(bytes.into_vec())),
             RResult::RErr(message) => Err(message.into_string()),
         }

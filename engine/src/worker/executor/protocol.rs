@@ -13,6 +13,8 @@ use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
+use super::ChunkText;
+
 /// The largest frame either side accepts. Frames are partials and chunks, a few MiB each; the
 /// bound only keeps a corrupted length from asking for an absurd allocation.
 pub const MAX_FRAME_BYTES: u64 = 8 << 30;
@@ -32,11 +34,11 @@ const TAG_FAILED: u8 = 13;
 pub enum Request {
     /// Load `library` and create the plugin with `params`. Sent once, first.
     Init { library: String, params: String },
-    /// Run one chunk whose first line is `first_line` (1-based) of the input.
-    Run { call: u64, first_line: u64, text: Bytes },
-    /// Run chunks one after another, each `(first_line, text)`: one answer per chunk, in order,
-    /// each sent as soon as its chunk is done.
-    RunBatch { call: u64, chunks: Vec<(u64, Bytes)> },
+    /// Run one chunk.
+    Run { call: u64, chunk: ChunkText },
+    /// Run chunks one after another: one answer per chunk, in order, each sent as soon as its
+    /// chunk is done.
+    RunBatch { call: u64, chunks: Vec<ChunkText> },
     /// Merge the partials of consecutive chunks into one.
     Combine { call: u64, partials: Vec<Bytes> },
     /// Fold the partials, in input order, into the output JSON.
@@ -46,8 +48,8 @@ pub enum Request {
 /// A message from the executor to the supervisor.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Response {
-    /// The plugin is loaded and created.
-    Ready { api_version: String, combines: bool },
+    /// The plugin is loaded and created; whether it combines and needs line numbers.
+    Ready { api_version: String, combines: bool, line_numbers: bool },
     /// The plugin could not be loaded or created; the executor exits after sending this.
     StartFailed { kind: StartFailure, message: String },
     /// A call succeeded with these bytes (a partial, or the output JSON).
@@ -114,6 +116,11 @@ fn write_frame<W: Write>(out: &mut W, tag: u8, parts: &[Part<'_>]) -> io::Result
     Ok(())
 }
 
+/// A chunk's fields: its first line, its file's name and its text.
+fn chunk_parts(chunk: &ChunkText) -> [Part<'_>; 3] {
+    [Part::U64(chunk.first_line), Part::Bytes(chunk.file.as_bytes()), Part::Bytes(&chunk.text)]
+}
+
 fn list_parts(call: u64, partials: &[Bytes]) -> Vec<Part<'_>> {
     let mut parts = vec![Part::U64(call), Part::U64(partials.len() as u64)];
     parts.extend(partials.iter().map(|p| Part::Bytes(p)));
@@ -127,14 +134,14 @@ impl Request {
             Request::Init { library, params } => {
                 write_frame(out, TAG_INIT, &[Part::Bytes(library.as_bytes()), Part::Bytes(params.as_bytes())])
             }
-            Request::Run { call, first_line, text } => {
-                write_frame(out, TAG_RUN, &[Part::U64(*call), Part::U64(*first_line), Part::Bytes(text)])
+            Request::Run { call, chunk } => {
+                let mut parts = vec![Part::U64(*call)];
+                parts.extend(chunk_parts(chunk));
+                write_frame(out, TAG_RUN, &parts)
             }
             Request::RunBatch { call, chunks } => {
                 let mut parts = vec![Part::U64(*call), Part::U64(chunks.len() as u64)];
-                for (first_line, text) in chunks {
-                    parts.extend([Part::U64(*first_line), Part::Bytes(text)]);
-                }
+                parts.extend(chunks.iter().flat_map(chunk_parts));
                 write_frame(out, TAG_RUN_BATCH, &parts)
             }
             Request::Combine { call, partials } => write_frame(out, TAG_COMBINE, &list_parts(*call, partials)),
@@ -149,7 +156,7 @@ impl Request {
         };
         let request = match tag {
             TAG_INIT => Request::Init { library: body.string()?, params: body.string()? },
-            TAG_RUN => Request::Run { call: body.u64()?, first_line: body.u64()?, text: body.bytes()? },
+            TAG_RUN => Request::Run { call: body.u64()?, chunk: body.chunk()? },
             TAG_RUN_BATCH => Request::RunBatch { call: body.u64()?, chunks: body.chunks()? },
             TAG_COMBINE => Request::Combine { call: body.u64()?, partials: body.list()? },
             TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, partials: body.list()? },
@@ -164,8 +171,9 @@ impl Response {
     /// Writes the response as one frame.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         match self {
-            Response::Ready { api_version, combines } => {
-                write_frame(out, TAG_READY, &[Part::U64(u64::from(*combines)), Part::Bytes(api_version.as_bytes())])
+            Response::Ready { api_version, combines, line_numbers } => {
+                let flags = u64::from(*combines) | u64::from(*line_numbers) << 1;
+                write_frame(out, TAG_READY, &[Part::U64(flags), Part::Bytes(api_version.as_bytes())])
             }
             Response::StartFailed { kind, message } => {
                 write_frame(out, TAG_START_FAILED, &[Part::U64(*kind as u64), Part::Bytes(message.as_bytes())])
@@ -183,7 +191,10 @@ impl Response {
             return Ok(None);
         };
         let response = match tag {
-            TAG_READY => Response::Ready { combines: body.u64()? != 0, api_version: body.string()? },
+            TAG_READY => {
+                let flags = body.u64()?;
+                Response::Ready { combines: flags & 1 != 0, line_numbers: flags & 2 != 0, api_version: body.string()? }
+            }
             TAG_START_FAILED => {
                 let kind = StartFailure::from_u8(body.u64()? as u8)?;
                 Response::StartFailed { kind, message: body.string()? }
@@ -253,13 +264,17 @@ impl Body {
         (0..count).map(|_| self.bytes()).collect()
     }
 
-    fn chunks(&mut self) -> io::Result<Vec<(u64, Bytes)>> {
+    fn chunk(&mut self) -> io::Result<ChunkText> {
+        Ok(ChunkText { first_line: self.u64()?, file: self.string()?.into(), text: self.bytes()? })
+    }
+
+    fn chunks(&mut self) -> io::Result<Vec<ChunkText>> {
         let count = self.u64()?;
-        // Each entry takes at least its line number and its 8-byte length.
-        if count > self.bytes.len() as u64 / 16 {
+        // Each entry takes at least its line number and two 8-byte lengths.
+        if count > self.bytes.len() as u64 / 24 {
             return Err(invalid("frame list longer than its frame".to_owned()));
         }
-        (0..count).map(|_| Ok((self.u64()?, self.bytes()?))).collect()
+        (0..count).map(|_| self.chunk()).collect()
     }
 
     fn finish(self) -> io::Result<()> {
@@ -279,10 +294,14 @@ mod tests {
     fn requests_round_trip() {
         let requests = vec![
             Request::Init { library: "/tmp/p.so".into(), params: "a,b".into() },
-            Request::Run { call: 7, first_line: 42, text: Bytes::from_static(b"x y\nz\n") },
+            Request::Run { call: 7, chunk: ChunkText::new("logs/a.txt", 42, Bytes::from_static(b"x y\nz\n")) },
             Request::RunBatch {
                 call: 10,
-                chunks: vec![(1, Bytes::from_static(b"a\n")), (2, Bytes::new()), (3, Bytes::from_static(b"c\nd\n"))],
+                chunks: vec![
+                    ChunkText::new("a", 1, Bytes::from_static(b"a\n")),
+                    ChunkText::new("", 2, Bytes::new()),
+                    ChunkText::new("b", 3, Bytes::from_static(b"c\nd\n")),
+                ],
             },
             Request::RunBatch { call: 11, chunks: vec![] },
             Request::Combine { call: 8, partials: vec![Bytes::from_static(b"\x01"), Bytes::new()] },
@@ -302,7 +321,8 @@ mod tests {
     #[test]
     fn responses_round_trip() {
         let responses = vec![
-            Response::Ready { api_version: "0.1.0".into(), combines: true },
+            Response::Ready { api_version: "0.1.0".into(), combines: true, line_numbers: false },
+            Response::Ready { api_version: "0.1.0".into(), combines: false, line_numbers: true },
             Response::StartFailed { kind: StartFailure::Incompatible, message: "old".into() },
             Response::Done { call: 1, bytes: Bytes::from_static(b"{}") },
             Response::Failed { call: 2, message: "boom".into() },
@@ -320,11 +340,14 @@ mod tests {
     #[test]
     fn truncated_and_garbage_frames_are_errors() {
         let mut wire = Vec::new();
-        Request::Run { call: 1, first_line: 1, text: Bytes::from_static(b"abc") }.write_to(&mut wire).unwrap();
+        Request::Run { call: 1, chunk: ChunkText::new("f", 1, Bytes::from_static(b"abc")) }
+            .write_to(&mut wire)
+            .unwrap();
         assert!(Request::read_from(&mut &wire[..wire.len() - 1]).is_err());
         assert!(Request::read_from(&mut &[255u8; 16][..]).is_err());
         let mut wire = Vec::new();
-        Request::RunBatch { call: 1, chunks: vec![(1, Bytes::from_static(b"abc"))] }.write_to(&mut wire).unwrap();
+        let chunks = vec![ChunkText::new("f", 1, Bytes::from_static(b"abc"))];
+        Request::RunBatch { call: 1, chunks }.write_to(&mut wire).unwrap();
         wire[8 + 1 + 8..8 + 1 + 16].copy_from_slice(&1000u64.to_le_bytes());
         assert!(Request::read_from(&mut &wire[..]).is_err(), "a count beyond the frame");
     }

@@ -18,20 +18,16 @@ use bytes::Bytes;
 
 use super::{JobRunner, call_error, start_error};
 use crate::rpc::{JobId, TaskError};
-use crate::worker::executor::{Ending, ExecError};
+use crate::worker::executor::{ChunkText, Ending, ExecError};
 
 /// Runs a batch of chunks one after another in the job's executor, as one executor call;
 /// answers one result per chunk, in order. When the executor ends mid-batch, the chunk that
 /// was running is judged as a single call would be (see [`verdict`]), and the chunks after it
 /// go on in a fresh executor. Once the executor cannot start, the chunks left all get that
 /// answer (`Fatal` when the plugin is at fault: no retry can help them either).
-pub(super) async fn run_batch(
-    warm: &JobRunner,
-    job: JobId,
-    chunks: Vec<(u64, Bytes)>,
-) -> Vec<Result<Bytes, TaskError>> {
+pub(super) async fn run_batch(warm: &JobRunner, job: JobId, chunks: Vec<ChunkText>) -> Vec<Result<Bytes, TaskError>> {
     let mut results = Vec::with_capacity(chunks.len());
-    let mut left: VecDeque<(u64, Bytes)> = chunks.into();
+    let mut left: VecDeque<ChunkText> = chunks.into();
     while !left.is_empty() {
         let executor = match warm.executor().await {
             Ok(executor) => executor,
@@ -47,8 +43,8 @@ pub(super) async fn run_batch(
             results.push(answer.map_err(call_error));
         }
         let Some(error) = outcome.ended else { break };
-        let Some((first_line, text)) = left.pop_front() else { break };
-        let result = judge(warm, job, first_line, text, error, executor.ending()).await;
+        let Some(chunk) = left.pop_front() else { break };
+        let result = judge(warm, job, chunk, error, executor.ending()).await;
         results.push(result);
     }
     results
@@ -59,25 +55,25 @@ pub(super) async fn run_batch(
 async fn judge(
     warm: &JobRunner,
     job: JobId,
-    first_line: u64,
-    text: Bytes,
+    chunk: ChunkText,
     error: ExecError,
     ending: Option<Ending>,
 ) -> Result<Bytes, TaskError> {
+    let (file, first_line) = (&*chunk.file, chunk.first_line);
     match verdict(&error, ending) {
         Verdict::Culprit => {
             if !matches!(error, ExecError::Plugin(_)) {
-                tracing::warn!(job, first_line, %error, "chunk crashed its executor");
+                tracing::warn!(job, file, first_line, %error, "chunk crashed its executor");
             }
             Err(call_error(error))
         }
         Verdict::Bystander(why) => {
-            tracing::info!(job, first_line, "chunk stopped with its executor, not by its fault: {why}");
+            tracing::info!(job, file, first_line, "chunk stopped with its executor, not by its fault: {why}");
             Err(TaskError::Interrupted(why))
         }
         Verdict::Suspect => {
-            tracing::info!(job, first_line, %error, "executor crashed with several calls in flight: running this chunk alone");
-            run_alone(warm, job, first_line, text).await
+            tracing::info!(job, file, first_line, %error, "executor crashed with several calls in flight: running this chunk alone");
+            run_alone(warm, job, chunk).await
         }
     }
 }
@@ -106,15 +102,16 @@ fn verdict(error: &ExecError, ending: Option<Ending>) -> Verdict {
 }
 
 /// Runs a suspect alone in a fresh executor, ended when done.
-async fn run_alone(warm: &JobRunner, job: JobId, first_line: u64, text: Bytes) -> Result<Bytes, TaskError> {
+async fn run_alone(warm: &JobRunner, job: JobId, chunk: ChunkText) -> Result<Bytes, TaskError> {
     let executor = warm.start_alone().await.map_err(start_error)?;
-    match executor.run(first_line, text).await {
+    let (file, first_line) = (chunk.file.clone(), chunk.first_line);
+    match executor.run(chunk).await {
         Ok(partial) => {
-            tracing::info!(job, first_line, "chunk ran alone: it did not cause the crash");
+            tracing::info!(job, file = &*file, first_line, "chunk ran alone: it did not cause the crash");
             Ok(partial)
         }
         Err(error) => {
-            tracing::warn!(job, first_line, %error, "chunk failed alone too: it caused the crash");
+            tracing::warn!(job, file = &*file, first_line, %error, "chunk failed alone too: it caused the crash");
             Err(call_error(error))
         }
     }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::rpc::{JobId, TaskError};
-use crate::worker::executor::{Ending, ExecError, Executor, ExecutorConfig};
+use crate::worker::executor::{ChunkText, Ending, ExecError, Executor, ExecutorConfig};
 
 /// One job's plugin instance on this host: its executor, started by the first call and again
 /// after it dies, until the job ends.
@@ -37,17 +37,21 @@ impl JobRunner {
         JobRunner { library, params, config, current: Mutex::new(Arc::new(OnceCell::new())), closed: Mutex::new(false) }
     }
 
-    /// Runs a batch of the job's chunks (each its first line's number and its text), one after
-    /// another, as one executor call; answers one partial or error per chunk, in order, each
+    /// Runs a batch of the job's chunks, one after another, as one executor call; answers one partial or error per chunk, in order, each
     /// crash charged to the chunk that caused it (see [`attribution`]). `job` names the job in
     /// logs.
-    pub async fn run_batch(&self, job: JobId, chunks: Vec<(u64, Bytes)>) -> Vec<Result<Bytes, TaskError>> {
+    pub async fn run_batch(&self, job: JobId, chunks: Vec<ChunkText>) -> Vec<Result<Bytes, TaskError>> {
         attribution::run_batch(self, job, chunks).await
     }
 
     /// Whether the plugin merges partials (`combine`), starting the executor to know.
     pub async fn combines(&self) -> Result<bool, TaskError> {
         Ok(self.executor().await.map_err(start_error)?.combines())
+    }
+
+    /// Whether the plugin declares it needs line numbers, starting the executor to know.
+    pub async fn line_numbers(&self) -> Result<bool, TaskError> {
+        Ok(self.executor().await.map_err(start_error)?.line_numbers())
     }
 
     /// Merges consecutive partials into one; `None` when the plugin does not combine.

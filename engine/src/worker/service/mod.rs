@@ -44,7 +44,7 @@ use crate::tls::ca::WorkerKey;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::ExecutorConfig;
+use crate::worker::executor::{ChunkText, ExecutorConfig};
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
@@ -315,7 +315,10 @@ impl Worker for WorkerServer {
     ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.state.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
-        let chunks = chunks.into_iter().map(|chunk| (chunk.first_line, Bytes::from(chunk.text.into_vec()))).collect();
+        let chunks = chunks
+            .into_iter()
+            .map(|chunk| ChunkText::new(chunk.file, chunk.first_line, Bytes::from(chunk.text.into_vec())))
+            .collect();
         let results = runner.run_batch(job, chunks).await;
         Ok(results.into_iter().map(|result| result.map(|partial| ByteBuf::from(Vec::from(partial)))).collect())
     }

@@ -1,7 +1,9 @@
-//! Grep: the lines of the input that match a regular expression, with their line numbers.
+//! Grep: the lines of the input that match a regular expression, with their line numbers and,
+//! when the input has several files, their file's name.
 //!
 //! Params: the regular expression, in the syntax of the `regex` crate. Output: a JSON array of
-//! `{"line": N, "text": "..."}` in input order, `N` counted from 1 over the whole input.
+//! `{"line": N, "text": "..."}` in input order, `N` counted from 1 within the line's file, with
+//! `"file": "..."` first when the input holds more than one (non-empty) file.
 
 use kiln_plugin_api::{Chunk, MapReduce};
 use regex::Regex;
@@ -12,19 +14,34 @@ pub struct Grep {
     pattern: Regex,
 }
 
-/// A line that matched.
+/// The matches of consecutive chunks: the files they come from, in input order, and the
+/// matching lines, each naming its file by its place in `files`.
+#[derive(Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Matches {
+    /// The names of the files the chunks belong to, in order, each once.
+    pub files: Vec<String>,
+    /// `(file, line, text)`: the file's place in `files`, the line's number, the line.
+    pub lines: Vec<(u32, u64, String)>,
+}
+
+/// A line that matched, as the output shows it.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
-    /// Its 1-based number in the whole input.
+    /// The name of its file, when the input has several.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<String>,
+    /// Its 1-based number within its file.
     pub line: u64,
     /// The line, without its line ending.
     pub text: String,
 }
 
 impl MapReduce for Grep {
-    /// The matching lines of one chunk, or of consecutive chunks, in input order.
-    type Partial = Vec<Match>;
+    type Partial = Matches;
     type Output = Vec<Match>;
+
+    /// Matches are reported with their line numbers, so inputs read by reference are numbered.
+    const LINE_NUMBERS: bool = true;
 
     fn new(params: &str) -> Result<Self, String> {
         if params.is_empty() {
@@ -34,27 +51,46 @@ impl MapReduce for Grep {
         Ok(Grep { pattern })
     }
 
-    fn run(&self, chunk: &Chunk<'_>) -> Result<Vec<Match>, String> {
+    fn run(&self, chunk: &Chunk<'_>) -> Result<Matches, String> {
         // Lines are borrowed from the chunk; only the (usually few) matches are copied.
-        Ok(chunk
+        let lines = chunk
             .numbered_lines()
             .filter(|(_, text)| self.pattern.is_match(text))
-            .map(|(line, text)| Match { line, text: text.to_owned() })
-            .collect())
+            .map(|(line, text)| (0, line, text.to_owned()))
+            .collect();
+        Ok(Matches { files: vec![chunk.file().to_owned()], lines })
     }
 
-    fn combine(&self, partials: Vec<Vec<Match>>) -> Option<Result<Vec<Match>, String>> {
+    fn combine(&self, partials: Vec<Matches>) -> Option<Result<Matches, String>> {
         Some(Ok(concat(partials)))
     }
 
-    fn aggregate(&self, partials: Vec<Vec<Match>>) -> Result<Vec<Match>, String> {
-        Ok(concat(partials))
+    fn aggregate(&self, partials: Vec<Matches>) -> Result<Vec<Match>, String> {
+        let Matches { files, lines } = concat(partials);
+        // Every non-empty file has a chunk, so `files` holds all of them.
+        let several = files.len() > 1;
+        Ok(lines
+            .into_iter()
+            .map(|(file, line, text)| Match { file: several.then(|| files[file as usize].clone()), line, text })
+            .collect())
     }
 }
 
-/// Joins partials, moving the matches. Partials come in input order, so the lines stay in order.
-fn concat(partials: Vec<Vec<Match>>) -> Vec<Match> {
-    partials.into_iter().flatten().collect()
+/// Joins partials in input order, moving the matches; a file whose chunks are in two partials
+/// is listed once.
+fn concat(partials: Vec<Matches>) -> Matches {
+    let mut joined = Matches::default();
+    for partial in partials {
+        let mut places = Vec::with_capacity(partial.files.len());
+        for name in partial.files {
+            if joined.files.last() != Some(&name) {
+                joined.files.push(name);
+            }
+            places.push(joined.files.len() as u32 - 1);
+        }
+        joined.lines.extend(partial.lines.into_iter().map(|(file, line, text)| (places[file as usize], line, text)));
+    }
+    joined
 }
 
 kiln_plugin_api::export_plugin!(Grep);
@@ -86,10 +122,23 @@ mod tests {
     }
 
     #[test]
-    fn combine_keeps_input_order() {
+    fn names_the_file_of_each_match_when_the_input_has_several() {
         let plugin = Grep::new("b").unwrap();
-        let first = plugin.run(&Chunk::new("ab\nc\n", 1)).unwrap();
-        let second = plugin.run(&Chunk::new("bb\n", 3)).unwrap();
+        let first = plugin.run(&Chunk::in_file("ab\nc\n", "one.txt", 1)).unwrap();
+        let second = plugin.run(&Chunk::in_file("x\nbb\n", "one.txt", 3)).unwrap();
+        let third = plugin.run(&Chunk::in_file("nothing\n", "two.txt", 1)).unwrap();
+        let merged = plugin.combine(vec![first, second]).unwrap().unwrap();
+        assert_eq!(merged.files, ["one.txt"], "one file's chunks are one file");
+        let output = plugin.aggregate(vec![merged, third]).unwrap();
+        let json = serde_json::to_string(&output).unwrap();
+        assert_eq!(json, r#"[{"file":"one.txt","line":1,"text":"ab"},{"file":"one.txt","line":4,"text":"bb"}]"#);
+    }
+
+    #[test]
+    fn combine_keeps_input_order_and_one_file_is_not_named() {
+        let plugin = Grep::new("b").unwrap();
+        let first = plugin.run(&Chunk::in_file("ab\nc\n", "in.txt", 1)).unwrap();
+        let second = plugin.run(&Chunk::in_file("bb\n", "in.txt", 3)).unwrap();
         let merged = plugin.combine(vec![first, second]).unwrap().unwrap();
         let output = plugin.aggregate(vec![merged]).unwrap();
         let json = serde_json::to_string(&output).unwrap();

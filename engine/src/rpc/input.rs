@@ -1,0 +1,33 @@
+//! The wire types of a job's input: where a chunk lies in it.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// A chunk's place in the input.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkSpan {
+    /// The chunk's index, from 0.
+    pub index: u64,
+    /// The name of its file.
+    #[serde(default)]
+    pub file: String,
+    /// Its first line within its file, 1-based (0: unknown).
+    pub first_line: u64,
+    /// Its last line.
+    pub last_line: u64,
+}
+
+impl fmt::Display for ChunkSpan {
+    /// `chunk 3 (logs/b.txt lines 10-19)`, as messages name a chunk.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "chunk {} (", self.index)?;
+        if !self.file.is_empty() {
+            write!(f, "{} ", self.file)?;
+        }
+        match self.first_line {
+            0 => write!(f, "lines not numbered)"),
+            first => write!(f, "lines {first}-{})", self.last_line),
+        }
+    }
+}
