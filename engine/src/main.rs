@@ -178,6 +178,14 @@ fn default_cache_dir() -> Option<PathBuf> {
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("kiln"))
 }
 
+/// Parses an executor's memory limit: a size ([`parse_size`]) that an executor can start in,
+/// by the same rule the controller checks job specs with.
+fn parse_memory_limit(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    kiln_engine::rules::limits::check_memory_limit(bytes as u64).map_err(|error| error.to_string())?;
+    Ok(bytes)
+}
+
 /// Parses a byte size: a number with an optional KiB, MiB or GiB suffix (K, M, G also do).
 fn parse_size(text: &str) -> Result<usize, String> {
     let text = text.trim();

@@ -59,7 +59,7 @@ pub struct SubmitArgs {
     max_attempts: Option<u32>,
     /// A limit on each executor's address space, e.g. 2GiB, within the workers' own; a chunk
     /// that exceeds it costs an attempt (default: the workers' limit).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::parse_memory_limit)]
     memory_limit: Option<usize>,
     /// The longest one chunk may run, in seconds, within the workers' own timeout; a chunk
     /// that takes longer costs an attempt (default: the workers' timeout).
