@@ -2,8 +2,12 @@
 //! (`kiln jobs | head`) ends them quietly, limits are refused the same way by every command
 //! that takes them, and a submission whose input cannot be read leaves no job behind.
 
+#[path = "util/cluster.rs"]
+mod cluster;
 mod util;
 
+use cluster::Cluster;
+use serde_json::Value;
 use util::{example, write_input};
 
 #[test]
@@ -29,4 +33,20 @@ fn a_memory_limit_too_small_is_refused_the_same_way_by_run_local_submit_and_work
         );
         assert!(!stderr.contains("segmentation fault") && !stderr.contains("SIGSEGV"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn an_input_that_cannot_be_read_fails_the_submission_and_leaves_no_job_behind() {
+    let cluster = Cluster::start(0);
+    let unreadable = cluster.dir.path().join("a-directory");
+    std::fs::create_dir(&unreadable).unwrap();
+    let run = cluster.submit(&example("wordcount"), &unreadable, &[]);
+    assert!(!run.success, "the submission fails");
+    assert!(run.stderr.contains(&format!("cannot read the input {}", unreadable.display())), "{}", run.stderr);
+    assert_eq!(run.stderr.matches("Is a directory").count(), 1, "the cause said once: {}", run.stderr);
+
+    let jobs = cluster.kiln(&["jobs", "--json"]);
+    assert!(jobs.success, "{}", jobs.stderr);
+    let jobs: Value = serde_json::from_str(&jobs.stdout).unwrap();
+    assert_eq!(jobs, Value::Array(Vec::new()), "no job was created, not even a cancelled one");
 }

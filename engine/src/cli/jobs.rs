@@ -138,13 +138,8 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         let bar = progress_bar(input_size, "{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {msg}");
-        let file = tokio::fs::File::open(&args.input)
-            .await
-            .with_context(|| format!("cannot open the input {}", args.input.display()))?;
-        let mut options = options;
-        options.input_name = args.input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let job = client
-            .submit_with_progress(&args.plugin, file, options, &|bytes| bar.set_position(bytes))
+            .submit_file_with_progress(&args.plugin, &args.input, options, &|bytes| bar.set_position(bytes))
             .await
             .context("cannot submit the job")?;
         bar.finish_and_clear();
