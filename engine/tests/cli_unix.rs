@@ -6,9 +6,66 @@
 mod cluster;
 mod util;
 
+use std::process::{Command, Stdio};
+
 use cluster::Cluster;
 use serde_json::Value;
-use util::{example, write_input};
+use util::{example, word_counts, word_text, write_input};
+
+/// Runs `command` with its stdout closed before it writes anything, as `| head -0` would;
+/// answers its exit code and stderr.
+fn with_stdout_closed(mut command: Command) -> (Option<i32>, String) {
+    let mut child = command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("kiln starts");
+    drop(child.stdout.take());
+    let output = child.wait_with_output().expect("kiln ends");
+    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+}
+
+/// `kiln ARGS` against the cluster's controller, with its key.
+fn against(cluster: &Cluster, args: &[&str]) -> Command {
+    let mut command = cluster::kiln_command();
+    command
+        .args(args)
+        .arg("--controller")
+        .arg(cluster.controller.addr.to_string())
+        .arg("--api-key")
+        .arg(cluster.api_key());
+    command.env("KILN_TARGET_DIR", util::plugin_target_dir());
+    command
+}
+
+#[test]
+fn a_closed_stdout_ends_every_command_quietly_and_successfully() {
+    let cluster = Cluster::start(1);
+    let text = word_text(3, 2_000);
+    let input = write_input(cluster.dir.path(), "words.txt", &text);
+    let plugin = example("wordcount");
+    let job = cluster.submit_detached(&plugin, &input, &[]);
+    assert_eq!(cluster.wait_ended(job)["state"], "Succeeded");
+    assert_eq!(cluster.result(job), word_counts(&text), "the job's result, read whole");
+
+    let job = job.to_string();
+    let (plugin, input) = (plugin.to_str().unwrap(), input.to_str().unwrap());
+    let commands = [
+        against(&cluster, &["jobs"]),
+        against(&cluster, &["jobs", "--json"]),
+        against(&cluster, &["status", &job]),
+        against(&cluster, &["result", &job]),
+        against(&cluster, &["cluster"]),
+        against(&cluster, &["submit", "--plugin", plugin, "--input", input]),
+        {
+            let mut local = util::kiln();
+            local.args(["run-local", "--plugin", plugin, "--input", input]);
+            local
+        },
+    ];
+    for command in commands {
+        let shown = format!("{:?}", command.get_args().collect::<Vec<_>>());
+        let (code, stderr) = with_stdout_closed(command);
+        assert_eq!(code, Some(0), "{shown} exits quietly and successfully; its stderr:\n{stderr}");
+        assert!(!stderr.contains("panicked") && !stderr.contains("error"), "{shown} said:\n{stderr}");
+    }
+}
 
 #[test]
 fn a_memory_limit_too_small_is_refused_the_same_way_by_run_local_submit_and_worker() {
