@@ -115,7 +115,7 @@ impl Report {
 fn rerun_one_section() -> String {
     let names: Vec<String> = <Measure as clap::ValueEnum>::value_variants()
         .iter()
-        .filter_map(|measure| clap::ValueEnum::to_possible_value(measure))
+        .filter_map(clap::ValueEnum::to_possible_value)
         .map(|value| match value.get_help() {
             Some(help) => format!("`{}` ({})", value.get_name(), help.to_string().trim_end_matches('.')),
             None => format!("`{}`", value.get_name()),
