@@ -192,18 +192,25 @@ impl Client {
 
     /// [`Client::submit_files`] with one file, named by its file name unless `options` has an
     /// input name.
-    pub async fn submit_file(
+    pub async fn submit_file(&self, plugin: &Path, input: &Path, options: SubmitOptions) -> Result<JobId, ClientError> {
+        self.submit_file_with_progress(plugin, input, options, &|_| {}).await
+    }
+
+    /// [`Client::submit_file`], telling `uploaded` how many input bytes the controller has
+    /// after each piece.
+    pub async fn submit_file_with_progress(
         &self,
         plugin: &Path,
         input: &Path,
         mut options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
         if options.input_name.is_empty() {
             options.input_name = input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         }
         let name = options.input_name.clone();
         let file = crate::input::InputFile { name, path: input.to_owned() };
-        self.submit_listed(plugin, vec![file], options, &|_| {}).await
+        self.submit_listed(plugin, vec![file], options, uploaded).await
     }
 
     /// Uploads the plugin, creates a job and uploads its input: the files of `sources`, in
@@ -229,7 +236,8 @@ impl Client {
         self.submit_listed(plugin, files, options, uploaded).await
     }
 
-    /// Submits a job whose input is `files`, uploaded one after another.
+    /// Submits a job whose input is `files`, uploaded one after another. Every file is opened
+    /// before the job exists, so an input that cannot be read leaves no job behind.
     async fn submit_listed(
         &self,
         plugin: &Path,
@@ -237,6 +245,9 @@ impl Client {
         mut options: SubmitOptions,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
+        let files = tokio::task::spawn_blocking(move || upload::check_readable(files))
+            .await
+            .map_err(|e| ClientError::Input { path: PathBuf::from("<input>"), source: io::Error::other(e) })??;
         options.input_files = files.iter().map(|file| file.name.clone()).collect();
         let pieces = upload::Pieces::<tokio::io::Empty>::Files(upload::FilePieces::start(files));
         self.submit_pieces(plugin, options, pieces, uploaded).await
@@ -267,6 +278,10 @@ impl Client {
             name => Owner::parse(name)?,
         };
         let plugin_hash = self.upload_plugin(plugin).await?;
+        // The input's first piece is read before the job exists, so an input that cannot be
+        // read at all (a directory, a file it may not open) fails the submission and leaves
+        // no job behind.
+        let first_piece = pieces.next().await?;
         let spec = JobSpec {
             owner: owner.as_str().to_owned(),
             plugin_hash,
@@ -287,7 +302,7 @@ impl Client {
                 async move { controller.create_job(ctx, key, spec).await }
             })
             .await?;
-        match self.upload_input(job, &mut pieces, uploaded).await {
+        match self.upload_input(job, first_piece, &mut pieces, uploaded).await {
             Ok(()) => Ok(job),
             // Chunks run while the input uploads, so the job may have failed already (the
             // plugin does not build, a chunk failed, bad input): its status says why.
@@ -317,16 +332,17 @@ impl Client {
         .await
     }
 
-    /// Streams the input's pieces to the job, reading the next piece while the last one
-    /// travels.
+    /// Streams the input's pieces to the job, `first_piece` and then the rest, reading the
+    /// next piece while the last one travels.
     async fn upload_input(
         &self,
         job: JobId,
+        first_piece: Option<(u32, Vec<u8>)>,
         pieces: &mut upload::Pieces<impl AsyncRead + Unpin>,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let mut offset = 0u64;
-        let mut piece = pieces.next().await?;
+        let mut piece = first_piece;
         while let Some((file, bytes)) = piece {
             let length = bytes.len() as u64;
             let (sent, following) = tokio::join!(self.upload_piece(job, file, offset, bytes), pieces.next());

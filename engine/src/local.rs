@@ -90,6 +90,9 @@ pub enum LocalError {
     /// The host cannot sandbox plugins and the configuration did not allow running unconfined.
     #[error("this host cannot sandbox plugins: {0}: {hint}", hint = crate::sandbox::REFUSAL_HINT)]
     NoSandbox(#[from] crate::sandbox::Unavailable),
+    /// A limit of the configuration cannot work.
+    #[error(transparent)]
+    Limit(#[from] crate::rules::limits::LimitError),
     /// The input's sources could not be read.
     #[error(transparent)]
     Input(#[from] InputError),
@@ -125,6 +128,9 @@ pub async fn run_local(
     config: &LocalConfig,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<LocalReport, LocalError> {
+    if let Some(limit) = config.executor.memory_limit {
+        crate::rules::limits::check_memory_limit(limit)?;
+    }
     if config.executor.sandbox {
         crate::sandbox::probe()?;
     } else {

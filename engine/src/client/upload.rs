@@ -70,6 +70,15 @@ impl FilePieces {
     }
 }
 
+/// Answers `files` once each of them opens, or the first that does not. Blocking.
+pub(super) fn check_readable(files: Vec<InputFile>) -> Result<Vec<InputFile>, ClientError> {
+    for file in &files {
+        std::fs::File::open(&file.path)
+            .map_err(|source| ClientError::Input { path: file.name.clone().into(), source })?;
+    }
+    Ok(files)
+}
+
 /// Sends the pieces of `files`, stopping at the first error or when nobody listens. Blocking.
 fn read_files(files: Vec<InputFile>, pieces: &mpsc::Sender<Result<Piece, ClientError>>) {
     for (position, file) in files.into_iter().enumerate() {
