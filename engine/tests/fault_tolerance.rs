@@ -251,8 +251,9 @@ fn a_plugin_that_panics_on_one_line_fails_the_job_after_max_attempts_naming_it()
     assert!(!run.success, "the job succeeded:\n{}", run.stdout);
     assert!(run.stdout.is_empty(), "stdout: {}", run.stdout);
     // The plugin's own message, with the panic's location in its source.
-    let reason = "chunk 12 (lines 1201-1300) failed after 4 attempts: panicked at src/lib.rs:";
-    assert!(run.stderr.contains(reason), "kiln submit said:\n{}", run.stderr);
+    let reason =
+        format!("chunk 12 ({} lines 1201-1300) failed after 4 attempts: panicked at src/lib.rs:", input.display());
+    assert!(run.stderr.contains(&reason), "kiln submit said:\n{}", run.stderr);
     assert!(run.stderr.contains("deliberate panic at line 1234"), "kiln submit said:\n{}", run.stderr);
 
     let job = the_job(&cluster);
