@@ -16,6 +16,8 @@
 //! - [`tls`]: the cluster CA, keys that pin it, and TLS on every link.
 //! - [`memory`]: allocator settings for the long-running services.
 //! - [`errors`]: an error with its causes as one line, each cause once.
+//! - [`telemetry`]: logs (human or JSON) and Prometheus metrics: the `/metrics` endpoint, the
+//!   process's figures, RPC calls counted by method and outcome.
 //!
 //! The roles, above it:
 //! - [`worker`]: the plugin [`worker::builder`] and [`worker::executor`], the job runner that
@@ -36,5 +38,6 @@ pub mod plugin_source;
 pub mod rpc;
 pub mod rules;
 pub mod sandbox;
+pub mod telemetry;
 pub mod tls;
 pub mod worker;

@@ -12,9 +12,11 @@
 //! - [`cluster`]: the embedded "local" cluster (a controller and workers in this process).
 //! - [`security`]: password hashing, tokens and the login rate limit.
 //! - [`sealing`]: the secret key, and cluster API keys sealed with it at rest.
+//! - [`metrics`]: the web app's Prometheus metrics, on an address of their own.
 
 pub mod cluster;
 pub mod http;
+pub mod metrics;
 pub mod runs;
 pub mod sealing;
 pub mod security;
@@ -35,6 +37,7 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
 use crate::http::App;
+use crate::metrics::WebMetrics;
 use crate::runs::{RunError, RunManager};
 use crate::sealing::{KeyError, KeyOrigin, SecretKey};
 use crate::security::LoginLimiter;
@@ -95,6 +98,8 @@ pub struct WebConfig {
     /// `--insecure-no-sandbox`) they run with the server's rights and warn on every job. With
     /// it, a host that cannot sandbox refuses to start the embedded cluster.
     pub sandbox: bool,
+    /// Where to serve Prometheus metrics (`/metrics`), apart from the site; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl WebConfig {
@@ -118,6 +123,7 @@ impl WebConfig {
             worker_processes: u32::try_from((cores / 2).max(1)).unwrap_or(1),
             chunk_bytes: 0,
             sandbox: true,
+            metrics_listen: None,
         }
     }
 
@@ -194,12 +200,18 @@ pub struct RunningWeb {
     server: ServerHandle,
     serving: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    metrics: Option<kiln_engine::telemetry::metrics::MetricsEndpoint>,
 }
 
 impl RunningWeb {
     /// The address HTTP is served on (with the real port when given port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(kiln_engine::telemetry::metrics::MetricsEndpoint::local_addr)
     }
 
     /// The app's database.
@@ -210,6 +222,7 @@ impl RunningWeb {
     /// Stops serving (letting requests in flight finish), stops watching runs (they are picked
     /// up again at the next start), stops the embedded cluster and closes the database.
     pub async fn shutdown(self) {
+        drop(self.metrics);
         self.server.stop_graceful(GRACEFUL_SHUTDOWN);
         let _ = self.serving.await;
         self.sweeper.abort();
@@ -245,14 +258,32 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
             store.ensure_local_cluster(user_id).await?;
         }
     }
+    let web_metrics = WebMetrics::default();
     let runs = RunManager::new(
         store.clone(),
         embedded.as_ref().map(EmbeddedCluster::target),
         upload_dir.clone(),
         plugin_dir.clone(),
         config.chunk_bytes,
+        web_metrics.clone(),
     );
     let resumed = runs.resume().await?;
+    let mut registry = kiln_engine::telemetry::metrics::new_registry();
+    web_metrics.register(&mut registry, &runs);
+    let metrics = match config.metrics_listen {
+        Some(addr) => match kiln_engine::telemetry::metrics::serve(addr, registry).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(source) => {
+                runs.shutdown().await;
+                if let Some(embedded) = embedded {
+                    embedded.shutdown().await;
+                }
+                store.close().await;
+                return Err(WebError::Listen { addr, source });
+            }
+        },
+        None => None,
+    };
     let app = Arc::new(App {
         store: store.clone(),
         runs: Arc::clone(&runs),
@@ -264,6 +295,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         session_ttl: config.session_ttl,
         secure_cookies: config.secure_cookies,
         embedded_cluster: embedded.is_some(),
+        metrics: web_metrics,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -277,7 +309,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let serving = tokio::spawn(async move { server.serve(service).await });
     let sweeper = tokio::spawn(sweep_sessions(store.clone()));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
-    Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper })
+    Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper, metrics })
 }
 
 /// Runs the web app until `shutdown` completes, then stops it cleanly.

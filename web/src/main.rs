@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kiln_engine::telemetry::{LogFormat, init_logging};
 use kiln_web::sealing::{SECRET_KEY_ENV, SecretKey};
 use kiln_web::{DEFAULT_MAX_UPLOAD_BYTES, WebConfig};
 
@@ -49,6 +50,14 @@ struct Cli {
     /// user is trusted. Every job is logged with a warning.
     #[arg(long)]
     insecure_no_sandbox: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, apart from the site (plain HTTP,
+    /// figures only: bind it to loopback or a private address). Off unless given.
+    #[arg(long, env = "KILN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// How log lines on stderr are written: `human`, or `json` (one object per line, with the
+    /// fields of each event's spans); `RUST_LOG` sets the levels.
+    #[arg(long, value_enum, env = "KILN_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -88,9 +97,7 @@ fn main() -> ExitCode {
         };
     }
     kiln_engine::memory::tune_for_service();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logging(cli.log_format, "info,sqlx=warn");
     match serve(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -114,9 +121,13 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
     config.sandbox = !cli.insecure_no_sandbox;
+    config.metrics_listen = cli.metrics_listen;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let web = kiln_web::start(config).await.context("cannot start kiln-web")?;
+        if let Some(addr) = web.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
         eprintln!("listening on http://{}", web.local_addr());
         shutdown_signal().await?;
         tracing::info!("shutting down");

@@ -38,6 +38,7 @@ use salvo::http::cookie::{Cookie, SameSite};
 use salvo::prelude::*;
 
 use self::error::HttpError;
+use crate::metrics::WebMetrics;
 use crate::runs::RunManager;
 use crate::security::{LoginLimiter, constant_time_eq, new_token, token_hash};
 use crate::store::Store;
@@ -74,6 +75,8 @@ pub struct App {
     pub secure_cookies: bool,
     /// Whether every user is offered the embedded cluster.
     pub embedded_cluster: bool,
+    /// What the app counts for its metrics.
+    pub metrics: WebMetrics,
 }
 
 /// The whole site: its routes with `app` given to every handler, security headers on every
@@ -83,7 +86,8 @@ pub fn service(app: Arc<App>) -> Service {
     // The error page's layout names the logged-in user, so the catcher looks up the session
     // too (no route's hoop ran for an unknown URL).
     let catcher = error::catcher(affix(Arc::clone(&app)), load_session);
-    Service::new(router(app)).hoop(security_headers).catcher(catcher)
+    let counted = count_requests(app.metrics.clone());
+    Service::new(router(app)).hoop(counted).hoop(security_headers).catcher(catcher)
 }
 
 /// The whole site's routes, with `app` given to every handler.
@@ -110,6 +114,21 @@ fn affix(app: Arc<App>) -> impl Handler {
         }
     }
     Affix(app)
+}
+
+/// A handler that counts every request and its time in the metrics.
+fn count_requests(metrics: WebMetrics) -> impl Handler {
+    struct Count(WebMetrics);
+    #[async_trait]
+    impl Handler for Count {
+        async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+            let started = std::time::Instant::now();
+            ctrl.call_next(req, depot, res).await;
+            let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
+            self.0.record_request(req.method().as_str(), status, started.elapsed().as_secs_f64());
+        }
+    }
+    Count(metrics)
 }
 
 /// Headers that keep pages from being framed, sniffed or running scripts from elsewhere: all

@@ -27,6 +27,7 @@ use tempfile::TempPath;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use crate::metrics::WebMetrics;
 use crate::store::clusters::Cluster;
 use crate::store::runs::{Run, RunEnding, RunState};
 use crate::store::tasks::Plugin;
@@ -85,19 +86,21 @@ pub struct RunManager {
     chunk_bytes: u64,
     live: Mutex<HashMap<i64, Live>>,
     tasks: Mutex<JoinSet<()>>,
+    metrics: WebMetrics,
 }
 
 impl RunManager {
     /// A manager storing runs in `store`, with the embedded cluster's controller if one runs,
     /// reading tasks' plugin files in `plugin_dir` and writing older tasks' plugins to submit
     /// under `work_dir`, cutting inputs into chunks of `chunk_bytes` (0: the controller's
-    /// default).
+    /// default), counting runs in `metrics`.
     pub fn new(
         store: Store,
         embedded: Option<ClusterTarget>,
         work_dir: PathBuf,
         plugin_dir: PathBuf,
         chunk_bytes: u64,
+        metrics: WebMetrics,
     ) -> Arc<RunManager> {
         Arc::new(RunManager {
             store,
@@ -107,7 +110,13 @@ impl RunManager {
             chunk_bytes,
             live: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
+            metrics,
         })
+    }
+
+    /// How many runs are being submitted or watched now.
+    pub fn active(&self) -> usize {
+        self.live.lock().unwrap_or_else(|poison| poison.into_inner()).len()
     }
 
     /// Where the cluster's controller is: the row's address and key, or the embedded

@@ -13,6 +13,7 @@ use tempfile::TempPath;
 
 use super::progress::{Progress, run_state};
 use super::{ClusterTarget, RunManager, client_failure, failure};
+use crate::metrics::RunLabels;
 use crate::store::now_ms;
 use crate::store::runs::{Run, RunEnding, RunProgress, RunState};
 use crate::store::tasks::{Plugin, PluginContent};
@@ -244,6 +245,7 @@ async fn end(manager: &RunManager, run: &Run, ending: RunEnding) {
         tracing::error!(run = run.id, "cannot record the run's ending: {e}");
     }
     tracing::info!(run = run.id, state = ending.state.as_str(), "run ended");
+    manager.metrics.runs_ended.get_or_create(&RunLabels { state: ending.state.as_str() }).inc();
     let message = match manager.store.run_by_id(run.id).await {
         Ok(Some(stored)) => Progress::from_run(&stored).to_json(),
         _ => {
