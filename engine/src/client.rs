@@ -186,11 +186,18 @@ impl Client {
 
     /// [`Client::submit`] with the input's path; the job's input name is the file's name
     /// unless `options` has one.
-    pub async fn submit_file(
+    pub async fn submit_file(&self, plugin: &Path, input: &Path, options: SubmitOptions) -> Result<JobId, ClientError> {
+        self.submit_file_with_progress(plugin, input, options, &|_| {}).await
+    }
+
+    /// [`Client::submit_file`], telling `uploaded` how many input bytes the controller has
+    /// after each piece.
+    pub async fn submit_file_with_progress(
         &self,
         plugin: &Path,
         input: &Path,
         mut options: SubmitOptions,
+        uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
         let file = tokio::fs::File::open(input)
             .await
@@ -198,7 +205,7 @@ impl Client {
         if options.input_name.is_empty() {
             options.input_name = input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         }
-        self.submit_with_progress(plugin, file, options, &|_| {}).await.map_err(|error| match error {
+        self.submit_with_progress(plugin, file, options, uploaded).await.map_err(|error| match error {
             ClientError::Input { source, .. } => ClientError::Input { path: input.to_owned(), source },
             error => error,
         })
@@ -218,6 +225,10 @@ impl Client {
             name => Owner::parse(name)?,
         };
         let plugin_hash = self.upload_plugin(plugin).await?;
+        // The input's first piece is read before the job exists, so an input that cannot be
+        // read at all (a directory, a file it may not open) fails the submission and leaves
+        // no job behind.
+        let first_piece = read_piece(&mut input).await?;
         let spec = JobSpec {
             owner: owner.as_str().to_owned(),
             plugin_hash,
@@ -237,7 +248,7 @@ impl Client {
                 async move { controller.create_job(ctx, key, spec).await }
             })
             .await?;
-        match self.upload_input(job, &mut input, uploaded).await {
+        match self.upload_input(job, first_piece, &mut input, uploaded).await {
             Ok(()) => Ok(job),
             // Chunks run while the input uploads, so the job may have failed already (the
             // plugin does not build, a chunk failed, bad input): its status says why.
@@ -267,15 +278,17 @@ impl Client {
         .await
     }
 
-    /// Streams `input` to the job in pieces, reading the next piece while the last one travels.
+    /// Streams the input to the job in pieces, `first_piece` and then the rest of `input`,
+    /// reading the next piece while the last one travels.
     async fn upload_input(
         &self,
         job: JobId,
+        first_piece: Vec<u8>,
         input: &mut (impl AsyncRead + Unpin),
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<(), ClientError> {
         let mut offset = 0u64;
-        let mut piece = read_piece(input).await?;
+        let mut piece = first_piece;
         while !piece.is_empty() {
             let length = piece.len() as u64;
             let (sent, next) = tokio::join!(self.upload_piece(job, offset, piece), read_piece(input));

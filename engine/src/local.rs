@@ -88,6 +88,9 @@ pub enum LocalError {
     /// The host cannot sandbox plugins and the configuration did not allow running unconfined.
     #[error("this host cannot sandbox plugins: {0}: {hint}", hint = crate::sandbox::REFUSAL_HINT)]
     NoSandbox(#[from] crate::sandbox::Unavailable),
+    /// A limit of the configuration cannot work.
+    #[error(transparent)]
+    Limit(#[from] crate::rules::limits::LimitError),
     /// The input could not be opened.
     #[error("cannot open the input {path}: {source}")]
     OpenInput { path: PathBuf, source: std::io::Error },
@@ -118,6 +121,9 @@ pub async fn run_local(
     config: &LocalConfig,
     progress: &(dyn Fn(&str) + Send + Sync),
 ) -> Result<LocalReport, LocalError> {
+    if let Some(limit) = config.executor.memory_limit {
+        crate::rules::limits::check_memory_limit(limit)?;
+    }
     if config.executor.sandbox {
         crate::sandbox::probe()?;
     } else {

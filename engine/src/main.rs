@@ -3,7 +3,6 @@
 
 mod cli;
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -128,11 +127,13 @@ fn logged(format: LogFormat, default_level: &str, command: impl FnOnce() -> anyh
 }
 
 /// Prints a failure with its causes, each once, on stderr and picks the exit code.
+/// A closed stdout (`kiln jobs | head`) is no failure: the command exits quietly.
 fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if cli::output::is_stdout_closed(&e) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", kiln_engine::errors::chain(e.as_ref()));
+            cli::output::note(format_args!("error: {}", kiln_engine::errors::chain(e.as_ref())));
             ExitCode::FAILURE
         }
     }
@@ -152,10 +153,10 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    let progress = |line: &str| eprintln!("{line}");
+    let progress = |line: &str| cli::output::note(line);
     let report = runtime.block_on(run_local(&config, &progress))?;
     let seconds = report.run_time.as_secs_f64();
-    eprintln!(
+    cli::output::note(format_args!(
         "{} lines, {} chunks, {:.1} MB in {:.2} s ({:.0} MB/s){}",
         report.n_lines,
         report.n_chunks,
@@ -163,10 +164,8 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         seconds,
         report.n_bytes as f64 / 1e6 / seconds.max(1e-9),
         if report.cached_build { "; plugin from cache" } else { "" }
-    );
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{}", report.output).context("cannot write the result")?;
-    Ok(())
+    ));
+    cli::output::println(&report.output)
 }
 
 /// Where plugins are built and cached by default: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
@@ -175,6 +174,14 @@ fn default_cache_dir() -> Option<PathBuf> {
         return Some(PathBuf::from(dir).join("kiln"));
     }
     std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache").join("kiln"))
+}
+
+/// Parses an executor's memory limit: a size ([`parse_size`]) that an executor can start in,
+/// by the same rule the controller checks job specs with.
+fn parse_memory_limit(text: &str) -> Result<usize, String> {
+    let bytes = parse_size(text)?;
+    kiln_engine::rules::limits::check_memory_limit(bytes as u64).map_err(|error| error.to_string())?;
+    Ok(bytes)
 }
 
 /// Parses a byte size: a number with an optional KiB, MiB or GiB suffix (K, M, G also do).

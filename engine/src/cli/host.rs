@@ -26,7 +26,7 @@ pub struct HostArgs {
     #[arg(long, default_value_t = DEFAULT_CALL_TIMEOUT.as_secs())]
     timeout: u64,
     /// A limit on each executor's address space, e.g. 2GiB (default: none).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::parse_memory_limit)]
     memory_limit: Option<usize>,
     /// Run plugins without the sandbox, with the rights of this command: only where the host
     /// cannot sandbox and every plugin is trusted. Every job is logged with a warning.

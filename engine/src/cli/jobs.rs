@@ -2,7 +2,6 @@
 //! `result`, `cancel`, `jobs` and `cluster`. Results and `--json` output go to stdout;
 //! progress, summaries and errors to stderr.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -12,6 +11,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use kiln_engine::client::{Client, SubmitOptions};
 use kiln_engine::rpc::{JobId, JobState, JobStatus, Secret};
 
+use super::output::{note, print, println};
 use super::{DEFAULT_CONTROLLER, key_or_stored};
 
 /// How to reach the controller.
@@ -59,7 +59,7 @@ pub struct SubmitArgs {
     max_attempts: Option<u32>,
     /// A limit on each executor's address space, e.g. 2GiB, within the workers' own; a chunk
     /// that exceeds it costs an attempt (default: the workers' limit).
-    #[arg(long, value_parser = crate::parse_size)]
+    #[arg(long, value_parser = crate::parse_memory_limit)]
     memory_limit: Option<usize>,
     /// The longest one chunk may run, in seconds, within the workers' own timeout; a chunk
     /// that takes longer costs an attempt (default: the workers' timeout).
@@ -138,21 +138,15 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         let bar = progress_bar(input_size, "{spinner} uploading [{bar:30}] {bytes}/{total_bytes} {msg}");
-        let file = tokio::fs::File::open(&args.input)
-            .await
-            .with_context(|| format!("cannot open the input {}", args.input.display()))?;
-        let mut options = options;
-        options.input_name = args.input.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default();
         let job = client
-            .submit_with_progress(&args.plugin, file, options, &|bytes| bar.set_position(bytes))
+            .submit_file_with_progress(&args.plugin, &args.input, options, &|bytes| bar.set_position(bytes))
             .await
             .context("cannot submit the job")?;
         bar.finish_and_clear();
         if args.detach {
-            println!("{job}");
-            return Ok(());
+            return println(job);
         }
-        eprintln!("submitted job {job}");
+        note(format_args!("submitted job {job}"));
         follow(&client, job).await
     })
 }
@@ -177,13 +171,11 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
     }
     bar.finish_and_clear();
     if let Some(status) = &last {
-        eprintln!("{}", summary(status));
+        note(summary(status));
     }
     // A failure or cancellation comes back as an error with its reason.
     let output = client.result(job).await?;
-    let mut stdout = std::io::stdout().lock();
-    writeln!(stdout, "{output}").context("cannot write the result")?;
-    Ok(())
+    println(output)
 }
 
 /// `kiln status JOB`.
@@ -191,12 +183,7 @@ pub fn status(args: JobArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         let status = client.status(args.job).await?;
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
-        } else {
-            print!("{}", describe(&status));
-        }
-        Ok(())
+        if args.json { println(serde_json::to_string_pretty(&status)?) } else { print(describe(&status)) }
     })
 }
 
@@ -205,8 +192,7 @@ pub fn result(args: JobArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         let output = client.result(args.job).await?;
-        println!("{output}");
-        Ok(())
+        println(output)
     })
 }
 
@@ -216,11 +202,10 @@ pub fn cancel(args: JobArgs) -> anyhow::Result<()> {
         let client = connect(args.controller).await?;
         let status = client.cancel(args.job).await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&status)?);
+            println(serde_json::to_string_pretty(&status)?)
         } else {
-            println!("job {} is {}", status.id, status.state.as_str());
+            println(format_args!("job {} is {}", status.id, status.state.as_str()))
         }
-        Ok(())
     })
 }
 
@@ -230,17 +215,20 @@ pub fn jobs(args: ListArgs) -> anyhow::Result<()> {
         let client = connect(args.controller).await?;
         let jobs = client.list().await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&jobs)?);
-            return Ok(());
+            return println(serde_json::to_string_pretty(&jobs)?);
         }
-        println!("{:>6}  {:<12} {:<16} {:>15}  {:<20} INPUT", "JOB", "STATE", "OWNER", "CHUNKS", "CREATED");
+        let mut table =
+            format!("{:>6}  {:<12} {:<16} {:>15}  {:<20} INPUT\n", "JOB", "STATE", "OWNER", "CHUNKS", "CREATED");
         for job in jobs {
             let chunks = format!("{}/{}", job.chunks_done, job.n_chunks);
             let created = age(job.created_ms);
             let (state, owner) = (job.state.as_str(), shorten(&job.owner, 16));
-            println!("{:>6}  {:<12} {:<16} {:>15}  {:<20} {}", job.id, state, owner, chunks, created, job.input_name);
+            table.push_str(&format!(
+                "{:>6}  {:<12} {:<16} {:>15}  {:<20} {}\n",
+                job.id, state, owner, chunks, created, job.input_name
+            ));
         }
-        Ok(())
+        print(table)
     })
 }
 
@@ -250,7 +238,7 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         return block_on(async {
             let client = connect(remove.controller).await?;
             client.remove_worker(remove.worker).await?;
-            eprintln!("removed worker {}", remove.worker);
+            note(format_args!("removed worker {}", remove.worker));
             Ok(())
         });
     }
@@ -259,13 +247,13 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
         let client = connect(args.controller).await?;
         let info = client.cluster_info().await?;
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&info)?);
-            return Ok(());
+            return println(serde_json::to_string_pretty(&info)?);
         }
-        println!("controller {}, {} active jobs, {} workers", info.version, info.active_jobs, info.workers.len());
+        let mut text =
+            format!("controller {}, {} active jobs, {} workers\n", info.version, info.active_jobs, info.workers.len());
         for worker in info.workers {
-            println!(
-                "  worker {} at {} ({}): {} processes, {} in flight, {} chunks done, seen {} ms ago",
+            text.push_str(&format!(
+                "  worker {} at {} ({}): {} processes, {} in flight, {} chunks done, seen {} ms ago\n",
                 worker.worker_id,
                 worker.address,
                 worker.hostname,
@@ -273,9 +261,9 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
                 worker.in_flight,
                 worker.chunks_done,
                 worker.last_seen_ms
-            );
+            ));
         }
-        Ok(())
+        print(text)
     })
 }
 

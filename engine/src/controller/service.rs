@@ -39,10 +39,6 @@ const MAX_INPUT_NAME_BYTES: usize = 4096;
 const MAX_PROCESSES: u32 = 4096;
 const MAX_ATTEMPTS: u32 = 100;
 
-/// The smallest per-job memory limit: an executor maps the `kiln` binary, the plugin and a
-/// thread stack per slot before the plugin allocates anything, so less fails every chunk.
-const MIN_MEMORY_LIMIT: u64 = 64 << 20;
-
 /// How many jobs `list_jobs` returns at most, newest first.
 const MAX_LISTED_JOBS: u64 = 10_000;
 
@@ -100,11 +96,10 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
              {MAX_CHUNK_SIZE} bytes"
         )));
     }
-    if spec.memory_limit != 0 && spec.memory_limit < MIN_MEMORY_LIMIT {
-        return Err(RpcError::Invalid(format!(
-            "a memory limit must be at least {} MiB: executors need that much address space to start",
-            MIN_MEMORY_LIMIT >> 20
-        )));
+    if spec.memory_limit != 0
+        && let Err(error) = crate::rules::limits::check_memory_limit(spec.memory_limit)
+    {
+        return Err(RpcError::Invalid(error.to_string()));
     }
     if spec.max_attempts == 0 {
         spec.max_attempts = crate::rules::retry::DEFAULT_MAX_ATTEMPTS;
@@ -336,6 +331,6 @@ mod tests {
             assert!(matches!(bad_owner, RpcError::Invalid(m) if m.contains("owner")), "{owner:?}");
         }
         let tiny = normalize(JobSpec { memory_limit: 1 << 20, ..spec }).unwrap_err();
-        assert!(matches!(tiny, RpcError::Invalid(m) if m.contains("memory limit must be at least 64 MiB")));
+        assert!(matches!(tiny, RpcError::Invalid(m) if m.contains("memory limit of 1 MiB is too small")));
     }
 }

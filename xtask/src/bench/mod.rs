@@ -13,6 +13,7 @@ mod cluster_measures;
 mod corpus;
 mod limits;
 mod measures;
+mod quiet;
 mod report;
 
 use std::path::{Path, PathBuf};
@@ -41,6 +42,10 @@ pub struct Args {
     /// Run only these measures (repeat or separate with commas); all of them by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     only: Vec<Measure>,
+    /// Measure even when the machine is busy (1-minute load above 0.5 at the start); every
+    /// figure of the report is then marked as taken under load.
+    #[arg(long)]
+    allow_busy: bool,
 }
 
 /// The measures of the bench, each a section of BENCHMARKS.md (peak memory comes with the
@@ -84,6 +89,18 @@ pub struct Bench {
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
     let started = Instant::now();
+    // Looked at before anything of the bench runs, since building kiln loads the machine too.
+    let ours = quiet::our_processes();
+    let at_start = quiet::Snapshot::take(&ours);
+    if at_start.is_busy() && !args.allow_busy {
+        bail!(
+            "the machine is busy (load average {}): figures taken now would not hold; wait until \
+             the 1-minute load is below {} (watch `uptime`), or pass --allow-busy to measure anyway \
+             with every figure marked as taken under load",
+            at_start.describe(),
+            quiet::BUSY_LOAD
+        );
+    }
     let kiln = match &args.kiln {
         Some(kiln) => std::path::absolute(kiln)?,
         None => {
@@ -113,7 +130,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(bench.work.join("inputs"))?;
 
     let wanted = |measure: Measure| args.only.is_empty() || args.only.contains(&measure);
-    let mut report = Report::new(&bench)?;
+    let mut report = Report::new(&bench, &at_start)?;
     let memory = match wanted(Measure::WordCount) {
         true => {
             let baseline = measures::word_count(&bench, &mut report)?;
@@ -139,7 +156,7 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if wanted(Measure::Sandbox) {
         measures::sandbox_setup(&bench, &mut report)?;
     }
-    report.note_total(started.elapsed());
+    report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 
     let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
     std::fs::write(&output, report.render())?;
@@ -155,6 +172,9 @@ fn flags(args: &Args) -> String {
     }
     if let Some(kiln) = &args.kiln {
         flags.push_str(&format!(" --kiln {}", kiln.display()));
+    }
+    if args.allow_busy {
+        flags.push_str(" --allow-busy");
     }
     if !args.only.is_empty() {
         let names: Vec<String> = args

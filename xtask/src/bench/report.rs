@@ -4,8 +4,9 @@ use std::fmt::Write;
 use std::process::Command;
 use std::time::Duration;
 
-use super::Bench;
 use super::limits::{self, Missed};
+use super::quiet::Snapshot;
+use super::{Bench, Measure};
 
 /// A figure's target, and whether it was met.
 pub enum Target {
@@ -25,18 +26,29 @@ pub struct Report {
     body: String,
     section: String,
     missed: Vec<Missed>,
+    /// Whether the machine was busy at the start: every figure is then marked.
+    busy: bool,
 }
 
 impl Report {
-    pub fn new(bench: &Bench) -> anyhow::Result<Report> {
+    pub fn new(bench: &Bench, at_start: &Snapshot) -> anyhow::Result<Report> {
         let mut header = String::new();
         writeln!(header, "# Benchmarks\n")?;
-        writeln!(header, "Written by `cargo xtask bench{}`; rerun it to refresh every figure.\n", bench.flags)?;
+        writeln!(header, "Written by `cargo xtask bench{}`; rerun it to refresh every figure.", bench.flags)?;
+        writeln!(header, "{}\n", rerun_one_section())?;
+        let busy = at_start.is_busy();
+        if busy {
+            writeln!(
+                header,
+                "**Taken under load** (`--allow-busy`): another process used the machine when the bench \
+                 started, so every figure below (marked †) is slower and noisier than on a quiet machine.\n"
+            )?;
+        }
         writeln!(header, "- machine: {} cores, {}, {} memory", cores(), cpu_model(), memory())?;
         writeln!(header, "- commit: {}", commit(bench))?;
         writeln!(header, "- run: {} repetitions after a warm-up run; figures are medians, then (min–max)", bench.runs)?;
-        writeln!(header, "- load average (1, 5, 15 min) at the start: {}", load_average())?;
-        Ok(Report { header, body: String::new(), section: String::new(), missed: Vec::new() })
+        writeln!(header, "- load average (1, 5, 15 min) at the start: {}", at_start.describe())?;
+        Ok(Report { header, body: String::new(), section: String::new(), missed: Vec::new(), busy })
     }
 
     /// Starts a section with a heading and a line saying what it measures.
@@ -67,7 +79,8 @@ impl Report {
             Target::AtMost(value, bound, text) => self.verdict(name, value <= bound, text),
             Target::AtMostNumber(value, bound, text) => self.verdict(name, value <= bound, text),
         };
-        let _ = writeln!(self.body, "| {name} | {result} | {verdict} |");
+        let mark = if self.busy { " †" } else { "" };
+        let _ = writeln!(self.body, "| {name} | {result}{mark} | {verdict} |");
     }
 
     fn verdict(&mut self, name: &str, met: bool, text: &str) -> String {
@@ -79,8 +92,8 @@ impl Report {
         }
     }
 
-    pub fn note_total(&mut self, took: Duration) {
-        let _ = writeln!(self.header, "- load average at the end: {}", load_average());
+    pub fn note_total(&mut self, took: Duration, at_end: &Snapshot) {
+        let _ = writeln!(self.header, "- load average at the end: {}", at_end.describe());
         let _ = writeln!(self.header, "- the whole run took {:.0} s", took.as_secs_f64());
     }
 
@@ -98,12 +111,21 @@ impl Report {
     }
 }
 
-/// The load averages of /proc/loadavg: other work on the machine makes every figure noisier.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .map(|text| text.split_whitespace().take(3).collect::<Vec<_>>().join(", "))
-        .unwrap_or_else(|| "unknown".to_owned())
+/// How to rerun one section: `--only` with each measure's name and what it covers.
+fn rerun_one_section() -> String {
+    let names: Vec<String> = <Measure as clap::ValueEnum>::value_variants()
+        .iter()
+        .filter_map(clap::ValueEnum::to_possible_value)
+        .map(|value| match value.get_help() {
+            Some(help) => format!("`{}` ({})", value.get_name(), help.to_string().trim_end_matches('.')),
+            None => format!("`{}`", value.get_name()),
+        })
+        .collect();
+    format!(
+        "To rerun one section, `cargo xtask bench --only NAME` (names may be repeated or joined with commas) \
+         with NAME among: {}.",
+        names.join("; ")
+    )
 }
 
 fn cores() -> usize {
