@@ -53,6 +53,9 @@ pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 50 << 20;
 /// How long a login lasts.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 
+/// How long a login lasts without a request.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+
 /// How often expired sessions are deleted.
 const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
@@ -80,6 +83,8 @@ pub struct WebConfig {
     pub max_plugin_bytes: u64,
     /// How long a login lasts.
     pub session_ttl: Duration,
+    /// How long a login lasts without a request (the idle timeout).
+    pub session_idle: Duration,
     /// Whether cookies are marked `Secure` (set it when a proxy serves the app over HTTPS).
     pub secure_cookies: bool,
     /// The program the embedded workers start as `PROGRAM exec` to run plugin code; `None`:
@@ -116,6 +121,7 @@ impl WebConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
+            session_idle: DEFAULT_SESSION_IDLE,
             secure_cookies: false,
             executor_program: None,
             plugin_target_dir: None,
@@ -293,6 +299,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         max_input_bytes: config.max_upload_bytes,
         max_plugin_bytes: config.max_plugin_bytes,
         session_ttl: config.session_ttl,
+        session_idle: config.session_idle,
         secure_cookies: config.secure_cookies,
         embedded_cluster: embedded.is_some(),
         metrics: web_metrics,
@@ -307,7 +314,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let handle = server.handle();
     let service = http::service(app);
     let serving = tokio::spawn(async move { server.serve(service).await });
-    let sweeper = tokio::spawn(sweep_sessions(store.clone()));
+    let sweeper = tokio::spawn(sweep_sessions(store.clone(), config.session_idle));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
     Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper, metrics })
 }
@@ -414,12 +421,13 @@ async fn remove_stale_uploads(dir: &std::path::Path) {
     }
 }
 
-/// Deletes expired sessions now and then.
-async fn sweep_sessions(store: Store) {
+/// Deletes expired and idle sessions now and then.
+async fn sweep_sessions(store: Store, idle: Duration) {
     let mut interval = tokio::time::interval(SESSION_SWEEP_INTERVAL);
+    let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
     loop {
         interval.tick().await;
-        match store.delete_expired_sessions().await {
+        match store.delete_expired_sessions(idle_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "expired sessions deleted"),
             Err(e) => tracing::warn!("cannot delete expired sessions: {e}"),

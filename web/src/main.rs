@@ -42,6 +42,9 @@ struct Cli {
     /// The largest input file accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
+    /// Log a session out after this many minutes without a request.
+    #[arg(long, env = "KILN_WEB_SESSION_IDLE_MINUTES", default_value_t = 480)]
+    session_idle_minutes: u64,
     /// Mark cookies Secure (when a proxy serves the app over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
@@ -120,6 +123,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
+    config.session_idle = std::time::Duration::from_secs(cli.session_idle_minutes.max(1).saturating_mul(60));
     config.sandbox = !cli.insecure_no_sandbox;
     config.metrics_listen = cli.metrics_listen;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -1,5 +1,6 @@
-// Small helpers for forms: refuse files above the size the server accepts before uploading
-// them, show that an upload is under way, and ask before deleting or cancelling.
+// Small helpers for every page: refuse files above the size the server accepts before
+// uploading them, show that an upload is under way, ask before deleting or cancelling, and say
+// when a table is wider than the screen.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", function () {
@@ -28,6 +29,23 @@ document.addEventListener("DOMContentLoaded", function () {
       if (!window.confirm(form.dataset.confirm)) { event.preventDefault(); }
     });
   });
+
+  // A table wider than the screen scrolls sideways; say so above it, while that is true.
+  function hintScrolling() {
+    document.querySelectorAll(".scroll").forEach(function (box) {
+      let hint = box.previousElementSibling;
+      if (!hint || !hint.classList.contains("scroll-hint")) {
+        hint = document.createElement("p");
+        hint.className = "scroll-hint";
+        hint.textContent = "This table is wider than the screen: scroll it sideways for more columns \u2192";
+        box.parentNode.insertBefore(hint, box);
+      }
+      hint.classList.toggle("shown", box.scrollWidth > box.clientWidth + 1);
+    });
+  }
+  hintScrolling();
+  window.addEventListener("resize", hintScrolling);
+  window.kilnHintScrolling = hintScrolling;
 
   document.querySelectorAll("form[data-uploading]").forEach(function (form) {
     form.addEventListener("submit", function () {

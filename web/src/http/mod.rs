@@ -13,6 +13,7 @@
 //!
 //! # Layout
 //! - `users`: register, log in, log out.
+//! - `account`: change the password, log out everywhere, delete the account.
 //! - `tasks`: tasks and starting them.
 //! - `clusters`: clusters and their live workers.
 //! - `runs`: run pages, the progress websocket, results, cancelling.
@@ -21,6 +22,7 @@
 //! - `error`: the error type and its status codes.
 //! - `format`: numbers, sizes, times and durations for pages.
 
+mod account;
 mod assets;
 mod clusters;
 pub mod error;
@@ -71,6 +73,8 @@ pub struct App {
     pub max_plugin_bytes: u64,
     /// How long a session lasts.
     pub session_ttl: std::time::Duration,
+    /// How long a session lasts without a request.
+    pub session_idle: std::time::Duration,
     /// Whether cookies get the `Secure` flag (when served over HTTPS by a proxy).
     pub secure_cookies: bool,
     /// Whether every user is offered the embedded cluster.
@@ -98,6 +102,7 @@ fn router(app: Arc<App>) -> Router {
         .hoop(load_session)
         .get(home)
         .push(users::router())
+        .push(account::router())
         .push(tasks::router())
         .push(clusters::router())
         .push(runs::router());
@@ -157,7 +162,10 @@ async fn load_session(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let app = app(depot)?;
     let token = req.cookie(SESSION_COOKIE).map(|cookie| cookie.value().to_owned());
     let session = match token {
-        Some(token) if !token.is_empty() => app.store.session(&token_hash(&token)).await?,
+        Some(token) if !token.is_empty() => {
+            let idle_ms = i64::try_from(app.session_idle.as_millis()).unwrap_or(i64::MAX);
+            app.store.session(&token_hash(&token), idle_ms).await?
+        }
         _ => None,
     };
     match session {

@@ -1,4 +1,5 @@
-//! Runs: the run page with live progress (`/runs/{id}`), the websocket relaying the progress
+//! Runs: every run of the user, with a filter by state (`/runs?state=…`), the run page with
+//! live progress (`/runs/{id}`), the websocket relaying the progress
 //! (`/runs/{id}/ws`), the whole result as a file (`/runs/{id}/result.json`), and cancelling
 //! (`/runs/{id}/cancel`).
 
@@ -16,13 +17,57 @@ use crate::store::runs::{Run, RunState};
 /// How much of a result's pretty JSON the page shows; the whole is a download away.
 pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
 
+/// How many runs the runs page lists.
+const RUNS_LISTED: i64 = 500;
+
 /// The routes under `/runs`.
 pub fn router() -> Router {
-    Router::with_path("runs/{id}")
-        .get(show)
-        .push(Router::with_path("ws").goal(progress_socket))
-        .push(Router::with_path("result.json").get(result_file))
-        .push(Router::with_path("cancel").post(cancel))
+    Router::with_path("runs").get(list).push(
+        Router::with_path("{id}")
+            .get(show)
+            .push(Router::with_path("ws").goal(progress_socket))
+            .push(Router::with_path("result.json").get(result_file))
+            .push(Router::with_path("cancel").post(cancel)),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "runs/index.html")]
+struct ListPage {
+    page: Page,
+    runs: Vec<RunRow>,
+    /// The state filtered on, `""` for all.
+    state: &'static str,
+    states: Vec<&'static str>,
+    shown: String,
+}
+
+#[handler]
+async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let state =
+        match req.query::<String>("state").filter(|state| !state.is_empty()) {
+            Some(name) => Some(RunState::parse(&name).ok_or_else(|| {
+                HttpError::BadRequest(format!("there is no run state `{name}`: pick one of the list"))
+            })?),
+            None => None,
+        };
+    let runs: Vec<RunRow> =
+        app.store.user_runs(user.user_id, state, RUNS_LISTED).await?.iter().map(RunRow::new).collect();
+    let shown = match (runs.len() as i64, state) {
+        (RUNS_LISTED, _) => format!("The newest {RUNS_LISTED} runs."),
+        (n, Some(state)) => format!("{} {}.", format::count(n as u64, "run", "runs"), state.as_str()),
+        (n, None) => format!("{}.", format::count(n as u64, "run", "runs")),
+    };
+    let page = ListPage {
+        page: Page::new(depot, "Runs", "runs"),
+        runs,
+        state: state.map_or("", RunState::as_str),
+        states: RunState::ALL.iter().map(|state| state.as_str()).collect(),
+        shown,
+    };
+    render(res, StatusCode::OK, &page)
 }
 
 /// A run as a line of a table.

@@ -236,6 +236,39 @@ impl Store {
         runs_from_rows(&rows)
     }
 
+    /// The user's runs, newest first, at most `limit`; only those in `state` when given.
+    pub async fn user_runs(&self, user_id: i64, state: Option<RunState>, limit: i64) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE r.user_id = $1 AND ($2 = '' OR r.state = $2) ORDER BY r.id DESC LIMIT $3"
+        ))
+        .bind(user_id)
+        .bind(state.map_or("", RunState::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// The last run of each of the user's tasks that has one, by task id.
+    pub async fn last_run_states(&self, user_id: i64) -> Result<Vec<(i64, RunState)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.task_id, r.state FROM runs r WHERE r.user_id = $1 AND r.id = \
+             (SELECT MAX(l.id) FROM runs l WHERE l.task_id = r.task_id AND l.user_id = $1)",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                let state = RunState::parse(&state)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown run state `{state}`").into()))?;
+                Ok((row.try_get("task_id")?, state))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
+    }
+
     /// The runs on the user's cluster, newest first, at most `limit`.
     pub async fn cluster_runs(&self, user_id: i64, cluster_id: i64, limit: i64) -> Result<Vec<Run>, StoreError> {
         let rows =
