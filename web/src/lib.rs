@@ -38,6 +38,7 @@ use tokio::task::JoinHandle;
 use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
 use crate::http::App;
 use crate::metrics::WebMetrics;
+use crate::runs::inputs::InputKeeper;
 use crate::runs::{RunError, RunManager};
 use crate::sealing::{KeyError, KeyOrigin, SecretKey};
 use crate::security::LoginLimiter;
@@ -56,8 +57,11 @@ pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 /// How long a login lasts without a request.
 pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
 
-/// How often expired sessions are deleted.
-const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a run's input is kept for "Run again".
+pub const DEFAULT_INPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How often expired sessions and kept inputs are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long in-flight requests may take to finish at shutdown.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
@@ -85,6 +89,8 @@ pub struct WebConfig {
     pub session_ttl: Duration,
     /// How long a login lasts without a request (the idle timeout).
     pub session_idle: Duration,
+    /// How long a run's input is kept in `<data_dir>/inputs/` for "Run again" (zero: not kept).
+    pub input_retention: Duration,
     /// Whether cookies are marked `Secure` (set it when a proxy serves the app over HTTPS).
     pub secure_cookies: bool,
     /// The program the embedded workers start as `PROGRAM exec` to run plugin code; `None`:
@@ -122,6 +128,7 @@ impl WebConfig {
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
             session_idle: DEFAULT_SESSION_IDLE,
+            input_retention: DEFAULT_INPUT_RETENTION,
             secure_cookies: false,
             executor_program: None,
             plugin_target_dir: None,
@@ -245,8 +252,9 @@ impl RunningWeb {
 pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let upload_dir = config.data_dir.join("uploads");
     let plugin_dir = config.data_dir.join("plugins");
+    let input_dir = config.data_dir.join("inputs");
     make_private_dir(&config.data_dir).await?;
-    for dir in [&upload_dir, &plugin_dir] {
+    for dir in [&upload_dir, &plugin_dir, &input_dir] {
         tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
     }
     remove_stale_uploads(&upload_dir).await;
@@ -300,6 +308,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         max_plugin_bytes: config.max_plugin_bytes,
         session_ttl: config.session_ttl,
         session_idle: config.session_idle,
+        inputs: InputKeeper::new(input_dir, config.input_retention),
         secure_cookies: config.secure_cookies,
         embedded_cluster: embedded.is_some(),
         metrics: web_metrics,
@@ -312,9 +321,10 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         TcpAcceptor::try_from(listener).map_err(|source| WebError::Listen { addr: config.listen, source })?;
     let server = Server::new(acceptor);
     let handle = server.handle();
+    let inputs = app.inputs.clone();
     let service = http::service(app);
     let serving = tokio::spawn(async move { server.serve(service).await });
-    let sweeper = tokio::spawn(sweep_sessions(store.clone(), config.session_idle));
+    let sweeper = tokio::spawn(sweep(store.clone(), config.session_idle, inputs));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
     Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper, metrics })
 }
@@ -421,9 +431,9 @@ async fn remove_stale_uploads(dir: &std::path::Path) {
     }
 }
 
-/// Deletes expired and idle sessions now and then.
-async fn sweep_sessions(store: Store, idle: Duration) {
-    let mut interval = tokio::time::interval(SESSION_SWEEP_INTERVAL);
+/// Deletes expired and idle sessions and the kept inputs whose time has passed, now and then.
+async fn sweep(store: Store, idle: Duration, inputs: InputKeeper) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
     loop {
         interval.tick().await;
@@ -431,6 +441,11 @@ async fn sweep_sessions(store: Store, idle: Duration) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "expired sessions deleted"),
             Err(e) => tracing::warn!("cannot delete expired sessions: {e}"),
+        }
+        match inputs.sweep(&store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "kept inputs removed"),
+            Err(e) => tracing::warn!("cannot remove the kept inputs whose time has passed: {e}"),
         }
     }
 }

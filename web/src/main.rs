@@ -45,6 +45,9 @@ struct Cli {
     /// Log a session out after this many minutes without a request.
     #[arg(long, env = "KILN_WEB_SESSION_IDLE_MINUTES", default_value_t = 480)]
     session_idle_minutes: u64,
+    /// Keep each run's input this many hours for "Run again" (0: do not keep inputs).
+    #[arg(long, env = "KILN_WEB_KEEP_INPUTS_HOURS", default_value_t = 24)]
+    keep_inputs_hours: u64,
     /// Mark cookies Secure (when a proxy serves the app over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
@@ -123,6 +126,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
+    config.input_retention = std::time::Duration::from_secs(cli.keep_inputs_hours.saturating_mul(3600));
     config.session_idle = std::time::Duration::from_secs(cli.session_idle_minutes.max(1).saturating_mul(60));
     config.sandbox = !cli.insecure_no_sandbox;
     config.metrics_listen = cli.metrics_listen;

@@ -47,10 +47,52 @@ document.addEventListener("DOMContentLoaded", function () {
   window.addEventListener("resize", hintScrolling);
   window.kilnHintScrolling = hintScrolling;
 
+  // Uploads show how much has been sent: the form goes through XMLHttpRequest, whose upload
+  // reports progress, and the browser then follows the server's answer (the new task or run,
+  // or the form again with its error).
   document.querySelectorAll("form[data-uploading]").forEach(function (form) {
-    form.addEventListener("submit", function () {
+    form.addEventListener("submit", function (event) {
+      if (!window.XMLHttpRequest || !window.FormData) { return; }
+      event.preventDefault();
       const button = form.querySelector("button[type=submit]");
       if (button) { button.disabled = true; button.textContent = form.dataset.uploading; }
+      let bar = form.querySelector("progress.upload");
+      let status = form.querySelector(".upload-status");
+      if (!bar) {
+        bar = document.createElement("progress");
+        bar.className = "upload";
+        bar.id = "upload-progress";
+        bar.max = 100;
+        bar.value = 0;
+        status = document.createElement("span");
+        status.className = "upload-status muted";
+        status.id = "upload-status";
+        form.appendChild(bar);
+        form.appendChild(status);
+      }
+      const request = new XMLHttpRequest();
+      request.open("POST", form.action);
+      request.upload.addEventListener("progress", function (progress) {
+        if (!progress.lengthComputable) { return; }
+        bar.value = (progress.loaded / progress.total) * 100;
+        status.textContent = formatBytes(progress.loaded) + " of " + formatBytes(progress.total) + " sent (" +
+          Math.floor(bar.value) + " %)";
+      });
+      request.addEventListener("load", function () {
+        if (request.status < 400 && request.responseURL && request.responseURL !== form.action) {
+          window.location.assign(request.responseURL);
+          return;
+        }
+        // The form again, with what was wrong: the server's page as it is.
+        document.open();
+        document.write(request.responseText);
+        document.close();
+      });
+      request.addEventListener("error", function () {
+        status.textContent = "The upload failed: check the connection and try again.";
+        if (button) { button.disabled = false; button.textContent = "Try again"; }
+      });
+      request.send(new FormData(form));
     });
   });
 });

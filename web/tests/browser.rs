@@ -276,7 +276,27 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
     }
     assert_eq!(counted, expected);
     assert!(seen_running, "the page showed the progress of the run while it ran");
+    let chunks = text_of(&client, "chunks").await;
+    let n_chunks: u64 = chunks.split(" / ").nth(1).and_then(|n| n.parse().ok()).expect("chunks done / in all");
+    assert_finished_figures(&client, n_chunks).await;
     screenshot(&client, "wordcount-result.png").await;
+
+    // "Run again" runs the task on the same input, kept by the server, to the same result.
+    let first_run = client.current_url().await.expect("url").path().to_owned();
+    click(&client, "run-again").await;
+    wait_for(&client, "run", Duration::from_secs(30)).await;
+    let again = client.current_url().await.expect("url").path().to_owned();
+    assert_ne!(again, first_run, "a new run");
+    let shown = wait_for(&client, "result", RUN_TIMEOUT).await;
+    let counted_again: BTreeMap<String, u64> = serde_json::from_str(&shown).expect("the result as JSON");
+    assert_eq!(counted_again, expected, "the run again gives the same result");
+    let again_id: i64 = again.trim_start_matches("/runs/").parse().expect("a run id");
+    let stored = web.web.store().run_by_id(again_id).await.expect("the store").expect("the run again");
+    assert_eq!(stored.input_bytes, text.len() as i64, "the same input, whole");
+    // The run names the version of the plugin it used: the hash of the task's source.
+    let run_hash = text_of(&client, "plugin-hash").await;
+    client.goto(&format!("{task_url}/source")).await.expect("the task's source");
+    assert_eq!(text_of(&client, "source-hash").await, run_hash, "the run used the task's source");
 
     // Output with markup is shown as text, and runs no script.
     let markup = files_path.join("markup").join("lib.rs");
@@ -290,6 +310,8 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
     let source = client.source().await.expect("page source");
     assert!(source.contains("&lt;script&gt;alert(1)&lt;/script&gt;") || source.contains("&#60;script&#62;alert(1)"));
     assert!(!source.contains("<script>alert(1)</script>"));
+    // A run of a second or so still has its table and a chart with axes.
+    assert_finished_figures(&client, 1).await;
     screenshot(&client, "markup-result.png").await;
 
     // A crate that does not compile shows cargo's diagnostics.
@@ -305,6 +327,35 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
     client.close().await.expect("close the browser");
     drop(driver);
     web.stop().await;
+}
+
+/// Checks that the page of an ended run (after its reload) shows the per-worker table, whose
+/// chunks add up to at least `n_chunks`, a throughput chart with both axes labelled, and the
+/// plugin's hash.
+async fn assert_finished_figures(client: &Client, n_chunks: u64) {
+    let mut chunks = 0;
+    for row in client.find_all(Locator::Css("#workers tbody tr")).await.expect("the workers' rows") {
+        let cells = row.find_all(Locator::Css("td")).await.expect("cells");
+        chunks += cells[2].text().await.expect("chunks").parse::<u64>().expect("a number of chunks");
+    }
+    assert!(chunks >= n_chunks, "the finished run's workers did {chunks} of {n_chunks} chunks");
+    let labels = |css: &'static str| async move {
+        let mut texts = Vec::new();
+        for label in client.find_all(Locator::Css(css)).await.expect("labels") {
+            texts.push(label.text().await.expect("a label"));
+        }
+        texts
+    };
+    let x = labels("#chart .x-label").await;
+    assert!(x.len() == 5 && x[0] == "0 s" && x.iter().all(|l| l.ends_with(" s")), "time axis: {x:?}");
+    let y = labels("#chart .y-label").await;
+    assert!(y.len() == 5 && y.iter().all(|l| l.ends_with("/s")), "throughput axis: {y:?}");
+    let line = client.find(Locator::Id("chart-line")).await.expect("the line").attr("points").await.expect("points");
+    assert!(line.is_some_and(|points| points.split(' ').count() >= 2), "the chart draws the throughput");
+    let phases = text_of(client, "phases").await;
+    assert!(phases.contains("submitting") && phases.contains("running"), "the run's timeline: {phases}");
+    let hash = text_of(client, "plugin-hash").await;
+    assert!(hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()), "the run records its plugin: {hash}");
 }
 
 /// Waits until the page's URL ends with `path`.

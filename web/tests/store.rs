@@ -502,3 +502,41 @@ async fn a_users_runs_are_listed_by_state_and_each_task_knows_its_last_run() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn a_runs_kept_input_and_figures_are_stored_and_expire() {
+    check(|store| async move {
+        let (a, _, task, cluster) = two_users(&store).await;
+        let run = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        let later = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        store.keep_run_input(run, "run-1-x.txt", now_ms() - 1).await.unwrap();
+        store.keep_run_input(later, "run-2-y.txt", now_ms() + 3_600_000).await.unwrap();
+        assert_eq!(store.run(a, run).await.unwrap().unwrap().kept_input(), None, "its time has passed");
+        assert_eq!(store.run(a, later).await.unwrap().unwrap().kept_input(), Some("run-2-y.txt"));
+        let mut files = store.run_input_files().await.unwrap();
+        files.sort();
+        assert_eq!(files, ["run-1-x.txt", "run-2-y.txt"]);
+        assert_eq!(store.expire_run_inputs(now_ms()).await.unwrap(), ["run-1-x.txt"]);
+        assert_eq!(store.run_input_files().await.unwrap(), ["run-2-y.txt"]);
+        assert_eq!(store.user_run_input_files(a).await.unwrap(), ["run-2-y.txt"]);
+
+        assert!(store.save_run_figures(run, "abc123", "{\"samples\":[[10,5]]}", false).await.unwrap());
+        assert_eq!(store.run_figures(a, run).await.unwrap(), Some(Some("{\"samples\":[[10,5]]}".to_owned())));
+        assert_eq!(store.run(a, run).await.unwrap().unwrap().plugin_hash.as_deref(), Some("abc123"));
+        let ending = RunEnding {
+            state: RunState::Succeeded,
+            result: Some("1".into()),
+            error_kind: None,
+            error: None,
+            started_at: None,
+            finished_at: now_ms(),
+            progress: None,
+        };
+        store.finish_run(run, &ending).await.unwrap();
+        // A late progress update does not overwrite the figures of the ending; the ending's do.
+        assert!(!store.save_run_figures(run, "abc123", "{}", false).await.unwrap());
+        assert!(store.save_run_figures(run, "abc123", "{\"samples\":[]}", true).await.unwrap());
+        assert_eq!(store.run_figures(a, run).await.unwrap(), Some(Some("{\"samples\":[]}".to_owned())));
+    })
+    .await;
+}

@@ -137,10 +137,12 @@ async fn delete_account(req: &mut Request, depot: &mut Depot, res: &mut Response
     // No job of a deleted account goes on running on a cluster.
     super::tasks::cancel_runs(&app, user.user_id, app.store.user_runs(user.user_id, None, i64::MAX).await?).await;
     let files = app.store.user_plugin_files(user.user_id).await?;
+    let inputs = app.store.user_run_input_files(user.user_id).await?;
     app.store.delete_user(user.user_id).await?;
     for file in files {
         super::tasks::remove_plugin_named(&app, &file).await;
     }
+    app.inputs.remove(&inputs).await;
     tracing::info!(user = user.user_id, "account deleted");
     forget_cookie(&app, res);
     redirect(res, "/users/register");

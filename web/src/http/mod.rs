@@ -14,20 +14,23 @@
 //! # Layout
 //! - `users`: register, log in, log out.
 //! - `account`: change the password, log out everywhere, delete the account.
-//! - `tasks`: tasks and starting them.
+//! - `tasks`: tasks and starting them; `source`: a task's plugin source.
 //! - `clusters`: clusters and their live workers.
 //! - `runs`: run pages, the progress websocket, results, cancelling.
 //! - `assets`: the stylesheet and scripts, compiled into the binary.
 //! - `upload`: streaming multipart uploads to temporary files with size limits.
 //! - `error`: the error type and its status codes.
 //! - `format`: numbers, sizes, times and durations for pages.
+//! - `chart`: the throughput chart of an ended run, as SVG with its axes.
 
 mod account;
 mod assets;
+mod chart;
 mod clusters;
 pub mod error;
 mod format;
 mod runs;
+mod source;
 mod tasks;
 mod upload;
 mod users;
@@ -42,6 +45,7 @@ use salvo::prelude::*;
 use self::error::HttpError;
 use crate::metrics::WebMetrics;
 use crate::runs::RunManager;
+use crate::runs::inputs::InputKeeper;
 use crate::security::{LoginLimiter, constant_time_eq, new_token, token_hash};
 use crate::store::Store;
 use crate::store::sessions::Session;
@@ -75,6 +79,8 @@ pub struct App {
     pub session_ttl: std::time::Duration,
     /// How long a session lasts without a request.
     pub session_idle: std::time::Duration,
+    /// Where runs' inputs are kept for "Run again".
+    pub inputs: InputKeeper,
     /// Whether cookies get the `Secure` flag (when served over HTTPS by a proxy).
     pub secure_cookies: bool,
     /// Whether every user is offered the embedded cluster.
@@ -103,6 +109,7 @@ fn router(app: Arc<App>) -> Router {
         .get(home)
         .push(users::router())
         .push(account::router())
+        .push(source::router())
         .push(tasks::router())
         .push(clusters::router())
         .push(runs::router());

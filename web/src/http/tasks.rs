@@ -284,7 +284,8 @@ async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     let run = app.store.create_run(user.user_id, &new_run).await?.ok_or(HttpError::NotFound)?;
     tracing::info!(user = user.user_id, task = task.id, run = run.id, cluster = cluster.id, "run started");
     app.metrics.runs_started.inc();
-    app.runs.start(&run, plugin, input.path, target);
+    let input = app.inputs.keep_upload(&app.store, run.id, input.path).await;
+    app.runs.start(&run, plugin, input, target);
     redirect(res, &format!("/runs/{}", run.id));
     Ok(())
 }

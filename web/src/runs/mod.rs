@@ -10,9 +10,11 @@
 //! so restarting the web server loses no run.
 //!
 //! # Layout
-//! - [`progress`]: the message browsers receive.
+//! - [`progress`]: the message browsers receive, and the figures a run keeps.
+//! - [`inputs`]: inputs kept for "Run again", and their removal.
 //! - `watch`: the background task of a run: submitting, watching, recording the ending.
 
+pub mod inputs;
 pub mod progress;
 mod watch;
 
@@ -23,10 +25,10 @@ use std::time::Duration;
 
 use kiln_engine::client::{Client, ClientError};
 use kiln_engine::rpc::{ClusterInfo, Secret};
-use tempfile::TempPath;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use self::inputs::RunInput;
 use crate::metrics::WebMetrics;
 use crate::store::clusters::Cluster;
 use crate::store::runs::{Run, RunEnding, RunState};
@@ -134,8 +136,8 @@ impl RunManager {
     }
 
     /// Starts a new run (in state `Submitting`): submits the plugin and the input, then
-    /// watches the job. The input's temporary file is deleted once submitted.
-    pub fn start(self: &Arc<Self>, run: &Run, plugin: Plugin, input: TempPath, target: ClusterTarget) {
+    /// watches the job. A temporary input is deleted once submitted; a kept one stays.
+    pub fn start(self: &Arc<Self>, run: &Run, plugin: Plugin, input: RunInput, target: ClusterTarget) {
         self.open_live(run.id);
         let manager = Arc::clone(self);
         let run = run.clone();
@@ -269,6 +271,11 @@ impl RunManager {
     fn close_live(&self, run_id: i64) {
         self.live.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&run_id);
     }
+}
+
+/// The ending, now, of a run that failed before it began, with `message` of kind `kind`.
+pub fn failure_now(kind: &str, message: impl Into<String>) -> RunEnding {
+    failure(None, kind, message)
 }
 
 /// The ending of a run that failed with `message`, of kind `kind`.
