@@ -18,6 +18,8 @@
 //! - [`errors`]: an error with its causes as one line, each cause once.
 //! - [`input`]: a job's input as an ordered list of files: local files, directories and
 //!   patterns, URLs read by reference, compressed files.
+//! - [`telemetry`]: logs (human or JSON) and Prometheus metrics: the `/metrics` endpoint, the
+//!   process's figures, RPC calls counted by method and outcome.
 //!
 //! The roles, above it:
 //! - [`worker`]: the plugin [`worker::builder`] and [`worker::executor`], the job runner that
@@ -39,5 +41,6 @@ pub mod plugin_source;
 pub mod rpc;
 pub mod rules;
 pub mod sandbox;
+pub mod telemetry;
 pub mod tls;
 pub mod worker;

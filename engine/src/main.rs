@@ -10,11 +10,16 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiln_engine::local::{LocalConfig, run_local};
 use kiln_engine::rules::chunk::DEFAULT_CHUNK_SIZE;
+use kiln_engine::telemetry::{LogFormat, init_logging};
 
 /// Kiln runs your map-reduce plugins over your own machines.
 #[derive(Parser)]
 #[command(name = "kiln", version, about)]
 struct Cli {
+    /// How log lines on stderr are written: `human`, or `json` (one object per line, with the
+    /// job, chunk, worker and owner of each event's spans); `RUST_LOG` sets the levels.
+    #[arg(long, global = true, value_enum, env = "KILN_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
 }
@@ -80,6 +85,7 @@ struct RunLocalArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    let format = cli.log_format;
     // The daemons say what they do; the other commands only what went wrong.
     let result = match cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
@@ -97,36 +103,29 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::RunLocal(args) => logged("warn", || run_local_command(args)),
+        Command::RunLocal(args) => logged(format, "warn", || run_local_command(args)),
         Command::Controller(args) => {
             kiln_engine::memory::tune_for_service();
-            logged("info", || cli::cluster::run_controller(args))
+            logged(format, "info", || cli::cluster::run_controller(args))
         }
         Command::Worker(args) => {
             kiln_engine::memory::tune_for_service();
-            logged("info", || cli::cluster::run_worker(args))
+            logged(format, "info", || cli::cluster::run_worker(args))
         }
-        Command::Submit(args) => logged("warn", || cli::jobs::submit(args)),
-        Command::Status(args) => logged("warn", || cli::jobs::status(args)),
-        Command::Result(args) => logged("warn", || cli::jobs::result(args)),
-        Command::Cancel(args) => logged("warn", || cli::jobs::cancel(args)),
-        Command::Jobs(args) => logged("warn", || cli::jobs::jobs(args)),
-        Command::Cluster(args) => logged("warn", || cli::jobs::cluster(args)),
+        Command::Submit(args) => logged(format, "warn", || cli::jobs::submit(args)),
+        Command::Status(args) => logged(format, "warn", || cli::jobs::status(args)),
+        Command::Result(args) => logged(format, "warn", || cli::jobs::result(args)),
+        Command::Cancel(args) => logged(format, "warn", || cli::jobs::cancel(args)),
+        Command::Jobs(args) => logged(format, "warn", || cli::jobs::jobs(args)),
+        Command::Cluster(args) => logged(format, "warn", || cli::jobs::cluster(args)),
     };
     report(result)
 }
 
-/// Runs a command with logging set up at `default_level` (unless RUST_LOG says otherwise).
-fn logged(default_level: &str, command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
-    init_logging(default_level);
+/// Runs a command with logging in `format` at `default_level` (unless RUST_LOG says otherwise).
+fn logged(format: LogFormat, default_level: &str, command: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+    init_logging(format, default_level);
     command()
-}
-
-/// Logs to stderr, filtered by RUST_LOG, else at `default` level and above.
-fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
 }
 
 /// Prints a failure with its causes, each once, on stderr and picks the exit code.

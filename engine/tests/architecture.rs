@@ -3,7 +3,8 @@
 //! are enforced, so a change that breaks one fails here with the offending file and path.
 //!
 //! The floors (see `engine/src/lib.rs`): the ground floor (`rules`, `plugin_source`, `rpc`,
-//! `owner`, `sandbox`, `tls`, `memory`, `errors`, `input`) imports no role; the controller never imports the
+//! `owner`, `sandbox`, `tls`, `memory`, `errors`, `input`, `telemetry`) imports no role; the
+//! controller never imports the
 //! worker (it neither builds nor runs plugin code); no role imports one beside it except
 //! run-local, which runs on the worker's parts.
 
@@ -13,8 +14,8 @@ use std::path::{Path, PathBuf};
 use regex::Regex;
 
 /// The modules every role may use, which import none.
-const GROUND_FLOOR: [&str; 9] =
-    ["rules", "plugin_source", "rpc", "owner", "sandbox", "tls", "memory", "errors", "input"];
+const GROUND_FLOOR: [&str; 10] =
+    ["rules", "plugin_source", "rpc", "owner", "sandbox", "tls", "memory", "errors", "input", "telemetry"];
 
 /// What each role may not import (the binary's `cli` is above them all).
 const FORBIDDEN: [(&str, &[&str]); 4] = [

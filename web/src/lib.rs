@@ -12,9 +12,11 @@
 //! - [`cluster`]: the embedded "local" cluster (a controller and workers in this process).
 //! - [`security`]: password hashing, tokens and the login rate limit.
 //! - [`sealing`]: the secret key, and cluster API keys sealed with it at rest.
+//! - [`metrics`]: the web app's Prometheus metrics, on an address of their own.
 
 pub mod cluster;
 pub mod http;
+pub mod metrics;
 pub mod runs;
 pub mod sealing;
 pub mod security;
@@ -35,6 +37,8 @@ use tokio::task::JoinHandle;
 
 use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
 use crate::http::App;
+use crate::metrics::WebMetrics;
+use crate::runs::inputs::InputKeeper;
 use crate::runs::{RunError, RunManager};
 use crate::sealing::{KeyError, KeyOrigin, SecretKey};
 use crate::security::LoginLimiter;
@@ -50,8 +54,14 @@ pub const DEFAULT_MAX_PLUGIN_BYTES: u64 = 50 << 20;
 /// How long a login lasts.
 pub const DEFAULT_SESSION_TTL: Duration = Duration::from_secs(14 * 24 * 3600);
 
-/// How often expired sessions are deleted.
-const SESSION_SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
+/// How long a login lasts without a request.
+pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(8 * 3600);
+
+/// How long a run's input is kept for "Run again".
+pub const DEFAULT_INPUT_RETENTION: Duration = Duration::from_secs(24 * 3600);
+
+/// How often expired sessions and kept inputs are deleted.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(600);
 
 /// How long in-flight requests may take to finish at shutdown.
 const GRACEFUL_SHUTDOWN: Duration = Duration::from_secs(5);
@@ -77,6 +87,10 @@ pub struct WebConfig {
     pub max_plugin_bytes: u64,
     /// How long a login lasts.
     pub session_ttl: Duration,
+    /// How long a login lasts without a request (the idle timeout).
+    pub session_idle: Duration,
+    /// How long a run's input is kept in `<data_dir>/inputs/` for "Run again" (zero: not kept).
+    pub input_retention: Duration,
     /// Whether cookies are marked `Secure` (set it when a proxy serves the app over HTTPS).
     pub secure_cookies: bool,
     /// The program the embedded workers start as `PROGRAM exec` to run plugin code; `None`:
@@ -95,6 +109,8 @@ pub struct WebConfig {
     /// `--insecure-no-sandbox`) they run with the server's rights and warn on every job. With
     /// it, a host that cannot sandbox refuses to start the embedded cluster.
     pub sandbox: bool,
+    /// Where to serve Prometheus metrics (`/metrics`), apart from the site; `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl WebConfig {
@@ -111,6 +127,8 @@ impl WebConfig {
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
+            session_idle: DEFAULT_SESSION_IDLE,
+            input_retention: DEFAULT_INPUT_RETENTION,
             secure_cookies: false,
             executor_program: None,
             plugin_target_dir: None,
@@ -118,6 +136,7 @@ impl WebConfig {
             worker_processes: u32::try_from((cores / 2).max(1)).unwrap_or(1),
             chunk_bytes: 0,
             sandbox: true,
+            metrics_listen: None,
         }
     }
 
@@ -194,12 +213,18 @@ pub struct RunningWeb {
     server: ServerHandle,
     serving: JoinHandle<()>,
     sweeper: JoinHandle<()>,
+    metrics: Option<kiln_engine::telemetry::metrics::MetricsEndpoint>,
 }
 
 impl RunningWeb {
     /// The address HTTP is served on (with the real port when given port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(kiln_engine::telemetry::metrics::MetricsEndpoint::local_addr)
     }
 
     /// The app's database.
@@ -210,6 +235,7 @@ impl RunningWeb {
     /// Stops serving (letting requests in flight finish), stops watching runs (they are picked
     /// up again at the next start), stops the embedded cluster and closes the database.
     pub async fn shutdown(self) {
+        drop(self.metrics);
         self.server.stop_graceful(GRACEFUL_SHUTDOWN);
         let _ = self.serving.await;
         self.sweeper.abort();
@@ -226,8 +252,9 @@ impl RunningWeb {
 pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let upload_dir = config.data_dir.join("uploads");
     let plugin_dir = config.data_dir.join("plugins");
+    let input_dir = config.data_dir.join("inputs");
     make_private_dir(&config.data_dir).await?;
-    for dir in [&upload_dir, &plugin_dir] {
+    for dir in [&upload_dir, &plugin_dir, &input_dir] {
         tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
     }
     remove_stale_uploads(&upload_dir).await;
@@ -245,14 +272,32 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
             store.ensure_local_cluster(user_id).await?;
         }
     }
+    let web_metrics = WebMetrics::default();
     let runs = RunManager::new(
         store.clone(),
         embedded.as_ref().map(EmbeddedCluster::target),
         upload_dir.clone(),
         plugin_dir.clone(),
         config.chunk_bytes,
+        web_metrics.clone(),
     );
     let resumed = runs.resume().await?;
+    let mut registry = kiln_engine::telemetry::metrics::new_registry();
+    web_metrics.register(&mut registry, &runs);
+    let metrics = match config.metrics_listen {
+        Some(addr) => match kiln_engine::telemetry::metrics::serve(addr, registry).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(source) => {
+                runs.shutdown().await;
+                if let Some(embedded) = embedded {
+                    embedded.shutdown().await;
+                }
+                store.close().await;
+                return Err(WebError::Listen { addr, source });
+            }
+        },
+        None => None,
+    };
     let app = Arc::new(App {
         store: store.clone(),
         runs: Arc::clone(&runs),
@@ -262,8 +307,11 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         max_input_bytes: config.max_upload_bytes,
         max_plugin_bytes: config.max_plugin_bytes,
         session_ttl: config.session_ttl,
+        session_idle: config.session_idle,
+        inputs: InputKeeper::new(input_dir, config.input_retention),
         secure_cookies: config.secure_cookies,
         embedded_cluster: embedded.is_some(),
+        metrics: web_metrics,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -273,11 +321,12 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         TcpAcceptor::try_from(listener).map_err(|source| WebError::Listen { addr: config.listen, source })?;
     let server = Server::new(acceptor);
     let handle = server.handle();
+    let inputs = app.inputs.clone();
     let service = http::service(app);
     let serving = tokio::spawn(async move { server.serve(service).await });
-    let sweeper = tokio::spawn(sweep_sessions(store.clone()));
+    let sweeper = tokio::spawn(sweep(store.clone(), config.session_idle, inputs));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
-    Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper })
+    Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper, metrics })
 }
 
 /// Runs the web app until `shutdown` completes, then stops it cleanly.
@@ -382,15 +431,21 @@ async fn remove_stale_uploads(dir: &std::path::Path) {
     }
 }
 
-/// Deletes expired sessions now and then.
-async fn sweep_sessions(store: Store) {
-    let mut interval = tokio::time::interval(SESSION_SWEEP_INTERVAL);
+/// Deletes expired and idle sessions and the kept inputs whose time has passed, now and then.
+async fn sweep(store: Store, idle: Duration, inputs: InputKeeper) {
+    let mut interval = tokio::time::interval(SWEEP_INTERVAL);
+    let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
     loop {
         interval.tick().await;
-        match store.delete_expired_sessions().await {
+        match store.delete_expired_sessions(idle_ms).await {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "expired sessions deleted"),
             Err(e) => tracing::warn!("cannot delete expired sessions: {e}"),
+        }
+        match inputs.sweep(&store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "kept inputs removed"),
+            Err(e) => tracing::warn!("cannot remove the kept inputs whose time has passed: {e}"),
         }
     }
 }

@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use kiln_engine::telemetry::{LogFormat, init_logging};
 use kiln_web::sealing::{SECRET_KEY_ENV, SecretKey};
 use kiln_web::{DEFAULT_MAX_UPLOAD_BYTES, WebConfig};
 
@@ -41,6 +42,12 @@ struct Cli {
     /// The largest input file accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
+    /// Log a session out after this many minutes without a request.
+    #[arg(long, env = "KILN_WEB_SESSION_IDLE_MINUTES", default_value_t = 480)]
+    session_idle_minutes: u64,
+    /// Keep each run's input this many hours for "Run again" (0: do not keep inputs).
+    #[arg(long, env = "KILN_WEB_KEEP_INPUTS_HOURS", default_value_t = 24)]
+    keep_inputs_hours: u64,
     /// Mark cookies Secure (when a proxy serves the app over HTTPS).
     #[arg(long)]
     secure_cookies: bool,
@@ -49,6 +56,14 @@ struct Cli {
     /// user is trusted. Every job is logged with a warning.
     #[arg(long)]
     insecure_no_sandbox: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics, apart from the site (plain HTTP,
+    /// figures only: bind it to loopback or a private address). Off unless given.
+    #[arg(long, env = "KILN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+    /// How log lines on stderr are written: `human`, or `json` (one object per line, with the
+    /// fields of each event's spans); `RUST_LOG` sets the levels.
+    #[arg(long, value_enum, env = "KILN_LOG_FORMAT", default_value_t = LogFormat::Human)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Option<Command>,
 }
@@ -88,9 +103,7 @@ fn main() -> ExitCode {
         };
     }
     kiln_engine::memory::tune_for_service();
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,sqlx=warn"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    init_logging(cli.log_format, "info,sqlx=warn");
     match serve(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -113,10 +126,16 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.embedded_workers = cli.embedded_workers;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
+    config.input_retention = std::time::Duration::from_secs(cli.keep_inputs_hours.saturating_mul(3600));
+    config.session_idle = std::time::Duration::from_secs(cli.session_idle_minutes.max(1).saturating_mul(60));
     config.sandbox = !cli.insecure_no_sandbox;
+    config.metrics_listen = cli.metrics_listen;
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let web = kiln_web::start(config).await.context("cannot start kiln-web")?;
+        if let Some(addr) = web.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
         eprintln!("listening on http://{}", web.local_addr());
         shutdown_signal().await?;
         tracing::info!("shutting down");

@@ -1,5 +1,6 @@
-// Small helpers for forms: refuse files above the size the server accepts before uploading
-// them, show that an upload is under way, and ask before deleting or cancelling.
+// Small helpers for every page: refuse files above the size the server accepts before
+// uploading them, show that an upload is under way, ask before deleting or cancelling, and say
+// when a table is wider than the screen.
 "use strict";
 
 document.addEventListener("DOMContentLoaded", function () {
@@ -29,10 +30,69 @@ document.addEventListener("DOMContentLoaded", function () {
     });
   });
 
+  // A table wider than the screen scrolls sideways; say so above it, while that is true.
+  function hintScrolling() {
+    document.querySelectorAll(".scroll").forEach(function (box) {
+      let hint = box.previousElementSibling;
+      if (!hint || !hint.classList.contains("scroll-hint")) {
+        hint = document.createElement("p");
+        hint.className = "scroll-hint";
+        hint.textContent = "This table is wider than the screen: scroll it sideways for more columns \u2192";
+        box.parentNode.insertBefore(hint, box);
+      }
+      hint.classList.toggle("shown", box.scrollWidth > box.clientWidth + 1);
+    });
+  }
+  hintScrolling();
+  window.addEventListener("resize", hintScrolling);
+  window.kilnHintScrolling = hintScrolling;
+
+  // Uploads show how much has been sent: the form goes through XMLHttpRequest, whose upload
+  // reports progress, and the browser then follows the server's answer (the new task or run,
+  // or the form again with its error).
   document.querySelectorAll("form[data-uploading]").forEach(function (form) {
-    form.addEventListener("submit", function () {
+    form.addEventListener("submit", function (event) {
+      if (!window.XMLHttpRequest || !window.FormData) { return; }
+      event.preventDefault();
       const button = form.querySelector("button[type=submit]");
       if (button) { button.disabled = true; button.textContent = form.dataset.uploading; }
+      let bar = form.querySelector("progress.upload");
+      let status = form.querySelector(".upload-status");
+      if (!bar) {
+        bar = document.createElement("progress");
+        bar.className = "upload";
+        bar.id = "upload-progress";
+        bar.max = 100;
+        bar.value = 0;
+        status = document.createElement("span");
+        status.className = "upload-status muted";
+        status.id = "upload-status";
+        form.appendChild(bar);
+        form.appendChild(status);
+      }
+      const request = new XMLHttpRequest();
+      request.open("POST", form.action);
+      request.upload.addEventListener("progress", function (progress) {
+        if (!progress.lengthComputable) { return; }
+        bar.value = (progress.loaded / progress.total) * 100;
+        status.textContent = formatBytes(progress.loaded) + " of " + formatBytes(progress.total) + " sent (" +
+          Math.floor(bar.value) + " %)";
+      });
+      request.addEventListener("load", function () {
+        if (request.status < 400 && request.responseURL && request.responseURL !== form.action) {
+          window.location.assign(request.responseURL);
+          return;
+        }
+        // The form again, with what was wrong: the server's page as it is.
+        document.open();
+        document.write(request.responseText);
+        document.close();
+      });
+      request.addEventListener("error", function () {
+        status.textContent = "The upload failed: check the connection and try again.";
+        if (button) { button.disabled = false; button.textContent = "Try again"; }
+      });
+      request.send(new FormData(form));
     });
   });
 });

@@ -456,3 +456,66 @@ async fn a_controller_that_is_not_the_keys_is_named_on_the_cluster_and_run_pages
     assert!(controller.client_key().to_text().contains(&controller.fingerprint().unwrap().to_hex()));
     controller.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_run_is_started_again_only_by_its_owner_with_its_kept_input_which_goes_with_the_account() {
+    check(defaults, async |web| {
+        let owner = user(web, "again@example.com").await;
+        let task = owner.create_task("T", "lib.rs", plugin_source()).await.redirect_id();
+        let key = format!("kiln-key-v2.{}.key-0123456789", "0".repeat(64));
+        let cluster = owner.create_cluster("down", NOWHERE, &key).await.redirect_id();
+        let run = owner.start_run(task, cluster, b"kept input\n".to_vec(), "p=1").await.redirect_id();
+        owner.finished_run(run, FAIL_TIMEOUT).await;
+        let inputs = web.dir.path().join("data/inputs");
+        let kept: Vec<_> = std::fs::read_dir(&inputs).unwrap().map(|e| e.unwrap().path()).collect();
+        assert_eq!(kept.len(), 1, "the run's input is kept");
+        assert_eq!(std::fs::read(&kept[0]).unwrap(), b"kept input\n");
+
+        // Another user can neither start it again nor learn that it exists.
+        let stranger = user(web, "stranger@example.com").await;
+        let csrf = stranger.csrf("/tasks").await;
+        let refused = stranger.post(&format!("/runs/{run}/again"), &[("csrf_token", &csrf)]).await;
+        assert_eq!(refused.status, StatusCode::NOT_FOUND);
+        // The owner needs the form's CSRF token.
+        let forged = owner.post(&format!("/runs/{run}/again"), &[("csrf_token", "forged")]).await;
+        assert_eq!(forged.status, StatusCode::FORBIDDEN);
+
+        let page = owner.get(&format!("/runs/{run}")).await.body;
+        assert!(page.contains("id=\"run-again\"") && page.contains("kept until"), "{page}");
+        let again = owner.submit(&format!("/runs/{run}"), &format!("/runs/{run}/again"), &[]).await.redirect_id();
+        assert_ne!(again, run);
+        owner.finished_run(again, FAIL_TIMEOUT).await;
+        let stored = web.web.store().run_by_id(again).await.unwrap().expect("the run again");
+        assert_eq!((stored.task_id, stored.cluster_id, stored.params.as_str()), (task, cluster, "p=1"));
+        assert_eq!(stored.input_bytes, 11);
+        assert_eq!(std::fs::read_dir(&inputs).unwrap().count(), 2, "each run names its own kept input");
+
+        // Deleting the account removes the kept inputs with the rows.
+        let deleted = owner.submit("/users/account", "/users/delete", &[("password", PASSWORD)]).await;
+        assert_eq!(deleted.status, StatusCode::SEE_OTHER, "{}", deleted.body);
+        assert_eq!(std::fs::read_dir(&inputs).unwrap().count(), 0, "no kept input is left");
+        assert_eq!(web.web.store().run_by_id(run).await.unwrap(), None);
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_tasks_plugin_source_is_shown_escaped_to_its_owner_only() {
+    check(defaults, async |web| {
+        let owner = user(web, "source@example.com").await;
+        let mut source = plugin_source();
+        source.extend_from_slice(b"\n// <script>alert('source')</script>\n");
+        let task = owner.create_task("T", "lib.rs", source).await.redirect_id();
+        let page = owner.get(&format!("/tasks/{task}/source")).await;
+        assert_eq!(page.status, StatusCode::OK);
+        assert!(page.body.contains("<code>src/lib.rs</code>") && page.body.contains("Cargo.toml"), "{}", page.body);
+        assert!(page.body.contains("impl MapReduce for WordCount"), "the file's text is shown");
+        let escaped = page.body.contains("&lt;script&gt;alert(") || page.body.contains("&#60;script&#62;alert(");
+        assert!(escaped && !page.body.contains("<script>alert("), "escaped");
+        let hash = page.body.split("id=\"source-hash\">").nth(1).and_then(|rest| rest.split('<').next()).unwrap();
+        assert!(hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit()), "{hash}");
+        let stranger = user(web, "no-source@example.com").await;
+        assert_eq!(stranger.get(&format!("/tasks/{task}/source")).await.status, StatusCode::NOT_FOUND);
+    })
+    .await;
+}

@@ -89,15 +89,15 @@ async fn sessions_are_found_by_token_hash_until_they_expire_or_end() {
         let hour = 3_600_000;
         store.create_session(user.id, "hash-live", "csrf-1", now_ms() + hour).await.unwrap();
         store.create_session(user.id, "hash-old", "csrf-2", now_ms() - 1).await.unwrap();
-        let session = store.session("hash-live").await.unwrap().expect("live session");
+        let session = store.session("hash-live", hour).await.unwrap().expect("live session");
         assert_eq!(
             (session.user_id, session.email.as_str(), session.csrf_token.as_str()),
             (user.id, "s@example.com", "csrf-1")
         );
-        assert_eq!(store.session("hash-old").await.unwrap(), None);
-        assert_eq!(store.delete_expired_sessions().await.unwrap(), 1);
+        assert_eq!(store.session("hash-old", hour).await.unwrap(), None);
+        assert_eq!(store.delete_expired_sessions(hour).await.unwrap(), 1);
         assert!(store.delete_session("hash-live").await.unwrap());
-        assert_eq!(store.session("hash-live").await.unwrap(), None);
+        assert_eq!(store.session("hash-live", hour).await.unwrap(), None);
         assert!(!store.delete_session("hash-live").await.unwrap());
     })
     .await;
@@ -380,4 +380,163 @@ fn both_databases_have_the_same_migrations() {
     let sqlite = names("sqlite");
     assert!(!sqlite.is_empty());
     assert_eq!(sqlite, names("postgres"));
+}
+
+#[tokio::test]
+async fn a_session_idle_longer_than_the_timeout_ends_and_a_request_keeps_one_alive() {
+    check_raw(|store, pool| async move {
+        let user = store.create_user("idle@example.com", "$argon2id$x").await.unwrap();
+        let (hour, minute) = (3_600_000, 60_000);
+        let id = store.create_session(user.id, "hash-idle", "csrf", now_ms() + 24 * hour).await.unwrap();
+        // Its last request was two hours ago.
+        exec(&pool, "UPDATE sessions SET last_seen_at = $1 WHERE id = $2", now_ms() - 2 * hour, id).await;
+        assert_eq!(store.session("hash-idle", hour).await.unwrap(), None, "idle beyond an hour");
+        let session = store.session("hash-idle", 3 * hour).await.unwrap().expect("within three hours");
+        assert!(now_ms() - session.last_seen_at < minute, "the request counted as activity");
+        assert!(store.session("hash-idle", hour).await.unwrap().is_some(), "active again");
+        assert_eq!(store.delete_expired_sessions(hour).await.unwrap(), 0);
+        exec(&pool, "UPDATE sessions SET last_seen_at = $1 WHERE id = $2", now_ms() - 2 * hour, id).await;
+        assert_eq!(store.delete_expired_sessions(hour).await.unwrap(), 1, "the sweep removes idle sessions");
+    })
+    .await;
+}
+
+/// Runs `test` with a store and a raw connection to its database, on a fresh SQLite database,
+/// then on a fresh PostgreSQL database.
+async fn check_raw<F, Fut>(test: F)
+where
+    F: Fn(Store, sqlx::AnyPool) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    for db in TestDb::both().await {
+        let store = Store::open(&db.url, SecretKey::generate()).await.expect("the store opens");
+        test(store.clone(), raw(&db).await).await;
+        store.close().await;
+    }
+}
+
+/// Runs one statement with two BIGINT parameters, to set what no store call sets.
+async fn exec(pool: &sqlx::AnyPool, sql: &str, a: i64, b: i64) {
+    sqlx::query(sql).bind(a).bind(b).execute(pool).await.expect("the statement runs");
+}
+
+/// How many rows of `table` belong to `user_id`.
+async fn rows_of(pool: &sqlx::AnyPool, table: &str, user_id: i64) -> i64 {
+    let row = sqlx::query(&format!("SELECT COUNT(*) AS n FROM {table} WHERE user_id = $1"))
+        .bind(user_id)
+        .fetch_one(pool)
+        .await
+        .expect("a count");
+    row.try_get("n").expect("n")
+}
+
+#[tokio::test]
+async fn logging_out_everywhere_ends_every_session_or_all_but_the_current_one() {
+    check(|store| async move {
+        let (a, b, _, _) = two_users(&store).await;
+        let hour = 3_600_000;
+        let keep = store.create_session(a, "a-1", "c", now_ms() + hour).await.unwrap();
+        store.create_session(a, "a-2", "c", now_ms() + hour).await.unwrap();
+        store.create_session(b, "b-1", "c", now_ms() + hour).await.unwrap();
+        assert_eq!(store.delete_user_sessions(a, Some(keep)).await.unwrap(), 1);
+        assert!(
+            store.session("a-1", hour).await.unwrap().is_some() && store.session("a-2", hour).await.unwrap().is_none()
+        );
+        assert_eq!(store.delete_user_sessions(a, None).await.unwrap(), 1);
+        assert!(store.session("a-1", hour).await.unwrap().is_none());
+        assert!(store.session("b-1", hour).await.unwrap().is_some(), "another user's session is untouched");
+        assert!(store.set_password_hash(a, "$argon2id$new").await.unwrap());
+        assert_eq!(store.user(a).await.unwrap().unwrap().password_hash, "$argon2id$new");
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn deleting_an_account_removes_its_sessions_clusters_tasks_and_runs_and_nothing_else() {
+    check_raw(|store, pool| async move {
+        let (a, b, task, cluster) = two_users(&store).await;
+        let b_cluster = store.create_cluster(b, &cluster_fields("b-lab")).await.unwrap().id;
+        let b_task = store.tasks(b).await.unwrap()[0].id;
+        store.create_run(a, &new_run(task, cluster)).await.unwrap().expect("a's run");
+        store.create_run(b, &new_run(b_task, b_cluster)).await.unwrap().expect("b's run");
+        store.create_session(a, "a-s", "c", now_ms() + 3_600_000).await.unwrap();
+        store.create_session(b, "b-s", "c", now_ms() + 3_600_000).await.unwrap();
+
+        assert!(store.delete_user(a).await.unwrap());
+        assert_eq!(store.user(a).await.unwrap(), None);
+        assert_eq!(store.user_by_email("a@example.com").await.unwrap(), None);
+        for table in ["sessions", "clusters", "tasks", "runs"] {
+            assert_eq!(rows_of(&pool, table, a).await, 0, "{table} of the deleted user");
+            assert_eq!(rows_of(&pool, table, b).await, 1, "{table} of the other user");
+        }
+        assert!(!store.delete_user(a).await.unwrap(), "deleting twice finds no one");
+        // The address is free again.
+        store.create_user("a@example.com", "$argon2id$again").await.unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_users_runs_are_listed_by_state_and_each_task_knows_its_last_run() {
+    check(|store| async move {
+        let (a, b, task, cluster) = two_users(&store).await;
+        let first = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        let ending = RunEnding {
+            state: RunState::Failed,
+            result: None,
+            error_kind: Some("plugin".into()),
+            error: Some("boom".into()),
+            started_at: None,
+            finished_at: now_ms(),
+            progress: None,
+        };
+        store.finish_run(first, &ending).await.unwrap();
+        let second = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        let ids = |runs: Vec<kiln_web::store::runs::Run>| runs.iter().map(|run| run.id).collect::<Vec<_>>();
+        assert_eq!(ids(store.user_runs(a, None, 10).await.unwrap()), vec![second, first]);
+        assert_eq!(ids(store.user_runs(a, Some(RunState::Failed), 10).await.unwrap()), vec![first]);
+        assert_eq!(ids(store.user_runs(a, Some(RunState::Submitting), 10).await.unwrap()), vec![second]);
+        assert!(store.user_runs(b, None, 10).await.unwrap().is_empty(), "b sees none of a's runs");
+        assert_eq!(store.last_run_states(a).await.unwrap(), vec![(task, RunState::Submitting)]);
+        assert!(store.last_run_states(b).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_runs_kept_input_and_figures_are_stored_and_expire() {
+    check(|store| async move {
+        let (a, _, task, cluster) = two_users(&store).await;
+        let run = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        let later = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
+        store.keep_run_input(run, "run-1-x.txt", now_ms() - 1).await.unwrap();
+        store.keep_run_input(later, "run-2-y.txt", now_ms() + 3_600_000).await.unwrap();
+        assert_eq!(store.run(a, run).await.unwrap().unwrap().kept_input(), None, "its time has passed");
+        assert_eq!(store.run(a, later).await.unwrap().unwrap().kept_input(), Some("run-2-y.txt"));
+        let mut files = store.run_input_files().await.unwrap();
+        files.sort();
+        assert_eq!(files, ["run-1-x.txt", "run-2-y.txt"]);
+        assert_eq!(store.expire_run_inputs(now_ms()).await.unwrap(), ["run-1-x.txt"]);
+        assert_eq!(store.run_input_files().await.unwrap(), ["run-2-y.txt"]);
+        assert_eq!(store.user_run_input_files(a).await.unwrap(), ["run-2-y.txt"]);
+
+        assert!(store.save_run_figures(run, "abc123", "{\"samples\":[[10,5]]}", false).await.unwrap());
+        assert_eq!(store.run_figures(a, run).await.unwrap(), Some(Some("{\"samples\":[[10,5]]}".to_owned())));
+        assert_eq!(store.run(a, run).await.unwrap().unwrap().plugin_hash.as_deref(), Some("abc123"));
+        let ending = RunEnding {
+            state: RunState::Succeeded,
+            result: Some("1".into()),
+            error_kind: None,
+            error: None,
+            started_at: None,
+            finished_at: now_ms(),
+            progress: None,
+        };
+        store.finish_run(run, &ending).await.unwrap();
+        // A late progress update does not overwrite the figures of the ending; the ending's do.
+        assert!(!store.save_run_figures(run, "abc123", "{}", false).await.unwrap());
+        assert!(store.save_run_figures(run, "abc123", "{\"samples\":[]}", true).await.unwrap());
+        assert_eq!(store.run_figures(a, run).await.unwrap(), Some(Some("{\"samples\":[]}".to_owned())));
+    })
+    .await;
 }

@@ -50,6 +50,10 @@ pub struct ControllerArgs {
     /// Seconds a worker's certificate is valid; workers renew theirs when two thirds are gone.
     #[arg(long, default_value_t = 86_400)]
     worker_cert_lifetime: u64,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, figures only: bind it to
+    /// loopback or a private address). Off unless given.
+    #[arg(long, env = "KILN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// `kiln worker`.
@@ -73,6 +77,10 @@ pub struct WorkerArgs {
     /// other hosts reach.
     #[arg(long)]
     insecure_plaintext_allow_remote: bool,
+    /// Serve Prometheus metrics at http://ADDR/metrics (plain HTTP, figures only: bind it to
+    /// loopback or a private address). Off unless given.
+    #[arg(long, env = "KILN_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
 }
 
 /// Runs a controller until SIGINT or SIGTERM.
@@ -92,6 +100,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;
     config.operator_cert = args.tls_cert.zip(args.tls_key);
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
+    config.metrics_listen = args.metrics_listen;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -123,6 +132,9 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
                 trust(running.worker_token())
             );
         }
+        if let Some(addr) = running.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
         eprintln!("listening on {}", running.local_addr());
         let signal = shutdown_signal().await;
         tracing::info!("shutting down");
@@ -140,10 +152,14 @@ pub fn run_worker(args: WorkerArgs) -> anyhow::Result<()> {
     config.listen = args.listen;
     config.advertise = args.advertise;
     config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;
+    config.metrics_listen = args.metrics_listen;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
         let worker = service::start(config).await?;
+        if let Some(addr) = worker.metrics_addr() {
+            eprintln!("metrics on http://{addr}/metrics");
+        }
         eprintln!("listening on {}", worker.local_addr());
         tokio::select! {
             signal = shutdown_signal() => {

@@ -22,6 +22,7 @@ use tracing::{info, warn};
 
 use super::Shared;
 use super::ending::{end_job, fail_internal};
+use super::metrics::SourceLabels;
 use super::state::spool::{PieceError, Spool, chunk_size_of};
 use super::store::{ChunkMeta, ChunkRow};
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, MAX_PIECE_BYTES, RpcError};
@@ -85,6 +86,7 @@ pub(super) async fn upload_input(
         None => return Err(not_in_memory(shared, job_id).await),
     };
     let task_shared = Arc::clone(shared);
+    shared.metrics.input_bytes.get_or_create(&SourceLabels { source: "upload" }).inc_by(piece.len() as u64);
     detached(shared, async move {
         let spool = spool.lock_owned().await;
         // A file's start is stored before its first byte is written (see the module's doc).

@@ -25,6 +25,7 @@ use super::{ControllerConfig, ControllerError};
 use crate::rpc::{
     Controller as _, ControllerRequest, ControllerResponse, RpcError, Secret, WorkerCertificate, WorkerId,
 };
+use crate::telemetry::metrics::Counted;
 use crate::tls::ca::{ClusterCa, load_operator_cert};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, Link};
@@ -250,9 +251,10 @@ async fn serve_link(link: Link, service: ControllerService) {
     let transport =
         link::transport::<tarpc::ClientMessage<ControllerRequest>, tarpc::Response<ControllerResponse>>(link);
     let service = ControllerService { peer, ..service };
+    let calls = service.shared.metrics.rpc.clone();
     BaseChannel::with_defaults(transport)
         .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
-        .execute(service.serve())
+        .execute(Counted::new(service.serve(), calls))
         .for_each_concurrent(None, |request| request)
         .await;
 }

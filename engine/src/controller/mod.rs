@@ -13,6 +13,7 @@
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
 //! - `links`: keys, TLS set-up, the accept loop, worker certificates and removed workers.
+//! - `metrics`: the controller's Prometheus metrics.
 //! - `store`: every SQL query (SQLite, `engine/migrations/`).
 //!
 //! # On disk, in the data directory
@@ -31,6 +32,7 @@ mod dispatch;
 mod ending;
 mod input;
 mod links;
+mod metrics;
 mod plan;
 mod service;
 mod speculation;
@@ -50,6 +52,7 @@ use tokio::task::{AbortHandle, JoinSet};
 use tracing::info;
 
 use self::links::Links;
+use self::metrics::ControllerMetrics;
 use self::service::ControllerService;
 use self::state::State;
 use self::state::job::Job;
@@ -57,6 +60,7 @@ use self::state::spool::Spool;
 use self::store::ChunkRow;
 use self::store::Store;
 use crate::rpc::{JobId, Secret};
+use crate::telemetry::metrics::MetricsEndpoint;
 use crate::tls::key::Credential;
 use crate::tls::{Fingerprint, TlsError};
 
@@ -88,6 +92,8 @@ pub struct ControllerConfig {
     pub operator_cert: Option<(PathBuf, PathBuf)>,
     /// How long the certificates issued to workers are valid; workers renew them before.
     pub worker_cert_lifetime: Duration,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl ControllerConfig {
@@ -103,6 +109,7 @@ impl ControllerConfig {
             plaintext_allow_remote: false,
             operator_cert: None,
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
+            metrics_listen: None,
         }
     }
 }
@@ -150,12 +157,18 @@ pub struct RunningController {
     generated: Vec<&'static str>,
     /// The accept loop, the scheduler and the heartbeat reaper.
     tasks: JoinSet<()>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl RunningController {
     /// The address the controller listens on (with the real port when given port 0).
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// The secret of the API key clients must give (what travels in calls).
@@ -192,6 +205,7 @@ impl RunningController {
     /// the controller restarts), closes the connections to workers and the database.
     pub async fn shutdown(mut self) {
         self.shared.stopping.store(true, Ordering::SeqCst);
+        drop(self.metrics.take());
         self.tasks.shutdown().await;
         let mut background =
             std::mem::take(&mut *self.shared.background.lock().unwrap_or_else(PoisonError::into_inner));
@@ -221,6 +235,8 @@ struct Shared {
     stopping: AtomicBool,
     /// Tasks started by calls (worker connections, input cutting), ended at shutdown.
     background: Mutex<JoinSet<()>>,
+    /// What is counted as it happens, for the metrics.
+    metrics: ControllerMetrics,
 }
 
 impl Shared {
@@ -276,7 +292,20 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         next_worker_id: AtomicU64::new(1),
         stopping: AtomicBool::new(false),
         background: Mutex::new(JoinSet::new()),
+        metrics: ControllerMetrics::new(),
     });
+    let mut registry = crate::telemetry::metrics::new_registry();
+    shared.metrics.register(&mut registry, Arc::downgrade(&shared));
+    let metrics = match config.metrics_listen {
+        Some(addr) => match crate::telemetry::metrics::serve(addr, registry).await {
+            Ok(endpoint) => Some(endpoint),
+            Err(source) => {
+                shared.store.close().await;
+                return Err(ControllerError::Listen { addr, source });
+            }
+        },
+        None => None,
+    };
     let listener = match resume(&shared).await {
         Ok(()) => tokio::net::TcpListener::bind(config.listen).await,
         Err(e) => {
@@ -299,7 +328,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
-    Ok(RunningController { shared, local_addr, generated, tasks })
+    Ok(RunningController { shared, local_addr, generated, tasks, metrics })
 }
 
 /// Loads the jobs that had not ended: chunks with a stored partial stay done, the rest run

@@ -145,6 +145,9 @@ pub struct Cluster {
     unconfined: bool,
     /// Extra flags of the controller, kept for restarts.
     controller_flags: Vec<String>,
+    /// Extra flags and environment of every daemon (controller and workers).
+    daemon_flags: Vec<String>,
+    daemon_env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -165,13 +168,32 @@ impl Cluster {
         Cluster::assemble(n_workers, controller_flags, false)
     }
 
+    /// [`Cluster::start`] with flags and environment given to the controller and every worker
+    /// (`--log-format json`, `RUST_LOG`, `--metrics-listen 127.0.0.1:0`).
+    pub fn start_with_daemon_settings(n_workers: usize, flags: &[&str], env: &[(&str, &str)]) -> Cluster {
+        let flags: Vec<String> = flags.iter().map(|flag| flag.to_string()).collect();
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Cluster::assemble_with(n_workers, &[], false, flags, env)
+    }
+
     fn assemble(n_workers: usize, controller_flags: &[&str], unconfined: bool) -> Cluster {
+        Cluster::assemble_with(n_workers, controller_flags, unconfined, Vec::new(), Vec::new())
+    }
+
+    fn assemble_with(
+        n_workers: usize,
+        controller_flags: &[&str],
+        unconfined: bool,
+        daemon_flags: Vec<String>,
+        daemon_env: Vec<(String, String)>,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_flags: Vec<String> = controller_flags.iter().map(|flag| flag.to_string()).collect();
         let mut command = controller_command(dir.path(), "127.0.0.1:0");
-        command.args(&controller_flags);
+        command.args(&controller_flags).args(&daemon_flags).envs(daemon_env.iter().map(|(k, v)| (k, v)));
         let controller = Daemon::start(command);
-        let mut cluster = Cluster { dir, controller, workers: Vec::new(), unconfined, controller_flags };
+        let mut cluster =
+            Cluster { dir, controller, workers: Vec::new(), unconfined, controller_flags, daemon_flags, daemon_env };
         for _ in 0..n_workers {
             cluster.add_worker(2);
         }
@@ -193,7 +215,7 @@ impl Cluster {
     pub fn restart_controller(&mut self) {
         let addr = self.controller.addr.to_string();
         let mut command = controller_command(self.dir.path(), &addr);
-        command.args(&self.controller_flags);
+        command.args(&self.controller_flags).args(&self.daemon_flags).envs(self.daemon_env.iter().map(|(k, v)| (k, v)));
         self.controller = Daemon::start(command);
         assert_eq!(self.controller.addr.to_string(), addr, "the controller came back elsewhere");
     }
@@ -235,6 +257,8 @@ impl Cluster {
             .arg("--cache-dir")
             .arg(cache.keep())
             .args(extra)
+            .args(&self.daemon_flags)
+            .envs(self.daemon_env.iter().map(|(k, v)| (k, v)))
             .env("KILN_TARGET_DIR", plugin_target_dir());
         if self.unconfined {
             worker.arg("--insecure-no-sandbox");

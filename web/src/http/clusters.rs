@@ -54,7 +54,8 @@ struct ShowPage {
     cluster: Cluster,
     address: String,
     workers: Vec<WorkerRow>,
-    active_jobs: u64,
+    workers_shown: String,
+    jobs_shown: String,
     info_error: Option<String>,
     runs: Vec<RunRow>,
 }
@@ -181,8 +182,9 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         page: Page::new(depot, cluster.name.clone(), "clusters"),
         cluster,
         address,
+        workers_shown: format::count(workers.len() as u64, "live worker", "live workers"),
         workers,
-        active_jobs,
+        jobs_shown: format::count(active_jobs, "job", "jobs"),
         info_error,
         runs,
     };

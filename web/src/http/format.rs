@@ -12,6 +12,11 @@ pub fn bytes(n: i64) -> String {
     if unit == 0 { format!("{n} B") } else { format!("{value:.1} {}", UNITS[unit]) }
 }
 
+/// A count with its noun, singular or plural: `1 live worker`, `2 live workers`, `0 jobs`.
+pub fn count(n: u64, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
 /// A rate in bytes per second: `12.3 MiB/s`.
 pub fn rate(bytes_per_second: f64) -> String {
     format!("{}/s", bytes(bytes_per_second.round() as i64))
@@ -56,6 +61,13 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn counts_say_their_noun_in_the_singular_only_for_one() {
+        assert_eq!(count(1, "live worker", "live workers"), "1 live worker");
+        assert_eq!(count(2, "live worker", "live workers"), "2 live workers");
+        assert_eq!(count(0, "job", "jobs"), "0 jobs");
+    }
 
     #[test]
     fn sizes_durations_and_times_read_well() {

@@ -13,19 +13,24 @@
 //!
 //! # Layout
 //! - `users`: register, log in, log out.
-//! - `tasks`: tasks and starting them.
+//! - `account`: change the password, log out everywhere, delete the account.
+//! - `tasks`: tasks and starting them; `source`: a task's plugin source.
 //! - `clusters`: clusters and their live workers.
 //! - `runs`: run pages, the progress websocket, results, cancelling.
 //! - `assets`: the stylesheet and scripts, compiled into the binary.
 //! - `upload`: streaming multipart uploads to temporary files with size limits.
 //! - `error`: the error type and its status codes.
 //! - `format`: numbers, sizes, times and durations for pages.
+//! - `chart`: the throughput chart of an ended run, as SVG with its axes.
 
+mod account;
 mod assets;
+mod chart;
 mod clusters;
 pub mod error;
 mod format;
 mod runs;
+mod source;
 mod tasks;
 mod upload;
 mod users;
@@ -38,7 +43,9 @@ use salvo::http::cookie::{Cookie, SameSite};
 use salvo::prelude::*;
 
 use self::error::HttpError;
+use crate::metrics::WebMetrics;
 use crate::runs::RunManager;
+use crate::runs::inputs::InputKeeper;
 use crate::security::{LoginLimiter, constant_time_eq, new_token, token_hash};
 use crate::store::Store;
 use crate::store::sessions::Session;
@@ -70,10 +77,16 @@ pub struct App {
     pub max_plugin_bytes: u64,
     /// How long a session lasts.
     pub session_ttl: std::time::Duration,
+    /// How long a session lasts without a request.
+    pub session_idle: std::time::Duration,
+    /// Where runs' inputs are kept for "Run again".
+    pub inputs: InputKeeper,
     /// Whether cookies get the `Secure` flag (when served over HTTPS by a proxy).
     pub secure_cookies: bool,
     /// Whether every user is offered the embedded cluster.
     pub embedded_cluster: bool,
+    /// What the app counts for its metrics.
+    pub metrics: WebMetrics,
 }
 
 /// The whole site: its routes with `app` given to every handler, security headers on every
@@ -83,7 +96,8 @@ pub fn service(app: Arc<App>) -> Service {
     // The error page's layout names the logged-in user, so the catcher looks up the session
     // too (no route's hoop ran for an unknown URL).
     let catcher = error::catcher(affix(Arc::clone(&app)), load_session);
-    Service::new(router(app)).hoop(security_headers).catcher(catcher)
+    let counted = count_requests(app.metrics.clone());
+    Service::new(router(app)).hoop(counted).hoop(security_headers).catcher(catcher)
 }
 
 /// The whole site's routes, with `app` given to every handler.
@@ -94,6 +108,8 @@ fn router(app: Arc<App>) -> Router {
         .hoop(load_session)
         .get(home)
         .push(users::router())
+        .push(account::router())
+        .push(source::router())
         .push(tasks::router())
         .push(clusters::router())
         .push(runs::router());
@@ -110,6 +126,21 @@ fn affix(app: Arc<App>) -> impl Handler {
         }
     }
     Affix(app)
+}
+
+/// A handler that counts every request and its time in the metrics.
+fn count_requests(metrics: WebMetrics) -> impl Handler {
+    struct Count(WebMetrics);
+    #[async_trait]
+    impl Handler for Count {
+        async fn handle(&self, req: &mut Request, depot: &mut Depot, res: &mut Response, ctrl: &mut FlowCtrl) {
+            let started = std::time::Instant::now();
+            ctrl.call_next(req, depot, res).await;
+            let status = res.status_code.unwrap_or(StatusCode::OK).as_u16();
+            self.0.record_request(req.method().as_str(), status, started.elapsed().as_secs_f64());
+        }
+    }
+    Count(metrics)
 }
 
 /// Headers that keep pages from being framed, sniffed or running scripts from elsewhere: all
@@ -138,7 +169,10 @@ async fn load_session(req: &mut Request, depot: &mut Depot, res: &mut Response) 
     let app = app(depot)?;
     let token = req.cookie(SESSION_COOKIE).map(|cookie| cookie.value().to_owned());
     let session = match token {
-        Some(token) if !token.is_empty() => app.store.session(&token_hash(&token)).await?,
+        Some(token) if !token.is_empty() => {
+            let idle_ms = i64::try_from(app.session_idle.as_millis()).unwrap_or(i64::MAX);
+            app.store.session(&token_hash(&token), idle_ms).await?
+        }
         _ => None,
     };
     match session {

@@ -1,4 +1,5 @@
-//! Runs: the run page with live progress (`/runs/{id}`), the websocket relaying the progress
+//! Runs: every run of the user, with a filter by state (`/runs?state=…`), the run page with
+//! live progress (`/runs/{id}`), starting it again with the same input (`/runs/{id}/again`), the websocket relaying the progress
 //! (`/runs/{id}/ws`), the whole result as a file (`/runs/{id}/result.json`), and cancelling
 //! (`/runs/{id}/cancel`).
 
@@ -6,23 +7,69 @@ use askama::Template;
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
 
+use super::chart::{self, Chart};
 use super::error::HttpError;
 use super::{CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
-use crate::runs::progress::Progress;
+use crate::runs::progress::{Figures, Progress};
 use crate::runs::{RunManager, Subscription};
 use crate::store::Store;
-use crate::store::runs::{Run, RunState};
+use crate::store::runs::{NewRun, Run, RunState};
 
 /// How much of a result's pretty JSON the page shows; the whole is a download away.
 pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
 
+/// How many runs the runs page lists.
+const RUNS_LISTED: i64 = 500;
+
 /// The routes under `/runs`.
 pub fn router() -> Router {
-    Router::with_path("runs/{id}")
-        .get(show)
-        .push(Router::with_path("ws").goal(progress_socket))
-        .push(Router::with_path("result.json").get(result_file))
-        .push(Router::with_path("cancel").post(cancel))
+    Router::with_path("runs").get(list).push(
+        Router::with_path("{id}")
+            .get(show)
+            .push(Router::with_path("ws").goal(progress_socket))
+            .push(Router::with_path("result.json").get(result_file))
+            .push(Router::with_path("cancel").post(cancel))
+            .push(Router::with_path("again").post(run_again)),
+    )
+}
+
+#[derive(Template)]
+#[template(path = "runs/index.html")]
+struct ListPage {
+    page: Page,
+    runs: Vec<RunRow>,
+    /// The state filtered on, `""` for all.
+    state: &'static str,
+    states: Vec<&'static str>,
+    shown: String,
+}
+
+#[handler]
+async fn list(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let state =
+        match req.query::<String>("state").filter(|state| !state.is_empty()) {
+            Some(name) => Some(RunState::parse(&name).ok_or_else(|| {
+                HttpError::BadRequest(format!("there is no run state `{name}`: pick one of the list"))
+            })?),
+            None => None,
+        };
+    let runs: Vec<RunRow> =
+        app.store.user_runs(user.user_id, state, RUNS_LISTED).await?.iter().map(RunRow::new).collect();
+    let shown = match (runs.len() as i64, state) {
+        (RUNS_LISTED, _) => format!("The newest {RUNS_LISTED} runs."),
+        (n, Some(state)) => format!("{} {}.", format::count(n as u64, "run", "runs"), state.as_str()),
+        (n, None) => format!("{}.", format::count(n as u64, "run", "runs")),
+    };
+    let page = ListPage {
+        page: Page::new(depot, "Runs", "runs"),
+        runs,
+        state: state.map_or("", RunState::as_str),
+        states: RunState::ALL.iter().map(|state| state.as_str()).collect(),
+        shown,
+    };
+    render(res, StatusCode::OK, &page)
 }
 
 /// A run as a line of a table.
@@ -73,6 +120,23 @@ struct ShowPage {
     result_truncated: bool,
     result_size: String,
     params_shown: String,
+    /// The per-worker table and the throughput chart of an ended run, from its stored figures.
+    workers: Vec<WorkerLine>,
+    chart: Option<Chart>,
+    /// Until when the input is kept for "Run again", or "".
+    input_kept: String,
+    /// The phases of an ended run.
+    phases: Vec<chart::Phase>,
+}
+
+/// A line of the per-worker table.
+struct WorkerLine {
+    worker_id: u64,
+    address: String,
+    chunks_done: u64,
+    lines_done: u64,
+    bytes_done: String,
+    in_flight: u32,
 }
 
 #[handler]
@@ -91,7 +155,33 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         (None, false, String::new())
     };
     let progress = Progress::from_run(&run);
+    let figures = if run.state.is_final() {
+        Figures::from_json(app.store.run_figures(user.user_id, id).await?.flatten().as_deref())
+    } else {
+        Figures::default()
+    };
+    let workers = figures
+        .workers
+        .iter()
+        .map(|w| WorkerLine {
+            worker_id: w.worker_id,
+            address: w.address.clone(),
+            chunks_done: w.chunks_done,
+            lines_done: w.lines_done,
+            bytes_done: chart::bytes(w.bytes_done),
+            in_flight: w.in_flight,
+        })
+        .collect();
+    let input_kept = run.kept_input().and(run.input_kept_until).map(format::time).unwrap_or_default();
+    let phases = match run.finished_at {
+        Some(end) if !figures.phases.is_empty() => chart::timeline(run.created_at, &figures.phases, end),
+        _ => Vec::new(),
+    };
     let page = ShowPage {
+        phases,
+        input_kept,
+        workers,
+        chart: chart::throughput(&figures.samples),
         page: Page::new(depot, format!("Run {} of {}", run.id, run.task_title), "tasks"),
         row: RunRow::new(&run),
         percent: format!("{:.0}", progress.percent.floor()),
@@ -139,6 +229,45 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         tracing::info!(user = user.user_id, run = id, "run cancelled");
     }
     redirect(res, &format!("/runs/{id}"));
+    Ok(())
+}
+
+/// Starts the run's task again on the same cluster with the same input (kept for a while in
+/// the data directory), processes and parameters, and the task's plugin as it is now.
+#[handler]
+async fn run_again(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let user = session(depot)?;
+    let app = app(depot)?;
+    let id = id_param(req)?;
+    let csrf = req.form::<String>(CSRF_FIELD).await;
+    check_csrf(depot, csrf.as_deref())?;
+    let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let Some(file) = run.kept_input() else {
+        return Err(HttpError::BadRequest(
+            "the input of this run is no longer kept: start the task again with the input file".to_owned(),
+        ));
+    };
+    let cluster = app.store.cluster(user.user_id, run.cluster_id).await?.ok_or(HttpError::NotFound)?;
+    let target = app.runs.target(&cluster)?;
+    let plugin = app.store.task_plugin(user.user_id, run.task_id).await?.ok_or(HttpError::NotFound)?;
+    let new_run = NewRun {
+        task_id: run.task_id,
+        cluster_id: run.cluster_id,
+        input_name: run.input_name.clone(),
+        input_bytes: run.input_bytes,
+        processes: run.processes,
+        params: run.params.clone(),
+    };
+    let again = app.store.create_run(user.user_id, &new_run).await?.ok_or(HttpError::NotFound)?;
+    let Some(input) = app.inputs.link(&app.store, again.id, file).await else {
+        let ending = crate::runs::failure_now("input", "the kept input of the run started again is gone");
+        app.store.finish_run(again.id, &ending).await?;
+        return Err(HttpError::BadRequest("the input of this run is no longer kept: start the task again".to_owned()));
+    };
+    tracing::info!(user = user.user_id, run = again.id, again_of = id, "run started again");
+    app.metrics.runs_started.inc();
+    app.runs.start(&again, plugin, input, target);
+    redirect(res, &format!("/runs/{}", again.id));
     Ok(())
 }
 

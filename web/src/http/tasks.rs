@@ -50,6 +50,8 @@ struct TaskRow {
     title: String,
     plugin_name: String,
     updated: String,
+    /// The state of the task's last run, if it has one.
+    last_run: Option<&'static str>,
 }
 
 #[derive(Template)]
@@ -96,9 +98,12 @@ async fn list(depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
     let user = session(depot)?;
     let app = app(depot)?;
     let tasks = app.store.tasks(user.user_id).await?;
+    let last_runs: std::collections::HashMap<i64, _> =
+        app.store.last_run_states(user.user_id).await?.into_iter().collect();
     let tasks = tasks
         .into_iter()
         .map(|task| TaskRow {
+            last_run: last_runs.get(&task.id).map(|state| state.as_str()),
             id: task.id,
             title: task.title,
             plugin_name: task.plugin_name,
@@ -209,15 +214,7 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     check_csrf(depot, csrf.as_deref())?;
     app.store.task(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
     // Runs still going are cancelled first, so no job is left running for a deleted task.
-    for run in app.store.task_runs(user.user_id, id, i64::MAX).await? {
-        if !run.state.is_final()
-            && let Some(cluster) = app.store.cluster(user.user_id, run.cluster_id).await?
-            && let Ok(target) = app.runs.target(&cluster)
-            && let Err(e) = app.runs.cancel(&run, target).await
-        {
-            tracing::warn!(run = run.id, "cannot cancel the run of a deleted task: {e}");
-        }
-    }
+    cancel_runs(&app, user.user_id, app.store.task_runs(user.user_id, id, i64::MAX).await?).await;
     let plugin = app.store.task_plugin(user.user_id, id).await?;
     if !app.store.delete_task(user.user_id, id).await? {
         return Err(HttpError::NotFound);
@@ -286,7 +283,9 @@ async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
     };
     let run = app.store.create_run(user.user_id, &new_run).await?.ok_or(HttpError::NotFound)?;
     tracing::info!(user = user.user_id, task = task.id, run = run.id, cluster = cluster.id, "run started");
-    app.runs.start(&run, plugin, input.path, target);
+    app.metrics.runs_started.inc();
+    let input = app.inputs.keep_upload(&app.store, run.id, input.path).await;
+    app.runs.start(&run, plugin, input, target);
     redirect(res, &format!("/runs/{}", run.id));
     Ok(())
 }
@@ -346,9 +345,35 @@ fn keep(file: TempPath) {
 
 /// Removes the file of a plugin no task names any longer.
 async fn remove_plugin_file(app: &App, plugin: Option<&Plugin>) {
-    let Some(file) = plugin.and_then(Plugin::file) else { return };
+    if let Some(file) = plugin.and_then(Plugin::file) {
+        remove_plugin_named(app, file).await;
+    }
+}
+
+/// Removes the file `file` of the plugin directory, which no task names any longer.
+pub(super) async fn remove_plugin_named(app: &App, file: &str) {
     if let Err(e) = tokio::fs::remove_file(app.plugin_dir.join(file)).await {
         tracing::warn!(file, "cannot remove the file of a replaced or deleted plugin: {e}");
+    }
+}
+
+/// Cancels the runs among `runs` that have not ended (of a task or an account being deleted),
+/// so that no job is left running for them; a cluster that cannot be reached is logged.
+pub(super) async fn cancel_runs(app: &App, user_id: i64, runs: Vec<crate::store::runs::Run>) {
+    for run in runs.into_iter().filter(|run| !run.state.is_final()) {
+        let cluster = match app.store.cluster(user_id, run.cluster_id).await {
+            Ok(Some(cluster)) => cluster,
+            Ok(None) => continue,
+            Err(e) => {
+                tracing::warn!(run = run.id, "cannot cancel the run: {e}");
+                continue;
+            }
+        };
+        if let Ok(target) = app.runs.target(&cluster)
+            && let Err(e) = app.runs.cancel(&run, target).await
+        {
+            tracing::warn!(run = run.id, "cannot cancel the run of a deleted task or account: {e}");
+        }
     }
 }
 

@@ -123,6 +123,7 @@ async fn log_in(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
         }
         None => {
             app.limiter.failed(&form.email, ip);
+            app.metrics.failed_logins.inc();
             let error = Some("wrong e-mail address or password".to_owned());
             let page = LogInPage { page: Page::new(depot, "Log in", ""), email: form.email.trim().to_owned(), error };
             render(res, StatusCode::UNAUTHORIZED, &page)

@@ -10,9 +10,11 @@
 //! so restarting the web server loses no run.
 //!
 //! # Layout
-//! - [`progress`]: the message browsers receive.
+//! - [`progress`]: the message browsers receive, and the figures a run keeps.
+//! - [`inputs`]: inputs kept for "Run again", and their removal.
 //! - `watch`: the background task of a run: submitting, watching, recording the ending.
 
+pub mod inputs;
 pub mod progress;
 mod watch;
 
@@ -23,10 +25,11 @@ use std::time::Duration;
 
 use kiln_engine::client::{Client, ClientError};
 use kiln_engine::rpc::{ClusterInfo, Secret};
-use tempfile::TempPath;
 use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
+use self::inputs::RunInput;
+use crate::metrics::WebMetrics;
 use crate::store::clusters::Cluster;
 use crate::store::runs::{Run, RunEnding, RunState};
 use crate::store::tasks::Plugin;
@@ -85,19 +88,21 @@ pub struct RunManager {
     chunk_bytes: u64,
     live: Mutex<HashMap<i64, Live>>,
     tasks: Mutex<JoinSet<()>>,
+    metrics: WebMetrics,
 }
 
 impl RunManager {
     /// A manager storing runs in `store`, with the embedded cluster's controller if one runs,
     /// reading tasks' plugin files in `plugin_dir` and writing older tasks' plugins to submit
     /// under `work_dir`, cutting inputs into chunks of `chunk_bytes` (0: the controller's
-    /// default).
+    /// default), counting runs in `metrics`.
     pub fn new(
         store: Store,
         embedded: Option<ClusterTarget>,
         work_dir: PathBuf,
         plugin_dir: PathBuf,
         chunk_bytes: u64,
+        metrics: WebMetrics,
     ) -> Arc<RunManager> {
         Arc::new(RunManager {
             store,
@@ -107,7 +112,13 @@ impl RunManager {
             chunk_bytes,
             live: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
+            metrics,
         })
+    }
+
+    /// How many runs are being submitted or watched now.
+    pub fn active(&self) -> usize {
+        self.live.lock().unwrap_or_else(|poison| poison.into_inner()).len()
     }
 
     /// Where the cluster's controller is: the row's address and key, or the embedded
@@ -125,8 +136,8 @@ impl RunManager {
     }
 
     /// Starts a new run (in state `Submitting`): submits the plugin and the input, then
-    /// watches the job. The input's temporary file is deleted once submitted.
-    pub fn start(self: &Arc<Self>, run: &Run, plugin: Plugin, input: TempPath, target: ClusterTarget) {
+    /// watches the job. A temporary input is deleted once submitted; a kept one stays.
+    pub fn start(self: &Arc<Self>, run: &Run, plugin: Plugin, input: RunInput, target: ClusterTarget) {
         self.open_live(run.id);
         let manager = Arc::clone(self);
         let run = run.clone();
@@ -260,6 +271,11 @@ impl RunManager {
     fn close_live(&self, run_id: i64) {
         self.live.lock().unwrap_or_else(|poison| poison.into_inner()).remove(&run_id);
     }
+}
+
+/// The ending, now, of a run that failed before it began, with `message` of kind `kind`.
+pub fn failure_now(kind: &str, message: impl Into<String>) -> RunEnding {
+    failure(None, kind, message)
 }
 
 /// The ending of a run that failed with `message`, of kind `kind`.

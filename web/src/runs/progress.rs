@@ -37,7 +37,7 @@ pub struct Progress {
 }
 
 /// One worker's share of a run.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct WorkerRow {
     /// The worker's number on its controller, and its address.
     pub worker_id: u64,
@@ -48,6 +48,73 @@ pub struct WorkerRow {
     pub bytes_done: u64,
     /// Chunks it is running now.
     pub in_flight: u32,
+}
+
+/// The most progress samples a run keeps: beyond, every other one is dropped, so a run of
+/// hours keeps its shape in a few kilobytes.
+const MAX_SAMPLES: usize = 512;
+
+/// What a run keeps for its page once it ended: the per-worker table and its progress over
+/// time, stored as JSON with the run.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq)]
+pub struct Figures {
+    /// The last per-worker figures.
+    pub workers: Vec<WorkerRow>,
+    /// `[milliseconds since the job began running, bytes done]`, in time order.
+    pub samples: Vec<[u64; 2]>,
+    /// Each state the run went through and when it entered it (ms since the epoch), in
+    /// order: the phases of its timeline. States are names, so a phase the controller adds
+    /// later (building) shows without a change here.
+    #[serde(default)]
+    pub phases: Vec<(String, u64)>,
+}
+
+impl Figures {
+    /// Takes in a status of the job: its workers, and a sample once the job runs.
+    pub fn record(&mut self, status: &JobStatus) {
+        let state = run_state(status.state).as_str();
+        if self.phases.last().is_none_or(|(last, _)| last != state) {
+            let at = match status.state {
+                JobState::Running => status.started_ms,
+                _ if status.state.is_final() => status.finished_ms,
+                _ => None,
+            };
+            self.phases.push((state.to_owned(), at.unwrap_or_else(|| u64::try_from(now_ms()).unwrap_or(0))));
+        }
+        if !status.workers.is_empty() {
+            self.workers = Progress::from_status(0, status, 0, None).workers;
+        }
+        let Some(started) = status.started_ms else { return };
+        let now = status.finished_ms.unwrap_or_else(|| u64::try_from(now_ms()).unwrap_or(0));
+        let sample = [now.saturating_sub(started), status.bytes_done];
+        if self.samples.last().is_some_and(|last| last[0] >= sample[0]) {
+            // The same instant (or a clock step back): keep the later figure.
+            if let Some(last) = self.samples.last_mut() {
+                last[1] = last[1].max(sample[1]);
+            }
+            return;
+        }
+        self.samples.push(sample);
+        if self.samples.len() > MAX_SAMPLES {
+            let last = self.samples.pop();
+            let mut i = 0;
+            self.samples.retain(|_| {
+                i += 1;
+                i % 2 == 1
+            });
+            self.samples.extend(last);
+        }
+    }
+
+    /// The figures as JSON.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string(self).unwrap_or_else(|_| "{}".to_owned())
+    }
+
+    /// The figures stored as `json`; empty ones when there are none or they do not parse.
+    pub fn from_json(json: Option<&str>) -> Figures {
+        json.and_then(|json| serde_json::from_str(json).ok()).unwrap_or_default()
+    }
 }
 
 /// The run state a job state stands for.

@@ -9,10 +9,11 @@ use futures::StreamExt;
 use kiln_engine::client::{Client, ClientError, SubmitOptions};
 use kiln_engine::owner::Owner;
 use kiln_engine::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, RpcError};
-use tempfile::TempPath;
 
-use super::progress::{Progress, run_state};
+use super::inputs::RunInput;
+use super::progress::{Figures, Progress, run_state};
 use super::{ClusterTarget, RunManager, client_failure, failure};
+use crate::metrics::RunLabels;
 use crate::store::now_ms;
 use crate::store::runs::{Run, RunEnding, RunProgress, RunState};
 use crate::store::tasks::{Plugin, PluginContent};
@@ -34,10 +35,10 @@ pub(super) async fn submit_and_watch(
     manager: Arc<RunManager>,
     run: Run,
     plugin: Plugin,
-    input: TempPath,
+    input: RunInput,
     target: ClusterTarget,
 ) {
-    let submitted = submit(&manager, &run, &plugin, &input, &target).await;
+    let submitted = submit(&manager, &run, &plugin, input.path(), &target).await;
     drop(input);
     let job = match submitted {
         Ok(job) => job,
@@ -70,7 +71,7 @@ async fn submit(
     manager: &RunManager,
     run: &Run,
     plugin: &Plugin,
-    input: &TempPath,
+    input: &std::path::Path,
     target: &ClusterTarget,
 ) -> Result<JobId, (&'static str, String)> {
     let internal = |e: std::io::Error| ("internal", format!("cannot prepare the plugin for submission: {e}"));
@@ -107,10 +108,13 @@ async fn submit(
 pub(super) async fn watch(manager: Arc<RunManager>, run: Run, job: JobId, target: ClusterTarget) {
     let mut window = VecDeque::new();
     let mut saved: Option<(Instant, RunState)> = None;
+    let mut figures = Figures::default();
     loop {
-        let outcome = follow(&manager, &run, job, &target, &mut window, &mut saved).await;
+        let outcome = follow(&manager, &run, job, &target, &mut window, &mut saved, &mut figures).await;
         let error = match outcome {
             Ok(status) => {
+                figures.record(&status);
+                save_figures(&manager, &run, &status, &figures, true).await;
                 let ending = ending(&target, job, &status).await;
                 end(&manager, &run, ending).await;
                 return;
@@ -144,6 +148,7 @@ async fn follow(
     target: &ClusterTarget,
     window: &mut VecDeque<(u64, u64)>,
     saved: &mut Option<(Instant, RunState)>,
+    figures: &mut Figures,
 ) -> Result<JobStatus, ClientError> {
     let client = Client::connect(&target.address, target.api_key.clone()).await?;
     let mut statuses = std::pin::pin!(client.watch(job));
@@ -160,6 +165,7 @@ async fn follow(
         if status.state.is_final() {
             return Ok(status);
         }
+        figures.record(&status);
         manager.publish(run.id, progress.to_json());
         let state = run_state(status.state);
         let due = saved.is_none_or(|(at, last_state)| last_state != state || at.elapsed() >= SAVE_INTERVAL);
@@ -168,10 +174,19 @@ async fn follow(
             if let Err(e) = manager.store.update_run_progress(run.id, state, &run_progress(&status), started_at).await {
                 tracing::warn!(run = run.id, "cannot record the run's progress: {e}");
             }
+            save_figures(manager, run, &status, figures, false).await;
             *saved = Some((Instant::now(), state));
         }
     }
     Err(ClientError::Connection { addr: target.address.clone(), message: "the job's status stream ended".to_owned() })
+}
+
+/// Stores the run's figures and its plugin's hash, so that its page shows them once it ended.
+async fn save_figures(manager: &RunManager, run: &Run, status: &JobStatus, figures: &Figures, ended: bool) {
+    let saved = manager.store.save_run_figures(run.id, &status.plugin_hash, &figures.to_json(), ended).await;
+    if let Err(e) = saved {
+        tracing::warn!(run = run.id, "cannot record the run's figures: {e}");
+    }
 }
 
 /// How the job ended, with its result fetched when it succeeded.
@@ -241,6 +256,7 @@ async fn end(manager: &RunManager, run: &Run, ending: RunEnding) {
         tracing::error!(run = run.id, "cannot record the run's ending: {e}");
     }
     tracing::info!(run = run.id, state = ending.state.as_str(), "run ended");
+    manager.metrics.runs_ended.get_or_create(&RunLabels { state: ending.state.as_str() }).inc();
     let message = match manager.store.run_by_id(run.id).await {
         Ok(Some(stored)) => Progress::from_run(&stored).to_json(),
         _ => {

@@ -124,6 +124,19 @@ pub struct Run {
     /// Why it failed: the kind (`build`, `plugin`, `input`, `internal`) and the message.
     pub error_kind: Option<String>,
     pub error: Option<String>,
+    /// The hash of the plugin's source the run used, once the controller took it.
+    pub plugin_hash: Option<String>,
+    /// The kept input's file name in the inputs directory, and until when it is kept.
+    pub input_file: Option<String>,
+    pub input_kept_until: Option<i64>,
+}
+
+impl Run {
+    /// The kept input's file, while it is kept.
+    pub fn kept_input(&self) -> Option<&str> {
+        let until = self.input_kept_until?;
+        self.input_file.as_deref().filter(|_| until > now_ms())
+    }
 }
 
 impl Run {
@@ -142,7 +155,7 @@ impl Run {
 
 const SELECT: &str = "SELECT r.id, r.user_id, r.task_id, t.title AS task_title, r.cluster_id, c.name AS cluster_name, \
      r.input_name, r.input_bytes, r.processes, r.params, r.job_id, r.state, r.n_chunks, r.chunks_done, r.lines_done, \
-     r.bytes_done, r.retries, r.created_at, r.started_at, r.finished_at, r.error_kind, r.error \
+     r.bytes_done, r.retries, r.created_at, r.started_at, r.finished_at, r.error_kind, r.error, r.plugin_hash, r.input_file, r.input_kept_until \
      FROM runs r JOIN tasks t ON t.id = r.task_id JOIN clusters c ON c.id = r.cluster_id";
 
 fn run_from_row(row: &sqlx::any::AnyRow) -> Result<Run, sqlx::Error> {
@@ -174,6 +187,9 @@ fn run_from_row(row: &sqlx::any::AnyRow) -> Result<Run, sqlx::Error> {
         finished_at: row.try_get("finished_at")?,
         error_kind: row.try_get("error_kind")?,
         error: row.try_get("error")?,
+        plugin_hash: row.try_get("plugin_hash")?,
+        input_file: row.try_get("input_file")?,
+        input_kept_until: row.try_get("input_kept_until")?,
     })
 }
 
@@ -234,6 +250,39 @@ impl Store {
                 .fetch_all(&self.pool)
                 .await?;
         runs_from_rows(&rows)
+    }
+
+    /// The user's runs, newest first, at most `limit`; only those in `state` when given.
+    pub async fn user_runs(&self, user_id: i64, state: Option<RunState>, limit: i64) -> Result<Vec<Run>, StoreError> {
+        let rows = sqlx::query(&format!(
+            "{SELECT} WHERE r.user_id = $1 AND ($2 = '' OR r.state = $2) ORDER BY r.id DESC LIMIT $3"
+        ))
+        .bind(user_id)
+        .bind(state.map_or("", RunState::as_str))
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        runs_from_rows(&rows)
+    }
+
+    /// The last run of each of the user's tasks that has one, by task id.
+    pub async fn last_run_states(&self, user_id: i64) -> Result<Vec<(i64, RunState)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT r.task_id, r.state FROM runs r WHERE r.user_id = $1 AND r.id = \
+             (SELECT MAX(l.id) FROM runs l WHERE l.task_id = r.task_id AND l.user_id = $1)",
+        )
+        .bind(user_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let state: String = row.try_get("state")?;
+                let state = RunState::parse(&state)
+                    .ok_or_else(|| sqlx::Error::Decode(format!("unknown run state `{state}`").into()))?;
+                Ok((row.try_get("task_id")?, state))
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StoreError::from)
     }
 
     /// The runs on the user's cluster, newest first, at most `limit`.
@@ -331,6 +380,82 @@ impl Store {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    /// Records the hash of the plugin a run's job uses and the run's figures (JSON, see
+    /// `runs::progress::Figures`); a run that already ended keeps those of its ending.
+    pub async fn save_run_figures(
+        &self,
+        id: i64,
+        plugin_hash: &str,
+        figures: &str,
+        ended: bool,
+    ) -> Result<bool, StoreError> {
+        let done = sqlx::query(
+            "UPDATE runs SET plugin_hash = $1, figures = $2 WHERE id = $3 AND ($4 = 1 OR finished_at IS NULL)",
+        )
+        .bind(plugin_hash)
+        .bind(figures)
+        .bind(id)
+        .bind(i64::from(ended))
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Records that run `id`'s input is kept as `file` until `until`.
+    pub async fn keep_run_input(&self, id: i64, file: &str, until: i64) -> Result<(), StoreError> {
+        sqlx::query("UPDATE runs SET input_file = $1, input_kept_until = $2 WHERE id = $3")
+            .bind(file)
+            .bind(until)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets the kept inputs whose time has passed by `now`; answers their files, to remove.
+    pub async fn expire_run_inputs(&self, now: i64) -> Result<Vec<String>, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let rows = sqlx::query("SELECT input_file FROM runs WHERE input_file IS NOT NULL AND input_kept_until <= $1")
+            .bind(now)
+            .fetch_all(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE runs SET input_file = NULL, input_kept_until = NULL \
+             WHERE input_file IS NOT NULL AND input_kept_until <= $1",
+        )
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(rows.iter().map(|row| row.try_get("input_file")).collect::<Result<_, _>>()?)
+    }
+
+    /// Every kept input file any run names.
+    pub async fn run_input_files(&self) -> Result<Vec<String>, StoreError> {
+        let rows =
+            sqlx::query("SELECT input_file FROM runs WHERE input_file IS NOT NULL").fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(|row| row.try_get("input_file")).collect::<Result<_, _>>()?)
+    }
+
+    /// The kept input files of the user's runs.
+    pub async fn user_run_input_files(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT input_file FROM runs WHERE user_id = $1 AND input_file IS NOT NULL")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| row.try_get("input_file")).collect::<Result<_, _>>()?)
+    }
+
+    /// The figures JSON of the user's run: `None` when the run is not the user's.
+    pub async fn run_figures(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
+        let row = sqlx::query("SELECT figures FROM runs WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("figures")).transpose()?)
     }
 
     /// The result JSON of the user's run: `None` when the run is not the user's, `Some(None)`

@@ -195,6 +195,15 @@ impl Store {
         Ok(row.as_ref().map(task_from_row).transpose()?)
     }
 
+    /// The files in the plugin directory that the user's tasks name.
+    pub async fn user_plugin_files(&self, user_id: i64) -> Result<Vec<String>, StoreError> {
+        let rows = sqlx::query("SELECT plugin_file FROM tasks WHERE user_id = $1 AND plugin_file IS NOT NULL")
+            .bind(user_id)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|row| row.try_get("plugin_file")).collect::<Result<_, _>>()?)
+    }
+
     /// The plugin of the user's task with this id.
     pub async fn task_plugin(&self, user_id: i64, id: i64) -> Result<Option<Plugin>, StoreError> {
         let row = sqlx::query(

@@ -61,6 +61,29 @@ impl Store {
         Ok(row.as_ref().map(user_from_row).transpose()?)
     }
 
+    /// Replaces the user's password hash; answers whether the user exists.
+    pub async fn set_password_hash(&self, user_id: i64, password_hash: &str) -> Result<bool, StoreError> {
+        let done = sqlx::query("UPDATE users SET password_hash = $1 WHERE id = $2")
+            .bind(password_hash)
+            .bind(user_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    /// Deletes the user with every row of theirs: sessions, clusters, tasks and runs (in one
+    /// transaction, children first, whatever the database's foreign-key setting). Files the
+    /// rows name (tasks' plugins) are the caller's to remove. Answers whether the user existed.
+    pub async fn delete_user(&self, user_id: i64) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for table in ["runs", "tasks", "clusters", "sessions"] {
+            sqlx::query(&format!("DELETE FROM {table} WHERE user_id = $1")).bind(user_id).execute(&mut *tx).await?;
+        }
+        let done = sqlx::query("DELETE FROM users WHERE id = $1").bind(user_id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() > 0)
+    }
+
     /// Every user's id, oldest first (to give each the embedded cluster).
     pub async fn user_ids(&self) -> Result<Vec<i64>, StoreError> {
         let rows = sqlx::query("SELECT id FROM users ORDER BY id").fetch_all(&self.pool).await?;

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use serde_bytes::ByteBuf;
 use tokio::sync::Notify;
-use tracing::{debug, error, info, warn};
+use tracing::{Instrument, debug, error, info, warn};
 
 use super::super::Shared;
 use super::super::calls::{Failure, classify, deadline_in};
@@ -39,8 +39,23 @@ pub(in crate::controller) struct BatchCall {
     pub deadline: Duration,
 }
 
-/// Runs the call until the worker answers or the call is cancelled, and applies the answers.
+/// Runs the call until the worker answers or the call is cancelled, and applies the answers,
+/// in a span naming the job, its owner, the worker and the call's chunks.
 pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
+    let owner = shared.with_state(|st| st.job(call.job).map(|job| job.spec.owner.clone())).unwrap_or_default();
+    let first_chunk = call.chunks.first().map_or(0, |(index, _)| *index);
+    let span = tracing::info_span!(
+        "call",
+        job = call.job,
+        owner,
+        worker = call.worker.id,
+        first_chunk,
+        chunks = call.chunks.len()
+    );
+    run_batch_in_span(shared, call).instrument(span).await;
+}
+
+async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
     let Some(names) =
         shared.with_state(|st| st.is_active(job_id).then(|| st.job(job_id).map(Job::file_names)).flatten())
@@ -156,6 +171,10 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
         let (job, copies) = end_call(st, call)?;
         if answered && let Some(since) = copies.iter().flatten().map(|copy| copy.since).min() {
             job.times.record_call(since.elapsed(), call.chunks.len());
+            let each = since.elapsed().as_secs_f64() / call.chunks.len() as f64;
+            for _ in &call.chunks {
+                shared.metrics.chunk_seconds.observe(each);
+            }
         }
         let mut verdicts = Verdicts::default();
         for (((index, _), outcome), copy) in call.chunks.iter().zip(outcomes).zip(copies) {
@@ -195,6 +214,7 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
             charge(job, index, worker_id, kind, &mut verdicts);
         }
         verdicts.retries = job.retries();
+        shared.metrics.chunk_failures.inc_by(verdicts.retried.len() as u64 + u64::from(verdicts.fails.is_some()));
         // With partials to store, the status is published once they count.
         if verdicts.answered.is_empty() {
             job.publish();
@@ -269,6 +289,7 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
             }
             job.cancel_copies(index);
             job.count_done(index, Some(worker_id));
+            debug!(job = job_id, chunk = index, worker = worker_id, "chunk done");
             if copy.is_some_and(|copy| copy.speculative) {
                 job.count_speculative_win();
                 info!(job = job_id, chunk = index, worker = worker_id, "the speculative copy finished first");

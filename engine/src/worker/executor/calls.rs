@@ -59,6 +59,8 @@ pub(super) struct Shared {
     /// The calls in flight when the executor was marked dead.
     pub(super) calls_lost: AtomicUsize,
     pub(super) stderr_tail: Mutex<VecDeque<String>>,
+    /// Counts the executor's end when a crash (not a stop asked for) was its first cause.
+    pub(super) crashes: prometheus_client::metrics::counter::Counter,
 }
 
 impl Shared {
@@ -74,6 +76,9 @@ impl Shared {
             pending.drain().map(|(_, call)| call).collect()
         };
         if first {
+            if matches!(error, ExecError::Crashed { .. }) {
+                self.crashes.inc();
+            }
             self.calls_lost.store(pending.len(), Ordering::Relaxed);
         } else {
             // Calls that slipped in between the first cause and now went down with it too.

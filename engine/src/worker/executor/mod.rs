@@ -34,6 +34,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use prometheus_client::metrics::counter::Counter;
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -81,6 +82,19 @@ pub struct ExecutorConfig {
     /// Where each executor's private directory is made (default: the system's temporary
     /// directory). When the caller runs as root, `nobody` must be able to reach it.
     pub scratch_dir: PathBuf,
+    /// Where executor starts and crashes are counted (the worker's metrics); by default
+    /// counters no registry reads.
+    pub counters: ExecutorCounters,
+}
+
+/// Executor processes started and crashed, for the worker's metrics.
+#[derive(Debug, Clone, Default)]
+pub struct ExecutorCounters {
+    /// Processes started (each `kiln exec`, whether or not the plugin then loads).
+    pub starts: Counter,
+    /// Processes that ended by themselves while serving (a crash, an abort, the memory limit),
+    /// not stopped on purpose.
+    pub crashes: Counter,
 }
 
 impl ExecutorConfig {
@@ -94,6 +108,7 @@ impl ExecutorConfig {
             memory_limit: None,
             sandbox: true,
             scratch_dir: std::env::temp_dir(),
+            counters: ExecutorCounters::default(),
         }
     }
 }
@@ -213,6 +228,7 @@ impl Executor {
         let mut child = command
             .spawn()
             .map_err(|e| ExecError::Spawn { program: config.program.display().to_string(), message: e.to_string() })?;
+        config.counters.starts.inc();
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -226,6 +242,7 @@ impl Executor {
             dead: Mutex::new(None),
             calls_lost: AtomicUsize::new(0),
             stderr_tail: Mutex::new(VecDeque::new()),
+            crashes: config.counters.crashes.clone(),
         });
         let stderr_task = tokio::spawn(collect_stderr(stderr, Arc::clone(&shared)));
         let (kill, kill_rx) = watch::channel(false);

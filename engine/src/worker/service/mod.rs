@@ -18,6 +18,7 @@
 //! on the next call, and a crash is charged only to the chunk that caused it (see
 //! [`crate::worker::runner`]).
 
+mod metrics;
 mod registrar;
 mod state;
 
@@ -33,12 +34,15 @@ use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
+use self::metrics::WorkerMetrics;
 use self::registrar::Registrar;
 use self::state::{State, lock};
 use crate::owner::Owner;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
+use crate::telemetry::metrics::{Counted, MetricsEndpoint};
 use crate::tls::TlsError;
 use crate::tls::ca::WorkerKey;
 use crate::tls::key::{Credential, Role, Trust};
@@ -76,6 +80,8 @@ pub struct WorkerConfig {
     /// Allows a plaintext join token with a `listen` address other hosts reach
     /// (`--insecure-plaintext-allow-remote`).
     pub plaintext_allow_remote: bool,
+    /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl WorkerConfig {
@@ -96,6 +102,7 @@ impl WorkerConfig {
             builder,
             executor,
             plaintext_allow_remote: false,
+            metrics_listen: None,
         }
     }
 }
@@ -153,12 +160,18 @@ pub struct RunningWorker {
     controller: String,
     tasks: JoinSet<()>,
     state: Arc<State>,
+    metrics: Option<MetricsEndpoint>,
 }
 
 impl RunningWorker {
     /// The address the service is bound to.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
+    }
+
+    /// The address metrics are served on, when they are.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics.as_ref().map(MetricsEndpoint::local_addr)
     }
 
     /// Waits until the worker fails in a way it cannot recover from: the controller refused
@@ -213,10 +226,22 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let listener = tokio::net::TcpListener::bind(config.listen).await.map_err(bind_error)?;
     let local_addr = listener.local_addr().map_err(bind_error)?;
 
+    let mut registry = crate::telemetry::metrics::new_registry();
+    let metrics = WorkerMetrics::register(&mut registry);
+    let metrics_endpoint = match config.metrics_listen {
+        Some(addr) => Some(
+            crate::telemetry::metrics::serve(addr, registry)
+                .await
+                .map_err(|source| WorkerError::Bind { addr, source })?,
+        ),
+        None => None,
+    };
+
     let processes = config.processes.max(1);
-    let executor = ExecutorConfig { threads: processes as usize, ..config.executor.clone() };
+    let executor =
+        ExecutorConfig { threads: processes as usize, counters: metrics.executors.clone(), ..config.executor.clone() };
     let builder = config.builder.clone().sandboxed_like_executors(&executor.program, executor.sandbox);
-    let state = Arc::new(State::new(Builder::new(builder), executor));
+    let state = Arc::new(State::new(Builder::new(builder), executor, metrics));
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();
@@ -233,7 +258,15 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     };
     tasks.spawn(registrar.run(stop_rx, refused_tx));
     tracing::info!(%local_addr, controller = %config.controller, processes, "worker listening");
-    Ok(RunningWorker { local_addr, stop, refused, controller: config.controller, tasks, state })
+    Ok(RunningWorker {
+        local_addr,
+        stop,
+        refused,
+        controller: config.controller,
+        tasks,
+        state,
+        metrics: metrics_endpoint,
+    })
 }
 
 /// Accepts connections with limits per peer and per connection; each connection is served in
@@ -269,9 +302,10 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
         connections.spawn(async move {
             if let Ok(link) = link::accept(tcp, config).await {
                 let transport = link::transport(link);
+                let calls = server.state.metrics.rpc.clone();
                 BaseChannel::with_defaults(transport)
                     .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
-                    .execute(server.serve())
+                    .execute(Counted::new(server.serve(), calls))
                     .for_each_concurrent(None, |request| request)
                     .await;
             }
@@ -315,11 +349,19 @@ impl Worker for WorkerServer {
     ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
         self.state.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
+        let n_chunks = chunks.len();
+        let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
+        let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
         let chunks = chunks
             .into_iter()
             .map(|chunk| ChunkText::new(chunk.file, chunk.first_line, Bytes::from(chunk.text.into_vec())))
             .collect();
-        let results = runner.run_batch(job, chunks).await;
+        let started = std::time::Instant::now();
+        let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
+        let results = runner.run_batch(job, chunks).instrument(span.clone()).await;
+        let failed = results.iter().filter(|result| result.is_err()).count();
+        self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
+        span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
         Ok(results.into_iter().map(|result| result.map(|partial| ByteBuf::from(Vec::from(partial)))).collect())
     }
 

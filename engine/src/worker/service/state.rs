@@ -14,6 +14,7 @@ use tarpc::context;
 use tokio::sync::watch;
 
 use super::build_error;
+use super::metrics::{BuildLabels, WorkerMetrics};
 use crate::owner::Owner;
 use crate::plugin_source::SourceTree;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
@@ -38,6 +39,8 @@ pub(super) struct State {
     link_changed: watch::Sender<u64>,
     /// Each prepared job's executor.
     jobs: Mutex<HashMap<JobId, JobEntry>>,
+    /// The worker's metrics.
+    pub(super) metrics: WorkerMetrics,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -79,13 +82,14 @@ pub(super) fn limited(config: &ExecutorConfig, limits: ExecLimits) -> ExecutorCo
 }
 
 impl State {
-    pub(super) fn new(builder: Builder, executor: ExecutorConfig) -> State {
+    pub(super) fn new(builder: Builder, executor: ExecutorConfig, metrics: WorkerMetrics) -> State {
         State {
             builder,
             executor,
             link: Mutex::new(Link::default()),
             link_changed: watch::channel(0).0,
             jobs: Mutex::new(HashMap::new()),
+            metrics,
         }
     }
 
@@ -135,6 +139,7 @@ impl State {
     /// controller prepares again what it wants run.
     pub(super) fn forget_jobs(&self) {
         let jobs: Vec<JobEntry> = lock(&self.jobs).drain().map(|(_, entry)| entry).collect();
+        self.metrics.jobs_prepared.set(0);
         close_all(jobs, "the worker registered again");
     }
 
@@ -154,6 +159,7 @@ impl State {
         }
         let executor = Arc::new(JobRunner::new(limited(&self.executor, key.2), library, key.1.clone()));
         let previous = jobs.insert(job, JobEntry { key, executor: Arc::clone(&executor) });
+        self.metrics.jobs_prepared.set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
         drop(jobs);
         close_all(previous.into_iter().collect(), "its job was prepared again");
         executor
@@ -166,7 +172,12 @@ impl State {
 
     /// Forgets the job and stops its executor; returns once its processes are gone.
     pub(super) async fn release(&self, job: JobId) {
-        let entry = lock(&self.jobs).remove(&job);
+        let entry = {
+            let mut jobs = lock(&self.jobs);
+            let entry = jobs.remove(&job);
+            self.metrics.jobs_prepared.set(i64::try_from(jobs.len()).unwrap_or(i64::MAX));
+            entry
+        };
         if let Some(entry) = entry {
             entry.executor.close(JOB_ENDED).await;
         }
@@ -189,7 +200,10 @@ impl State {
             );
         }
         let library = match self.builder.cached(&owner, &hash).await {
-            Some(built) => built.library,
+            Some(built) => {
+                self.metrics.builds.get_or_create(&BuildLabels { outcome: "cached" }).inc();
+                built.library
+            }
             None => self.fetch_and_build(job, &owner, &hash).await?,
         };
         let warm = self.use_executor(job, (hash.clone(), params, limits), library);
@@ -225,7 +239,18 @@ impl State {
             );
         }
         let progress = |line: &str| tracing::info!(target: "kiln::build", "{line}");
-        match self.builder.build(owner, &tree, &progress).await {
+        let started = Instant::now();
+        let built = self.builder.build(owner, &tree, &progress).await;
+        let outcome = match &built {
+            Ok(built) if built.cached => "cached",
+            Ok(_) => "built",
+            Err(_) => "failed",
+        };
+        self.metrics.builds.get_or_create(&BuildLabels { outcome }).inc();
+        if outcome != "cached" {
+            self.metrics.build_seconds.observe(started.elapsed().as_secs_f64());
+        }
+        match built {
             Ok(built) => Ok(built.library),
             Err(error) => {
                 tracing::warn!(job, hash = short(hash), "plugin build failed");
@@ -267,7 +292,11 @@ mod tests {
 
     fn state() -> State {
         let cache = std::env::temp_dir().join("kiln-unused-cache");
-        State::new(Builder::new(BuilderConfig::new(cache)), ExecutorConfig::new(PathBuf::from("kiln"), 1))
+        State::new(
+            Builder::new(BuilderConfig::new(cache)),
+            ExecutorConfig::new(PathBuf::from("kiln"), 1),
+            WorkerMetrics::default(),
+        )
     }
 
     fn key(n: u64) -> ExecutorKey {
