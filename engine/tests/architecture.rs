@@ -4,9 +4,8 @@
 //!
 //! The floors (see `engine/src/lib.rs`): the ground floor (`rules`, `plugin_source`, `rpc`,
 //! `owner`, `sandbox`, `tls`, `memory`, `errors`, `input`, `telemetry`) imports no role; the
-//! controller never imports the
-//! worker (it neither builds nor runs plugin code); no role imports one beside it except
-//! run-local, which runs on the worker's parts.
+//! controller never imports the worker (it neither builds nor runs plugin code); no role imports
+//! one beside it except run-local, which runs on the worker's parts.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
