@@ -40,19 +40,70 @@
     });
   }
 
+  // The chart's geometry and scales, as the server draws an ended run's (http/chart.rs).
+  const LEFT = 64, RIGHT = 628, TOP = 12, BOTTOM = 184, TICKS = 5;
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function niceCeiling(value) {
+    if (!(value > 0)) { return 1; }
+    const power = Math.pow(10, Math.floor(Math.log10(value)));
+    const nice = [1, 2, 2.5, 5, 10].map(function (m) { return m * power; })
+      .find(function (n) { return n >= value * 0.999999; });
+    return nice || 10 * power;
+  }
+
+  function rateUnit(bytesPerSecond) {
+    const units = ["B/s", "KiB/s", "MiB/s", "GiB/s"];
+    let size = 1;
+    let unit = 0;
+    while (bytesPerSecond / size >= 1024 && unit < units.length - 1) { size *= 1024; unit += 1; }
+    return [size, units[unit]];
+  }
+
+  function number(value) { return String(Math.round(value * 100) / 100); }
+
+  function svgElement(name, attributes, text) {
+    const element = document.createElementNS(SVG, name);
+    Object.keys(attributes).forEach(function (key) { element.setAttribute(key, attributes[key]); });
+    if (text !== undefined) { element.textContent = text; }
+    return element;
+  }
+
   function drawChart() {
     const line = byId("chart-line");
-    if (!line || samples.length === 0) { return; }
-    const first = samples[0].t;
-    const span = Math.max(samples[samples.length - 1].t - first, 1);
-    const top = Math.max.apply(null, samples.map(function (s) { return s.bps; }).concat([1]));
-    const points = samples.map(function (s) {
-      const x = ((s.t - first) / span) * 600;
-      const y = 155 - (s.bps / top) * 145;
-      return x.toFixed(1) + "," + y.toFixed(1);
-    });
-    line.setAttribute("points", points.join(" "));
-    setText("chart-scale", "Peak " + formatBytes(top) + "/s over " + (span / 1000).toFixed(1) + " s");
+    const ticks = byId("chart-ticks");
+    if (!line || !ticks || samples.length === 0) { return; }
+    const xMax = niceCeiling(samples[samples.length - 1].t / 1000);
+    const top = Math.max.apply(null, samples.map(function (s) { return s.bps; }));
+    const scale = rateUnit(top);
+    const yMax = Math.max(niceCeiling(top / scale[0]), 1);
+    const x = function (ms) { return LEFT + (ms / 1000) / xMax * (RIGHT - LEFT); };
+    const y = function (bps) { return BOTTOM - (bps / scale[0]) / yMax * (BOTTOM - TOP); };
+    line.setAttribute("points", samples.map(function (s) {
+      return x(s.t).toFixed(1) + "," + y(s.bps).toFixed(1);
+    }).join(" "));
+    // The tick elements are made once and changed in place.
+    if (!ticks.firstChild) {
+      for (let n = 0; n < TICKS; n += 1) {
+        ticks.appendChild(svgElement("line", { "class": "grid", x1: LEFT, x2: RIGHT }));
+        ticks.appendChild(svgElement("text", { "class": "axis-label y-label", x: LEFT - 6,
+          "text-anchor": "end", "dominant-baseline": "middle" }, ""));
+        ticks.appendChild(svgElement("text", { "class": "axis-label x-label", y: 200, "text-anchor": "middle" }, ""));
+      }
+    }
+    const grid = ticks.querySelectorAll(".grid");
+    const yLabels = ticks.querySelectorAll(".y-label");
+    const xLabels = ticks.querySelectorAll(".x-label");
+    for (let n = 0; n < TICKS; n += 1) {
+      const share = n / (TICKS - 1);
+      const at = BOTTOM - share * (BOTTOM - TOP);
+      grid[n].setAttribute("y1", at);
+      grid[n].setAttribute("y2", at);
+      yLabels[n].setAttribute("y", at);
+      yLabels[n].textContent = number(share * yMax) + " " + scale[1];
+      xLabels[n].setAttribute("x", LEFT + share * (RIGHT - LEFT));
+      xLabels[n].textContent = number(share * xMax) + " s";
+    }
   }
 
   function update(progress) {
@@ -69,7 +120,8 @@
     drawWorkers(progress.workers || []);
     // The chart starts with the first chunk done: building and loading the plugin come before.
     if ((progress.state === "running" || progress.state === "aggregating") && progress.bytes_done > 0) {
-      samples.push({ t: Date.now(), bps: progress.throughput_bps });
+      // Time since the run began, as the server's chart of an ended run has it.
+      samples.push({ t: progress.elapsed_ms, bps: progress.throughput_bps });
       if (samples.length > MAX_SAMPLES) { samples.shift(); }
       drawChart();
     }

@@ -214,8 +214,11 @@ async fn start_on_local(client: &Client, task_url: &str, input: &Path) {
 async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_errors() {
     let web = TestWeb::start(TestDb::sqlite(), |config: &mut WebConfig| {
         config.embedded_cluster = true;
-        // Many small chunks, so that the run lasts while the page is watched.
+        // Many small chunks on one worker of one slot, so that the run lasts while the page is
+        // watched also on an idle machine (two workers of two slots took two seconds).
         config.chunk_bytes = 4 << 10;
+        config.embedded_workers = 1;
+        config.worker_processes = 1;
     })
     .await;
     let files = tempfile::tempdir().expect("temp dir");
@@ -249,15 +252,28 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
 
     let deadline = Instant::now() + RUN_TIMEOUT;
     let mut seen_running = false;
+    let mut seen_live_axes = false;
+    let mut live_labels = Vec::new();
+    let mut observed: Vec<(String, String)> = Vec::new();
     loop {
         let percent = text_of(&client, "percent").await;
         let state = text_of(&client, "state").await;
         // Progress between the ends, in whatever state the run shows while its chunks run
         // (they start while the input still uploads).
         let ongoing = !["succeeded", "failed"].contains(&state.as_str());
+        if observed.last() != Some(&(percent.clone(), state.clone())) {
+            observed.push((percent.clone(), state.clone()));
+        }
         if ongoing && !seen_running && percent != "0 %" && percent != "100 %" {
             seen_running = true;
             screenshot(&client, "wordcount-progress.png").await;
+        }
+        if ongoing && !seen_live_axes {
+            // One call reads every label at once, while the page redraws them.
+            let script = "return Array.from(document.querySelectorAll('#chart .x-label')).map(l => l.textContent);";
+            let labels = client.execute(script, vec![]).await.unwrap_or_default();
+            live_labels = serde_json::from_value::<Vec<String>>(labels).unwrap_or_default();
+            seen_live_axes = live_labels.len() == 5 && live_labels.iter().all(|label| label.ends_with(" s"));
         }
         if percent == "100 %" {
             break;
@@ -275,7 +291,8 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
         *expected.entry(word.to_owned()).or_default() += 1;
     }
     assert_eq!(counted, expected);
-    assert!(seen_running, "the page showed the progress of the run while it ran");
+    assert!(seen_running, "the page showed the progress of the run while it ran: {observed:?}");
+    assert!(seen_live_axes, "the live chart has a time axis in seconds: last seen {live_labels:?}");
     let chunks = text_of(&client, "chunks").await;
     let n_chunks: u64 = chunks.split(" / ").nth(1).and_then(|n| n.parse().ok()).expect("chunks done / in all");
     assert_finished_figures(&client, n_chunks).await;

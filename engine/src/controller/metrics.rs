@@ -20,17 +20,6 @@ use super::Shared;
 use crate::rpc::JobState;
 use crate::telemetry::metrics::{RpcCalls, register_rpc_calls};
 
-/// The states a job can be in, each reported even when no job is in it.
-const STATES: [JobState; 7] = [
-    JobState::Uploading,
-    JobState::Queued,
-    JobState::Running,
-    JobState::Aggregating,
-    JobState::Succeeded,
-    JobState::Failed,
-    JobState::Cancelled,
-];
-
 /// How long a job's own series (`job_chunks_done{job=…}`) stay after it ended, so that a
 /// scrape after the end sees its final figures; then they go, so series do not pile up.
 const JOB_SERIES_AFTER_END_MS: u64 = 10 * 60 * 1000;
@@ -128,7 +117,8 @@ impl StateCollector {
     fn snapshot(&self) -> Option<Snapshot> {
         let shared = self.shared.upgrade()?;
         let snapshot = Snapshot::default();
-        for state in STATES {
+        // Every state is reported, also with no job in it.
+        for state in JobState::ALL {
             snapshot.jobs.get_or_create(&StateLabels { state: state.as_str() }).set(0);
         }
         let snapshot = shared.with_state(|st| {

@@ -3,17 +3,20 @@
 //! (`/runs/{id}/ws`), the whole result as a file (`/runs/{id}/result.json`), and cancelling
 //! (`/runs/{id}/cancel`).
 
+use std::sync::Arc;
+
 use askama::Template;
 use salvo::prelude::*;
 use salvo::websocket::{Message, WebSocket, WebSocketUpgrade};
 
 use super::chart::{self, Chart};
 use super::error::HttpError;
-use super::{CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
+use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
 use crate::runs::progress::{Figures, Progress};
 use crate::runs::{RunManager, Subscription};
 use crate::store::Store;
 use crate::store::runs::{NewRun, Run, RunState};
+use crate::store::sessions::Session;
 
 /// How much of a result's pretty JSON the page shows; the whole is a download away.
 pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
@@ -214,14 +217,22 @@ async fn result_file(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     Ok(())
 }
 
-#[handler]
-async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+/// The run a form posted to `/runs/{id}/…` acts on, with its user and the app: its CSRF token
+/// checked, and the run the user's (else 404).
+async fn posted_run(req: &mut Request, depot: &Depot) -> Result<(Session, Arc<App>, Run), HttpError> {
     let user = session(depot)?;
     let app = app(depot)?;
     let id = id_param(req)?;
     let csrf = req.form::<String>(CSRF_FIELD).await;
     check_csrf(depot, csrf.as_deref())?;
     let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    Ok((user, app, run))
+}
+
+#[handler]
+async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
+    let (user, app, run) = posted_run(req, depot).await?;
+    let id = run.id;
     if !run.state.is_final() {
         let cluster = app.store.cluster(user.user_id, run.cluster_id).await?.ok_or(HttpError::NotFound)?;
         let target = app.runs.target(&cluster)?;
@@ -236,12 +247,8 @@ async fn cancel(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
 /// the data directory), processes and parameters, and the task's plugin as it is now.
 #[handler]
 async fn run_again(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
-    let user = session(depot)?;
-    let app = app(depot)?;
-    let id = id_param(req)?;
-    let csrf = req.form::<String>(CSRF_FIELD).await;
-    check_csrf(depot, csrf.as_deref())?;
-    let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
+    let (user, app, run) = posted_run(req, depot).await?;
+    let id = run.id;
     let Some(file) = run.kept_input() else {
         return Err(HttpError::BadRequest(
             "the input of this run is no longer kept: start the task again with the input file".to_owned(),
