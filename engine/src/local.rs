@@ -32,7 +32,7 @@ use crate::rules::combine::{Groups, combine_group};
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{ChunkText, ExecutorConfig};
-use crate::worker::runner::JobRunner;
+use crate::worker::runner::{AggregateError, JobRunner};
 
 /// The job id run-local's logs carry: it has one job.
 const LOCAL_JOB: u64 = 0;
@@ -57,13 +57,19 @@ pub struct LocalConfig {
     /// Attempts at a chunk before the run fails (0: the cluster's default,
     /// [`retry::DEFAULT_MAX_ATTEMPTS`]).
     pub max_attempts: u32,
+    /// The largest output the run may have (`--max-result-size`; default
+    /// [`DEFAULT_MAX_RESULT_BYTES`](crate::rules::limits::DEFAULT_MAX_RESULT_BYTES)).
+    pub max_result_bytes: u64,
 }
 
 /// What a successful run produced.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LocalReport {
-    /// The plugin's output, as JSON.
-    pub output: String,
+    /// The plugin's output, as JSON, in an unnamed temporary file (gone once closed), read from
+    /// its start: results of any size, never held whole in memory.
+    pub output: std::fs::File,
+    /// The output's length in bytes.
+    pub output_bytes: u64,
     /// Whether the plugin came from the build cache.
     pub cached_build: bool,
     /// The number of chunks the input was cut into.
@@ -116,6 +122,12 @@ pub enum LocalError {
     /// The final aggregation failed.
     #[error("aggregate failed: {0}")]
     Aggregate(TaskError),
+    /// The output is larger than the configuration allows.
+    #[error("{0}: raise --max-result-size")]
+    ResultTooLarge(AggregateError),
+    /// The output could not be kept.
+    #[error("cannot keep the output in {}: {source}: free space there or set TMPDIR", .dir.display())]
+    Output { dir: PathBuf, source: std::io::Error },
     /// A task of the run itself panicked (a bug in Kiln).
     #[error("run-local failed internally: {0}")]
     Internal(String),
@@ -155,9 +167,10 @@ pub async fn run_local(
     let result = run_chunks(config, slots, &runner).await;
     // Nothing the plugin started outlives its job: in the sandbox no thread, process or file.
     runner.close(if result.is_ok() { "the job ended" } else { "the job failed" }).await;
-    let (output, counts) = result?;
+    let ((output, output_bytes), counts) = result?;
     Ok(LocalReport {
         output,
+        output_bytes,
         cached_build: built.cached,
         n_chunks: counts.chunks,
         n_lines: counts.lines,
@@ -180,7 +193,7 @@ async fn run_chunks(
     config: &LocalConfig,
     slots: usize,
     runner: &Arc<JobRunner>,
-) -> Result<(String, Counts), LocalError> {
+) -> Result<((std::fs::File, u64), Counts), LocalError> {
     // Started before the input is read, so a plugin that cannot start fails the run at once.
     let combines = runner.combines().await.map_err(LocalError::Start)?;
     let sources = config.inputs.clone();
@@ -210,8 +223,19 @@ async fn run_chunks(
     let _ = reader.await;
     ran?;
     let finals = final_partials(runner, run.partials.into_ordered(), slots).await?;
-    let output = runner.aggregate(finals).await.map_err(LocalError::Aggregate)?;
-    Ok((output, run.counts))
+    let dir = std::env::temp_dir();
+    let output_error = |source| LocalError::Output { dir: dir.clone(), source };
+    let mut output = tempfile::tempfile_in(&dir).map_err(output_error)?;
+    let written = output.try_clone().map_err(output_error)?;
+    let bytes = runner
+        .aggregate(crate::worker::executor::Partials::InMemory(finals), written, config.max_result_bytes)
+        .await
+        .map_err(|error| match error {
+            error @ AggregateError::TooLarge { .. } => LocalError::ResultTooLarge(error),
+            AggregateError::Task(error) => LocalError::Aggregate(error),
+        })?;
+    std::io::Seek::rewind(&mut output).map_err(output_error)?;
+    Ok(((output, bytes), run.counts))
 }
 
 /// Reads the files one after another, decompressed, and sends their chunks in order (numbered

@@ -79,6 +79,10 @@ struct RunLocalArgs {
     /// as in Spark's local mode: on one machine a chunk that failed fails again.
     #[arg(long, default_value_t = 1)]
     max_attempts: u32,
+    /// The largest output the run may have (KiB, MiB, GiB); a larger one fails the run and
+    /// says so. The output is kept in TMPDIR until it is printed.
+    #[arg(long, value_parser = parse_size, default_value = "4GiB")]
+    max_result_size: usize,
     #[command(flatten)]
     host: cli::host::HostArgs,
 }
@@ -112,9 +116,16 @@ fn main() -> ExitCode {
             kiln_engine::memory::tune_for_service();
             logged(format, "info", || cli::cluster::run_worker(args))
         }
-        Command::Submit(args) => logged(format, "warn", || cli::jobs::submit(args)),
+        Command::Submit(args) => {
+            // Input and result pieces of a few MiB pass through it, as through the services.
+            kiln_engine::memory::tune_for_service();
+            logged(format, "warn", || cli::jobs::submit(args))
+        }
         Command::Status(args) => logged(format, "warn", || cli::jobs::status(args)),
-        Command::Result(args) => logged(format, "warn", || cli::jobs::result(args)),
+        Command::Result(args) => {
+            kiln_engine::memory::tune_for_service();
+            logged(format, "warn", || cli::jobs::result(args))
+        }
         Command::Cancel(args) => logged(format, "warn", || cli::jobs::cancel(args)),
         Command::Jobs(args) => logged(format, "warn", || cli::jobs::jobs(args)),
         Command::Cluster(args) => logged(format, "warn", || cli::jobs::cluster(args)),
@@ -152,6 +163,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         builder,
         executor,
         max_attempts: args.max_attempts,
+        max_result_bytes: args.max_result_size as u64,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -167,7 +179,13 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         report.n_bytes as f64 / 1e6 / seconds.max(1e-9),
         if report.cached_build { "; plugin from cache" } else { "" }
     ));
-    cli::output::println(&report.output)
+    // The output goes to stdout as it is read from its file, never whole in memory.
+    let mut stdout = std::io::stdout().lock();
+    let mut output = report.output;
+    std::io::copy(&mut output, &mut stdout)
+        .and_then(|_| std::io::Write::write_all(&mut stdout, b"\n"))
+        .and_then(|()| std::io::Write::flush(&mut stdout))
+        .map_err(cli::output::stdout_error)
 }
 
 /// Where plugins are built and cached by default: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.

@@ -16,6 +16,7 @@
 //! the controller issued to that worker.
 
 pub mod input;
+pub mod pieces;
 
 use std::fmt;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use self::input::ChunkSpan;
+use self::pieces::ResultPiece;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
@@ -36,10 +38,12 @@ use self::input::ChunkSpan;
 /// Version 6: an input is an ordered list of files: a job names its uploaded files
 /// ([`JobSpec::input_files`]), each piece of input says its file, and a chunk carries its
 /// file's name ([`ChunkInput::file`]) and numbers its lines within that file.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// Version 7: partials and results travel in pieces (`stage_partials`, `aggregate` answering a
+/// length, `fetch_output`, `result_piece`).
+pub const PROTOCOL_VERSION: u32 = 7;
 
-/// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
-/// batch of partials for aggregation, with room to spare.
+/// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
+/// room to spare; partials and results travel in pieces ([`pieces`]).
 pub const MAX_FRAME_BYTES: usize = 512 << 20;
 
 /// The largest piece of input or plugin archive a client sends in one call.
@@ -516,8 +520,8 @@ pub trait Controller {
     /// The job's status once its `seq` is greater than `seen_seq`, or after [`WATCH_WAIT`].
     async fn watch(key: Secret, job: JobId, seen_seq: u64) -> Result<JobStatus, RpcError>;
 
-    /// The output JSON of a job that succeeded.
-    async fn result(key: Secret, job: JobId) -> Result<String, RpcError>;
+    /// A piece of the output JSON of a job that succeeded, from byte `offset`.
+    async fn result_piece(key: Secret, job: JobId, offset: u64) -> Result<ResultPiece, RpcError>;
 
     /// Cancels a job: dispatching stops at once and running chunks are abandoned.
     async fn cancel(key: Secret, job: JobId) -> Result<JobStatus, RpcError>;
@@ -560,33 +564,20 @@ pub trait Worker {
     /// the plugin does not combine.
     async fn combine(secret: Secret, job: JobId, partials: Vec<ByteBuf>) -> Result<Option<ByteBuf>, TaskError>;
 
-    /// Folds the job's partials, in input order, into the output JSON.
-    async fn aggregate(secret: Secret, job: JobId, partials: Vec<ByteBuf>) -> Result<String, TaskError>;
+    /// Appends encoded partials, in input order, to those staged (on disk) for the job's
+    /// aggregate; `first` is the count staged so far (0 starts afresh).
+    async fn stage_partials(secret: Secret, job: JobId, first: u64, partials: Vec<ByteBuf>) -> Result<(), TaskError>;
+
+    /// Folds the job's `n_partials` staged partials into the output JSON, kept on disk until the
+    /// job is released; answers its length. A longer output than `max_result_bytes` is `Fatal`.
+    async fn aggregate(secret: Secret, job: JobId, n_partials: u64, max_result_bytes: u64) -> Result<u64, TaskError>;
+
+    /// A piece of the job's output from byte `offset`, empty at its end.
+    async fn fetch_output(secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError>;
 
     /// Forgets a job: stops its executor once nothing else needs it.
     async fn release(secret: Secret, job: JobId) -> Result<(), TaskError>;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_job_state_has_one_name_that_reads_back() {
-        for state in JobState::ALL {
-            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
-        }
-        assert_eq!("Running".parse::<JobState>(), Err(UnknownJobState("Running".into())));
-        assert_eq!(UnknownJobState("done".into()).to_string(), "unknown state `done`");
-    }
-
-    #[test]
-    fn secrets_compare_by_content_and_never_print() {
-        let key = Secret::generate();
-        assert_eq!(key.expose().len(), 64);
-        assert!(key.matches(&Secret::new(key.expose())));
-        assert!(!key.matches(&Secret::generate()));
-        assert!(!key.matches(&Secret::new("short")));
-        assert!(!format!("{key:?}").contains(key.expose()));
-    }
-}
+mod tests;

@@ -45,7 +45,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     refused(c.upload_input(ctx(), wrong.clone(), 1, 0, 0, ByteBuf::from(vec![1])).await.unwrap());
     refused(c.finish_input(ctx(), wrong.clone(), 1, 1).await.unwrap());
     refused(c.watch(ctx(), wrong.clone(), 1, 0).await.unwrap().map(drop));
-    refused(c.result(ctx(), wrong.clone(), 1).await.unwrap().map(drop));
+    refused(c.result_piece(ctx(), wrong.clone(), 1, 0).await.unwrap().map(drop));
     refused(c.cancel(ctx(), wrong.clone(), 1).await.unwrap().map(drop));
     refused(c.list_jobs(ctx(), wrong.clone()).await.unwrap().map(drop));
     refused(c.cluster_info(ctx(), wrong.clone()).await.unwrap().map(drop));
@@ -141,8 +141,8 @@ async fn finished_job_and_secrets_survive_a_restart() {
     assert!(controller.generated().is_empty(), "the stored secrets are used");
     assert!(controller.api_key().matches(&key));
     let client = connect(controller.local_addr()).await;
-    let result = client.result(context::current(), key.clone(), job).await.unwrap();
-    assert_eq!(result, Ok(check(&text)));
+    let result = client.result_piece(context::current(), key.clone(), job, 0).await.unwrap().unwrap();
+    assert_eq!(String::from_utf8(result.bytes.into_vec()).unwrap(), check(&text), "the result, kept on disk");
     let status = client.watch(context::current(), key.clone(), job, 0).await.unwrap().unwrap();
     assert_eq!((status.state, status.chunks_done, status.lines_done), (JobState::Succeeded, before.n_chunks, 800));
     let jobs = client.list_jobs(context::current(), key).await.unwrap().unwrap();

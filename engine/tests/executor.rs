@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use kiln_engine::plugin_source::read_source;
 use kiln_engine::worker::builder::{Builder, BuilderConfig};
-use kiln_engine::worker::executor::{ChunkText, ExecError, Executor, ExecutorConfig};
+use kiln_engine::worker::executor::{ChunkText, ExecError, Executor, ExecutorConfig, Partials};
 use util::{fixture, plugin_target_dir, shared_cache_dir};
 
 async fn misbehave_library() -> PathBuf {
@@ -45,7 +45,7 @@ async fn a_panic_fails_one_call_and_the_executor_keeps_serving() {
     }
     assert!(executor.is_alive());
     let partial = executor.run(lines(11, 10)).await.expect("the next chunk runs");
-    let output = executor.aggregate(vec![partial]).await.unwrap();
+    let output = aggregated(&executor, vec![partial]).await;
     let output: serde_json::Value = serde_json::from_str(&output).unwrap();
     assert_eq!(output["lines"], 10);
 }
@@ -156,4 +156,15 @@ async fn each_chunk_of_a_batch_has_the_whole_timeout() {
     assert_eq!(outcome.answers.len(), 1, "{outcome:?}");
     assert!(matches!(outcome.ended, Some(ExecError::Timeout(after)) if after == Duration::from_secs(3)), "{outcome:?}");
     assert!(!executor.is_alive());
+}
+
+/// Aggregates the partials into a file and reads it back.
+async fn aggregated(executor: &Executor, partials: Vec<Bytes>) -> String {
+    let mut file = tempfile::tempfile().unwrap();
+    let len = executor.aggregate(Partials::InMemory(partials), file.try_clone().unwrap(), u64::MAX).await.unwrap();
+    let mut output = String::new();
+    std::io::Seek::rewind(&mut file).unwrap();
+    std::io::Read::read_to_string(&mut file, &mut output).unwrap();
+    assert_eq!(output.len() as u64, len);
+    output
 }

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::plugin_source::read_source;
+use kiln_engine::rpc::pieces::ResultPiece;
 use kiln_engine::rpc::{
     ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobPlugin, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
     Registration, RpcError, Secret, TaskError, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
@@ -119,7 +120,7 @@ impl Controller for StandIn {
     async fn watch(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<JobStatus, RpcError> {
         not_here()
     }
-    async fn result(self, _: Context, _: Secret, _: JobId) -> Result<String, RpcError> {
+    async fn result_piece(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<ResultPiece, RpcError> {
         not_here()
     }
     async fn cancel(self, _: Context, _: Secret, _: JobId) -> Result<JobStatus, RpcError> {
@@ -251,12 +252,14 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     let second = run_one(&client, &secret, 1, 2, b"b c\n").await.unwrap();
     let merged = client.combine(long(), secret.clone(), 1, vec![first.clone(), second.clone()]).await.unwrap().unwrap();
     assert!(merged.is_some(), "wordcount combines");
-    let output = client.aggregate(long(), secret.clone(), 1, vec![first, second]).await.unwrap().unwrap();
+    let output = aggregated(&client, &secret, 1, vec![first, second]).await;
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&output).unwrap(),
         serde_json::json!({"a": 2, "b": 2, "c": 1})
     );
-    assert!(is_unauthorized(client.aggregate(long(), stranger.clone(), 1, vec![]).await.unwrap()));
+    assert!(is_unauthorized(client.aggregate(long(), stranger.clone(), 1, 0, u64::MAX).await.unwrap()));
+    assert!(is_unauthorized(client.stage_partials(long(), stranger.clone(), 1, 0, vec![]).await.unwrap()));
+    assert!(is_unauthorized(client.fetch_output(long(), stranger.clone(), 1, 0).await.unwrap()));
 
     // A second job with the same plugin: no fetch, and its executor is warm at once.
     client.release(long(), secret.clone(), 1).await.unwrap().unwrap();
@@ -381,7 +384,7 @@ async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
         .map(|position| results[position].clone().unwrap())
         .chain(neighbours.into_iter().map(Result::unwrap))
         .collect();
-    let output = client.aggregate(long(), secret.clone(), 1, partials).await.unwrap().unwrap();
+    let output = aggregated(&client, &secret, 1, partials).await;
     let counted: Vec<String> = [1, 11, 31, 51, 101, 111]
         .into_iter()
         .flat_map(|first: u64| lines(first).lines().map(str::to_owned).collect::<Vec<_>>())
@@ -444,4 +447,27 @@ async fn a_refused_join_token_stops_the_worker_for_good() {
     assert!(error.to_string().contains("--join-token"), "{error}");
     assert!(stand_in.seen.lock().unwrap().registrations.is_empty());
     worker.shutdown().await;
+}
+
+/// Aggregates the partials on the worker and reads the output back piece by piece, as the
+/// controller does.
+async fn aggregated(client: &WorkerClient, secret: &Secret, job: JobId, partials: Vec<ByteBuf>) -> String {
+    let n_partials = partials.len() as u64;
+    // In two pieces, as the controller sends partials a few MiB at a time.
+    let mut partials = partials;
+    let second = partials.split_off(partials.len() / 2);
+    client.stage_partials(long(), secret.clone(), job, 0, partials).await.unwrap().unwrap();
+    client
+        .stage_partials(long(), secret.clone(), job, n_partials - second.len() as u64, second)
+        .await
+        .unwrap()
+        .unwrap();
+    let len = client.aggregate(long(), secret.clone(), job, n_partials, u64::MAX).await.unwrap().unwrap();
+    let mut output = Vec::new();
+    while (output.len() as u64) < len {
+        let piece = client.fetch_output(long(), secret.clone(), job, output.len() as u64).await.unwrap().unwrap();
+        assert!(!piece.is_empty(), "the output ended early");
+        output.extend_from_slice(&piece);
+    }
+    String::from_utf8(output).unwrap()
 }

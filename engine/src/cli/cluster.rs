@@ -54,6 +54,10 @@ pub struct ControllerArgs {
     /// loopback or a private address). Off unless given.
     #[arg(long, env = "KILN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// The largest result a job may have (KiB, MiB, GiB): a job whose output is larger fails
+    /// and says so. Results are kept in the data directory.
+    #[arg(long, value_parser = crate::parse_size, default_value = "4GiB")]
+    max_result_size: usize,
 }
 
 /// `kiln worker`.
@@ -101,6 +105,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.operator_cert = args.tls_cert.zip(args.tls_key);
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
+    config.max_result_bytes = args.max_result_size as u64;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

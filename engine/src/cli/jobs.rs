@@ -8,10 +8,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use anyhow::Context;
 use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
-use kiln_engine::client::{Client, SubmitOptions};
+use kiln_engine::client::{Client, ClientError, SubmitOptions};
 use kiln_engine::rpc::{JobId, JobState, JobStatus, Secret};
 
-use super::output::{note, print, println};
+use super::output::{note, print, println, stdout_error};
 use super::{DEFAULT_CONTROLLER, key_or_stored};
 
 /// How to reach the controller.
@@ -174,8 +174,18 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         note(summary(status));
     }
     // A failure or cancellation comes back as an error with its reason.
-    let output = client.result(job).await?;
-    println(output)
+    write_result(client, job).await
+}
+
+/// Writes the job's result to stdout as it comes from the controller, piece by piece, with a
+/// line end after it.
+async fn write_result(client: &Client, job: JobId) -> anyhow::Result<()> {
+    let mut stdout = tokio::io::stdout();
+    match client.result_to(job, &mut stdout).await {
+        Ok(_) => println(""),
+        Err(ClientError::Output { source, .. }) => Err(stdout_error(source)),
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// `kiln status JOB`.
@@ -191,8 +201,7 @@ pub fn status(args: JobArgs) -> anyhow::Result<()> {
 pub fn result(args: JobArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
-        let output = client.result(args.job).await?;
-        println(output)
+        write_result(&client, args.job).await
     })
 }
 

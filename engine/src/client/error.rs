@@ -87,6 +87,14 @@ pub enum ClientError {
     /// The job was cancelled.
     #[error("job {0} was cancelled")]
     Cancelled(JobId),
+    /// The job's result could not be written where it was asked to go.
+    #[error("cannot write the result of job {job}: {source}")]
+    Output {
+        /// The job.
+        job: JobId,
+        /// The underlying error.
+        source: io::Error,
+    },
 }
 
 impl ClientError {

@@ -19,11 +19,16 @@ use super::action::Action;
 use super::calls::{Failure, classify, deadline_in};
 use super::ending::{end_job, fail_internal};
 use super::plan::plan;
+use super::results::{self, FetchError};
 use super::state::chunk::GroupState;
 use super::state::job::Prep;
 use super::state::workers::WorkerHandle;
+use crate::rpc::pieces::result_piece_bytes;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, WorkerId};
 use crate::rules::deadlines::{CALL_DEADLINE, PREPARE_DEADLINE};
+
+/// How long a worker may take to store one piece of partials (a few MiB) for an aggregate.
+const STAGE_DEADLINE: Duration = Duration::from_secs(60);
 
 /// How long a worker may take to forget a job.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
@@ -198,23 +203,92 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
     if !is_active(shared, job_id) {
         return;
     }
-    let partials = match shared.store.ordered_partials(job_id, n_chunks, group_size).await {
-        Ok(partials) => partials,
-        Err(e) => return fail_internal(shared, job_id, format!("cannot gather the partials: {e}")).await,
+    info!(job = job_id, worker = worker.id, "aggregating");
+    let staged = match stage_partials(shared, &worker, job_id, n_chunks, group_size).await {
+        Ok(Ok(staged)) => staged,
+        Ok(Err(failure)) => return aggregate_failed(shared, &worker, job_id, failure).await,
+        Err(message) => return fail_internal(shared, job_id, message).await,
     };
-    info!(job = job_id, worker = worker.id, partials = partials.len(), "aggregating");
-    let result = worker.client.aggregate(deadline_in(CALL_DEADLINE), worker.secret(), job_id, partials).await;
+    let limit = shared.max_result_bytes;
+    let result = worker.client.aggregate(deadline_in(CALL_DEADLINE), worker.secret(), job_id, staged, limit).await;
     let failure = match classify(result, CALL_DEADLINE) {
-        Ok(output) => {
-            let mine =
-                shared.with_state(|st| st.job_mut(job_id).is_some_and(|job| job.aggregation_answered(worker.id)));
-            if mine {
-                end_job(shared, job_id, JobState::Succeeded, None, Some(output)).await;
+        Ok(len) => match results::fetch(shared, &worker, job_id, len).await {
+            Ok(()) => {
+                let mine =
+                    shared.with_state(|st| st.job_mut(job_id).is_some_and(|job| job.aggregation_answered(worker.id)));
+                if mine {
+                    info!(job = job_id, worker = worker.id, bytes = len, "result stored");
+                    end_job(shared, job_id, JobState::Succeeded, None, None).await;
+                } else if !is_active(shared, job_id) {
+                    // Cancelled while it was fetched: nobody can read it.
+                    let _ = tokio::fs::remove_file(results::result_path(shared, job_id)).await;
+                }
+                return;
             }
-            return;
-        }
+            Err(FetchError::Disk(message)) => {
+                results::discard_part(shared, job_id, &worker).await;
+                return fail_internal(shared, job_id, message).await;
+            }
+            Err(FetchError::Worker(failure)) => {
+                results::discard_part(shared, job_id, &worker).await;
+                failure
+            }
+        },
         Err(failure) => failure,
     };
+    aggregate_failed(shared, &worker, job_id, failure).await;
+}
+
+/// Sends the job's partials, in input order, to `worker` in pieces of a few MiB (a page of the
+/// store each); answers how many it staged, or why the worker did not take them (`Ok(Err)`),
+/// or what is wrong with the stored partials (`Err`).
+async fn stage_partials(
+    shared: &Shared,
+    worker: &WorkerHandle,
+    job_id: JobId,
+    n_chunks: u64,
+    group_size: u64,
+) -> Result<Result<u64, Failure>, String> {
+    let (mut next_chunk, mut staged) = (0u64, 0u64);
+    loop {
+        let page = shared
+            .store
+            .partials_page(job_id, group_size, next_chunk, result_piece_bytes())
+            .await
+            .map_err(|e| format!("cannot gather the partials: {e}"))?;
+        let mut partials = Vec::with_capacity(page.len());
+        for (first, covers, partial) in page {
+            if first != next_chunk {
+                return Err(format!("cannot gather the partials: job {job_id} has no partial for chunk {next_chunk}"));
+            }
+            next_chunk = first + covers;
+            partials.push(partial);
+        }
+        // The first call is made even without partials (an empty input): it starts the staging.
+        if partials.is_empty() && staged > 0 {
+            break;
+        }
+        let count = partials.len() as u64;
+        let sent = worker.client.stage_partials(deadline_in(STAGE_DEADLINE), worker.secret(), job_id, staged, partials);
+        if let Err(failure) = classify(sent.await, STAGE_DEADLINE) {
+            return Ok(Err(failure));
+        }
+        staged += count;
+        if count == 0 {
+            break;
+        }
+    }
+    if next_chunk != n_chunks {
+        return Err(format!(
+            "cannot gather the partials: job {job_id} has partials for {next_chunk} of {n_chunks} chunks"
+        ));
+    }
+    Ok(Ok(staged))
+}
+
+/// An aggregate (or staging its partials, or fetching its output) failed on `worker`: lose the
+/// worker, prepare again, try again elsewhere or fail the job, as the failure says.
+async fn aggregate_failed(shared: &Shared, worker: &WorkerHandle, job_id: JobId, failure: Failure) {
     let fail = shared.with_state(|st| {
         if let Failure::Lost(reason) = &failure {
             st.lose_worker(worker.id, reason);

@@ -9,6 +9,7 @@
 //! - `action`: the scheduler's decisions, as an enum; `plan`: what to start now.
 //! - `batch`: which queued chunks one call to a worker carries (how many: `rules::batch`).
 //! - `calls`: deadlines and how a call's failure is classified; `ending`: ending a job.
+//! - `results`: results on disk, fetched from workers and read by clients in pieces.
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
 //! - `workers`: registration, connections to workers, heartbeats.
@@ -19,6 +20,8 @@
 //! # On disk, in the data directory
 //! - `controller.db`: jobs, chunk states, partials and results.
 //! - `inputs/<job>.txt`: a job's input, deleted when the job ends.
+//! - `results/<job>.json`: a succeeded job's result, fetched from its worker piece by piece
+//!   (`results/<job>.json.part` until complete); older jobs may hold theirs in the database.
 //! - `plugins/<hash>.tar.gz`: uploaded plugin archives, by content hash.
 //! - `api_key`, `join_token`: the keys as users copy them (`kiln-key-v2.…`, `kiln-join-v2.…`),
 //!   when not given (mode 0600).
@@ -34,6 +37,7 @@ mod input;
 mod links;
 mod metrics;
 mod plan;
+mod results;
 mod service;
 mod speculation;
 mod state;
@@ -94,6 +98,9 @@ pub struct ControllerConfig {
     pub worker_cert_lifetime: Duration,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The largest result a job may have (`--max-result-size`); a job whose output is longer
+    /// fails with a message that names both sizes and the flag.
+    pub max_result_bytes: u64,
 }
 
 impl ControllerConfig {
@@ -110,6 +117,7 @@ impl ControllerConfig {
             operator_cert: None,
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
+            max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
         }
     }
 }
@@ -237,6 +245,8 @@ struct Shared {
     background: Mutex<JoinSet<()>>,
     /// What is counted as it happens, for the metrics.
     metrics: ControllerMetrics,
+    /// The largest result a job may have.
+    max_result_bytes: u64,
 }
 
 impl Shared {
@@ -274,7 +284,7 @@ fn now_ms() -> u64 {
 /// Starts a controller: opens its store, resumes unfinished jobs and serves on `listen`.
 pub async fn start(config: ControllerConfig) -> Result<RunningController, ControllerError> {
     let data_dir = config.data_dir.clone();
-    for dir in [data_dir.clone(), data_dir.join("inputs"), data_dir.join("plugins")] {
+    for dir in [data_dir.clone(), data_dir.join("inputs"), data_dir.join("plugins"), data_dir.join("results")] {
         tokio::fs::create_dir_all(&dir).await.map_err(|source| ControllerError::DataDir { path: dir, source })?;
     }
     let links::SetUp { links, generated } = links::set_up(&config).await?;
@@ -293,6 +303,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         stopping: AtomicBool::new(false),
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
+        max_result_bytes: config.max_result_bytes,
     });
     let mut registry = crate::telemetry::metrics::new_registry();
     shared.metrics.register(&mut registry, Arc::downgrade(&shared));

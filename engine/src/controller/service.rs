@@ -14,12 +14,14 @@ use tracing::info;
 
 use super::ending::{end_job, fail_internal};
 use super::input::{finish_input, upload_input};
+use super::results;
 use super::state::job::Job;
 use super::state::spool::Spool;
 use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
 use crate::owner::Owner;
 use crate::plugin_source::{MAX_BYTES, SourceTree};
+use crate::rpc::pieces::ResultPiece;
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
     WATCH_WAIT, WorkerCertificate, WorkerId, WorkerInfo,
@@ -241,7 +243,7 @@ impl Controller for ControllerService {
         Ok(status)
     }
 
-    async fn result(self, _: Context, key: Secret, job: JobId) -> Result<String, RpcError> {
+    async fn result_piece(self, _: Context, key: Secret, job: JobId, offset: u64) -> Result<ResultPiece, RpcError> {
         self.check_key(&key)?;
         let published = self.shared.with_state(|st| st.job(job).map(Job::published));
         if let Some(status) = &published
@@ -251,7 +253,7 @@ impl Controller for ControllerService {
         }
         match self.shared.store.result(job).await.map_err(internal)? {
             None => Err(RpcError::NotFound(format!("job {job}"))),
-            Some((JobState::Succeeded, Some(result))) => Ok(result),
+            Some((JobState::Succeeded, stored)) => results::read_piece(&self.shared, job, offset, stored).await,
             Some(_) => Err(not_succeeded(&self.stored_status(job).await?)),
         }
     }

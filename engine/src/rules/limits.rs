@@ -7,6 +7,11 @@
 /// (the process crashes before it can answer).
 pub const MIN_MEMORY_LIMIT: u64 = 64 << 20;
 
+/// The largest result a job may have unless the controller's or run-local's
+/// `--max-result-size` says otherwise: generous, since results travel and are stored in pieces,
+/// but a bound on the disk a runaway plugin can fill.
+pub const DEFAULT_MAX_RESULT_BYTES: u64 = 4 << 30;
+
 /// A limit that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LimitError {

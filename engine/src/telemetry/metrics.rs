@@ -252,7 +252,8 @@ impl RpcOutcome for crate::rpc::ControllerResponse {
             R::FinishInput(answer) | R::RemoveWorker(answer) => outcome_of(answer),
             R::Renew(answer) => outcome_of(answer),
             R::FetchPlugin(answer) => outcome_of(answer),
-            R::UploadPlugin(answer) | R::Result(answer) => outcome_of(answer),
+            R::UploadPlugin(answer) => outcome_of(answer),
+            R::ResultPiece(answer) => outcome_of(answer),
             R::CreateJob(answer) => outcome_of(answer),
             R::Watch(answer) | R::Cancel(answer) => outcome_of(answer),
             R::ListJobs(answer) => outcome_of(answer),
@@ -265,7 +266,8 @@ impl RpcOutcome for crate::rpc::WorkerResponse {
     fn outcome(&self) -> &'static str {
         use crate::rpc::WorkerResponse as R;
         match self {
-            R::Prepare(answer) | R::Release(answer) => outcome_of(answer),
+            R::Prepare(answer) | R::Release(answer) | R::StagePartials(answer) => outcome_of(answer),
+            R::FetchOutput(answer) => outcome_of(answer),
             R::RunChunks(answer) => outcome_of(answer),
             R::Combine(answer) => outcome_of(answer),
             R::Aggregate(answer) => outcome_of(answer),

@@ -1,6 +1,6 @@
 //! [`Link`]: one TCP connection, TLS or plain, with the peer's address and certificate, and the
 //! tarpc transport over it (bincode in length-delimited frames of at most
-//! [`MAX_FRAME_BYTES`]).
+//! [`max_frame_bytes`](crate::rpc::pieces::max_frame_bytes)).
 
 use std::io;
 use std::net::SocketAddr;
@@ -17,7 +17,7 @@ use tokio::net::TcpStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::verify::Dial;
-use crate::rpc::MAX_FRAME_BYTES;
+use crate::rpc::pieces::max_frame_bytes;
 
 /// How long a TLS handshake may take once the TCP connection is up: a peer that dawdles holds
 /// a connection slot.
@@ -61,7 +61,7 @@ where
     In: for<'de> serde::Deserialize<'de>,
     Out: serde::Serialize,
 {
-    let codec = LengthDelimitedCodec::builder().max_frame_length(MAX_FRAME_BYTES).new_codec();
+    let codec = LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes()).new_codec();
     tarpc::serde_transport::new(Framed::new(link, codec), Bincode::default())
 }
 

@@ -209,9 +209,20 @@ impl Cluster {
         self.wait_until(job, |status| status.state.is_final()).await
     }
 
-    /// The job's result, as the controller answers it.
+    /// The job's result, as the controller answers it, read piece by piece.
     pub async fn result(&self, job: JobId) -> Result<String, RpcError> {
-        self.client.result(context::current(), self.key.clone(), job).await.unwrap()
+        let mut bytes = Vec::new();
+        loop {
+            let piece = self
+                .client
+                .result_piece(context::current(), self.key.clone(), job, bytes.len() as u64)
+                .await
+                .unwrap()?;
+            bytes.extend_from_slice(&piece.bytes);
+            if bytes.len() as u64 >= piece.total {
+                return Ok(String::from_utf8(bytes).unwrap());
+            }
+        }
     }
 
     /// Shuts the controller down.

@@ -52,6 +52,10 @@ pub struct Record {
     pub released: Mutex<Vec<JobId>>,
     /// How many partials the last `aggregate` received.
     pub aggregated: AtomicU64,
+    /// Each job's partials staged for `aggregate`.
+    pub staged: Mutex<std::collections::HashMap<JobId, Vec<ByteBuf>>>,
+    /// Each job's output, kept from `aggregate` for `fetch_output`.
+    pub outputs: Mutex<std::collections::HashMap<JobId, Vec<u8>>>,
 }
 
 /// Chunks (by first line) whose first attempt fails, shared by all fake workers; `always`
@@ -194,16 +198,60 @@ impl Worker for FakeWorker {
         self,
         _: Context,
         secret: Secret,
-        _: JobId,
-        partials: Vec<ByteBuf>,
-    ) -> Result<String, TaskError> {
+        job: JobId,
+        n_partials: u64,
+        max_result_bytes: u64,
+    ) -> Result<u64, TaskError> {
         self.check(&secret).await?;
+        let partials = self.record.staged.lock().unwrap().remove(&job).unwrap_or_default();
+        if partials.len() as u64 != n_partials {
+            return Err(TaskError::Rpc(RpcError::Invalid(format!(
+                "{} partials staged, not {n_partials}",
+                partials.len()
+            ))));
+        }
         self.record.aggregated.store(partials.len() as u64, Ordering::SeqCst);
         let merged = merge(&partials)?;
         if !partials.is_empty() && merged.first_line != 1 {
             return Err(TaskError::Plugin("the first partial does not start at line 1".into()));
         }
-        Ok(serde_json::to_string(&merged.counts).unwrap())
+        let output = serde_json::to_vec(&merged.counts).unwrap();
+        let len = output.len() as u64;
+        if len > max_result_bytes {
+            return Err(TaskError::Fatal(format!("the result is {len} bytes, more than {max_result_bytes}")));
+        }
+        self.record.outputs.lock().unwrap().insert(job, output);
+        Ok(len)
+    }
+
+    async fn stage_partials(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        first: u64,
+        partials: Vec<ByteBuf>,
+    ) -> Result<(), TaskError> {
+        self.check(&secret).await?;
+        let mut staged = self.record.staged.lock().unwrap();
+        let staged = staged.entry(job).or_default();
+        if first == 0 {
+            staged.clear();
+        }
+        if staged.len() as u64 != first {
+            return Err(TaskError::Rpc(RpcError::Invalid(format!("{} partials staged, not {first}", staged.len()))));
+        }
+        staged.extend(partials);
+        Ok(())
+    }
+
+    async fn fetch_output(self, _: Context, secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError> {
+        self.check(&secret).await?;
+        let outputs = self.record.outputs.lock().unwrap();
+        let output = outputs.get(&job).ok_or_else(|| TaskError::Rpc(RpcError::NotFound(format!("job {job}"))))?;
+        let start = (offset as usize).min(output.len());
+        let end = (start + kiln_engine::rpc::pieces::result_piece_bytes()).min(output.len());
+        Ok(ByteBuf::from(output[start..end].to_vec()))
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {

@@ -179,49 +179,44 @@ impl Store {
         rows.iter().map(|row| get_u64(row, "grp")).collect()
     }
 
-    /// Every partial of a job in input order: a merged group's partial in place of its
-    /// members'. An error unless every chunk is covered.
-    pub async fn ordered_partials(
+    /// The partials of a job in input order from the one covering chunk `from` on, a merged
+    /// group's partial in place of its members', as `(first chunk, chunks covered, partial)`:
+    /// as many as fit in `budget` bytes, and at least one (none after the last). Reading a
+    /// job's partials page by page keeps them out of memory all at once.
+    pub async fn partials_page(
         &self,
         job: JobId,
-        n_chunks: u64,
         group_size: u64,
-    ) -> Result<Vec<ByteBuf>, StoreError> {
+        from: u64,
+        budget: usize,
+    ) -> Result<Vec<(u64, u64, ByteBuf)>, StoreError> {
+        use futures::TryStreamExt;
         let what = "reading partials for aggregation";
         // Each row is keyed by the first chunk it covers, so the two kinds merge in order.
-        let rows = sqlx::query(
-            "SELECT idx AS first, 1 AS covers, partial FROM chunks WHERE job_id = ? AND partial IS NOT NULL \
+        let mut rows = sqlx::query(
+            "SELECT first, covers, partial FROM ( \
+             SELECT idx AS first, 1 AS covers, partial FROM chunks WHERE job_id = ? AND partial IS NOT NULL \
              UNION ALL \
              SELECT grp * ? AS first, ? AS covers, partial FROM combined WHERE job_id = ? \
-             ORDER BY first",
+             ) WHERE first >= ? ORDER BY first",
         )
         .bind(int(job))
         .bind(int(group_size))
         .bind(int(group_size))
         .bind(int(job))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(query_error(what))?;
-        let mut next = 0;
-        let mut partials = Vec::with_capacity(rows.len());
-        for row in &rows {
-            let (first, covers) = (get_u64(row, "first")?, get_u64(row, "covers")?);
-            if first != next {
-                return Err(StoreError::Corrupt {
-                    what: "set of partials",
-                    message: format!("job {job} has no partial for chunk {next}"),
-                });
+        .bind(int(from))
+        .fetch(&self.pool);
+        let (mut page, mut bytes) = (Vec::new(), 0usize);
+        while let Some(row) = rows.try_next().await.map_err(query_error(what))? {
+            let (first, covers) = (get_u64(&row, "first")?, get_u64(&row, "covers")?);
+            let partial = row.try_get::<Vec<u8>, _>("partial").map_err(query_error(what))?;
+            bytes += partial.len();
+            page.push((first, covers, ByteBuf::from(partial)));
+            if bytes >= budget {
+                break;
             }
-            next = first + covers;
-            partials.push(ByteBuf::from(row.try_get::<Vec<u8>, _>("partial").map_err(query_error(what))?));
         }
-        if next != n_chunks {
-            return Err(StoreError::Corrupt {
-                what: "set of partials",
-                message: format!("job {job} has partials for {next} of {n_chunks} chunks"),
-            });
-        }
-        Ok(partials)
+        Ok(page)
     }
 
     /// The chunks of a job, in order.
@@ -335,12 +330,19 @@ mod tests {
         assert_eq!(group, vec![ByteBuf::from(vec![2]), ByteBuf::from(vec![3])]);
         store.save_combined(job, 1, 2, b"g1").await.unwrap();
         assert_eq!(store.combined_groups(job).await.unwrap(), vec![1]);
-        let ordered = store.ordered_partials(job, 5, 2).await.unwrap();
-        let ordered: Vec<Vec<u8>> = ordered.into_iter().map(ByteBuf::into_vec).collect();
-        assert_eq!(ordered, vec![vec![0], vec![1], b"g1".to_vec(), vec![4]]);
+        let store = &store;
+        let page = |from, budget| async move {
+            let page = store.partials_page(job, 2, from, budget).await.unwrap();
+            page.into_iter().map(|(first, covers, partial)| (first, covers, partial.into_vec())).collect::<Vec<_>>()
+        };
+        let ordered = vec![(0, 1, vec![0]), (1, 1, vec![1]), (2, 2, b"g1".to_vec()), (4, 1, vec![4])];
+        assert_eq!(page(0, 1 << 20).await, ordered, "a merged group's partial in place of its members'");
+        assert_eq!(page(0, 2).await, ordered[..2], "pages end once their budget is spent");
+        assert_eq!(page(2, 1).await, ordered[2..3], "at least one partial per page");
+        assert_eq!(page(4, 1 << 20).await, ordered[3..]);
+        assert_eq!(page(5, 1 << 20).await, vec![], "none after the last");
         let rows = store.chunks(job).await.unwrap();
         assert!(rows.iter().all(|row| row.done && row.attempts == 1));
-        assert!(store.ordered_partials(job, 6, 2).await.is_err(), "a missing chunk is an error");
     }
 
     #[tokio::test]

@@ -14,8 +14,12 @@ use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::child::{describe_exit, wait_status};
-use super::protocol::{Request, Response};
+use super::protocol::{Request, Response, staged_header};
+use super::staged::StagedPartials;
 use super::{BatchOutcome, ExecError};
+
+/// How much of staged partials is read at once while streaming them to the executor.
+const STAGED_PIECE_BYTES: usize = 1 << 20;
 
 /// How many lines of the executor's stderr are kept to explain a crash.
 const STDERR_TAIL_LINES: usize = 20;
@@ -26,6 +30,99 @@ pub(super) type Reply = oneshot::Sender<Result<Bytes, ExecError>>;
 pub(super) enum Pending {
     One(Reply),
     Batch(PendingBatch),
+    Output(PendingOutput),
+}
+
+/// An aggregate in flight: its output is written to a file piece by piece as it comes, counted
+/// against a limit (beyond which pieces are only counted) and checked to be UTF-8.
+pub(super) struct PendingOutput {
+    pub(super) out: std::io::BufWriter<std::fs::File>,
+    pub(super) written: u64,
+    pub(super) limit: u64,
+    pub(super) utf8: Utf8Check,
+    /// The first error writing the file or checking the text; the answer once `Done` comes.
+    pub(super) error: Option<ExecError>,
+    pub(super) reply: oneshot::Sender<Result<u64, ExecError>>,
+}
+
+impl PendingOutput {
+    /// Takes one piece of the output.
+    fn take(&mut self, bytes: &[u8]) {
+        self.written += bytes.len() as u64;
+        if self.error.is_some() || self.written > self.limit {
+            return;
+        }
+        if !self.utf8.take(bytes) {
+            self.error = Some(ExecError::Plugin("the plugin's output is not UTF-8".to_owned()));
+            return;
+        }
+        if let Err(e) = std::io::Write::write_all(&mut self.out, bytes) {
+            self.error = Some(ExecError::Output(format!("cannot write the output to its file: {e}")));
+        }
+    }
+
+    /// Answers the call once its last piece came.
+    fn finish(mut self) {
+        let outcome = if let Some(error) = self.error.take() {
+            Err(error)
+        } else if self.written > self.limit {
+            Err(ExecError::ResultTooLarge { bytes: self.written, limit: self.limit })
+        } else if !self.utf8.finish() {
+            Err(ExecError::Plugin("the plugin's output is not UTF-8".to_owned()))
+        } else {
+            std::io::Write::flush(&mut self.out)
+                .map(|()| self.written)
+                .map_err(|e| ExecError::Output(format!("cannot write the output to its file: {e}")))
+        };
+        let _ = self.reply.send(outcome);
+    }
+}
+
+/// Checks that text arriving in pieces is UTF-8, a character possibly split between pieces.
+#[derive(Default)]
+pub(super) struct Utf8Check {
+    /// The start of a character that the next piece completes.
+    carry: Vec<u8>,
+}
+
+impl Utf8Check {
+    /// Takes the next piece; false once the text is not UTF-8.
+    fn take(&mut self, mut bytes: &[u8]) -> bool {
+        if !self.carry.is_empty() {
+            // At most 3 bytes wait; a character has at most 4.
+            let needed = (4 - self.carry.len()).min(bytes.len());
+            let mut joined = std::mem::take(&mut self.carry);
+            joined.extend_from_slice(&bytes[..needed]);
+            match std::str::from_utf8(&joined) {
+                Ok(_) => bytes = &bytes[needed..],
+                Err(e) if e.error_len().is_some() => return false,
+                Err(e) => {
+                    let valid = e.valid_up_to();
+                    if valid == 0 {
+                        // Still incomplete: the piece was shorter than the character.
+                        self.carry = joined;
+                        return true;
+                    }
+                    // `valid` covers the carried character; the rest of the piece comes after it.
+                    let used = valid - (joined.len() - needed);
+                    bytes = &bytes[used..];
+                }
+            }
+        }
+        match std::str::from_utf8(bytes) {
+            Ok(_) => true,
+            Err(e) if e.error_len().is_some() => false,
+            Err(e) => {
+                self.carry = bytes[e.valid_up_to()..].to_vec();
+                true
+            }
+        }
+    }
+
+    /// Whether the text ended on a whole character.
+    fn finish(&self) -> bool {
+        self.carry.is_empty()
+    }
 }
 
 /// A batch in flight: the answers so far, and when the last one came.
@@ -45,6 +142,9 @@ impl Pending {
             }
             Pending::Batch(batch) => {
                 let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: Some(error) });
+            }
+            Pending::Output(output) => {
+                let _ = output.reply.send(Err(error));
             }
         }
     }
@@ -100,9 +200,34 @@ impl Shared {
 }
 
 pub(super) async fn write_request(stdin: &mut ChildStdin, request: &Request) -> std::io::Result<()> {
+    if let Request::AggregateStaged { call, partials } = request {
+        return write_staged(stdin, *call, partials).await;
+    }
     let mut frame = Vec::new();
     request.write_to(&mut frame)?;
     stdin.write_all(&frame).await?;
+    stdin.flush().await
+}
+
+/// Writes an aggregate of staged partials, streamed from their file a piece at a time.
+async fn write_staged(stdin: &mut ChildStdin, call: u64, partials: &StagedPartials) -> std::io::Result<()> {
+    stdin.write_all(&staged_header(call, partials)).await?;
+    let mut reader = partials.reader();
+    loop {
+        let (piece, back) = tokio::task::spawn_blocking(move || {
+            let mut piece = vec![0u8; STAGED_PIECE_BYTES];
+            let read = std::io::Read::read(&mut reader, &mut piece)?;
+            piece.truncate(read);
+            Ok::<_, std::io::Error>((piece, reader))
+        })
+        .await
+        .map_err(std::io::Error::other)??;
+        reader = back;
+        if piece.is_empty() {
+            break;
+        }
+        stdin.write_all(&piece).await?;
+    }
     stdin.flush().await
 }
 
@@ -128,6 +253,7 @@ pub(super) fn read_responses(
     loop {
         match Response::read_from(&mut stdout) {
             Ok(Some(Response::Done { call, bytes })) => answer(&shared, call, Ok(bytes)),
+            Ok(Some(Response::Piece { call, bytes })) => piece(&shared, call, &bytes),
             Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
             Ok(Some(other)) => {
                 tracing::warn!("executor sent an unexpected {other:?}");
@@ -167,9 +293,36 @@ pub(super) fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError
         }
         return;
     }
+    if let Pending::Output(output) = entry {
+        if let Ok(bytes) = &result {
+            output.take(bytes);
+        }
+        if let Some(Pending::Output(mut output)) = pending.remove(&call) {
+            drop(pending);
+            match result {
+                Ok(_) => output.finish(),
+                Err(error) => {
+                    output.error = Some(error);
+                    output.finish();
+                }
+            }
+        }
+        return;
+    }
     if let Some(Pending::One(reply)) = pending.remove(&call) {
         drop(pending);
         let _ = reply.send(result);
+    }
+}
+
+/// Takes a piece of a call's answer (an aggregate's output), written out as it comes.
+pub(super) fn piece(shared: &Shared, call: u64, bytes: &[u8]) {
+    let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+    match pending.get_mut(&call) {
+        Some(Pending::Output(output)) => output.take(bytes),
+        // A call that was abandoned or timed out is no longer there.
+        None => {}
+        Some(_) => tracing::warn!("executor sent a piece of an answer to a call that answers whole"),
     }
 }
 

@@ -25,6 +25,7 @@ mod child;
 pub mod process;
 pub mod protocol;
 mod scratch;
+pub mod staged;
 
 use std::collections::{HashMap, VecDeque};
 use std::path::{Path, PathBuf};
@@ -38,11 +39,15 @@ use prometheus_client::metrics::counter::Counter;
 use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use self::calls::{Pending, PendingBatch, Shared, collect_stderr, read_responses, write_request, write_requests};
+use self::calls::{
+    Pending, PendingBatch, PendingOutput, Shared, Utf8Check, collect_stderr, read_responses, write_request,
+    write_requests,
+};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
 use crate::rules::deadlines::{DEFAULT_CALL_TIMEOUT, DEFAULT_START_TIMEOUT};
+use crate::rules::limits::size;
 
 /// A chunk to run: whole lines of one file, with the file's name as the user gave it and the
 /// number of the chunk's first line within that file (0 when unknown).
@@ -61,6 +66,16 @@ impl ChunkText {
     pub fn new(file: impl Into<Arc<str>>, first_line: u64, text: Bytes) -> ChunkText {
         ChunkText { file: file.into(), first_line, text }
     }
+}
+
+/// The partials an aggregate folds: in memory (run-local), or staged in a file (a worker,
+/// which receives them in pieces).
+#[derive(Debug)]
+pub enum Partials {
+    /// Encoded partials, in input order.
+    InMemory(Vec<Bytes>),
+    /// Encoded partials in a file, in input order.
+    Staged(staged::StagedPartials),
 }
 
 /// How to start executors.
@@ -143,6 +158,12 @@ pub enum ExecError {
     /// The executor was stopped because another call timed out or it was shut down.
     #[error("the executor was stopped: {0}")]
     Stopped(String),
+    /// The aggregate's output is larger than the caller allows; the executor goes on.
+    #[error("the result is {} ({bytes} bytes), more than the {} allowed", size(*.bytes), size(*.limit))]
+    ResultTooLarge { bytes: u64, limit: u64 },
+    /// The aggregate's output could not be written to its file.
+    #[error("{0}")]
+    Output(String),
 }
 
 impl ExecError {
@@ -412,10 +433,19 @@ impl Executor {
         self.call(|call| Request::Combine { call, partials }).await
     }
 
-    /// Folds the encoded partials, in input order, into the output JSON.
-    pub async fn aggregate(&self, partials: Vec<Bytes>) -> Result<String, ExecError> {
-        let json = self.call(|call| Request::Aggregate { call, partials }).await?;
-        String::from_utf8(json.to_vec()).map_err(|_| ExecError::Plugin("the plugin's output is not UTF-8".to_owned()))
+    /// Folds the encoded partials, in input order, into the output JSON, written to `out` as
+    /// it comes (never held whole); answers its length. An output longer than `limit` bytes is
+    /// [`ExecError::ResultTooLarge`], with its whole length (`out` then holds a part of it).
+    pub async fn aggregate(&self, partials: Partials, out: std::fs::File, limit: u64) -> Result<u64, ExecError> {
+        let (reply, answer) = oneshot::channel();
+        let out = std::io::BufWriter::with_capacity(1 << 16, out);
+        let entry =
+            Pending::Output(PendingOutput { out, written: 0, limit, utf8: Utf8Check::default(), error: None, reply });
+        let request = |call| match partials {
+            Partials::InMemory(partials) => Request::Aggregate { call, partials },
+            Partials::Staged(partials) => Request::AggregateStaged { call, partials },
+        };
+        self.call_with(request, entry, answer).await
     }
 
     /// Kills the executor; calls in flight fail with [`ExecError::Stopped`].
@@ -433,15 +463,25 @@ impl Executor {
     }
 
     async fn call(&self, request: impl FnOnce(u64) -> Request) -> Result<Bytes, ExecError> {
-        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
+        self.call_with(request, Pending::One(reply), answer).await
+    }
+
+    /// Sends a call whose answer `entry` collects and `answer` receives.
+    async fn call_with<T>(
+        &self,
+        request: impl FnOnce(u64) -> Request,
+        entry: Pending,
+        answer: oneshot::Receiver<Result<T, ExecError>>,
+    ) -> Result<T, ExecError> {
+        let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         {
             // Checked under the pending lock, so a call can't slip in after `fail_all` drained.
             let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(error) = self.shared.dead() {
                 return Err(error);
             }
-            pending.insert(call, Pending::One(reply));
+            pending.insert(call, entry);
         }
         if self.requests.send(request(call)).is_err() {
             self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);

@@ -23,7 +23,7 @@ use kiln_plugin_api::abi::{Instance, PluginModuleRef, versions_compatible};
 use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
 
 use super::ChunkText;
-use super::protocol::{Request, Response, StartFailure};
+use super::protocol::{OUTPUT_PIECE_BYTES, Request, Response, StartFailure};
 
 /// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes; first
 /// enters the sandbox with `sandbox_dir` as its only writable directory, if given.
@@ -174,6 +174,14 @@ impl Plugin {
                 }
                 Ok(())
             }
+            Request::Aggregate { call, partials } => {
+                let outcome = self.aggregate(&partials);
+                drop(partials);
+                match outcome {
+                    Ok(json) => send_pieces(output, call, json),
+                    Err(message) => send(output, &Response::Failed { call, message }),
+                }
+            }
             request => send(output, &self.call(request)),
         }
     }
@@ -190,14 +198,20 @@ impl Plugin {
                 let outcome = (self.module.combine())(self.instance, RSlice::from_slice(&slices));
                 (call, outcome.map(|bytes| Bytes::from(bytes.into_vec())).into_result().map_err(|e| e.into_string()))
             }
-            Request::Aggregate { call, partials } => {
-                let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
-                let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
-                (call, outcome.map(|json| Bytes::from(json.into_string())).into_result().map_err(|e| e.into_string()))
+            Request::Aggregate { call, partials } => (call, self.aggregate(&partials)),
+            Request::AggregateStaged { call, .. } => {
+                return Response::Failed { call, message: "staged partials arrive as an aggregate".to_owned() };
             }
             Request::Init { .. } => return Response::Failed { call: 0, message: "init sent twice".to_owned() },
         };
         answer(call, outcome)
+    }
+
+    /// Folds the partials into the output JSON.
+    fn aggregate(&self, partials: &[Bytes]) -> Result<Bytes, String> {
+        let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
+        let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
+        outcome.map(|json| Bytes::from(json.into_string())).into_result().map_err(|e| e.into_string())
     }
 
     fn run(&self, chunk: &ChunkText) -> Result<Bytes, String> {
@@ -210,6 +224,16 @@ impl Plugin {
             RResult::RErr(message) => Err(message.into_string()),
         }
     }
+}
+
+/// Sends a call's answer as `Piece`s of at most [`OUTPUT_PIECE_BYTES`] and a `Done` with the
+/// last one, so that the supervisor writes the output out as it comes.
+fn send_pieces(output: &Mutex<BufWriter<File>>, call: u64, mut bytes: Bytes) -> io::Result<()> {
+    while bytes.len() > OUTPUT_PIECE_BYTES {
+        let piece = bytes.split_to(OUTPUT_PIECE_BYTES);
+        send(output, &Response::Piece { call, bytes: piece })?;
+    }
+    send(output, &Response::Done { call, bytes })
 }
 
 /// The response to a call with this outcome.

@@ -7,13 +7,16 @@
 //! The supervisor sends one `Init`, then any number of `Run`, `RunBatch`, `Combine` and
 //! `Aggregate`, each with a call number; the executor answers `Ready` (or `StartFailed`, then
 //! exits), then one `Done` or `Failed` per call, in any order, and for a `RunBatch` one per
-//! chunk, all with the batch's call number and in the batch's order.
+//! chunk, all with the batch's call number and in the batch's order. An `Aggregate`'s output
+//! comes as `Piece`s of at most [`OUTPUT_PIECE_BYTES`] before its `Done` (which holds the last
+//! piece), so that the supervisor can write it out as it comes and never holds it whole.
 
 use std::io::{self, Read, Write};
 
 use bytes::Bytes;
 
 use super::ChunkText;
+use super::staged::StagedPartials;
 
 /// The largest frame either side accepts. Frames are partials and chunks, a few MiB each; the
 /// bound only keeps a corrupted length from asking for an absurd allocation.
@@ -28,6 +31,11 @@ const TAG_READY: u8 = 10;
 const TAG_START_FAILED: u8 = 11;
 const TAG_DONE: u8 = 12;
 const TAG_FAILED: u8 = 13;
+const TAG_PIECE: u8 = 14;
+
+/// The largest piece of an aggregate's output in one `Piece` frame: the supervisor holds one
+/// at a time.
+pub const OUTPUT_PIECE_BYTES: usize = 1 << 20;
 
 /// A message from the supervisor to the executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -43,6 +51,9 @@ pub enum Request {
     Combine { call: u64, partials: Vec<Bytes> },
     /// Fold the partials, in input order, into the output JSON.
     Aggregate { call: u64, partials: Vec<Bytes> },
+    /// An `Aggregate` whose partials are staged in a file: written as the same frame, streamed
+    /// from the file (the executor reads it as an `Aggregate`).
+    AggregateStaged { call: u64, partials: StagedPartials },
 }
 
 /// A message from the executor to the supervisor.
@@ -52,8 +63,10 @@ pub enum Response {
     Ready { api_version: String, combines: bool, line_numbers: bool },
     /// The plugin could not be loaded or created; the executor exits after sending this.
     StartFailed { kind: StartFailure, message: String },
-    /// A call succeeded with these bytes (a partial, or the output JSON).
+    /// A call succeeded with these bytes (a partial, or the output JSON's last piece).
     Done { call: u64, bytes: Bytes },
+    /// A piece of a call's answer, followed by more pieces and then its `Done`.
+    Piece { call: u64, bytes: Bytes },
     /// A call failed with the plugin's message (an error it returned, or a caught panic).
     Failed { call: u64, message: String },
 }
@@ -146,6 +159,10 @@ impl Request {
             }
             Request::Combine { call, partials } => write_frame(out, TAG_COMBINE, &list_parts(*call, partials)),
             Request::Aggregate { call, partials } => write_frame(out, TAG_AGGREGATE, &list_parts(*call, partials)),
+            Request::AggregateStaged { call, partials } => {
+                out.write_all(&staged_header(*call, partials))?;
+                io::copy(&mut partials.reader(), out).map(drop)
+            }
         }
     }
 
@@ -179,6 +196,7 @@ impl Response {
                 write_frame(out, TAG_START_FAILED, &[Part::U64(*kind as u64), Part::Bytes(message.as_bytes())])
             }
             Response::Done { call, bytes } => write_frame(out, TAG_DONE, &[Part::U64(*call), Part::Bytes(bytes)]),
+            Response::Piece { call, bytes } => write_frame(out, TAG_PIECE, &[Part::U64(*call), Part::Bytes(bytes)]),
             Response::Failed { call, message } => {
                 write_frame(out, TAG_FAILED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
             }
@@ -200,12 +218,25 @@ impl Response {
                 Response::StartFailed { kind, message: body.string()? }
             }
             TAG_DONE => Response::Done { call: body.u64()?, bytes: body.bytes()? },
+            TAG_PIECE => Response::Piece { call: body.u64()?, bytes: body.bytes()? },
             TAG_FAILED => Response::Failed { call: body.u64()?, message: body.string()? },
             other => return Err(invalid(format!("unknown response tag {other}"))),
         };
         body.finish()?;
         Ok(Some(response))
     }
+}
+
+/// The start of the frame of an `Aggregate` of staged partials: everything before the
+/// partials themselves, which follow as they are in their file.
+pub fn staged_header(call: u64, partials: &StagedPartials) -> Vec<u8> {
+    let body_len = 8 + 8 + partials.len();
+    let mut header = Vec::with_capacity(8 + 1 + 16);
+    header.extend_from_slice(&(body_len + 1).to_le_bytes());
+    header.push(TAG_AGGREGATE);
+    header.extend_from_slice(&call.to_le_bytes());
+    header.extend_from_slice(&partials.count().to_le_bytes());
+    header
 }
 
 /// Reads a frame's length, tag and body; `None` if the input ends before a frame starts.
@@ -319,12 +350,24 @@ mod tests {
     }
 
     #[test]
+    fn staged_partials_travel_as_an_aggregate() {
+        let mut staged = StagedPartials::create(&std::env::temp_dir()).unwrap();
+        staged.append([&b"\x01\x02"[..], b"", b"abc"]).unwrap();
+        staged.append([&b"z"[..]]).unwrap();
+        let mut wire = Vec::new();
+        Request::AggregateStaged { call: 4, partials: staged }.write_to(&mut wire).unwrap();
+        let partials = ["\x01\x02", "", "abc", "z"].map(|p| Bytes::copy_from_slice(p.as_bytes())).to_vec();
+        assert_eq!(Request::read_from(&mut &wire[..]).unwrap(), Some(Request::Aggregate { call: 4, partials }));
+    }
+
+    #[test]
     fn responses_round_trip() {
         let responses = vec![
             Response::Ready { api_version: "0.1.0".into(), combines: true, line_numbers: false },
             Response::Ready { api_version: "0.1.0".into(), combines: false, line_numbers: true },
             Response::StartFailed { kind: StartFailure::Incompatible, message: "old".into() },
             Response::Done { call: 1, bytes: Bytes::from_static(b"{}") },
+            Response::Piece { call: 3, bytes: Bytes::from_static(b"[1,") },
             Response::Failed { call: 2, message: "boom".into() },
         ];
         let mut wire = Vec::new();

@@ -12,7 +12,8 @@ use bytes::Bytes;
 use tokio::sync::OnceCell;
 
 use crate::rpc::{JobId, TaskError};
-use crate::worker::executor::{ChunkText, Ending, ExecError, Executor, ExecutorConfig};
+use crate::rules::limits::size;
+use crate::worker::executor::{ChunkText, Ending, ExecError, Executor, ExecutorConfig, Partials};
 
 /// One job's plugin instance on this host: its executor, started by the first call and again
 /// after it dies, until the job ends.
@@ -25,6 +26,17 @@ pub struct JobRunner {
     current: Mutex<Arc<OnceCell<Arc<Executor>>>>,
     /// Set when the job ended: no executor starts any more, one that was starting is stopped.
     closed: Mutex<bool>,
+}
+
+/// Why an aggregate failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AggregateError {
+    /// The result is longer than the caller allows; the caller names its flag.
+    #[error("the result is {} ({bytes} bytes), more than the {} allowed", size(*.bytes), size(*.limit))]
+    TooLarge { bytes: u64, limit: u64 },
+    /// The call failed as any call can.
+    #[error(transparent)]
+    Task(#[from] TaskError),
 }
 
 /// Why a call finds its job's executor gone.
@@ -63,10 +75,14 @@ impl JobRunner {
         executor.combine(partials).await.map(Some).map_err(|e| ended_call_error(e, &executor))
     }
 
-    /// The job's result from all its partials, in input order.
-    pub async fn aggregate(&self, partials: Vec<Bytes>) -> Result<String, TaskError> {
+    /// The job's result from all its partials, in input order, written to `out` as it comes;
+    /// answers its length. A result longer than `limit` is [`AggregateError::TooLarge`].
+    pub async fn aggregate(&self, partials: Partials, out: std::fs::File, limit: u64) -> Result<u64, AggregateError> {
         let executor = self.executor().await.map_err(start_error)?;
-        executor.aggregate(partials).await.map_err(|e| ended_call_error(e, &executor))
+        executor.aggregate(partials, out, limit).await.map_err(|error| match error {
+            ExecError::ResultTooLarge { bytes, limit } => AggregateError::TooLarge { bytes, limit },
+            error => AggregateError::Task(ended_call_error(error, &executor)),
+        })
     }
 
     /// From now on no executor starts, and one that was starting is stopped ([`JobRunner::close`]

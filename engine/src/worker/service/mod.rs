@@ -19,6 +19,7 @@
 //! [`crate::worker::runner`]).
 
 mod metrics;
+mod output;
 mod registrar;
 mod state;
 
@@ -48,7 +49,8 @@ use crate::tls::ca::WorkerKey;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::{ChunkText, ExecutorConfig};
+use crate::worker::executor::{ChunkText, ExecutorConfig, Partials};
+use crate::worker::runner::AggregateError;
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
@@ -362,7 +364,7 @@ impl Worker for WorkerServer {
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
         span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
-        Ok(results.into_iter().map(|result| result.map(|partial| ByteBuf::from(Vec::from(partial)))).collect())
+        Ok(output::bound_answers(results))
     }
 
     async fn combine(
@@ -376,7 +378,20 @@ impl Worker for WorkerServer {
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
         let merged = runner.combine(partials).await?;
-        Ok(merged.map(|merged| ByteBuf::from(Vec::from(merged))))
+        merged.map(output::bound_merged).transpose()
+    }
+
+    async fn stage_partials(
+        self,
+        _: Context,
+        secret: Secret,
+        job: JobId,
+        first: u64,
+        partials: Vec<ByteBuf>,
+    ) -> Result<(), TaskError> {
+        self.state.authorize(&secret).await?;
+        self.state.job_runner(job)?;
+        self.state.outputs.stage(self.state.output_dir(), job, first, partials).await
     }
 
     async fn aggregate(
@@ -384,12 +399,30 @@ impl Worker for WorkerServer {
         _: Context,
         secret: Secret,
         job: JobId,
-        partials: Vec<ByteBuf>,
-    ) -> Result<String, TaskError> {
+        n_partials: u64,
+        max_result_bytes: u64,
+    ) -> Result<u64, TaskError> {
         self.state.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
-        let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        runner.aggregate(partials).await
+        let partials = self.state.outputs.take_staged(job, n_partials)?;
+        let file = output::Outputs::create_file(self.state.output_dir())?;
+        let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
+        let len =
+            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.map_err(
+                |error| match error {
+                    error @ AggregateError::TooLarge { .. } => {
+                        TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
+                    }
+                    AggregateError::Task(error) => error,
+                },
+            )?;
+        self.state.outputs.keep(job, kept, len);
+        Ok(len)
+    }
+
+    async fn fetch_output(self, _: Context, secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError> {
+        self.state.authorize(&secret).await?;
+        self.state.outputs.read(job, offset).await
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {

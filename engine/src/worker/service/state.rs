@@ -15,6 +15,7 @@ use tokio::sync::watch;
 
 use super::build_error;
 use super::metrics::{BuildLabels, WorkerMetrics};
+use super::output::Outputs;
 use crate::owner::Owner;
 use crate::plugin_source::SourceTree;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
@@ -41,6 +42,8 @@ pub(super) struct State {
     jobs: Mutex<HashMap<JobId, JobEntry>>,
     /// The worker's metrics.
     pub(super) metrics: WorkerMetrics,
+    /// The jobs' aggregate outputs, until the controller releases the job.
+    pub(super) outputs: Outputs,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -90,6 +93,7 @@ impl State {
             link_changed: watch::channel(0).0,
             jobs: Mutex::new(HashMap::new()),
             metrics,
+            outputs: Outputs::default(),
         }
     }
 
@@ -140,11 +144,13 @@ impl State {
     pub(super) fn forget_jobs(&self) {
         let jobs: Vec<JobEntry> = lock(&self.jobs).drain().map(|(_, entry)| entry).collect();
         self.metrics.jobs_prepared.set(0);
+        self.outputs.forget_all();
         close_all(jobs, "the worker registered again");
     }
 
     pub(super) fn forget_everything(&self) {
         let jobs: Vec<JobEntry> = lock(&self.jobs).drain().map(|(_, entry)| entry).collect();
+        self.outputs.forget_all();
         close_all(jobs, "the worker is shutting down");
     }
 
@@ -170,8 +176,15 @@ impl State {
         lock(&self.jobs).get(&job).map(|entry| Arc::clone(&entry.executor)).ok_or(TaskError::NotPrepared(job))
     }
 
-    /// Forgets the job and stops its executor; returns once its processes are gone.
+    /// Where the job's aggregate output is written: beside the executors' private directories.
+    pub(super) fn output_dir(&self) -> &std::path::Path {
+        &self.executor.scratch_dir
+    }
+
+    /// Forgets the job and its output and stops its executor; returns once its processes are
+    /// gone.
     pub(super) async fn release(&self, job: JobId) {
+        self.outputs.forget(job);
         let entry = {
             let mut jobs = lock(&self.jobs);
             let entry = jobs.remove(&job);
