@@ -524,10 +524,9 @@ impl Client {
                 addr: self.inner.addr.clone(),
                 message: format!("no answer within {} s", HELLO_DEADLINE.as_secs()),
             }),
-            Err(error) => Err(ClientError::Connection {
-                addr: self.inner.addr.clone(),
-                message: crate::errors::chain(&error),
-            }),
+            Err(error) => {
+                Err(ClientError::Connection { addr: self.inner.addr.clone(), message: crate::errors::chain(&error) })
+            }
         }
     }
 }

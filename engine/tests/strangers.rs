@@ -40,7 +40,8 @@ fn rss_kib(pid: u32) -> u64 {
 /// Opens a connection as a stranger: TLS checked against `pinned` (anyone can learn the CA's
 /// fingerprint), or plain TCP.
 async fn open(addr: &str, pinned: Option<Fingerprint>) -> Link {
-    let dial = pinned.map(|fingerprint| dial_controller(Trust::Pinned(fingerprint), addr, None, None).unwrap().unwrap());
+    let dial =
+        pinned.map(|fingerprint| dial_controller(Trust::Pinned(fingerprint), addr, None, None).unwrap().unwrap());
     link::connect(addr, dial.as_ref(), Duration::from_secs(10)).await.expect("the stranger connects")
 }
 
@@ -66,7 +67,10 @@ async fn push_huge_frames(addr: &str, pinned: Option<Fingerprint>) -> Vec<Link> 
 
 /// Pushes huge frames at each of `targets` (address, TLS pin, the server's daemon) and checks
 /// each server's growth; answers the strangers' own addresses.
-fn assert_bounded(runtime: &tokio::runtime::Runtime, targets: &[(String, Option<Fingerprint>, &Daemon)]) -> Vec<String> {
+fn assert_bounded(
+    runtime: &tokio::runtime::Runtime,
+    targets: &[(String, Option<Fingerprint>, &Daemon)],
+) -> Vec<String> {
     let mut strangers = Vec::new();
     for (addr, pinned, daemon) in targets {
         let before = rss_kib(daemon.pid());
@@ -127,10 +131,8 @@ fn huge_frames_from_strangers_cost_a_plaintext_controller_and_worker_no_memory()
     cluster.wait_workers(1);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let worker = &cluster.workers[0];
-    let targets = [
-        (cluster.controller.addr.to_string(), None, &cluster.controller),
-        (worker.addr.to_string(), None, worker),
-    ];
+    let targets =
+        [(cluster.controller.addr.to_string(), None, &cluster.controller), (worker.addr.to_string(), None, worker)];
     let strangers = assert_bounded(&runtime, &targets);
     for stranger in &strangers[..CONNECTIONS] {
         wait_logged(&cluster.controller, stranger);

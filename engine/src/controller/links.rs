@@ -27,8 +27,8 @@ use crate::rpc::{
 };
 use crate::telemetry::metrics::Counted;
 use crate::tls::ca::{ClusterCa, load_operator_cert};
-use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
+use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, Link};
 use crate::tls::{Fingerprint, TlsError, verify};
 
@@ -245,8 +245,7 @@ pub(super) async fn accept_loop(listener: TcpListener, server: Option<Arc<Server
             warn!(peer = %peer, "{MAX_UNAUTHENTICATED} connections have made no authenticated call yet: refusing another");
             continue;
         };
-        let Some(unauthenticated_slot) =
-            IpSlot::take(&unauthenticated_per_ip, peer.ip(), MAX_UNAUTHENTICATED_PER_IP)
+        let Some(unauthenticated_slot) = IpSlot::take(&unauthenticated_per_ip, peer.ip(), MAX_UNAUTHENTICATED_PER_IP)
         else {
             warn!(
                 peer = %peer,

@@ -78,7 +78,8 @@ impl ControllerService {
     /// Opens the link's gate when a worker's call passed its credential check (it answered
     /// anything but a refusal of its token, secret or certificate).
     fn passed<T>(&self, answer: Result<T, RpcError>) -> Result<T, RpcError> {
-        if !matches!(answer, Err(RpcError::Unauthorized(_) | RpcError::NotFound(_) | RpcError::VersionMismatch { .. })) {
+        if !matches!(answer, Err(RpcError::Unauthorized(_) | RpcError::NotFound(_) | RpcError::VersionMismatch { .. }))
+        {
             self.gate.open();
         }
         answer
