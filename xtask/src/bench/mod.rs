@@ -13,6 +13,7 @@ mod cluster_measures;
 mod corpus;
 mod limits;
 mod measures;
+mod natural;
 mod quiet;
 mod report;
 
@@ -64,6 +65,9 @@ pub enum Measure {
     Plugins,
     /// The sandbox's set-up time per executor start (section 7).
     Sandbox,
+    /// A naive word count as a plugin and as a plain program, and the API `Counter` plugin
+    /// against the baseline (section 8).
+    Natural,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -155,6 +159,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wanted(Measure::Sandbox) {
         measures::sandbox_setup(&bench, &mut report)?;
+    }
+    if wanted(Measure::Natural) {
+        natural::natural_code(&bench, &mut report)?;
     }
     report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 
