@@ -17,7 +17,7 @@ use super::{Bench, Samples, baseline, checked, corpus};
 #[path = "../../plugins/naive-wordcount/src/count.rs"]
 mod count;
 
-/// Section 8: what Kiln costs code written the obvious way.
+/// Section 10: what Kiln costs code written the obvious way.
 pub fn natural_code(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let input = corpus::words(&bench.inputs(), bench.size)?;
     let bytes = std::fs::metadata(&input)?.len();
@@ -48,7 +48,7 @@ pub fn natural_code(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let api = run_local(bench, &bench.example("wordcount"), &input, &expected)?;
 
     report.section(
-        "8. Natural code",
+        "10. Natural code",
         &format!(
             "{} MiB corpus. The naive word count (`xtask/plugins/naive-wordcount`: a `String` per word, \
              std `HashMap`, no `combine`) through `kiln run-local --processes 2`, against the same counting \
