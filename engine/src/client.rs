@@ -72,6 +72,10 @@ use self::watch::ended;
 /// How long connecting to the controller may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Deadline of the first call on a new connection: a controller answers it at once, from
+/// memory, so a peer that does not is no controller (or a stalled one).
+const HELLO_DEADLINE: Duration = Duration::from_secs(5);
+
 /// Deadline of a plain call (status, cancel, list, create a job): the controller answers these
 /// from its database at once.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -168,7 +172,7 @@ impl Client {
         let pinned = matches!(key.trust, Trust::Pinned(_));
         let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, pinned, connection: Mutex::new(None) };
         let client = Client { inner: Arc::new(inner) };
-        client.cluster_info().await?;
+        client.connection().await?;
         Ok(client)
     }
 
@@ -536,14 +540,41 @@ impl Client {
                 ClientError::WrongController { addr: addr.clone() }
             } else if is_wrong_peer(&source) {
                 ClientError::Untrusted { addr: addr.clone(), reason: crate::errors::chain(&source) }
+            } else if error::is_foreign(&source) {
+                ClientError::NotController { addr: addr.clone(), reason: "it does not speak TLS".to_owned() }
+            } else if source.kind() == io::ErrorKind::TimedOut {
+                ClientError::NoAnswer { addr: addr.clone(), seconds: CONNECT_TIMEOUT.as_secs() }
             } else {
                 ClientError::Connect { addr: addr.clone(), source }
             }
         })?;
         let transport = link::transport(link);
         let controller = ControllerClient::new(tarpc::client::Config::default(), transport).spawn();
+        self.hello(&controller).await?;
         *lock(&self.inner.connection) = Some(controller.clone());
         Ok(controller)
+    }
+
+    /// The first call on a new connection: small, and answered before anything large is sent,
+    /// because the controller reads only small frames from a link until a call on it carried
+    /// the key (see [`crate::tls::gate`]). It also checks the key.
+    async fn hello(&self, controller: &ControllerClient) -> Result<(), ClientError> {
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + HELLO_DEADLINE;
+        match controller.cluster_info(ctx, self.inner.key.clone()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(ClientError::from_rpc(error)),
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                Err(ClientError::NoAnswer { addr: self.inner.addr.clone(), seconds: HELLO_DEADLINE.as_secs() })
+            }
+            Err(error) if error::is_foreign(&error) => Err(ClientError::NotController {
+                addr: self.inner.addr.clone(),
+                reason: "its answer is not in Kiln's protocol".to_owned(),
+            }),
+            Err(error) => {
+                Err(ClientError::Connection { addr: self.inner.addr.clone(), message: crate::errors::chain(&error) })
+            }
+        }
     }
 }
 

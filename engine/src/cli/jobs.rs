@@ -2,7 +2,7 @@
 //! `result`, `cancel`, `jobs` and `cluster`. Results and `--json` output go to stdout;
 //! progress, summaries and errors to stderr.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -10,6 +10,7 @@ use futures::StreamExt;
 use indicatif::{ProgressBar, ProgressStyle};
 use kiln_engine::client::{Client, ClientError, SubmitOptions};
 use kiln_engine::rpc::{JobId, JobState, JobStatus, Secret};
+use tokio::io::AsyncWriteExt;
 
 use super::output::{note, print, println, stdout_error};
 use super::{DEFAULT_CONTROLLER, key_or_stored};
@@ -70,9 +71,16 @@ pub struct SubmitArgs {
     /// Do not start speculative copies of chunks that run far longer than the others.
     #[arg(long)]
     no_speculation: bool,
-    /// Print the job's id and return without waiting for it.
+    /// Cancel the job on Ctrl-C (by default the job goes on, and a second Ctrl-C cancels it).
     #[arg(long)]
+    cancel_on_interrupt: bool,
+    /// Print the job's id and return without waiting for it.
+    #[arg(long, conflicts_with = "output")]
     detach: bool,
+    /// Write the result to this file (replaced whole once the job succeeds, never left half
+    /// written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// `kiln status`, `kiln result` and `kiln cancel`.
@@ -135,6 +143,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         chunk_timeout_ms: args.timeout.map_or(0, |seconds| seconds.max(1).saturating_mul(1000)),
         no_speculation: args.no_speculation,
     };
+    if let Some(path) = &args.output {
+        check_output_dir(path)?;
+    }
     block_on(async {
         let client = connect(args.controller).await?;
         let bar = progress_bar(0, "{spinner} uploading {bytes} ({bytes_per_sec}) {msg}");
@@ -147,12 +158,93 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             return println(job);
         }
         note(format_args!("submitted job {job}"));
-        follow(&client, job).await
+        tokio::select! {
+            followed = follow(&client, job, args.output.as_deref()) => followed,
+            interrupted = on_interrupt(&client, job, args.cancel_on_interrupt) => interrupted,
+        }
     })
 }
 
-/// Shows a job's progress until it ends; prints its result or fails with its reason.
-async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
+/// How long after a first Ctrl-C a second one cancels the job.
+const SECOND_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// `kiln submit` was interrupted (Ctrl-C) while it followed a job; it exits with 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Waits for Ctrl-C while a job is followed. The job runs on the cluster whatever happens to
+/// this command: the first Ctrl-C says so and how to follow or cancel it; a second one within
+/// [`SECOND_INTERRUPT`] (or the first, with `--cancel-on-interrupt`) cancels it.
+async fn on_interrupt(client: &Client, job: JobId, cancel_on_interrupt: bool) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    if !cancel_on_interrupt {
+        note(format_args!(
+            "\ninterrupted: job {job} goes on without this command; `kiln status {job}` shows where it stands, \
+             `kiln result {job}` prints its result once it ends and `kiln cancel {job}` cancels it \
+             (press Ctrl-C again within {} s to cancel it now)",
+            SECOND_INTERRUPT.as_secs()
+        ));
+        if tokio::time::timeout(SECOND_INTERRUPT, tokio::signal::ctrl_c()).await.is_err() {
+            return Err(Interrupted.into());
+        }
+    }
+    let status = client
+        .cancel(job)
+        .await
+        .with_context(|| format!("cannot cancel job {job}: `kiln cancel {job}` tries again"))?;
+    note(format_args!("\ncancelled job {job}: it is {}", status.state.as_str()));
+    Err(Interrupted.into())
+}
+
+/// Refuses an output file whose directory does not exist, before anything is submitted.
+fn check_output_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = output_dir(path);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write the result to {}: the directory {} does not exist: create it or name another file",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn output_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a job's result to `path` piece by piece as it comes, through a temporary file beside
+/// it, so that the file is either the whole result or untouched.
+async fn write_output(client: &Client, path: &Path, job: JobId) -> anyhow::Result<()> {
+    let cannot_write = |error: std::io::Error| {
+        anyhow::Error::new(error).context(format!(
+            "cannot write the result of job {job} to {}: it stays on the controller; `kiln result {job}` prints it",
+            path.display()
+        ))
+    };
+    let file = tempfile::NamedTempFile::new_in(output_dir(path)).map_err(cannot_write)?;
+    let mut out = tokio::fs::File::from_std(file.as_file().try_clone().map_err(cannot_write)?);
+    match client.result_to(job, &mut out).await {
+        Ok(_) => {}
+        Err(ClientError::Output { source, .. }) => return Err(cannot_write(source)),
+        Err(error) => return Err(error.into()),
+    }
+    let finished = async {
+        out.write_all(b"\n").await?;
+        out.sync_all().await
+    };
+    finished.await.map_err(cannot_write)?;
+    file.persist(path).map_err(|e| cannot_write(e.error))?;
+    Ok(())
+}
+
+/// Shows a job's progress until it ends; prints its result (or writes it to `output`) or fails
+/// with its reason.
+async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::Result<()> {
     let bar = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})");
     let mut statuses = std::pin::pin!(client.watch(job));
     let mut last = None;
@@ -160,7 +252,8 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         let status = status.map_err(|error| {
             anyhow::anyhow!(
                 "stopped following job {job}: {}: the job goes on without this command; `kiln status {job}` \
-                 shows where it stands and `kiln result {job}` prints its result once it ends",
+                 shows where it stands, `kiln result {job}` prints its result once it ends and \
+                 `kiln cancel {job}` cancels it",
                 kiln_engine::errors::chain(&error)
             )
         })?;
@@ -174,7 +267,14 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         note(summary(status));
     }
     // A failure or cancellation comes back as an error with its reason.
-    write_result(client, job).await
+    match output {
+        Some(path) => {
+            write_output(client, path, job).await?;
+            note(format_args!("wrote the result to {}", path.display()));
+            Ok(())
+        }
+        None => write_result(client, job).await,
+    }
 }
 
 /// Writes the job's result to stdout as it comes from the controller, piece by piece, with a

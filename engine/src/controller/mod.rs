@@ -42,6 +42,7 @@ mod service;
 mod speculation;
 mod state;
 mod store;
+mod watchdog;
 mod workers;
 
 use std::io;
@@ -65,6 +66,7 @@ use self::store::ChunkRow;
 use self::store::Store;
 use crate::rpc::{JobId, Secret};
 use crate::telemetry::metrics::MetricsEndpoint;
+use crate::tls::gate::Gate;
 use crate::tls::key::Credential;
 use crate::tls::{Fingerprint, TlsError};
 
@@ -332,12 +334,13 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         }
     };
     let (listener, local_addr) = listener;
-    let service = ControllerService { shared: Arc::clone(&shared), peer: None };
+    let service = ControllerService { shared: Arc::clone(&shared), peer: None, gate: Gate::opened() };
     let server = shared.links.tls.as_ref().map(|tls| Arc::clone(&tls.server));
     let mut tasks = JoinSet::new();
     tasks.spawn(links::accept_loop(listener, server, service));
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
+    tasks.spawn(watchdog::run(Arc::clone(&shared)));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
     Ok(RunningController { shared, local_addr, generated, tasks, metrics })
 }
