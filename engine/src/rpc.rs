@@ -27,8 +27,7 @@ use self::input::ChunkSpan;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
-/// Version 3: chunks travel in batches, `run_chunks` with [`ChunkInput`]s, replacing
-/// `run_chunk`.
+/// Version 3: chunks travel in batches (`run_chunks` with [`ChunkInput`]s, not `run_chunk`).
 /// Version 4: TLS on every link; a worker sends its public key at registration, gets a
 /// certificate, and is dialled back on `activate`; `renew`, `remove_worker`.
 /// Version 5: a job carries its owner ([`JobSpec::owner`]), which `prepare` passes to the
@@ -180,8 +179,7 @@ pub struct JobSpec {
     /// file is named to its plugin); empty: one file, named `input_name`.
     #[serde(default)]
     pub input_files: Vec<String>,
-    /// URLs of an input read by reference (`file://`, ...), in order, instead of an upload:
-    /// the controller lists their objects at `create_job` and the workers read them.
+    /// URLs of an input the workers read by reference, listed at `create_job`, instead of an upload.
     #[serde(default)]
     pub input_urls: Vec<String>,
     /// How many times a chunk may be tried before the job fails (0: the default, 4).
@@ -454,7 +452,7 @@ pub struct ChunkInput {
     pub first_line: u64,
     /// The chunk's text: whole lines of UTF-8 (empty when the worker reads it from `source`).
     pub text: ByteBuf,
-    /// Where the worker reads the chunk itself, for an input read by reference.
+    /// Where the worker reads the chunk of an input read by reference.
     pub source: Option<input::ChunkSource>,
 }
 
@@ -475,8 +473,7 @@ pub enum TaskError {
     /// or crashed it, the worker is stopping): run the chunk again without counting an attempt.
     #[error("interrupted: {0}")]
     Interrupted(String),
-    /// The worker could not read the chunk from the storage of an input read by reference
-    /// (the store's message): another attempt, on another worker, may succeed.
+    /// Reading the chunk from storage failed (the store's message); another worker may succeed.
     #[error("{0}")]
     Storage(String),
     /// The worker has not prepared this job (it restarted, or was never asked).
