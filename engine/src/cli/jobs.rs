@@ -2,7 +2,8 @@
 //! `result`, `cancel`, `jobs` and `cluster`. Results and `--json` output go to stdout;
 //! progress, summaries and errors to stderr.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -71,8 +72,12 @@ pub struct SubmitArgs {
     #[arg(long)]
     no_speculation: bool,
     /// Print the job's id and return without waiting for it.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "output")]
     detach: bool,
+    /// Write the result to this file (replaced whole once the job succeeds, never left half
+    /// written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// `kiln status`, `kiln result` and `kiln cancel`.
@@ -135,6 +140,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         chunk_timeout_ms: args.timeout.map_or(0, |seconds| seconds.max(1).saturating_mul(1000)),
         no_speculation: args.no_speculation,
     };
+    if let Some(path) = &args.output {
+        check_output_dir(path)?;
+    }
     block_on(async {
         let client = connect(args.controller).await?;
         let bar = progress_bar(0, "{spinner} uploading {bytes} ({bytes_per_sec}) {msg}");
@@ -147,12 +155,52 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             return println(job);
         }
         note(format_args!("submitted job {job}"));
-        follow(&client, job).await
+        follow(&client, job, args.output.as_deref()).await
     })
 }
 
-/// Shows a job's progress until it ends; prints its result or fails with its reason.
-async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
+/// Refuses an output file whose directory does not exist, before anything is submitted.
+fn check_output_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = output_dir(path);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write the result to {}: the directory {} does not exist: create it or name another file",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn output_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a job's result to `path` through a temporary file beside it, so that the file is
+/// either the whole result or untouched.
+fn write_output(path: &Path, job: JobId, output: &str) -> anyhow::Result<()> {
+    let written = (|| {
+        let mut file = tempfile::NamedTempFile::new_in(output_dir(path))?;
+        file.write_all(output.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        std::io::Result::Ok(())
+    })();
+    written.with_context(|| {
+        format!(
+            "cannot write the result of job {job} to {}: it stays on the controller; `kiln result {job}` prints it",
+            path.display()
+        )
+    })
+}
+
+/// Shows a job's progress until it ends; prints its result (or writes it to `output`) or fails
+/// with its reason.
+async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::Result<()> {
     let bar = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})");
     let mut statuses = std::pin::pin!(client.watch(job));
     let mut last = None;
@@ -174,8 +222,15 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         note(summary(status));
     }
     // A failure or cancellation comes back as an error with its reason.
-    let output = client.result(job).await?;
-    println(output)
+    let result = client.result(job).await?;
+    match output {
+        Some(path) => {
+            write_output(path, job, &result)?;
+            note(format_args!("wrote the result to {}", path.display()));
+            Ok(())
+        }
+        None => println(result),
+    }
 }
 
 /// `kiln status JOB`.
