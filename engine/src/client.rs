@@ -71,6 +71,10 @@ use self::watch::ended;
 /// How long connecting to the controller may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Deadline of the first call on a new connection: a controller answers it at once, from
+/// memory, so a peer that does not is no controller (or a stalled one).
+const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+
 /// Deadline of a plain call (status, cancel, list, create a job): the controller answers these
 /// from its database at once.
 const CALL_DEADLINE: Duration = Duration::from_secs(30);
@@ -167,7 +171,7 @@ impl Client {
         let pinned = matches!(key.trust, Trust::Pinned(_));
         let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, pinned, connection: Mutex::new(None) };
         let client = Client { inner: Arc::new(inner) };
-        client.cluster_info().await?;
+        client.connection().await?;
         Ok(client)
     }
 
@@ -502,8 +506,28 @@ impl Client {
         })?;
         let transport = link::transport(link);
         let controller = ControllerClient::new(tarpc::client::Config::default(), transport).spawn();
+        self.hello(&controller).await?;
         *lock(&self.inner.connection) = Some(controller.clone());
         Ok(controller)
+    }
+
+    /// The first call on a new connection: small, and answered before anything large is sent,
+    /// because the controller reads only small frames from a link until a call on it carried
+    /// the key (see [`crate::tls::gate`]). It also checks the key.
+    async fn hello(&self, controller: &ControllerClient) -> Result<(), ClientError> {
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + HELLO_DEADLINE;
+        match controller.cluster_info(ctx, self.inner.key.clone()).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(error)) => Err(ClientError::from_rpc(error)),
+            Err(tarpc::client::RpcError::DeadlineExceeded) => Err(ClientError::Connection {
+                addr: self.inner.addr.clone(),
+                message: format!("no answer within {} s", HELLO_DEADLINE.as_secs()),
+            }),
+            Err(error) => {
+                Err(ClientError::Connection { addr: self.inner.addr.clone(), message: crate::errors::chain(&error) })
+            }
+        }
     }
 }
 

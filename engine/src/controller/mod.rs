@@ -61,6 +61,7 @@ use self::store::ChunkRow;
 use self::store::Store;
 use crate::rpc::{JobId, Secret};
 use crate::telemetry::metrics::MetricsEndpoint;
+use crate::tls::gate::Gate;
 use crate::tls::key::Credential;
 use crate::tls::{Fingerprint, TlsError};
 
@@ -321,7 +322,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         }
     };
     let (listener, local_addr) = listener;
-    let service = ControllerService { shared: Arc::clone(&shared), peer: None };
+    let service = ControllerService { shared: Arc::clone(&shared), peer: None, gate: Gate::opened() };
     let server = shared.links.tls.as_ref().map(|tls| Arc::clone(&tls.server));
     let mut tasks = JoinSet::new();
     tasks.spawn(links::accept_loop(listener, server, service));

@@ -26,6 +26,7 @@ use crate::rpc::{
 };
 use crate::rules::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
 use crate::tls::Fingerprint;
+use crate::tls::gate::Gate;
 
 /// The largest plugin archive accepted: no more than the source it may unpack to.
 const MAX_ARCHIVE_BYTES: usize = MAX_BYTES as usize;
@@ -57,11 +58,14 @@ pub(super) struct ControllerService {
     /// The fingerprint of the client certificate of the link this service answers on (a
     /// worker's), if it presented one.
     pub peer: Option<Fingerprint>,
+    /// The link's gate, opened by the first call that passes its credential check.
+    pub gate: Gate,
 }
 
 impl ControllerService {
     fn check_key(&self, key: &Secret) -> Result<(), RpcError> {
         if self.shared.api_key.matches(key) {
+            self.gate.open();
             Ok(())
         } else {
             Err(RpcError::Unauthorized(
@@ -69,6 +73,16 @@ impl ControllerService {
                     .into(),
             ))
         }
+    }
+
+    /// Opens the link's gate when a worker's call passed its credential check (it answered
+    /// anything but a refusal of its token, secret or certificate).
+    fn passed<T>(&self, answer: Result<T, RpcError>) -> Result<T, RpcError> {
+        if !matches!(answer, Err(RpcError::Unauthorized(_) | RpcError::NotFound(_) | RpcError::VersionMismatch { .. }))
+        {
+            self.gate.open();
+        }
+        answer
     }
 
     /// The status of a job from the store (it ended before this start), or `NotFound`.
@@ -129,11 +143,11 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 
 impl Controller for ControllerService {
     async fn register(self, _: Context, token: Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
-        register(&self.shared, &token, info)
+        self.passed(register(&self.shared, &token, info))
     }
 
     async fn activate(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
-        activate(&self.shared, self.peer, worker_id, &secret).await
+        self.passed(activate(&self.shared, self.peer, worker_id, &secret).await)
     }
 
     async fn renew(
@@ -143,11 +157,11 @@ impl Controller for ControllerService {
         secret: Secret,
         public_key: ByteBuf,
     ) -> Result<WorkerCertificate, RpcError> {
-        renew(&self.shared, self.peer, worker_id, &secret, &public_key)
+        self.passed(renew(&self.shared, self.peer, worker_id, &secret, &public_key))
     }
 
     async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
-        heartbeat(&self.shared, self.peer, worker_id, &secret)
+        self.passed(heartbeat(&self.shared, self.peer, worker_id, &secret))
     }
 
     async fn fetch_plugin(
@@ -157,7 +171,7 @@ impl Controller for ControllerService {
         secret: Secret,
         hash: String,
     ) -> Result<ByteBuf, RpcError> {
-        fetch_plugin(&self.shared, self.peer, worker_id, &secret, &hash).await
+        self.passed(fetch_plugin(&self.shared, self.peer, worker_id, &secret, &hash).await)
     }
 
     async fn upload_plugin(self, _: Context, key: Secret, archive: ByteBuf) -> Result<String, RpcError> {

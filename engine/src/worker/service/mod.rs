@@ -28,7 +28,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
@@ -45,6 +45,7 @@ use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
 use crate::tls::TlsError;
 use crate::tls::ca::WorkerKey;
+use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
@@ -53,6 +54,10 @@ use crate::worker::executor::{ChunkText, ExecutorConfig};
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
 const MAX_CHANNELS_PER_PEER: u32 = 8;
+
+/// Plain-TCP connections that have made no authenticated call yet; each holds at most a
+/// [`PRE_AUTH_FRAME_BYTES`](gate::PRE_AUTH_FRAME_BYTES) frame (see [`crate::tls::gate`]).
+const MAX_UNAUTHENTICATED: usize = 16;
 
 /// Requests in flight on one connection. The controller sends at most `processes` calls
 /// (batches of chunks, a few MiB each) per job at once; anything beyond this is refused, which
@@ -245,7 +250,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();
-    tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state) }));
+    tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state), gate: Gate::opened() }));
     let registrar = Registrar {
         controller: config.controller.clone(),
         trust: token.trust,
@@ -274,6 +279,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
 /// is accepted before the first), which ends with this one.
 async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServer) {
     let per_peer: Arc<Mutex<HashMap<IpAddr, u32>>> = Arc::default();
+    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
     let mut connections = JoinSet::new();
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -294,29 +300,68 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
             let mut counts = lock(&per_peer);
             let count = counts.entry(peer.ip()).or_insert(0);
             if *count >= MAX_CHANNELS_PER_PEER {
+                tracing::warn!(peer = %peer, "{MAX_CHANNELS_PER_PEER} connections from this address are open: refusing another");
                 continue;
             }
             *count += 1;
         }
-        let (server, per_peer) = (server.clone(), Arc::clone(&per_peer));
-        connections.spawn(async move {
-            if let Ok(link) = link::accept(tcp, config).await {
-                let transport = link::transport(link);
-                let calls = server.state.metrics.rpc.clone();
-                BaseChannel::with_defaults(transport)
-                    .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
-                    .execute(Counted::new(server.serve(), calls))
-                    .for_each_concurrent(None, |request| request)
-                    .await;
-            }
-            let mut counts = lock(&per_peer);
-            if let Some(count) = counts.get_mut(&peer.ip()) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&peer.ip());
+        // Over TLS only the controller gets through the handshake; on plain TCP a link is
+        // trusted once a call on it carried the secret.
+        let gate = if tls {
+            Gate::opened()
+        } else {
+            match Arc::clone(&unauthenticated).try_acquire_owned() {
+                Ok(permit) => Gate::closed(permit),
+                Err(_) => {
+                    tracing::warn!(
+                        peer = %peer,
+                        "{MAX_UNAUTHENTICATED} connections have made no authenticated call yet: refusing another"
+                    );
+                    release_peer(&per_peer, peer.ip());
+                    continue;
                 }
             }
+        };
+        let (server, per_peer) = (server.clone(), Arc::clone(&per_peer));
+        connections.spawn(async move {
+            match link::accept(tcp, config).await {
+                Ok(link) => serve_link(link, WorkerServer { gate, ..server }).await,
+                Err(e) => tracing::info!(peer = %peer, "closed a connection whose TLS handshake failed: {e}"),
+            }
+            release_peer(&per_peer, peer.ip());
         });
+    }
+}
+
+/// Serves a link's calls until it closes, it breaks, or it goes [`PRE_AUTH_TIMEOUT`] without
+/// an authenticated call.
+async fn serve_link(link: link::Link, server: WorkerServer) {
+    let peer = link.peer_addr();
+    let gate = server.gate.clone();
+    let transport = gate::transport(link, gate.clone())
+        .inspect_err(move |e| tracing::info!(peer = %peer, "closed a broken connection: {e}"));
+    let calls = server.state.metrics.rpc.clone();
+    let serve = BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
+        .execute(Counted::new(server.serve(), calls))
+        .for_each_concurrent(None, |request| request);
+    tokio::select! {
+        () = serve => {}
+        () = gate.still_closed_after(PRE_AUTH_TIMEOUT) => tracing::info!(
+            peer = %peer,
+            "closed a connection that made no authenticated call within {} s",
+            PRE_AUTH_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+fn release_peer(per_peer: &Mutex<HashMap<IpAddr, u32>>, ip: IpAddr) {
+    let mut counts = lock(per_peer);
+    if let Some(count) = counts.get_mut(&ip) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&ip);
+        }
     }
 }
 
@@ -324,11 +369,22 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
 #[derive(Clone)]
 struct WorkerServer {
     state: Arc<State>,
+    /// The link's gate, opened by the first call that carries the secret.
+    gate: Gate,
+}
+
+impl WorkerServer {
+    /// Checks the secret a call carries; a link that passes reads large frames from now on.
+    async fn authorize(&self, secret: &Secret) -> Result<(), TaskError> {
+        self.state.authorize(secret).await?;
+        self.gate.open();
+        Ok(())
+    }
 }
 
 impl Worker for WorkerServer {
     async fn prepare(self, _: Context, secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let JobPlugin { owner, plugin_hash, params, limits } = plugin;
         let owner = Owner::parse(&owner)
             .map_err(|error| RpcError::Invalid(format!("the controller sent an unusable owner: {error}")))?;
@@ -347,7 +403,7 @@ impl Worker for WorkerServer {
         job: JobId,
         chunks: Vec<ChunkInput>,
     ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let n_chunks = chunks.len();
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
@@ -372,7 +428,7 @@ impl Worker for WorkerServer {
         job: JobId,
         partials: Vec<ByteBuf>,
     ) -> Result<Option<ByteBuf>, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
         let merged = runner.combine(partials).await?;
@@ -386,14 +442,14 @@ impl Worker for WorkerServer {
         job: JobId,
         partials: Vec<ByteBuf>,
     ) -> Result<String, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
         runner.aggregate(partials).await
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         self.state.release(job).await;
         Ok(())
     }
