@@ -15,6 +15,7 @@ mod cluster_measures;
 mod corpus;
 mod limits;
 mod measures;
+mod natural;
 mod netsim;
 mod quiet;
 mod report;
@@ -73,6 +74,9 @@ pub enum Measure {
     Compressed,
     /// Uploaded and by-reference input on simulated hosts behind a limited link (section 9).
     Scaling,
+    /// A naive word count as a plugin and as a plain program, and the API `Counter` plugin
+    /// against the baseline (section 10).
+    Natural,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -170,6 +174,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wanted(Measure::Scaling) {
         scaling::scaling(&bench, &mut report)?;
+    }
+    if wanted(Measure::Natural) {
+        natural::natural_code(&bench, &mut report)?;
     }
     report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 
