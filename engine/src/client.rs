@@ -73,7 +73,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Deadline of the first call on a new connection: a controller answers it at once, from
 /// memory, so a peer that does not is no controller (or a stalled one).
-const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Deadline of a plain call (status, cancel, list, create a job): the controller answers these
 /// from its database at once.
@@ -500,6 +500,10 @@ impl Client {
                 ClientError::WrongController { addr: addr.clone() }
             } else if is_wrong_peer(&source) {
                 ClientError::Untrusted { addr: addr.clone(), reason: crate::errors::chain(&source) }
+            } else if error::is_foreign(&source) {
+                ClientError::NotController { addr: addr.clone(), reason: "it does not speak TLS".to_owned() }
+            } else if source.kind() == io::ErrorKind::TimedOut {
+                ClientError::NoAnswer { addr: addr.clone(), seconds: CONNECT_TIMEOUT.as_secs() }
             } else {
                 ClientError::Connect { addr: addr.clone(), source }
             }
@@ -520,9 +524,12 @@ impl Client {
         match controller.cluster_info(ctx, self.inner.key.clone()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(ClientError::from_rpc(error)),
-            Err(tarpc::client::RpcError::DeadlineExceeded) => Err(ClientError::Connection {
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                Err(ClientError::NoAnswer { addr: self.inner.addr.clone(), seconds: HELLO_DEADLINE.as_secs() })
+            }
+            Err(error) if error::is_foreign(&error) => Err(ClientError::NotController {
                 addr: self.inner.addr.clone(),
-                message: format!("no answer within {} s", HELLO_DEADLINE.as_secs()),
+                reason: "its answer is not in Kiln's protocol".to_owned(),
             }),
             Err(error) => {
                 Err(ClientError::Connection { addr: self.inner.addr.clone(), message: crate::errors::chain(&error) })

@@ -38,6 +38,7 @@ mod service;
 mod speculation;
 mod state;
 mod store;
+mod watchdog;
 mod workers;
 
 use std::io;
@@ -328,6 +329,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
     tasks.spawn(links::accept_loop(listener, server, service));
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
+    tasks.spawn(watchdog::run(Arc::clone(&shared)));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
     Ok(RunningController { shared, local_addr, generated, tasks, metrics })
 }

@@ -412,6 +412,11 @@ impl Job {
         }
     }
 
+    /// How many of this job's chunks have a copy running on `worker_id`.
+    pub fn chunks_running_on(&self, worker_id: WorkerId) -> u64 {
+        self.chunks.iter().filter(|chunk| chunk.running.iter().any(|copy| copy.worker == worker_id)).count() as u64
+    }
+
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
     /// without counting an attempt; it counts as lost for the job when it had prepared it or
     /// was running its work. Answers whether anything changed.
