@@ -53,7 +53,6 @@ use tokio::io::AsyncRead;
 
 use crate::owner::Owner;
 use crate::plugin_source::read_source;
-use crate::rpc::pieces::ResultPiece;
 use crate::rpc::{
     ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, RpcError, Secret, WATCH_WAIT, WorkerId,
 };
@@ -62,6 +61,7 @@ use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
 
 mod error;
+mod results;
 mod upload;
 mod watch;
 
@@ -230,6 +230,9 @@ impl Client {
         mut options: SubmitOptions,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
+        if sources.iter().any(|source| crate::input::is_reference(source)) {
+            return self.submit_references(plugin, sources, options).await;
+        }
         let sources = sources.to_vec();
         let files = tokio::task::spawn_blocking(move || crate::input::expand(&sources))
             .await
@@ -287,26 +290,7 @@ impl Client {
         // read at all (a directory, a file it may not open) fails the submission and leaves
         // no job behind.
         let first_piece = pieces.next().await?;
-        let spec = JobSpec {
-            owner: owner.as_str().to_owned(),
-            plugin_hash,
-            params: options.params,
-            processes: options.processes,
-            input_name: options.input_name,
-            input_files: options.input_files,
-            max_attempts: options.max_attempts,
-            chunk_size: options.chunk_size,
-            memory_limit: options.memory_limit,
-            chunk_timeout_ms: options.chunk_timeout_ms,
-            speculative: !options.no_speculation,
-        };
-        let key = &self.inner.key;
-        let job = self
-            .call(CALL_DEADLINE, Repeat::Never, |controller, ctx| {
-                let (key, spec) = (key.clone(), spec.clone());
-                async move { controller.create_job(ctx, key, spec).await }
-            })
-            .await?;
+        let job = self.create_job(job_spec(owner, plugin_hash, options, Vec::new())).await?;
         match self.upload_input(job, first_piece, &mut pieces, uploaded).await {
             Ok(()) => Ok(job),
             // Chunks run while the input uploads, so the job may have failed already (the
@@ -321,6 +305,46 @@ impl Client {
                 Err(error)
             }
         }
+    }
+
+    /// Submits a job whose input the workers read by reference: the controller lists the
+    /// URLs' objects before the job exists (a missing one, refused credentials or an
+    /// unreachable store fail the submission, naming the input); nothing is uploaded but the
+    /// plugin.
+    async fn submit_references(
+        &self,
+        plugin: &Path,
+        urls: &[String],
+        mut options: SubmitOptions,
+    ) -> Result<JobId, ClientError> {
+        if let Some(local) = urls.iter().find(|source| !crate::input::is_reference(source)) {
+            return Err(crate::input::InputError::Reference {
+                url: urls.iter().find(|source| crate::input::is_reference(source)).cloned().unwrap_or_default(),
+                why: format!(
+                    "an input is either URLs the workers read or files on this machine, and {local} is a file: \
+                     submit them as two jobs"
+                ),
+            }
+            .into());
+        }
+        let owner = match options.owner.as_str() {
+            "" => Owner::key_holder(),
+            name => Owner::parse(name)?,
+        };
+        if options.input_name.is_empty() {
+            options.input_name = crate::input::describe(urls);
+        }
+        let plugin_hash = self.upload_plugin(plugin).await?;
+        self.create_job(job_spec(owner, plugin_hash, options, urls.to_vec())).await
+    }
+
+    async fn create_job(&self, spec: JobSpec) -> Result<JobId, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Never, |controller, ctx| {
+            let (key, spec) = (key.clone(), spec.clone());
+            async move { controller.create_job(ctx, key, spec).await }
+        })
+        .await
     }
 
     /// Reads, packs and uploads a plugin; answers its hash.
@@ -389,67 +413,6 @@ impl Client {
         self.call(CALL_DEADLINE.max(WATCH_WAIT + WATCH_MARGIN), Repeat::Safe, |controller, ctx| {
             let key = key.clone();
             async move { controller.watch(ctx, key, job, 0).await }
-        })
-        .await
-    }
-
-    /// The output JSON of a job that succeeded, whole in memory (see [`Client::result_to`] for
-    /// results of any size). For a job that failed or was cancelled the error says so, with the
-    /// failure's message.
-    pub async fn result(&self, job: JobId) -> Result<String, ClientError> {
-        let mut bytes = Vec::new();
-        self.result_to(job, &mut bytes).await?;
-        String::from_utf8(bytes)
-            .map_err(|_| ClientError::Rpc(RpcError::Internal(format!("the result of job {job} is not UTF-8"))))
-    }
-
-    /// Writes the output JSON of a job that succeeded to `out` piece by piece as it comes from
-    /// the controller, never holding more than one piece; answers its length. For a job that
-    /// failed or was cancelled the error says so, with the failure's message.
-    pub async fn result_to(
-        &self,
-        job: JobId,
-        out: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
-    ) -> Result<u64, ClientError> {
-        use tokio::io::AsyncWriteExt;
-        let first = match self.result_piece(job, 0).await {
-            Err(ClientError::Rpc(error @ (RpcError::Invalid(_) | RpcError::NotFound(_)))) => {
-                // No result: say why, when the job failed or was cancelled.
-                if let Ok(status) = self.status(job).await {
-                    ended(&status)?;
-                }
-                return Err(ClientError::Rpc(error));
-            }
-            answer => answer?,
-        };
-        let total = first.total;
-        let mut piece = first.bytes.into_vec();
-        let mut offset = 0u64;
-        loop {
-            offset += piece.len() as u64;
-            out.write_all(&piece).await.map_err(|source| ClientError::Output { job, source })?;
-            if offset >= total {
-                break;
-            }
-            let next = self.result_piece(job, offset).await?;
-            if next.total != total || next.bytes.is_empty() {
-                return Err(ClientError::Rpc(RpcError::Internal(format!(
-                    "the result of job {job} changed while it was read (at {offset} of {total} bytes)"
-                ))));
-            }
-            piece = next.bytes.into_vec();
-        }
-        out.flush().await.map_err(|source| ClientError::Output { job, source })?;
-        Ok(total)
-    }
-
-    /// A piece of the output JSON of a job that succeeded, from byte `offset`, and the whole
-    /// result's length: for showing the start of a result, or reading it in pieces.
-    pub async fn result_piece(&self, job: JobId, offset: u64) -> Result<ResultPiece, ClientError> {
-        let key = &self.inner.key;
-        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
-            let key = key.clone();
-            async move { controller.result_piece(ctx, key, job, offset).await }
         })
         .await
     }
@@ -580,4 +543,23 @@ impl Client {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The spec of a job of `owner` running `plugin_hash` as `options` say, over an uploaded input
+/// (`input_urls` empty) or one read by reference.
+fn job_spec(owner: Owner, plugin_hash: String, options: SubmitOptions, input_urls: Vec<String>) -> JobSpec {
+    JobSpec {
+        owner: owner.as_str().to_owned(),
+        plugin_hash,
+        params: options.params,
+        processes: options.processes,
+        input_name: options.input_name,
+        input_files: options.input_files,
+        input_urls,
+        max_attempts: options.max_attempts,
+        chunk_size: options.chunk_size,
+        memory_limit: options.memory_limit,
+        chunk_timeout_ms: options.chunk_timeout_ms,
+        speculative: !options.no_speculation,
+    }
 }

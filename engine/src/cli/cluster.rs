@@ -58,6 +58,11 @@ pub struct ControllerArgs {
     /// and says so. Results are kept in the data directory.
     #[arg(long, value_parser = crate::parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// A directory whose files jobs may name as `file://` inputs, read by the workers
+    /// themselves (a filesystem every worker sees at the same path); repeat it for more.
+    /// Without it, `file://` inputs are refused.
+    #[arg(long, value_name = "DIR")]
+    file_input_root: Vec<PathBuf>,
 }
 
 /// `kiln worker`.
@@ -106,6 +111,11 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
     config.max_result_bytes = args.max_result_size as u64;
+    for root in &args.file_input_root {
+        let resolved = std::fs::canonicalize(root)
+            .with_context(|| format!("cannot use --file-input-root {}: check the directory", root.display()))?;
+        config.file_input_roots.push(resolved);
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

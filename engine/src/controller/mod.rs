@@ -37,6 +37,7 @@ mod input;
 mod links;
 mod metrics;
 mod plan;
+mod reference;
 mod results;
 mod service;
 mod speculation;
@@ -103,6 +104,9 @@ pub struct ControllerConfig {
     /// The largest result a job may have (`--max-result-size`); a job whose output is longer
     /// fails with a message that names both sizes and the flag.
     pub max_result_bytes: u64,
+    /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
+    /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
+    pub file_input_roots: Vec<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -120,6 +124,7 @@ impl ControllerConfig {
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
             max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
+            file_input_roots: Vec::new(),
         }
     }
 }
@@ -249,6 +254,8 @@ struct Shared {
     metrics: ControllerMetrics,
     /// The largest result a job may have.
     max_result_bytes: u64,
+    /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
+    file_input_roots: Vec<PathBuf>,
 }
 
 impl Shared {
@@ -306,6 +313,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
         max_result_bytes: config.max_result_bytes,
+        file_input_roots: config.file_input_roots.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();
     shared.metrics.register(&mut registry, Arc::downgrade(&shared));
@@ -357,6 +365,18 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
         let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
         let combined = shared.store.combined_groups(job_id).await.map_err(resume_error)?;
         let mut chunks = chunks;
+        let objects = reference::resume_objects(shared, job_id)
+            .await
+            .map_err(|message| ControllerError::Resume { path: db.clone(), message })?;
+        if let Some(objects) = objects {
+            // Read by reference: nothing was spooled, and every chunk was planned at creation.
+            let spool = Spool::new(shared.input_path(job_id), row.spec.chunk_size);
+            let mut job = Job::resume(row, chunks, &combined, spool);
+            job.set_objects(objects);
+            info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), "job resumed");
+            shared.with_state(|st| st.add_job(job));
+            continue;
+        }
         let (spool, lost) = match input::resume_input(shared, job_id, state, row.spec.chunk_size, &chunks).await {
             Ok(input) => {
                 let cut_again = input.new_chunks.into_iter();

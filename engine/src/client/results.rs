@@ -1,0 +1,69 @@
+//! Reading a job's result piece by piece (`result_piece`), written out as it comes or
+//! gathered for small results.
+
+use super::{CALL_DEADLINE, Client, ClientError, Repeat, ended};
+use crate::rpc::pieces::ResultPiece;
+use crate::rpc::{JobId, RpcError};
+
+impl Client {
+    /// The output JSON of a job that succeeded, whole in memory (see [`Client::result_to`] for
+    /// results of any size). For a job that failed or was cancelled the error says so, with the
+    /// failure's message.
+    pub async fn result(&self, job: JobId) -> Result<String, ClientError> {
+        let mut bytes = Vec::new();
+        self.result_to(job, &mut bytes).await?;
+        String::from_utf8(bytes)
+            .map_err(|_| ClientError::Rpc(RpcError::Internal(format!("the result of job {job} is not UTF-8"))))
+    }
+
+    /// Writes the output JSON of a job that succeeded to `out` piece by piece as it comes from
+    /// the controller, never holding more than one piece; answers its length. For a job that
+    /// failed or was cancelled the error says so, with the failure's message.
+    pub async fn result_to(
+        &self,
+        job: JobId,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let first = match self.result_piece(job, 0).await {
+            Err(ClientError::Rpc(error @ (RpcError::Invalid(_) | RpcError::NotFound(_)))) => {
+                // No result: say why, when the job failed or was cancelled.
+                if let Ok(status) = self.status(job).await {
+                    ended(&status)?;
+                }
+                return Err(ClientError::Rpc(error));
+            }
+            answer => answer?,
+        };
+        let total = first.total;
+        let mut piece = first.bytes.into_vec();
+        let mut offset = 0u64;
+        loop {
+            offset += piece.len() as u64;
+            out.write_all(&piece).await.map_err(|source| ClientError::Output { job, source })?;
+            if offset >= total {
+                break;
+            }
+            let next = self.result_piece(job, offset).await?;
+            if next.total != total || next.bytes.is_empty() {
+                return Err(ClientError::Rpc(RpcError::Internal(format!(
+                    "the result of job {job} changed while it was read (at {offset} of {total} bytes)"
+                ))));
+            }
+            piece = next.bytes.into_vec();
+        }
+        out.flush().await.map_err(|source| ClientError::Output { job, source })?;
+        Ok(total)
+    }
+
+    /// A piece of the output JSON of a job that succeeded, from byte `offset`, and the whole
+    /// result's length: for showing the start of a result, or reading it in pieces.
+    pub async fn result_piece(&self, job: JobId, offset: u64) -> Result<ResultPiece, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.result_piece(ctx, key, job, offset).await }
+        })
+        .await
+    }
+}
