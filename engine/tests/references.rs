@@ -3,7 +3,8 @@
 //! uploaded and what an independent computation here gives, with 1 and 3 workers and split
 //! sizes that cut lines; the controller receives no input byte. A missing object, or a path the
 //! controller may not read, fails the submission naming the input and leaves no job; an object
-//! replaced during the job fails it clearly.
+//! replaced during the job fails it clearly; a worker that cannot read the store fails its
+//! chunks with the store's message and they are retried on another.
 
 #[path = "util/cluster.rs"]
 mod cluster;
@@ -12,8 +13,9 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::Command;
 
-use cluster::{Cluster, Daemon};
+use cluster::{Cluster, Daemon, JOIN_TOKEN};
 use serde_json::{Value, json};
 use util::{Run, example, word_counts, word_text};
 
@@ -204,4 +206,44 @@ fn an_object_replaced_during_the_job_fails_it_clearly() {
     assert_eq!(status["state"], "Failed", "{status:#}");
     let message = status["failure"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&format!("the input object {url} changed during the job")), "{message}");
+}
+
+#[test]
+fn a_worker_that_cannot_read_the_store_has_its_chunks_retried_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let files = objects(&data);
+    let mut cluster = cluster(0, dir.path());
+    // A worker in a mount namespace of its own, where an empty tmpfs hides the data: every
+    // read it makes fails as a store's read fails when the store is out of reach.
+    let worker = cluster.joining_worker(JOIN_TOKEN, 2);
+    let mut blind = Command::new("unshare");
+    blind
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&data)
+        .arg(worker.get_program())
+        .args(worker.get_args());
+    for (key, value) in worker.get_envs() {
+        match value {
+            Some(value) => blind.env(key, value),
+            None => blind.env_remove(key),
+        };
+    }
+    cluster.workers.push(Daemon::start(blind));
+    cluster.add_worker(2);
+    cluster.wait_workers(2);
+
+    let run = submit(&cluster, "wordcount", &url_of(&data), &["--processes", "2"]);
+    assert_eq!(
+        parsed(&run, "wordcount"),
+        word_counts(&concatenated(&files)),
+        "every chunk ran, on the worker that reads"
+    );
+    let jobs = parsed(&cluster.kiln(&["jobs", "--json"]), "jobs");
+    let status = cluster.status(jobs[0]["id"].as_u64().unwrap());
+    assert!(status["retries"].as_u64().unwrap() > 0, "the blind worker's chunks were retried: {status:#}");
+    let said = cluster.workers[0].stderr();
+    assert!(said.contains("cannot read a chunk by reference") && said.contains("not found"), "{said}");
 }
