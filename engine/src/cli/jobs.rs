@@ -40,8 +40,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     plugin: PathBuf,
     /// The input: a file, a directory (its files, sorted by path) or a glob pattern, uploaded
-    /// to the controller; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told
-    /// by its bytes, decompressed as it is read); lines are the unit of work.
+    /// to the controller; or a `file://` URL (an object or a prefix) that the workers read
+    /// themselves; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told by its
+    /// bytes, decompressed as it is read); lines are the unit of work.
     #[arg(long, required = true)]
     input: Vec<String>,
     /// Chunks in flight per worker (default: as many as each worker runs at once).

@@ -34,6 +34,7 @@ mod input;
 mod links;
 mod metrics;
 mod plan;
+mod reference;
 mod service;
 mod speculation;
 mod state;
@@ -102,6 +103,9 @@ pub struct ControllerConfig {
     pub worker_cert_lifetime: Duration,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
+    /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
+    pub file_input_roots: Vec<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -119,6 +123,7 @@ impl ControllerConfig {
             operator_cert: None,
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
+            file_input_roots: Vec::new(),
         }
     }
 }
@@ -246,6 +251,8 @@ struct Shared {
     background: Mutex<JoinSet<()>>,
     /// What is counted as it happens, for the metrics.
     metrics: ControllerMetrics,
+    /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
+    file_input_roots: Vec<PathBuf>,
 }
 
 impl Shared {
@@ -302,6 +309,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         stopping: AtomicBool::new(false),
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
+        file_input_roots: config.file_input_roots.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();
     shared.metrics.register(&mut registry, Arc::downgrade(&shared));
@@ -353,6 +361,18 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
         let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
         let combined = shared.store.combined_groups(job_id).await.map_err(resume_error)?;
         let mut chunks = chunks;
+        let objects = reference::resume_objects(shared, job_id)
+            .await
+            .map_err(|message| ControllerError::Resume { path: db.clone(), message })?;
+        if let Some(objects) = objects {
+            // Read by reference: nothing was spooled, and every chunk was planned at creation.
+            let spool = Spool::new(shared.input_path(job_id), row.spec.chunk_size);
+            let mut job = Job::resume(row, chunks, &combined, spool);
+            job.set_objects(objects);
+            info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), "job resumed");
+            shared.with_state(|st| st.add_job(job));
+            continue;
+        }
         let (spool, lost) = match input::resume_input(shared, job_id, state, row.spec.chunk_size, &chunks).await {
             Ok(input) => {
                 let cut_again = input.new_chunks.into_iter();

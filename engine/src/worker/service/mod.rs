@@ -39,7 +39,9 @@ use tracing::Instrument;
 use self::metrics::WorkerMetrics;
 use self::registrar::Registrar;
 use self::state::{State, lock};
+use crate::input::reference;
 use crate::owner::Owner;
+use crate::rpc::input::ChunkSource;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -408,13 +410,35 @@ impl Worker for WorkerServer {
         let n_chunks = chunks.len();
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
         let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
-        let chunks = chunks
-            .into_iter()
-            .map(|chunk| ChunkText::new(chunk.file, chunk.first_line, Bytes::from(chunk.text.into_vec())))
-            .collect();
         let started = std::time::Instant::now();
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
-        let results = runner.run_batch(job, chunks).instrument(span.clone()).await;
+        // Chunks of an input read by reference are read here, from the store; one that cannot
+        // be read answers why, and the others run.
+        let mut texts = Vec::with_capacity(n_chunks);
+        let mut unread = Vec::with_capacity(n_chunks);
+        for chunk in chunks {
+            let text = match &chunk.source {
+                None => Ok(Bytes::from(chunk.text.into_vec())),
+                Some(source) => read_chunk(source).instrument(span.clone()).await.map(Bytes::from),
+            };
+            match text {
+                Ok(text) => {
+                    self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
+                    texts.push(ChunkText::new(chunk.file, chunk.first_line, text));
+                    unread.push(None);
+                }
+                Err(error) => unread.push(Some(error)),
+            }
+        }
+        let results = runner.run_batch(job, texts).instrument(span.clone()).await;
+        let mut results = results.into_iter();
+        let results: Vec<Result<Bytes, TaskError>> = unread
+            .into_iter()
+            .map(|error| match error {
+                Some(error) => Err(error),
+                None => results.next().unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+            })
+            .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
         span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
@@ -453,6 +477,19 @@ impl Worker for WorkerServer {
         self.state.release(job).await;
         Ok(())
     }
+}
+
+/// Reads a chunk of an input read by reference. A changed object or unusable content fails
+/// the job (no attempt can help); a store that refuses or fails the read fails this attempt,
+/// with the store's message, and the chunk is tried again, on another worker where one exists.
+async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, TaskError> {
+    reference::read_chunk(source).await.map_err(|error| {
+        tracing::warn!(url = %source.url, "cannot read a chunk by reference: {error}");
+        match error.is_final() {
+            true => TaskError::Fatal(error.to_string()),
+            false => TaskError::Storage(error.to_string()),
+        }
+    })
 }
 
 /// The answer for a build failure: the plugin's own fault (cargo's words) or the worker's.
