@@ -61,7 +61,10 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
 
     eprintln!("word count: kiln submit, {} MiB, alternating with the streaming baseline", base.bytes >> 20);
     let tls = cluster_word_count(bench, &base.input, &base.expected, Link::Tls, Some(base))?;
-    eprintln!("word count: kiln submit --input file://…, {} MiB, alternating with the streaming baseline", base.bytes >> 20);
+    eprintln!(
+        "word count: kiln submit --input file://…, {} MiB, alternating with the streaming baseline",
+        base.bytes >> 20
+    );
     let by_reference = cluster_word_count(bench, &by_reference(&base.input), &base.expected, Link::Tls, Some(base))?;
     eprintln!("word count: kiln submit, {} MiB, plain TCP, alternating with the streaming baseline", base.bytes >> 20);
     let plain = cluster_word_count(bench, &base.input, &base.expected, Link::PlainTcp, Some(base))?;
