@@ -156,6 +156,17 @@ fn a_directory_of_plain_gzip_and_zstd_files_uploads_like_its_concatenated_text()
     let cluster = Cluster::start(2);
     let run = submit(&cluster, &example("wordcount"), &[&logs], &[]);
     assert_eq!(parsed(&run, "wordcount"), word_counts(&concatenated(&files)));
+    // `--output FILE` writes the same result to the file instead of stdout.
+    let result_file = dir.path().join("counts.json");
+    let run = submit(&cluster, &example("wordcount"), &[&logs], &["--output", &path_str(&result_file)]);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(run.stdout, "", "the result goes to the file only");
+    let written = std::fs::read_to_string(&result_file).unwrap();
+    assert_eq!(serde_json::from_str::<Value>(&written).unwrap(), word_counts(&concatenated(&files)));
+    let nowhere = dir.path().join("missing-dir/counts.json");
+    let run = submit(&cluster, &example("wordcount"), &[&logs], &["--output", &path_str(&nowhere)]);
+    assert!(!run.success);
+    assert!(run.stderr.contains("missing-dir does not exist: create it or name another file"), "{}", run.stderr);
     let run = submit(&cluster, &example("grep"), &[&logs], &["--params", PATTERN]);
     assert_eq!(parsed(&run, "grep"), grep_expected(&format!("{logs}/"), &files, PATTERN));
 }

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use serde_json::Value;
-use util::{Rng, example, run_local, word_text, write_input};
+use util::{Rng, example, fixture, run_local, word_counts, word_text, write_input};
 
 /// Small chunks, so that test inputs of a few hundred KiB make dozens of chunks.
 const CHUNK: &str = "16KiB";
@@ -40,6 +40,63 @@ fn wordcount_counts_every_word_like_a_plain_hashmap() {
 
     for processes in [1, 3] {
         assert_eq!(check(&example("wordcount"), &input, processes, ""), expected, "{processes} processes");
+    }
+}
+
+#[test]
+fn a_plugin_written_with_partial_types_agrees_with_the_examples_and_an_independent_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = word_text(11, 12_000);
+    let input = write_input(dir.path(), "words.txt", &text);
+    let word = "Word7";
+
+    // Every figure, computed here in the plainest way.
+    let mut shortest: Option<(u64, u64)> = None;
+    let mut longest: Option<(u64, u64)> = None;
+    let mut busiest = Vec::new();
+    let mut matches = Vec::new();
+    let mut first_words = std::collections::BTreeSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let (number, length) = (i as u64 + 1, line.len() as u64);
+        if shortest.is_none_or(|(l, _)| length < l) {
+            shortest = Some((length, number));
+        }
+        if longest.is_none_or(|(l, _)| length > l) {
+            longest = Some((length, number));
+        }
+        let words: Vec<&str> = line.split_whitespace().collect();
+        busiest.push((words.len() as u64, number));
+        if words.contains(&word) {
+            matches.push(number);
+        }
+        if let Some(first) = words.first() {
+            first_words.insert(first.to_string());
+        }
+    }
+    // Most words first; of equal counts, the earliest line.
+    busiest.sort_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+    busiest.truncate(3);
+    let counts = word_counts(&text);
+    let mut top: Vec<(String, u64)> =
+        counts.as_object().unwrap().iter().map(|(w, n)| (w.clone(), n.as_u64().unwrap())).collect();
+    top.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    top.truncate(5);
+    let expected = serde_json::json!({
+        "lines": text.lines().count(),
+        "counts": counts,
+        "top": top,
+        "shortest": shortest,
+        "longest": longest,
+        "busiest": busiest,
+        "matches": matches,
+        "first_words": first_words,
+    });
+    assert!(!matches.is_empty() && text.len() > 10 * 16 * 1024, "the input spans many chunks and has matches");
+
+    for processes in [1, 3] {
+        let figures = check(&fixture("partial-types"), &input, processes, word);
+        assert_eq!(figures, expected, "{processes} processes");
+        assert_eq!(figures["counts"], check(&example("wordcount"), &input, processes, ""), "same as the example");
     }
 }
 

@@ -3,6 +3,7 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
+use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
 
@@ -10,20 +11,75 @@ use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
 
 use crate::abi::{Instance, PluginModule, PluginModuleRef};
+use crate::partial::Merge;
 use crate::{API_VERSION, Chunk, MapReduce};
 
 /// [`API_VERSION`] with a NUL terminator, for the plain C version symbol.
 pub const VERSION_NUL: &str = concat!(env!("CARGO_PKG_VERSION"), "\0");
 
-/// Builds the root module for plugin type `P`; called once when the library is loaded.
-pub fn root_module<P: MapReduce>() -> PluginModuleRef {
+/// How a plugin's partials of type `T` are combined when the plugin does not write `combine`.
+pub trait Combiner<T> {
+    /// The merged partial, or `None` when these partials do not merge.
+    fn merge_all(parts: Vec<T>) -> Option<T>;
+}
+
+/// Partials that implement [`Merge`] are combined with [`Merge::merge_all`].
+pub struct ByMerge;
+
+impl<T: Merge> Combiner<T> for ByMerge {
+    fn merge_all(parts: Vec<T>) -> Option<T> {
+        Some(T::merge_all(parts))
+    }
+}
+
+/// Partials that do not implement [`Merge`] are not combined.
+pub struct NotMerged;
+
+impl<T> Combiner<T> for NotMerged {
+    fn merge_all(_: Vec<T>) -> Option<T> {
+        None
+    }
+}
+
+/// Finds out, at the plugin's concrete partial type `T`, whether it implements [`Merge`]:
+/// `(&&MergeProbe::<T>::new()).combiner()` is [`ByMerge`] when it does, [`NotMerged`] when not.
+pub struct MergeProbe<T>(PhantomData<T>);
+
+impl<T> MergeProbe<T> {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> Self {
+        MergeProbe(PhantomData)
+    }
+}
+
+/// Chosen by method resolution first (its receiver is `&&MergeProbe`), when `T: Merge`.
+pub trait WithMerge {
+    fn combiner(&self) -> ByMerge {
+        ByMerge
+    }
+}
+
+impl<T: Merge> WithMerge for &MergeProbe<T> {}
+
+/// The fallback, reached after one auto-deref, for partials that do not merge.
+pub trait NoMerge {
+    fn combiner(&self) -> NotMerged {
+        NotMerged
+    }
+}
+
+impl<T> NoMerge for MergeProbe<T> {}
+
+/// Builds the root module for plugin type `P`, whose partials combine as `C` says when the
+/// plugin does not write `combine`; called once when the library is loaded.
+pub fn root_module<P: MapReduce, C: Combiner<P::Partial>>(_: C) -> PluginModuleRef {
     PluginModule {
         api_version: RStr::from_str(API_VERSION),
         new: new::<P>,
-        combines: combines::<P>,
+        combines: combines::<P, C>,
         line_numbers: line_numbers::<P>,
         run: run::<P>,
-        combine: combine::<P>,
+        combine: combine::<P, C>,
         aggregate: aggregate::<P>,
         drop: drop_instance::<P>,
     }
@@ -112,20 +168,27 @@ extern "C" fn line_numbers<P: MapReduce>() -> bool {
     P::LINE_NUMBERS
 }
 
-extern "C" fn combines<P: MapReduce>(instance: Instance) -> bool {
+extern "C" fn combines<P: MapReduce, C: Combiner<P::Partial>>(instance: Instance) -> bool {
     // SAFETY: as in `run`.
     let plugin = unsafe { plugin::<P>(instance) };
-    matches!(guard(|| Ok(plugin.combine(Vec::new()).is_some())), ROk(true))
+    let combines = || Ok(plugin.combine(Vec::new()).is_some() || C::merge_all(Vec::new()).is_some());
+    matches!(guard(combines), ROk(true))
 }
 
-extern "C" fn combine<P: MapReduce>(
+extern "C" fn combine<P: MapReduce, C: Combiner<P::Partial>>(
     instance: Instance,
     partials: RSlice<'_, RSlice<'_, u8>>,
 ) -> RResult<RVec<u8>, RString> {
     guard(|| {
         // SAFETY: as in `run`.
         let plugin = unsafe { plugin::<P>(instance) };
-        match plugin.combine(decode_all::<P>(partials)?) {
+        // The plugin's own `combine` wins; asking it with no partials costs nothing.
+        let merged = if plugin.combine(Vec::new()).is_some() {
+            plugin.combine(decode_all::<P>(partials)?)
+        } else {
+            C::merge_all(decode_all::<P>(partials)?).map(Ok)
+        };
+        match merged {
             Some(merged) => encode(&merged?),
             None => Err("this plugin does not implement combine".to_owned()),
         }
@@ -151,4 +214,83 @@ extern "C" fn drop_instance<P: MapReduce>(instance: Instance) {
         drop(unsafe { Box::from_raw(instance.as_ptr().cast::<P>().cast_mut()) });
         Ok(())
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use crate::partial::Counter;
+
+    /// A plugin whose partial merges, and which writes no `combine`.
+    struct Words;
+
+    impl MapReduce for Words {
+        type Partial = Counter;
+        type Output = u64;
+        fn new(_: &str) -> Result<Self, String> {
+            Ok(Words)
+        }
+        fn run(&self, chunk: &Chunk<'_>) -> Result<Counter, String> {
+            Ok(chunk.words().collect())
+        }
+        fn aggregate(&self, partials: Vec<Counter>) -> Result<u64, String> {
+            Ok(Counter::merge_all(partials).total())
+        }
+    }
+
+    /// The same with a partial that does not merge.
+    struct Plain;
+
+    impl MapReduce for Plain {
+        type Partial = HashMap<String, u64>;
+        type Output = u64;
+        fn new(_: &str) -> Result<Self, String> {
+            Ok(Plain)
+        }
+        fn run(&self, _: &Chunk<'_>) -> Result<Self::Partial, String> {
+            Ok(HashMap::new())
+        }
+        fn aggregate(&self, _: Vec<Self::Partial>) -> Result<u64, String> {
+            Ok(0)
+        }
+    }
+
+    /// The module `export_plugin!` would build for `P`, with the same probe.
+    macro_rules! module_of {
+        ($plugin:ty) => {{
+            #[allow(unused_imports)]
+            use super::{NoMerge as _, WithMerge as _};
+            root_module::<$plugin, _>((&&MergeProbe::<<$plugin as MapReduce>::Partial>::new()).combiner())
+        }};
+    }
+
+    fn unwrap<T>(result: RResult<T, RString>) -> T {
+        result.into_result().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    #[test]
+    fn a_partial_that_merges_gives_the_plugin_a_combine() {
+        let module = module_of!(Words);
+        let instance = unwrap(module.new()(RStr::from_str("")));
+        assert!(module.combines()(instance));
+        let run = |text: &str| unwrap(module.run()(instance, RStr::from_str(text), RStr::from_str(""), 1));
+        let (a, b) = (run("x y y\n"), run("y z\n"));
+        let parts = [RSlice::from_slice(&a[..]), RSlice::from_slice(&b[..])];
+        let merged = unwrap(module.combine()(instance, RSlice::from_slice(&parts)));
+        let merged: Counter = postcard::from_bytes(&merged).unwrap();
+        assert_eq!((merged.get("y"), merged.get("x"), merged.total()), (3, 1, 5));
+        module.drop()(instance);
+    }
+
+    #[test]
+    fn a_partial_that_does_not_merge_gives_no_combine() {
+        let module = module_of!(Plain);
+        let instance = unwrap(module.new()(RStr::from_str("")));
+        assert!(!module.combines()(instance));
+        let error = module.combine()(instance, RSlice::from_slice(&[])).into_result().unwrap_err();
+        assert_eq!(error.as_str(), "this plugin does not implement combine");
+        module.drop()(instance);
+    }
 }

@@ -2,7 +2,8 @@
 //! `result`, `cancel`, `jobs` and `cluster`. Results and `--json` output go to stdout;
 //! progress, summaries and errors to stderr.
 
-use std::path::PathBuf;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -39,8 +40,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     plugin: PathBuf,
     /// The input: a file, a directory (its files, sorted by path) or a glob pattern, uploaded
-    /// to the controller; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told
-    /// by its bytes, decompressed as it is read); lines are the unit of work.
+    /// to the controller; or a `file://` URL (an object or a prefix) that the workers read
+    /// themselves; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told by its
+    /// bytes, decompressed as it is read); lines are the unit of work.
     #[arg(long, required = true)]
     input: Vec<String>,
     /// Chunks in flight per worker (default: as many as each worker runs at once).
@@ -70,9 +72,16 @@ pub struct SubmitArgs {
     /// Do not start speculative copies of chunks that run far longer than the others.
     #[arg(long)]
     no_speculation: bool,
-    /// Print the job's id and return without waiting for it.
+    /// Cancel the job on Ctrl-C (by default the job goes on, and a second Ctrl-C cancels it).
     #[arg(long)]
+    cancel_on_interrupt: bool,
+    /// Print the job's id and return without waiting for it.
+    #[arg(long, conflicts_with = "output")]
     detach: bool,
+    /// Write the result to this file (replaced whole once the job succeeds, never left half
+    /// written) instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    output: Option<PathBuf>,
 }
 
 /// `kiln status`, `kiln result` and `kiln cancel`.
@@ -135,6 +144,9 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
         chunk_timeout_ms: args.timeout.map_or(0, |seconds| seconds.max(1).saturating_mul(1000)),
         no_speculation: args.no_speculation,
     };
+    if let Some(path) = &args.output {
+        check_output_dir(path)?;
+    }
     block_on(async {
         let client = connect(args.controller).await?;
         let bar = progress_bar(0, "{spinner} uploading {bytes} ({bytes_per_sec}) {msg}");
@@ -147,13 +159,87 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             return println(job);
         }
         note(format_args!("submitted job {job}"));
-        follow(&client, job).await
+        tokio::select! {
+            followed = follow(&client, job, args.output.as_deref()) => followed,
+            interrupted = on_interrupt(&client, job, args.cancel_on_interrupt) => interrupted,
+        }
     })
 }
 
-/// Shows a job's progress until it ends, its build first; prints its result or fails with
-/// its reason.
-async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
+/// How long after a first Ctrl-C a second one cancels the job.
+const SECOND_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// `kiln submit` was interrupted (Ctrl-C) while it followed a job; it exits with 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Waits for Ctrl-C while a job is followed. The job runs on the cluster whatever happens to
+/// this command: the first Ctrl-C says so and how to follow or cancel it; a second one within
+/// [`SECOND_INTERRUPT`] (or the first, with `--cancel-on-interrupt`) cancels it.
+async fn on_interrupt(client: &Client, job: JobId, cancel_on_interrupt: bool) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    if !cancel_on_interrupt {
+        note(format_args!(
+            "\ninterrupted: job {job} goes on without this command; `kiln status {job}` shows where it stands, \
+             `kiln result {job}` prints its result once it ends and `kiln cancel {job}` cancels it \
+             (press Ctrl-C again within {} s to cancel it now)",
+            SECOND_INTERRUPT.as_secs()
+        ));
+        if tokio::time::timeout(SECOND_INTERRUPT, tokio::signal::ctrl_c()).await.is_err() {
+            return Err(Interrupted.into());
+        }
+    }
+    let status = client
+        .cancel(job)
+        .await
+        .with_context(|| format!("cannot cancel job {job}: `kiln cancel {job}` tries again"))?;
+    note(format_args!("\ncancelled job {job}: it is {}", status.state.as_str()));
+    Err(Interrupted.into())
+}
+
+/// Refuses an output file whose directory does not exist, before anything is submitted.
+fn check_output_dir(path: &Path) -> anyhow::Result<()> {
+    let dir = output_dir(path);
+    if !dir.is_dir() {
+        anyhow::bail!(
+            "cannot write the result to {}: the directory {} does not exist: create it or name another file",
+            path.display(),
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn output_dir(path: &Path) -> &Path {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir,
+        _ => Path::new("."),
+    }
+}
+
+/// Writes a job's result to `path` through a temporary file beside it, so that the file is
+/// either the whole result or untouched.
+fn write_output(path: &Path, job: JobId, output: &str) -> anyhow::Result<()> {
+    let written = (|| {
+        let mut file = tempfile::NamedTempFile::new_in(output_dir(path))?;
+        file.write_all(output.as_bytes())?;
+        file.write_all(b"\n")?;
+        file.as_file().sync_all()?;
+        file.persist(path).map_err(|e| e.error)?;
+        std::io::Result::Ok(())
+    })();
+    written.with_context(|| {
+        format!(
+            "cannot write the result of job {job} to {}: it stays on the controller; `kiln result {job}` prints it",
+            path.display()
+        )
+    })
+}
+
+/// Shows a job's progress until it ends, its build first; prints its result (or writes it to
+/// `output`) or fails with its reason.
+async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::Result<()> {
     let building = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} crates ({elapsed})");
     let mut running: Option<ProgressBar> = None;
     let mut statuses = std::pin::pin!(client.watch(job));
@@ -162,7 +248,8 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         let status = status.map_err(|error| {
             anyhow::anyhow!(
                 "stopped following job {job}: {}: the job goes on without this command; `kiln status {job}` \
-                 shows where it stands and `kiln result {job}` prints its result once it ends",
+                 shows where it stands, `kiln result {job}` prints its result once it ends and \
+                 `kiln cancel {job}` cancels it",
                 kiln_engine::errors::chain(&error)
             )
         })?;
@@ -201,8 +288,15 @@ async fn follow(client: &Client, job: JobId) -> anyhow::Result<()> {
         note(summary(status));
     }
     // A failure or cancellation comes back as an error with its reason.
-    let output = client.result(job).await?;
-    println(output)
+    let result = client.result(job).await?;
+    match output {
+        Some(path) => {
+            write_output(path, job, &result)?;
+            note(format_args!("wrote the result to {}", path.display()));
+            Ok(())
+        }
+        None => println(result),
+    }
 }
 
 /// `kiln status JOB`.

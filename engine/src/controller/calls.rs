@@ -30,7 +30,9 @@ pub(super) type CallResult<T> = Result<Result<T, TaskError>, tarpc::client::RpcE
 pub(super) fn classify<T>(result: CallResult<T>, deadline: Duration) -> Result<T, Failure> {
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message))) => Err(Failure::Attempt(message)),
+        Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message) | TaskError::Storage(message))) => {
+            Err(Failure::Attempt(message))
+        }
         Ok(Err(TaskError::Fatal(message))) => Err(Failure::Fatal(message)),
         Ok(Err(TaskError::Interrupted(message))) => Err(Failure::Interrupted(message)),
         Ok(Err(TaskError::NotPrepared(_))) => Err(Failure::NotPrepared),

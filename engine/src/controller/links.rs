@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
+use futures::{StreamExt, TryStreamExt};
 use rustls::{ClientConfig, ServerConfig};
 use serde_bytes::ByteBuf;
 use tarpc::server::{BaseChannel, Channel};
@@ -18,7 +18,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 use super::service::ControllerService;
 use super::{ControllerConfig, ControllerError};
@@ -27,6 +27,7 @@ use crate::rpc::{
 };
 use crate::telemetry::metrics::Counted;
 use crate::tls::ca::{ClusterCa, load_operator_cert};
+use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, Link};
 use crate::tls::{Fingerprint, TlsError, verify};
@@ -37,6 +38,12 @@ const MAX_CHANNELS_PER_IP: u32 = 64;
 
 /// Connections in all, so that a flood of them cannot exhaust file descriptors.
 const MAX_CHANNELS: usize = 1024;
+
+/// Connections that have made no authenticated call yet, in all and from one IP address: each
+/// holds at most a [`PRE_AUTH_FRAME_BYTES`](gate::PRE_AUTH_FRAME_BYTES) frame and its TLS buffers, so strangers together
+/// hold a few tens of MiB at most (see [`crate::tls::gate`]).
+const MAX_UNAUTHENTICATED: usize = 128;
+const MAX_UNAUTHENTICATED_PER_IP: u32 = 16;
 
 /// Requests in flight on one connection: long-polls of many jobs, uploads, and a margin.
 const MAX_REQUESTS_PER_CHANNEL: usize = 128;
@@ -208,11 +215,14 @@ impl Links {
 }
 
 /// Accepts connections: runs each TLS handshake in its own task (a slow one holds no one
-/// else up), with limits per IP address and in all, and serves each link's calls.
+/// else up), with limits per IP address and in all, on connections and on unauthenticated
+/// ones, and serves each link's calls.
 pub(super) async fn accept_loop(listener: TcpListener, server: Option<Arc<ServerConfig>>, service: ControllerService) {
     let mut channels = JoinSet::new();
     let all_channels = Arc::new(Semaphore::new(MAX_CHANNELS));
+    let unauthenticated = Arc::new(Semaphore::new(MAX_UNAUTHENTICATED));
     let per_ip: Arc<Mutex<HashMap<IpAddr, u32>>> = Arc::default();
+    let unauthenticated_per_ip: Arc<Mutex<HashMap<IpAddr, u32>>> = Arc::default();
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(accepted) => accepted,
@@ -224,39 +234,68 @@ pub(super) async fn accept_loop(listener: TcpListener, server: Option<Arc<Server
         };
         while channels.try_join_next().is_some() {}
         let Ok(permit) = Arc::clone(&all_channels).try_acquire_owned() else {
-            warn!("{MAX_CHANNELS} connections are open: refusing another");
+            warn!(peer = %peer, "{MAX_CHANNELS} connections are open: refusing another");
             continue;
         };
-        let Some(slot) = IpSlot::take(&per_ip, peer.ip()) else {
+        let Some(slot) = IpSlot::take(&per_ip, peer.ip(), MAX_CHANNELS_PER_IP) else {
             warn!(peer = %peer, "{MAX_CHANNELS_PER_IP} connections from this address are open: refusing another");
             continue;
         };
+        let Ok(unauthenticated_permit) = Arc::clone(&unauthenticated).try_acquire_owned() else {
+            warn!(peer = %peer, "{MAX_UNAUTHENTICATED} connections have made no authenticated call yet: refusing another");
+            continue;
+        };
+        let Some(unauthenticated_slot) = IpSlot::take(&unauthenticated_per_ip, peer.ip(), MAX_UNAUTHENTICATED_PER_IP)
+        else {
+            warn!(
+                peer = %peer,
+                "{MAX_UNAUTHENTICATED_PER_IP} connections from this address have made no authenticated call yet: \
+                 refusing another"
+            );
+            continue;
+        };
+        let gate = Gate::closed((unauthenticated_permit, unauthenticated_slot));
         let (service, server) = (service.clone(), server.clone());
         channels.spawn(async move {
             let _held = (permit, slot);
             let link = match link::accept(tcp, server).await {
                 Ok(link) => link,
                 Err(e) => {
-                    debug!(peer = %peer, "handshake failed: {e}");
+                    info!(peer = %peer, "closed a connection whose TLS handshake failed: {e}");
                     return;
                 }
             };
-            serve_link(link, service).await;
+            serve_link(link, service, gate).await;
         });
     }
 }
 
-async fn serve_link(link: Link, service: ControllerService) {
+/// Serves a link's calls until it closes, it breaks, or it goes [`PRE_AUTH_TIMEOUT`] without
+/// an authenticated call.
+async fn serve_link(link: Link, service: ControllerService, gate: Gate) {
     let peer = link.peer_cert().map(|cert| Fingerprint::of(cert));
-    let transport =
-        link::transport::<tarpc::ClientMessage<ControllerRequest>, tarpc::Response<ControllerResponse>>(link);
-    let service = ControllerService { peer, ..service };
+    let peer_addr = link.peer_addr();
+    let transport = gate::transport::<tarpc::ClientMessage<ControllerRequest>, tarpc::Response<ControllerResponse>>(
+        link,
+        gate.clone(),
+    )
+    .inspect_err(move |e| info!(peer = %peer_addr, "closed a broken connection: {e}"));
+    let service = ControllerService { peer, gate: gate.clone(), ..service };
     let calls = service.shared.metrics.rpc.clone();
-    BaseChannel::with_defaults(transport)
+    let serve = BaseChannel::with_defaults(transport)
         .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
         .execute(Counted::new(service.serve(), calls))
-        .for_each_concurrent(None, |request| request)
-        .await;
+        .for_each_concurrent(None, |request| request);
+    tokio::select! {
+        () = serve => {}
+        () = gate.still_closed_after(PRE_AUTH_TIMEOUT) => {
+            info!(
+                peer = %peer_addr,
+                "closed a connection that made no authenticated call within {} s",
+                PRE_AUTH_TIMEOUT.as_secs()
+            );
+        }
+    }
 }
 
 /// One connection counted against its IP address's limit, until dropped.
@@ -266,10 +305,10 @@ struct IpSlot {
 }
 
 impl IpSlot {
-    fn take(counts: &Arc<Mutex<HashMap<IpAddr, u32>>>, ip: IpAddr) -> Option<IpSlot> {
+    fn take(counts: &Arc<Mutex<HashMap<IpAddr, u32>>>, ip: IpAddr, limit: u32) -> Option<IpSlot> {
         let mut map = counts.lock().unwrap_or_else(PoisonError::into_inner);
         let count = map.entry(ip).or_insert(0);
-        if *count >= MAX_CHANNELS_PER_IP {
+        if *count >= limit {
             return None;
         }
         *count += 1;

@@ -26,6 +26,7 @@ use crate::rpc::{
 };
 use crate::rules::chunk::{DEFAULT_CHUNK_SIZE, MAX_LINE_BYTES};
 use crate::tls::Fingerprint;
+use crate::tls::gate::Gate;
 
 /// The largest plugin archive accepted: no more than the source it may unpack to.
 const MAX_ARCHIVE_BYTES: usize = MAX_BYTES as usize;
@@ -57,11 +58,14 @@ pub(super) struct ControllerService {
     /// The fingerprint of the client certificate of the link this service answers on (a
     /// worker's), if it presented one.
     pub peer: Option<Fingerprint>,
+    /// The link's gate, opened by the first call that passes its credential check.
+    pub gate: Gate,
 }
 
 impl ControllerService {
     fn check_key(&self, key: &Secret) -> Result<(), RpcError> {
         if self.shared.api_key.matches(key) {
+            self.gate.open();
             Ok(())
         } else {
             Err(RpcError::Unauthorized(
@@ -69,6 +73,16 @@ impl ControllerService {
                     .into(),
             ))
         }
+    }
+
+    /// Opens the link's gate when a worker's call passed its credential check (it answered
+    /// anything but a refusal of its token, secret or certificate).
+    fn passed<T>(&self, answer: Result<T, RpcError>) -> Result<T, RpcError> {
+        if !matches!(answer, Err(RpcError::Unauthorized(_) | RpcError::NotFound(_) | RpcError::VersionMismatch { .. }))
+        {
+            self.gate.open();
+        }
+        answer
     }
 
     /// The status of a job from the store (it ended before this start), or `NotFound`.
@@ -95,8 +109,8 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
             "parameters may be at most {MAX_PARAMS_BYTES} bytes and the input's name {MAX_INPUT_NAME_BYTES}"
         )));
     }
-    let names_bytes: usize = spec.input_files.iter().map(String::len).sum();
-    if spec.input_files.len() > MAX_INPUT_FILES || names_bytes > MAX_INPUT_FILE_NAMES_BYTES {
+    let names_bytes: usize = spec.input_files.iter().chain(&spec.input_urls).map(String::len).sum();
+    if spec.input_files.len() + spec.input_urls.len() > MAX_INPUT_FILES || names_bytes > MAX_INPUT_FILE_NAMES_BYTES {
         return Err(RpcError::Invalid(format!(
             "an input may hold at most {MAX_INPUT_FILES} files whose names take at most {} MiB: submit fewer, \
              larger files, or several jobs",
@@ -129,11 +143,11 @@ fn internal(e: impl std::fmt::Display) -> RpcError {
 
 impl Controller for ControllerService {
     async fn register(self, _: Context, token: Secret, info: WorkerInfo) -> Result<Registration, RpcError> {
-        register(&self.shared, &token, info)
+        self.passed(register(&self.shared, &token, info))
     }
 
     async fn activate(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
-        activate(&self.shared, self.peer, worker_id, &secret).await
+        self.passed(activate(&self.shared, self.peer, worker_id, &secret).await)
     }
 
     async fn renew(
@@ -143,11 +157,11 @@ impl Controller for ControllerService {
         secret: Secret,
         public_key: ByteBuf,
     ) -> Result<WorkerCertificate, RpcError> {
-        renew(&self.shared, self.peer, worker_id, &secret, &public_key)
+        self.passed(renew(&self.shared, self.peer, worker_id, &secret, &public_key))
     }
 
     async fn heartbeat(self, _: Context, worker_id: WorkerId, secret: Secret) -> Result<(), RpcError> {
-        heartbeat(&self.shared, self.peer, worker_id, &secret)
+        self.passed(heartbeat(&self.shared, self.peer, worker_id, &secret))
     }
 
     async fn fetch_plugin(
@@ -157,7 +171,7 @@ impl Controller for ControllerService {
         secret: Secret,
         hash: String,
     ) -> Result<ByteBuf, RpcError> {
-        fetch_plugin(&self.shared, self.peer, worker_id, &secret, &hash).await
+        self.passed(fetch_plugin(&self.shared, self.peer, worker_id, &secret, &hash).await)
     }
 
     async fn upload_plugin(self, _: Context, key: Secret, archive: ByteBuf) -> Result<String, RpcError> {
@@ -192,6 +206,9 @@ impl Controller for ControllerService {
             return Err(RpcError::NotFound(format!("plugin {}: upload it first", spec.plugin_hash)));
         }
         let created_ms = now_ms();
+        if !spec.input_urls.is_empty() {
+            return super::reference::create_job(&self.shared, spec, created_ms).await;
+        }
         let job_id = self.shared.store.insert_job(&spec, created_ms).await.map_err(internal)?;
         let path = self.shared.input_path(job_id);
         if let Err(e) = tokio::fs::File::create(&path).await {
@@ -325,6 +342,7 @@ mod tests {
             processes: 2,
             input_name: "in".into(),
             input_files: Vec::new(),
+            input_urls: Vec::new(),
             max_attempts: 0,
             chunk_size: 0,
             memory_limit: 0,

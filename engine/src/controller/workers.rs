@@ -20,6 +20,7 @@ use tarpc::client::{self, NewClient};
 use tracing::info;
 
 use super::Shared;
+use super::calls::deadline_in;
 use super::state::workers::{PendingWorker, WorkerEntry};
 use crate::rpc::{
     PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
@@ -30,6 +31,10 @@ use crate::tls::{Fingerprint, worker_name};
 
 /// How long dialing a registering worker may take.
 const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// How long a worker dialled back may take to answer the controller's first call (it answers
+/// at once, from memory).
+const HELLO_DEADLINE: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The longest address or host name a worker may give: enough for any DNS name and port.
 const MAX_NAME_LEN: usize = 512;
@@ -99,6 +104,21 @@ pub(super) async fn activate(
             }
         }
     });
+    // A small first call, answered before any large one is sent: it opens the worker's gate
+    // for this link (see `tls::gate`). Job 0 is never a job's id, so releasing it does nothing.
+    match client.release(deadline_in(HELLO_DEADLINE), secret.clone(), 0).await {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => {
+            return Err(RpcError::Invalid(format!("the worker at {} refused the controller: {error}", info.address)));
+        }
+        Err(error) => {
+            return Err(RpcError::Invalid(format!(
+                "the worker at {} did not answer the controller's first call: {}",
+                info.address,
+                crate::errors::chain(&error)
+            )));
+        }
+    }
     let info = WorkerInfo { processes: info.processes.max(1), ..info };
     let entry = WorkerEntry::new(worker_id, info, secret.clone(), client, connection);
     info!(

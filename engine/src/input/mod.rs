@@ -9,6 +9,8 @@
 //! ([`decode`]).
 
 pub mod decode;
+pub mod reference;
+pub mod split;
 
 use std::path::{Path, PathBuf};
 

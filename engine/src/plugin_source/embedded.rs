@@ -16,6 +16,12 @@ const PLUGIN_API_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/lib.rs"))),
     ("src/abi.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/abi.rs"))),
     ("src/export.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/export.rs"))),
+    ("src/partial/mod.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/partial/mod.rs"))),
+    (
+        "src/partial/counter.rs",
+        include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/partial/counter.rs")),
+    ),
+    ("src/partial/top.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/partial/top.rs"))),
 ];
 
 /// The template's manifest, with a `{{name}}` placeholder for the crate name.

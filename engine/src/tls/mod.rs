@@ -9,6 +9,8 @@
 //! - `verify`: the rustls configurations and certificate verifiers of each side.
 //! - `link`: [`Link`], one TCP connection (TLS or, behind an explicit flag, plain) with the
 //!   peer's address and certificate, and the tarpc transport over it.
+//! - `gate`: the servers' side of a link: small frames only until a call on it passed its
+//!   credential check (bounded before authenticated).
 //!
 //! # Who proves what
 //! - The controller presents a certificate for [`CONTROLLER_NAME`] issued by its CA. Clients
@@ -23,6 +25,7 @@
 //! - TLS 1.3 only, with the `ring` provider.
 
 pub mod ca;
+pub mod gate;
 pub mod key;
 pub mod link;
 pub mod verify;

@@ -36,7 +36,7 @@ pub fn word_count(path: &Path) -> anyhow::Result<BTreeMap<String, u64>> {
 }
 
 /// Splits `text` into about `n` pieces, each ending at a line end.
-fn split_at_lines(text: &str, n: usize) -> Vec<&str> {
+pub(super) fn split_at_lines(text: &str, n: usize) -> Vec<&str> {
     let target = text.len().div_ceil(n.max(1)).max(1);
     let mut pieces = Vec::with_capacity(n + 1);
     let mut rest = text;

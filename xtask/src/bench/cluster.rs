@@ -16,6 +16,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use anyhow::{Context, bail};
 
 use super::Bench;
+use super::netsim::Host;
 
 /// How long a daemon may take to print its address, and a worker to join.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -40,9 +41,20 @@ pub struct Cluster {
     /// Declared before the controller: fields drop in order, and workers stop first.
     workers: Vec<Daemon>,
     controller: Daemon,
+    /// Where the processes run: all on this machine's loopback, or on simulated hosts.
+    placement: Option<Placement>,
     /// The controller's data directory; declared last so that it is removed after the daemons
     /// stopped.
     _data_dir: tempfile::TempDir,
+}
+
+/// Simulated hosts (network namespaces, see [`super::netsim`]) for the controller, the client
+/// and each worker in turn.
+#[derive(Debug, Clone)]
+pub struct Placement {
+    pub controller: Host,
+    pub client: Host,
+    pub workers: Vec<Host>,
 }
 
 /// How a bench cluster's links run: TLS (the default) or plain TCP (`--insecure-plaintext`),
@@ -91,12 +103,25 @@ impl Cluster {
 
     /// [`Cluster::start`] with its links over `link`.
     pub fn start_on(bench: &Bench, n_workers: usize, processes: u32, link: Link) -> anyhow::Result<Cluster> {
+        Cluster::start_placed(bench, n_workers, processes, link, None)
+    }
+
+    /// [`Cluster::start_on`] with the controller, the workers and the client on simulated hosts.
+    pub fn start_placed(
+        bench: &Bench,
+        n_workers: usize,
+        processes: u32,
+        link: Link,
+        placement: Option<Placement>,
+    ) -> anyhow::Result<Cluster> {
         let data_dir = tempfile::Builder::new()
             .prefix("cluster-")
             .tempdir_in(&bench.work)
             .context("cannot make the controller's data directory")?;
-        let mut command = daemon_command(bench);
-        command.arg("controller").args(["--listen", "127.0.0.1:0"]).arg("--data-dir").arg(data_dir.path());
+        let controller_host = placement.as_ref().map(|p| &p.controller);
+        let mut command = daemon_command(bench, controller_host);
+        let listen = format!("{}:0", controller_host.map_or("127.0.0.1", |host| host.ip.as_str()));
+        command.arg("controller").args(["--listen", &listen]).arg("--data-dir").arg(data_dir.path());
         if link == Link::PlainTcp {
             command.arg("--insecure-plaintext");
         }
@@ -114,6 +139,7 @@ impl Cluster {
             kiln: bench.kiln.clone(),
             workers: Vec::new(),
             controller,
+            placement,
             _data_dir: data_dir,
         };
         for _ in 0..n_workers {
@@ -124,9 +150,17 @@ impl Cluster {
 
     /// Starts one more worker of `processes` and waits until the controller lists it.
     pub fn add_worker(&mut self, bench: &Bench, processes: u32) -> anyhow::Result<()> {
-        let mut command = daemon_command(bench);
+        let host = match &self.placement {
+            Some(placement) => {
+                Some(placement.workers.get(self.workers.len()).context("more workers than simulated hosts for them")?)
+            }
+            None => None,
+        };
+        let mut command = daemon_command(bench, host);
+        let listen = format!("{}:0", host.map_or("127.0.0.1", |host| host.ip.as_str()));
         command
             .arg("worker")
+            .args(["--listen", &listen])
             .args(["--controller", &self.addr, "--join-token", &self.join_token])
             .args(["--processes", &processes.to_string()]);
         let (worker, _) = Daemon::spawn(command, "worker")?;
@@ -225,17 +259,32 @@ impl Cluster {
 
     /// A `kiln` client command for this cluster.
     fn client(&self, subcommand: &str) -> Command {
-        let mut command = Command::new(&self.kiln);
+        let mut command = kiln_on(&self.kiln, self.placement.as_ref().map(|p| &p.client));
         command.env("RUST_LOG", "warn").arg(subcommand).args(["--controller", &self.addr, "--api-key", &self.api_key]);
         command
     }
 }
 
-/// The `kiln` command of a daemon: the bench's plugin cache, plain log lines at info level.
-fn daemon_command(bench: &Bench) -> Command {
-    let mut command = bench.kiln();
+/// The `kiln` command of a daemon on `host` (this machine's own network if `None`): the
+/// bench's plugin cache, plain log lines at info level.
+fn daemon_command(bench: &Bench, host: Option<&Host>) -> Command {
+    let mut command = kiln_on(&bench.kiln, host);
+    command.env("KILN_CACHE_DIR", &bench.cache_dir).env("KILN_TARGET_DIR", &bench.target_dir);
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     command
+}
+
+/// `kiln` run in `host`'s network namespace (`ip netns exec` enters it and then becomes
+/// kiln, keeping the pid), or directly.
+fn kiln_on(kiln: &Path, host: Option<&Host>) -> Command {
+    match host {
+        Some(host) => {
+            let mut command = Command::new("ip");
+            command.args(["netns", "exec", &host.netns]).arg(kiln);
+            command
+        }
+        None => Command::new(kiln),
+    }
 }
 
 /// A daemon: its process and its log lines, each with the time it arrived.

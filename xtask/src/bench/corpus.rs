@@ -65,6 +65,48 @@ pub fn lines(dir: &Path, n: u64) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+/// A directory of `parts` gzip files (`part-00.gz`, ...) holding `source` cut at line ends, in
+/// order, compressed with the system's `gzip -6 -n` (no name or time stamp, so the bytes are
+/// the same on every run); made if it is not there yet.
+pub fn gzip_parts(dir: &Path, source: &Path, parts: usize) -> anyhow::Result<PathBuf> {
+    let name = source.file_stem().context("corpus has a name")?.to_string_lossy().into_owned();
+    let out = dir.join(format!("{name}-gz{parts}"));
+    if out.exists() {
+        return Ok(out);
+    }
+    eprintln!("compressing {} into {parts} gzip files", source.display());
+    let partial = dir.join(format!("{name}-gz{parts}.partial"));
+    let _ = std::fs::remove_dir_all(&partial);
+    std::fs::create_dir_all(&partial)?;
+    let text = std::fs::read(source)?;
+    let per_part = text.len().div_ceil(parts.max(1)).max(1);
+    let mut rest = &text[..];
+    for part in 0..parts {
+        let cut = match part + 1 == parts {
+            true => rest.len(),
+            false => rest
+                .get(per_part..)
+                .and_then(|tail| memchr::memchr(b'\n', tail))
+                .map_or(rest.len(), |i| per_part + i + 1),
+        };
+        let (piece, tail) = rest.split_at(cut);
+        rest = tail;
+        let file = File::create(partial.join(format!("part-{part:02}.gz")))?;
+        let mut gzip = std::process::Command::new("gzip")
+            .args(["-6", "-n", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(file)
+            .spawn()
+            .context("running gzip (Debian's gzip package)")?;
+        gzip.stdin.take().context("gzip's stdin")?.write_all(piece)?;
+        if !gzip.wait()?.success() {
+            anyhow::bail!("gzip failed on part {part} of {}", source.display());
+        }
+    }
+    std::fs::rename(&partial, &out)?;
+    Ok(out)
+}
+
 /// Writes to a temporary file and renames it, so an interrupted run leaves no half file.
 fn generate(path: &Path, write: impl FnOnce(&mut BufWriter<File>) -> std::io::Result<()>) -> anyhow::Result<()> {
     std::fs::create_dir_all(path.parent().context("input path has a parent")?)?;

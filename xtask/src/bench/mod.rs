@@ -2,8 +2,10 @@
 //!
 //! Everything runs the release `kiln` binary as a user would, on deterministic inputs
 //! ([`corpus`]), each measure after a warm-up run, reporting the median and the spread. Word
-//! count is compared with [`baseline`], a direct rayon program over the same file and cores in
-//! the same run, and the two outputs are checked to be equal before any figure is reported.
+//! count is compared with [`streaming`], a plain parallel program that reads its own byte ranges,
+//! measured alternately with Kiln in the same run (and beside it [`baseline`], the earlier
+//! read-then-split rayon program, for continuity); outputs are checked to be equal before any
+//! figure is reported.
 //! [`measures`] runs `kiln run-local`; [`cluster_measures`] runs a controller and workers on this
 //! machine ([`cluster`]) and goes through `kiln submit`.
 
@@ -13,8 +15,12 @@ mod cluster_measures;
 mod corpus;
 mod limits;
 mod measures;
+mod natural;
+mod netsim;
 mod quiet;
 mod report;
+mod scaling;
+mod streaming;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -64,6 +70,13 @@ pub enum Measure {
     Plugins,
     /// The sandbox's set-up time per executor start (section 7).
     Sandbox,
+    /// Word count over a directory of gzip files (section 8).
+    Compressed,
+    /// Uploaded and by-reference input on simulated hosts behind a limited link (section 9).
+    Scaling,
+    /// A naive word count as a plugin and as a plain program, and the API `Counter` plugin
+    /// against the baseline (section 10).
+    Natural,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -156,6 +169,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if wanted(Measure::Sandbox) {
         measures::sandbox_setup(&bench, &mut report)?;
     }
+    if wanted(Measure::Compressed) {
+        measures::compressed(&bench, &mut report)?;
+    }
+    if wanted(Measure::Scaling) {
+        scaling::scaling(&bench, &mut report)?;
+    }
+    if wanted(Measure::Natural) {
+        natural::natural_code(&bench, &mut report)?;
+    }
     report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 
     let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
@@ -231,6 +253,27 @@ impl Samples {
         }
         samples.sort();
         Ok(Samples(samples))
+    }
+
+    /// Runs each of `measures` once to warm up, then `runs` rounds of all of them in turn, so
+    /// that each sees the same machine (a figure divided by another is only fair if both were
+    /// taken under the same load); answers their samples in the order given.
+    fn alternating(
+        runs: usize,
+        measures: &mut [&mut dyn FnMut() -> anyhow::Result<()>],
+    ) -> anyhow::Result<Vec<Samples>> {
+        for measure in measures.iter_mut() {
+            measure()?;
+        }
+        let mut samples = vec![Vec::with_capacity(runs); measures.len()];
+        for _ in 0..runs.max(1) {
+            for (measure, samples) in measures.iter_mut().zip(&mut samples) {
+                let started = Instant::now();
+                measure()?;
+                samples.push(started.elapsed());
+            }
+        }
+        Ok(samples.into_iter().map(Samples::from_durations).collect())
     }
 
     /// Durations measured some other way (from a job's status).

@@ -28,7 +28,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use futures::{StreamExt, future};
+use futures::{StreamExt, TryStreamExt, future};
 use serde_bytes::ByteBuf;
 use tarpc::context::Context;
 use tarpc::server::{BaseChannel, Channel};
@@ -39,13 +39,16 @@ use tracing::Instrument;
 use self::metrics::{BuildLabels, WorkerMetrics};
 use self::registrar::Registrar;
 use self::state::{State, lock};
+use crate::input::reference;
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
+use crate::rpc::input::ChunkSource;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
 use crate::tls::TlsError;
 use crate::tls::ca::WorkerKey;
+use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig, Warmed};
@@ -54,6 +57,10 @@ use crate::worker::executor::{ChunkText, ExecutorConfig};
 /// Connections one peer address may hold open to the service: the controller needs one or two;
 /// the limit keeps a stranger from exhausting the worker's sockets.
 const MAX_CHANNELS_PER_PEER: u32 = 8;
+
+/// Plain-TCP connections that have made no authenticated call yet; each holds at most a
+/// [`PRE_AUTH_FRAME_BYTES`](gate::PRE_AUTH_FRAME_BYTES) frame (see [`crate::tls::gate`]).
+const MAX_UNAUTHENTICATED: usize = 16;
 
 /// Requests in flight on one connection. The controller sends at most `processes` calls
 /// (batches of chunks, a few MiB each) per job at once; anything beyond this is refused, which
@@ -258,7 +265,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         // comes meanwhile waits on the owner's build lock, then finds the dependencies compiled.
         tasks.spawn(warm(builder, owner, metrics));
     }
-    tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state) }));
+    tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state), gate: Gate::opened() }));
     let registrar = Registrar {
         controller: config.controller.clone(),
         trust: token.trust,
@@ -314,6 +321,7 @@ async fn warm(builder: Builder, owner: Owner, metrics: WorkerMetrics) {
 /// is accepted before the first), which ends with this one.
 async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServer) {
     let per_peer: Arc<Mutex<HashMap<IpAddr, u32>>> = Arc::default();
+    let unauthenticated = Arc::new(tokio::sync::Semaphore::new(MAX_UNAUTHENTICATED));
     let mut connections = JoinSet::new();
     loop {
         let Ok((tcp, peer)) = listener.accept().await else {
@@ -334,29 +342,68 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
             let mut counts = lock(&per_peer);
             let count = counts.entry(peer.ip()).or_insert(0);
             if *count >= MAX_CHANNELS_PER_PEER {
+                tracing::warn!(peer = %peer, "{MAX_CHANNELS_PER_PEER} connections from this address are open: refusing another");
                 continue;
             }
             *count += 1;
         }
-        let (server, per_peer) = (server.clone(), Arc::clone(&per_peer));
-        connections.spawn(async move {
-            if let Ok(link) = link::accept(tcp, config).await {
-                let transport = link::transport(link);
-                let calls = server.state.metrics.rpc.clone();
-                BaseChannel::with_defaults(transport)
-                    .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
-                    .execute(Counted::new(server.serve(), calls))
-                    .for_each_concurrent(None, |request| request)
-                    .await;
-            }
-            let mut counts = lock(&per_peer);
-            if let Some(count) = counts.get_mut(&peer.ip()) {
-                *count -= 1;
-                if *count == 0 {
-                    counts.remove(&peer.ip());
+        // Over TLS only the controller gets through the handshake; on plain TCP a link is
+        // trusted once a call on it carried the secret.
+        let gate = if tls {
+            Gate::opened()
+        } else {
+            match Arc::clone(&unauthenticated).try_acquire_owned() {
+                Ok(permit) => Gate::closed(permit),
+                Err(_) => {
+                    tracing::warn!(
+                        peer = %peer,
+                        "{MAX_UNAUTHENTICATED} connections have made no authenticated call yet: refusing another"
+                    );
+                    release_peer(&per_peer, peer.ip());
+                    continue;
                 }
             }
+        };
+        let (server, per_peer) = (server.clone(), Arc::clone(&per_peer));
+        connections.spawn(async move {
+            match link::accept(tcp, config).await {
+                Ok(link) => serve_link(link, WorkerServer { gate, ..server }).await,
+                Err(e) => tracing::info!(peer = %peer, "closed a connection whose TLS handshake failed: {e}"),
+            }
+            release_peer(&per_peer, peer.ip());
         });
+    }
+}
+
+/// Serves a link's calls until it closes, it breaks, or it goes [`PRE_AUTH_TIMEOUT`] without
+/// an authenticated call.
+async fn serve_link(link: link::Link, server: WorkerServer) {
+    let peer = link.peer_addr();
+    let gate = server.gate.clone();
+    let transport = gate::transport(link, gate.clone())
+        .inspect_err(move |e| tracing::info!(peer = %peer, "closed a broken connection: {e}"));
+    let calls = server.state.metrics.rpc.clone();
+    let serve = BaseChannel::with_defaults(transport)
+        .max_concurrent_requests(MAX_REQUESTS_PER_CHANNEL)
+        .execute(Counted::new(server.serve(), calls))
+        .for_each_concurrent(None, |request| request);
+    tokio::select! {
+        () = serve => {}
+        () = gate.still_closed_after(PRE_AUTH_TIMEOUT) => tracing::info!(
+            peer = %peer,
+            "closed a connection that made no authenticated call within {} s",
+            PRE_AUTH_TIMEOUT.as_secs()
+        ),
+    }
+}
+
+fn release_peer(per_peer: &Mutex<HashMap<IpAddr, u32>>, ip: IpAddr) {
+    let mut counts = lock(per_peer);
+    if let Some(count) = counts.get_mut(&ip) {
+        *count -= 1;
+        if *count == 0 {
+            counts.remove(&ip);
+        }
     }
 }
 
@@ -364,11 +411,22 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
 #[derive(Clone)]
 struct WorkerServer {
     state: Arc<State>,
+    /// The link's gate, opened by the first call that carries the secret.
+    gate: Gate,
+}
+
+impl WorkerServer {
+    /// Checks the secret a call carries; a link that passes reads large frames from now on.
+    async fn authorize(&self, secret: &Secret) -> Result<(), TaskError> {
+        self.state.authorize(secret).await?;
+        self.gate.open();
+        Ok(())
+    }
 }
 
 impl Worker for WorkerServer {
     async fn prepare(self, _: Context, secret: Secret, job: JobId, plugin: JobPlugin) -> Result<(), TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let JobPlugin { owner, plugin_hash, params, limits } = plugin;
         let owner = Owner::parse(&owner)
             .map_err(|error| RpcError::Invalid(format!("the controller sent an unusable owner: {error}")))?;
@@ -387,18 +445,40 @@ impl Worker for WorkerServer {
         job: JobId,
         chunks: Vec<ChunkInput>,
     ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let n_chunks = chunks.len();
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
         let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
-        let chunks = chunks
-            .into_iter()
-            .map(|chunk| ChunkText::new(chunk.file, chunk.first_line, Bytes::from(chunk.text.into_vec())))
-            .collect();
         let started = std::time::Instant::now();
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
-        let results = runner.run_batch(job, chunks).instrument(span.clone()).await;
+        // Chunks of an input read by reference are read here, from the store; one that cannot
+        // be read answers why, and the others run.
+        let mut texts = Vec::with_capacity(n_chunks);
+        let mut unread = Vec::with_capacity(n_chunks);
+        for chunk in chunks {
+            let text = match &chunk.source {
+                None => Ok(Bytes::from(chunk.text.into_vec())),
+                Some(source) => read_chunk(source).instrument(span.clone()).await.map(Bytes::from),
+            };
+            match text {
+                Ok(text) => {
+                    self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
+                    texts.push(ChunkText::new(chunk.file, chunk.first_line, text));
+                    unread.push(None);
+                }
+                Err(error) => unread.push(Some(error)),
+            }
+        }
+        let results = runner.run_batch(job, texts).instrument(span.clone()).await;
+        let mut results = results.into_iter();
+        let results: Vec<Result<Bytes, TaskError>> = unread
+            .into_iter()
+            .map(|error| match error {
+                Some(error) => Err(error),
+                None => results.next().unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+            })
+            .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
         span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
@@ -412,7 +492,7 @@ impl Worker for WorkerServer {
         job: JobId,
         partials: Vec<ByteBuf>,
     ) -> Result<Option<ByteBuf>, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
         let merged = runner.combine(partials).await?;
@@ -426,14 +506,14 @@ impl Worker for WorkerServer {
         job: JobId,
         partials: Vec<ByteBuf>,
     ) -> Result<String, TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
         runner.aggregate(partials).await
     }
 
     async fn release(self, _: Context, secret: Secret, job: JobId) -> Result<(), TaskError> {
-        self.state.authorize(&secret).await?;
+        self.authorize(&secret).await?;
         self.state.release(job).await;
         Ok(())
     }
@@ -442,6 +522,19 @@ impl Worker for WorkerServer {
         self.state.authorize(&secret).await?;
         Ok(self.state.build_progress(job))
     }
+}
+
+/// Reads a chunk of an input read by reference. A changed object or unusable content fails
+/// the job (no attempt can help); a store that refuses or fails the read fails this attempt,
+/// with the store's message, and the chunk is tried again, on another worker where one exists.
+async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, TaskError> {
+    reference::read_chunk(source).await.map_err(|error| {
+        tracing::warn!(url = %source.url, "cannot read a chunk by reference: {error}");
+        match error.is_final() {
+            true => TaskError::Fatal(error.to_string()),
+            false => TaskError::Storage(error.to_string()),
+        }
+    })
 }
 
 /// The answer for a build failure: the plugin's own fault (cargo's words) or the worker's.

@@ -8,6 +8,7 @@
 
 use std::cmp::Ordering;
 
+use kiln_plugin_api::partial::Merge;
 use kiln_plugin_api::{Chunk, MapReduce};
 use serde::{Deserialize, Serialize};
 
@@ -70,12 +71,10 @@ impl MapReduce for CsvStats {
         Ok(partial)
     }
 
-    fn combine(&self, partials: Vec<Partial>) -> Option<Result<Partial, String>> {
-        Some(Ok(merge(partials)))
-    }
+    // No `combine`: `Partial` implements `Merge`, and Kiln combines with that.
 
     fn aggregate(&self, partials: Vec<Partial>) -> Result<Output, String> {
-        let total = merge(partials);
+        let total = Partial::merge_all(partials);
         let sum = total.sum.value();
         Ok(Output {
             count: total.count,
@@ -99,20 +98,20 @@ impl Partial {
     }
 }
 
-fn merge(partials: Vec<Partial>) -> Partial {
-    let mut total = Partial::default();
-    for partial in partials {
-        total.count += partial.count;
-        total.skipped += partial.skipped;
-        total.sum.merge(&partial.sum);
-        if let Some(min) = partial.min {
-            total.min = Some(extreme(total.min, min, Ordering::Less));
+/// The statistics of some lines followed by others. (Not the API's `Min` and `Max`: IEEE's
+/// `PartialOrd` calls -0.0 and 0.0 equal, so which one they keep would depend on the split.)
+impl Merge for Partial {
+    fn merge(&mut self, other: Partial) {
+        self.count += other.count;
+        self.skipped += other.skipped;
+        self.sum.merge(&other.sum);
+        if let Some(min) = other.min {
+            self.min = Some(extreme(self.min, min, Ordering::Less));
         }
-        if let Some(max) = partial.max {
-            total.max = Some(extreme(total.max, max, Ordering::Greater));
+        if let Some(max) = other.max {
+            self.max = Some(extreme(self.max, max, Ordering::Greater));
         }
     }
-    total
 }
 
 /// `x` if it is beyond `current` in direction `wanted`, else `current`. IEEE's total order
@@ -270,7 +269,7 @@ mod tests {
         let plugin = CsvStats::new("0").unwrap();
         let first = plugin.run(&Chunk::new("3\nx\n", 1)).unwrap();
         let second = plugin.run(&Chunk::new("5\n", 3)).unwrap();
-        let merged = plugin.combine(vec![first, second]).unwrap().unwrap();
+        let merged = Partial::merge_all(vec![first, second]);
         let output = plugin.aggregate(vec![merged, Partial::default()]).unwrap();
         let expected = Output { count: 2, sum: 8.0, min: Some(3.0), max: Some(5.0), mean: Some(4.0), skipped: 1 };
         assert_eq!(output, expected);

@@ -5,6 +5,7 @@
 //! `{"line": N, "text": "..."}` in input order, `N` counted from 1 within the line's file, with
 //! `"file": "..."` first when the input holds more than one (non-empty) file.
 
+use kiln_plugin_api::partial::Merge;
 use kiln_plugin_api::{Chunk, MapReduce};
 use regex::Regex;
 use serde::{Deserialize, Serialize};
@@ -61,12 +62,10 @@ impl MapReduce for Grep {
         Ok(Matches { files: vec![chunk.file().to_owned()], lines })
     }
 
-    fn combine(&self, partials: Vec<Matches>) -> Option<Result<Matches, String>> {
-        Some(Ok(concat(partials)))
-    }
+    // No `combine`: `Matches` implements `Merge`, and Kiln combines with that.
 
     fn aggregate(&self, partials: Vec<Matches>) -> Result<Vec<Match>, String> {
-        let Matches { files, lines } = concat(partials);
+        let Matches { files, lines } = Matches::merge_all(partials);
         // Every non-empty file has a chunk, so `files` holds all of them.
         let several = files.len() > 1;
         Ok(lines
@@ -76,21 +75,19 @@ impl MapReduce for Grep {
     }
 }
 
-/// Joins partials in input order, moving the matches; a file whose chunks are in two partials
+/// Appends the matches of the chunks that follow, moving them; a file whose chunks are in both
 /// is listed once.
-fn concat(partials: Vec<Matches>) -> Matches {
-    let mut joined = Matches::default();
-    for partial in partials {
-        let mut places = Vec::with_capacity(partial.files.len());
-        for name in partial.files {
-            if joined.files.last() != Some(&name) {
-                joined.files.push(name);
+impl Merge for Matches {
+    fn merge(&mut self, other: Matches) {
+        let mut places = Vec::with_capacity(other.files.len());
+        for name in other.files {
+            if self.files.last() != Some(&name) {
+                self.files.push(name);
             }
-            places.push(joined.files.len() as u32 - 1);
+            places.push(self.files.len() as u32 - 1);
         }
-        joined.lines.extend(partial.lines.into_iter().map(|(file, line, text)| (places[file as usize], line, text)));
+        self.lines.extend(other.lines.into_iter().map(|(file, line, text)| (places[file as usize], line, text)));
     }
-    joined
 }
 
 kiln_plugin_api::export_plugin!(Grep);
@@ -127,7 +124,7 @@ mod tests {
         let first = plugin.run(&Chunk::in_file("ab\nc\n", "one.txt", 1)).unwrap();
         let second = plugin.run(&Chunk::in_file("x\nbb\n", "one.txt", 3)).unwrap();
         let third = plugin.run(&Chunk::in_file("nothing\n", "two.txt", 1)).unwrap();
-        let merged = plugin.combine(vec![first, second]).unwrap().unwrap();
+        let merged = Matches::merge_all(vec![first, second]);
         assert_eq!(merged.files, ["one.txt"], "one file's chunks are one file");
         let output = plugin.aggregate(vec![merged, third]).unwrap();
         let json = serde_json::to_string(&output).unwrap();
@@ -139,7 +136,7 @@ mod tests {
         let plugin = Grep::new("b").unwrap();
         let first = plugin.run(&Chunk::in_file("ab\nc\n", "in.txt", 1)).unwrap();
         let second = plugin.run(&Chunk::in_file("bb\n", "in.txt", 3)).unwrap();
-        let merged = plugin.combine(vec![first, second]).unwrap().unwrap();
+        let merged = Matches::merge_all(vec![first, second]);
         let output = plugin.aggregate(vec![merged]).unwrap();
         let json = serde_json::to_string(&output).unwrap();
         assert_eq!(json, r#"[{"line":1,"text":"ab"},{"line":3,"text":"bb"}]"#);
