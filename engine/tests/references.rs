@@ -3,7 +3,8 @@
 //! uploaded and what an independent computation here gives, with 1 and 3 workers and split
 //! sizes that cut lines; the controller receives no input byte. A missing object, or a path the
 //! controller may not read, fails the submission naming the input and leaves no job; an object
-//! replaced during the job fails it clearly.
+//! replaced during the job fails it clearly; a worker that cannot read the store fails its
+//! chunks with the store's message and they are retried on another.
 
 #[path = "util/cluster.rs"]
 mod cluster;
@@ -12,9 +13,10 @@ mod util;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
+use std::process::Command;
 
-use cluster::{Cluster, Daemon};
-use serde_json::Value;
+use cluster::{Cluster, Daemon, JOIN_TOKEN};
+use serde_json::{Value, json};
 use util::{Run, example, word_counts, word_text};
 
 /// Small splits, so that every file makes several and most cut a line.
@@ -27,8 +29,8 @@ fn gzip(text: &str) -> Vec<u8> {
 }
 
 /// A directory of plain, gzip, zstd and empty files, one without a final newline, and a hidden
-/// file a prefix leaves out; answers the plain text of the files it takes, in path order.
-fn objects(dir: &Path) -> String {
+/// file a prefix leaves out; answers the files it takes, in path order: path and plain text.
+fn objects(dir: &Path) -> Vec<(&'static str, String)> {
     std::fs::create_dir_all(dir.join("sub")).unwrap();
     let a = word_text(21, 2_000);
     let b = word_text(22, 1_500);
@@ -40,8 +42,35 @@ fn objects(dir: &Path) -> String {
     std::fs::write(dir.join("sub/c.zst"), zstd::encode_all(c.as_bytes(), 3).unwrap()).unwrap();
     std::fs::write(dir.join("sub/d.txt"), &d).unwrap();
     std::fs::write(dir.join(".hidden"), "never read\n").unwrap();
-    // Files end their last line: lines never join across files.
-    [a, b, c, d].iter().map(|text| format!("{}\n", text.trim_end_matches('\n'))).collect()
+    vec![("a.txt", a), ("b.log", b), ("c.empty", String::new()), ("sub/c.zst", c), ("sub/d.txt", d)]
+}
+
+/// The files' text one after another; a file ends its last line (lines never join across
+/// files).
+fn concatenated(files: &[(&str, String)]) -> String {
+    files
+        .iter()
+        .filter(|(_, text)| !text.is_empty())
+        .map(|(_, text)| format!("{}\n", text.trim_end_matches('\n')))
+        .collect()
+}
+
+const PATTERN: &str = r"^Word0\b|日本14 |w4[0-2]$";
+
+/// What grep finds in the files (named `prefix` + path), computed here: each match with its
+/// file's name and its line within that file.
+fn grep_expected(prefix: &str, files: &[(&str, String)]) -> Value {
+    let regex = regex::Regex::new(PATTERN).unwrap();
+    let mut matches = Vec::new();
+    for (path, text) in files {
+        for (i, line) in text.lines().enumerate() {
+            if regex.is_match(line) {
+                matches.push(json!({"file": format!("{prefix}{path}"), "line": i + 1, "text": line}));
+            }
+        }
+    }
+    assert!(matches.len() > 20, "the pattern matches lines in many chunks");
+    Value::from(matches)
 }
 
 fn url_of(path: &Path) -> String {
@@ -86,9 +115,10 @@ fn cluster(n_workers: usize, root: &Path) -> Cluster {
 fn a_prefix_read_by_reference_gives_what_its_files_give_uploaded_and_sends_no_byte_through_the_controller() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let text = objects(&data);
-    let expected = word_counts(&text);
+    let files = objects(&data);
+    let expected = word_counts(&concatenated(&files));
     let prefix = url_of(&data);
+    let expected_grep = grep_expected(&format!("{prefix}/"), &files);
     let mut uploaded = None;
     for n_workers in [1, 3] {
         let cluster = cluster(n_workers, dir.path());
@@ -98,6 +128,14 @@ fn a_prefix_read_by_reference_gives_what_its_files_give_uploaded_and_sends_no_by
         let upload = uploaded
             .get_or_insert_with(|| parsed(&submit(&cluster, "wordcount", data.to_str().unwrap(), &[]), "uploaded"));
         assert_eq!(&by_reference, upload, "same counts as the same files uploaded");
+        // grep declares LINE_NUMBERS: chunks in the middle of an object get their true numbers.
+        let grep = parsed(&submit(&cluster, "grep", &prefix, &["--params", PATTERN]), "grep by reference");
+        assert_eq!(grep, expected_grep, "{n_workers} workers: every match with its object and line");
+        if n_workers == 1 {
+            let uploaded_grep = submit(&cluster, "grep", data.to_str().unwrap(), &["--params", PATTERN]);
+            let uploaded_grep = parsed(&uploaded_grep, "grep uploaded").to_string();
+            assert_eq!(uploaded_grep.replace(data.to_str().unwrap(), &prefix), grep.to_string(), "same as uploaded");
+        }
 
         let controller = &cluster.controller;
         let received = metric(controller, "kiln_controller_input_bytes_total{source=\"upload\"}");
@@ -168,4 +206,44 @@ fn an_object_replaced_during_the_job_fails_it_clearly() {
     assert_eq!(status["state"], "Failed", "{status:#}");
     let message = status["failure"]["message"].as_str().unwrap_or_default();
     assert!(message.contains(&format!("the input object {url} changed during the job")), "{message}");
+}
+
+#[test]
+fn a_worker_that_cannot_read_the_store_has_its_chunks_retried_on_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let files = objects(&data);
+    let mut cluster = cluster(0, dir.path());
+    // A worker in a mount namespace of its own, where an empty tmpfs hides the data: every
+    // read it makes fails as a store's read fails when the store is out of reach.
+    let worker = cluster.joining_worker(JOIN_TOKEN, 2);
+    let mut blind = Command::new("unshare");
+    blind
+        .args(["--mount", "--propagation", "private", "sh", "-c"])
+        .arg(r#"mount -t tmpfs none "$1" && shift && exec "$@""#)
+        .arg("sh")
+        .arg(&data)
+        .arg(worker.get_program())
+        .args(worker.get_args());
+    for (key, value) in worker.get_envs() {
+        match value {
+            Some(value) => blind.env(key, value),
+            None => blind.env_remove(key),
+        };
+    }
+    cluster.workers.push(Daemon::start(blind));
+    cluster.add_worker(2);
+    cluster.wait_workers(2);
+
+    let run = submit(&cluster, "wordcount", &url_of(&data), &["--processes", "2"]);
+    assert_eq!(
+        parsed(&run, "wordcount"),
+        word_counts(&concatenated(&files)),
+        "every chunk ran, on the worker that reads"
+    );
+    let jobs = parsed(&cluster.kiln(&["jobs", "--json"]), "jobs");
+    let status = cluster.status(jobs[0]["id"].as_u64().unwrap());
+    assert!(status["retries"].as_u64().unwrap() > 0, "the blind worker's chunks were retried: {status:#}");
+    let said = cluster.workers[0].stderr();
+    assert!(said.contains("cannot read a chunk by reference") && said.contains("not found"), "{said}");
 }

@@ -7,8 +7,9 @@
 //! path, leaving out names starting with `.` or `_` as a local directory does. To tell a
 //! compressed object, the controller reads its first four bytes (nothing more).
 
+use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use futures::TryStreamExt;
 use object_store::path::Path as StorePath;
@@ -21,6 +22,18 @@ use crate::rpc::input::ChunkSource;
 /// How far past a split's end a worker reads in its first request, so that the split's last
 /// line is finished without a second request unless it is longer than this.
 pub const READ_AHEAD: u64 = 64 << 10;
+
+/// How many bytes a worker reads per request when it counts the lines before a split.
+const COUNT_PIECE: u64 = 8 << 20;
+
+/// A chunk read by reference: its lines and where they start in the object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChunkRead {
+    /// Where the lines start in the (decompressed) object.
+    pub offset: u64,
+    /// The lines, UTF-8.
+    pub text: Vec<u8>,
+}
 
 /// An object of an input read by reference, as the controller listed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -180,11 +193,11 @@ fn check_version(source: &ChunkSource, meta: &ObjectMeta) -> Result<(), Referenc
 /// Reads a chunk of an input read by reference: the lines of its split of the object (the
 /// whole object, decompressed, when it is compressed), checked to be UTF-8. Every request
 /// checks that the object still has the version the controller listed.
-pub async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, ReferenceError> {
+pub async fn read_chunk(source: &ChunkSource) -> Result<ChunkRead, ReferenceError> {
     let (store, _, path) = open(&source.url)?;
     let url = source.url.as_str();
     let store_error = |source| ReferenceError::Store { url: url.to_owned(), source };
-    let text = if source.compressed {
+    let (offset, text) = if source.compressed {
         let (bytes, meta) = fetch(&*store, &path, 0..source.size).await.map_err(store_error)?;
         check_version(source, &meta)?;
         let content = |why: String| ReferenceError::Content { url: url.to_owned(), why };
@@ -196,7 +209,8 @@ pub async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, ReferenceError>
         })
         .await
         .map_err(|e| content(e.to_string()))?
-        .map_err(content)?
+        .map_err(content)
+        .map(|text| (0, text))?
     } else {
         let split = Split { start: source.start, end: source.end };
         let fetch_checked = |range: Range<u64>| {
@@ -215,11 +229,54 @@ pub async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, ReferenceError>
                 }
             }
         };
-        split::read_split(split, source.size, READ_AHEAD, fetch_checked).await?.bytes
+        let read = split::read_split(split, source.size, READ_AHEAD, fetch_checked).await?;
+        (read.offset, read.bytes)
     };
     if let Err(e) = std::str::from_utf8(&text) {
         let why = format!("not valid UTF-8 at byte {} of the chunk: convert it to UTF-8 first", e.valid_up_to());
         return Err(ReferenceError::Content { url: url.to_owned(), why });
     }
-    Ok(text)
+    Ok(ChunkRead { offset, text })
+}
+
+/// The line ends a worker has counted from the start of objects, so that a chunk in the middle
+/// of an object learns its first line's number: counting reads the object up to the chunk
+/// once, and goes on from the furthest point counted before it, so a worker reads each object
+/// at most once more whatever the number of its chunks it runs. Only plugins that declare
+/// `LINE_NUMBERS` pay for it.
+#[derive(Default)]
+pub struct LineCounts {
+    /// Per object and version: offsets counted to, and how many line ends lie before each.
+    objects: Mutex<HashMap<(String, String), Counted>>,
+}
+
+/// Offsets of one object counted to, each with how many line ends lie before it; one count
+/// at a time.
+type Counted = Arc<tokio::sync::Mutex<BTreeMap<u64, u64>>>;
+
+impl LineCounts {
+    /// How many line ends lie before `offset` in the (plain) object of `source`.
+    pub async fn before(&self, source: &ChunkSource, offset: u64) -> Result<u64, ReferenceError> {
+        if offset == 0 {
+            return Ok(0);
+        }
+        let key = (source.url.clone(), source.version.clone());
+        let counted = Arc::clone(self.objects.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_default());
+        // One count per object at a time: the next chunk's count goes on from this one's.
+        let mut counted = counted.lock().await;
+        let (mut at, mut count) = counted.range(..=offset).next_back().map_or((0, 0), |(at, count)| (*at, *count));
+        let (store, _, path) = open(&source.url)?;
+        let store_error = |e| ReferenceError::Store { url: source.url.clone(), source: e };
+        while at < offset {
+            let (bytes, meta) = fetch(&*store, &path, at..(at + COUNT_PIECE).min(offset)).await.map_err(store_error)?;
+            check_version(source, &meta)?;
+            if bytes.is_empty() {
+                break;
+            }
+            count += bytecount::count(&bytes, b'\n') as u64;
+            at += bytes.len() as u64;
+        }
+        counted.insert(offset, count);
+        Ok(count)
+    }
 }

@@ -122,6 +122,8 @@ impl Cluster {
         let mut command = daemon_command(bench, controller_host);
         let listen = format!("{}:0", controller_host.map_or("127.0.0.1", |host| host.ip.as_str()));
         command.arg("controller").args(["--listen", &listen]).arg("--data-dir").arg(data_dir.path());
+        // The bench's inputs may be named by reference (`file://`), read by the workers.
+        command.arg("--file-input-root").arg(bench.inputs());
         if link == Link::PlainTcp {
             command.arg("--insecure-plaintext");
         }
@@ -270,6 +272,11 @@ impl Cluster {
 fn daemon_command(bench: &Bench, host: Option<&Host>) -> Command {
     let mut command = kiln_on(&bench.kiln, host);
     command.env("KILN_CACHE_DIR", &bench.cache_dir).env("KILN_TARGET_DIR", &bench.target_dir);
+    if host.is_some() {
+        // A simulated host reaches only the other simulated hosts: cargo builds plugins from
+        // the crates it has already downloaded (see `scaling`, which makes sure it has).
+        command.env("CARGO_NET_OFFLINE", "true");
+    }
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     command
 }

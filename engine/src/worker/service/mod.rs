@@ -20,6 +20,7 @@
 
 mod metrics;
 mod registrar;
+mod round_trip;
 mod state;
 
 use std::collections::HashMap;
@@ -275,6 +276,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         local_addr,
         processes,
         state: Arc::clone(&state),
+        round_trip: Default::default(),
     };
     tasks.spawn(registrar.run(stop_rx, refused_tx));
     tracing::info!(%local_addr, controller = %config.controller, processes, "worker listening");
@@ -454,17 +456,28 @@ impl Worker for WorkerServer {
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
         // Chunks of an input read by reference are read here, from the store; one that cannot
         // be read answers why, and the others run.
+        // A chunk in the middle of an object learns its line numbers by counting, only for a
+        // plugin that declares it needs them.
+        let mid_object = chunks.iter().any(|chunk| chunk.source.as_ref().is_some_and(|source| source.start > 0));
+        let count_lines = mid_object && runner.line_numbers().await.unwrap_or(false);
         let mut texts = Vec::with_capacity(n_chunks);
         let mut unread = Vec::with_capacity(n_chunks);
         for chunk in chunks {
-            let text = match &chunk.source {
-                None => Ok(Bytes::from(chunk.text.into_vec())),
-                Some(source) => read_chunk(source).instrument(span.clone()).await.map(Bytes::from),
+            let (first_line, text) = match &chunk.source {
+                None => (Ok(chunk.first_line), Ok(Bytes::from(chunk.text.into_vec()))),
+                Some(source) => match read_chunk(source).instrument(span.clone()).await {
+                    Ok(read) if count_lines && source.start > 0 => {
+                        let before = self.state.line_counts.before(source, read.offset).await;
+                        (before.map(|n| n + 1).map_err(task_error), Ok(Bytes::from(read.text)))
+                    }
+                    Ok(read) => (Ok(chunk.first_line), Ok(Bytes::from(read.text))),
+                    Err(error) => (Ok(0), Err(error)),
+                },
             };
-            match text {
-                Ok(text) => {
+            match first_line.and_then(|first_line| text.map(|text| (first_line, text))) {
+                Ok((first_line, text)) => {
                     self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
-                    texts.push(ChunkText::new(chunk.file, chunk.first_line, text));
+                    texts.push(ChunkText::new(chunk.file, first_line, text));
                     unread.push(None);
                 }
                 Err(error) => unread.push(Some(error)),
@@ -527,14 +540,18 @@ impl Worker for WorkerServer {
 /// Reads a chunk of an input read by reference. A changed object or unusable content fails
 /// the job (no attempt can help); a store that refuses or fails the read fails this attempt,
 /// with the store's message, and the chunk is tried again, on another worker where one exists.
-async fn read_chunk(source: &ChunkSource) -> Result<Vec<u8>, TaskError> {
+async fn read_chunk(source: &ChunkSource) -> Result<reference::ChunkRead, TaskError> {
     reference::read_chunk(source).await.map_err(|error| {
         tracing::warn!(url = %source.url, "cannot read a chunk by reference: {error}");
-        match error.is_final() {
-            true => TaskError::Fatal(error.to_string()),
-            false => TaskError::Storage(error.to_string()),
-        }
+        task_error(error)
     })
+}
+
+fn task_error(error: reference::ReferenceError) -> TaskError {
+    match error.is_final() {
+        true => TaskError::Fatal(error.to_string()),
+        false => TaskError::Storage(error.to_string()),
+    }
 }
 
 /// The answer for a build failure: the plugin's own fault (cargo's words) or the worker's.

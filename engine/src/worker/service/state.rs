@@ -44,6 +44,8 @@ pub(super) struct State {
     builds: Mutex<HashMap<JobId, BuildProgress>>,
     /// The worker's metrics.
     pub(super) metrics: WorkerMetrics,
+    /// Line ends counted in objects read by reference, for plugins that need line numbers.
+    pub(super) line_counts: crate::input::reference::LineCounts,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -94,6 +96,7 @@ impl State {
             jobs: Mutex::new(HashMap::new()),
             builds: Mutex::new(HashMap::new()),
             metrics,
+            line_counts: Default::default(),
         }
     }
 
