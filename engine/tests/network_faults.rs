@@ -328,7 +328,9 @@ fn a_client_cut_longer_than_its_patience_gives_up_and_the_job_finishes_alone() {
     let client_link = FaultyLink::to(cluster.controller.addr);
     let n_chunks = 60;
     let input = write_lines(cluster.dir.path(), n_chunks);
-    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &job_flags(200));
+    let mut flags = job_flags(200);
+    flags.extend(["--patience".to_owned(), "15".to_owned()]);
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &flags);
     let job = the_job(&cluster);
     wait_done(&cluster, job, 6);
 
