@@ -15,6 +15,7 @@
 //! `fetch_plugin`, `activate`, `renew`) also need the link's client certificate to be the one
 //! the controller issued to that worker.
 
+pub mod build;
 pub mod input;
 pub mod pieces;
 
@@ -404,6 +405,9 @@ pub struct JobStatus {
     pub finished_ms: Option<u64>,
     /// Why it failed, when it did.
     pub failure: Option<JobFailure>,
+    /// The plugin's build: the building phase, before any chunk (`started_ms`) runs.
+    #[serde(default)]
+    pub build: Option<build::BuildProgress>,
 }
 
 /// A line of `kiln jobs`.
@@ -585,6 +589,9 @@ pub trait Worker {
 
     /// Forgets a job: stops its executor once nothing else needs it.
     async fn release(secret: Secret, job: JobId) -> Result<(), TaskError>;
+
+    /// How far this worker's build of the job's plugin (in `prepare`) has come; `None`: none.
+    async fn build_progress(secret: Secret, job: JobId) -> Result<Option<build::BuildProgress>, TaskError>;
 }
 
 #[cfg(test)]

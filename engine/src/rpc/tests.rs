@@ -1,4 +1,4 @@
-//! The wire types' own rules.
+//! Unit tests of the wire types: state names and secrets.
 
 use super::*;
 
