@@ -75,9 +75,10 @@ struct RunLocalArgs {
     /// The size of the chunks the input is cut into, e.g. 4MiB or 65536.
     #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: usize,
-    /// Attempts at a chunk before the run fails (0: the cluster's default, 4). One by default,
-    /// as in Spark's local mode: on one machine a chunk that failed fails again.
-    #[arg(long, default_value_t = 1)]
+    /// Attempts at a chunk before the run fails (0: the cluster's default, 4). As on a cluster, a
+    /// panic or crash that repeats word for word ends the run at its second attempt, and the
+    /// plugin's own `Err` at its first.
+    #[arg(long, default_value_t = 0)]
     max_attempts: u32,
     #[command(flatten)]
     host: cli::host::HostArgs,
