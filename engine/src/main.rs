@@ -44,6 +44,8 @@ enum Command {
     Jobs(cli::jobs::ListArgs),
     /// Show the cluster's workers and load, or remove a worker.
     Cluster(cli::jobs::ClusterArgs),
+    /// Create a new plugin crate from the template, ready for `cargo test` and `kiln run-local`.
+    New(NewArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
     Exec {
@@ -57,6 +59,19 @@ enum Command {
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The new crate's package name; the crate is created in a directory of that name.
+    name: String,
+    /// The directory in which to create the crate.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    path: PathBuf,
+    /// Where the plugin API this kiln carries is written for the crate's `cargo test` (default:
+    /// the plugin cache, `~/.cache/kiln`).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -119,6 +134,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => logged(format, "warn", || cli::jobs::cancel(args)),
         Command::Jobs(args) => logged(format, "warn", || cli::jobs::jobs(args)),
         Command::Cluster(args) => logged(format, "warn", || cli::jobs::cluster(args)),
+        Command::New(args) => logged(format, "warn", || new_command(args)),
     };
     report(result)
 }
@@ -169,6 +185,20 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         if report.cached_build { "; plugin from cache" } else { "" }
     ));
     cli::output::println(&report.output)
+}
+
+fn new_command(args: NewArgs) -> anyhow::Result<()> {
+    let cache_dir = match args.cache_dir {
+        Some(dir) => dir,
+        None => default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
+    };
+    let cache_dir = std::path::absolute(&cache_dir).context("cannot make the cache directory's path absolute")?;
+    let crate_dir = kiln_engine::plugin_source::new_plugin_crate(&args.path, &args.name, &cache_dir)?;
+    cli::output::println(format!("created plugin crate {} in {}", args.name, crate_dir.display()))?;
+    cli::output::println(format!(
+        "next: cd {} && cargo test && kiln run-local --plugin . --input INPUT",
+        crate_dir.display()
+    ))
 }
 
 /// Where plugins are built and cached by default: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.
