@@ -73,7 +73,7 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Deadline of the first call on a new connection: a controller answers it at once, from
 /// memory, so a peer that does not is no controller (or a stalled one).
-const HELLO_DEADLINE: Duration = Duration::from_secs(10);
+const HELLO_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Deadline of a plain call (status, cancel, list, create a job): the controller answers these
 /// from its database at once.
@@ -229,6 +229,9 @@ impl Client {
         mut options: SubmitOptions,
         uploaded: &(dyn Fn(u64) + Send + Sync),
     ) -> Result<JobId, ClientError> {
+        if sources.iter().any(|source| crate::input::is_reference(source)) {
+            return self.submit_references(plugin, sources, options).await;
+        }
         let sources = sources.to_vec();
         let files = tokio::task::spawn_blocking(move || crate::input::expand(&sources))
             .await
@@ -286,26 +289,7 @@ impl Client {
         // read at all (a directory, a file it may not open) fails the submission and leaves
         // no job behind.
         let first_piece = pieces.next().await?;
-        let spec = JobSpec {
-            owner: owner.as_str().to_owned(),
-            plugin_hash,
-            params: options.params,
-            processes: options.processes,
-            input_name: options.input_name,
-            input_files: options.input_files,
-            max_attempts: options.max_attempts,
-            chunk_size: options.chunk_size,
-            memory_limit: options.memory_limit,
-            chunk_timeout_ms: options.chunk_timeout_ms,
-            speculative: !options.no_speculation,
-        };
-        let key = &self.inner.key;
-        let job = self
-            .call(CALL_DEADLINE, Repeat::Never, |controller, ctx| {
-                let (key, spec) = (key.clone(), spec.clone());
-                async move { controller.create_job(ctx, key, spec).await }
-            })
-            .await?;
+        let job = self.create_job(job_spec(owner, plugin_hash, options, Vec::new())).await?;
         match self.upload_input(job, first_piece, &mut pieces, uploaded).await {
             Ok(()) => Ok(job),
             // Chunks run while the input uploads, so the job may have failed already (the
@@ -320,6 +304,46 @@ impl Client {
                 Err(error)
             }
         }
+    }
+
+    /// Submits a job whose input the workers read by reference: the controller lists the
+    /// URLs' objects before the job exists (a missing one, refused credentials or an
+    /// unreachable store fail the submission, naming the input); nothing is uploaded but the
+    /// plugin.
+    async fn submit_references(
+        &self,
+        plugin: &Path,
+        urls: &[String],
+        mut options: SubmitOptions,
+    ) -> Result<JobId, ClientError> {
+        if let Some(local) = urls.iter().find(|source| !crate::input::is_reference(source)) {
+            return Err(crate::input::InputError::Reference {
+                url: urls.iter().find(|source| crate::input::is_reference(source)).cloned().unwrap_or_default(),
+                why: format!(
+                    "an input is either URLs the workers read or files on this machine, and {local} is a file: \
+                     submit them as two jobs"
+                ),
+            }
+            .into());
+        }
+        let owner = match options.owner.as_str() {
+            "" => Owner::key_holder(),
+            name => Owner::parse(name)?,
+        };
+        if options.input_name.is_empty() {
+            options.input_name = crate::input::describe(urls);
+        }
+        let plugin_hash = self.upload_plugin(plugin).await?;
+        self.create_job(job_spec(owner, plugin_hash, options, urls.to_vec())).await
+    }
+
+    async fn create_job(&self, spec: JobSpec) -> Result<JobId, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Never, |controller, ctx| {
+            let (key, spec) = (key.clone(), spec.clone());
+            async move { controller.create_job(ctx, key, spec).await }
+        })
+        .await
     }
 
     /// Reads, packs and uploads a plugin; answers its hash.
@@ -500,6 +524,10 @@ impl Client {
                 ClientError::WrongController { addr: addr.clone() }
             } else if is_wrong_peer(&source) {
                 ClientError::Untrusted { addr: addr.clone(), reason: crate::errors::chain(&source) }
+            } else if error::is_foreign(&source) {
+                ClientError::NotController { addr: addr.clone(), reason: "it does not speak TLS".to_owned() }
+            } else if source.kind() == io::ErrorKind::TimedOut {
+                ClientError::NoAnswer { addr: addr.clone(), seconds: CONNECT_TIMEOUT.as_secs() }
             } else {
                 ClientError::Connect { addr: addr.clone(), source }
             }
@@ -520,9 +548,12 @@ impl Client {
         match controller.cluster_info(ctx, self.inner.key.clone()).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(error)) => Err(ClientError::from_rpc(error)),
-            Err(tarpc::client::RpcError::DeadlineExceeded) => Err(ClientError::Connection {
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                Err(ClientError::NoAnswer { addr: self.inner.addr.clone(), seconds: HELLO_DEADLINE.as_secs() })
+            }
+            Err(error) if error::is_foreign(&error) => Err(ClientError::NotController {
                 addr: self.inner.addr.clone(),
-                message: format!("no answer within {} s", HELLO_DEADLINE.as_secs()),
+                reason: "its answer is not in Kiln's protocol".to_owned(),
             }),
             Err(error) => {
                 Err(ClientError::Connection { addr: self.inner.addr.clone(), message: crate::errors::chain(&error) })
@@ -533,4 +564,23 @@ impl Client {
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poison| poison.into_inner())
+}
+
+/// The spec of a job of `owner` running `plugin_hash` as `options` say, over an uploaded input
+/// (`input_urls` empty) or one read by reference.
+fn job_spec(owner: Owner, plugin_hash: String, options: SubmitOptions, input_urls: Vec<String>) -> JobSpec {
+    JobSpec {
+        owner: owner.as_str().to_owned(),
+        plugin_hash,
+        params: options.params,
+        processes: options.processes,
+        input_name: options.input_name,
+        input_files: options.input_files,
+        input_urls,
+        max_attempts: options.max_attempts,
+        chunk_size: options.chunk_size,
+        memory_limit: options.memory_limit,
+        chunk_timeout_ms: options.chunk_timeout_ms,
+        speculative: !options.no_speculation,
+    }
 }

@@ -99,6 +99,11 @@ struct RunLocalArgs {
     host: cli::host::HostArgs,
 }
 
+/// What the commands that are not daemons log unless `RUST_LOG` says otherwise: Kiln's own
+/// warnings, and nothing from the libraries beneath (tarpc's `DeadlineExceeded` during a stall
+/// the client recovers from reads as fatal, and a failure reaches the user as an error anyway).
+const CLI_LOG_FILTER: &str = "off,kiln=warn,kiln_engine=warn";
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let format = cli.log_format;
@@ -119,7 +124,7 @@ fn main() -> ExitCode {
                 }
             };
         }
-        Command::RunLocal(args) => logged(format, "warn", || run_local_command(args)),
+        Command::RunLocal(args) => logged(format, CLI_LOG_FILTER, || run_local_command(args)),
         Command::Controller(args) => {
             kiln_engine::memory::tune_for_service();
             logged(format, "info", || cli::cluster::run_controller(args))
@@ -128,13 +133,13 @@ fn main() -> ExitCode {
             kiln_engine::memory::tune_for_service();
             logged(format, "info", || cli::cluster::run_worker(args))
         }
-        Command::Submit(args) => logged(format, "warn", || cli::jobs::submit(args)),
-        Command::Status(args) => logged(format, "warn", || cli::jobs::status(args)),
-        Command::Result(args) => logged(format, "warn", || cli::jobs::result(args)),
-        Command::Cancel(args) => logged(format, "warn", || cli::jobs::cancel(args)),
-        Command::Jobs(args) => logged(format, "warn", || cli::jobs::jobs(args)),
-        Command::Cluster(args) => logged(format, "warn", || cli::jobs::cluster(args)),
-        Command::New(args) => logged(format, "warn", || new_command(args)),
+        Command::Submit(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::submit(args)),
+        Command::Status(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::status(args)),
+        Command::Result(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::result(args)),
+        Command::Cancel(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cancel(args)),
+        Command::Jobs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::jobs(args)),
+        Command::Cluster(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cluster(args)),
+        Command::New(args) => logged(format, CLI_LOG_FILTER, || new_command(args)),
     };
     report(result)
 }
@@ -151,6 +156,8 @@ fn report(result: anyhow::Result<()>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if cli::output::is_stdout_closed(&e) => ExitCode::SUCCESS,
+        // It said what happens to the job already.
+        Err(e) if e.is::<cli::jobs::Interrupted>() => ExitCode::from(130),
         Err(e) => {
             cli::output::note(format_args!("error: {}", kiln_engine::errors::chain(e.as_ref())));
             ExitCode::FAILURE

@@ -27,16 +27,16 @@ use self::input::ChunkSpan;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
-/// Version 3: chunks travel in batches, `run_chunks` with [`ChunkInput`]s, replacing
-/// `run_chunk`.
+/// Version 3: chunks travel in batches (`run_chunks` with [`ChunkInput`]s, not `run_chunk`).
 /// Version 4: TLS on every link; a worker sends its public key at registration, gets a
 /// certificate, and is dialled back on `activate`; `renew`, `remove_worker`.
 /// Version 5: a job carries its owner ([`JobSpec::owner`]), which `prepare` passes to the
 /// worker, and summaries and statuses show it.
 /// Version 6: an input is an ordered list of files: a job names its uploaded files
 /// ([`JobSpec::input_files`]), each piece of input says its file, and a chunk carries its
-/// file's name ([`ChunkInput::file`]) and numbers its lines within that file.
-pub const PROTOCOL_VERSION: u32 = 6;
+/// file's name ([`ChunkInput::file`]) and numbers its lines within that file. Version 7: inputs
+/// read by reference ([`JobSpec::input_urls`], [`ChunkInput::source`]).
+pub const PROTOCOL_VERSION: u32 = 7;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB) or a
 /// batch of partials for aggregation, with room to spare.
@@ -179,6 +179,9 @@ pub struct JobSpec {
     /// file is named to its plugin); empty: one file, named `input_name`.
     #[serde(default)]
     pub input_files: Vec<String>,
+    /// URLs of an input the workers read by reference, listed at `create_job`, instead of an upload.
+    #[serde(default)]
+    pub input_urls: Vec<String>,
     /// How many times a chunk may be tried before the job fails (0: the default, 4).
     pub max_attempts: u32,
     /// The chunk size in bytes (0: the default, 4 MiB).
@@ -447,8 +450,10 @@ pub struct ChunkInput {
     pub file: String,
     /// The chunk's first line within its file, 1-based.
     pub first_line: u64,
-    /// The chunk's text: whole lines of UTF-8.
+    /// The chunk's text: whole lines of UTF-8 (empty when the worker reads it from `source`).
     pub text: ByteBuf,
+    /// Where the worker reads the chunk of an input read by reference.
+    pub source: Option<input::ChunkSource>,
 }
 
 /// Why a chunk (or an aggregation) failed on a worker.
@@ -468,6 +473,9 @@ pub enum TaskError {
     /// or crashed it, the worker is stopping): run the chunk again without counting an attempt.
     #[error("interrupted: {0}")]
     Interrupted(String),
+    /// Reading the chunk from storage failed (the store's message); another worker may succeed.
+    #[error("{0}")]
+    Storage(String),
     /// The worker has not prepared this job (it restarted, or was never asked).
     #[error("job {0} is not prepared on this worker")]
     NotPrepared(JobId),

@@ -121,6 +121,7 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
                 file: "in".into(),
                 first_line: 1_000_001,
                 text: ByteBuf::from(b"stranger's line\n".to_vec()),
+                source: None,
             };
             refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
             refused(worker.combine(ctx(), guess.clone(), job, vec![]).await, "combine");

@@ -31,6 +31,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
         processes: 1,
         input_name: "x".into(),
         input_files: Vec::new(),
+        input_urls: Vec::new(),
         max_attempts: 0,
         chunk_size: 0,
         memory_limit: 0,

@@ -210,7 +210,7 @@ async fn run_one(
     first_line: u64,
     text: &[u8],
 ) -> Result<ByteBuf, TaskError> {
-    let chunk = ChunkInput { file: "in".into(), first_line, text: ByteBuf::from(text.to_vec()) };
+    let chunk = ChunkInput { file: "in".into(), first_line, text: ByteBuf::from(text.to_vec()), source: None };
     let mut results = client.run_chunks(long(), secret.clone(), job, vec![chunk]).await.unwrap()?;
     assert_eq!(results.len(), 1, "one result per chunk");
     results.remove(0)
@@ -349,7 +349,12 @@ async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
     fn batch(firsts: &[u64]) -> Vec<ChunkInput> {
         firsts
             .iter()
-            .map(|&first| ChunkInput { file: "in".into(), first_line: first, text: ByteBuf::from(lines(first)) })
+            .map(|&first| ChunkInput {
+                file: "in".into(),
+                first_line: first,
+                text: ByteBuf::from(lines(first)),
+                source: None,
+            })
             .collect()
     }
 

@@ -54,6 +54,11 @@ pub struct ControllerArgs {
     /// loopback or a private address). Off unless given.
     #[arg(long, env = "KILN_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// A directory whose files jobs may name as `file://` inputs, read by the workers
+    /// themselves (a filesystem every worker sees at the same path); repeat it for more.
+    /// Without it, `file://` inputs are refused.
+    #[arg(long, value_name = "DIR")]
+    file_input_root: Vec<PathBuf>,
 }
 
 /// `kiln worker`.
@@ -101,6 +106,11 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.operator_cert = args.tls_cert.zip(args.tls_key);
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
+    for root in &args.file_input_root {
+        let resolved = std::fs::canonicalize(root)
+            .with_context(|| format!("cannot use --file-input-root {}: check the directory", root.display()))?;
+        config.file_input_roots.push(resolved);
+    }
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

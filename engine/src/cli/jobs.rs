@@ -40,8 +40,9 @@ pub struct SubmitArgs {
     #[arg(long)]
     plugin: PathBuf,
     /// The input: a file, a directory (its files, sorted by path) or a glob pattern, uploaded
-    /// to the controller; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told
-    /// by its bytes, decompressed as it is read); lines are the unit of work.
+    /// to the controller; or a `file://` URL (an object or a prefix) that the workers read
+    /// themselves; repeat it for more, in order. UTF-8 text, plain, gzip or zstd (told by its
+    /// bytes, decompressed as it is read); lines are the unit of work.
     #[arg(long, required = true)]
     input: Vec<String>,
     /// Chunks in flight per worker (default: as many as each worker runs at once).
@@ -71,6 +72,9 @@ pub struct SubmitArgs {
     /// Do not start speculative copies of chunks that run far longer than the others.
     #[arg(long)]
     no_speculation: bool,
+    /// Cancel the job on Ctrl-C (by default the job goes on, and a second Ctrl-C cancels it).
+    #[arg(long)]
+    cancel_on_interrupt: bool,
     /// Print the job's id and return without waiting for it.
     #[arg(long, conflicts_with = "output")]
     detach: bool,
@@ -155,8 +159,43 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
             return println(job);
         }
         note(format_args!("submitted job {job}"));
-        follow(&client, job, args.output.as_deref()).await
+        tokio::select! {
+            followed = follow(&client, job, args.output.as_deref()) => followed,
+            interrupted = on_interrupt(&client, job, args.cancel_on_interrupt) => interrupted,
+        }
     })
+}
+
+/// How long after a first Ctrl-C a second one cancels the job.
+const SECOND_INTERRUPT: Duration = Duration::from_secs(3);
+
+/// `kiln submit` was interrupted (Ctrl-C) while it followed a job; it exits with 130.
+#[derive(Debug, thiserror::Error)]
+#[error("interrupted")]
+pub struct Interrupted;
+
+/// Waits for Ctrl-C while a job is followed. The job runs on the cluster whatever happens to
+/// this command: the first Ctrl-C says so and how to follow or cancel it; a second one within
+/// [`SECOND_INTERRUPT`] (or the first, with `--cancel-on-interrupt`) cancels it.
+async fn on_interrupt(client: &Client, job: JobId, cancel_on_interrupt: bool) -> anyhow::Result<()> {
+    tokio::signal::ctrl_c().await.context("cannot listen for Ctrl-C")?;
+    if !cancel_on_interrupt {
+        note(format_args!(
+            "\ninterrupted: job {job} goes on without this command; `kiln status {job}` shows where it stands, \
+             `kiln result {job}` prints its result once it ends and `kiln cancel {job}` cancels it \
+             (press Ctrl-C again within {} s to cancel it now)",
+            SECOND_INTERRUPT.as_secs()
+        ));
+        if tokio::time::timeout(SECOND_INTERRUPT, tokio::signal::ctrl_c()).await.is_err() {
+            return Err(Interrupted.into());
+        }
+    }
+    let status = client
+        .cancel(job)
+        .await
+        .with_context(|| format!("cannot cancel job {job}: `kiln cancel {job}` tries again"))?;
+    note(format_args!("\ncancelled job {job}: it is {}", status.state.as_str()));
+    Err(Interrupted.into())
 }
 
 /// Refuses an output file whose directory does not exist, before anything is submitted.
@@ -208,7 +247,8 @@ async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::R
         let status = status.map_err(|error| {
             anyhow::anyhow!(
                 "stopped following job {job}: {}: the job goes on without this command; `kiln status {job}` \
-                 shows where it stands and `kiln result {job}` prints its result once it ends",
+                 shows where it stands, `kiln result {job}` prints its result once it ends and \
+                 `kiln cancel {job}` cancels it",
                 kiln_engine::errors::chain(&error)
             )
         })?;

@@ -28,6 +28,29 @@ pub enum ClientError {
         /// What happened.
         message: String,
     },
+    /// Something accepted the connection but did not answer within `seconds`: a server that is
+    /// not a controller, or a controller that is stalled.
+    #[error(
+        "no Kiln controller answered at {addr} within {seconds} s (something accepted the connection and said \
+         nothing): check the address and port (--controller or KILN_CONTROLLER)"
+    )]
+    NoAnswer {
+        /// The address.
+        addr: String,
+        /// How long the client waited.
+        seconds: u64,
+    },
+    /// The peer answered, but not as a Kiln controller does (a web server, another service).
+    #[error(
+        "the server at {addr} is not a Kiln controller ({reason}): check the address and port (--controller or \
+         KILN_CONTROLLER)"
+    )]
+    NotController {
+        /// The address.
+        addr: String,
+        /// What gave it away.
+        reason: String,
+    },
     /// The controller refused the API key.
     #[error("the controller refused the API key ({0}): check --api-key or KILN_API_KEY")]
     Unauthorized(String),
@@ -99,8 +122,39 @@ impl ClientError {
 
     /// Whether the controller may answer if asked again later (it is away or restarting).
     pub(super) fn is_transient(&self) -> bool {
-        matches!(self, ClientError::Connect { .. } | ClientError::Connection { .. })
+        matches!(self, ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::NoAnswer { .. })
     }
+}
+
+/// Whether a connection failed because the peer speaks another protocol: bytes that are not a
+/// TLS record, or frames that are not Kiln's (too large, or not decodable).
+pub(super) fn is_foreign(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut causes = vec![error];
+    while let Some(cause) = causes.pop() {
+        if let Some(io_error) = cause.downcast_ref::<io::Error>() {
+            let inner = io_error.get_ref();
+            // TLS says what it did not like; only a record that is not TLS at all counts.
+            if let Some(tls_error) = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>()) {
+                return matches!(tls_error, rustls::Error::InvalidMessage(_));
+            }
+            if io_error.kind() == io::ErrorKind::InvalidData {
+                return true;
+            }
+            // An io::Error's `source` skips the error it wraps: look at that one too.
+            if let Some(inner) = inner {
+                causes.push(inner);
+            }
+        }
+        // Errors behind an `Arc` (tarpc's channel errors) downcast to nothing: their words
+        // still say it, as the frame codec puts them.
+        if cause.to_string().contains("frame size too big") {
+            return true;
+        }
+        if let Some(source) = cause.source() {
+            causes.push(source);
+        }
+    }
+    false
 }
 
 /// Words for a job's failure: what failed, where, and the message.

@@ -34,6 +34,7 @@ pub(super) fn classify<T>(result: CallResult<T>, deadline: Duration) -> Result<T
     match result {
         Ok(Ok(value)) => Ok(value),
         Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message))) => Err(Failure::Fault(message)),
+        Ok(Err(TaskError::Storage(message))) => Err(Failure::Attempt(message)),
         Ok(Err(TaskError::Fatal(message))) => Err(Failure::Fatal(message)),
         Ok(Err(TaskError::Interrupted(message))) => Err(Failure::Interrupted(message)),
         Ok(Err(TaskError::NotPrepared(_))) => Err(Failure::NotPrepared),

@@ -34,10 +34,12 @@ mod input;
 mod links;
 mod metrics;
 mod plan;
+mod reference;
 mod service;
 mod speculation;
 mod state;
 mod store;
+mod watchdog;
 mod workers;
 
 use std::io;
@@ -95,6 +97,9 @@ pub struct ControllerConfig {
     pub worker_cert_lifetime: Duration,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
+    /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
+    pub file_input_roots: Vec<PathBuf>,
 }
 
 impl ControllerConfig {
@@ -111,6 +116,7 @@ impl ControllerConfig {
             operator_cert: None,
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
+            file_input_roots: Vec::new(),
         }
     }
 }
@@ -238,6 +244,8 @@ struct Shared {
     background: Mutex<JoinSet<()>>,
     /// What is counted as it happens, for the metrics.
     metrics: ControllerMetrics,
+    /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
+    file_input_roots: Vec<PathBuf>,
 }
 
 impl Shared {
@@ -294,6 +302,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         stopping: AtomicBool::new(false),
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
+        file_input_roots: config.file_input_roots.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();
     shared.metrics.register(&mut registry, Arc::downgrade(&shared));
@@ -328,6 +337,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
     tasks.spawn(links::accept_loop(listener, server, service));
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
+    tasks.spawn(watchdog::run(Arc::clone(&shared)));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
     Ok(RunningController { shared, local_addr, generated, tasks, metrics })
 }
@@ -344,6 +354,18 @@ async fn resume(shared: &Shared) -> Result<(), ControllerError> {
         let chunks = shared.store.chunks(job_id).await.map_err(resume_error)?;
         let combined = shared.store.combined_groups(job_id).await.map_err(resume_error)?;
         let mut chunks = chunks;
+        let objects = reference::resume_objects(shared, job_id)
+            .await
+            .map_err(|message| ControllerError::Resume { path: db.clone(), message })?;
+        if let Some(objects) = objects {
+            // Read by reference: nothing was spooled, and every chunk was planned at creation.
+            let spool = Spool::new(shared.input_path(job_id), row.spec.chunk_size);
+            let mut job = Job::resume(row, chunks, &combined, spool);
+            job.set_objects(objects);
+            info!(job = job_id, state = ?job.state(), chunks_done = job.chunks_done(), "job resumed");
+            shared.with_state(|st| st.add_job(job));
+            continue;
+        }
         let (spool, lost) = match input::resume_input(shared, job_id, state, row.spec.chunk_size, &chunks).await {
             Ok(input) => {
                 let cut_again = input.new_chunks.into_iter();

@@ -109,8 +109,8 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
             "parameters may be at most {MAX_PARAMS_BYTES} bytes and the input's name {MAX_INPUT_NAME_BYTES}"
         )));
     }
-    let names_bytes: usize = spec.input_files.iter().map(String::len).sum();
-    if spec.input_files.len() > MAX_INPUT_FILES || names_bytes > MAX_INPUT_FILE_NAMES_BYTES {
+    let names_bytes: usize = spec.input_files.iter().chain(&spec.input_urls).map(String::len).sum();
+    if spec.input_files.len() + spec.input_urls.len() > MAX_INPUT_FILES || names_bytes > MAX_INPUT_FILE_NAMES_BYTES {
         return Err(RpcError::Invalid(format!(
             "an input may hold at most {MAX_INPUT_FILES} files whose names take at most {} MiB: submit fewer, \
              larger files, or several jobs",
@@ -206,6 +206,9 @@ impl Controller for ControllerService {
             return Err(RpcError::NotFound(format!("plugin {}: upload it first", spec.plugin_hash)));
         }
         let created_ms = now_ms();
+        if !spec.input_urls.is_empty() {
+            return super::reference::create_job(&self.shared, spec, created_ms).await;
+        }
         let job_id = self.shared.store.insert_job(&spec, created_ms).await.map_err(internal)?;
         let path = self.shared.input_path(job_id);
         if let Err(e) = tokio::fs::File::create(&path).await {
@@ -339,6 +342,7 @@ mod tests {
             processes: 2,
             input_name: "in".into(),
             input_files: Vec::new(),
+            input_urls: Vec::new(),
             max_attempts: 0,
             chunk_size: 0,
             memory_limit: 0,

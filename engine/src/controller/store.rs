@@ -15,6 +15,7 @@ use sqlx::sqlite::{
 };
 
 mod chunks;
+mod objects;
 
 use super::ControllerError;
 use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, UnknownJobState, WorkerProgress};
@@ -399,6 +400,7 @@ impl Store {
             "DELETE FROM chunks WHERE job_id = ?",
             "DELETE FROM combined WHERE job_id = ?",
             "DELETE FROM input_files WHERE job_id = ?",
+            "DELETE FROM input_objects WHERE job_id = ?",
         ] {
             sqlx::query(table).bind(int(record.job)).execute(&mut *tx).await.map_err(query_error(what))?;
         }
@@ -481,6 +483,7 @@ pub(super) mod tests {
             processes: 2,
             input_name: "in.txt".into(),
             input_files: Vec::new(),
+            input_urls: Vec::new(),
             max_attempts: 4,
             chunk_size: 10,
             memory_limit: 0,

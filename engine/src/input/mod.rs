@@ -9,6 +9,7 @@
 //! ([`decode`]).
 
 pub mod decode;
+pub mod reference;
 pub mod split;
 
 use std::path::{Path, PathBuf};

@@ -88,12 +88,11 @@ pub struct SplitText {
 /// range): first the split and `read_ahead` bytes past it, then twice as much again each time
 /// its last line runs on, so a split costs one request unless a line crosses its end by more
 /// than `read_ahead`. A fetch that answers fewer bytes than asked for means the file ended.
-pub async fn read_split<E>(
-    split: Split,
-    size: u64,
-    read_ahead: u64,
-    mut fetch: impl AsyncFnMut(Range<u64>) -> Result<Vec<u8>, E>,
-) -> Result<SplitText, E> {
+pub async fn read_split<E, F, Fut>(split: Split, size: u64, read_ahead: u64, mut fetch: F) -> Result<SplitText, E>
+where
+    F: FnMut(Range<u64>) -> Fut,
+    Fut: Future<Output = Result<Vec<u8>, E>>,
+{
     let mut window = Vec::new();
     let mut asked = split.end.saturating_add(read_ahead.max(1)).min(size);
     let mut step = read_ahead.max(1);

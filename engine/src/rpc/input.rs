@@ -1,4 +1,5 @@
-//! The wire types of a job's input: where a chunk lies in it.
+//! The wire types of a job's input: where a chunk lies in it, and where a worker reads a chunk
+//! of an input read by reference.
 
 use std::fmt;
 
@@ -30,4 +31,23 @@ impl fmt::Display for ChunkSpan {
             first => write!(f, "lines {first}-{})", self.last_line),
         }
     }
+}
+
+/// A chunk of an input read by reference: a planned byte range of one object, which the worker
+/// reads itself (moving the range's edges to line ends by the rule of `input::split`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkSource {
+    /// The object's URL (`file:///...`, `s3://...`, `https://...`).
+    pub url: String,
+    /// Its size when the controller listed it.
+    pub size: u64,
+    /// Its version then (ETag, or modification time): a worker that finds another fails the
+    /// job rather than mix two versions of the input.
+    pub version: String,
+    /// Whether it is gzip or zstd (then the range is the whole object).
+    pub compressed: bool,
+    /// The planned range's first byte.
+    pub start: u64,
+    /// One past its last byte.
+    pub end: u64,
 }

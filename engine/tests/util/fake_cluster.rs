@@ -144,6 +144,7 @@ impl Cluster {
             processes,
             input_name: "words.txt".into(),
             input_files: Vec::new(),
+            input_urls: Vec::new(),
             max_attempts,
             chunk_size: CHUNK_SIZE,
             memory_limit: 0,

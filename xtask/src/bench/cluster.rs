@@ -270,6 +270,11 @@ impl Cluster {
 fn daemon_command(bench: &Bench, host: Option<&Host>) -> Command {
     let mut command = kiln_on(&bench.kiln, host);
     command.env("KILN_CACHE_DIR", &bench.cache_dir).env("KILN_TARGET_DIR", &bench.target_dir);
+    if host.is_some() {
+        // A simulated host reaches only the other simulated hosts: cargo builds plugins from
+        // the crates it has already downloaded (see `scaling`, which makes sure it has).
+        command.env("CARGO_NET_OFFLINE", "true");
+    }
     command.env("RUST_LOG", "info").env("NO_COLOR", "1");
     command
 }

@@ -24,6 +24,8 @@ use super::super::state::chunk::RunningCopy;
 use super::super::state::job::Job;
 use super::super::state::workers::WorkerHandle;
 use super::super::store::{ChunkMeta, NewPartial};
+use crate::input::reference::InputObject;
+use crate::input::split::Split;
 use crate::rpc::{ChunkInput, FailureKind, JobFailure, JobId, JobState, WorkerId};
 use crate::rules::retry;
 
@@ -58,12 +60,16 @@ pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
 
 async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
-    let Some(names) =
-        shared.with_state(|st| st.is_active(job_id).then(|| st.job(job_id).map(Job::file_names)).flatten())
-    else {
+    let Some((names, objects)) = shared.with_state(|st| {
+        st.is_active(job_id).then(|| st.job(job_id).map(|job| (job.file_names(), job.objects()))).flatten()
+    }) else {
         return drop_call(shared, &call);
     };
-    let inputs = match read_chunks(shared.input_path(job_id), call.chunks.clone(), names).await {
+    let read = match objects.is_empty() {
+        true => read_chunks(shared.input_path(job_id), call.chunks.clone(), names).await,
+        false => Ok(referenced_chunks(&call.chunks, &names, &objects)),
+    };
+    let inputs = match read {
         Ok(inputs) => inputs,
         Err((index, e)) => {
             drop_call(shared, &call);
@@ -136,12 +142,29 @@ async fn read_chunks(
                 let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
                 file.read_exact_at(&mut text, meta.offset).map_err(|e| (*index, e))?;
                 let file = names.get(meta.file as usize).cloned().unwrap_or_default();
-                Ok(ChunkInput { file, first_line: meta.first_line, text: ByteBuf::from(text) })
+                Ok(ChunkInput { file, first_line: meta.first_line, text: ByteBuf::from(text), source: None })
             })
             .collect()
     })
     .await
     .map_err(|e| (first, std::io::Error::other(e)))?
+}
+
+/// The chunks of an input read by reference: where each worker reads its own.
+fn referenced_chunks(chunks: &[(u64, ChunkMeta)], names: &[String], objects: &[InputObject]) -> Vec<ChunkInput> {
+    chunks
+        .iter()
+        .filter_map(|(_, meta)| {
+            let object = objects.get(meta.file as usize)?;
+            let split = Split { start: meta.offset, end: meta.offset + meta.len };
+            Some(ChunkInput {
+                file: names.get(meta.file as usize).cloned().unwrap_or_default(),
+                first_line: meta.first_line,
+                text: ByteBuf::new(),
+                source: Some(object.source(split)),
+            })
+        })
+        .collect()
 }
 
 /// A partial that came back for a chunk not yet done, to store.

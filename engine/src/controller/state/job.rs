@@ -18,6 +18,7 @@ use super::timings::ChunkTimes;
 use super::workers::WorkerEntry;
 use crate::controller::now_ms;
 use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
+use crate::input::reference::InputObject;
 use crate::rpc::input::ChunkSpan;
 use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::rules::combine::Groups;
@@ -48,6 +49,8 @@ pub(in crate::controller) struct Job {
     pub spec: JobSpec,
     /// The names of the input's files, by position.
     file_names: Arc<[String]>,
+    /// The objects of an input read by reference, by position (empty for an upload).
+    objects: Arc<[InputObject]>,
     /// Changed through [`Job::set_state`], which logs it, and [`Job::finalize`].
     state: JobState,
     created_ms: u64,
@@ -110,6 +113,7 @@ impl Job {
             id,
             spec,
             file_names,
+            objects: Arc::from([]),
             state,
             created_ms,
             started_ms: None,
@@ -314,6 +318,17 @@ impl Job {
         Arc::clone(&self.file_names)
     }
 
+    /// The objects of an input read by reference (empty for an upload).
+    pub fn objects(&self) -> Arc<[InputObject]> {
+        Arc::clone(&self.objects)
+    }
+
+    /// Sets the objects of an input read by reference, which name its files.
+    pub fn set_objects(&mut self, objects: Vec<InputObject>) {
+        self.file_names = objects.iter().map(|object| object.url.clone()).collect();
+        self.objects = objects.into();
+    }
+
     /// Counts a chunk as done (by `worker`, if known) and its group's arrival.
     pub fn count_done(&mut self, index: u64, worker: Option<WorkerId>) {
         let Some(chunk) = self.chunks.get_mut(index as usize) else { return };
@@ -411,6 +426,11 @@ impl Job {
         {
             self.queue.insert(index);
         }
+    }
+
+    /// How many of this job's chunks have a copy running on `worker_id`.
+    pub fn chunks_running_on(&self, worker_id: WorkerId) -> u64 {
+        self.chunks.iter().filter(|chunk| chunk.running.iter().any(|copy| copy.worker == worker_id)).count() as u64
     }
 
     /// Forgets a lost worker: its chunks, merges and aggregation go back to be done again,
@@ -512,81 +532,4 @@ impl Job {
 }
 
 #[cfg(test)]
-pub(in crate::controller) mod tests {
-    use super::*;
-
-    /// A queued job of `n_chunks` one-line chunks, in groups of 4.
-    pub(in crate::controller) fn job(n_chunks: u64) -> Job {
-        let spec = JobSpec {
-            owner: "cli".into(),
-            plugin_hash: "h".into(),
-            params: String::new(),
-            processes: 2,
-            input_name: "in".into(),
-            input_files: Vec::new(),
-            max_attempts: 0,
-            chunk_size: 0,
-            memory_limit: 0,
-            chunk_timeout_ms: 0,
-            speculative: true,
-        };
-        let mut job = Job::new(1, spec, 0, Spool::new(std::path::PathBuf::from("/nonexistent"), 0));
-        job.groups = Groups::new(4);
-        job.append_chunks((0..n_chunks).map(|i| ChunkMeta {
-            file: 0,
-            offset: i * 10,
-            len: 10,
-            first_line: i + 1,
-            n_lines: 1,
-        }));
-        job.bytes_total = n_chunks * 10;
-        job.set_state(JobState::Queued);
-        job
-    }
-
-    #[test]
-    fn groups_cover_the_chunks_and_only_full_ones_combine() {
-        let mut job = job(10);
-        assert_eq!(job.groups.iter().map(|g| g.members()).collect::<Vec<_>>(), vec![4, 4, 2]);
-        for index in [0, 1, 2, 3, 8, 9] {
-            job.queue.remove(&index);
-            job.count_done(index, None);
-        }
-        assert_eq!(job.groups_to_combine().collect::<Vec<_>>(), vec![0], "the short last group is left whole");
-        assert_eq!((job.chunks_done, job.lines_done, job.bytes_done), (6, 6, 60));
-        assert_eq!(job.undone_from, 4, "chunks 0 to 3 are done, 4 is not");
-        assert!(!job.ready_to_aggregate());
-        job.stop_combining();
-        assert_eq!(job.groups_to_combine().count(), 0);
-    }
-
-    #[test]
-    fn forgetting_a_worker_requeues_its_chunks_without_an_attempt() {
-        let mut job = job(3);
-        job.queue.remove(&1);
-        job.chunks[1].running.push(RunningCopy::start(5, false, Arc::from([1])));
-        job.prepared.insert(5, Prep::Ready);
-        job.progress_of(5, "w5").in_flight = 1;
-        assert!(job.forget_worker(5));
-        assert!(job.queue.contains(&1));
-        assert_eq!(job.chunks[1].failures, 0);
-        assert!(!job.prepared.contains_key(&5));
-        assert_eq!((job.lost_workers, job.workers[&5].lost), (1, true));
-        assert!(!job.forget_worker(5), "nothing left to forget");
-        assert_eq!(job.lost_workers, 1, "a worker is lost once");
-    }
-
-    #[test]
-    fn finalizing_clears_the_work_and_names_the_workers_to_release() {
-        let mut job = job(3);
-        job.prepared.insert(4, Prep::Ready);
-        let before = job.published().seq;
-        let (record, release) = job.finalize(JobState::Cancelled, None, None);
-        assert_eq!(release, vec![4]);
-        assert_eq!(record.figures.state, JobState::Cancelled);
-        assert!(job.queue.is_empty());
-        job.publish();
-        assert_eq!(job.published().seq, record.figures.seq);
-        assert!(job.published().seq > before);
-    }
-}
+pub(in crate::controller) mod tests;

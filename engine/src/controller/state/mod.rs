@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tracing::info;
+use tracing::warn;
 
 use self::chunk::RunningCopy;
 use self::job::Job;
@@ -190,13 +190,25 @@ impl State {
     pub fn lose_worker(&mut self, worker_id: WorkerId, reason: &str) -> bool {
         let Some(worker) = self.workers.remove(worker_id) else { return false };
         worker.disconnect();
-        info!(worker = worker_id, address = %worker.info().address, reason, "worker lost");
         self.releases.retain(|(w, _)| *w != worker_id);
+        let (mut chunks, mut jobs) = (0, 0);
         for job in self.jobs.values_mut() {
+            let running = job.chunks_running_on(worker_id);
             if !job.state().is_final() && job.forget_worker(worker_id) {
                 job.publish();
+                chunks += running;
+                jobs += u64::from(running > 0);
             }
         }
+        warn!(
+            worker = worker_id,
+            address = %worker.info().address,
+            reason,
+            chunks_requeued = chunks,
+            "worker lost: {chunks} chunk{} of {jobs} job{} it was running went back to the queue",
+            if chunks == 1 { "" } else { "s" },
+            if jobs == 1 { "" } else { "s" },
+        );
         true
     }
 

@@ -100,6 +100,13 @@ impl WorkerMetrics {
         metrics
     }
 
+    /// Counts input bytes this worker read itself, from an input read by reference.
+    pub fn read_by_reference(&self, bytes: u64) {
+        if bytes > 0 {
+            self.input_bytes.get_or_create(&SourceLabels { source: "reference" }).inc_by(bytes);
+        }
+    }
+
     /// Counts a call's chunks: `failed` of the `n` failed, and the call took `elapsed`.
     pub fn record_call(&self, n: usize, failed: usize, bytes: u64, elapsed: Duration) {
         self.chunks_done.inc_by(n.saturating_sub(failed) as u64);

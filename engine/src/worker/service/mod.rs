@@ -39,7 +39,9 @@ use tracing::Instrument;
 use self::metrics::WorkerMetrics;
 use self::registrar::Registrar;
 use self::state::{State, lock};
+use crate::input::reference;
 use crate::owner::Owner;
+use crate::rpc::input::ChunkSource;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -408,13 +410,46 @@ impl Worker for WorkerServer {
         let n_chunks = chunks.len();
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
         let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
-        let chunks = chunks
-            .into_iter()
-            .map(|chunk| ChunkText::new(chunk.file, chunk.first_line, Bytes::from(chunk.text.into_vec())))
-            .collect();
         let started = std::time::Instant::now();
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
-        let results = runner.run_batch(job, chunks).instrument(span.clone()).await;
+        // Chunks of an input read by reference are read here, from the store; one that cannot
+        // be read answers why, and the others run.
+        // A chunk in the middle of an object learns its line numbers by counting, only for a
+        // plugin that declares it needs them.
+        let mid_object = chunks.iter().any(|chunk| chunk.source.as_ref().is_some_and(|source| source.start > 0));
+        let count_lines = mid_object && runner.line_numbers().await.unwrap_or(false);
+        let mut texts = Vec::with_capacity(n_chunks);
+        let mut unread = Vec::with_capacity(n_chunks);
+        for chunk in chunks {
+            let (first_line, text) = match &chunk.source {
+                None => (Ok(chunk.first_line), Ok(Bytes::from(chunk.text.into_vec()))),
+                Some(source) => match read_chunk(source).instrument(span.clone()).await {
+                    Ok(read) if count_lines && source.start > 0 => {
+                        let before = self.state.line_counts.before(source, read.offset).await;
+                        (before.map(|n| n + 1).map_err(task_error), Ok(Bytes::from(read.text)))
+                    }
+                    Ok(read) => (Ok(chunk.first_line), Ok(Bytes::from(read.text))),
+                    Err(error) => (Ok(0), Err(error)),
+                },
+            };
+            match first_line.and_then(|first_line| text.map(|text| (first_line, text))) {
+                Ok((first_line, text)) => {
+                    self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
+                    texts.push(ChunkText::new(chunk.file, first_line, text));
+                    unread.push(None);
+                }
+                Err(error) => unread.push(Some(error)),
+            }
+        }
+        let results = runner.run_batch(job, texts).instrument(span.clone()).await;
+        let mut results = results.into_iter();
+        let results: Vec<Result<Bytes, TaskError>> = unread
+            .into_iter()
+            .map(|error| match error {
+                Some(error) => Err(error),
+                None => results.next().unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+            })
+            .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
         span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
@@ -452,6 +487,23 @@ impl Worker for WorkerServer {
         self.authorize(&secret).await?;
         self.state.release(job).await;
         Ok(())
+    }
+}
+
+/// Reads a chunk of an input read by reference. A changed object or unusable content fails
+/// the job (no attempt can help); a store that refuses or fails the read fails this attempt,
+/// with the store's message, and the chunk is tried again, on another worker where one exists.
+async fn read_chunk(source: &ChunkSource) -> Result<reference::ChunkRead, TaskError> {
+    reference::read_chunk(source).await.map_err(|error| {
+        tracing::warn!(url = %source.url, "cannot read a chunk by reference: {error}");
+        task_error(error)
+    })
+}
+
+fn task_error(error: reference::ReferenceError) -> TaskError {
+    match error.is_final() {
+        true => TaskError::Fatal(error.to_string()),
+        false => TaskError::Storage(error.to_string()),
     }
 }
 

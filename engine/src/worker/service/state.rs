@@ -41,6 +41,8 @@ pub(super) struct State {
     jobs: Mutex<HashMap<JobId, JobEntry>>,
     /// The worker's metrics.
     pub(super) metrics: WorkerMetrics,
+    /// Line ends counted in objects read by reference, for plugins that need line numbers.
+    pub(super) line_counts: crate::input::reference::LineCounts,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -90,6 +92,7 @@ impl State {
             link_changed: watch::channel(0).0,
             jobs: Mutex::new(HashMap::new()),
             metrics,
+            line_counts: Default::default(),
         }
     }
 

@@ -1,0 +1,106 @@
+//! Jobs whose input is read by reference: the controller lists the objects of the job's URLs
+//! (size, version, compression) before the job exists, so a missing object, a refused
+//! credential or an unreachable store fails the submission naming the input and leaves no job;
+//! it plans byte-range splits (`input::split`) and stores them as the job's chunks at once,
+//! each chunk's `file` its object and its offset and length its planned range. The workers
+//! read their chunks themselves; no input byte passes through the controller.
+
+use std::sync::Arc;
+
+use tracing::info;
+
+use super::Shared;
+use super::ending::fail_internal;
+use super::state::job::Job;
+use super::state::spool::{Spool, chunk_size_of};
+use super::store::ChunkMeta;
+use crate::input::reference::{self, InputObject};
+use crate::rpc::{JobId, JobSpec, JobState, RpcError};
+
+/// The most objects one input may name (as many as an uploaded input's files).
+const MAX_OBJECTS: usize = 100_000;
+
+/// Lists the objects of `spec.input_urls`, creates the job and queues all its chunks.
+pub(super) async fn create_job(shared: &Arc<Shared>, mut spec: JobSpec, created_ms: u64) -> Result<JobId, RpcError> {
+    let mut objects: Vec<InputObject> = Vec::new();
+    for url in &spec.input_urls {
+        check_allowed(shared, url).await?;
+        let listed = reference::list(url).await.map_err(|e| RpcError::Invalid(e.to_string()))?;
+        objects.extend(listed);
+        if objects.len() > MAX_OBJECTS {
+            return Err(RpcError::Invalid(format!(
+                "an input may hold at most {MAX_OBJECTS} objects: name fewer, larger ones, or submit several jobs"
+            )));
+        }
+    }
+    spec.input_files = objects.iter().map(|object| object.url.clone()).collect();
+    let metas: Vec<ChunkMeta> = reference::plan(&objects, chunk_size_of(spec.chunk_size) as u64)
+        .into_iter()
+        .map(|(file, split)| ChunkMeta {
+            file,
+            offset: split.start,
+            len: split.end - split.start,
+            // A split that starts its object starts at line 1; the others cannot know.
+            first_line: u64::from(split.start == 0),
+            n_lines: 0,
+        })
+        .collect();
+    let bytes_total: u64 = objects.iter().map(|object| object.size).sum();
+    let internal = |e: &dyn std::fmt::Display| RpcError::Internal(e.to_string());
+    let job_id = shared.store.insert_job(&spec, created_ms).await.map_err(|e| internal(&e))?;
+    if let Err(e) = shared.store.add_objects(job_id, &objects).await {
+        fail_internal(shared, job_id, e.to_string()).await;
+        return Err(internal(&e));
+    }
+    info!(job = job_id, owner = %spec.owner, input = %spec.input_name, objects = objects.len(), "job created");
+    let spool = Spool::new(shared.input_path(job_id), spec.chunk_size);
+    let mut job = Job::new(job_id, spec, created_ms, spool);
+    job.set_objects(objects);
+    let group_size = job.group_size();
+    shared.with_state(|st| st.add_job(job));
+    match shared.store.finish_input(job_id, 0, &metas, bytes_total, group_size).await {
+        Ok(true) => {}
+        Ok(false) => return Err(RpcError::Invalid(format!("job {job_id} ended before its input was planned"))),
+        Err(e) => {
+            let message = format!("cannot store the chunks of the input: {e}");
+            fail_internal(shared, job_id, message.clone()).await;
+            return Err(RpcError::Internal(message));
+        }
+    }
+    shared.with_state(|st| {
+        if let Some(job) = st.job_mut(job_id).filter(|job| job.state() == JobState::Uploading) {
+            job.input_finished(metas, bytes_total);
+            job.publish();
+        }
+    });
+    shared.wake();
+    Ok(job_id)
+}
+
+/// Refuses a `file://` URL outside the directories the operator allowed: a client holding the
+/// API key (or a web user) must not make workers read whatever their hosts hold.
+async fn check_allowed(shared: &Shared, url: &str) -> Result<(), RpcError> {
+    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    if parsed.scheme() != "file" {
+        return Ok(());
+    }
+    let refuse = |why: &str| RpcError::Invalid(format!("the input {url} is refused: {why}"));
+    if shared.file_input_roots.is_empty() {
+        return Err(refuse("this controller reads no file:// input; start it with --file-input-root DIR to allow one"));
+    }
+    let path = parsed.to_file_path().map_err(|()| refuse("it names no local path"))?;
+    // Resolved, so that `..` and links cannot leave a root.
+    let resolved = tokio::fs::canonicalize(&path)
+        .await
+        .map_err(|e| RpcError::Invalid(format!("cannot read the input {url}: {e}: check the path")))?;
+    if !shared.file_input_roots.iter().any(|root| resolved.starts_with(root)) {
+        return Err(refuse("it is outside the directories this controller reads (--file-input-root)"));
+    }
+    Ok(())
+}
+
+/// The objects of a job found in the store after a restart; `None` for an uploaded input.
+pub(super) async fn resume_objects(shared: &Shared, job_id: JobId) -> Result<Option<Vec<InputObject>>, String> {
+    let objects = shared.store.objects(job_id).await.map_err(|e| e.to_string())?;
+    Ok((!objects.is_empty()).then_some(objects))
+}

@@ -1,0 +1,356 @@
+//! Faults of the network between real processes (DESIGN §4, issue 15): a controller, three
+//! workers and a `kiln` client, with in-test proxies (`util/faulty_link.rs`) on the links a
+//! test breaks. Each worker reaches the controller through one link ("up": its registration,
+//! heartbeats and plugin fetches) and is dialled back through another (`--advertise`: the
+//! controller's calls carrying chunks), so a partition holds both directions. The plugin,
+//! `ordered`, answers each chunk's first line and line count and concatenates them, so every
+//! result is checked against the input's own chunks, in order, once each; and no job is left
+//! running at the end.
+
+#[path = "util/cluster.rs"]
+mod cluster;
+#[path = "util/faulty_link.rs"]
+mod faulty_link;
+mod util;
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use cluster::{Cluster, Daemon, JOB_TIMEOUT, JOIN_TOKEN, kiln_command, worker_token};
+use faulty_link::FaultyLink;
+use serde_json::{Value, json};
+use util::{Run, fixture, plugin_target_dir, shared_cache_dir};
+
+/// 1000-byte chunks of the 10-byte lines below: chunk `k` holds lines `100k+1..=100k+100`.
+const CHUNK: &str = "1000";
+const LINES_PER_CHUNK: usize = 100;
+
+/// `n_chunks` chunks' worth of 10-byte lines (`line00001\n`, ...).
+fn write_lines(dir: &Path, n_chunks: usize) -> PathBuf {
+    let text: String = (1..=n_chunks * LINES_PER_CHUNK).map(|i| format!("line{i:05}\n")).collect();
+    let path = dir.join("lines.txt");
+    std::fs::write(&path, text).expect("input written");
+    path
+}
+
+/// What `ordered` must answer for [`write_lines`]`(n_chunks)`, computed from the cutting rule
+/// alone: each chunk's first line and its 100 lines, in input order.
+fn expected_pieces(n_chunks: usize) -> Value {
+    let pieces: Vec<Value> = (0..n_chunks)
+        .map(|k| json!({"first": format!("line{:05}", k * LINES_PER_CHUNK + 1), "lines": LINES_PER_CHUNK}))
+        .collect();
+    Value::Array(pieces)
+}
+
+/// The plugin's flags: every chunk sleeps `ms`, so a job lasts long enough to be hit.
+fn job_flags(ms: u64) -> Vec<String> {
+    ["--params", &format!("sleep-ms={ms}"), "--chunk-size", CHUNK].map(str::to_owned).to_vec()
+}
+
+/// A worker behind two links: `up` carries its calls to the controller, `down` the
+/// controller's calls to it.
+struct LinkedWorker {
+    up: FaultyLink,
+    down: FaultyLink,
+    /// Its index in `cluster.workers`.
+    index: usize,
+}
+
+impl LinkedWorker {
+    /// Starts a worker of 2 processes behind fresh links and adds it to the cluster.
+    fn start(cluster: &mut Cluster) -> LinkedWorker {
+        let up = FaultyLink::to(cluster.controller.addr);
+        let down = FaultyLink::unaimed();
+        let mut command = kiln_command();
+        command
+            .args(["worker", "--processes", "2", "--listen", "127.0.0.1:0"])
+            .args(["--controller", &up.addr.to_string(), "--advertise", &down.addr.to_string()])
+            .args(["--join-token", &worker_token(&cluster.controller, JOIN_TOKEN)])
+            // One build of the plugin serves every worker of every test, so that all three
+            // take chunks from the start of each job.
+            .arg("--cache-dir")
+            .arg(shared_cache_dir())
+            .env("KILN_TARGET_DIR", plugin_target_dir());
+        let worker = Daemon::start(command);
+        // The controller's dial-back waits in the link until it knows where the worker listens.
+        down.aim(worker.addr);
+        cluster.workers.push(worker);
+        LinkedWorker { up, down, index: cluster.workers.len() - 1 }
+    }
+
+    /// The address the controller knows the worker by.
+    fn address(&self) -> String {
+        self.down.addr.to_string()
+    }
+
+    fn stall(&self) {
+        self.up.stall();
+        self.down.stall();
+    }
+
+    fn heal(&self) {
+        self.up.heal();
+        self.down.heal();
+    }
+}
+
+/// A controller and three workers, each behind its own links.
+fn linked_cluster() -> (Cluster, Vec<LinkedWorker>) {
+    let mut cluster = Cluster::start(0);
+    let linked = (0..3).map(|_| LinkedWorker::start(&mut cluster)).collect();
+    cluster.wait_workers(3);
+    (cluster, linked)
+}
+
+/// A `kiln submit` following its job in the background (through `controller`, a link or the
+/// controller's own address), killed if the test ends first.
+struct Follower {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Follower {
+    fn start(cluster: &Cluster, controller: &str, input: &Path, flags: &[String]) -> Follower {
+        let mut child = kiln_command()
+            .args(["submit", "--controller", controller, "--api-key", &cluster.api_key()])
+            .arg("--plugin")
+            .arg(fixture("ordered"))
+            .arg("--input")
+            .arg(input)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kiln submit starts");
+        let drain = |mut pipe: Box<dyn Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+        let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+        Follower { child, stdout, stderr }
+    }
+
+    /// Waits for `kiln submit` to exit; fails the test after `timeout`.
+    fn finish(mut self, timeout: Duration) -> Run {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("kiln submit can be waited for") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "kiln submit did not finish within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::mem::replace(&mut self.stdout, std::thread::spawn(String::new));
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        Run { success: status.success(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The only job of the cluster, once `kiln submit` has created it.
+fn the_job(cluster: &Cluster) -> u64 {
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    loop {
+        let jobs: Value = serde_json::from_str(&cluster.kiln(&["jobs", "--json"]).stdout).expect("jobs are JSON");
+        if let Some(job) = jobs[0]["id"].as_u64() {
+            return job;
+        }
+        assert!(Instant::now() < deadline, "no job was created");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Waits until the job has stored `n` partials.
+fn wait_done(cluster: &Cluster, job: u64, n: u64) -> Value {
+    cluster.wait_status(job, JOB_TIMEOUT, |status| status["chunks_done"].as_u64() >= Some(n))
+}
+
+/// Checks that the job succeeded with exactly the pieces of its input, in order, and that no
+/// job of the cluster is left unfinished.
+fn check(cluster: &Cluster, job: u64, n_chunks: usize) {
+    let status = cluster.wait_ended(job);
+    assert_eq!(status["state"], "Succeeded", "{status:#}");
+    assert_eq!(cluster.result(job), expected_pieces(n_chunks), "the partials in input order, once each");
+    let jobs: Value = serde_json::from_str(&cluster.kiln(&["jobs", "--json"]).stdout).expect("jobs are JSON");
+    let unfinished: Vec<&Value> = jobs
+        .as_array()
+        .expect("a list of jobs")
+        .iter()
+        .filter(|job| !matches!(job["state"].as_str(), Some("Succeeded" | "Failed" | "Cancelled")))
+        .collect();
+    assert!(unfinished.is_empty(), "jobs left unfinished: {unfinished:#?}");
+}
+
+/// Waits until the worker at `address` is registered and live.
+fn wait_registered(cluster: &Cluster, address: &str, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let info = cluster.cluster_info();
+        let live = info["workers"].as_array().is_some_and(|workers| workers.iter().any(|w| w["address"] == address));
+        if live {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the worker at {address} did not register again; cluster: {info:#}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_worker_partitioned_mid_job_loses_its_chunks_and_serves_again_once_healed() {
+    let (cluster, linked) = linked_cluster();
+    let n_chunks = 90;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(200).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let victim = &linked[0];
+    let busy = |status: &Value| {
+        status["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|w| w["address"] == victim.address().as_str() && w["in_flight"].as_u64() > Some(0))
+    };
+    let status =
+        cluster.wait_status(job, JOB_TIMEOUT, |status| status["chunks_done"].as_u64() >= Some(6) && busy(status));
+    assert!(status["chunks_done"].as_u64() < Some(n_chunks as u64 / 2), "the job is mid-way: {status:#}");
+
+    // Longer than the controller's heartbeat timeout: the worker is lost and its chunks run
+    // elsewhere; what it sent meanwhile arrives once the partition heals, late.
+    victim.stall();
+    std::thread::sleep(Duration::from_secs(6));
+    let during = cluster.status(job);
+    victim.heal();
+
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    assert!(status["lost_workers"].as_u64() >= Some(1), "the partitioned worker was declared lost: {during:#}");
+    wait_registered(&cluster, &victim.address(), Duration::from_secs(60));
+
+    // Work goes on, on all three.
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(100).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    let served = status["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|w| w["address"] == victim.address().as_str() && w["chunks_done"].as_u64() > Some(0));
+    assert!(served, "the healed worker got work: {status:#}");
+    assert!(cluster.workers[victim.index].stderr().contains("registered with the controller"));
+}
+
+#[test]
+fn the_controller_cut_from_every_worker_finishes_the_job_once_healed() {
+    let (cluster, linked) = linked_cluster();
+    let n_chunks = 60;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(200).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    wait_done(&cluster, job, 6);
+
+    for worker in &linked {
+        worker.stall();
+    }
+    std::thread::sleep(Duration::from_secs(6));
+    let during = cluster.cluster_info();
+    assert_eq!(during["workers"].as_array().map(Vec::len), Some(0), "every worker is lost: {during:#}");
+    let stalled = cluster.status(job);
+    assert_eq!(stalled["state"], "Running", "the job waits for workers: {stalled:#}");
+    for worker in &linked {
+        worker.heal();
+    }
+
+    check(&cluster, job, n_chunks);
+    cluster.wait_workers(3);
+}
+
+#[test]
+fn a_client_cut_shorter_than_its_patience_follows_the_job_to_its_exact_result() {
+    let (cluster, _linked) = linked_cluster();
+    let client_link = FaultyLink::to(cluster.controller.addr);
+    let n_chunks = 60;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &job_flags(200));
+    let job = the_job(&cluster);
+    wait_done(&cluster, job, 6);
+
+    // Shorter than a watch call's deadline: the call answers late.
+    client_link.stall();
+    std::thread::sleep(Duration::from_secs(4));
+    client_link.heal();
+    // Longer than a watch call's deadline, shorter than the watcher's patience: the watcher
+    // reconnects, after the job has ended meanwhile.
+    client_link.cut();
+    std::thread::sleep(Duration::from_secs(25));
+    client_link.heal();
+
+    let followed = follower.finish(JOB_TIMEOUT);
+    assert!(followed.success, "kiln submit did not follow the job to its end:\n{}", followed.stderr);
+    let output: Value = serde_json::from_str(&followed.stdout).expect("kiln submit prints the result");
+    assert_eq!(output, expected_pieces(n_chunks));
+    check(&cluster, job, n_chunks);
+}
+
+#[test]
+fn a_client_cut_longer_than_its_patience_gives_up_and_the_job_finishes_alone() {
+    let (cluster, _linked) = linked_cluster();
+    let client_link = FaultyLink::to(cluster.controller.addr);
+    let n_chunks = 60;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &job_flags(200));
+    let job = the_job(&cluster);
+    wait_done(&cluster, job, 6);
+
+    client_link.cut();
+    let followed = follower.finish(Duration::from_secs(120));
+    assert!(!followed.success, "kiln submit claimed success without its controller:\n{}", followed.stdout);
+    assert!(followed.stdout.is_empty(), "no result without the controller: {}", followed.stdout);
+    assert!(followed.stderr.contains(&format!("job {job}")), "the message names the job:\n{}", followed.stderr);
+    check(&cluster, job, n_chunks);
+}
+
+#[test]
+fn the_controller_killed_while_running_resumes_to_the_exact_ordered_result() {
+    let (mut cluster, _linked) = linked_cluster();
+    let n_chunks = 90;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let controller = cluster.controller.addr.to_string();
+    let follower = Follower::start(&cluster, &controller, &input, &job_flags(200));
+    let job = the_job(&cluster);
+    wait_done(&cluster, job, n_chunks as u64 / 4);
+
+    cluster.kill_controller();
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.restart_controller();
+
+    let followed = follower.finish(JOB_TIMEOUT);
+    assert!(followed.success, "kiln submit did not follow the job to its end:\n{}", followed.stderr);
+    let output: Value = serde_json::from_str(&followed.stdout).expect("kiln submit prints the result");
+    assert_eq!(output, expected_pieces(n_chunks));
+    check(&cluster, job, n_chunks);
+    cluster.wait_workers(3);
+}
