@@ -255,6 +255,7 @@ pub(super) fn read_responses(
             Ok(Some(Response::Done { call, bytes })) => answer(&shared, call, Ok(bytes)),
             Ok(Some(Response::Piece { call, bytes })) => piece(&shared, call, &bytes),
             Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
+            Ok(Some(Response::Refused { call, message })) => answer(&shared, call, Err(ExecError::Refused(message))),
             Ok(Some(other)) => {
                 tracing::warn!("executor sent an unexpected {other:?}");
             }

@@ -31,7 +31,8 @@ const TAG_READY: u8 = 10;
 const TAG_START_FAILED: u8 = 11;
 const TAG_DONE: u8 = 12;
 const TAG_FAILED: u8 = 13;
-const TAG_PIECE: u8 = 14;
+const TAG_REFUSED: u8 = 14;
+const TAG_PIECE: u8 = 15;
 
 /// The largest piece of an aggregate's output in one `Piece` frame: the supervisor holds one
 /// at a time.
@@ -67,8 +68,11 @@ pub enum Response {
     Done { call: u64, bytes: Bytes },
     /// A piece of a call's answer, followed by more pieces and then its `Done`.
     Piece { call: u64, bytes: Bytes },
-    /// A call failed with the plugin's message (an error it returned, or a caught panic).
+    /// A call failed with the plugin's message: a caught panic (or, from plugins built against
+    /// API 0.1.0, which cannot tell, any error).
     Failed { call: u64, message: String },
+    /// The plugin returned `Err` with this message: its own decision, not to be retried.
+    Refused { call: u64, message: String },
 }
 
 /// Why an executor could not start its plugin.
@@ -200,6 +204,9 @@ impl Response {
             Response::Failed { call, message } => {
                 write_frame(out, TAG_FAILED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
             }
+            Response::Refused { call, message } => {
+                write_frame(out, TAG_REFUSED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
+            }
         }
     }
 
@@ -220,6 +227,7 @@ impl Response {
             TAG_DONE => Response::Done { call: body.u64()?, bytes: body.bytes()? },
             TAG_PIECE => Response::Piece { call: body.u64()?, bytes: body.bytes()? },
             TAG_FAILED => Response::Failed { call: body.u64()?, message: body.string()? },
+            TAG_REFUSED => Response::Refused { call: body.u64()?, message: body.string()? },
             other => return Err(invalid(format!("unknown response tag {other}"))),
         };
         body.finish()?;
@@ -369,6 +377,7 @@ mod tests {
             Response::Done { call: 1, bytes: Bytes::from_static(b"{}") },
             Response::Piece { call: 3, bytes: Bytes::from_static(b"[1,") },
             Response::Failed { call: 2, message: "boom".into() },
+            Response::Refused { call: 3, message: "no".into() },
         ];
         let mut wire = Vec::new();
         for r in &responses {
