@@ -61,6 +61,7 @@ use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
 
 mod error;
+mod send;
 mod upload;
 mod watch;
 
@@ -87,9 +88,22 @@ const UPLOAD_DEADLINE: Duration = Duration::from_secs(120);
 /// unresponsive.
 const WATCH_MARGIN: Duration = Duration::from_secs(10);
 
-/// How long a watcher keeps trying to reach a controller that went away (a restart on the same
-/// data directory takes seconds) before it gives up.
-pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(60);
+/// How long an upload or a watcher keeps trying to reach a controller that went away (a
+/// restart on the same data directory takes seconds; a partition may take minutes) before it
+/// gives up, unless [`Client::set_patience`] says otherwise. Below the controller's
+/// `DEFAULT_UPLOAD_ABANDON`, so a retrying upload is never taken for an abandoned one.
+pub const RECONNECT_PATIENCE: Duration = Duration::from_secs(300);
+
+/// What an upload tells [`Client::on_retry`] while the controller cannot be reached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retrying {
+    /// The job whose input is uploading.
+    pub job: JobId,
+    /// Input bytes the controller acknowledged so far.
+    pub sent: u64,
+    /// Why the last attempt failed.
+    pub reason: String,
+}
 
 /// The first and the longest pause between attempts to reach the controller again.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -141,7 +155,13 @@ struct Inner {
     /// Whether the key pins the cluster's own CA (rather than trusting roots).
     pinned: bool,
     connection: Mutex<Option<ControllerClient>>,
+    /// How long to keep trying to reach the controller (an upload, a watcher).
+    patience: Mutex<Duration>,
+    /// Told each time an upload retries.
+    on_retry: Mutex<Option<RetryHook>>,
 }
+
+type RetryHook = Arc<dyn Fn(&Retrying) + Send + Sync>;
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -169,7 +189,15 @@ impl Client {
         let key = Credential::parse(Role::Client, api_key.expose()).map_err(ClientError::Key)?;
         let dial = dial_controller(key.trust, addr, ca_file, None).map_err(ClientError::Key)?;
         let pinned = matches!(key.trust, Trust::Pinned(_));
-        let inner = Inner { addr: addr.to_owned(), key: key.secret, dial, pinned, connection: Mutex::new(None) };
+        let inner = Inner {
+            addr: addr.to_owned(),
+            key: key.secret,
+            dial,
+            pinned,
+            connection: Mutex::new(None),
+            patience: Mutex::new(RECONNECT_PATIENCE),
+            on_retry: Mutex::new(None),
+        };
         let client = Client { inner: Arc::new(inner) };
         client.connection().await?;
         Ok(client)
@@ -178,6 +206,23 @@ impl Client {
     /// The controller's address.
     pub fn addr(&self) -> &str {
         &self.inner.addr
+    }
+
+    /// How long uploads and watchers keep trying to reach a controller that went away
+    /// (default [`RECONNECT_PATIENCE`]); shared by this client's clones.
+    pub fn set_patience(&self, patience: Duration) {
+        *lock(&self.inner.patience) = patience;
+    }
+
+    /// How long uploads and watchers keep trying to reach a controller that went away.
+    pub fn patience(&self) -> Duration {
+        *lock(&self.inner.patience)
+    }
+
+    /// Has `hook` told each time an upload retries a piece because the controller cannot be
+    /// reached (for a progress line).
+    pub fn on_retry(&self, hook: impl Fn(&Retrying) + Send + Sync + 'static) {
+        *lock(&self.inner.on_retry) = Some(Arc::new(hook));
     }
 
     /// Uploads the plugin (a crate directory, a `.tar.gz` or `.zip` of one, or a single `.rs`
@@ -356,43 +401,6 @@ impl Client {
         self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
             let (key, archive) = (key.clone(), ByteBuf::from(archive.clone()));
             async move { controller.upload_plugin(ctx, key, archive).await }
-        })
-        .await
-    }
-
-    /// Streams the input's pieces to the job, `first_piece` and then the rest, reading the
-    /// next piece while the last one travels.
-    async fn upload_input(
-        &self,
-        job: JobId,
-        first_piece: Option<(u32, Vec<u8>)>,
-        pieces: &mut upload::Pieces<impl AsyncRead + Unpin>,
-        uploaded: &(dyn Fn(u64) + Send + Sync),
-    ) -> Result<(), ClientError> {
-        let mut offset = 0u64;
-        let mut piece = first_piece;
-        while let Some((file, bytes)) = piece {
-            let length = bytes.len() as u64;
-            let (sent, following) = tokio::join!(self.upload_piece(job, file, offset, bytes), pieces.next());
-            sent?;
-            offset += length;
-            uploaded(offset);
-            piece = following?;
-        }
-        let key = &self.inner.key;
-        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
-            let key = key.clone();
-            async move { controller.finish_input(ctx, key, job, offset).await }
-        })
-        .await
-    }
-
-    async fn upload_piece(&self, job: JobId, file: u32, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
-        let key = &self.inner.key;
-        // A repeated piece is acknowledged and ignored by the controller, so resending is safe.
-        self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
-            let (key, piece) = (key.clone(), ByteBuf::from(piece.clone()));
-            async move { controller.upload_input(ctx, key, job, file, offset, piece).await }
         })
         .await
     }

@@ -94,6 +94,13 @@ impl LinkedWorker {
         self.up.heal();
         self.down.heal();
     }
+
+    /// Delays everything the worker sends by `delay`, on both links, as a slow interface of
+    /// its host would.
+    fn delay_sending(&self, delay: Duration) {
+        self.up.delay(delay, Duration::ZERO);
+        self.down.delay(Duration::ZERO, delay);
+    }
 }
 
 /// A controller and three workers, each behind its own links.
@@ -353,4 +360,31 @@ fn the_controller_killed_while_running_resumes_to_the_exact_ordered_result() {
     assert_eq!(output, expected_pieces(n_chunks));
     check(&cluster, job, n_chunks);
     cluster.wait_workers(3);
+}
+
+#[test]
+fn a_gray_worker_seconds_away_stays_registered_and_the_job_finishes_exactly() {
+    let (cluster, linked) = linked_cluster();
+    let gray = &linked[0];
+    // Longer than the controller's heartbeat timeout and the heartbeat's deadline on a quick
+    // link: the worker may be lost once, when the link gets slow at a stroke, and must then
+    // register again over the slow link, and stay.
+    gray.delay_sending(Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(4));
+    wait_registered(&cluster, &gray.address(), Duration::from_secs(60));
+
+    let n_chunks = 60;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(200).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    let lost: Vec<&Value> = status["workers"].as_array().unwrap().iter().filter(|w| w["lost"] == true).collect();
+    assert!(lost.is_empty(), "no worker was lost during the job: {status:#}");
+    wait_registered(&cluster, &gray.address(), Duration::from_secs(1));
+    let log = cluster.workers[gray.index].stderr();
+    assert!(!log.contains("cannot connect"), "the gray worker could always connect:\n{log}");
 }

@@ -33,6 +33,10 @@ pub struct ControllerArgs {
     /// Seconds without a heartbeat after which a worker counts as lost.
     #[arg(long, default_value_t = 3.0)]
     heartbeat_timeout: f64,
+    /// Seconds an upload may go without a new byte of input before its job fails as
+    /// abandoned and its partial input is deleted (clients retry for 5 minutes by default).
+    #[arg(long, default_value_t = kiln_engine::controller::DEFAULT_UPLOAD_ABANDON.as_secs())]
+    upload_abandon: u64,
     /// Serve plain TCP instead of TLS: keys, plugins and inputs cross the network readable by
     /// anyone. Only on a loopback address, unless --insecure-plaintext-allow-remote.
     #[arg(long)]
@@ -101,6 +105,10 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
         anyhow::bail!("--heartbeat-timeout must be a positive number of seconds");
     }
     config.heartbeat_timeout = Duration::from_secs_f64(args.heartbeat_timeout);
+    if args.upload_abandon == 0 {
+        anyhow::bail!("--upload-abandon must be a positive number of seconds");
+    }
+    config.upload_abandon = Duration::from_secs(args.upload_abandon);
     config.plaintext = args.insecure_plaintext;
     config.plaintext_allow_remote = args.insecure_plaintext_allow_remote;
     config.operator_cert = args.tls_cert.zip(args.tls_key);

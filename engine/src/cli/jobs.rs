@@ -72,6 +72,10 @@ pub struct SubmitArgs {
     /// Do not start speculative copies of chunks that run far longer than the others.
     #[arg(long)]
     no_speculation: bool,
+    /// Seconds to keep trying to reach a controller that went away (restarted, cut off) while
+    /// the input uploads or the job is followed.
+    #[arg(long, default_value_t = kiln_engine::client::RECONNECT_PATIENCE.as_secs())]
+    patience: u64,
     /// Cancel the job on Ctrl-C (by default the job goes on, and a second Ctrl-C cancels it).
     #[arg(long)]
     cancel_on_interrupt: bool,
@@ -149,9 +153,23 @@ pub fn submit(args: SubmitArgs) -> anyhow::Result<()> {
     }
     block_on(async {
         let client = connect(args.controller).await?;
+        client.set_patience(Duration::from_secs(args.patience));
         let bar = progress_bar(0, "{spinner} uploading {bytes} ({bytes_per_sec}) {msg}");
+        let retry_bar = bar.clone();
+        client.on_retry(move |retrying| {
+            let sent = indicatif::HumanBytes(retrying.sent);
+            let line = format!("controller unreachable, retrying (job {}, {sent} sent)", retrying.job);
+            if retry_bar.is_hidden() {
+                note(&line);
+            }
+            retry_bar.set_message(line);
+        });
+        let uploaded = |bytes| {
+            bar.set_position(bytes);
+            bar.set_message("");
+        };
         let job = client
-            .submit_files(&args.plugin, &args.input, options, &|bytes| bar.set_position(bytes))
+            .submit_files(&args.plugin, &args.input, options, &uploaded)
             .await
             .context("cannot submit the job")?;
         bar.finish_and_clear();

@@ -99,6 +99,23 @@ pub enum ClientError {
         /// The underlying error.
         source: io::Error,
     },
+    /// The controller could not be reached for the client's whole patience during an upload;
+    /// the job's upload stops (the controller fails the job as abandoned later).
+    #[error(
+        "job {job}: the controller could not be reached for {seconds} s while the input uploaded ({sent} bytes \
+         sent): {reason}; `kiln status {job}` shows the job, `kiln cancel {job}` cancels it, and the \
+         controller fails it as abandoned after a while"
+    )]
+    UploadGaveUp {
+        /// The job.
+        job: JobId,
+        /// Input bytes the controller acknowledged.
+        sent: u64,
+        /// How long the client kept trying.
+        seconds: u64,
+        /// The last attempt's failure.
+        reason: String,
+    },
     /// The job failed; the message is the plugin's own, cargo's diagnostics, or the controller's.
     #[error("{}", describe_failure(*.job, .failure))]
     JobFailed {

@@ -4,13 +4,14 @@ use std::time::Instant;
 
 use futures::Stream;
 
-use super::{BACKOFF_FIRST, BACKOFF_MAX, Client, ClientError, RECONNECT_PATIENCE, Repeat, WATCH_MARGIN};
+use super::{BACKOFF_FIRST, BACKOFF_MAX, Client, ClientError, Repeat, WATCH_MARGIN};
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, WATCH_WAIT};
 
 impl Client {
     /// The job's statuses as they change, until it ends: each item is newer than the last.
     /// When the connection breaks (the controller restarts), the stream reconnects by itself,
-    /// giving up with an error after [`RECONNECT_PATIENCE`] without an answer.
+    /// giving up with an error after the client's patience ([`Client::set_patience`]) without an
+    /// answer.
     pub fn watch(&self, job: JobId) -> impl Stream<Item = Result<JobStatus, ClientError>> + Send + 'static {
         let watcher = Watcher { client: self.clone(), job, last_seq: None, reconnected: false, ended: false };
         futures::stream::unfold(watcher, |mut watcher| async move {
@@ -94,7 +95,7 @@ impl Watcher {
                 }
                 Err(error) if error.is_transient() => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
-                    if since.elapsed() >= RECONNECT_PATIENCE {
+                    if since.elapsed() >= self.client.patience() {
                         return Err(error);
                     }
                     tracing::debug!(job, "watching: {error}; retrying");

@@ -70,6 +70,10 @@ use crate::tls::{Fingerprint, TlsError};
 /// How long a worker may stay silent before it is declared lost (three heartbeats).
 pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// How long a job's upload may go without a new byte of input before the job fails as
+/// abandoned (its client gave up, or is gone): clients keep retrying for a few minutes.
+pub const DEFAULT_UPLOAD_ABANDON: Duration = Duration::from_secs(600);
+
 /// How the controller runs.
 #[derive(Debug, Clone)]
 pub struct ControllerConfig {
@@ -85,6 +89,8 @@ pub struct ControllerConfig {
     pub join_token: Option<Secret>,
     /// How long a worker may stay silent before its work goes elsewhere.
     pub heartbeat_timeout: Duration,
+    /// How long an upload may go without a new byte before its job fails as abandoned.
+    pub upload_abandon: Duration,
     /// Plain TCP instead of TLS (`--insecure-plaintext`): only on a loopback address unless
     /// `plaintext_allow_remote`.
     pub plaintext: bool,
@@ -111,6 +117,7 @@ impl ControllerConfig {
             api_key: None,
             join_token: None,
             heartbeat_timeout: DEFAULT_HEARTBEAT_TIMEOUT,
+            upload_abandon: DEFAULT_UPLOAD_ABANDON,
             plaintext: false,
             plaintext_allow_remote: false,
             operator_cert: None,
@@ -337,7 +344,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
     tasks.spawn(links::accept_loop(listener, server, service));
     tasks.spawn(dispatch::run_scheduler(Arc::clone(&shared)));
     tasks.spawn(workers::run_reaper(Arc::clone(&shared)));
-    tasks.spawn(watchdog::run(Arc::clone(&shared)));
+    tasks.spawn(watchdog::run(Arc::clone(&shared), config.upload_abandon));
     info!(addr = %local_addr, data_dir = %data_dir.display(), "controller listening");
     Ok(RunningController { shared, local_addr, generated, tasks, metrics })
 }

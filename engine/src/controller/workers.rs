@@ -29,8 +29,9 @@ use crate::tls::link::{self, Transport};
 use crate::tls::verify::Dial;
 use crate::tls::{Fingerprint, worker_name};
 
-/// How long dialing a registering worker may take.
-const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// How long dialing a registering worker may take: a TCP and a TLS handshake, over a link that
+/// may be slow (a worker seconds away still serves).
+const DIAL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// How long a worker dialled back may take to answer the controller's first call (it answers
 /// at once, from memory).
@@ -84,6 +85,7 @@ pub(super) async fn activate(
         },
     })?;
     let Some(info) = pending else { return Ok(()) };
+    let dialled_at = Instant::now();
     let transport = dial(shared, worker_id, &info.address).await.map_err(|e| {
         RpcError::Invalid(format!(
             "cannot reach the worker at {}: {e}: give the worker a --listen address the controller can reach",
@@ -120,12 +122,15 @@ pub(super) async fn activate(
         }
     }
     let info = WorkerInfo { processes: info.processes.max(1), ..info };
-    let entry = WorkerEntry::new(worker_id, info, secret.clone(), client, connection);
+    // A TLS handshake is about one round trip: the first measure of the worker's link.
+    let round_trip = dialled_at.elapsed();
+    let entry = WorkerEntry::new(worker_id, info, secret.clone(), client, connection, round_trip);
     info!(
         worker = worker_id,
         address = %entry.info().address,
         hostname = %entry.info().hostname,
         processes = entry.info().processes,
+        round_trip_ms = round_trip.as_millis() as u64,
         "worker joined"
     );
     // False when it was removed while it was being dialled.

@@ -122,6 +122,8 @@ impl Cluster {
         let mut command = daemon_command(bench, controller_host);
         let listen = format!("{}:0", controller_host.map_or("127.0.0.1", |host| host.ip.as_str()));
         command.arg("controller").args(["--listen", &listen]).arg("--data-dir").arg(data_dir.path());
+        // The bench's inputs may be named by reference (`file://`), read by the workers.
+        command.arg("--file-input-root").arg(bench.inputs());
         if link == Link::PlainTcp {
             command.arg("--insecure-plaintext");
         }

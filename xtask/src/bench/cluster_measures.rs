@@ -40,6 +40,13 @@ pub struct WordCountMemory {
     full: (u64, PeakMemory),
     /// One run at four times the size, for memory only.
     fourfold: (u64, PeakMemory),
+    /// The full size read by reference.
+    by_reference: PeakMemory,
+}
+
+/// The `file://` URL of a bench input, which the bench's controllers allow.
+pub fn by_reference(input: &Path) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("file://{}", input.display()))
 }
 
 /// Word count through `kiln submit` against the streaming baseline (section 1, after
@@ -54,6 +61,11 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
 
     eprintln!("word count: kiln submit, {} MiB, alternating with the streaming baseline", base.bytes >> 20);
     let tls = cluster_word_count(bench, &base.input, &base.expected, Link::Tls, Some(base))?;
+    eprintln!(
+        "word count: kiln submit --input file://…, {} MiB, alternating with the streaming baseline",
+        base.bytes >> 20
+    );
+    let by_reference = cluster_word_count(bench, &by_reference(&base.input), &base.expected, Link::Tls, Some(base))?;
     eprintln!("word count: kiln submit, {} MiB, plain TCP, alternating with the streaming baseline", base.bytes >> 20);
     let plain = cluster_word_count(bench, &base.input, &base.expected, Link::PlainTcp, Some(base))?;
 
@@ -67,6 +79,17 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
         "uploaded cluster ÷ streaming baseline",
         &format!("{ratio:.2}×"),
         Target::AtLeast(ratio, 0.7, "≥ 0.7×"),
+    );
+    report.figure(
+        "`kiln submit --input file://…` (by reference: the worker reads the file, the controller plans)",
+        &throughput(base.bytes, &by_reference.samples),
+        Target::None,
+    );
+    let by_reference_ratio = ratio_of(&by_reference.streamed, &by_reference.samples);
+    report.figure(
+        "by-reference cluster ÷ streaming baseline",
+        &format!("{by_reference_ratio:.2}×"),
+        Target::AtLeast(by_reference_ratio, 0.9, "≥ 0.9×"),
     );
     report.figure(
         "the same over plain TCP (`kiln controller --insecure-plaintext`)",
@@ -99,6 +122,7 @@ pub fn word_count(bench: &Bench, report: &mut Report, base: &Baseline) -> anyhow
     eprintln!("word count: kiln submit, {} MiB, once, for peak memory", fourfold_bytes >> 20);
     let fourfold = peak_of_one_run(bench, &fourfold_input)?;
     Ok(WordCountMemory {
+        by_reference: by_reference.memory,
         quarter: (quarter_bytes, quarter.memory),
         full: (base.bytes, tls.memory),
         fourfold: (fourfold_bytes, fourfold),
@@ -347,6 +371,11 @@ pub fn peak_memory(report: &mut Report, memory: &WordCountMemory) {
         "controller growth for 16× the input",
         &format!("{:+.0} %", (growth - 1.0) * 100.0),
         Target::AtMostNumber(growth, FLAT_GROWTH, "flat (≤ +25 %)"),
+    );
+    report.figure(
+        &format!("controller, {} MiB by reference (`file://`)", memory.full.0 >> 20),
+        &format!("{:.0} MiB", mib(memory.by_reference.controller)),
+        Target::AtMostNumber(mib(memory.by_reference.controller), 100.0, "≤ 100 MiB"),
     );
     for n in 0..memory.full.1.workers.len() {
         report.figure(&format!("worker daemon {}", n + 1), &along(&|peak| peak.workers.get(n).copied()), Target::None);

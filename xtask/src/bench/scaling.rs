@@ -3,13 +3,16 @@
 //! A controller, a client and up to three workers each on a simulated host ([`netsim`]), the
 //! controller's link shaped to [`LINK_MBIT`] each way. An uploaded input crosses that link
 //! twice (client → controller → worker), so its throughput stays at the link's speed however
-//! many workers join; an input by reference is read by each worker where it lives.
+//! many workers join; an input by reference (`file://`, on the filesystem every simulated host
+//! shares, as data local to the workers would be) is read by each worker where it lives, and
+//! only plans and results cross the controller's link.
 
 use std::collections::BTreeMap;
 
 use anyhow::Context;
 
 use super::cluster::{Cluster, Link, Placement};
+use super::cluster_measures::by_reference;
 use super::measures::{STREAMING_THREADS, throughput};
 use super::netsim::Network;
 use super::report::{Report, Target};
@@ -51,7 +54,7 @@ pub fn scaling(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let args = ["--processes", "1"];
     let link_bytes_per_s = f64::from(LINK_MBIT) * 1e6 / 8.0;
     for n_workers in 1..=MAX_WORKERS {
-        eprintln!("scaling: {n_workers} worker(s) behind a {LINK_MBIT} Mbit/s controller link, uploaded input");
+        eprintln!("scaling: {n_workers} worker(s) behind a {LINK_MBIT} Mbit/s controller link");
         let placement = Placement {
             controller: network.host(0).clone(),
             client: network.host(1).clone(),
@@ -67,10 +70,28 @@ pub fn scaling(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
             anyhow::ensure!(counted == expected, "the cluster's word count differs from the baseline's");
             Ok(())
         })?;
-        let of_link = bytes as f64 / uploaded.median().as_secs_f64() / link_bytes_per_s;
+        let url = by_reference(&input);
+        let referenced = Samples::collect(bench.runs.min(3), false, || {
+            let submitted = cluster.submit(&plugin, &url, &args)?;
+            let counted: BTreeMap<String, u64> =
+                serde_json::from_str(&submitted.output).context("kiln submit's output is a word count")?;
+            anyhow::ensure!(counted == expected, "the cluster's word count differs from the baseline's");
+            Ok(())
+        })?;
+        let of_link = |samples: &Samples| bytes as f64 / samples.median().as_secs_f64() / link_bytes_per_s;
         report.figure(
             &format!("{n_workers} of {MAX_WORKERS} workers, uploaded input (client → controller → worker)"),
-            &format!("{} = {of_link:.2}× the link's {:.0} MB/s", throughput(bytes, &uploaded), link_bytes_per_s / 1e6),
+            &format!(
+                "{} = {:.2}× the link's {:.0} MB/s",
+                throughput(bytes, &uploaded),
+                of_link(&uploaded),
+                link_bytes_per_s / 1e6
+            ),
+            Target::None,
+        );
+        report.figure(
+            &format!("{n_workers} of {MAX_WORKERS} workers, by reference (`file://`, read by each worker)"),
+            &format!("{} = {:.2}× the link's speed", throughput(bytes, &referenced), of_link(&referenced)),
             Target::None,
         );
     }

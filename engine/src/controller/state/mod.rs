@@ -225,16 +225,21 @@ impl State {
         key
     }
 
-    /// Loses the workers silent for `timeout` at `now`. Answers whether any was lost, and
-    /// when the next one can expire.
+    /// Loses the workers silent at `now` for longer than their limit: `timeout`, or more for
+    /// a worker on a slow link (`WorkerEntry::silence_limit`). Answers whether any was lost,
+    /// and when the next one can expire.
     pub fn lose_silent_workers(&mut self, timeout: Duration, now: Instant) -> (bool, Option<Instant>) {
-        let expired: Vec<WorkerId> =
-            self.workers.iter().filter(|w| now.duration_since(w.last_seen()) >= timeout).map(WorkerEntry::id).collect();
-        let reason = format!("no heartbeat for {} ms", timeout.as_millis());
-        for worker_id in &expired {
-            self.lose_worker(*worker_id, &reason);
+        let expired: Vec<(WorkerId, Duration)> = self
+            .workers
+            .iter()
+            .map(|w| (w.id(), w.silence_limit(timeout), w.last_seen()))
+            .filter(|(_, limit, last_seen)| now.duration_since(*last_seen) >= *limit)
+            .map(|(id, limit, _)| (id, limit))
+            .collect();
+        for (worker_id, limit) in &expired {
+            self.lose_worker(*worker_id, &format!("no heartbeat for {} ms", limit.as_millis()));
         }
-        (!expired.is_empty(), self.workers.iter().map(|w| w.last_seen() + timeout).min())
+        (!expired.is_empty(), self.workers.iter().map(|w| w.last_seen() + w.silence_limit(timeout)).min())
     }
 
     /// Closes the connections to every worker and forgets them, at shutdown.

@@ -6,11 +6,20 @@ use std::time::{Duration, Instant};
 
 use tokio::task::AbortHandle;
 
-use crate::rpc::{Secret, WorkerClient, WorkerId, WorkerInfo, WorkerSummary};
+use crate::rpc::{HEARTBEAT_INTERVAL, Secret, WorkerClient, WorkerId, WorkerInfo, WorkerSummary};
 
 /// How long a registered worker may take to call `activate` before its registration is
 /// dropped.
 const PENDING_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many of its round trips a worker may stay silent before it counts as lost (beyond the
+/// configured heartbeat timeout, the floor): a worker on a slow link ("gray") answers late but
+/// answers, and losing it would throw its work away again and again.
+pub(in crate::controller) const SILENCE_RTT_MULTIPLE: u32 = 4;
+
+/// The longest a worker may stay silent, however slow its link: past this, a worker that is
+/// away holds its chunks back for too long.
+pub(in crate::controller) const SILENCE_CEILING: Duration = Duration::from_secs(60);
 
 /// A worker registered and not yet activated.
 pub(in crate::controller) struct PendingWorker {
@@ -43,6 +52,10 @@ pub(in crate::controller) struct WorkerEntry {
     secret: Secret,
     client: WorkerClient,
     last_seen: Instant,
+    /// The round trip to the worker as last measured: how long dialling it back took at first
+    /// (a TLS handshake is one round trip), then the time between its heartbeats beyond their
+    /// interval (a worker sends the next one when the last is answered), smoothed.
+    round_trip: Duration,
     /// Calls holding a slot (batches of chunks and combines), over all jobs.
     slots_used: u32,
     /// Chunks in those calls.
@@ -68,13 +81,15 @@ impl WorkerHandle {
 }
 
 impl WorkerEntry {
-    /// A worker that joined now, reached through `client`; aborting `connection` closes it.
+    /// A worker that joined now, reached through `client` after dialling it back took
+    /// `round_trip`; aborting `connection` closes it.
     pub fn new(
         id: WorkerId,
         info: WorkerInfo,
         secret: Secret,
         client: WorkerClient,
         connection: AbortHandle,
+        round_trip: Duration,
     ) -> WorkerEntry {
         WorkerEntry {
             id,
@@ -82,6 +97,7 @@ impl WorkerEntry {
             secret,
             client,
             last_seen: Instant::now(),
+            round_trip,
             slots_used: 0,
             chunks_in_flight: 0,
             chunks_done: 0,
@@ -108,9 +124,19 @@ impl WorkerEntry {
         self.last_seen
     }
 
-    /// Records a heartbeat now.
+    /// Records a heartbeat now, and what the time since the last one says of the round trip.
     pub fn seen(&mut self) {
-        self.last_seen = Instant::now();
+        let now = Instant::now();
+        let gap = now.saturating_duration_since(self.last_seen);
+        self.round_trip = smoothed_round_trip(self.round_trip, gap.saturating_sub(HEARTBEAT_INTERVAL));
+        self.last_seen = now;
+    }
+
+    /// How long the worker may stay silent before it counts as lost: `floor` (the configured
+    /// heartbeat timeout), or [`SILENCE_RTT_MULTIPLE`] round trips on a slow link, at most
+    /// [`SILENCE_CEILING`].
+    pub fn silence_limit(&self, floor: Duration) -> Duration {
+        floor.max((self.round_trip * SILENCE_RTT_MULTIPLE).min(SILENCE_CEILING))
     }
 
     /// Calls holding a slot on the worker, over all jobs.
@@ -155,6 +181,12 @@ impl WorkerEntry {
             last_seen_ms: u64::try_from(now.duration_since(self.last_seen).as_millis()).unwrap_or(u64::MAX),
         }
     }
+}
+
+/// The round trip estimate after a new sample: up at once (a link that got slower must not cost
+/// the worker its registration), down slowly (one quick answer does not make a link fast).
+fn smoothed_round_trip(estimate: Duration, sample: Duration) -> Duration {
+    if sample >= estimate { sample } else { (estimate * 7 + sample) / 8 }
 }
 
 /// The live workers (registered and activated, not lost) and the pending ones.
@@ -224,5 +256,18 @@ impl Workers {
             worker.disconnect();
         }
         self.live.clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_round_trip_rises_at_once_and_falls_slowly() {
+        let rtt = smoothed_round_trip(Duration::from_millis(10), Duration::from_secs(3));
+        assert_eq!(rtt, Duration::from_secs(3));
+        let rtt = smoothed_round_trip(rtt, Duration::ZERO);
+        assert_eq!(rtt, Duration::from_millis(2625));
     }
 }

@@ -20,6 +20,7 @@
 
 mod metrics;
 mod registrar;
+mod round_trip;
 mod state;
 
 use std::collections::HashMap;
@@ -262,6 +263,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         local_addr,
         processes,
         state: Arc::clone(&state),
+        round_trip: Default::default(),
     };
     tasks.spawn(registrar.run(stop_rx, refused_tx));
     tracing::info!(%local_addr, controller = %config.controller, processes, "worker listening");

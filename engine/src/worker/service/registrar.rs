@@ -13,6 +13,7 @@ use serde_bytes::ByteBuf;
 use tarpc::context;
 use tokio::sync::watch;
 
+use super::round_trip::RoundTrip;
 use super::state::{State, lock};
 use crate::rpc::{
     ControllerClient, HEARTBEAT_INTERVAL, PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerCertificate,
@@ -29,12 +30,13 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Deadline of a registration call: the controller only records the worker.
 const REGISTER_DEADLINE: Duration = Duration::from_secs(10);
 
-/// Deadline of an activation: the controller dials the worker back (at most 5 s) first.
+/// Deadline of an activation: the controller dials the worker back (at most 10 s) first. Calls
+/// add the deadline the measured round trip asks for to these bases.
 const ACTIVATE_DEADLINE: Duration = Duration::from_secs(15);
 
-/// Deadline of a heartbeat: well under the controller's timeout for silent workers (3 s), so a
-/// stuck call is noticed while the worker still counts as alive.
-const HEARTBEAT_DEADLINE: Duration = Duration::from_secs(2);
+/// How many heartbeats in a row may go unanswered on one connection before the worker
+/// connects again: one miss only widens the next deadline (the link may just have got slower).
+const MAX_MISSES: u32 = 2;
 
 /// The first and the longest pause between attempts to reach the controller.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
@@ -53,6 +55,9 @@ pub(super) struct Registrar {
     pub(super) local_addr: SocketAddr,
     pub(super) processes: u32,
     pub(super) state: Arc<State>,
+    /// The round trip to the controller, measured across connections; the deadlines of
+    /// heartbeats follow it.
+    pub(super) round_trip: std::sync::Mutex<RoundTrip>,
 }
 
 /// Why the heartbeat loop ended.
@@ -98,10 +103,10 @@ impl Registrar {
                 }
                 Err(Refusal::Retry(message)) => {
                     if away_since.is_none() {
-                        tracing::warn!(controller = %self.controller, "cannot reach the controller ({message}); retrying");
+                        tracing::warn!(controller = %self.controller, "{message}; retrying");
                         away_since = Some(Instant::now());
                     } else {
-                        tracing::debug!(controller = %self.controller, "still cannot reach the controller: {message}");
+                        tracing::debug!(controller = %self.controller, "still {message}; retrying");
                     }
                 }
             }
@@ -114,21 +119,26 @@ impl Registrar {
     }
 
     /// Connects to the controller and makes that link the worker's: keeps the current
-    /// registration if the controller still knows it, else registers anew and activates.
+    /// registration if the controller still knows it, else registers anew and activates. A
+    /// heartbeat that fails here (the controller may have lost the worker while the link was
+    /// slow) leads to registering anew on this fresh link, not to waiting for that heartbeat
+    /// to work again.
     async fn join(&self) -> Result<ControllerClient, Refusal> {
         let current = lock(&self.state.link).registration.clone();
         if let Some(registration) = current {
             let (client, _) = self.connect(true).await?;
-            match heartbeat(&client, &registration).await {
+            match self.heartbeat(&client, &registration).await {
                 Ok(()) => {
                     self.state.set_link(|link| link.controller = Some(client.clone()));
                     return Ok(client);
                 }
-                Err(HeartbeatError::Forgotten) => {
+                Err(error) => {
+                    if let HeartbeatError::Failed(message) | HeartbeatError::Unanswered(message) = &error {
+                        tracing::info!(controller = %self.controller, "{message}; registering again");
+                    }
                     self.state.set_link(|link| link.registration = None);
                     self.state.forget_jobs();
                 }
-                Err(HeartbeatError::Failed(message)) => return Err(Refusal::Retry(message)),
             }
         }
         let (client, local_ip) = self.connect(false).await?;
@@ -140,12 +150,13 @@ impl Registrar {
             public_key: ByteBuf::from(self.key.as_ref().map(|key| key.public_key()).unwrap_or_default()),
         };
         let mut ctx = context::current();
-        ctx.deadline = Instant::now() + REGISTER_DEADLINE;
+        let deadline = self.call_deadline(REGISTER_DEADLINE);
+        ctx.deadline = Instant::now() + deadline;
         self.state.set_link(|link| link.registering = true);
         let registered = match client.register(ctx, self.join_token.clone(), info.clone()).await {
             Ok(Ok(registration)) => self.install(registration.certificate.as_ref()).map(|()| registration),
             Ok(Err(error)) => Err(refusal(error)),
-            Err(error) => Err(Refusal::Retry(error.to_string())),
+            Err(error) => Err(self.unanswered("registering", deadline, &error)),
         };
         let activated = match registered {
             Ok(registration) => {
@@ -188,11 +199,12 @@ impl Registrar {
         // link, before `activate` answers: the link must be in place first.
         self.state.set_link(|link| link.controller = Some(client.clone()));
         let mut ctx = context::current();
-        ctx.deadline = Instant::now() + ACTIVATE_DEADLINE;
+        let deadline = self.call_deadline(ACTIVATE_DEADLINE);
+        ctx.deadline = Instant::now() + deadline;
         match client.activate(ctx, registration.worker_id, registration.worker_secret.clone()).await {
             Ok(Ok(())) => Ok(client),
             Ok(Err(error)) => Err(refusal(error)),
-            Err(error) => Err(Refusal::Retry(error.to_string())),
+            Err(error) => Err(self.unanswered("activating", deadline, &error)),
         }
     }
 
@@ -227,15 +239,20 @@ impl Registrar {
         let identity = if identified { lock(&self.state.link).identity.clone() } else { None };
         let dial = verify::dial_controller(self.trust, &self.controller, None, identity)
             .map_err(|e| Refusal::Fatal(RpcError::Invalid(e.to_string())))?;
+        let started = Instant::now();
         let link = match link::connect(&self.controller, dial.as_ref(), CONNECT_TIMEOUT).await {
-            Ok(link) => link,
+            Ok(link) => {
+                // Connecting over TLS takes about one round trip beyond the TCP handshake.
+                self.round_trip().record(started.elapsed());
+                link
+            }
             Err(e) if is_wrong_peer(&e) => {
                 return Err(Refusal::Fatal(RpcError::Unauthorized(format!(
                     "the controller at {} is not the one this join token belongs to ({e})",
                     self.controller
                 ))));
             }
-            Err(e) => return Err(Refusal::Retry(e.to_string())),
+            Err(e) => return Err(Refusal::Retry(format!("cannot connect to the controller: {e}"))),
         };
         let local_ip = link.local_addr().ip();
         let transport = link::transport(link);
@@ -249,7 +266,7 @@ impl Registrar {
             return Ok(false);
         }
         let mut ctx = context::current();
-        ctx.deadline = Instant::now() + REGISTER_DEADLINE;
+        ctx.deadline = Instant::now() + self.call_deadline(REGISTER_DEADLINE);
         let public_key = ByteBuf::from(key.public_key());
         match client.renew(ctx, registration.worker_id, registration.worker_secret.clone(), public_key).await {
             Ok(Ok(certificate)) => {
@@ -262,11 +279,13 @@ impl Registrar {
         }
     }
 
-    /// Sends heartbeats until the connection fails or the controller forgets the worker.
+    /// Sends heartbeats until the connection fails (or [`MAX_MISSES`] go unanswered in a row)
+    /// or the controller forgets the worker.
     async fn heartbeats(&self, client: &ControllerClient) -> Lapse {
         let mut ticks = tokio::time::interval(HEARTBEAT_INTERVAL);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
+        let mut misses = 0;
         loop {
             ticks.tick().await;
             let Some(registration) = lock(&self.state.link).registration.clone() else { return Lapse::Forgotten };
@@ -278,15 +297,76 @@ impl Registrar {
                     return Lapse::Forgotten;
                 }
             }
-            match heartbeat(client, &registration).await {
-                Ok(()) => {}
+            match self.heartbeat(client, &registration).await {
+                Ok(()) => misses = 0,
                 Err(HeartbeatError::Forgotten) => return Lapse::Forgotten,
-                Err(HeartbeatError::Failed(message)) => {
-                    tracing::warn!(controller = %self.controller, "heartbeat failed ({message}); reconnecting");
+                Err(HeartbeatError::Unanswered(message)) if misses + 1 < MAX_MISSES => {
+                    misses += 1;
+                    tracing::info!(controller = %self.controller, "{message}; waiting longer for the next one");
+                }
+                Err(HeartbeatError::Failed(message) | HeartbeatError::Unanswered(message)) => {
+                    tracing::warn!(controller = %self.controller, "{message}; connecting again");
                     self.state.set_link(|link| link.controller = None);
                     return Lapse::Disconnected;
                 }
             }
+        }
+    }
+
+    /// Sends one heartbeat with a deadline that follows the measured round trip, and measures
+    /// it.
+    async fn heartbeat(&self, client: &ControllerClient, registration: &Registration) -> Result<(), HeartbeatError> {
+        let deadline = self.round_trip().deadline();
+        let mut ctx = context::current();
+        ctx.deadline = Instant::now() + deadline;
+        let started = Instant::now();
+        let answer = client.heartbeat(ctx, registration.worker_id, registration.worker_secret.clone()).await;
+        if answer.is_ok() {
+            self.round_trip().record(started.elapsed());
+        }
+        match answer {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(RpcError::NotFound(_) | RpcError::Unauthorized(_))) => Err(HeartbeatError::Forgotten),
+            Ok(Err(error)) => Err(HeartbeatError::Failed(format!("the controller refused a heartbeat: {error}"))),
+            Err(tarpc::client::RpcError::DeadlineExceeded) => {
+                let message = self.no_answer("a heartbeat", deadline);
+                self.round_trip().unanswered(deadline);
+                Err(HeartbeatError::Unanswered(message))
+            }
+            Err(error) => Err(HeartbeatError::Failed(format!("a heartbeat failed: {error}"))),
+        }
+    }
+
+    fn round_trip(&self) -> std::sync::MutexGuard<'_, RoundTrip> {
+        self.round_trip.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The deadline of a call that takes `base` on a quick link, plus the round trips of a
+    /// slow one.
+    fn call_deadline(&self, base: Duration) -> Duration {
+        base + self.round_trip().deadline()
+    }
+
+    /// Why a call got no answer: the link is slow or gone (it connected, so the controller is
+    /// reachable), said with the round trip measured so far.
+    fn no_answer(&self, call: &str, deadline: Duration) -> String {
+        let measured = match self.round_trip().estimate() {
+            Some(rtt) => format!("; round trip measured: {} ms", rtt.as_millis()),
+            None => String::new(),
+        };
+        format!("the controller did not answer {call} within {:.1} s{measured}", deadline.as_secs_f64())
+    }
+
+    /// A call that failed: unanswered in time (the next deadline is wider), or its connection
+    /// broke.
+    fn unanswered(&self, call: &str, deadline: Duration, error: &tarpc::client::RpcError) -> Refusal {
+        match error {
+            tarpc::client::RpcError::DeadlineExceeded => {
+                let message = self.no_answer(call, deadline);
+                self.round_trip().unanswered(deadline);
+                Refusal::Retry(message)
+            }
+            error => Refusal::Retry(format!("{call} failed: {error}")),
         }
     }
 
@@ -314,19 +394,10 @@ enum Refusal {
 enum HeartbeatError {
     /// The controller does not know this registration (it restarted, or declared us lost).
     Forgotten,
-    /// The call failed.
+    /// No answer came within the deadline: the link is slow, or gone.
+    Unanswered(String),
+    /// The call failed otherwise.
     Failed(String),
-}
-
-async fn heartbeat(client: &ControllerClient, registration: &Registration) -> Result<(), HeartbeatError> {
-    let mut ctx = context::current();
-    ctx.deadline = Instant::now() + HEARTBEAT_DEADLINE;
-    match client.heartbeat(ctx, registration.worker_id, registration.worker_secret.clone()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(RpcError::NotFound(_) | RpcError::Unauthorized(_))) => Err(HeartbeatError::Forgotten),
-        Ok(Err(error)) => Err(HeartbeatError::Failed(error.to_string())),
-        Err(error) => Err(HeartbeatError::Failed(error.to_string())),
-    }
 }
 
 /// How a refusal from the controller is taken: for good when the token, version, address or
