@@ -30,7 +30,7 @@ use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
 use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
 use crate::rules::combine::{Groups, combine_group};
 use crate::rules::retry;
-use crate::worker::builder::{BuildError, Builder, BuilderConfig};
+use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig};
 use crate::worker::executor::{ChunkText, ExecutorConfig};
 use crate::worker::runner::JobRunner;
 
@@ -145,7 +145,12 @@ pub async fn run_local(
         config.builder.clone().sandboxed_like_executors(&config.executor.program, config.executor.sandbox),
     );
     // The one running `kiln run-local` holds everything on this machine: the key holder.
-    let built = builder.build(&Owner::key_holder(), &source, progress).await?;
+    let lines = |event: BuildEvent<'_>| {
+        if let BuildEvent::Line(line) = event {
+            progress(line);
+        }
+    };
+    let built = builder.build(&Owner::key_holder(), &source, &lines).await?;
     let build_time = started.elapsed();
 
     let started = Instant::now();

@@ -15,6 +15,7 @@
 //! `fetch_plugin`, `activate`, `renew`) also need the link's client certificate to be the one
 //! the controller issued to that worker.
 
+pub mod build;
 pub mod input;
 
 use std::fmt;
@@ -400,6 +401,9 @@ pub struct JobStatus {
     pub finished_ms: Option<u64>,
     /// Why it failed, when it did.
     pub failure: Option<JobFailure>,
+    /// The plugin's build: the building phase, before any chunk (`started_ms`) runs.
+    #[serde(default)]
+    pub build: Option<build::BuildProgress>,
 }
 
 /// A line of `kiln jobs`.
@@ -573,28 +577,10 @@ pub trait Worker {
 
     /// Forgets a job: stops its executor once nothing else needs it.
     async fn release(secret: Secret, job: JobId) -> Result<(), TaskError>;
+
+    /// How far this worker's build of the job's plugin (in `prepare`) has come; `None`: none.
+    async fn build_progress(secret: Secret, job: JobId) -> Result<Option<build::BuildProgress>, TaskError>;
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn each_job_state_has_one_name_that_reads_back() {
-        for state in JobState::ALL {
-            assert_eq!(state.as_str().parse::<JobState>(), Ok(state));
-        }
-        assert_eq!("Running".parse::<JobState>(), Err(UnknownJobState("Running".into())));
-        assert_eq!(UnknownJobState("done".into()).to_string(), "unknown state `done`");
-    }
-
-    #[test]
-    fn secrets_compare_by_content_and_never_print() {
-        let key = Secret::generate();
-        assert_eq!(key.expose().len(), 64);
-        assert!(key.matches(&Secret::new(key.expose())));
-        assert!(!key.matches(&Secret::generate()));
-        assert!(!key.matches(&Secret::new("short")));
-        assert!(!format!("{key:?}").contains(key.expose()));
-    }
-}
+mod tests;

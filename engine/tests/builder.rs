@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use kiln_engine::owner::Owner;
 use kiln_engine::plugin_source::{SourceError, SourceLimits, SourceTree, read_source, read_source_with_limits};
-use kiln_engine::worker::builder::{BuildError, Builder, BuilderConfig};
+use kiln_engine::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig};
 
 const MANIFEST: &str = r#"[package]
 name = "linecount"
@@ -88,9 +88,23 @@ async fn build(
     builder: &Builder,
     source: &SourceTree,
 ) -> (Result<kiln_engine::worker::builder::BuiltPlugin, BuildError>, Vec<String>) {
+    let (result, lines, _) = build_counting(builder, source).await;
+    (result, lines)
+}
+
+/// Builds `source`, collecting the progress lines and the crate counts (done, total, current).
+async fn build_counting(
+    builder: &Builder,
+    source: &SourceTree,
+) -> (Result<kiln_engine::worker::builder::BuiltPlugin, BuildError>, Vec<String>, Vec<(u32, u32, String)>) {
     let lines = Mutex::new(Vec::new());
-    let result = builder.build(&cli(), source, &|line: &str| lines.lock().unwrap().push(line.to_owned())).await;
-    (result, lines.into_inner().unwrap())
+    let crates = Mutex::new(Vec::new());
+    let progress = |event: BuildEvent<'_>| match event {
+        BuildEvent::Line(line) => lines.lock().unwrap().push(line.to_owned()),
+        BuildEvent::Crates { done, total, current } => crates.lock().unwrap().push((done, total, current.to_owned())),
+    };
+    let result = builder.build(&cli(), source, &progress).await;
+    (result, lines.into_inner().unwrap(), crates.into_inner().unwrap())
 }
 
 /// An entry of a test archive.
@@ -158,9 +172,16 @@ async fn builds_a_valid_crate_into_a_library_exporting_the_api_version() {
     let builder = builder(&temp.path().join("cache"));
 
     let started = Instant::now();
-    let (result, progress) = build(&builder, &source).await;
+    let (result, progress, crates) = build_counting(&builder, &source).await;
     let built = result.unwrap();
     eprintln!("build took {:?}", started.elapsed());
+    // Cargo's progress through the crates: counted up to a total read from its resolution
+    // (the plugin, its API, abi_stable and the rest: more than a handful), never past it.
+    let &(done, total, _) = crates.last().expect("crate counts were reported");
+    assert!(total > 5 && done == total, "{crates:?}");
+    assert!(crates.iter().all(|(done, total, _)| *total == 0 || done <= total), "{crates:?}");
+    assert!(crates.windows(2).all(|pair| pair[0].0 <= pair[1].0), "the count never goes back: {crates:?}");
+    assert!(crates.iter().any(|(_, _, current)| current == "linecount"), "{crates:?}");
 
     assert!(!built.cached);
     assert_eq!(built.hash, source.hash());
@@ -171,7 +192,7 @@ async fn builds_a_valid_crate_into_a_library_exporting_the_api_version() {
     assert!(progress.iter().any(|line| line.starts_with("Compiling linecount")), "{progress:?}");
     assert_eq!(builder.cargo_invocations(), 1);
     // The crate was built from a copy made its own workspace; the upload is left alone.
-    let copy = fs::read_to_string(owners.join("src").join(&built.hash).join("Cargo.toml")).unwrap();
+    let copy = fs::read_to_string(owners.join("src/linecount/Cargo.toml")).unwrap();
     assert!(copy.ends_with("\n[workspace]\n"), "{copy}");
     assert!(!temp.path().join("crate/Cargo.lock").exists());
 }
@@ -214,6 +235,49 @@ async fn concurrent_builds_of_one_crate_run_cargo_once() {
     assert_eq!(other.cargo_invocations(), 1);
     assert_eq!(first.library, second.library);
     assert!(first.cached != second.cached, "one built, one waited: {first:?} {second:?}");
+}
+
+#[tokio::test]
+async fn a_second_build_after_an_edit_compiles_only_the_plugin_and_reuses_its_incremental_cache() {
+    let temp = tempfile::tempdir().unwrap();
+    // A package name no other test uses, so that its incremental directory is its own.
+    let package = format!("edited_{}_{}", std::process::id(), temp.path().file_name().unwrap().to_str().unwrap());
+    let package: String = package.chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
+    let manifest = MANIFEST.replace("name = \"linecount\"", &format!("name = \"{package}\""));
+    let crate_dir = temp.path().join("crate");
+    let builder = builder(&temp.path().join("cache"));
+    let incremental = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("plugin-target/owners")
+        .join(cli().dir_name())
+        .join("target/release/incremental");
+    let incremental_dirs = || -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(&incremental)
+            .map(|entries| entries.map(|entry| entry.unwrap().file_name().into_string().unwrap()).collect())
+            .unwrap_or_default();
+        names.retain(|name| name.starts_with(&format!("{package}-")));
+        names.sort();
+        names
+    };
+
+    let first = read_source(&write_crate(&crate_dir, &[("Cargo.toml", &manifest), ("src/lib.rs", LIB_RS)])).unwrap();
+    let first = builder.build(&cli(), &first, &|_| {}).await.unwrap();
+    assert!(first.compiled.contains(&package), "{:?}", first.compiled);
+    let after_first = incremental_dirs();
+    assert_eq!(after_first.len(), 1, "the plugin's crate is compiled incrementally, in one directory: {after_first:?}");
+
+    // An edit of the plugin's code: lines are counted twice over.
+    let edited = LIB_RS.replace("chunk.lines().count() as u64", "2 * chunk.lines().count() as u64");
+    assert_ne!(edited, LIB_RS);
+    let second = read_source(&write_crate(&crate_dir, &[("src/lib.rs", &edited)])).unwrap();
+    assert_ne!(second.hash(), first.hash);
+    let second = builder.build(&cli(), &second, &|_| {}).await.unwrap();
+
+    // Cargo's JSON messages: every dependency was fresh, only the plugin was compiled...
+    assert_eq!(second.compiled, std::slice::from_ref(&package), "only the edited plugin is compiled again");
+    // ... in the same incremental directory as the first build, which rustc reuses (a crate at a
+    // new path would be a new crate to cargo, with a directory of its own and nothing to reuse).
+    assert_eq!(incremental_dirs(), after_first);
+    assert_ne!(second.library, first.library);
 }
 
 #[tokio::test]

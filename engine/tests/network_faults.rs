@@ -328,7 +328,9 @@ fn a_client_cut_longer_than_its_patience_gives_up_and_the_job_finishes_alone() {
     let client_link = FaultyLink::to(cluster.controller.addr);
     let n_chunks = 60;
     let input = write_lines(cluster.dir.path(), n_chunks);
-    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &job_flags(200));
+    let mut flags = job_flags(200);
+    flags.extend(["--patience".to_owned(), "15".to_owned()]);
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &flags);
     let job = the_job(&cluster);
     wait_done(&cluster, job, 6);
 
@@ -387,4 +389,27 @@ fn a_gray_worker_seconds_away_stays_registered_and_the_job_finishes_exactly() {
     wait_registered(&cluster, &gray.address(), Duration::from_secs(1));
     let log = cluster.workers[gray.index].stderr();
     assert!(!log.contains("cannot connect"), "the gray worker could always connect:\n{log}");
+}
+
+#[test]
+fn with_every_worker_link_delayed_the_result_is_exact_and_in_order() {
+    let (cluster, linked) = linked_cluster();
+    // 300 ms round trips on every link: each call waits on the link as long as its chunk
+    // runs, so calls of many slots overlap on the wire and answer out of order.
+    for worker in &linked {
+        worker.up.delay(Duration::from_millis(150), Duration::from_millis(150));
+        worker.down.delay(Duration::from_millis(150), Duration::from_millis(150));
+    }
+    let n_chunks = 120;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(50).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    let served = status["workers"].as_array().unwrap().iter().filter(|w| w["chunks_done"].as_u64() > Some(0)).count();
+    assert_eq!(served, 3, "every worker served over its slow links: {status:#}");
+    cluster.wait_workers(3);
 }

@@ -86,12 +86,15 @@ pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedE
     );
     let mut workers = Vec::new();
     for _ in 0..config.workers {
-        let worker_config = WorkerConfig::new(
+        let mut worker_config = WorkerConfig::new(
             controller.local_addr().to_string(),
             controller.worker_token().to_secret(),
             builder.clone(),
             executor.clone(),
         );
+        // The web's runs belong to its users (`web:<id>`), each with a target directory of
+        // their own, so there is no one owner to warm up ahead of them.
+        worker_config.warm_owner = None;
         match service::start(worker_config).await {
             Ok(worker) => workers.push(worker),
             Err(e) => {

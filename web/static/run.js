@@ -117,6 +117,9 @@
     setText("lines", String(progress.lines_done));
     setText("throughput", formatBytes(progress.throughput_bps) + "/s");
     setText("retries", String(progress.retries));
+    // The building phase, before the chunks: "Compiling (12/41): abi_stable".
+    const build = byId("build");
+    if (build) { build.hidden = !progress.build; build.textContent = progress.build || ""; }
     drawWorkers(progress.workers || []);
     // The chart starts with the first chunk done: building and loading the plugin come before.
     if ((progress.state === "running" || progress.state === "aggregating") && progress.bytes_done > 0) {

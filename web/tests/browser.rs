@@ -1,7 +1,7 @@
 //! The whole app in a real browser: headless Chromium (Debian's `chromium` and
 //! `chromium-driver`) driven through WebDriver. A user registers, uploads the word-count
-//! example as a task, runs it on the built-in "local" cluster, watches the progress reach
-//! 100 % and reads the result; a plugin whose output holds markup sees it escaped; a plugin
+//! example as a task, runs it on the built-in "local" cluster, sees the plugin compiling before
+//! the chunks run, watches the progress reach 100 % and reads the result; a plugin whose output holds markup sees it escaped; a plugin
 //! that does not compile shows cargo's error. A user's account, runs and pages hold up: the
 //! runs page lists only the user's runs, the 404 page is the app's, tables fit a phone or say
 //! they scroll, the password can be changed and the account deleted with its data. Screenshots of the result pages are saved under
@@ -255,9 +255,16 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
     let mut seen_live_axes = false;
     let mut live_labels = Vec::new();
     let mut observed: Vec<(String, String)> = Vec::new();
+    // The building phase as the page showed it, with the chunks done then.
+    let mut seen_building: Option<(String, String)> = None;
     loop {
         let percent = text_of(&client, "percent").await;
         let state = text_of(&client, "state").await;
+        let build = text_of(&client, "build").await;
+        if seen_building.is_none() && build.starts_with("Compiling") {
+            seen_building = Some((build, text_of(&client, "chunks").await));
+            screenshot(&client, "wordcount-building.png").await;
+        }
         // Progress between the ends, in whatever state the run shows while its chunks run
         // (they start while the input still uploads).
         let ongoing = !["succeeded", "failed"].contains(&state.as_str());
@@ -292,6 +299,12 @@ async fn a_user_runs_word_count_in_the_browser_and_reads_escaped_results_and_err
     }
     assert_eq!(counted, expected);
     assert!(seen_running, "the page showed the progress of the run while it ran: {observed:?}");
+    let (building, chunks_then) = seen_building.expect("the page showed the plugin compiling before the chunks ran");
+    assert!(chunks_then.starts_with("0 / "), "chunks ran while the page said {building:?}: {chunks_then}");
+    let build_duration = text_of(&client, "build-duration").await;
+    assert!(build_duration.ends_with(" s") || build_duration.ends_with(" ms"), "{build_duration:?}");
+    let phases = text_of(&client, "phases").await;
+    assert!(phases.contains("building"), "the timeline has the building phase: {phases}");
     assert!(seen_live_axes, "the live chart has a time axis in seconds: last seen {live_labels:?}");
     let chunks = text_of(&client, "chunks").await;
     let n_chunks: u64 = chunks.split(" / ").nth(1).and_then(|n| n.parse().ok()).expect("chunks done / in all");

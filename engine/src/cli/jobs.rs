@@ -255,10 +255,11 @@ fn write_output(path: &Path, job: JobId, output: &str) -> anyhow::Result<()> {
     })
 }
 
-/// Shows a job's progress until it ends; prints its result (or writes it to `output`) or fails
-/// with its reason.
+/// Shows a job's progress until it ends, its build first; prints its result (or writes it to
+/// `output`) or fails with its reason.
 async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::Result<()> {
-    let bar = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})");
+    let building = progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} crates ({elapsed})");
+    let mut running: Option<ProgressBar> = None;
     let mut statuses = std::pin::pin!(client.watch(job));
     let mut last = None;
     while let Some(status) = statuses.next().await {
@@ -270,12 +271,37 @@ async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::R
                 kiln_engine::errors::chain(&error)
             )
         })?;
-        bar.set_length(status.n_chunks);
-        bar.set_position(status.chunks_done);
-        bar.set_message(progress_message(&status));
+        // The build's bar until the build ends (or a chunk is done), then the chunks'.
+        let building_now = running.is_none()
+            && status.chunks_done == 0
+            && !status.state.is_final()
+            && status.build.as_ref().is_none_or(|build| !build.is_finished());
+        match status.build.as_ref().filter(|_| building_now) {
+            Some(build) => {
+                building.set_length(u64::from(build.crates_total));
+                building.set_position(u64::from(build.crates_done));
+                building.set_message(match build.current.as_str() {
+                    "" => "compiling the plugin".to_owned(),
+                    current => format!("compiling {current}"),
+                });
+            }
+            None if building_now => building.set_message("waiting for a worker to build the plugin"),
+            None => {
+                let bar = running.get_or_insert_with(|| {
+                    building.finish_and_clear();
+                    progress_bar(0, "{spinner} {msg} [{bar:30}] {pos}/{len} chunks ({elapsed})")
+                });
+                bar.set_length(status.n_chunks);
+                bar.set_position(status.chunks_done);
+                bar.set_message(progress_message(&status));
+            }
+        }
         last = Some(status);
     }
-    bar.finish_and_clear();
+    building.finish_and_clear();
+    if let Some(bar) = running {
+        bar.finish_and_clear();
+    }
     if let Some(status) = &last {
         note(summary(status));
     }
@@ -432,8 +458,15 @@ fn summary(status: &JobStatus) -> String {
         (Some(started), Some(finished)) => finished.saturating_sub(started) as f64 / 1000.0,
         _ => 0.0,
     };
+    // The run's time and speed leave the build out; the build has its own figure.
+    let build = match &status.build {
+        Some(build) if build.crates_total > 0 => {
+            format!(", plugin built in {:.1} s", build.elapsed_ms(now_ms()) as f64 / 1000.0)
+        }
+        _ => String::new(),
+    };
     format!(
-        "job {} {}: {}, {}, {:.1} MB in {:.2} s ({:.1} MB/s) on {}{}",
+        "job {} {}: {}, {}, {:.1} MB in {:.2} s ({:.1} MB/s) on {}{}{build}",
         status.id,
         status.state.as_str(),
         plural(status.chunks_done, "chunk"),
@@ -444,6 +477,11 @@ fn summary(status: &JobStatus) -> String {
         plural(status.workers.iter().filter(|w| w.chunks_done > 0).count() as u64, "worker"),
         mishaps(status)
     )
+}
+
+/// Milliseconds since the Unix epoch.
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 /// A job's status as text, for `kiln status`.
@@ -474,10 +512,24 @@ fn describe(status: &JobStatus) -> String {
         status.plugin_hash.get(..12).unwrap_or(&status.plugin_hash)
     ));
     text.push_str(&format!("  created {}", age(status.created_ms)));
+    if let (Some(started), Some(finished)) = (status.started_ms, status.finished_ms) {
+        text.push_str(&format!(", ran {:.1} s", finished.saturating_sub(started) as f64 / 1000.0));
+    }
     if let Some(finished) = status.finished_ms {
         text.push_str(&format!(", ended {}", age(finished)));
     }
     text.push('\n');
+    if let Some(build) = &status.build {
+        let now = now_ms();
+        match build.is_finished() {
+            true => text.push_str(&format!("  build: {}\n", build.describe(now))),
+            false => text.push_str(&format!(
+                "  build: {}, {:.1} s so far\n",
+                build.describe(now),
+                build.elapsed_ms(now) as f64 / 1000.0
+            )),
+        }
+    }
     for worker in &status.workers {
         text.push_str(&format!(
             "  worker {} ({}): {} chunks, {} lines, {} in flight{}\n",
@@ -525,37 +577,4 @@ fn age(ms: u64) -> String {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counts_read_as_english() {
-        assert_eq!(plural(1, "chunk"), "1 chunk");
-        assert_eq!(plural(0, "worker"), "0 workers");
-        assert_eq!(plural(3, "retry"), "3 retries");
-        assert_eq!(plural(2, "speculative copy"), "2 speculative copies");
-        assert_eq!(shorten("sleep-at=1:150", 60), "sleep-at=1:150");
-    }
-
-    #[test]
-    fn progress_and_status_show_what_the_job_went_through() {
-        let mut status: JobStatus = serde_json::from_value(serde_json::json!({
-            "id": 3, "seq": 9, "state": "Running", "plugin_hash": "ab", "params": "", "input_name": "in.txt",
-            "processes": 2, "n_chunks": 10, "chunks_done": 4, "lines_done": 40, "bytes_done": 400,
-            "bytes_total": 1000, "retries": 0, "workers": [], "created_ms": 0, "started_ms": null,
-            "finished_ms": null, "failure": null
-        }))
-        .unwrap();
-        assert_eq!(progress_message(&status), "running on 0 workers", "nothing went wrong");
-        status.retries = 2;
-        status.lost_workers = 1;
-        (status.speculative, status.speculative_won) = (2, 1);
-        assert_eq!(
-            progress_message(&status),
-            "running on 0 workers, 2 retries, 1 lost worker, 2 speculative copies (1 finished first)"
-        );
-        let described = describe(&status);
-        assert!(described.contains("2 retries, 1 lost worker, 2 speculative copies (1 finished first)"), "{described}");
-        assert_eq!(shorten("日本語テキスト", 3), "日本語…");
-    }
-}
+mod tests;

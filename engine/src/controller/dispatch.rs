@@ -20,13 +20,20 @@ use super::calls::{Failure, classify, deadline_in};
 use super::ending::{end_job, fail_internal};
 use super::plan::plan;
 use super::state::chunk::GroupState;
-use super::state::job::Prep;
+use super::state::job::{Job, Prep};
 use super::state::workers::WorkerHandle;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, WorkerId};
 use crate::rules::deadlines::{CALL_DEADLINE, PREPARE_DEADLINE};
 
 /// How long a worker may take to forget a job.
 const RELEASE_DEADLINE: Duration = Duration::from_secs(30);
+
+/// How often the controller asks a worker preparing a job how far its build has come: often
+/// enough for a progress bar, and each answer is a few bytes from the worker's memory.
+const BUILD_POLL: Duration = Duration::from_millis(250);
+
+/// Deadline of one such question.
+const BUILD_POLL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Runs the scheduler until the task is aborted; aborting it aborts every call in flight.
 pub(super) async fn run_scheduler(shared: Arc<Shared>) {
@@ -59,8 +66,10 @@ async fn perform(shared: Arc<Shared>, action: Action) {
     match action {
         Action::Prepare { worker, job, plugin } => {
             debug!(job, worker = worker.id, "preparing");
+            publish_if(&shared, job, |job| job.build_started(super::now_ms()));
             let ctx = deadline_in(PREPARE_DEADLINE);
-            let result = worker.client.prepare(ctx, worker.secret(), job, plugin).await;
+            let prepare = worker.client.prepare(ctx, worker.secret(), job, plugin);
+            let result = watch_build(&shared, &worker, job, prepare).await;
             on_prepared(&shared, job, worker.id, classify(result, PREPARE_DEADLINE)).await;
         }
         Action::Run { worker, job, chunks, cancel, deadline } => {
@@ -87,6 +96,40 @@ async fn perform(shared: Arc<Shared>, action: Action) {
     }
 }
 
+/// Awaits `prepare`, asking the worker meanwhile how far its build has come and publishing
+/// that in the job's status (the building phase).
+async fn watch_build<T>(shared: &Shared, worker: &WorkerHandle, job_id: JobId, prepare: impl Future<Output = T>) -> T {
+    let mut prepare = std::pin::pin!(prepare);
+    let mut ticks = tokio::time::interval(BUILD_POLL);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            result = &mut prepare => return result,
+            _ = ticks.tick() => {}
+        }
+        let asked = worker.client.build_progress(deadline_in(BUILD_POLL_DEADLINE), worker.secret(), job_id);
+        // The answer to `prepare` is never held up by a question about it.
+        let answer = tokio::select! {
+            result = &mut prepare => return result,
+            answer = asked => answer,
+        };
+        if let Ok(Ok(Some(progress))) = answer {
+            publish_if(shared, job_id, |job| job.record_build(progress));
+        }
+    }
+}
+
+/// Applies `change` to the active job `job_id` and publishes its status when it says so.
+fn publish_if(shared: &Shared, job_id: JobId, change: impl FnOnce(&mut Job) -> bool) {
+    shared.with_state(|st| {
+        if let Some(job) = st.active_job_mut(job_id)
+            && change(job)
+        {
+            job.publish();
+        }
+    });
+}
+
 /// Whether the job exists and has not ended.
 fn is_active(shared: &Shared, job_id: JobId) -> bool {
     shared.with_state(|state| state.is_active(job_id))
@@ -102,6 +145,9 @@ async fn on_prepared(shared: &Shared, job_id: JobId, worker_id: WorkerId, result
                 match st.active_job_mut(job_id) {
                     Some(job) => {
                         job.prepared.insert(worker_id, Prep::Ready);
+                        if job.build_finished(super::now_ms()) {
+                            job.publish();
+                        }
                     }
                     None => st.release_later(worker_id, job_id),
                 }

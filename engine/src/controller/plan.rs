@@ -87,7 +87,7 @@ fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action
 
 /// Plans one job: its aggregation, merges of complete groups, then chunks.
 fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &mut Vec<Action>) {
-    let mut changed = false;
+    let (mut changed, mut dispatched) = (false, false);
     if job.ready_to_aggregate() {
         if job.aggregation() == Aggregation::Idle {
             let prepared = ready.iter().find(|id| job.prepared.get(*id) == Some(&Prep::Ready));
@@ -159,16 +159,18 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
             let chunks: Vec<(u64, ChunkMeta)> =
                 batch.iter().map(|&index| (index, job.chunks[index as usize].meta)).collect();
             let cancel = job.start_call(worker, Arc::clone(&batch));
-            changed = true;
+            (changed, dispatched) = (true, true);
             debug!(job = job.id, first_chunk = batch[0], chunks = batch.len(), worker = worker_id, "chunks dispatched");
             let deadline = job.call_deadline(batch.len());
             actions.push(Action::Run { worker: worker.handle(), job: job.id, chunks, cancel, deadline });
         }
     }
+    // The run starts with its first chunk: preparing (the plugin's build) is the phase before,
+    // with its own duration in the status, so that the run's time and speed leave it out.
+    if dispatched && let Some(started_ms) = job.mark_running() {
+        actions.push(Action::MarkRunning { job: job.id, started_ms });
+    }
     if changed {
-        if let Some(started_ms) = job.mark_running() {
-            actions.push(Action::MarkRunning { job: job.id, started_ms });
-        }
         job.publish();
     }
 }

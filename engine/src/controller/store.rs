@@ -18,6 +18,7 @@ mod chunks;
 mod objects;
 
 use super::ControllerError;
+use crate::rpc::build::BuildProgress;
 use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, UnknownJobState, WorkerProgress};
 
 /// Connections in the pool: SQLite serialises writers anyway; a few let reads (status, list,
@@ -113,6 +114,8 @@ pub(crate) struct Figures {
     pub started_ms: Option<u64>,
     pub finished_ms: Option<u64>,
     pub failure: Option<JobFailure>,
+    /// The plugin's build (stored when the job ends).
+    pub build: Option<BuildProgress>,
 }
 
 impl Figures {
@@ -135,6 +138,7 @@ impl Figures {
             started_ms: None,
             finished_ms: None,
             failure: None,
+            build: None,
         }
     }
 
@@ -163,6 +167,7 @@ impl Figures {
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             failure: self.failure,
+            build: self.build,
         }
     }
 }
@@ -207,13 +212,14 @@ fn get_opt_u64(row: &SqliteRow, column: &'static str) -> Result<Option<u64>, Sto
 
 const JOB_COLUMNS: &str = "id, owner, spec, state, n_chunks, bytes_total, combine_group, combines, chunks_done, lines_done, \
      bytes_done, retries, lost_workers, speculative, speculative_won, workers, seq, created_ms, started_ms, \
-     finished_ms, failure";
+     finished_ms, failure, build";
 
 fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
     let spec: String = row.try_get("spec").map_err(query_error("reading a job"))?;
     let state: String = row.try_get("state").map_err(query_error("reading a job"))?;
     let workers: Option<String> = row.try_get("workers").map_err(query_error("reading a job"))?;
     let failure: Option<String> = row.try_get("failure").map_err(query_error("reading a job"))?;
+    let build: Option<String> = row.try_get("build").map_err(query_error("reading a job"))?;
     let combines: Option<i64> = row.try_get("combines").map_err(query_error("reading a job"))?;
     let owner: String = row.try_get("owner").map_err(query_error("reading a job"))?;
     // The column is the record: specs stored before owners existed carry none.
@@ -238,6 +244,7 @@ fn job_row(row: &SqliteRow) -> Result<JobRow, StoreError> {
             started_ms: get_opt_u64(row, "started_ms")?,
             finished_ms: get_opt_u64(row, "finished_ms")?,
             failure: failure.map(|f| from_json("job failure", &f)).transpose()?,
+            build: build.map(|b| from_json("job build", &b)).transpose()?,
         },
         combine_group: get_u64(row, "combine_group")?.max(1),
         combines: combines.map(|c| c != 0),
@@ -373,11 +380,12 @@ impl Store {
         let figures = &record.figures;
         let failure = figures.failure.as_ref().map(|f| to_json("job failure", f)).transpose()?;
         let workers = to_json("job's worker figures", &figures.workers)?;
+        let build = figures.build.as_ref().map(|b| to_json("job build", b)).transpose()?;
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         sqlx::query(
             "UPDATE jobs SET state = ?, finished_ms = ?, failure = ?, result = ?, chunks_done = ?, lines_done = ?, \
              bytes_done = ?, retries = ?, lost_workers = ?, speculative = ?, speculative_won = ?, workers = ?, \
-             seq = ? WHERE id = ?",
+             seq = ?, build = ? WHERE id = ?",
         )
         .bind(figures.state.as_str())
         .bind(figures.finished_ms.map(int))
@@ -392,6 +400,7 @@ impl Store {
         .bind(int(figures.speculative_won))
         .bind(workers)
         .bind(int(figures.seq))
+        .bind(build)
         .bind(int(record.job))
         .execute(&mut *tx)
         .await
@@ -521,6 +530,7 @@ pub(super) mod tests {
             started_ms: Some(8),
             finished_ms: Some(9),
             failure: None,
+            build: None,
         };
         let record = FinalRecord { job, figures, result: Some("{\"n\":1}".into()) };
         store.save_figures(job, 1, 1, 0).await.unwrap();

@@ -269,6 +269,7 @@ impl RpcOutcome for crate::rpc::WorkerResponse {
             R::RunChunks(answer) => outcome_of(answer),
             R::Combine(answer) => outcome_of(answer),
             R::Aggregate(answer) => outcome_of(answer),
+            R::BuildProgress(answer) => outcome_of(answer),
         }
     }
 }

@@ -211,6 +211,16 @@ impl Worker for FakeWorker {
         self.record.released.lock().unwrap().push(job);
         Ok(())
     }
+
+    async fn build_progress(
+        self,
+        _: Context,
+        secret: Secret,
+        _job: JobId,
+    ) -> Result<Option<kiln_engine::rpc::build::BuildProgress>, TaskError> {
+        self.check(&secret).await?;
+        Ok(None)
+    }
 }
 
 /// A fake worker serving and registered; dropping `tasks` (or [`RunningWorker::kill`]) ends

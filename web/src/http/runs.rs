@@ -130,6 +130,8 @@ struct ShowPage {
     input_kept: String,
     /// The phases of an ended run.
     phases: Vec<chart::Phase>,
+    /// How long an ended run's plugin build took, apart from its duration; "" when unknown.
+    build_duration: String,
 }
 
 /// A line of the per-worker table.
@@ -180,7 +182,9 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         Some(end) if !figures.phases.is_empty() => chart::timeline(run.created_at, &figures.phases, end),
         _ => Vec::new(),
     };
+    let build_duration = figures.build_ms.map(|ms| format::duration(i64::try_from(ms).unwrap_or(i64::MAX)));
     let page = ShowPage {
+        build_duration: build_duration.unwrap_or_default(),
         phases,
         input_kept,
         workers,

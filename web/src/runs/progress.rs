@@ -34,6 +34,9 @@ pub struct Progress {
     pub average_bps: f64,
     /// Per worker figures.
     pub workers: Vec<WorkerRow>,
+    /// The building phase, `Compiling (12/41): abi_stable`, while the plugin builds (before
+    /// any chunk runs); empty otherwise.
+    pub build: String,
 }
 
 /// One worker's share of a run.
@@ -67,14 +70,26 @@ pub struct Figures {
     /// later (building) shows without a change here.
     #[serde(default)]
     pub phases: Vec<(String, u64)>,
+    /// How long the plugin's build took, in milliseconds, once it ended: kept apart from the
+    /// run's duration (which starts with the first chunk).
+    #[serde(default)]
+    pub build_ms: Option<u64>,
 }
 
 impl Figures {
     /// Takes in a status of the job: its workers, and a sample once the job runs.
     pub fn record(&mut self, status: &JobStatus) {
-        let state = run_state(status.state).as_str();
+        let building = status.build.as_ref().filter(|build| !build.is_finished() && !status.state.is_final());
+        if let Some(build) = status.build.as_ref().filter(|build| build.is_finished()) {
+            self.build_ms = Some(build.elapsed_ms(0));
+        }
+        let state = match building {
+            Some(_) => "building",
+            None => run_state(status.state).as_str(),
+        };
         if self.phases.last().is_none_or(|(last, _)| last != state) {
             let at = match status.state {
+                _ if building.is_some() => building.map(|build| build.started_ms),
                 JobState::Running => status.started_ms,
                 _ if status.state.is_final() => status.finished_ms,
                 _ => None,
@@ -176,6 +191,10 @@ impl Progress {
                     in_flight: worker.in_flight,
                 })
                 .collect(),
+            build: match &status.build {
+                Some(build) if !build.is_finished() && !state.is_final() => build.describe(now),
+                _ => String::new(),
+            },
         }
     }
 
@@ -211,6 +230,7 @@ impl Progress {
             throughput_bps: average_bps,
             average_bps,
             workers: Vec::new(),
+            build: String::new(),
         }
     }
 
@@ -244,5 +264,32 @@ mod tests {
         assert_eq!(percent(RunState::Running, 0, 0, 50, 200), 25.0);
         assert_eq!(percent(RunState::Queued, 0, 0, 0, 0), 0.0);
         assert_eq!(percent(RunState::Succeeded, 0, 0, 0, 0), 100.0);
+    }
+
+    #[test]
+    fn the_build_shows_before_the_chunks_and_keeps_its_own_duration() {
+        let mut status: JobStatus = serde_json::from_value(serde_json::json!({
+            "id": 3, "seq": 9, "state": "Queued", "plugin_hash": "ab", "params": "", "input_name": "in.txt",
+            "processes": 2, "n_chunks": 10, "chunks_done": 0, "lines_done": 0, "bytes_done": 0,
+            "bytes_total": 1000, "retries": 0, "workers": [], "created_ms": 1000, "started_ms": null,
+            "finished_ms": null, "failure": null,
+            "build": {"crates_done": 12, "crates_total": 41, "current": "abi_stable", "started_ms": 2000,
+                      "finished_ms": null}
+        }))
+        .unwrap();
+        assert_eq!(Progress::from_status(1, &status, 1000, None).build, "Compiling (12/41): abi_stable");
+        let mut figures = Figures::default();
+        figures.record(&status);
+        assert_eq!(figures.phases, [("building".to_owned(), 2000)]);
+
+        status.state = JobState::Running;
+        status.started_ms = Some(9000);
+        if let Some(build) = status.build.as_mut() {
+            build.finished_ms = Some(8400);
+        }
+        assert_eq!(Progress::from_status(1, &status, 1000, None).build, "");
+        figures.record(&status);
+        assert_eq!(figures.phases.last(), Some(&("running".to_owned(), 9000)));
+        assert_eq!(figures.build_ms, Some(6400));
     }
 }

@@ -204,7 +204,8 @@ pub fn other_plugins(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Building the wordcount plugin: cold, with warm dependencies, and from the cache.
+/// Building the wordcount plugin: cold, as the first upload to a warmed-up worker, after an
+/// edit, and from the cache.
 pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     let scratch = bench.work.join("builds");
     let _ = std::fs::remove_dir_all(&scratch);
@@ -212,7 +213,7 @@ pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
     copy_dir(&bench.example("wordcount"), &plugin)?;
     let empty = scratch.join("empty.txt");
     std::fs::write(&empty, "")?;
-    let run_empty = |cache: &Path, target: &Path| -> anyhow::Result<()> {
+    let run_plugin = |plugin: &Path, cache: &Path, target: &Path| -> anyhow::Result<()> {
         checked(
             bench
                 .kiln()
@@ -220,12 +221,13 @@ pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
                 .env("KILN_TARGET_DIR", target)
                 .arg("run-local")
                 .arg("--plugin")
-                .arg(&plugin)
+                .arg(plugin)
                 .arg("--input")
                 .arg(&empty),
         )?;
         Ok(())
     };
+    let run_empty = |cache: &Path, target: &Path| run_plugin(&plugin, cache, target);
 
     eprintln!("builds: cold");
     let mut n = 0;
@@ -236,6 +238,18 @@ pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         let result = run_empty(&cache, &target);
         let _ = std::fs::remove_dir_all(&target);
         result
+    })?;
+
+    // What `kiln worker` does at start (`Builder::warm`): build the template as a single
+    // `lib.rs`, which compiles its dependencies into the target directory. Each upload after it
+    // is a first one (a cache of its own puts its crate copy at a new path).
+    eprintln!("builds: first upload to a warmed-up worker");
+    let warmed = scratch.join("warmed-target");
+    run_plugin(&bench.root.join("templates/plugin/src/lib.rs"), &scratch.join("warm-up-cache"), &warmed)?;
+    let mut upload = 0;
+    let first_upload = Samples::collect(bench.runs, false, || {
+        upload += 1;
+        run_empty(&scratch.join(format!("first-upload-cache-{upload}")), &warmed)
     })?;
 
     eprintln!("builds: warm dependencies");
@@ -264,6 +278,11 @@ pub fn builds(bench: &Bench, report: &mut Report) -> anyhow::Result<()> {
         "cold (empty target directory)",
         &cold.describe(),
         Target::AtMost(cold.median(), Duration::from_secs(20), "≤ 20 s"),
+    );
+    report.figure(
+        "first upload to a warmed-up worker (template's dependencies compiled)",
+        &first_upload.describe(),
+        Target::AtMost(first_upload.median(), Duration::from_secs(3), "≤ 3 s"),
     );
     report.figure(
         "warm dependencies (plugin source edited)",

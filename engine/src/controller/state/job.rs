@@ -19,6 +19,7 @@ use super::workers::WorkerEntry;
 use crate::controller::now_ms;
 use crate::controller::store::{ChunkMeta, ChunkRow, Figures, FinalRecord, JobRow};
 use crate::input::reference::InputObject;
+use crate::rpc::build::BuildProgress;
 use crate::rpc::input::ChunkSpan;
 use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, WorkerId, WorkerProgress};
 use crate::rules::combine::Groups;
@@ -89,6 +90,8 @@ pub(in crate::controller) struct Job {
     /// [`Job::start_call`] and [`Job::end_call`]).
     workers: BTreeMap<WorkerId, WorkerProgress>,
     pub prepared: HashMap<WorkerId, Prep>,
+    /// The plugin's build, from the first prepare on (see `job/status.rs`).
+    build: Option<BuildProgress>,
     aggregation: Aggregation,
     aggregate_failures: u32,
     spool: Arc<tokio::sync::Mutex<Spool>>,
@@ -138,6 +141,7 @@ impl Job {
             times: ChunkTimes::default(),
             workers: BTreeMap::new(),
             prepared: HashMap::new(),
+            build: None,
             aggregation: Aggregation::Idle,
             aggregate_failures: 0,
             spool: Arc::new(tokio::sync::Mutex::new(spool)),
@@ -157,6 +161,7 @@ impl Job {
         };
         let mut job = Job::with_seq(row.id, row.spec, state, figures.created_ms, spool, now_ms().saturating_mul(1000));
         job.started_ms = figures.started_ms;
+        job.build = figures.build;
         job.retries = figures.retries;
         job.lost_workers = figures.lost_workers;
         job.speculative = figures.speculative;

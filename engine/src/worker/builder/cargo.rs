@@ -14,6 +14,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::Command;
 
 use super::BuildError;
+use super::progress::{BuildEvent, CrateCounter, MetadataQuery, Progress, count_crates};
 use super::sandboxed::{BuildPaths, Toolchain, sandbox_args};
 
 /// How long one `cargo build` may run. A cold build of a small plugin takes about 20 s on two
@@ -27,6 +28,13 @@ const STDERR_TAIL_LINES: usize = 40;
 /// How much of the compiler's diagnostics an error carries: the first errors are what the
 /// user needs, and the message travels over RPC and into web pages.
 const MAX_DIAGNOSTICS_BYTES: usize = 64 * 1024;
+
+/// The profile setting every plugin build adds: incremental compilation for the plugin's own
+/// crate (cargo applies it to path packages only; registry dependencies are compiled once per
+/// target directory anyway). An edit then recompiles only what it changed. Release builds
+/// leave it off by default because it can cost run time; the bench's build and run-local
+/// figures measure that cost (see ARCHITECTURE.md).
+const INCREMENTAL: &str = "profile.release.incremental=true";
 
 /// How long fetching a plugin's dependencies may take: downloads from the registry.
 pub(super) const FETCH_TIMEOUT: Duration = Duration::from_secs(10 * 60);
@@ -48,7 +56,7 @@ pub(super) struct CargoFetch<'a> {
 }
 
 /// Runs the fetch; cargo's messages go to `progress`, and a failure carries its last lines.
-pub(super) async fn fetch(fetch: &CargoFetch<'_>, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<(), BuildError> {
+pub(super) async fn fetch(fetch: &CargoFetch<'_>, progress: Progress<'_>) -> Result<(), BuildError> {
     let mut command = Command::new(fetch.cargo);
     command
         .arg("fetch")
@@ -67,7 +75,7 @@ pub(super) async fn fetch(fetch: &CargoFetch<'_>, progress: &(dyn Fn(&str) + Sen
     let Some(stderr) = child.stderr.take() else {
         return Err(BuildError::Task("cargo's output pipes were not set up".to_owned()));
     };
-    let work = async { (read_stderr(stderr, progress).await, child.wait().await) };
+    let work = async { (read_stderr(stderr, progress, None).await, child.wait().await) };
     let Ok((stderr_tail, status)) = tokio::time::timeout(FETCH_TIMEOUT, work).await else {
         let _ = child.kill().await;
         return Err(BuildError::Timeout { limit: FETCH_TIMEOUT });
@@ -103,28 +111,33 @@ pub(super) struct CargoBuild<'a> {
     pub target_dir: &'a Path,
     /// The absolute path of the engine's copy of `kiln-plugin-api`.
     pub plugin_api: &'a Path,
-    /// The owner's registry sources, which the fetch filled.
-    pub registry: &'a Path,
+    /// The owner's cargo home, which the fetch filled; builds read its `registry/` only.
+    pub cargo_home: &'a Path,
     /// The build's temporary directory, also its working directory: outside the plugin's tree,
     /// so that neither cargo's configuration discovery nor rustup's toolchain files ever read
     /// anything the user uploaded. Its `cargo-home/` is the build's `CARGO_HOME`.
     pub work_dir: &'a Path,
 }
 
-/// Runs the build and returns the path of the plugin's cdylib in the target directory.
-pub(super) async fn run(
-    build: &CargoBuild<'_>,
-    package: &str,
-    progress: &(dyn Fn(&str) + Send + Sync),
-) -> Result<PathBuf, BuildError> {
+/// What a successful build made.
+pub(super) struct Built {
+    /// The plugin's cdylib in the target directory.
+    pub cdylib: PathBuf,
+    /// The crates cargo compiled (not found fresh), in the order they finished.
+    pub compiled: Vec<String>,
+}
+
+/// Runs the build and returns the plugin's cdylib in the target directory.
+pub(super) async fn run(build: &CargoBuild<'_>, package: &str, progress: Progress<'_>) -> Result<Built, BuildError> {
     let source_dir = build.manifest.parent().unwrap_or(build.manifest);
     let toolchain = build.toolchain;
+    let registry = build.cargo_home.join("registry");
     let mut command = match build.sandbox {
         Some(program) => {
             let paths = BuildPaths {
                 source_dir,
                 plugin_api: build.plugin_api,
-                registry: build.registry,
+                registry: &registry,
                 target_dir: build.target_dir,
                 temp_dir: build.work_dir,
             };
@@ -146,6 +159,8 @@ pub(super) async fn run(
         .arg(build.target_dir)
         .arg("--config")
         .arg(patch_config(build.plugin_api)?)
+        .arg("--config")
+        .arg(INCREMENTAL)
         .current_dir(build.work_dir)
         // Nothing of the worker's environment (keys, tokens, paths) reaches build scripts.
         .env_clear()
@@ -164,9 +179,27 @@ pub(super) async fn run(
     let (Some(stdout), Some(stderr)) = (child.stdout.take(), child.stderr.take()) else {
         return Err(BuildError::Task("cargo's output pipes were not set up".to_owned()));
     };
+    let counter = CrateCounter::new(progress);
+    let patch = patch_config(build.plugin_api)?;
+    let query = MetadataQuery {
+        cargo: &toolchain.cargo,
+        manifest: build.manifest,
+        patch: &patch,
+        cargo_home: build.cargo_home,
+        work_dir: build.work_dir,
+        host: &toolchain.host,
+    };
     let work = async {
-        let (messages, stderr_tail) =
-            tokio::join!(read_messages(stdout, build.manifest, progress), read_stderr(stderr, progress));
+        let total = async {
+            if let Some(total) = count_crates(&query).await {
+                counter.total(total);
+            }
+        };
+        let (messages, stderr_tail, ()) = tokio::join!(
+            read_messages(stdout, build.manifest, progress, &counter),
+            read_stderr(stderr, progress, Some(&counter)),
+            total
+        );
         (messages, stderr_tail, child.wait().await)
     };
     let Ok((messages, stderr_tail, status)) = tokio::time::timeout(BUILD_TIMEOUT, work).await else {
@@ -176,7 +209,11 @@ pub(super) async fn run(
     };
     let status = status.map_err(|error| BuildError::Spawn { cargo: cargo.to_owned(), error })?;
     if status.success() {
-        return messages.cdylib.ok_or_else(|| BuildError::NotCdylib { package: package.to_owned() });
+        let Some(cdylib) = messages.cdylib else {
+            return Err(BuildError::NotCdylib { package: package.to_owned() });
+        };
+        counter.finish();
+        return Ok(Built { cdylib, compiled: messages.compiled });
     }
     if !messages.errors.is_empty() {
         return Err(BuildError::Compile { diagnostics: messages.diagnostics() });
@@ -209,6 +246,8 @@ struct Messages {
     errors: Vec<String>,
     /// Rendered compiler warnings, in order.
     warnings: Vec<String>,
+    /// The crates compiled rather than found fresh, in the order they finished.
+    compiled: Vec<String>,
 }
 
 impl Messages {
@@ -232,28 +271,37 @@ impl Messages {
 async fn read_messages(
     stdout: impl AsyncRead + Unpin,
     manifest: &Path,
-    progress: &(dyn Fn(&str) + Send + Sync),
+    progress: Progress<'_>,
+    counter: &CrateCounter<'_>,
 ) -> Messages {
     let mut messages = Messages::default();
     let mut lines = BufReader::new(stdout).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         match serde_json::from_slice::<Message>(&line) {
-            Ok(Message::CompilerArtifact(artifact))
+            Ok(Message::CompilerArtifact(artifact)) => {
+                let is_build_script = artifact.target.kind.contains(&TargetKind::CustomBuild);
+                if !is_build_script {
+                    counter.artifact(&artifact.package_id.repr);
+                }
+                if !artifact.fresh && !is_build_script && !messages.compiled.contains(&artifact.target.name) {
+                    messages.compiled.push(artifact.target.name.clone());
+                }
                 if Path::new(artifact.manifest_path.as_str()) == manifest
-                    && artifact.target.kind.contains(&TargetKind::CDyLib) =>
-            {
-                messages.cdylib = artifact
-                    .filenames
-                    .iter()
-                    .find(|path| path.as_str().ends_with(std::env::consts::DLL_SUFFIX))
-                    .map(|path| path.clone().into_std_path_buf());
+                    && artifact.target.kind.contains(&TargetKind::CDyLib)
+                {
+                    messages.cdylib = artifact
+                        .filenames
+                        .iter()
+                        .find(|path| path.as_str().ends_with(std::env::consts::DLL_SUFFIX))
+                        .map(|path| path.clone().into_std_path_buf());
+                }
             }
             Ok(Message::CompilerMessage(message)) => {
                 let Some(rendered) = message.message.rendered else { continue };
                 match message.message.level {
                     DiagnosticLevel::Error | DiagnosticLevel::Ice => messages.errors.push(rendered),
                     DiagnosticLevel::Warning => {
-                        progress(rendered.trim_end());
+                        progress(BuildEvent::Line(rendered.trim_end()));
                         messages.warnings.push(rendered);
                     }
                     _ => {}
@@ -265,13 +313,21 @@ async fn read_messages(
     messages
 }
 
-/// Forwards cargo's stderr ("Compiling abi_stable v0.11.3", ...) and keeps its last lines.
-async fn read_stderr(stderr: impl AsyncRead + Unpin, progress: &(dyn Fn(&str) + Send + Sync)) -> VecDeque<String> {
+/// Forwards cargo's stderr ("Compiling abi_stable v0.11.3", ...), to `counter` too when given,
+/// and keeps its last lines.
+async fn read_stderr(
+    stderr: impl AsyncRead + Unpin,
+    progress: Progress<'_>,
+    counter: Option<&CrateCounter<'_>>,
+) -> VecDeque<String> {
     let mut tail = VecDeque::with_capacity(STDERR_TAIL_LINES);
     let mut lines = BufReader::new(stderr).split(b'\n');
     while let Ok(Some(line)) = lines.next_segment().await {
         let line = String::from_utf8_lossy(&line).trim_end().to_owned();
-        progress(line.trim_start());
+        progress(BuildEvent::Line(line.trim_start()));
+        if let Some(counter) = counter {
+            counter.line(&line);
+        }
         if tail.len() == STDERR_TAIL_LINES {
             tail.pop_front();
         }
@@ -290,6 +346,7 @@ mod tests {
             cdylib: None,
             errors: vec!["error: one\n\n".into(), "error: two\n".into()],
             warnings: vec!["warning: three\n".into()],
+            compiled: vec![],
         };
         assert_eq!(messages.diagnostics(), "error: one\n\nerror: two\n\nwarning: three");
 
@@ -297,6 +354,7 @@ mod tests {
             cdylib: None,
             errors: vec!["e".repeat(MAX_DIAGNOSTICS_BYTES - 10), "error: big".repeat(10)],
             warnings: vec![],
+            compiled: vec![],
         };
         let text = messages.diagnostics();
         assert!(text.len() < MAX_DIAGNOSTICS_BYTES + 100);

@@ -11,8 +11,12 @@
 //!   found there is never built again for that owner. Another owner's library of the same hash
 //!   is never used: it came out of that owner's target directory, which that owner's earlier
 //!   build scripts could write.
-//! - `<cache_dir>/owners/<o>/src/<hash>/`: the copy of the crate cargo builds (the fetch writes
-//!   `Cargo.lock` into it; the upload itself is never touched).
+//! - `<cache_dir>/owners/<o>/src/<package>/`: the copy of the crate cargo builds (the fetch
+//!   writes `Cargo.lock` into it; the upload itself is never touched), rewritten for each build
+//!   under the owner's build lock. Its path is stable per owner and package name on purpose:
+//!   cargo identifies a path package by its path, so a new path per source hash made every
+//!   edit a new crate to cargo and rustc, with no incremental cache to reuse; at a stable path
+//!   an edited plugin recompiles only what the edit changed (see [`package_dir_name`]).
 //! - `<target_dir>/owners/<o>/target/`: the owner's cargo target directory, shared by the
 //!   owner's plugins so that dependencies (abi_stable above all) compile once per owner; the
 //!   only directory besides its temporary one that a build may write.
@@ -23,7 +27,10 @@
 //!   `registry` links to the owner's, so cargo's locks and cache records land there). Its path
 //!   never changes, since cargo's fingerprints hold the paths of registry sources.
 //! - `<target_dir>/owners/<o>/build.lock`: held around each of the owner's builds, because
-//!   plugins with the same crate name would overwrite each other's `release/lib<name>.so`.
+//!   plugins with the same crate name would overwrite each other's `release/lib<name>.so` (and
+//!   share one crate copy).
+//! - `<target_dir>/owners/<o>/warm-<hash>`: written once the plugin template's dependencies
+//!   are compiled in the owner's target directory ([`Builder::warm`], in `warm.rs`).
 //! - `<target_dir>/kiln/`: the engine's copy of `kiln-plugin-api`, which every build patches
 //!   in and reads only.
 //!
@@ -31,7 +38,9 @@
 //! entirely in memory, before anything is written.
 
 mod cargo;
+mod progress;
 pub mod sandboxed;
+mod warm;
 
 use std::collections::HashMap;
 use std::io;
@@ -40,7 +49,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+pub use self::progress::{BuildEvent, Progress};
 use self::sandboxed::Toolchain;
+pub use self::warm::Warmed;
 use crate::owner::Owner;
 use crate::plugin_source::SourceTree;
 
@@ -89,6 +100,9 @@ pub struct BuiltPlugin {
     pub library: PathBuf,
     /// Whether the library came from the cache, with no cargo run.
     pub cached: bool,
+    /// The packages cargo compiled in this build, in the order they finished; the ones it
+    /// found up to date are not listed. Empty when the library came from the cache.
+    pub compiled: Vec<String>,
 }
 
 /// Why a plugin could not be built.
@@ -213,17 +227,18 @@ impl Builder {
             hash: hash.to_owned(),
             library,
             cached: true,
+            compiled: Vec::new(),
         })
     }
 
     /// Builds `source` into a library for `owner`, or returns the owner's cached one. Cargo's
-    /// progress lines ("Compiling serde v1.0.228") and the compiler's warnings go to `progress`
-    /// as they come.
+    /// progress lines ("Compiling serde v1.0.228"), the compiler's warnings and the count of
+    /// crates compiled go to `progress` as they come.
     pub async fn build(
         &self,
         owner: &Owner,
         source: &SourceTree,
-        progress: &(dyn Fn(&str) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<BuiltPlugin, BuildError> {
         let hash = source.hash();
         if let Some(cached) = self.cached(owner, &hash).await {
@@ -246,7 +261,7 @@ impl Builder {
         owner: &Owner,
         source: &SourceTree,
         hash: &str,
-        progress: &(dyn Fn(&str) + Send + Sync),
+        progress: Progress<'_>,
     ) -> Result<BuiltPlugin, BuildError> {
         // A concurrent build of the same hash may have finished while we waited.
         if let Some(cached) = self.cached(owner, hash).await {
@@ -263,7 +278,7 @@ impl Builder {
         }
         let started = Instant::now();
         tracing::info!(%owner, plugin = source.package_name(), hash, "building plugin");
-        let source_dir = dirs.sources.join(hash);
+        let source_dir = dirs.sources.join(package_dir_name(source.package_name()));
         let prepared = {
             let (source, source_dir, kiln_dir) = (source.clone(), source_dir.clone(), config.target_dir.join("kiln"));
             let dirs = dirs.clone();
@@ -290,15 +305,15 @@ impl Builder {
                     manifest: &prepared.manifest,
                     target_dir: &dirs.target,
                     plugin_api: &prepared.plugin_api,
-                    registry: &dirs.cargo_home.join("registry"),
+                    cargo_home: &dirs.cargo_home,
                     work_dir: &work_dir,
                 };
                 cargo::run(&build, source.package_name(), progress).await
             }
             Err(error) => Err(error),
         };
-        let artifact = match built {
-            Ok(artifact) => artifact,
+        let cargo::Built { cdylib: artifact, compiled } = match built {
+            Ok(built) => built,
             Err(error) => {
                 tracing::info!(%owner, plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "plugin build failed");
                 return Err(error);
@@ -311,7 +326,7 @@ impl Builder {
         }
         drop(owner_lock);
         tracing::info!(%owner, plugin = source.package_name(), hash, elapsed = ?started.elapsed(), "built plugin");
-        Ok(BuiltPlugin { hash: hash.to_owned(), library, cached: false })
+        Ok(BuiltPlugin { hash: hash.to_owned(), library, cached: false, compiled })
     }
 
     /// The directories of `owner` (see the module's doc).
@@ -354,7 +369,7 @@ impl Builder {
 struct OwnerDirs {
     /// `plugins/`: built libraries by hash.
     libraries: PathBuf,
-    /// `src/`: the crates' build copies by hash.
+    /// `src/`: the crates' build copies by package name.
     sources: PathBuf,
     /// The root of the owner's build directories (lock, target, cargo home, temporary ones).
     root: PathBuf,
@@ -371,6 +386,23 @@ impl OwnerDirs {
     }
 }
 
+/// The name of a package's crate copy in `src/`: the package name itself when it is a plain
+/// cargo name (letters, digits, `-`, `_`, at most 64 bytes), as it always is for a manifest
+/// cargo accepts; anything else (which cargo then refuses) gets a name made of its hash, so no
+/// manifest can name a path outside `src/`.
+fn package_dir_name(package: &str) -> String {
+    let plain = !package.is_empty()
+        && package.len() <= 64
+        && package.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if plain {
+        return package.to_owned();
+    }
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(package.as_bytes());
+    let hex: String = digest.iter().take(8).map(|byte| format!("{byte:02x}")).collect();
+    format!("package-{hex}")
+}
+
 /// Runs blocking file work off the async runtime.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, BuildError> + Send + 'static,
@@ -380,7 +412,7 @@ async fn blocking<T: Send + 'static>(
 
 /// Takes the owner's build lock in `<owner_root>/build.lock`, telling `progress` when it has
 /// to wait for another build; dropping the file releases the lock.
-async fn lock_owner(owner_root: &Path, progress: &(dyn Fn(&str) + Send + Sync)) -> Result<std::fs::File, BuildError> {
+async fn lock_owner(owner_root: &Path, progress: Progress<'_>) -> Result<std::fs::File, BuildError> {
     let kiln_dir = owner_root;
     let path = kiln_dir.join("build.lock");
     let io_error = |action, path: &Path| {
@@ -401,7 +433,7 @@ async fn lock_owner(owner_root: &Path, progress: &(dyn Fn(&str) + Send + Sync)) 
         Err(std::fs::TryLockError::WouldBlock) => {}
         Err(std::fs::TryLockError::Error(error)) => return Err(io_error("lock", &path)(error)),
     }
-    progress("Waiting for another build of this owner's plugins on this host to finish");
+    progress(BuildEvent::Line("Waiting for another build of this owner's plugins on this host to finish"));
     blocking(move || {
         file.lock().map_err(io_error("lock", &path))?;
         Ok(file)
@@ -534,4 +566,19 @@ fn install(artifact: &Path, library: &Path) -> Result<(), BuildError> {
         error: error.error,
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_package_copy_is_named_by_its_package_unless_the_name_could_leave_src() {
+        assert_eq!(package_dir_name("word-count_2"), "word-count_2");
+        for odd in ["../x", "a/b", "", ".", "x".repeat(65).as_str(), "é"] {
+            let name = package_dir_name(odd);
+            assert!(name.starts_with("package-") && name.len() == "package-".len() + 16, "{odd:?} gave {name:?}");
+        }
+        assert_ne!(package_dir_name("../x"), package_dir_name("../y"));
+    }
 }

@@ -81,6 +81,9 @@ pub(super) struct Toolchain {
     pub bin: PathBuf,
     /// Directories the build must read and execute from (the sysroot, cargo's directory).
     pub dirs: Vec<PathBuf>,
+    /// The host's target triple as rustc says it (`x86_64-unknown-linux-gnu`); empty when it
+    /// would not say.
+    pub host: String,
 }
 
 /// Finds the toolchain of `cargo` (a path, or a name looked up on `PATH`): its sysroot as its
@@ -119,7 +122,17 @@ pub(super) fn find_toolchain(cargo: &Path, work_dir: &Path) -> Result<Toolchain,
             }
         }
     }
-    Ok(Toolchain { cargo: found, sandboxed_cargo, rustc, bin, dirs })
+    let host = std::process::Command::new(&rustc)
+        .arg("-vV")
+        .current_dir(work_dir)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map(|output| {
+            let text = String::from_utf8_lossy(&output.stdout).into_owned();
+            text.lines().find_map(|line| line.strip_prefix("host: ")).unwrap_or_default().trim().to_owned()
+        })
+        .unwrap_or_default();
+    Ok(Toolchain { cargo: found, sandboxed_cargo, rustc, bin, dirs, host })
 }
 
 /// `program` itself when it names a path, else the first executable of that name on `PATH`.

@@ -36,6 +36,7 @@ pub struct WorkerMetrics {
     pub input_bytes: Family<SourceLabels, Counter>,
     pub builds: Family<BuildLabels, Counter>,
     pub build_seconds: Histogram,
+    pub warm_builds: Family<BuildLabels, Counter>,
     pub jobs_prepared: Gauge,
     pub rpc: RpcCalls,
     pub executors: ExecutorCounters,
@@ -52,6 +53,7 @@ impl Default for WorkerMetrics {
             builds: Family::default(),
             // 0.25 s (a warm build of the plugin alone) to about 17 minutes.
             build_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 13)),
+            warm_builds: Family::default(),
             jobs_prepared: Gauge::default(),
             rpc: RpcCalls::default(),
             executors: ExecutorCounters::default(),
@@ -88,6 +90,11 @@ impl WorkerMetrics {
             "Time a plugin build took with cargo (cached libraries not counted)",
             Unit::Seconds,
             metrics.build_seconds.clone(),
+        );
+        registry.register(
+            "warm_builds",
+            "Background builds of the plugin template's dependencies at start, by outcome (built, already, failed)",
+            metrics.warm_builds.clone(),
         );
         registry.register("jobs_prepared", "Jobs prepared on this worker now", metrics.jobs_prepared.clone());
         registry.register("executor_starts", "Executor processes started", metrics.executors.starts.clone());

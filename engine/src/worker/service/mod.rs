@@ -37,11 +37,12 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use self::metrics::WorkerMetrics;
+use self::metrics::{BuildLabels, WorkerMetrics};
 use self::registrar::Registrar;
 use self::state::{State, lock};
 use crate::input::reference;
 use crate::owner::Owner;
+use crate::rpc::build::BuildProgress;
 use crate::rpc::input::ChunkSource;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
@@ -51,7 +52,7 @@ use crate::tls::ca::WorkerKey;
 use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
-use crate::worker::builder::{BuildError, Builder, BuilderConfig};
+use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig, Warmed};
 use crate::worker::executor::{ChunkText, ExecutorConfig};
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
@@ -90,6 +91,11 @@ pub struct WorkerConfig {
     pub plaintext_allow_remote: bool,
     /// Where to serve Prometheus metrics (`/metrics`); `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
+    /// The owner whose target directory gets the plugin template's dependencies compiled in
+    /// the background at start ([`Builder::warm`]), so its first upload compiles only its own
+    /// crate; `None`: no warm-up. By default the API key's holder, who owns every job that
+    /// `kiln submit` creates.
+    pub warm_owner: Option<Owner>,
 }
 
 impl WorkerConfig {
@@ -111,6 +117,7 @@ impl WorkerConfig {
             executor,
             plaintext_allow_remote: false,
             metrics_listen: None,
+            warm_owner: Some(Owner::key_holder()),
         }
     }
 }
@@ -249,10 +256,16 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     let executor =
         ExecutorConfig { threads: processes as usize, counters: metrics.executors.clone(), ..config.executor.clone() };
     let builder = config.builder.clone().sandboxed_like_executors(&executor.program, executor.sandbox);
-    let state = Arc::new(State::new(Builder::new(builder), executor, metrics));
+    let builder = Builder::new(builder);
+    let state = Arc::new(State::new(builder.clone(), executor, metrics.clone()));
     let (stop, stop_rx) = watch::channel(false);
     let (refused_tx, refused) = watch::channel(None);
     let mut tasks = JoinSet::new();
+    if let Some(owner) = config.warm_owner.clone() {
+        // Beside registration, not before it: the worker takes jobs at once, and a build that
+        // comes meanwhile waits on the owner's build lock, then finds the dependencies compiled.
+        tasks.spawn(warm(builder, owner, metrics));
+    }
     tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state), gate: Gate::opened() }));
     let registrar = Registrar {
         controller: config.controller.clone(),
@@ -276,6 +289,33 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         state,
         metrics: metrics_endpoint,
     })
+}
+
+/// Compiles the plugin template's dependencies for `owner` ([`Builder::warm`]), logging cargo's
+/// lines like a job's build and counting the outcome.
+async fn warm(builder: Builder, owner: Owner, metrics: WorkerMetrics) {
+    let started = std::time::Instant::now();
+    tracing::info!(%owner, "compiling the plugin template's dependencies in the background");
+    let progress = |event: BuildEvent<'_>| {
+        if let BuildEvent::Line(line) = event {
+            tracing::info!(target: "kiln::build", "{line}");
+        }
+    };
+    let outcome = match builder.warm(&owner, &progress).await {
+        Ok(Warmed::Built) => {
+            tracing::info!(%owner, elapsed = ?started.elapsed(), "plugin template's dependencies compiled");
+            "built"
+        }
+        Ok(Warmed::AlreadyWarm) => {
+            tracing::info!(%owner, "plugin template's dependencies compiled already");
+            "already"
+        }
+        Err(error) => {
+            tracing::warn!(%owner, "cannot compile the plugin template's dependencies ahead of jobs: {error}");
+            "failed"
+        }
+    };
+    metrics.warm_builds.get_or_create(&BuildLabels { outcome }).inc();
 }
 
 /// Accepts connections with limits per peer and per connection; each connection is served in
@@ -489,6 +529,11 @@ impl Worker for WorkerServer {
         self.authorize(&secret).await?;
         self.state.release(job).await;
         Ok(())
+    }
+
+    async fn build_progress(self, _: Context, secret: Secret, job: JobId) -> Result<Option<BuildProgress>, TaskError> {
+        self.state.authorize(&secret).await?;
+        Ok(self.state.build_progress(job))
     }
 }
 

@@ -17,8 +17,9 @@ use super::build_error;
 use super::metrics::{BuildLabels, WorkerMetrics};
 use crate::owner::Owner;
 use crate::plugin_source::SourceTree;
+use crate::rpc::build::BuildProgress;
 use crate::rpc::{ControllerClient, ExecLimits, JobId, Registration, RpcError, Secret, TaskError};
-use crate::worker::builder::Builder;
+use crate::worker::builder::{BuildEvent, Builder};
 use crate::worker::executor::ExecutorConfig;
 use crate::worker::runner::{JOB_ENDED, JobRunner, start_error};
 
@@ -39,6 +40,8 @@ pub(super) struct State {
     link_changed: watch::Sender<u64>,
     /// Each prepared job's executor.
     jobs: Mutex<HashMap<JobId, JobEntry>>,
+    /// The builds running for jobs being prepared, as `build_progress` answers them.
+    builds: Mutex<HashMap<JobId, BuildProgress>>,
     /// The worker's metrics.
     pub(super) metrics: WorkerMetrics,
     /// Line ends counted in objects read by reference, for plugins that need line numbers.
@@ -91,9 +94,15 @@ impl State {
             link: Mutex::new(Link::default()),
             link_changed: watch::channel(0).0,
             jobs: Mutex::new(HashMap::new()),
+            builds: Mutex::new(HashMap::new()),
             metrics,
             line_counts: Default::default(),
         }
+    }
+
+    /// How far the build of `job`'s plugin has come, while one runs here.
+    pub(super) fn build_progress(&self, job: JobId) -> Option<BuildProgress> {
+        lock(&self.builds).get(&job).cloned()
     }
 
     /// Checks `secret` against the current registration's, in constant time. A call that comes
@@ -241,8 +250,24 @@ impl State {
                 RpcError::Invalid(format!("the controller sent plugin {} when asked for {hash}", tree.hash())).into()
             );
         }
-        let progress = |line: &str| tracing::info!(target: "kiln::build", "{line}");
+        let progress = |event: BuildEvent<'_>| match event {
+            BuildEvent::Line(line) => tracing::info!(target: "kiln::build", "{line}"),
+            BuildEvent::Crates { done, total, current } => {
+                if let Some(build) = lock(&self.builds).get_mut(&job) {
+                    (build.crates_done, build.crates_total) = (done, total);
+                    current.clone_into(&mut build.current);
+                }
+            }
+        };
         let started = Instant::now();
+        let started_ms =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis());
+        let started_ms = u64::try_from(started_ms).unwrap_or(u64::MAX);
+        lock(&self.builds).insert(job, BuildProgress { started_ms, ..BuildProgress::default() });
+        // Gone when the build ends, or when the call preparing the job is dropped mid-build.
+        let _building = scopeguard(|| {
+            lock(&self.builds).remove(&job);
+        });
         let built = self.builder.build(owner, &tree, &progress).await;
         let outcome = match &built {
             Ok(built) if built.cached => "cached",
@@ -261,6 +286,19 @@ impl State {
             }
         }
     }
+}
+
+/// Runs `on_drop` when dropped.
+struct Guard<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        (self.0)();
+    }
+}
+
+fn scopeguard<F: FnMut()>(on_drop: F) -> Guard<F> {
+    Guard(on_drop)
 }
 
 /// Stops the jobs' executors in the background (the callers cannot wait).

@@ -6,6 +6,7 @@ use tokio::sync::watch;
 use super::Job;
 use crate::controller::store::Figures;
 use crate::rpc::JobStatus;
+use crate::rpc::build::BuildProgress;
 
 impl Job {
     /// The chunks cut so far.
@@ -46,7 +47,50 @@ impl Job {
             started_ms: self.started_ms,
             finished_ms: self.finished_ms,
             failure: self.failure.clone(),
+            build: self.build.clone().map(|mut build| {
+                // A job that ended while building (a compile error, a cancel) ended its build.
+                if self.state.is_final() && build.finished_ms.is_none() {
+                    build.finished_ms = Some(self.finished_ms.unwrap_or(build.started_ms).max(build.started_ms));
+                }
+                build
+            }),
         }
+    }
+
+    /// The building phase begins with the first worker asked to prepare the job; answers
+    /// whether that is now.
+    pub fn build_started(&mut self, now_ms: u64) -> bool {
+        if self.build.is_some() {
+            return false;
+        }
+        self.build = Some(BuildProgress { started_ms: now_ms, ..BuildProgress::default() });
+        true
+    }
+
+    /// Takes a worker's report of its build, while the phase lasts. When several workers
+    /// build, the one furthest along shows (the first to finish lets the chunks start).
+    /// Answers whether the status changed.
+    pub fn record_build(&mut self, progress: BuildProgress) -> bool {
+        let Some(build) = self.build.as_mut().filter(|build| !build.is_finished()) else { return false };
+        let ahead = (progress.crates_total > 0 && build.crates_total == 0) || progress.crates_done >= build.crates_done;
+        if !ahead {
+            return false;
+        }
+        let changed = (progress.crates_done, progress.crates_total, &progress.current)
+            != (build.crates_done, build.crates_total, &build.current);
+        (build.crates_done, build.crates_total, build.current) =
+            (progress.crates_done, progress.crates_total, progress.current);
+        changed
+    }
+
+    /// A worker has the plugin ready: the building phase ends (chunks may start). Answers
+    /// whether it ended now.
+    pub fn build_finished(&mut self, now_ms: u64) -> bool {
+        let Some(build) = self.build.as_mut().filter(|build| !build.is_finished()) else { return false };
+        build.finished_ms = Some(now_ms.max(build.started_ms));
+        build.crates_done = build.crates_total;
+        build.current.clear();
+        true
     }
 
     /// Sends the job's status, with a new `seq`, to everyone watching.
