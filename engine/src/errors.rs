@@ -21,9 +21,34 @@ pub fn chain(error: &(dyn Error + 'static)) -> String {
     message
 }
 
+/// `": message"` for a one-line message; for one of several lines (a plugin's panic and the
+/// line of input it happened on), `":"` and each line on its own, indented: a readable block
+/// rather than one long line.
+pub fn colon_block(message: &str) -> String {
+    let message = message.trim_end();
+    if !message.contains('\n') {
+        return format!(": {message}");
+    }
+    let mut block = String::from(":");
+    for line in message.lines() {
+        block.push_str("\n  ");
+        block.push_str(line);
+    }
+    block
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_message_of_several_lines_becomes_an_indented_block() {
+        assert_eq!(colon_block("boom\n"), ": boom");
+        assert_eq!(
+            colon_block("panicked at a.rs:1:2: boom\non line 7 of x: \"y\""),
+            ":\n  panicked at a.rs:1:2: boom\n  on line 7 of x: \"y\""
+        );
+    }
 
     #[derive(Debug, thiserror::Error)]
     #[error("cannot connect to the controller at {addr}: {source}: check that it runs")]

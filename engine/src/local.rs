@@ -108,8 +108,12 @@ pub enum LocalError {
     #[error(transparent)]
     Start(TaskError),
     /// A chunk failed (on its last attempt).
-    #[error("chunk {index} ({file} lines {first_line}-{last_line}) failed: {error}")]
-    Chunk { index: u64, file: String, first_line: u64, last_line: u64, error: TaskError },
+    #[error(
+        "chunk {index} ({file} lines {first_line}-{last_line}) failed after {attempts} attempt{}{}",
+        plural(.attempts),
+        crate::errors::colon_block(&.error.to_string())
+    )]
+    Chunk { index: u64, file: String, first_line: u64, last_line: u64, attempts: u32, error: TaskError },
     /// Merging partials failed.
     #[error("combine failed: {0}")]
     Combine(TaskError),
@@ -263,6 +267,8 @@ struct Queued {
     last_line: u64,
     /// Attempts that failed so far.
     failures: u32,
+    /// The message of the last attempt that panicked or crashed, to tell a fault that repeats.
+    last_fault: Option<String>,
 }
 
 impl Queued {
@@ -272,9 +278,14 @@ impl Queued {
             file: self.chunk.file.to_string(),
             first_line: self.chunk.first_line,
             last_line: self.last_line,
+            attempts: self.failures,
             error,
         }
     }
+}
+
+fn plural(n: &u32) -> &'static str {
+    if *n == 1 { "" } else { "s" }
 }
 
 /// What a slot finished.
@@ -354,6 +365,7 @@ impl Run {
             chunk: ChunkText::new(file, chunk.first_line, Bytes::from(chunk.text.into_bytes())),
             last_line,
             failures: 0,
+            last_fault: None,
         });
     }
 
@@ -409,10 +421,19 @@ impl Run {
                             }
                         }
                         Err(TaskError::Interrupted(_)) => self.queue.push_front(chunk),
-                        Err(error @ TaskError::Fatal(_)) => return Err(chunk.failed(error)),
+                        Err(error @ TaskError::Fatal(_)) => {
+                            chunk.failures += 1;
+                            return Err(chunk.failed(error));
+                        }
                         Err(error) => {
                             chunk.failures += 1;
-                            if chunk.failures >= self.max_attempts {
+                            let fault = matches!(error, TaskError::Plugin(_) | TaskError::Crashed(_));
+                            let message = error.to_string();
+                            let repeated = fault && chunk.last_fault.as_deref() == Some(message.as_str());
+                            if fault {
+                                chunk.last_fault = Some(message);
+                            }
+                            if retry::gives_up(chunk.failures, self.max_attempts, repeated) {
                                 return Err(chunk.failed(error));
                             }
                             tracing::warn!(chunk = chunk.index, %error, "chunk failed: trying it again");

@@ -44,6 +44,8 @@ enum Command {
     Jobs(cli::jobs::ListArgs),
     /// Show the cluster's workers and load, or remove a worker.
     Cluster(cli::jobs::ClusterArgs),
+    /// Create a new plugin crate from the template, ready for `cargo test` and `kiln run-local`.
+    New(NewArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
     Exec {
@@ -57,6 +59,19 @@ enum Command {
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
+}
+
+#[derive(clap::Args)]
+struct NewArgs {
+    /// The new crate's package name; the crate is created in a directory of that name.
+    name: String,
+    /// The directory in which to create the crate.
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    path: PathBuf,
+    /// Where the plugin API this kiln carries is written for the crate's `cargo test` (default:
+    /// the plugin cache, `~/.cache/kiln`).
+    #[arg(long, env = "KILN_CACHE_DIR")]
+    cache_dir: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -75,9 +90,10 @@ struct RunLocalArgs {
     /// The size of the chunks the input is cut into, e.g. 4MiB or 65536.
     #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_SIZE)]
     chunk_size: usize,
-    /// Attempts at a chunk before the run fails (0: the cluster's default, 4). One by default,
-    /// as in Spark's local mode: on one machine a chunk that failed fails again.
-    #[arg(long, default_value_t = 1)]
+    /// Attempts at a chunk before the run fails (0: the cluster's default, 4). As on a cluster, a
+    /// panic or crash that repeats word for word ends the run at its second attempt, and the
+    /// plugin's own `Err` at its first.
+    #[arg(long, default_value_t = 0)]
     max_attempts: u32,
     #[command(flatten)]
     host: cli::host::HostArgs,
@@ -123,6 +139,7 @@ fn main() -> ExitCode {
         Command::Cancel(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cancel(args)),
         Command::Jobs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::jobs(args)),
         Command::Cluster(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cluster(args)),
+        Command::New(args) => logged(format, CLI_LOG_FILTER, || new_command(args)),
     };
     report(result)
 }
@@ -175,6 +192,20 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         if report.cached_build { "; plugin from cache" } else { "" }
     ));
     cli::output::println(&report.output)
+}
+
+fn new_command(args: NewArgs) -> anyhow::Result<()> {
+    let cache_dir = match args.cache_dir {
+        Some(dir) => dir,
+        None => default_cache_dir().context("no cache directory: set --cache-dir or KILN_CACHE_DIR")?,
+    };
+    let cache_dir = std::path::absolute(&cache_dir).context("cannot make the cache directory's path absolute")?;
+    let crate_dir = kiln_engine::plugin_source::new_plugin_crate(&args.path, &args.name, &cache_dir)?;
+    cli::output::println(format!("created plugin crate {} in {}", args.name, crate_dir.display()))?;
+    cli::output::println(format!(
+        "next: cd {} && cargo test && kiln run-local --plugin . --input INPUT",
+        crate_dir.display()
+    ))
 }
 
 /// Where plugins are built and cached by default: `$XDG_CACHE_HOME/kiln` or `~/.cache/kiln`.

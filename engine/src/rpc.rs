@@ -463,14 +463,14 @@ pub struct ChunkInput {
 /// Why a chunk (or an aggregation) failed on a worker.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]
 pub enum TaskError {
-    /// The plugin returned an error or panicked.
+    /// The plugin panicked.
     #[error("{0}")]
     Plugin(String),
     /// The executor crashed, was killed or timed out; the message says which.
     #[error("{0}")]
     Crashed(String),
-    /// The plugin could not be started (load error, API version, parameters refused): no
-    /// retry can help.
+    /// The plugin could not be started (load error, API version, parameters refused), or it
+    /// returned `Err` (its own decision): no retry can help.
     #[error("{0}")]
     Fatal(String),
     /// The executor was ended for a reason that is not this chunk's (another chunk timed out

@@ -73,6 +73,13 @@ pub struct PluginModule {
     /// Frees an instance. It must not be used afterwards.
     #[sabi(last_prefix_field)]
     pub drop: extern "C" fn(instance: Instance),
+
+    /// Since 0.1.1: whether the last call on the calling thread that answered `RErr` panicked
+    /// (or crashed in a way caught as a panic), rather than returning the plugin's own `Err`.
+    /// Kiln retries a panic; an `Err` is the plugin's decision and fails the job at once.
+    /// Plugins built against 0.1.0 lack it, and their errors are all taken for panics.
+    #[sabi(missing_field(option))]
+    pub last_failure_panicked: extern "C" fn() -> bool,
 }
 
 impl RootModule for PluginModuleRef {

@@ -1,11 +1,12 @@
 //! The plugin side of the ABI: the `extern "C"` functions that `export_plugin!` puts in the root
 //! module, each a thin wrapper that converts types and turns panics into errors.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::ffi::c_void;
 use std::marker::PhantomData;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Once;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
@@ -82,6 +83,7 @@ pub fn root_module<P: MapReduce, C: Combiner<P::Partial>>(_: C) -> PluginModuleR
         combine: combine::<P, C>,
         aggregate: aggregate::<P>,
         drop: drop_instance::<P>,
+        last_failure_panicked,
     }
     .leak_into_prefix()
 }
@@ -89,6 +91,9 @@ pub fn root_module<P: MapReduce, C: Combiner<P::Partial>>(_: C) -> PluginModuleR
 thread_local! {
     /// The message and location of the last panic on this thread, set by the panic hook.
     static LAST_PANIC: RefCell<Option<String>> = const { RefCell::new(None) };
+    /// Whether the last call on this thread that failed did so by panicking (rather than by
+    /// returning `Err`), as `last_failure_panicked` tells the executor.
+    static PANICKED: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Replaces the plugin's panic hook (the plugin has its own copy of std, so this does not touch
@@ -114,15 +119,45 @@ fn install_panic_hook() {
 
 /// Runs plugin code, turning a panic into an error carrying its message and location.
 fn guard<T>(f: impl FnOnce() -> Result<T, String>) -> RResult<T, RString> {
+    guard_with(f, |message| message)
+}
+
+/// [`guard`], with `explain` adding to a panic's message (the line it happened on).
+fn guard_with<T>(f: impl FnOnce() -> Result<T, String>, explain: impl FnOnce(String) -> String) -> RResult<T, RString> {
     install_panic_hook();
     match catch_unwind(AssertUnwindSafe(f)) {
         Ok(Ok(value)) => ROk(value),
-        Ok(Err(message)) => RErr(message.into()),
+        Ok(Err(message)) => {
+            PANICKED.set(false);
+            RErr(message.into())
+        }
         Err(_) => {
+            PANICKED.set(true);
             let text = LAST_PANIC.with(|last| last.borrow_mut().take());
-            RErr(text.unwrap_or_else(|| "plugin panicked".to_owned()).into())
+            RErr(explain(text.unwrap_or_else(|| "plugin panicked".to_owned())).into())
         }
     }
+}
+
+/// The longest prefix of a line that a panic's report quotes, in characters.
+const QUOTED_CHARS: usize = 200;
+
+/// Names the line of `text` that starts at byte `offset` (where `Chunk::lines` was when the
+/// plugin panicked): its number in `file`, and its first characters, escaped so that no
+/// control character reaches a terminal or a log. `None` when no line was being read.
+pub(crate) fn describe_line(text: &str, file: &str, first_line: u64, offset: usize) -> Option<String> {
+    let rest = text.get(offset..)?;
+    let line = rest.split('\n').next().unwrap_or(rest);
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    let index = text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() as u64;
+    let file = if file.is_empty() { "the input".to_owned() } else { file.escape_debug().to_string() };
+    let place = match first_line {
+        0 => format!("line {} of a chunk of {file} (its place in the file is unknown)", index + 1),
+        first => format!("line {} of {file}", first + index),
+    };
+    let quoted: String = line.chars().take(QUOTED_CHARS).collect();
+    let more = if quoted.len() < line.len() { " (cut)" } else { "" };
+    Some(format!("on {place}: \"{}\"{more}", quoted.escape_debug()))
 }
 
 /// # Safety
@@ -157,11 +192,21 @@ extern "C" fn run<P: MapReduce>(
     file: RStr<'_>,
     first_line: u64,
 ) -> RResult<RVec<u8>, RString> {
-    guard(|| {
+    let position = AtomicUsize::new(usize::MAX);
+    let (text, file) = (text.as_str(), file.as_str());
+    let run = || {
         // SAFETY: the executor passes instances it got from `new` and has not dropped.
         let plugin = unsafe { plugin::<P>(instance) };
-        encode(&plugin.run(&Chunk::in_file(text.as_str(), file.as_str(), first_line))?)
+        encode(&plugin.run(&Chunk::tracked(text, file, first_line, &position))?)
+    };
+    guard_with(run, |message| match describe_line(text, file, first_line, position.load(Ordering::Relaxed)) {
+        Some(line) => format!("{message}\n{line}"),
+        None => message,
     })
+}
+
+extern "C" fn last_failure_panicked() -> bool {
+    PANICKED.get()
 }
 
 extern "C" fn line_numbers<P: MapReduce>() -> bool {
@@ -292,5 +337,68 @@ mod tests {
         let error = module.combine()(instance, RSlice::from_slice(&[])).into_result().unwrap_err();
         assert_eq!(error.as_str(), "this plugin does not implement combine");
         module.drop()(instance);
+    }
+
+    /// Panics on the line that holds "bad", or returns `Err` on the one that holds "no".
+    struct Picky;
+
+    impl MapReduce for Picky {
+        type Partial = u64;
+        type Output = u64;
+        fn new(_: &str) -> Result<Self, String> {
+            Ok(Picky)
+        }
+        fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+            for line in chunk.lines() {
+                assert!(!line.contains("bad"), "a bad line");
+                if line.contains("no") {
+                    return Err("refused".to_owned());
+                }
+            }
+            Ok(0)
+        }
+        fn aggregate(&self, _: Vec<u64>) -> Result<u64, String> {
+            Ok(0)
+        }
+    }
+
+    #[test]
+    fn a_panic_while_reading_lines_names_the_line_and_an_err_is_told_apart() {
+        let module = module_of!(Picky);
+        let instance = unwrap(module.new()(RStr::from_str("")));
+        let panicked = module.last_failure_panicked().expect("the field is there");
+        let run = |text: &str, first_line: u64| {
+            module.run()(instance, RStr::from_str(text), RStr::from_str("in\u{7}.txt"), first_line).into_result()
+        };
+        let error = run("ok\r\nfine\nso bad \u{1b}[1m\n", 40).unwrap_err();
+        assert!(panicked());
+        let (panic, line) = error.as_str().split_once('\n').unwrap();
+        assert!(
+            panic.starts_with("panicked at plugin-api/src/export.rs:") && panic.ends_with(": a bad line"),
+            "{panic}"
+        );
+        assert_eq!(line, r#"on line 42 of in\u{7}.txt: "so bad \u{1b}[1m""#);
+        let unknown = run("bad\n", 0).unwrap_err();
+        assert!(
+            unknown
+                .as_str()
+                .ends_with("on line 1 of a chunk of in\\u{7}.txt (its place in the file is unknown): \"bad\""),
+            "{unknown}"
+        );
+        assert_eq!(run("yes\nno\n", 1).unwrap_err().as_str(), "refused");
+        assert!(!panicked(), "an Err is not a panic");
+        module.drop()(instance);
+    }
+
+    #[test]
+    fn a_long_line_is_quoted_cut_and_lines_are_those_of_str_lines() {
+        let long = format!("{}\n", "é".repeat(300));
+        let said = describe_line(&long, "", 7, 0).unwrap();
+        assert_eq!(said, format!("on line 7 of the input: \"{}\" (cut)", "é".repeat(200)));
+        assert_eq!(describe_line("a\n", "f", 1, usize::MAX), None);
+        for text in ["", "a", "a\n", "a\r\nb", "\n\n", "x\r", "a\rb\r\n\r\n", "é\nü"] {
+            let lines: Vec<&str> = Chunk::new(text, 1).lines().collect();
+            assert_eq!(lines, text.lines().collect::<Vec<_>>(), "{text:?}");
+        }
     }
 }

@@ -68,6 +68,8 @@ pub mod abi;
 mod export;
 pub mod partial;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::{Serialize, de::DeserializeOwned};
 
 /// The version of this API, checked when Kiln loads a plugin.
@@ -139,19 +141,26 @@ pub struct Chunk<'a> {
     text: &'a str,
     file: &'a str,
     first_line: u64,
+    /// Where [`Chunk::lines`] last started a line (a byte offset into `text`), so that a panic
+    /// can be reported with its line; `usize::MAX` before the first.
+    position: &'a AtomicUsize,
 }
+
+/// The position slot of chunks made outside Kiln's calls (in plugin authors' tests), where no
+/// one reads it.
+static NOWHERE: AtomicUsize = AtomicUsize::new(usize::MAX);
 
 impl<'a> Chunk<'a> {
     /// Makes a chunk of `text` whose first line is line `first_line` (1-based) of an input
     /// with no file name.
     pub fn new(text: &'a str, first_line: u64) -> Self {
-        Chunk { text, file: "", first_line }
+        Chunk { text, file: "", first_line, position: &NOWHERE }
     }
 
     /// Makes a chunk of `text` from the file named `file`, whose first line is line
     /// `first_line` (1-based) of that file, or 0 when that is unknown.
     pub fn in_file(text: &'a str, file: &'a str, first_line: u64) -> Self {
-        Chunk { text, file, first_line }
+        Chunk { text, file, first_line, position: &NOWHERE }
     }
 
     /// The chunk's text: whole lines, each ending in `\n` except perhaps the input's last.
@@ -190,8 +199,16 @@ impl<'a> Chunk<'a> {
     }
 
     /// The chunk's lines without their line endings (`\n` or `\r\n`), as [`str::lines`] gives.
-    pub fn lines(&self) -> std::str::Lines<'a> {
-        self.text.lines()
+    ///
+    /// When plugin code panics while iterating them, Kiln reports the line it was at: its
+    /// number, file and first characters.
+    pub fn lines(&self) -> Lines<'a> {
+        Lines { text: self.text, offset: 0, position: self.position }
+    }
+
+    /// The chunk as `export_plugin!`'s `run` makes it, with a position slot Kiln reads.
+    pub(crate) fn tracked(text: &'a str, file: &'a str, first_line: u64, position: &'a AtomicUsize) -> Self {
+        Chunk { text, file, first_line, position }
     }
 
     /// The chunk's lines with their 1-based numbers within the file (0 for every line when
@@ -199,7 +216,44 @@ impl<'a> Chunk<'a> {
     pub fn numbered_lines(&self) -> impl Iterator<Item = (u64, &'a str)> + 'a {
         let first_line = self.first_line;
         let known = u64::from(first_line != 0);
-        (0..).map(move |i| first_line + i * known).zip(self.text.lines())
+        (0..).map(move |i| first_line + i * known).zip(self.lines())
+    }
+}
+
+/// The lines of a chunk, from [`Chunk::lines`]: what [`str::lines`] gives, each line's start
+/// noted so that a panic can name its line.
+#[derive(Debug, Clone)]
+pub struct Lines<'a> {
+    text: &'a str,
+    /// Where the next line starts.
+    offset: usize,
+    position: &'a AtomicUsize,
+}
+
+impl<'a> Iterator for Lines<'a> {
+    type Item = &'a str;
+
+    #[inline]
+    fn next(&mut self) -> Option<&'a str> {
+        let Some(rest) = self.text.get(self.offset..).filter(|rest| !rest.is_empty()) else {
+            // Done: a panic after the loop is not on any line.
+            self.position.store(usize::MAX, Ordering::Relaxed);
+            return None;
+        };
+        // One relaxed store per line: a plain write, read only after a panic on this thread.
+        self.position.store(self.offset, Ordering::Relaxed);
+        let line = match rest.find('\n') {
+            Some(end) => {
+                self.offset += end + 1;
+                let line = &rest[..end];
+                line.strip_suffix('\r').unwrap_or(line)
+            }
+            None => {
+                self.offset = self.text.len();
+                rest
+            }
+        };
+        Some(line)
     }
 }
 

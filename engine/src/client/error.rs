@@ -181,9 +181,10 @@ fn describe_failure(job: JobId, failure: &JobFailure) -> String {
         (FailureKind::Build, _) => format!("job {job} failed: the plugin does not compile:\n{message}"),
         (FailureKind::Input, _) => format!("job {job} failed: the input cannot be used: {message}"),
         (_, Some(chunk)) => format!(
-            "job {job} failed: {chunk} failed after {} attempt{}: {message}",
+            "job {job} failed: {chunk} failed after {} attempt{}{}",
             failure.attempts,
             if failure.attempts == 1 { "" } else { "s" },
+            crate::errors::colon_block(message),
         ),
         (_, None) => format!("job {job} failed: {message}"),
     }

@@ -11,6 +11,9 @@ use crate::rpc::{RpcError, TaskError};
 pub(super) enum Failure {
     /// This attempt failed; another may succeed. Counts an attempt.
     Attempt(String),
+    /// The plugin panicked or its executor crashed (or timed out): counts an attempt, and when
+    /// the chunk's previous attempt failed with the very same message, no other will succeed.
+    Fault(String),
     /// The work was stopped through no fault of its own: do it again, without an attempt.
     Interrupted(String),
     /// No attempt can succeed.
@@ -30,9 +33,8 @@ pub(super) type CallResult<T> = Result<Result<T, TaskError>, tarpc::client::RpcE
 pub(super) fn classify<T>(result: CallResult<T>, deadline: Duration) -> Result<T, Failure> {
     match result {
         Ok(Ok(value)) => Ok(value),
-        Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message) | TaskError::Storage(message))) => {
-            Err(Failure::Attempt(message))
-        }
+        Ok(Err(TaskError::Plugin(message) | TaskError::Crashed(message))) => Err(Failure::Fault(message)),
+        Ok(Err(TaskError::Storage(message))) => Err(Failure::Attempt(message)),
         Ok(Err(TaskError::Fatal(message))) => Err(Failure::Fatal(message)),
         Ok(Err(TaskError::Interrupted(message))) => Err(Failure::Interrupted(message)),
         Ok(Err(TaskError::NotPrepared(_))) => Err(Failure::NotPrepared),
@@ -67,9 +69,9 @@ mod tests {
         let ok: CallResult<u8> = Ok(Ok(1));
         assert_eq!(classify(ok, D), Ok(1));
         let plugin: CallResult<u8> = Ok(Err(TaskError::Plugin("boom".into())));
-        assert_eq!(classify(plugin, D), Err(Failure::Attempt("boom".into())));
+        assert_eq!(classify(plugin, D), Err(Failure::Fault("boom".into())));
         let crashed: CallResult<u8> = Ok(Err(TaskError::Crashed("segfault".into())));
-        assert_eq!(classify(crashed, D), Err(Failure::Attempt("segfault".into())));
+        assert_eq!(classify(crashed, D), Err(Failure::Fault("segfault".into())));
         let fatal: CallResult<u8> = Ok(Err(TaskError::Fatal("bad params".into())));
         assert_eq!(classify(fatal, D), Err(Failure::Fatal("bad params".into())));
         let build: CallResult<u8> = Ok(Err(TaskError::Rpc(RpcError::Build("error[E0425]".into()))));

@@ -163,7 +163,7 @@ async fn on_prepared(shared: &Shared, job_id: JobId, worker_id: WorkerId, result
         }
         Err(Failure::Build(diagnostics)) => (FailureKind::Build, diagnostics),
         Err(Failure::Fatal(message)) => (FailureKind::Plugin, message),
-        Err(Failure::Attempt(message) | Failure::Interrupted(message)) => {
+        Err(Failure::Attempt(message) | Failure::Fault(message) | Failure::Interrupted(message)) => {
             // This worker cannot run the job; the job fails only when no worker can.
             warn!(job = job_id, worker = worker_id, "cannot prepare: {message}");
             let hopeless = shared.with_state(|st| {
@@ -275,7 +275,7 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
                 job.prepared.remove(&worker.id);
                 None
             }
-            Failure::Attempt(message) => {
+            Failure::Attempt(message) | Failure::Fault(message) => {
                 let failures = job.count_aggregate_failure();
                 warn!(job = job_id, worker = worker.id, "aggregate failed: {message}");
                 (failures >= job.max_attempts()).then_some((FailureKind::Plugin, message))

@@ -17,9 +17,23 @@
 pub(crate) mod embedded;
 mod limits;
 mod links;
+pub mod scaffold;
 mod tree;
 mod unpack;
 
 // Each item has this one public path; the submodules are private seams.
+use std::path::{Path, PathBuf};
+
 pub use limits::{MAX_BYTES, MAX_FILES, SourceError, SourceLimits};
 pub use tree::{SourceTree, read_source, read_source_with_limits};
+
+/// Creates the plugin crate `parent/name` from the template this binary carries (`kiln new`),
+/// with the plugin API it carries written under `cache_dir` and pointed at by the crate's
+/// `.cargo/config.toml`, so that `cargo test` works outside a Kiln checkout. Blocking.
+pub fn new_plugin_crate(parent: &Path, name: &str, cache_dir: &Path) -> Result<PathBuf, scaffold::ScaffoldError> {
+    scaffold::validate_package_name(name)?;
+    let api_dir = embedded::ensure_plugin_api(cache_dir).map_err(|e| {
+        scaffold::ScaffoldError(format!("cannot write the plugin API into {}: {e}", cache_dir.display()))
+    })?;
+    scaffold::create(parent, name, &api_dir)
+}

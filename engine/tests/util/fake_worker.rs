@@ -55,11 +55,13 @@ pub struct Record {
 }
 
 /// Chunks (by first line) whose first attempt fails, shared by all fake workers; `always`
-/// makes every attempt fail.
+/// makes every attempt fail, the same way unless `varying` numbers each failure's message.
 #[derive(Default)]
 pub struct Faults {
     pub lines: HashSet<u64>,
     pub always: bool,
+    pub varying: bool,
+    pub count: AtomicU64,
     pub failed: Mutex<HashSet<u64>>,
 }
 
@@ -103,6 +105,10 @@ impl FakeWorker {
         let fails = self.faults.lines.contains(&first_line)
             && (self.faults.always || self.faults.failed.lock().unwrap().insert(first_line));
         self.attempts.lock().unwrap().push((self.name, first_line, !fails));
+        if fails && self.faults.varying {
+            let n = self.faults.count.fetch_add(1, Ordering::SeqCst) + 1;
+            return Err(TaskError::Plugin(format!("injected failure {n} at line {first_line}")));
+        }
         if fails {
             return Err(TaskError::Plugin(format!("injected failure at line {first_line}")));
         }

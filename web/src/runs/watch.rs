@@ -247,9 +247,10 @@ pub(super) fn describe(failure: &JobFailure) -> (&'static str, String) {
         (kind, Some(chunk)) => (
             if kind == FailureKind::Plugin { "plugin" } else { "internal" },
             format!(
-                "{chunk} failed after {} attempt{}: {message}",
+                "{chunk} failed after {} attempt{}{}",
                 failure.attempts,
-                if failure.attempts == 1 { "" } else { "s" }
+                if failure.attempts == 1 { "" } else { "s" },
+                kiln_engine::errors::colon_block(&message),
             ),
         ),
         (FailureKind::Plugin, None) => ("plugin", message),

@@ -27,6 +27,7 @@ use super::super::store::{ChunkMeta, NewPartial};
 use crate::input::reference::InputObject;
 use crate::input::split::Split;
 use crate::rpc::{ChunkInput, FailureKind, JobFailure, JobId, JobState, WorkerId};
+use crate::rules::retry;
 
 /// One call carrying a batch of chunks to a worker: what its task knows of it.
 pub(in crate::controller) struct BatchCall {
@@ -230,9 +231,10 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
                     job.requeue_if_idle(index);
                     continue;
                 }
-                Err(Failure::Attempt(message)) => (None, message),
-                Err(Failure::Fatal(message)) => (Some(FailureKind::Plugin), message),
-                Err(Failure::Build(message)) => (Some(FailureKind::Build), message),
+                Err(Failure::Attempt(message)) => (None, message, false),
+                Err(Failure::Fault(message)) => (None, message, true),
+                Err(Failure::Fatal(message)) => (Some(FailureKind::Plugin), message, false),
+                Err(Failure::Build(message)) => (Some(FailureKind::Build), message, false),
             };
             charge(job, index, worker_id, kind, &mut verdicts);
         }
@@ -261,12 +263,13 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
 }
 
 /// Charges a failed attempt to a chunk: it is retried (queued again, to go elsewhere when
-/// possible) until the job's `max_attempts`; a failure of kind `kind` ends the job at once.
+/// possible) until the job's `max_attempts`, or until a fault (`fault`: a panic or crash)
+/// repeats the chunk's previous one word for word; a failure of kind `kind` ends the job at once.
 fn charge(
     job: &mut Job,
     index: u64,
     worker_id: WorkerId,
-    (kind, message): (Option<FailureKind>, String),
+    (kind, message, fault): (Option<FailureKind>, String, bool),
     verdicts: &mut Verdicts,
 ) {
     let (job_id, max_attempts, span) = (job.id, job.max_attempts(), job.span(index));
@@ -278,7 +281,11 @@ fn charge(
     chunk.failed_on.push(worker_id);
     let attempts = chunk.failures;
     warn!(job = job_id, chunk = index, worker = worker_id, attempts, "chunk attempt failed: {message}");
-    if let Some(kind) = kind.or((attempts >= max_attempts).then_some(FailureKind::Plugin)) {
+    let repeated = fault && chunk.last_fault.as_deref() == Some(message.as_str());
+    if fault {
+        chunk.last_fault = Some(message.clone());
+    }
+    if let Some(kind) = kind.or(retry::gives_up(attempts, max_attempts, repeated).then_some(FailureKind::Plugin)) {
         // The first chunk to fail for good names the job's failure.
         if verdicts.fails.is_none() {
             verdicts.fails = Some(JobFailure { kind, message, chunk: Some(span), attempts });

@@ -53,6 +53,8 @@ pub(in crate::controller) struct Chunk {
     pub running: Vec<RunningCopy>,
     /// Workers where an attempt failed: a retry goes elsewhere when it can.
     pub failed_on: Vec<WorkerId>,
+    /// The message of the last attempt that panicked or crashed, to tell a fault that repeats.
+    pub last_fault: Option<String>,
     /// Whether a speculative copy was started (one per chunk at most).
     pub speculated: bool,
 }

@@ -205,6 +205,7 @@ impl Job {
                 failures: 0,
                 running: Vec::new(),
                 failed_on: Vec::new(),
+                last_fault: None,
                 speculated: false,
             });
             self.queue.insert(index);

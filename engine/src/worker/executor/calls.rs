@@ -129,6 +129,7 @@ pub(super) fn read_responses(
         match Response::read_from(&mut stdout) {
             Ok(Some(Response::Done { call, bytes })) => answer(&shared, call, Ok(bytes)),
             Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
+            Ok(Some(Response::Refused { call, message })) => answer(&shared, call, Err(ExecError::Refused(message))),
             Ok(Some(other)) => {
                 tracing::warn!("executor sent an unexpected {other:?}");
             }

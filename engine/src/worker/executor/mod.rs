@@ -131,9 +131,12 @@ pub enum ExecError {
     /// The plugin's `new` refused the job's parameters.
     #[error("the plugin refused its parameters: {0}")]
     Params(String),
-    /// The plugin returned an error or panicked; the executor goes on.
+    /// The plugin panicked; the executor goes on.
     #[error("{0}")]
     Plugin(String),
+    /// The plugin returned `Err` with this message: its decision, which no retry changes.
+    #[error("{0}")]
+    Refused(String),
     /// The executor process died (crash, abort, killed); every call in flight fails.
     #[error("the executor {reason}{}", stderr_note(.stderr))]
     Crashed { reason: String, stderr: String },

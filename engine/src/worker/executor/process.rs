@@ -147,8 +147,10 @@ impl Plugin {
             return Err((
                 StartFailure::Incompatible,
                 format!(
-                    "plugin built against kiln-plugin-api {plugin_version}, this kiln has {API_VERSION}: \
-                     rebuild the plugin against kiln-plugin-api {API_VERSION}"
+                    "plugin built against kiln-plugin-api {plugin_version}, which this kiln (kiln-plugin-api \
+                     {API_VERSION}) cannot load: depend on kiln-plugin-api = \"{}\" in the plugin's \
+                     Cargo.toml and build it again",
+                    requirement(API_VERSION)
                 ),
             ));
         }
@@ -188,35 +190,55 @@ impl Plugin {
             Request::Combine { call, partials } => {
                 let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
                 let outcome = (self.module.combine())(self.instance, RSlice::from_slice(&slices));
-                (call, outcome.map(|bytes| Bytes::from(bytes.into_vec())).into_result().map_err(|e| e.into_string()))
+                (call, self.failure(outcome.map(|bytes| Bytes::from(bytes.into_vec()))))
             }
             Request::Aggregate { call, partials } => {
                 let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
                 let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
-                (call, outcome.map(|json| Bytes::from(json.into_string())).into_result().map_err(|e| e.into_string()))
+                (call, self.failure(outcome.map(|json| Bytes::from(json.into_string()))))
             }
             Request::Init { .. } => return Response::Failed { call: 0, message: "init sent twice".to_owned() },
         };
         answer(call, outcome)
     }
 
-    fn run(&self, chunk: &ChunkText) -> Result<Bytes, String> {
+    fn run(&self, chunk: &ChunkText) -> Result<Bytes, CallFailure> {
         // The supervisor cut the chunk from validated UTF-8, but a plugin must never see
         // invalid text whatever sent it; checking costs little beside the plugin's own scan.
-        let text = std::str::from_utf8(&chunk.text).map_err(|e| format!("chunk is not valid UTF-8: {e}"))?;
+        let text = std::str::from_utf8(&chunk.text)
+            .map_err(|e| CallFailure::Panicked(format!("chunk is not valid UTF-8: {e}")))?;
         let (text, file) = (RStr::from_str(text), RStr::from_str(&chunk.file));
-        match (self.module.run())(self.instance, text, file, chunk.first_line) {
-            RResult::ROk(bytes) => Ok(Bytes::from(bytes.into_vec())),
-            RResult::RErr(message) => Err(message.into_string()),
-        }
+        let outcome = (self.module.run())(self.instance, text, file, chunk.first_line);
+        self.failure(outcome.map(|bytes| Bytes::from(bytes.into_vec())))
+    }
+
+    /// Sorts a call's error, on the thread that made the call, into a panic or the plugin's
+    /// own `Err` (which plugins built against API 0.1.0 cannot tell apart: taken for panics).
+    fn failure(&self, outcome: RResult<Bytes, abi_stable::std_types::RString>) -> Result<Bytes, CallFailure> {
+        outcome.into_result().map_err(|message| {
+            let message = message.into_string();
+            match self.module.last_failure_panicked() {
+                Some(panicked) if !panicked() => CallFailure::Refused(message),
+                _ => CallFailure::Panicked(message),
+            }
+        })
     }
 }
 
+/// How a call failed.
+enum CallFailure {
+    /// A panic caught in the plugin (or an error of the call itself): worth another try.
+    Panicked(String),
+    /// The plugin returned `Err`: its decision.
+    Refused(String),
+}
+
 /// The response to a call with this outcome.
-fn answer(call: u64, outcome: Result<Bytes, String>) -> Response {
+fn answer(call: u64, outcome: Result<Bytes, CallFailure>) -> Response {
     match outcome {
         Ok(bytes) => Response::Done { call, bytes },
-        Err(message) => Response::Failed { call, message },
+        Err(CallFailure::Panicked(message)) => Response::Failed { call, message },
+        Err(CallFailure::Refused(message)) => Response::Refused { call, message },
     }
 }
 
@@ -250,6 +272,17 @@ fn read_api_version(library: &Path) -> Result<String, String> {
     // open avoids running the library's destructors while the plugin is in use.
     std::mem::forget(lib);
     Ok(version)
+}
+
+/// The version requirement that accepts `version` and the versions compatible with it:
+/// `"0.1"` for 0.1.1, `"2"` for 2.3.0.
+fn requirement(version: &str) -> String {
+    let mut parts = version.split('.');
+    match (parts.next(), parts.next()) {
+        (Some("0"), Some(minor)) => format!("0.{minor}"),
+        (Some(major), _) => major.to_owned(),
+        _ => version.to_owned(),
+    }
 }
 
 /// abi_stable explains a layout mismatch in hundreds of lines, the cause in the last few.

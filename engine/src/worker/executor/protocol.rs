@@ -28,6 +28,7 @@ const TAG_READY: u8 = 10;
 const TAG_START_FAILED: u8 = 11;
 const TAG_DONE: u8 = 12;
 const TAG_FAILED: u8 = 13;
+const TAG_REFUSED: u8 = 14;
 
 /// A message from the supervisor to the executor.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,8 +55,11 @@ pub enum Response {
     StartFailed { kind: StartFailure, message: String },
     /// A call succeeded with these bytes (a partial, or the output JSON).
     Done { call: u64, bytes: Bytes },
-    /// A call failed with the plugin's message (an error it returned, or a caught panic).
+    /// A call failed with the plugin's message: a caught panic (or, from plugins built against
+    /// API 0.1.0, which cannot tell, any error).
     Failed { call: u64, message: String },
+    /// The plugin returned `Err` with this message: its own decision, not to be retried.
+    Refused { call: u64, message: String },
 }
 
 /// Why an executor could not start its plugin.
@@ -182,6 +186,9 @@ impl Response {
             Response::Failed { call, message } => {
                 write_frame(out, TAG_FAILED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
             }
+            Response::Refused { call, message } => {
+                write_frame(out, TAG_REFUSED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
+            }
         }
     }
 
@@ -201,6 +208,7 @@ impl Response {
             }
             TAG_DONE => Response::Done { call: body.u64()?, bytes: body.bytes()? },
             TAG_FAILED => Response::Failed { call: body.u64()?, message: body.string()? },
+            TAG_REFUSED => Response::Refused { call: body.u64()?, message: body.string()? },
             other => return Err(invalid(format!("unknown response tag {other}"))),
         };
         body.finish()?;
@@ -326,6 +334,7 @@ mod tests {
             Response::StartFailed { kind: StartFailure::Incompatible, message: "old".into() },
             Response::Done { call: 1, bytes: Bytes::from_static(b"{}") },
             Response::Failed { call: 2, message: "boom".into() },
+            Response::Refused { call: 3, message: "no".into() },
         ];
         let mut wire = Vec::new();
         for r in &responses {

@@ -62,7 +62,7 @@ async fn judge(
     let (file, first_line) = (&*chunk.file, chunk.first_line);
     match verdict(&error, ending) {
         Verdict::Culprit => {
-            if !matches!(error, ExecError::Plugin(_)) {
+            if !matches!(error, ExecError::Plugin(_) | ExecError::Refused(_)) {
                 tracing::warn!(job, file, first_line, %error, "chunk crashed its executor");
             }
             Err(call_error(error))

@@ -144,6 +144,8 @@ pub(crate) fn start_error(error: ExecError) -> TaskError {
 fn call_error(error: ExecError) -> TaskError {
     match error {
         ExecError::Plugin(message) => TaskError::Plugin(message),
+        // The plugin's own `Err`: the job fails at once with its message.
+        ExecError::Refused(message) => TaskError::Fatal(message),
         ExecError::Load(_) | ExecError::Incompatible(_) | ExecError::Params(_) | ExecError::Sandbox(_) => {
             TaskError::Fatal(error.to_string())
         }
