@@ -378,8 +378,10 @@ fn straggler_job(cluster: &Cluster, extra: &[&str], sleep_ms: u64) -> Value {
 fn a_straggler_is_overtaken_by_a_speculative_copy_on_another_worker() {
     let cluster = Cluster::start_unconfined(2);
     let status = straggler_job(&cluster, &[], 60_000);
-    assert!(run_time(&status) < Duration::from_secs(20), "the job waited for the straggler: {status:#}");
     assert_eq!((status["speculative"].as_u64(), status["speculative_won"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    // Not a speed figure: the straggler sleeps 60 s, so a job that ended before it woke did not
+    // wait for it, however slow the machine (a 20 s bound failed at load 14).
+    assert!(run_time(&status) < Duration::from_secs(50), "the job waited for the straggler: {status:#}");
     assert_eq!(status["retries"], 0, "{status:#}");
 }
 
@@ -387,8 +389,10 @@ fn a_straggler_is_overtaken_by_a_speculative_copy_on_another_worker() {
 fn a_straggler_on_a_lone_worker_is_copied_into_its_free_slot() {
     let cluster = Cluster::start_unconfined(1);
     let status = straggler_job(&cluster, &[], 60_000);
-    assert!(run_time(&status) < Duration::from_secs(20), "the job waited for the straggler: {status:#}");
     assert_eq!((status["speculative"].as_u64(), status["speculative_won"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    // Not a speed figure: the straggler sleeps 60 s, so a job that ended before it woke did not
+    // wait for it, however slow the machine (a 20 s bound failed at load 14).
+    assert!(run_time(&status) < Duration::from_secs(50), "the job waited for the straggler: {status:#}");
 }
 
 #[test]

@@ -262,7 +262,9 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
     client.release(long(), secret.clone(), 1).await.unwrap().unwrap();
     let started = Instant::now();
     client.prepare(long(), secret.clone(), 2, plugin(hash.clone(), String::new(), limits)).await.unwrap().unwrap();
-    assert!(started.elapsed() < Duration::from_millis(500), "prepare took {:?}", started.elapsed());
+    // Not a speed figure: fetching and building the plugin again would take tens of seconds;
+    // a 500 ms bound risked failing on a loaded machine.
+    assert!(started.elapsed() < Duration::from_secs(5), "prepare took {:?}", started.elapsed());
     assert_eq!(stand_in.seen.lock().unwrap().fetches, 1);
     let answer = run_one(&client, &secret, 1, 1, b"x\n").await;
     assert_eq!(answer, Err(TaskError::NotPrepared(1)), "job 1 was released");
