@@ -234,6 +234,10 @@ fn a_worker_that_cannot_read_the_store_has_its_chunks_retried_on_another() {
     cluster.workers.push(Daemon::start(blind));
     cluster.add_worker(2);
     cluster.wait_workers(2);
+    // The same files uploaded first, so that both workers have built the plugin and share the
+    // next job's chunks rather than the quicker builder taking them all.
+    let warm_up = submit(&cluster, "wordcount", data.to_str().unwrap(), &[]);
+    assert_eq!(parsed(&warm_up, "uploaded"), word_counts(&concatenated(&files)));
 
     let run = submit(&cluster, "wordcount", &url_of(&data), &["--processes", "2"]);
     assert_eq!(

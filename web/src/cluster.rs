@@ -31,6 +31,8 @@ pub struct EmbeddedConfig {
     pub processes: u32,
     /// Whether plugins run in the sandbox (the workers refuse to start where the host cannot).
     pub sandbox: bool,
+    /// Directories whose files runs may name as `file://` inputs (none: refused).
+    pub file_input_roots: Vec<PathBuf>,
 }
 
 /// Why the embedded cluster could not start.
@@ -71,7 +73,9 @@ impl EmbeddedCluster {
 /// Starts a controller on a free loopback port and `config.workers` workers joined to it.
 pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedError> {
     let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
-    let controller = controller::start(ControllerConfig::new(loopback, config.dir.join("controller"))).await?;
+    let mut controller_config = ControllerConfig::new(loopback, config.dir.join("controller"));
+    controller_config.file_input_roots = config.file_input_roots.clone();
+    let controller = controller::start(controller_config).await?;
     let processes = config.processes.max(1);
     let (builder, executor) = host_configs(
         config.dir.join("plugin-cache"),

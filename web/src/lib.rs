@@ -109,6 +109,9 @@ pub struct WebConfig {
     /// `--insecure-no-sandbox`) they run with the server's rights and warn on every job. With
     /// it, a host that cannot sandbox refuses to start the embedded cluster.
     pub sandbox: bool,
+    /// Directories (resolved) whose files runs on the embedded cluster may name as `file://`
+    /// inputs, read by its workers; none: such inputs are refused.
+    pub file_input_roots: Vec<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`), apart from the site; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -136,6 +139,7 @@ impl WebConfig {
             worker_processes: u32::try_from((cores / 2).max(1)).unwrap_or(1),
             chunk_bytes: 0,
             sandbox: true,
+            file_input_roots: Vec::new(),
             metrics_listen: None,
         }
     }
@@ -352,6 +356,7 @@ async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, W
         workers: config.embedded_workers,
         processes: config.worker_processes,
         sandbox: config.sandbox,
+        file_input_roots: config.file_input_roots.clone(),
     };
     Ok(Some(cluster::start(&embedded).await?))
 }

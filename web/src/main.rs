@@ -39,6 +39,10 @@ struct Cli {
     /// How many workers the embedded cluster has.
     #[arg(long, default_value_t = 2)]
     embedded_workers: usize,
+    /// A directory whose files runs on the embedded cluster may name as `file://` inputs;
+    /// repeat it for more. Without it, such inputs are refused.
+    #[arg(long, value_name = "DIR")]
+    file_input_root: Vec<std::path::PathBuf>,
     /// The largest input file accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -124,6 +128,12 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     config.database_url = cli.database_url.filter(|url| !url.is_empty());
     config.embedded_cluster = !cli.no_local_cluster;
     config.embedded_workers = cli.embedded_workers;
+    for root in &cli.file_input_root {
+        let resolved = std::fs::canonicalize(root).map_err(|e| {
+            anyhow::anyhow!("cannot use --file-input-root {}: {e}: check the directory", root.display())
+        })?;
+        config.file_input_roots.push(resolved);
+    }
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
     config.input_retention = std::time::Duration::from_secs(cli.keep_inputs_hours.saturating_mul(3600));

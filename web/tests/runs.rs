@@ -228,3 +228,55 @@ async fn a_plugin_error_is_shown_with_its_chunk_and_lines() {
     assert!(page.contains(&format!("-{n_lines}) failed")), "the chunk's line range ends at the line: {page}");
     web.stop().await;
 }
+
+/// Starts a task on a cluster with an input URL instead of an upload; answers the response.
+async fn start_run_on_url(browser: &Browser, task: i64, cluster: i64, url: &str) -> i64 {
+    let csrf = browser.csrf(&format!("/tasks/{task}/start")).await;
+    let form = reqwest::multipart::Form::new()
+        .text("csrf_token", csrf)
+        .text("cluster_id", cluster.to_string())
+        .text("processes", "2")
+        .text("params", "")
+        .text("input_url", url.to_owned());
+    browser.post_multipart(&format!("/tasks/{task}/start"), form).await.redirect_id()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_reads_an_input_url_on_the_local_cluster_and_a_url_outside_its_roots_fails_with_the_reason() {
+    let data = tempfile::tempdir().unwrap();
+    let text = input(8_000);
+    std::fs::write(data.path().join("words.txt"), &text).unwrap();
+    let root = std::fs::canonicalize(data.path()).unwrap();
+    let roots = vec![root.clone()];
+    let web = TestWeb::start(TestDb::sqlite(), move |config| {
+        embedded(config);
+        config.file_input_roots = roots;
+    })
+    .await;
+    let browser = registered(&web, "urls@example.com").await;
+    let wordcount = std::fs::read(concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/plugins/wordcount/src/lib.rs"));
+    let task = browser.create_task("Word count", "lib.rs", wordcount.unwrap()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+
+    let url = format!("file://{}/words.txt", root.display());
+    let run = start_run_on_url(&browser, task, cluster, &url).await;
+    let messages = progress_messages(&browser, run).await;
+    let last = messages.last().expect("progress messages");
+    assert_eq!(last["state"], "succeeded", "{last}");
+    assert!(last["n_chunks"].as_u64().unwrap() > 4, "the object was split: {last}");
+    let mut expected: BTreeMap<String, u64> = BTreeMap::new();
+    for word in text.split_whitespace() {
+        *expected.entry(word.to_owned()).or_default() += 1;
+    }
+    let download = browser.get(&format!("/runs/{run}/result.json")).await;
+    let counted: BTreeMap<String, u64> = serde_json::from_str(&download.body).expect("the result is JSON");
+    assert_eq!(counted, expected, "the workers read the URL's object");
+    let page = browser.get(&format!("/runs/{run}")).await;
+    assert!(page.body.contains(&url), "the run names its input URL");
+
+    let outside = start_run_on_url(&browser, task, cluster, "file:///etc/hostname").await;
+    let page = browser.finished_run(outside, RUN_TIMEOUT).await;
+    assert!(page.body.contains("state-failed"), "{}", page.body);
+    assert!(page.body.contains("outside the directories this controller reads"), "{}", page.body);
+    web.stop().await;
+}

@@ -12,6 +12,7 @@ use super::error::HttpError;
 use super::runs::RunRow;
 use super::upload::{FileLimit, Form, UploadedFile, read_form};
 use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
+use crate::runs::inputs::RunInput;
 use crate::security::new_token;
 use crate::store::clusters::Cluster;
 use crate::store::runs::NewRun;
@@ -233,6 +234,15 @@ async fn start_page(req: &mut Request, depot: &mut Depot, res: &mut Response) ->
     render(res, StatusCode::OK, &page)
 }
 
+/// The input of a run being started: an upload, or a URL the workers read.
+enum StartInput {
+    Upload(UploadedFile),
+    Url(String),
+}
+
+/// The longest input URL accepted (it is stored as the run's input name).
+const MAX_INPUT_URL_BYTES: usize = 2048;
+
 #[handler]
 async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
     let user = session(depot)?;
@@ -247,13 +257,24 @@ async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
         Some(id) => app.store.cluster(user.user_id, id).await?,
         None => None,
     };
-    let input = form.files.remove("input");
+    let input_url = form.text("input_url").to_owned();
+    let input = match (form.files.remove("input"), input_url.is_empty()) {
+        (Some(upload), true) => Some(StartInput::Upload(upload)),
+        (None, false) => Some(StartInput::Url(input_url)),
+        _ => None,
+    };
     let problem = if cluster.is_none() {
         Some("choose one of your clusters".to_owned())
     } else if !processes.is_some_and(|n| (1..=MAX_PROCESSES).contains(&n)) {
         Some(format!("processes per worker must be a number from 1 to {MAX_PROCESSES}"))
     } else if input.is_none() {
-        Some("choose the input file".to_owned())
+        Some("choose the input file, or give the URL of an input the workers read (not both)".to_owned())
+    } else if let Some(StartInput::Url(url)) = &input
+        && (!kiln_engine::input::is_reference(url) || url.len() > MAX_INPUT_URL_BYTES)
+    {
+        Some(format!(
+            "the input URL must start with file://, s3://, http:// or https:// and be at most {MAX_INPUT_URL_BYTES} bytes"
+        ))
     } else {
         None
     };
@@ -273,18 +294,18 @@ async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
         }
     };
     let plugin = app.store.task_plugin(user.user_id, task.id).await?.ok_or(HttpError::NotFound)?;
-    let new_run = NewRun {
-        task_id: task.id,
-        cluster_id: cluster.id,
-        input_name: input.file_name.clone(),
-        input_bytes: i64::try_from(input.size).unwrap_or(i64::MAX),
-        processes,
-        params,
+    let (input_name, input_bytes) = match &input {
+        StartInput::Upload(upload) => (upload.file_name.clone(), i64::try_from(upload.size).unwrap_or(i64::MAX)),
+        StartInput::Url(url) => (url.clone(), 0),
     };
+    let new_run = NewRun { task_id: task.id, cluster_id: cluster.id, input_name, input_bytes, processes, params };
     let run = app.store.create_run(user.user_id, &new_run).await?.ok_or(HttpError::NotFound)?;
     tracing::info!(user = user.user_id, task = task.id, run = run.id, cluster = cluster.id, "run started");
     app.metrics.runs_started.inc();
-    let input = app.inputs.keep_upload(&app.store, run.id, input.path).await;
+    let input = match input {
+        StartInput::Upload(upload) => app.inputs.keep_upload(&app.store, run.id, upload.path).await,
+        StartInput::Url(url) => RunInput::Url(url),
+    };
     app.runs.start(&run, plugin, input, target);
     redirect(res, &format!("/runs/{}", run.id));
     Ok(())

@@ -21,14 +21,18 @@ pub enum RunInput {
     Temporary(TempPath),
     /// A kept input: stays for "Run again".
     Kept(PathBuf),
+    /// A URL the cluster's workers read themselves (`file://`, ...): no byte passes through
+    /// the web server.
+    Url(String),
 }
 
 impl RunInput {
-    /// Where the bytes are.
-    pub fn path(&self) -> &Path {
+    /// Where the bytes are, for an uploaded input; `None` for a URL.
+    pub fn path(&self) -> Option<&Path> {
         match self {
-            RunInput::Temporary(path) => path,
-            RunInput::Kept(path) => path,
+            RunInput::Temporary(path) => Some(path),
+            RunInput::Kept(path) => Some(path),
+            RunInput::Url(_) => None,
         }
     }
 }

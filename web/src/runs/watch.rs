@@ -38,7 +38,7 @@ pub(super) async fn submit_and_watch(
     input: RunInput,
     target: ClusterTarget,
 ) {
-    let submitted = submit(&manager, &run, &plugin, input.path(), &target).await;
+    let submitted = submit(&manager, &run, &plugin, &input, &target).await;
     drop(input);
     let job = match submitted {
         Ok(job) => job,
@@ -71,7 +71,7 @@ async fn submit(
     manager: &RunManager,
     run: &Run,
     plugin: &Plugin,
-    input: &std::path::Path,
+    input: &RunInput,
     target: &ClusterTarget,
 ) -> Result<JobId, (&'static str, String)> {
     let internal = |e: std::io::Error| ("internal", format!("cannot prepare the plugin for submission: {e}"));
@@ -85,8 +85,6 @@ async fn submit(
             path
         }
     };
-    let input_file =
-        tokio::fs::File::open(input).await.map_err(|e| ("internal", format!("cannot read the input: {e}")))?;
     let client = Client::connect(&target.address, target.api_key.clone()).await.map_err(|e| client_failure(&e))?;
     let options = SubmitOptions {
         // The user who started the run owns its job: workers keep users' builds and executors
@@ -98,7 +96,16 @@ async fn submit(
         chunk_size: manager.chunk_bytes,
         ..SubmitOptions::default()
     };
-    let job = client.submit(&plugin_path, input_file, options).await.map_err(|e| client_failure(&e))?;
+    let job = match input {
+        RunInput::Url(url) => client.submit_files(&plugin_path, std::slice::from_ref(url), options, &|_| {}).await,
+        uploaded => {
+            let path = uploaded.path().unwrap_or(std::path::Path::new(""));
+            let input_file =
+                tokio::fs::File::open(path).await.map_err(|e| ("internal", format!("cannot read the input: {e}")))?;
+            client.submit(&plugin_path, input_file, options).await
+        }
+    };
+    let job = job.map_err(|e| client_failure(&e))?;
     tracing::info!(run = run.id, job, cluster = %target.address, "run submitted");
     Ok(job)
 }
