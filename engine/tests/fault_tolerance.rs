@@ -9,14 +9,13 @@ mod cluster;
 mod util;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
+use cluster::{Cluster, Follower, JOB_TIMEOUT, misbehave_totals};
 use serde_json::Value;
-use util::{Run, fixture, run_local};
+use util::{fixture, run_local};
 
 /// 1000-byte chunks of the 10-byte lines below: chunk `k` holds lines `100k+1..=100k+100`.
 const CHUNK: &str = "1000";
@@ -55,62 +54,6 @@ fn failure_free_output(input: &Path, text: &str) -> Value {
 fn run_time(status: &Value) -> Duration {
     let (started, finished) = (status["started_ms"].as_u64(), status["finished_ms"].as_u64());
     Duration::from_millis(finished.expect("ended").saturating_sub(started.expect("started")))
-}
-
-/// A `kiln submit` following its job in the background, killed if the test ends first.
-struct Follower {
-    child: Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Follower {
-    fn start(cluster: &Cluster, input: &Path, extra: &[&str]) -> Follower {
-        let mut child = kiln_command()
-            .args(["submit", "--controller", &cluster.controller.addr.to_string(), "--api-key", &cluster.api_key()])
-            .arg("--plugin")
-            .arg(fixture("misbehave"))
-            .arg("--input")
-            .arg(input)
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kiln submit starts");
-        let drain = |mut pipe: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = pipe.read_to_string(&mut text);
-                text
-            })
-        };
-        let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-        let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-        Follower { child, stdout, stderr }
-    }
-
-    /// Waits for `kiln submit` to exit; fails the test after `timeout`.
-    fn finish(mut self, timeout: Duration) -> Run {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("kiln submit can be waited for") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "kiln submit did not finish within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stdout = std::mem::replace(&mut self.stdout, std::thread::spawn(String::new));
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        Run { success: status.success(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The only job of the cluster, once `kiln submit` has created it.
@@ -190,7 +133,13 @@ fn killing_the_controller_mid_job_resumes_it_without_running_stored_chunks_again
     let record = cluster.dir.path().join("runs");
     let params = format!("record={},{}", record.display(), every_chunk_sleeps(n_chunks, 300));
     // Without speculation, a chunk runs twice only because of the restart.
-    let follower = Follower::start(&cluster, &input, &["--params", &params, "--chunk-size", CHUNK, "--no-speculation"]);
+    let follower = Follower::start(
+        &cluster,
+        &cluster.controller.addr.to_string(),
+        "misbehave",
+        &input,
+        &["--params", &params, "--chunk-size", CHUNK, "--no-speculation"],
+    );
     let job = the_job(&cluster);
     cluster.wait_status(job, JOB_TIMEOUT, |status| status["chunks_done"].as_u64() >= Some(n_chunks as u64 / 4));
 

@@ -13,15 +13,14 @@ mod cluster;
 mod faulty_link;
 mod util;
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Stdio};
+
 use std::time::{Duration, Instant};
 
-use cluster::{Cluster, Daemon, JOB_TIMEOUT, JOIN_TOKEN, kiln_command, worker_token};
+use cluster::{Cluster, Daemon, Follower, JOB_TIMEOUT, JOIN_TOKEN, kiln_command, worker_token};
 use faulty_link::FaultyLink;
 use serde_json::{Value, json};
-use util::{Run, fixture, plugin_target_dir, shared_cache_dir};
+use util::{fixture, plugin_target_dir, shared_cache_dir};
 
 /// 1000-byte chunks of the 10-byte lines below: chunk `k` holds lines `100k+1..=100k+100`.
 const CHUNK: &str = "1000";
@@ -109,63 +108,6 @@ fn linked_cluster() -> (Cluster, Vec<LinkedWorker>) {
     let linked = (0..3).map(|_| LinkedWorker::start(&mut cluster)).collect();
     cluster.wait_workers(3);
     (cluster, linked)
-}
-
-/// A `kiln submit` following its job in the background (through `controller`, a link or the
-/// controller's own address), killed if the test ends first.
-struct Follower {
-    child: Child,
-    stdout: std::thread::JoinHandle<String>,
-    stderr: std::thread::JoinHandle<String>,
-}
-
-impl Follower {
-    fn start(cluster: &Cluster, controller: &str, input: &Path, flags: &[String]) -> Follower {
-        let mut child = kiln_command()
-            .args(["submit", "--controller", controller, "--api-key", &cluster.api_key()])
-            .arg("--plugin")
-            .arg(fixture("ordered"))
-            .arg("--input")
-            .arg(input)
-            .args(flags)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("kiln submit starts");
-        let drain = |mut pipe: Box<dyn Read + Send>| {
-            std::thread::spawn(move || {
-                let mut text = String::new();
-                let _ = pipe.read_to_string(&mut text);
-                text
-            })
-        };
-        let stdout = drain(Box::new(child.stdout.take().expect("piped")));
-        let stderr = drain(Box::new(child.stderr.take().expect("piped")));
-        Follower { child, stdout, stderr }
-    }
-
-    /// Waits for `kiln submit` to exit; fails the test after `timeout`.
-    fn finish(mut self, timeout: Duration) -> Run {
-        let deadline = Instant::now() + timeout;
-        let status = loop {
-            if let Some(status) = self.child.try_wait().expect("kiln submit can be waited for") {
-                break status;
-            }
-            assert!(Instant::now() < deadline, "kiln submit did not finish within {timeout:?}");
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let stdout = std::mem::replace(&mut self.stdout, std::thread::spawn(String::new));
-        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
-        Run { success: status.success(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
-    }
-}
-
-impl Drop for Follower {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The only job of the cluster, once `kiln submit` has created it.
@@ -301,7 +243,7 @@ fn a_client_cut_shorter_than_its_patience_follows_the_job_to_its_exact_result() 
     let client_link = FaultyLink::to(cluster.controller.addr);
     let n_chunks = 60;
     let input = write_lines(cluster.dir.path(), n_chunks);
-    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &job_flags(200));
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), "ordered", &input, &job_flags(200));
     let job = the_job(&cluster);
     wait_done(&cluster, job, 6);
 
@@ -330,7 +272,7 @@ fn a_client_cut_longer_than_its_patience_gives_up_and_the_job_finishes_alone() {
     let input = write_lines(cluster.dir.path(), n_chunks);
     let mut flags = job_flags(200);
     flags.extend(["--patience".to_owned(), "15".to_owned()]);
-    let follower = Follower::start(&cluster, &client_link.addr.to_string(), &input, &flags);
+    let follower = Follower::start(&cluster, &client_link.addr.to_string(), "ordered", &input, &flags);
     let job = the_job(&cluster);
     wait_done(&cluster, job, 6);
 
@@ -348,7 +290,7 @@ fn the_controller_killed_while_running_resumes_to_the_exact_ordered_result() {
     let n_chunks = 90;
     let input = write_lines(cluster.dir.path(), n_chunks);
     let controller = cluster.controller.addr.to_string();
-    let follower = Follower::start(&cluster, &controller, &input, &job_flags(200));
+    let follower = Follower::start(&cluster, &controller, "ordered", &input, &job_flags(200));
     let job = the_job(&cluster);
     wait_done(&cluster, job, n_chunks as u64 / 4);
 

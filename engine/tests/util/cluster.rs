@@ -403,3 +403,66 @@ pub fn misbehave_totals(text: &str) -> Value {
     let lines: Vec<&str> = text.lines().collect();
     serde_json::json!({"lines": lines.len(), "sum": lines.iter().map(|line| line.len()).sum::<usize>()})
 }
+
+/// A `kiln submit` of the fixture `plugin` following its job in the background through
+/// `controller` (the controller's address or a link to it), killed if the test ends first.
+pub struct Follower {
+    child: Child,
+    stdout: std::thread::JoinHandle<String>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+impl Follower {
+    pub fn start<S: AsRef<std::ffi::OsStr>>(
+        cluster: &Cluster,
+        controller: &str,
+        plugin: &str,
+        input: &Path,
+        flags: &[S],
+    ) -> Follower {
+        let mut child = kiln_command()
+            .args(["submit", "--controller", controller, "--api-key", &cluster.api_key()])
+            .arg("--plugin")
+            .arg(crate::util::fixture(plugin))
+            .arg("--input")
+            .arg(input)
+            .args(flags)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kiln submit starts");
+        let drain = |mut pipe: Box<dyn std::io::Read + Send>| {
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = pipe.read_to_string(&mut text);
+                text
+            })
+        };
+        let stdout = drain(Box::new(child.stdout.take().expect("piped")));
+        let stderr = drain(Box::new(child.stderr.take().expect("piped")));
+        Follower { child, stdout, stderr }
+    }
+
+    /// Waits for `kiln submit` to exit; fails the test after `timeout`.
+    pub fn finish(mut self, timeout: Duration) -> Run {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            if let Some(status) = self.child.try_wait().expect("kiln submit can be waited for") {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "kiln submit did not finish within {timeout:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let stdout = std::mem::replace(&mut self.stdout, std::thread::spawn(String::new));
+        let stderr = std::mem::replace(&mut self.stderr, std::thread::spawn(String::new));
+        Run { success: status.success(), stdout: stdout.join().unwrap(), stderr: stderr.join().unwrap() }
+    }
+}
+
+impl Drop for Follower {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
