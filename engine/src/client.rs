@@ -372,6 +372,10 @@ impl Client {
             }
             .into());
         }
+        // Credentials stay on this machine: a URL carrying them is refused before it is sent.
+        for url in urls {
+            crate::input::allow::checked(url).map_err(crate::input::InputError::BadUrl)?;
+        }
         let owner = match options.owner.as_str() {
             "" => Owner::key_holder(),
             name => Owner::parse(name)?,

@@ -11,6 +11,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use kiln_engine::controller::{self, ControllerConfig, ControllerError, RunningController};
+use kiln_engine::input::allow::UrlPrefix;
 use kiln_engine::worker::host_configs;
 use kiln_engine::worker::service::{self, RunningWorker, WorkerConfig, WorkerError};
 
@@ -33,6 +34,8 @@ pub struct EmbeddedConfig {
     pub sandbox: bool,
     /// Directories whose files runs may name as `file://` inputs (none: refused).
     pub file_input_roots: Vec<PathBuf>,
+    /// Prefixes below which runs may name `s3://` and `http(s)://` inputs (none: refused).
+    pub input_url_allow: Vec<UrlPrefix>,
 }
 
 /// Why the embedded cluster could not start.
@@ -75,6 +78,7 @@ pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedE
     let loopback = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0);
     let mut controller_config = ControllerConfig::new(loopback, config.dir.join("controller"));
     controller_config.file_input_roots = config.file_input_roots.clone();
+    controller_config.input_url_allow = config.input_url_allow.clone();
     let controller = controller::start(controller_config).await?;
     let processes = config.processes.max(1);
     let (builder, executor) = host_configs(

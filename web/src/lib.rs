@@ -30,6 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use kiln_engine::input::allow::UrlPrefix;
 use salvo::Server;
 use salvo::conn::tcp::TcpAcceptor;
 use salvo::server::ServerHandle;
@@ -112,6 +113,9 @@ pub struct WebConfig {
     /// Directories (resolved) whose files runs on the embedded cluster may name as `file://`
     /// inputs, read by its workers; none: such inputs are refused.
     pub file_input_roots: Vec<PathBuf>,
+    /// Prefixes below which runs on the embedded cluster may name `s3://` and `http(s)://`
+    /// inputs; none: such inputs are refused (a web user must not make it fetch any URL).
+    pub input_url_allow: Vec<UrlPrefix>,
     /// Where to serve Prometheus metrics (`/metrics`), apart from the site; `None`: not served.
     pub metrics_listen: Option<SocketAddr>,
 }
@@ -140,6 +144,7 @@ impl WebConfig {
             chunk_bytes: 0,
             sandbox: true,
             file_input_roots: Vec::new(),
+            input_url_allow: Vec::new(),
             metrics_listen: None,
         }
     }
@@ -357,6 +362,7 @@ async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, W
         processes: config.worker_processes,
         sandbox: config.sandbox,
         file_input_roots: config.file_input_roots.clone(),
+        input_url_allow: config.input_url_allow.clone(),
     };
     Ok(Some(cluster::start(&embedded).await?))
 }

@@ -43,6 +43,12 @@ struct Cli {
     /// repeat it for more. Without it, such inputs are refused.
     #[arg(long, value_name = "DIR")]
     file_input_root: Vec<std::path::PathBuf>,
+    /// A prefix (`s3://bucket/path`, `https://host/path`) below which runs on the embedded
+    /// cluster may name inputs, read with the AWS_* environment of this server; repeat it for
+    /// more. Without it, such inputs are refused: a web user must not make the cluster fetch
+    /// arbitrary URLs.
+    #[arg(long, value_name = "PREFIX")]
+    input_url_allow: Vec<kiln_engine::input::allow::UrlPrefix>,
     /// The largest input file accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
@@ -134,6 +140,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
         })?;
         config.file_input_roots.push(resolved);
     }
+    config.input_url_allow = cli.input_url_allow;
     config.max_upload_bytes = cli.max_upload_bytes;
     config.secure_cookies = cli.secure_cookies;
     config.input_retention = std::time::Duration::from_secs(cli.keep_inputs_hours.saturating_mul(3600));

@@ -67,6 +67,12 @@ pub struct ControllerArgs {
     /// Without it, `file://` inputs are refused.
     #[arg(long, value_name = "DIR")]
     file_input_root: Vec<PathBuf>,
+    /// A prefix (`s3://bucket/path`, `https://host/path`) below which jobs may name inputs,
+    /// read by the workers themselves with the AWS_* environment of the controller and the
+    /// workers; repeat it for more. Without it, s3:// and http(s):// inputs are refused: a
+    /// client must not make the cluster fetch arbitrary URLs.
+    #[arg(long, value_name = "PREFIX")]
+    input_url_allow: Vec<kiln_engine::input::allow::UrlPrefix>,
 }
 
 /// `kiln worker`.
@@ -124,6 +130,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot use --file-input-root {}: check the directory", root.display()))?;
         config.file_input_roots.push(resolved);
     }
+    config.input_url_allow = args.input_url_allow;
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {

@@ -65,6 +65,7 @@ use self::state::job::Job;
 use self::state::spool::Spool;
 use self::store::ChunkRow;
 use self::store::Store;
+use crate::input::allow::UrlPrefix;
 use crate::rpc::{JobId, Secret};
 use crate::telemetry::metrics::MetricsEndpoint;
 use crate::tls::gate::Gate;
@@ -113,6 +114,10 @@ pub struct ControllerConfig {
     /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
     /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
     pub file_input_roots: Vec<PathBuf>,
+    /// The prefixes below which `s3://` and `http(s)://` inputs may be read
+    /// (`--input-url-allow`); none: such inputs are refused, so a client cannot make the
+    /// cluster fetch whatever URL its network reaches.
+    pub input_url_allow: Vec<UrlPrefix>,
 }
 
 impl ControllerConfig {
@@ -132,6 +137,7 @@ impl ControllerConfig {
             metrics_listen: None,
             max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
             file_input_roots: Vec::new(),
+            input_url_allow: Vec::new(),
         }
     }
 }
@@ -263,6 +269,8 @@ struct Shared {
     max_result_bytes: u64,
     /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
     file_input_roots: Vec<PathBuf>,
+    /// Where `s3://` and `http(s)://` inputs may be read ([`ControllerConfig::input_url_allow`]).
+    input_url_allow: Vec<UrlPrefix>,
 }
 
 impl Shared {
@@ -321,6 +329,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         metrics: ControllerMetrics::new(),
         max_result_bytes: config.max_result_bytes,
         file_input_roots: config.file_input_roots.clone(),
+        input_url_allow: config.input_url_allow.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();
     shared.metrics.register(&mut registry, Arc::downgrade(&shared));

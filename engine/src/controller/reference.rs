@@ -77,14 +77,29 @@ pub(super) async fn create_job(shared: &Arc<Shared>, mut spec: JobSpec, created_
     Ok(job_id)
 }
 
-/// Refuses a `file://` URL outside the directories the operator allowed: a client holding the
-/// API key (or a web user) must not make workers read whatever their hosts hold.
+/// Refuses a URL the operator did not allow, before anything is fetched: a `file://` URL
+/// outside the `--file-input-root` directories (a client holding the API key, or a web user,
+/// must not make workers read whatever their hosts hold), and an `s3://` or `http(s)://` URL
+/// below no `--input-url-allow` prefix (nor make the cluster fetch whatever URL its network
+/// reaches: cloud metadata, internal services). A URL with credentials is refused without
+/// being echoed.
 async fn check_allowed(shared: &Shared, url: &str) -> Result<(), RpcError> {
-    let Ok(parsed) = url::Url::parse(url) else { return Ok(()) };
+    let parsed = crate::input::allow::checked(url).map_err(RpcError::Invalid)?;
+    let refuse = |why: &str| RpcError::Invalid(format!("the input {url} is refused: {why}"));
+    if matches!(parsed.scheme(), "s3" | "http" | "https") {
+        if shared.input_url_allow.is_empty() {
+            return Err(refuse(
+                "this controller reads no s3:// or http(s):// input; start it with --input-url-allow PREFIX to allow one",
+            ));
+        }
+        if !shared.input_url_allow.iter().any(|prefix| prefix.admits(&parsed)) {
+            return Err(refuse("it is below no prefix this controller reads (--input-url-allow)"));
+        }
+        return Ok(());
+    }
     if parsed.scheme() != "file" {
         return Ok(());
     }
-    let refuse = |why: &str| RpcError::Invalid(format!("the input {url} is refused: {why}"));
     if shared.file_input_roots.is_empty() {
         return Err(refuse("this controller reads no file:// input; start it with --file-input-root DIR to allow one"));
     }

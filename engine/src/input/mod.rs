@@ -8,6 +8,7 @@
 //! see in `Chunk::file`. Compressed files are told by their first bytes and read decompressed
 //! ([`decode`]).
 
+pub mod allow;
 pub mod decode;
 pub mod reference;
 pub mod split;
@@ -47,6 +48,10 @@ pub enum InputError {
     /// A URL was given where only files on this machine can be used.
     #[error("the input {url} is a URL: {why}")]
     Reference { url: String, why: String },
+    /// A URL that no cluster reads: with credentials, a query or dot segments (the message
+    /// names no credential).
+    #[error("{0}")]
+    BadUrl(String),
 }
 
 /// Whether `source` names an input by reference (a URL the workers read themselves) rather

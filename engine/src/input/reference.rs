@@ -9,11 +9,14 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
 
 use futures::TryStreamExt;
+use object_store::aws::AmazonS3Builder;
+use object_store::http::HttpBuilder;
 use object_store::path::Path as StorePath;
-use object_store::{GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt};
+use object_store::{ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::decode::{Compression, MAGIC_BYTES};
 use super::split::{self, Split};
@@ -68,6 +71,9 @@ pub enum ReferenceError {
     /// The URL cannot name an object store.
     #[error("the input {url} is not a URL Kiln can read: {why}")]
     Url { url: String, why: String },
+    /// The URL has credentials, a query or dot segments (the message names no credential).
+    #[error("{why}")]
+    Refused { why: String },
     /// The store answered an error (refused credentials, unreachable, missing bucket...).
     #[error("cannot read the input {url}: {source}")]
     Store {
@@ -78,6 +84,12 @@ pub enum ReferenceError {
     /// No object has this name or prefix.
     #[error("the input {url} names no object: check the URL (a prefix must hold at least one object)")]
     Missing { url: String },
+    /// No object has this name, and its HTTP server cannot list a prefix.
+    #[error(
+        "the input {url} names no object, and its server cannot list a prefix ({why}): only a WebDAV server lists; \
+         give each object's URL (--input repeated)"
+    )]
+    NotListable { url: String, why: String },
     /// The object is not the one the controller listed.
     #[error(
         "the input object {url} changed during the job (it was {was}, it is now {now}): the job stops rather than \
@@ -92,16 +104,66 @@ pub enum ReferenceError {
 impl ReferenceError {
     /// Whether reading again (on this worker or another) cannot help.
     pub fn is_final(&self) -> bool {
-        matches!(self, ReferenceError::Changed { .. } | ReferenceError::Content { .. } | ReferenceError::Url { .. })
+        matches!(
+            self,
+            ReferenceError::Changed { .. }
+                | ReferenceError::Content { .. }
+                | ReferenceError::Url { .. }
+                | ReferenceError::Refused { .. }
+                | ReferenceError::NotListable { .. }
+        )
     }
 }
 
-/// The store and path a URL names.
+/// How the S3 and HTTP stores retry: a few times, briefly, so that a refused credential or an
+/// unreachable endpoint fails the submission in seconds; a worker's failed chunk is retried
+/// on another worker anyway.
+fn retry_config() -> RetryConfig {
+    RetryConfig { max_retries: 3, retry_timeout: Duration::from_secs(20), ..RetryConfig::default() }
+}
+
+/// A new store for `url`'s bucket or server: S3 configured from the process's standard AWS
+/// environment (endpoint, region, credentials), HTTP(S) at the URL's origin, files at `/`.
+fn new_store(url: &str, parsed: &url::Url) -> Result<Arc<dyn ObjectStore>, String> {
+    let store: Arc<dyn ObjectStore> = match parsed.scheme() {
+        "s3" => {
+            crate::tls::install_process_provider();
+            let store = AmazonS3Builder::from_env().with_url(url).with_retry(retry_config()).build();
+            Arc::new(store.map_err(|e| format!("{e}: check the AWS_* environment of the controller and the workers"))?)
+        }
+        "http" | "https" => {
+            crate::tls::install_process_provider();
+            let origin = parsed.origin().ascii_serialization();
+            // http:// is only read when the operator allowed the URL (`--input-url-allow`).
+            let options = ClientOptions::new().with_allow_http(true);
+            let store = HttpBuilder::new().with_url(origin).with_client_options(options).with_retry(retry_config());
+            Arc::new(store.build().map_err(|e| e.to_string())?)
+        }
+        "file" => Arc::from(object_store::parse_url(parsed).map_err(|e| e.to_string())?.0),
+        other => return Err(format!("Kiln reads s3://, http://, https:// and file:// inputs, not {other}://")),
+    };
+    Ok(store)
+}
+
+/// The store and path a URL names. Stores are kept per bucket or server (with their
+/// connection pools), so that a worker's chunks do not each open connections anew.
 fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, url::Url, StorePath), ReferenceError> {
+    static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     let bad = |why: String| ReferenceError::Url { url: url.to_owned(), why };
-    let parsed = url::Url::parse(url).map_err(|e| bad(e.to_string()))?;
-    let (store, path) = object_store::parse_url(&parsed).map_err(|e| bad(e.to_string()))?;
-    Ok((Arc::from(store), parsed, path))
+    let parsed = super::allow::checked(url).map_err(|why| ReferenceError::Refused { why })?;
+    let path = StorePath::from_url_path(parsed.path()).map_err(|e| bad(e.to_string()))?;
+    let key = format!("{}://{}", parsed.scheme(), parsed.host_str().unwrap_or_default());
+    let key = match parsed.port() {
+        Some(port) => format!("{key}:{port}"),
+        None => key,
+    };
+    let stores = STORES.get_or_init(Mutex::default);
+    if let Some(store) = stores.lock().unwrap_or_else(PoisonError::into_inner).get(&key) {
+        return Ok((Arc::clone(store), parsed, path));
+    }
+    let store = new_store(url, &parsed).map_err(bad)?;
+    stores.lock().unwrap_or_else(PoisonError::into_inner).entry(key).or_insert_with(|| Arc::clone(&store));
+    Ok((store, parsed, path))
 }
 
 /// The URL of the object at `location` in the store that `base` names.
@@ -124,11 +186,24 @@ fn is_hidden(location: &StorePath) -> bool {
 pub async fn list(url: &str) -> Result<Vec<InputObject>, ReferenceError> {
     let (store, base, path) = open(url)?;
     let store_error = |source| ReferenceError::Store { url: url.to_owned(), source };
-    let metas = match store.head(&path).await {
+    // A bucket's or server's root is a prefix; anything else may be an object.
+    let head = match path.as_ref().is_empty() {
+        true => Err(object_store::Error::NotFound { path: String::new(), source: "the root".into() }),
+        false => store.head(&path).await,
+    };
+    let metas = match head {
         Ok(meta) => vec![meta],
         Err(object_store::Error::NotFound { .. }) => {
             let prefix = (!path.as_ref().is_empty()).then_some(&path);
-            let mut metas: Vec<ObjectMeta> = store.list(prefix).try_collect().await.map_err(store_error)?;
+            let listed: Result<Vec<ObjectMeta>, _> = store.list(prefix).try_collect().await;
+            let mut metas = match listed {
+                Ok(metas) => metas,
+                // Only a WebDAV server lists (PROPFIND); the others refuse it, often oddly.
+                Err(e) if base.scheme().starts_with("http") => {
+                    return Err(ReferenceError::NotListable { url: url.to_owned(), why: e.to_string() });
+                }
+                Err(e) => return Err(store_error(e)),
+            };
             metas.retain(|meta| !is_hidden(&meta.location));
             metas.sort_by(|a, b| a.location.cmp(&b.location));
             metas

@@ -105,6 +105,18 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::clone(PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())))
 }
 
+/// Installs [`provider`]'s `ring` as the process's default rustls provider, once, unless one is
+/// installed already. The HTTP client of the S3 and HTTP stores (reqwest, built without a
+/// provider of its own so that aws-lc-rs is not compiled) takes the process default, and would
+/// panic without one: every path that opens such a store calls this first.
+pub fn install_process_provider() {
+    static INSTALLED: OnceLock<()> = OnceLock::new();
+    INSTALLED.get_or_init(|| {
+        // An error means another provider was installed first: reqwest then uses that one.
+        let _ = CryptoProvider::install_default(rustls::crypto::ring::default_provider());
+    });
+}
+
 /// Whether every address `host:port` names resolves to loopback only: the only place plain
 /// TCP is allowed without a second flag.
 pub fn is_loopback(addr: &str) -> bool {

@@ -275,6 +275,11 @@ async fn start(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resu
         Some(format!(
             "the input URL must start with file://, s3://, http:// or https:// and be at most {MAX_INPUT_URL_BYTES} bytes"
         ))
+    } else if let Some(StartInput::Url(url)) = &input
+        && let Err(why) = kiln_engine::input::allow::checked(url)
+    {
+        // Refused before the run (and the URL, its name) is stored: credentials never are.
+        Some(why)
     } else {
         None
     };
