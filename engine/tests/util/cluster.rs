@@ -176,6 +176,13 @@ impl Cluster {
         Cluster::assemble_with(n_workers, &[], false, flags, env)
     }
 
+    /// [`Cluster::start`] with extra flags for the controller and an environment for the
+    /// controller and every worker (the AWS_* settings of an S3 store).
+    pub fn start_with_env(n_workers: usize, controller_flags: &[&str], env: &[(&str, String)]) -> Cluster {
+        let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
+        Cluster::assemble_with(n_workers, controller_flags, false, Vec::new(), env)
+    }
+
     fn assemble(n_workers: usize, controller_flags: &[&str], unconfined: bool) -> Cluster {
         Cluster::assemble_with(n_workers, controller_flags, unconfined, Vec::new(), Vec::new())
     }
