@@ -48,7 +48,7 @@ pub enum InputError {
     /// A URL was given where only files on this machine can be used.
     #[error("the input {url} is a URL: {why}")]
     Reference { url: String, why: String },
-    /// A URL that no cluster reads: with credentials, a query or dot segments (the message
+    /// A URL that no cluster reads: with credentials, a query or an encoded separator (the message
     /// names no credential).
     #[error("{0}")]
     BadUrl(String),

@@ -71,7 +71,8 @@ pub enum ReferenceError {
     /// The URL cannot name an object store.
     #[error("the input {url} is not a URL Kiln can read: {why}")]
     Url { url: String, why: String },
-    /// The URL has credentials, a query or dot segments (the message names no credential).
+    /// The URL has credentials, a query or an encoded separator (the message names no
+    /// credential).
     #[error("{why}")]
     Refused { why: String },
     /// The store answered an error (refused credentials, unreachable, missing bucket...).
