@@ -55,6 +55,13 @@ enum Command {
         /// Enter the sandbox with this as the only writable directory before loading the plugin.
         #[arg(long)]
         sandbox_dir: Option<PathBuf>,
+        /// Each thread's stdout and stderr descriptors in turn, where what plugin code prints
+        /// on that thread goes (inherited from the supervisor).
+        #[arg(long, value_delimiter = ',')]
+        capture_fds: Vec<i32>,
+        /// The mark each thread writes on its descriptors after each call.
+        #[arg(long, default_value = "")]
+        capture_mark: String,
     },
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
@@ -119,8 +126,12 @@ fn main() -> ExitCode {
             eprintln!("kiln sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
             return ExitCode::from(70);
         }
-        Command::Exec { threads, sandbox_dir } => {
-            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
+        Command::Exec { threads, sandbox_dir, capture_fds, capture_mark } => {
+            let capture = kiln_engine::worker::executor::process::CaptureSetup {
+                fds: capture_fds,
+                mark: kiln_engine::worker::executor::capture::Mark::parse(&capture_mark),
+            };
+            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref(), &capture) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiln exec: {e}");
@@ -209,7 +220,13 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     std::io::copy(&mut output, &mut stdout)
         .and_then(|_| std::io::Write::write_all(&mut stdout, b"\n"))
         .and_then(|()| std::io::Write::flush(&mut stdout))
-        .map_err(cli::output::stdout_error)
+        .map_err(cli::output::stdout_error)?;
+    // What the plugin printed follows on stderr: stdout stays the result alone.
+    let printed = report.plugin_output.render();
+    if !printed.is_empty() {
+        cli::output::note(format_args!("plugin output:\n{}", printed.trim_end()));
+    }
+    Ok(())
 }
 
 fn new_command(args: NewArgs) -> anyhow::Result<()> {
