@@ -48,21 +48,7 @@ enum Command {
     New(NewArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
-    Exec {
-        /// How many calls to run at once.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Enter the sandbox with this as the only writable directory before loading the plugin.
-        #[arg(long)]
-        sandbox_dir: Option<PathBuf>,
-        /// Each thread's stdout and stderr descriptors in turn, where what plugin code prints
-        /// on that thread goes (inherited from the supervisor).
-        #[arg(long, value_delimiter = ',')]
-        capture_fds: Vec<i32>,
-        /// The mark each thread writes on its descriptors after each call.
-        #[arg(long, default_value = "")]
-        capture_mark: String,
-    },
+    Exec(kiln_engine::worker::executor::process::ExecArgs),
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
@@ -126,12 +112,8 @@ fn main() -> ExitCode {
             eprintln!("kiln sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
             return ExitCode::from(70);
         }
-        Command::Exec { threads, sandbox_dir, capture_fds, capture_mark } => {
-            let capture = kiln_engine::worker::executor::process::CaptureSetup {
-                fds: capture_fds,
-                mark: kiln_engine::worker::executor::capture::Mark::parse(&capture_mark),
-            };
-            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref(), &capture) {
+        Command::Exec(args) => {
+            return match kiln_engine::worker::executor::process::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiln exec: {e}");

@@ -157,6 +157,30 @@ fn take_stdout() -> io::Result<File> {
     }
 }
 
+/// The arguments of `kiln exec` (and `kiln-web exec`), which the supervisor passes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// How many calls to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Enter the sandbox with this as the only writable directory before loading the plugin.
+    #[arg(long)]
+    pub sandbox_dir: Option<std::path::PathBuf>,
+    /// Each thread's stdout and stderr descriptors in turn, where what plugin code prints on
+    /// that thread goes (inherited from the supervisor).
+    #[arg(long, value_delimiter = ',')]
+    pub capture_fds: Vec<RawFd>,
+    /// The mark each thread writes on its descriptors after each call.
+    #[arg(long, default_value = "")]
+    pub capture_mark: String,
+}
+
+/// Runs `exec` with its arguments: [`serve`].
+pub fn run(args: ExecArgs) -> io::Result<()> {
+    let capture = CaptureSetup { fds: args.capture_fds, mark: super::capture::Mark::parse(&args.capture_mark) };
+    serve(args.threads, args.sandbox_dir.as_deref(), &capture)
+}
+
 /// Where each pool thread's output goes: its stdout and stderr descriptors in turn (thread 0's
 /// stdout, thread 0's stderr, thread 1's stdout...), and the mark written after each call.
 #[derive(Debug, Clone)]
