@@ -155,9 +155,10 @@ impl Cluster {
         Ok(())
     }
 
-    /// Starts the worker of `slot`, with the slot's own plugin cache (kept across restarts).
+    /// Starts the worker of `slot`. The workers share one plugin cache (as workers of one
+    /// machine would), kept across restarts, so each plugin is built once.
     fn start_worker(&mut self, slot: usize) -> anyhow::Result<()> {
-        let cache = self.layout.dir.join(format!("worker-{slot}-cache"));
+        let cache = self.layout.dir.join("worker-cache");
         let mut command = self.daemon_command();
         command
             .arg("worker")
