@@ -62,6 +62,11 @@ pub struct ControllerArgs {
     /// and says so. Results are kept in the data directory.
     #[arg(long, value_parser = crate::parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// Calls (batches of chunks) sent to each worker per slot ahead of its free slots, to run
+    /// as soon as a slot frees: this hides the latency of the link to the worker while its
+    /// round trip is shorter than a call's run. 0 sends a call only to a free slot.
+    #[arg(long, default_value_t = kiln_engine::controller::DEFAULT_PREFETCH)]
+    prefetch: u32,
     /// A directory whose files jobs may name as `file://` inputs, read by the workers
     /// themselves (a filesystem every worker sees at the same path); repeat it for more.
     /// Without it, `file://` inputs are refused.
@@ -119,6 +124,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
     config.max_result_bytes = args.max_result_size as u64;
+    config.prefetch = args.prefetch;
     for root in &args.file_input_root {
         let resolved = std::fs::canonicalize(root)
             .with_context(|| format!("cannot use --file-input-root {}: check the directory", root.display()))?;
