@@ -48,14 +48,7 @@ enum Command {
     New(NewArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
-    Exec {
-        /// How many calls to run at once.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Enter the sandbox with this as the only writable directory before loading the plugin.
-        #[arg(long)]
-        sandbox_dir: Option<PathBuf>,
-    },
+    Exec(kiln_engine::worker::executor::process::ExecArgs),
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
@@ -119,8 +112,8 @@ fn main() -> ExitCode {
             eprintln!("kiln sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
             return ExitCode::from(70);
         }
-        Command::Exec { threads, sandbox_dir } => {
-            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
+        Command::Exec(args) => {
+            return match kiln_engine::worker::executor::process::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiln exec: {e}");
@@ -209,7 +202,13 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     std::io::copy(&mut output, &mut stdout)
         .and_then(|_| std::io::Write::write_all(&mut stdout, b"\n"))
         .and_then(|()| std::io::Write::flush(&mut stdout))
-        .map_err(cli::output::stdout_error)
+        .map_err(cli::output::stdout_error)?;
+    // What the plugin printed follows on stderr: stdout stays the result alone.
+    let printed = report.plugin_output.render();
+    if !printed.is_empty() {
+        cli::output::note(format_args!("plugin output:\n{}", printed.trim_end()));
+    }
+    Ok(())
 }
 
 fn new_command(args: NewArgs) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@
 
 pub mod build;
 pub mod input;
+pub mod logs;
 pub mod pieces;
 
 use std::fmt;

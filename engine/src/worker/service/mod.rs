@@ -496,7 +496,10 @@ impl Worker for WorkerServer {
             .into_iter()
             .map(|error| match error {
                 Some(error) => Err(error),
-                None => results.next().unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+                None => results
+                    .next()
+                    .map(|answer| answer.result)
+                    .unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
             })
             .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
@@ -546,7 +549,7 @@ impl Worker for WorkerServer {
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
         let len =
-            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.map_err(
+            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.0.map_err(
                 |error| match error {
                     error @ AggregateError::TooLarge { .. } => {
                         TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
