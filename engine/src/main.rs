@@ -40,6 +40,8 @@ enum Command {
     Result(cli::jobs::JobArgs),
     /// Cancel a job.
     Cancel(cli::jobs::JobArgs),
+    /// Print what a job's plugin printed (stdout and stderr), per chunk.
+    Logs(cli::jobs::JobArgs),
     /// List the controller's jobs, newest first.
     Jobs(cli::jobs::ListArgs),
     /// Show the cluster's workers and load, or remove a worker.
@@ -141,6 +143,7 @@ fn main() -> ExitCode {
             logged(format, CLI_LOG_FILTER, || cli::jobs::result(args))
         }
         Command::Cancel(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cancel(args)),
+        Command::Logs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::logs(args)),
         Command::Jobs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::jobs(args)),
         Command::Cluster(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cluster(args)),
         Command::New(args) => logged(format, CLI_LOG_FILTER, || new_command(args)),

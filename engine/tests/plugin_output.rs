@@ -1,11 +1,16 @@
 //! What a plugin prints reaches the user, per chunk and bounded, and never the result: the
 //! `chatty` fixture prints on stdout and stderr in every chunk and in its aggregate, and is built
-//! with `panic = "abort"`, whose panic message must still be reported.
+//! with `panic = "abort"`, whose panic message must still be reported. Through `run-local`
+//! (printed on stderr after the result) and through a cluster (kept with the job by the
+//! controller, shown by `kiln logs`).
 
+#[path = "util/cluster.rs"]
+mod cluster;
 mod util;
 
 use std::path::{Path, PathBuf};
 
+use cluster::Cluster;
 use util::{fixture, run_local};
 
 /// An input of `n` numbered lines (`line0001`...), cut into chunks of 100 lines by
@@ -72,6 +77,63 @@ fn a_panic_in_a_plugin_built_with_panic_abort_is_reported_with_its_message() {
     assert!(run.stderr.contains("aborted (SIGABRT)"), "{}", run.stderr);
     assert!(run.stderr.contains("deliberate panic at line 250"), "{}", run.stderr);
     assert!(run.stderr.contains("panicked at src/lib.rs:"), "{}", run.stderr);
+    assert!(run.stderr.contains("built with panic = \"abort\""), "{}", run.stderr);
+    assert!(run.stderr.contains("lines 201-300"), "{}", run.stderr);
+}
+
+/// What `kiln logs` prints for chunk `chunk` of 100 numbered lines: its stdout and its stderr,
+/// each after the end of its header.
+fn chunk_blocks(chunk: u64) -> [String; 2] {
+    let (first, last) = (100 * chunk + 1, 100 * chunk + 100);
+    [
+        format!("lines.txt lines {first}-{last}) stdout\nchunk at line {first}: 100 lines\n== chunk {chunk} ("),
+        format!("lines.txt lines {first}-{last}) stderr\nstderr of chunk at line {first}\n"),
+    ]
+}
+
+#[test]
+fn a_cluster_keeps_each_chunks_output_with_the_job_and_kiln_logs_prints_it_after_a_restart() {
+    let mut cluster = Cluster::start(2);
+    let (input, text) = numbered_lines(cluster.dir.path(), 1000);
+    let run = cluster.submit(&fixture("chatty"), &input, &["--chunk-size", "900"]);
+    assert!(run.success, "{}", run.stderr);
+    let result: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is the result alone");
+    assert_eq!(result, expected_totals(&text));
+    assert!(
+        run.stderr.contains("10 chunks printed output: kiln logs 1"),
+        "{}\n{}",
+        run.stderr,
+        cluster.kiln(&["logs", "1"]).stdout
+    );
+
+    // Kept durably: a restarted controller still has it.
+    cluster.kill_controller();
+    cluster.restart_controller();
+    let logs = cluster.kiln(&["logs", "1"]);
+    assert!(logs.success, "{}", logs.stderr);
+    for chunk in 0..10 {
+        for block in chunk_blocks(chunk) {
+            assert!(logs.stdout.contains(&block), "{block:?} in:\n{}", logs.stdout);
+        }
+    }
+    assert_eq!(logs.stdout.matches("== chunk ").count(), 20, "{}", logs.stdout);
+    let json = cluster.kiln(&["logs", "1", "--json"]);
+    let outputs: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).expect(&json.stdout);
+    assert_eq!(outputs.len(), 10);
+    assert_eq!(outputs[3]["first_line"], 301);
+    assert_eq!(outputs[3]["stdout"], "chunk at line 301: 100 lines\n");
+    let unknown = cluster.kiln(&["logs", "99"]);
+    assert!(!unknown.success && unknown.stderr.contains("job 99"), "{}", unknown.stderr);
+}
+
+#[test]
+fn a_cluster_job_whose_panic_abort_plugin_panics_fails_with_the_panic_message() {
+    let cluster = Cluster::start(1);
+    let (input, _) = numbered_lines(cluster.dir.path(), 1000);
+    let run = cluster.submit(&fixture("chatty"), &input, &["--chunk-size", "900", "--params", "panic-at=250"]);
+    assert!(!run.success, "the job should fail:\n{}", run.stderr);
+    assert!(run.stdout.is_empty(), "no result on failure: {}", run.stdout);
+    assert!(run.stderr.contains("deliberate panic at line 250"), "{}", run.stderr);
     assert!(run.stderr.contains("built with panic = \"abort\""), "{}", run.stderr);
     assert!(run.stderr.contains("lines 201-300"), "{}", run.stderr);
 }

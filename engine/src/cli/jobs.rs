@@ -316,10 +316,11 @@ async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::R
         Some(path) => {
             write_output(client, path, job).await?;
             note(format_args!("wrote the result to {}", path.display()));
-            Ok(())
         }
-        None => write_result(client, job).await,
+        None => write_result(client, job).await?,
     }
+    super::logs::note_printed(client, job).await;
+    Ok(())
 }
 
 /// Writes the job's result to stdout as it comes from the controller, piece by piece, with a
@@ -347,6 +348,15 @@ pub fn result(args: JobArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         write_result(&client, args.job).await
+    })
+}
+
+/// `kiln logs JOB`.
+pub fn logs(args: JobArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let outputs = client.plugin_output(args.job).await?;
+        super::logs::print_outputs(args.job, &outputs, args.json)
     })
 }
 

@@ -21,6 +21,7 @@ use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register
 use super::{Shared, now_ms};
 use crate::owner::Owner;
 use crate::plugin_source::{MAX_BYTES, SourceTree};
+use crate::rpc::logs::PluginOutput;
 use crate::rpc::pieces::ResultPiece;
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
@@ -286,6 +287,15 @@ impl Controller for ControllerService {
         }
         let status = self.shared.with_state(|st| st.job(job).map(Job::published));
         status.ok_or_else(|| RpcError::NotFound(format!("job {job}")))
+    }
+
+    async fn plugin_output(self, _: Context, key: Secret, job: JobId) -> Result<Vec<PluginOutput>, RpcError> {
+        self.check_key(&key)?;
+        let known = self.shared.with_state(|st| st.job(job).is_some());
+        if !known && self.shared.store.job(job).await.map_err(internal)?.is_none() {
+            return Err(RpcError::NotFound(format!("job {job}")));
+        }
+        self.shared.store.plugin_output(job).await.map_err(internal)
     }
 
     async fn list_jobs(self, _: Context, key: Secret) -> Result<Vec<JobSummary>, RpcError> {

@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 
 mod chunks;
 mod objects;
+mod output;
 
 use super::ControllerError;
 use crate::rpc::build::BuildProgress;

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 
 /// The most of a job's plugin output that is kept (stdout and stderr of all its chunks and its
 /// aggregate); what comes beyond is counted as cut.
-pub const JOB_OUTPUT_BYTES: u64 = 1 << 20;
+pub const JOB_OUTPUT_BYTES: u64 = 512 << 10;
 
 /// What the plugin printed while running one chunk of a job, or its aggregate.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -58,6 +58,29 @@ impl PluginOutput {
         }
         text
     }
+}
+
+/// What the plugin printed running one chunk of a `run_chunks` batch.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkPrinted {
+    /// The chunk's position in the batch, from 0.
+    pub position: u32,
+    /// What it wrote on stdout.
+    pub stdout: String,
+    /// What it wrote on stderr.
+    pub stderr: String,
+    /// Bytes it wrote beyond what is kept.
+    pub cut: u64,
+}
+
+/// A worker's answer to `run_chunks`: one result per chunk, in order, and what the plugin
+/// printed for those chunks that printed anything.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ChunkResults {
+    /// The encoded partial of each chunk, or why it failed, in the batch's order.
+    pub results: Vec<Result<serde_bytes::ByteBuf, super::TaskError>>,
+    /// What the chunks printed; none for chunks that printed nothing.
+    pub printed: Vec<ChunkPrinted>,
 }
 
 /// A job's plugin output, within [`JOB_OUTPUT_BYTES`]: an output that would pass the bound is

@@ -46,6 +46,7 @@ use crate::input::reference;
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
 use crate::rpc::input::ChunkSource;
+use crate::rpc::logs::ChunkResults;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -449,7 +450,7 @@ impl Worker for WorkerServer {
         secret: Secret,
         job: JobId,
         chunks: Vec<ChunkInput>,
-    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
+    ) -> Result<ChunkResults, TaskError> {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let n_chunks = chunks.len();
@@ -490,22 +491,25 @@ impl Worker for WorkerServer {
             let started = std::time::Instant::now();
             (runner.run_batch(job, texts).await, started.elapsed())
         };
-        let (results, elapsed) = self.state.slots.run(run.instrument(span.clone())).await?;
-        let mut results = results.into_iter();
+        let (answers, elapsed) = self.state.slots.run(run.instrument(span.clone())).await?;
+        let mut answers = answers.into_iter();
+        let mut printed = Vec::new();
         let results: Vec<Result<Bytes, TaskError>> = unread
             .into_iter()
-            .map(|error| match error {
-                Some(error) => Err(error),
-                None => results
-                    .next()
-                    .map(|answer| answer.result)
-                    .unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+            .enumerate()
+            .map(|(position, error)| match error.map(Err).unwrap_or_else(|| Ok(answers.next())) {
+                Err(error) => Err(error),
+                Ok(Some(answer)) => {
+                    printed.push((position, answer.output));
+                    answer.result
+                }
+                Ok(None) => Err(TaskError::Crashed("the chunk was not run".into())),
             })
             .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, elapsed);
         span.in_scope(|| tracing::debug!(failed, ?elapsed, "chunks run"));
-        Ok(output::bound_answers(results))
+        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
     }
 
     async fn combine(
