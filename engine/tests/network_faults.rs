@@ -460,6 +460,7 @@ fn a_worker_killed_while_it_holds_calls_ahead_loses_none_of_their_chunks() {
     assert!(status["lost_workers"].as_u64() >= Some(1), "the killed worker was declared lost: {status:#}");
     let done: u64 = status["workers"].as_array().unwrap().iter().map(|w| w["chunks_done"].as_u64().unwrap()).sum();
     assert_eq!(done, n_chunks as u64, "each chunk counted once, none twice: {status:#}");
+}
 
 #[test]
 fn a_worker_whose_dial_back_times_out_keeps_trying_and_joins_once_healed() {
