@@ -348,7 +348,10 @@ impl Client {
             Err(error) => {
                 // A job whose input will never be complete would wait forever.
                 let _ = self.cancel(job).await;
-                Err(error)
+                Err(match error {
+                    ClientError::Rpc(source) => ClientError::InputRefused { job, source },
+                    error => error,
+                })
             }
         }
     }

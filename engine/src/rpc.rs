@@ -123,6 +123,14 @@ pub enum RpcError {
     /// The controller or worker failed internally.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The answering side could not reach a peer it needs for the call (the controller
+    /// dialling a registering worker back): the link may come back, so the caller retries.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The controller's disk is full: what was asked is not recorded; it works again once
+    /// space is freed. The message names the data directory.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// What a worker tells the controller when it registers.

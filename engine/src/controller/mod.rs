@@ -9,6 +9,7 @@
 //! - `action`: the scheduler's decisions, as an enum; `plan`: what to start now.
 //! - `batch`: which queued chunks one call to a worker carries (how many: `rules::batch`).
 //! - `calls`: deadlines and how a call's failure is classified; `ending`: ending a job.
+//! - `disk`: a full disk under the data directory, told as such to clients.
 //! - `results`: results on disk, fetched from workers and read by clients in pieces.
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
@@ -31,6 +32,7 @@
 mod action;
 mod batch;
 mod calls;
+mod disk;
 mod dispatch;
 mod ending;
 mod input;

@@ -103,8 +103,11 @@ impl Spool {
             return Ok(Vec::new());
         }
         let new = &piece[usize::try_from(self.len - offset).unwrap_or(0)..];
+        // `<data_dir>/inputs/<job>.txt`: a full disk names the data directory.
+        let data_dir = self.path.parent().and_then(std::path::Path::parent).unwrap_or(&self.path);
+        let doing = format!("writing the input to {}", self.path.display());
         let io_error =
-            |e: std::io::Error| PieceError::Refused(RpcError::Internal(format!("cannot write the input to disk: {e}")));
+            |e: std::io::Error| PieceError::Refused(crate::controller::disk::io_refusal(data_dir, &doing, &e));
         let disk = match &mut self.file {
             Some(disk) => disk,
             None => {
