@@ -61,6 +61,8 @@ pub struct LocalConfig {
     /// The largest output the run may have (`--max-result-size`; default
     /// [`DEFAULT_MAX_RESULT_BYTES`](crate::rules::limits::DEFAULT_MAX_RESULT_BYTES)).
     pub max_result_bytes: u64,
+    /// The longest line the input may have (`--max-line-size`).
+    pub max_line_bytes: usize,
 }
 
 /// What a successful run produced.
@@ -215,8 +217,8 @@ async fn run_chunks(
         .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
     let names: Vec<Arc<str>> = files.iter().map(|file| Arc::from(file.name.as_str())).collect();
     let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, LocalError>>(slots);
-    let chunk_size = config.chunk_size;
-    let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, &chunks_tx));
+    let (chunk_size, max_line) = (config.chunk_size, config.max_line_bytes);
+    let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, max_line, &chunks_tx));
     let group = combine_group(config.chunk_size as u64);
     let mut run = Run {
         runner: Arc::clone(runner),
@@ -263,7 +265,12 @@ async fn run_chunks(
 /// Reads the files one after another, decompressed, and sends their chunks in order (numbered
 /// across the files, lines numbered within each); stops at the first error or when the
 /// receiver is gone. Blocking.
-fn read_files(files: &[InputFile], chunk_size: usize, chunks: &mpsc::Sender<Result<InputChunk, LocalError>>) {
+fn read_files(
+    files: &[InputFile],
+    chunk_size: usize,
+    max_line: usize,
+    chunks: &mpsc::Sender<Result<InputChunk, LocalError>>,
+) {
     let mut next_index = 0;
     for (position, file) in files.iter().enumerate() {
         let file_error = |source: ChunkError| LocalError::File { file: file.name.clone(), source };
@@ -276,7 +283,7 @@ fn read_files(files: &[InputFile], chunk_size: usize, chunks: &mpsc::Sender<Resu
             }
         };
         let file_number = u32::try_from(position).unwrap_or(u32::MAX);
-        for chunk in Chunker::for_file(reader, chunk_size, file_number, next_index) {
+        for chunk in Chunker::for_file(reader, chunk_size, file_number, next_index).with_max_line(max_line) {
             let chunk = chunk.map_err(file_error);
             let failed = chunk.is_err();
             if let Ok(chunk) = &chunk {

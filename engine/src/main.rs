@@ -94,6 +94,10 @@ struct RunLocalArgs {
     /// says so. The output is kept in TMPDIR until it is printed.
     #[arg(long, value_parser = parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// The longest line the input may have (KiB, MiB, up to 256MiB); a longer one fails the
+    /// run naming it. Memory grows with the longest line where lines are longer than chunks.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    max_line_size: usize,
     #[command(flatten)]
     host: cli::host::HostArgs,
 }
@@ -184,6 +188,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         executor,
         max_attempts: args.max_attempts,
         max_result_bytes: args.max_result_size as u64,
+        max_line_bytes: args.max_line_size,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -112,6 +112,9 @@ pub struct ControllerConfig {
     /// The largest result a job may have (`--max-result-size`); a job whose output is longer
     /// fails with a message that names both sizes and the flag.
     pub max_result_bytes: u64,
+    /// The longest line an uploaded input may have (`--max-line-size`): a chunk holds at least
+    /// one line, so this bounds the memory a chunk takes where a line is longer than a chunk.
+    pub max_line_bytes: usize,
     /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
     /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
     pub file_input_roots: Vec<PathBuf>,
@@ -133,6 +136,7 @@ impl ControllerConfig {
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
             max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
+            max_line_bytes: crate::rules::chunk::DEFAULT_MAX_LINE_BYTES,
             file_input_roots: Vec::new(),
         }
     }
@@ -263,6 +267,8 @@ struct Shared {
     metrics: ControllerMetrics,
     /// The largest result a job may have.
     max_result_bytes: u64,
+    /// The longest line an uploaded input may have.
+    max_line_bytes: usize,
     /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
     file_input_roots: Vec<PathBuf>,
 }
@@ -322,6 +328,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
         max_result_bytes: config.max_result_bytes,
+        max_line_bytes: config.max_line_bytes,
         file_input_roots: config.file_input_roots.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();

@@ -231,7 +231,7 @@ impl Controller for ControllerService {
             return Err(refusal);
         }
         info!(job = job_id, owner = %spec.owner, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
-        let spool = Spool::new(path, spec.chunk_size);
+        let spool = Spool::new(path, spec.chunk_size).with_max_line(self.shared.max_line_bytes);
         let job = Job::new(job_id, spec, created_ms, spool);
         // Queued from the start: its chunks run as soon as they are cut from its input.
         self.shared.with_state(|st| st.add_job(job));

@@ -36,6 +36,12 @@ impl Spool {
         Spool::resume(path, 0, Cutter::new(chunk_size_of(chunk_size)))
     }
 
+    /// Refuses lines longer than `bytes` (the controller's `--max-line-size`).
+    pub fn with_max_line(mut self, bytes: usize) -> Spool {
+        self.cutter = self.cutter.with_max_line(bytes);
+        self
+    }
+
     /// The spool of an input file that holds `len` bytes, whose cutting goes on with `cutter`.
     pub fn resume(path: PathBuf, len: u64, cutter: Cutter) -> Spool {
         Spool { path, len, file: None, sealed: false, cutter }
