@@ -53,6 +53,7 @@ use tokio::io::AsyncRead;
 
 use crate::owner::Owner;
 use crate::plugin_source::read_source;
+use crate::rpc::logs::PluginOutput;
 use crate::rpc::{
     ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, RpcError, Secret, WATCH_WAIT, WorkerId,
 };
@@ -347,7 +348,10 @@ impl Client {
             Err(error) => {
                 // A job whose input will never be complete would wait forever.
                 let _ = self.cancel(job).await;
-                Err(error)
+                Err(match error {
+                    ClientError::Rpc(source) => ClientError::InputRefused { job, source },
+                    error => error,
+                })
             }
         }
     }
@@ -431,6 +435,16 @@ impl Client {
         self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
             let key = key.clone();
             async move { controller.cancel(ctx, key, job).await }
+        })
+        .await
+    }
+
+    /// What the job's plugin printed, per chunk and for its aggregate, in chunk order.
+    pub async fn plugin_output(&self, job: JobId) -> Result<Vec<PluginOutput>, ClientError> {
+        let key = &self.inner.key;
+        self.call(CALL_DEADLINE, Repeat::Safe, |controller, ctx| {
+            let key = key.clone();
+            async move { controller.plugin_output(ctx, key, job).await }
         })
         .await
     }

@@ -26,13 +26,14 @@ use crate::input::{self, InputError, InputFile};
 use crate::owner::Owner;
 use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::TaskError;
+use crate::rpc::logs::{JobLogs, PluginOutput};
 use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
 use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
 use crate::rules::combine::{Groups, combine_group};
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig};
 use crate::worker::executor::{ChunkText, ExecutorConfig};
-use crate::worker::runner::{AggregateError, JobRunner};
+use crate::worker::runner::{AggregateError, ChunkAnswer, JobRunner};
 
 /// The job id run-local's logs carry: it has one job.
 const LOCAL_JOB: u64 = 0;
@@ -60,6 +61,8 @@ pub struct LocalConfig {
     /// The largest output the run may have (`--max-result-size`; default
     /// [`DEFAULT_MAX_RESULT_BYTES`](crate::rules::limits::DEFAULT_MAX_RESULT_BYTES)).
     pub max_result_bytes: u64,
+    /// The longest line the input may have (`--max-line-size`).
+    pub max_line_bytes: usize,
 }
 
 /// What a successful run produced.
@@ -82,6 +85,8 @@ pub struct LocalReport {
     pub build_time: Duration,
     /// How long running the chunks and aggregating took.
     pub run_time: Duration,
+    /// What the plugin printed, per chunk and for the aggregate.
+    pub plugin_output: JobLogs,
 }
 
 /// Why a local run failed.
@@ -176,7 +181,7 @@ pub async fn run_local(
     let result = run_chunks(config, slots, &runner).await;
     // Nothing the plugin started outlives its job: in the sandbox no thread, process or file.
     runner.close(if result.is_ok() { "the job ended" } else { "the job failed" }).await;
-    let ((output, output_bytes), counts) = result?;
+    let ((output, output_bytes), counts, plugin_output) = result?;
     Ok(LocalReport {
         output,
         output_bytes,
@@ -186,6 +191,7 @@ pub async fn run_local(
         n_bytes: counts.bytes,
         build_time,
         run_time: started.elapsed(),
+        plugin_output,
     })
 }
 
@@ -202,7 +208,7 @@ async fn run_chunks(
     config: &LocalConfig,
     slots: usize,
     runner: &Arc<JobRunner>,
-) -> Result<((std::fs::File, u64), Counts), LocalError> {
+) -> Result<((std::fs::File, u64), Counts, JobLogs), LocalError> {
     // Started before the input is read, so a plugin that cannot start fails the run at once.
     let combines = runner.combines().await.map_err(LocalError::Start)?;
     let sources = config.inputs.clone();
@@ -211,8 +217,8 @@ async fn run_chunks(
         .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
     let names: Vec<Arc<str>> = files.iter().map(|file| Arc::from(file.name.as_str())).collect();
     let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, LocalError>>(slots);
-    let chunk_size = config.chunk_size;
-    let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, &chunks_tx));
+    let (chunk_size, max_line) = (config.chunk_size, config.max_line_bytes);
+    let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, max_line, &chunks_tx));
     let group = combine_group(config.chunk_size as u64);
     let mut run = Run {
         runner: Arc::clone(runner),
@@ -226,6 +232,7 @@ async fn run_chunks(
         pace: Pace::default(),
         counts: Counts::default(),
         names,
+        logs: JobLogs::default(),
     };
     let ran = run.drive(chunks_rx).await;
     drop(run.tasks);
@@ -236,21 +243,34 @@ async fn run_chunks(
     let output_error = |source| LocalError::Output { dir: dir.clone(), source };
     let mut output = tempfile::tempfile_in(&dir).map_err(output_error)?;
     let written = output.try_clone().map_err(output_error)?;
-    let bytes = runner
-        .aggregate(crate::worker::executor::Partials::InMemory(finals), written, config.max_result_bytes)
-        .await
-        .map_err(|error| match error {
-            error @ AggregateError::TooLarge { .. } => LocalError::ResultTooLarge(error),
-            AggregateError::Task(error) => LocalError::Aggregate(error),
-        })?;
+    let (bytes, printed) =
+        runner.aggregate(crate::worker::executor::Partials::InMemory(finals), written, config.max_result_bytes).await;
+    run.logs.add(PluginOutput {
+        chunk: None,
+        file: String::new(),
+        first_line: 0,
+        last_line: 0,
+        stdout: printed.stdout,
+        stderr: printed.stderr,
+        cut: printed.cut,
+    });
+    let bytes = bytes.map_err(|error| match error {
+        error @ AggregateError::TooLarge { .. } => LocalError::ResultTooLarge(error),
+        AggregateError::Task(error) => LocalError::Aggregate(error),
+    })?;
     std::io::Seek::rewind(&mut output).map_err(output_error)?;
-    Ok(((output, bytes), run.counts))
+    Ok(((output, bytes), run.counts, run.logs))
 }
 
 /// Reads the files one after another, decompressed, and sends their chunks in order (numbered
 /// across the files, lines numbered within each); stops at the first error or when the
 /// receiver is gone. Blocking.
-fn read_files(files: &[InputFile], chunk_size: usize, chunks: &mpsc::Sender<Result<InputChunk, LocalError>>) {
+fn read_files(
+    files: &[InputFile],
+    chunk_size: usize,
+    max_line: usize,
+    chunks: &mpsc::Sender<Result<InputChunk, LocalError>>,
+) {
     let mut next_index = 0;
     for (position, file) in files.iter().enumerate() {
         let file_error = |source: ChunkError| LocalError::File { file: file.name.clone(), source };
@@ -263,7 +283,7 @@ fn read_files(files: &[InputFile], chunk_size: usize, chunks: &mpsc::Sender<Resu
             }
         };
         let file_number = u32::try_from(position).unwrap_or(u32::MAX);
-        for chunk in Chunker::for_file(reader, chunk_size, file_number, next_index) {
+        for chunk in Chunker::for_file(reader, chunk_size, file_number, next_index).with_max_line(max_line) {
             let chunk = chunk.map_err(file_error);
             let failed = chunk.is_err();
             if let Ok(chunk) = &chunk {
@@ -315,7 +335,7 @@ fn plural(n: &u32) -> &'static str {
 /// What a slot finished.
 enum Done {
     /// A batch of chunks, with one result per chunk, after `took`.
-    Batch { chunks: Vec<Queued>, took: Duration, results: Vec<Result<Bytes, TaskError>> },
+    Batch { chunks: Vec<Queued>, took: Duration, results: Vec<ChunkAnswer> },
     /// The combine of a complete group.
     Combine { group: usize, members: Vec<Bytes>, result: Result<Option<Bytes>, TaskError> },
 }
@@ -337,6 +357,8 @@ struct Run {
     counts: Counts,
     /// The names of the input's files, by position.
     names: Vec<Arc<str>>,
+    /// What the plugin printed running the chunks that succeeded.
+    logs: JobLogs,
 }
 
 impl Run {
@@ -437,9 +459,18 @@ impl Run {
         match done {
             Done::Batch { chunks, took, results } => {
                 self.pace.record_call(took, chunks.len());
-                for (mut chunk, result) in chunks.into_iter().zip(results) {
+                for (mut chunk, ChunkAnswer { result, output }) in chunks.into_iter().zip(results) {
                     match result {
                         Ok(partial) => {
+                            self.logs.add(PluginOutput {
+                                chunk: Some(chunk.index),
+                                file: chunk.chunk.file.to_string(),
+                                first_line: chunk.chunk.first_line,
+                                last_line: chunk.last_line,
+                                stdout: output.stdout,
+                                stderr: output.stderr,
+                                cut: output.cut,
+                            });
                             if let Some(group) = self.partials.insert(chunk.index, partial) {
                                 self.combines.push_back(group);
                             }

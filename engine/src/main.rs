@@ -40,6 +40,8 @@ enum Command {
     Result(cli::jobs::JobArgs),
     /// Cancel a job.
     Cancel(cli::jobs::JobArgs),
+    /// Print what a job's plugin printed (stdout and stderr), per chunk.
+    Logs(cli::jobs::JobArgs),
     /// List the controller's jobs, newest first.
     Jobs(cli::jobs::ListArgs),
     /// Show the cluster's workers and load, or remove a worker.
@@ -48,14 +50,7 @@ enum Command {
     New(NewArgs),
     /// Serve one plugin over stdin and stdout (started by Kiln itself).
     #[command(hide = true)]
-    Exec {
-        /// How many calls to run at once.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Enter the sandbox with this as the only writable directory before loading the plugin.
-        #[arg(long)]
-        sandbox_dir: Option<PathBuf>,
-    },
+    Exec(kiln_engine::worker::executor::process::ExecArgs),
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
@@ -99,6 +94,10 @@ struct RunLocalArgs {
     /// says so. The output is kept in TMPDIR until it is printed.
     #[arg(long, value_parser = parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// The longest line the input may have (KiB, MiB, up to 256MiB); a longer one fails the
+    /// run naming it. Memory grows with the longest line where lines are longer than chunks.
+    #[arg(long, value_parser = parse_size, default_value = "64MiB")]
+    max_line_size: usize,
     #[command(flatten)]
     host: cli::host::HostArgs,
 }
@@ -119,8 +118,8 @@ fn main() -> ExitCode {
             eprintln!("kiln sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
             return ExitCode::from(70);
         }
-        Command::Exec { threads, sandbox_dir } => {
-            return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
+        Command::Exec(args) => {
+            return match kiln_engine::worker::executor::process::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("kiln exec: {e}");
@@ -148,6 +147,7 @@ fn main() -> ExitCode {
             logged(format, CLI_LOG_FILTER, || cli::jobs::result(args))
         }
         Command::Cancel(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cancel(args)),
+        Command::Logs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::logs(args)),
         Command::Jobs(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::jobs(args)),
         Command::Cluster(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::cluster(args)),
         Command::New(args) => logged(format, CLI_LOG_FILTER, || new_command(args)),
@@ -188,6 +188,7 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
         executor,
         max_attempts: args.max_attempts,
         max_result_bytes: args.max_result_size as u64,
+        max_line_bytes: args.max_line_size,
     };
 
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
@@ -209,7 +210,13 @@ fn run_local_command(args: RunLocalArgs) -> anyhow::Result<()> {
     std::io::copy(&mut output, &mut stdout)
         .and_then(|_| std::io::Write::write_all(&mut stdout, b"\n"))
         .and_then(|()| std::io::Write::flush(&mut stdout))
-        .map_err(cli::output::stdout_error)
+        .map_err(cli::output::stdout_error)?;
+    // What the plugin printed follows on stderr: stdout stays the result alone.
+    let printed = report.plugin_output.render();
+    if !printed.is_empty() {
+        cli::output::note(format_args!("plugin output:\n{}", printed.trim_end()));
+    }
+    Ok(())
 }
 
 fn new_command(args: NewArgs) -> anyhow::Result<()> {

@@ -17,6 +17,7 @@
 
 pub mod build;
 pub mod input;
+pub mod logs;
 pub mod pieces;
 
 use std::fmt;
@@ -122,6 +123,14 @@ pub enum RpcError {
     /// The controller or worker failed internally.
     #[error("internal error: {0}")]
     Internal(String),
+    /// The answering side could not reach a peer it needs for the call (the controller
+    /// dialling a registering worker back): the link may come back, so the caller retries.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The controller's disk is full: what was asked is not recorded; it works again once
+    /// space is freed. The message names the data directory.
+    #[error("{0}")]
+    NoSpace(String),
 }
 
 /// What a worker tells the controller when it registers.
@@ -537,6 +546,9 @@ pub trait Controller {
 
     /// Cancels a job: dispatching stops at once and running chunks are abandoned.
     async fn cancel(key: Secret, job: JobId) -> Result<JobStatus, RpcError>;
+    /// What the job's plugin printed, per chunk and for its aggregate, in chunk order
+    /// (bounded per job: `rpc::logs::JOB_OUTPUT_BYTES`).
+    async fn plugin_output(key: Secret, job: JobId) -> Result<Vec<logs::PluginOutput>, RpcError>;
 
     /// Lists the jobs, newest first.
     async fn list_jobs(key: Secret) -> Result<Vec<JobSummary>, RpcError>;
@@ -560,17 +572,14 @@ pub trait Worker {
 
     /// Runs a batch of chunks of a prepared job, one after another in the job's executor (the
     /// batch takes one of the worker's slots), and answers one result per chunk, in order: the
-    /// encoded partial, or why that chunk failed. The outer error refuses the whole call
+    /// encoded partial, or why that chunk failed; and what the plugin printed for each chunk
+    /// that printed anything (bounded, see `rpc::logs`). The outer error refuses the whole call
     /// (`NotPrepared`, `Rpc(Unauthorized)`). When the executor crashes with several chunks in
     /// flight, each runs again alone in a fresh executor, so that only the chunk that crashes
     /// alone fails (`Crashed`) and the others answer normally; the chunks after it in the batch
     /// go on in a fresh executor. Cancelling the call abandons the chunks not yet answered
     /// (ending the executor if nothing else runs there).
-    async fn run_chunks(
-        secret: Secret,
-        job: JobId,
-        chunks: Vec<ChunkInput>,
-    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError>;
+    async fn run_chunks(secret: Secret, job: JobId, chunks: Vec<ChunkInput>) -> Result<logs::ChunkResults, TaskError>;
 
     /// Merges encoded partials of consecutive chunks with the plugin's `combine`; `None` when
     /// the plugin does not combine.

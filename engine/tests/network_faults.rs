@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Daemon, Follower, JOB_TIMEOUT, JOIN_TOKEN, kiln_command, worker_token};
 use faulty_link::FaultyLink;
+use kiln_engine::client::Client;
+use kiln_engine::rpc::Secret;
 use serde_json::{Value, json};
 use util::{fixture, plugin_target_dir, shared_cache_dir};
 
@@ -61,7 +63,12 @@ impl LinkedWorker {
     /// Starts a worker of 2 processes behind fresh links and adds it to the cluster.
     fn start(cluster: &mut Cluster) -> LinkedWorker {
         let up = FaultyLink::to(cluster.controller.addr);
-        let down = FaultyLink::unaimed();
+        LinkedWorker::start_behind(cluster, up, FaultyLink::unaimed())
+    }
+
+    /// Starts a worker of 2 processes behind the links given (`down` not yet aimed) and adds it
+    /// to the cluster.
+    fn start_behind(cluster: &mut Cluster, up: FaultyLink, down: FaultyLink) -> LinkedWorker {
         let mut command = kiln_command();
         command
             .args(["worker", "--processes", "2", "--listen", "127.0.0.1:0"])
@@ -354,4 +361,62 @@ fn with_every_worker_link_delayed_the_result_is_exact_and_in_order() {
     let served = status["workers"].as_array().unwrap().iter().filter(|w| w["chunks_done"].as_u64() > Some(0)).count();
     assert_eq!(served, 3, "every worker served over its slow links: {status:#}");
     cluster.wait_workers(3);
+}
+
+#[test]
+fn a_worker_whose_dial_back_times_out_keeps_trying_and_joins_once_healed() {
+    let mut cluster = Cluster::start(0);
+    // The controller's dial-back connects to the link and gets no handshake: it times out, and
+    // the worker's activation fails with that.
+    let down = FaultyLink::unaimed();
+    down.stall();
+    let up = FaultyLink::to(cluster.controller.addr);
+    let linked = LinkedWorker::start_behind(&mut cluster, up, down);
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let worker = &mut cluster.workers[linked.index];
+    while worker.is_running() && !worker.stderr().contains("cannot reach the worker at") {
+        assert!(Instant::now() < deadline, "the dial-back never failed:\n{}", worker.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // A dial-back that timed out is a link that may come back: the worker retries, as after
+    // any failed connection, rather than exiting as if the controller had refused it.
+    assert!(worker.is_running(), "the worker gave up:\n{}", worker.stderr());
+    assert!(worker.stderr().contains("retrying"), "{}", worker.stderr());
+    assert!(cluster.cluster_info()["workers"].as_array().unwrap().is_empty(), "it is not live yet");
+
+    linked.down.heal();
+    wait_registered(&cluster, &linked.address(), JOB_TIMEOUT);
+    let n_chunks = 20;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(10).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    check(&cluster, job, n_chunks);
+}
+
+#[test]
+fn a_result_asked_for_while_the_controller_restarts_is_read_once_it_is_back() {
+    let mut cluster = Cluster::start(1);
+    let n_chunks = 10;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(0).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    assert_eq!(cluster.wait_ended(job)["state"], "Succeeded");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let addr = cluster.controller.addr.to_string();
+    let client = runtime.block_on(Client::connect(&addr, Secret::new(cluster.api_key()))).unwrap();
+
+    // The controller goes away just as `kiln submit` asks for the result of the job it saw
+    // end, and comes back: the result is stored, and the client asks again until it gets it.
+    cluster.kill_controller();
+    let reading = runtime.spawn(async move { client.result(job).await });
+    std::thread::sleep(Duration::from_secs(1));
+    cluster.restart_controller();
+    let result = runtime.block_on(reading).unwrap().expect("the result is read once the controller is back");
+    assert_eq!(serde_json::from_str::<Value>(&result).unwrap(), expected_pieces(n_chunks));
 }

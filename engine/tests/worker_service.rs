@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, future};
 use kiln_engine::plugin_source::read_source;
+use kiln_engine::rpc::logs::PluginOutput;
 use kiln_engine::rpc::pieces::ResultPiece;
 use kiln_engine::rpc::{
     ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobPlugin, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
@@ -126,6 +127,9 @@ impl Controller for StandIn {
     async fn cancel(self, _: Context, _: Secret, _: JobId) -> Result<JobStatus, RpcError> {
         not_here()
     }
+    async fn plugin_output(self, _: Context, _: Secret, _: JobId) -> Result<Vec<PluginOutput>, RpcError> {
+        not_here()
+    }
     async fn list_jobs(self, _: Context, _: Secret) -> Result<Vec<JobSummary>, RpcError> {
         not_here()
     }
@@ -212,7 +216,7 @@ async fn run_one(
     text: &[u8],
 ) -> Result<ByteBuf, TaskError> {
     let chunk = ChunkInput { file: "in".into(), first_line, text: ByteBuf::from(text.to_vec()), source: None };
-    let mut results = client.run_chunks(long(), secret.clone(), job, vec![chunk]).await.unwrap()?;
+    let mut results = client.run_chunks(long(), secret.clone(), job, vec![chunk]).await.unwrap()?.results;
     assert_eq!(results.len(), 1, "one result per chunk");
     results.remove(0)
 }
@@ -374,14 +378,15 @@ async fn a_batch_answers_each_chunk_for_itself_whatever_its_neighbours_do() {
         let (client, secret) = (client.clone(), secret.clone());
         tokio::spawn(async move { client.run_chunks(long(), secret, 1, batch(&[101, 111])).await.unwrap() })
     };
-    let results = client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11, 21, 31, 41, 51])).await.unwrap().unwrap();
+    let results =
+        client.run_chunks(long(), secret.clone(), 1, batch(&[1, 11, 21, 31, 41, 51])).await.unwrap().unwrap().results;
     assert_eq!(results.len(), 6, "one result per chunk: {results:?}");
     assert!(
         matches!(&results[2], Err(TaskError::Plugin(m)) if m.contains("deliberate panic at line 25")),
         "{results:?}"
     );
     assert!(matches!(&results[4], Err(TaskError::Crashed(m)) if m.contains("segmentation fault")), "{results:?}");
-    let neighbours = neighbour.await.unwrap().unwrap();
+    let neighbours = neighbour.await.unwrap().unwrap().results;
     assert!(neighbours.iter().all(Result::is_ok), "{neighbours:?}");
 
     // The chunks that succeeded, before and after the failures in their batch, hold their own

@@ -98,6 +98,10 @@ thread_local! {
 
 /// Replaces the plugin's panic hook (the plugin has its own copy of std, so this does not touch
 /// the executor's) with one that records the panic instead of printing it.
+///
+/// A plugin built with `panic = "abort"` cannot catch its panic: the process aborts right after
+/// the hook, and the recorded message would die with it. There the hook also writes the message
+/// to stderr, which the executor's supervisor captures and puts in the crash it reports.
 fn install_panic_hook() {
     static INSTALL: Once = Once::new();
     INSTALL.call_once(|| {
@@ -112,6 +116,14 @@ fn install_panic_hook() {
                 Some(at) => format!("panicked at {}:{}:{}: {message}", at.file(), at.line(), at.column()),
                 None => format!("panicked: {message}"),
             };
+            if cfg!(panic = "abort") {
+                // One write, so the line arrives whole even with other threads printing.
+                let line = format!(
+                    "the plugin {text}\n(built with panic = \"abort\": the executor aborts instead of failing \
+                     the call; remove it from the plugin's profile to have panics retried and reported alone)\n"
+                );
+                let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), line.as_bytes());
+            }
             LAST_PANIC.with(|last| *last.borrow_mut() = Some(text));
         }));
     });
@@ -125,7 +137,11 @@ fn guard<T>(f: impl FnOnce() -> Result<T, String>) -> RResult<T, RString> {
 /// [`guard`], with `explain` adding to a panic's message (the line it happened on).
 fn guard_with<T>(f: impl FnOnce() -> Result<T, String>, explain: impl FnOnce(String) -> String) -> RResult<T, RString> {
     install_panic_hook();
-    match catch_unwind(AssertUnwindSafe(f)) {
+    let outcome = catch_unwind(AssertUnwindSafe(f));
+    // What the call printed without a newline waits in this std's buffer; the executor
+    // collects a call's output when it answers, so it must be written out by then.
+    let _ = std::io::Write::flush(&mut std::io::stdout());
+    match outcome {
         Ok(Ok(value)) => ROk(value),
         Ok(Err(message)) => {
             PANICKED.set(false);

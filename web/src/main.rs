@@ -76,14 +76,7 @@ struct Cli {
 enum Command {
     /// Serve one plugin over stdin and stdout (started by the embedded workers).
     #[command(hide = true)]
-    Exec {
-        /// How many calls to run at once.
-        #[arg(long, default_value_t = 1)]
-        threads: usize,
-        /// Enter the sandbox with this as the only writable directory before loading the plugin.
-        #[arg(long)]
-        sandbox_dir: Option<PathBuf>,
-    },
+    Exec(kiln_engine::worker::executor::process::ExecArgs),
     /// Run a plugin build's command in the build sandbox (started by Kiln's builder).
     #[command(hide = true, name = "sandboxed-build")]
     SandboxedBuild(kiln_engine::worker::builder::sandboxed::SandboxedBuildArgs),
@@ -96,9 +89,9 @@ fn main() -> ExitCode {
         eprintln!("kiln-web sandboxed-build: {}", kiln_engine::worker::builder::sandboxed::run(args));
         return ExitCode::from(70);
     }
-    if let Some(Command::Exec { threads, sandbox_dir }) = cli.command {
+    if let Some(Command::Exec(args)) = cli.command {
         // The executor's stderr carries the plugin's own output; it logs nothing itself.
-        return match kiln_engine::worker::executor::process::serve(threads, sandbox_dir.as_deref()) {
+        return match kiln_engine::worker::executor::process::run(args) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("kiln-web exec: {e}");

@@ -3,6 +3,7 @@
 //! Each task is a module with an `Args` struct and a `run` function; `main` only dispatches.
 
 mod bench;
+mod chaos;
 mod new_plugin;
 
 use std::process::ExitCode;
@@ -23,12 +24,15 @@ enum Task {
     NewPlugin(new_plugin::Args),
     /// Measure Kiln's speed against a direct rayon program and write BENCHMARKS.md.
     Bench(bench::Args),
+    /// Kill processes of a cluster at random while jobs run, and check every job's result.
+    Chaos(chaos::Args),
 }
 
 fn main() -> ExitCode {
     let result = match Cli::parse().task {
         Task::NewPlugin(args) => new_plugin::run(&args),
         Task::Bench(args) => bench::run(&args),
+        Task::Chaos(args) => chaos::run(&args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

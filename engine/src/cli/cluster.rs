@@ -62,6 +62,11 @@ pub struct ControllerArgs {
     /// and says so. Results are kept in the data directory.
     #[arg(long, value_parser = crate::parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// The longest line an uploaded input may have (KiB, MiB, up to 256MiB): a job with a
+    /// longer line fails naming it. Each process on a chunk's path holds a few copies of its
+    /// longest line, so this bounds their memory where lines are longer than chunks.
+    #[arg(long, value_parser = crate::parse_size, default_value = "64MiB")]
+    max_line_size: usize,
     /// A directory whose files jobs may name as `file://` inputs, read by the workers
     /// themselves (a filesystem every worker sees at the same path); repeat it for more.
     /// Without it, `file://` inputs are refused.
@@ -119,6 +124,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
     config.max_result_bytes = args.max_result_size as u64;
+    config.max_line_bytes = args.max_line_size;
     for root in &args.file_input_root {
         let resolved = std::fs::canonicalize(root)
             .with_context(|| format!("cannot use --file-input-root {}: check the directory", root.display()))?;

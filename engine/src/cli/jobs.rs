@@ -250,6 +250,7 @@ async fn write_output(client: &Client, path: &Path, job: JobId) -> anyhow::Resul
     match client.result_to(job, &mut out).await {
         Ok(_) => {}
         Err(ClientError::Output { source, .. }) => return Err(cannot_write(source)),
+        Err(error) if error.is_transient() => return Err(result_unreachable(job, &error)),
         Err(error) => return Err(error.into()),
     }
     let finished = async {
@@ -316,10 +317,21 @@ async fn follow(client: &Client, job: JobId, output: Option<&Path>) -> anyhow::R
         Some(path) => {
             write_output(client, path, job).await?;
             note(format_args!("wrote the result to {}", path.display()));
-            Ok(())
         }
-        None => write_result(client, job).await,
+        None => write_result(client, job).await?,
     }
+    super::logs::note_printed(client, job).await;
+    Ok(())
+}
+
+/// The job ended, but the controller went away for longer than the client's patience before
+/// its result was read: it is stored there, and `kiln result` fetches it later.
+fn result_unreachable(job: JobId, error: &ClientError) -> anyhow::Error {
+    anyhow::anyhow!(
+        "job {job} ended, but its result could not be fetched: {}: it is kept on the controller; \
+         `kiln result {job}` prints it once the controller answers",
+        kiln_engine::errors::chain(error)
+    )
 }
 
 /// Writes the job's result to stdout as it comes from the controller, piece by piece, with a
@@ -329,6 +341,7 @@ async fn write_result(client: &Client, job: JobId) -> anyhow::Result<()> {
     match client.result_to(job, &mut stdout).await {
         Ok(_) => println(""),
         Err(ClientError::Output { source, .. }) => Err(stdout_error(source)),
+        Err(error) if error.is_transient() => Err(result_unreachable(job, &error)),
         Err(error) => Err(error.into()),
     }
 }
@@ -347,6 +360,15 @@ pub fn result(args: JobArgs) -> anyhow::Result<()> {
     block_on(async {
         let client = connect(args.controller).await?;
         write_result(&client, args.job).await
+    })
+}
+
+/// `kiln logs JOB`.
+pub fn logs(args: JobArgs) -> anyhow::Result<()> {
+    block_on(async {
+        let client = connect(args.controller).await?;
+        let outputs = client.plugin_output(args.job).await?;
+        super::logs::print_outputs(args.job, &outputs, args.json)
     })
 }
 

@@ -4,6 +4,7 @@
 pub mod cluster;
 pub mod host;
 pub mod jobs;
+pub mod logs;
 pub mod output;
 
 use std::path::PathBuf;

@@ -116,6 +116,15 @@ pub enum ClientError {
         /// The last attempt's failure.
         reason: String,
     },
+    /// The controller refused the input of a job it had created (its disk is full, say); the
+    /// client cancelled the job.
+    #[error("job {job} was cancelled: the controller refused its input: {source}")]
+    InputRefused {
+        /// The job.
+        job: JobId,
+        /// Why the controller refused it.
+        source: RpcError,
+    },
     /// The job failed; the message is the plugin's own, cargo's diagnostics, or the controller's.
     #[error("{}", describe_failure(*.job, .failure))]
     JobFailed {
@@ -146,7 +155,7 @@ impl ClientError {
     }
 
     /// Whether the controller may answer if asked again later (it is away or restarting).
-    pub(super) fn is_transient(&self) -> bool {
+    pub fn is_transient(&self) -> bool {
         matches!(self, ClientError::Connect { .. } | ClientError::Connection { .. } | ClientError::NoAnswer { .. })
     }
 }

@@ -1,7 +1,11 @@
 //! Reading a job's result piece by piece (`result_piece`), written out as it comes or
-//! gathered for small results.
+//! gathered for small results. A piece whose call fails because the controller went away
+//! (restarted, cut off) is asked for again with backoff for the client's patience, as a
+//! watcher does: the result is stored, and a restarted controller serves it.
 
-use super::{CALL_DEADLINE, Client, ClientError, Repeat, ended};
+use std::time::Instant;
+
+use super::{BACKOFF_FIRST, BACKOFF_MAX, CALL_DEADLINE, Client, ClientError, Repeat, ended};
 use crate::rpc::pieces::ResultPiece;
 use crate::rpc::{JobId, RpcError};
 
@@ -25,7 +29,7 @@ impl Client {
         out: &mut (impl tokio::io::AsyncWrite + Unpin + ?Sized),
     ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let first = match self.result_piece(job, 0).await {
+        let first = match self.result_piece_patiently(job, 0).await {
             Err(ClientError::Rpc(error @ (RpcError::Invalid(_) | RpcError::NotFound(_)))) => {
                 // No result: say why, when the job failed or was cancelled.
                 if let Ok(status) = self.status(job).await {
@@ -44,7 +48,7 @@ impl Client {
             if offset >= total {
                 break;
             }
-            let next = self.result_piece(job, offset).await?;
+            let next = self.result_piece_patiently(job, offset).await?;
             if next.total != total || next.bytes.is_empty() {
                 return Err(ClientError::Rpc(RpcError::Internal(format!(
                     "the result of job {job} changed while it was read (at {offset} of {total} bytes)"
@@ -65,5 +69,26 @@ impl Client {
             async move { controller.result_piece(ctx, key, job, offset).await }
         })
         .await
+    }
+
+    /// [`Client::result_piece`], asked again while the controller cannot be reached, for the
+    /// client's patience.
+    async fn result_piece_patiently(&self, job: JobId, offset: u64) -> Result<ResultPiece, ClientError> {
+        let mut failing_since: Option<Instant> = None;
+        let mut backoff = BACKOFF_FIRST;
+        loop {
+            match self.result_piece(job, offset).await {
+                Err(error) if error.is_transient() => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= self.patience() {
+                        return Err(error);
+                    }
+                    tracing::debug!(job, offset, "reading the result: {error}; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+                answer => return answer,
+            }
+        }
     }
 }

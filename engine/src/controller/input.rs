@@ -103,7 +103,7 @@ pub(super) async fn upload_input(
         match taken {
             Ok(places) => queue_chunks(&task_shared, job_id, &spool, places).await,
             Err(PieceError::Refused(e)) => Err(e),
-            Err(PieceError::Input(e)) => Err(refuse_input(&task_shared, job_id, e).await),
+            Err(PieceError::Input(e)) => Err(refuse_input(&task_shared, job_id, spool.current_file(), e).await),
         }
     })
     .await
@@ -151,9 +151,16 @@ async fn queue_chunks(
     Ok(())
 }
 
-/// Fails a job whose input cannot be cut, and answers the error for the caller.
-async fn refuse_input(shared: &Shared, job_id: JobId, error: ChunkError) -> RpcError {
-    let message = error.to_string();
+/// Fails a job whose input cannot be cut, naming the file (when it has more than one), and
+/// answers the error for the caller.
+async fn refuse_input(shared: &Shared, job_id: JobId, file: u32, error: ChunkError) -> RpcError {
+    let names = shared.with_state(|st| st.job(job_id).map(|job| job.file_names()));
+    let message = match names {
+        Some(names) if !names.is_empty() => {
+            format!("input file {}: {error}", names.get(file as usize).map_or("?", String::as_str))
+        }
+        _ => error.to_string(),
+    };
     let failure = JobFailure { kind: FailureKind::Input, message: message.clone(), chunk: None, attempts: 0 };
     end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
     RpcError::Invalid(message)
@@ -241,7 +248,7 @@ async fn complete(shared: &Shared, job_id: JobId, total_bytes: u64, spool: Arc<M
     .await?;
     let places = match cut {
         Ok(places) => places,
-        Err(e) => return Err(refuse_input(shared, job_id, e).await),
+        Err(e) => return Err(refuse_input(shared, job_id, spool.current_file(), e).await),
     };
     let first = spool.next_index() - places.len() as u64;
     let metas: Vec<ChunkMeta> = places.iter().map(meta_of).collect();
@@ -308,7 +315,8 @@ pub(super) async fn resume_input(
             needed.max(cut_to)
         )
     };
-    let mut cutter = Cutter::resume(chunk_size_of(chunk_size), resume_at(chunks, &file_starts));
+    let mut cutter =
+        Cutter::resume(chunk_size_of(chunk_size), resume_at(chunks, &file_starts)).with_max_line(shared.max_line_bytes);
     if state != JobState::Uploading {
         let held = file_len.unwrap_or(0);
         if needed > 0 && held < needed {

@@ -9,6 +9,7 @@
 //! - `action`: the scheduler's decisions, as an enum; `plan`: what to start now.
 //! - `batch`: which queued chunks one call to a worker carries (how many: `rules::batch`).
 //! - `calls`: deadlines and how a call's failure is classified; `ending`: ending a job.
+//! - `disk`: a full disk under the data directory, told as such to clients.
 //! - `results`: results on disk, fetched from workers and read by clients in pieces.
 //! - `speculation`: speculative copies of slow chunks.
 //! - `dispatch`: the scheduler task and the calls it makes to workers.
@@ -31,6 +32,7 @@
 mod action;
 mod batch;
 mod calls;
+mod disk;
 mod dispatch;
 mod ending;
 mod input;
@@ -110,6 +112,9 @@ pub struct ControllerConfig {
     /// The largest result a job may have (`--max-result-size`); a job whose output is longer
     /// fails with a message that names both sizes and the flag.
     pub max_result_bytes: u64,
+    /// The longest line an uploaded input may have (`--max-line-size`): a chunk holds at least
+    /// one line, so this bounds the memory a chunk takes where a line is longer than a chunk.
+    pub max_line_bytes: usize,
     /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
     /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
     pub file_input_roots: Vec<PathBuf>,
@@ -131,6 +136,7 @@ impl ControllerConfig {
             worker_cert_lifetime: crate::tls::ca::DEFAULT_WORKER_CERT_LIFETIME,
             metrics_listen: None,
             max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
+            max_line_bytes: crate::rules::chunk::DEFAULT_MAX_LINE_BYTES,
             file_input_roots: Vec::new(),
         }
     }
@@ -261,6 +267,8 @@ struct Shared {
     metrics: ControllerMetrics,
     /// The largest result a job may have.
     max_result_bytes: u64,
+    /// The longest line an uploaded input may have.
+    max_line_bytes: usize,
     /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
     file_input_roots: Vec<PathBuf>,
 }
@@ -320,6 +328,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         background: Mutex::new(JoinSet::new()),
         metrics: ControllerMetrics::new(),
         max_result_bytes: config.max_result_bytes,
+        max_line_bytes: config.max_line_bytes,
         file_input_roots: config.file_input_roots.clone(),
     });
     let mut registry = crate::telemetry::metrics::new_registry();

@@ -14,13 +14,14 @@ use tracing::info;
 
 use super::ending::{end_job, fail_internal};
 use super::input::{finish_input, upload_input};
-use super::results;
 use super::state::job::Job;
 use super::state::spool::Spool;
 use super::workers::{activate, fetch_plugin, heartbeat, is_plugin_hash, register, remove, renew};
 use super::{Shared, now_ms};
+use super::{disk, results};
 use crate::owner::Owner;
 use crate::plugin_source::{MAX_BYTES, SourceTree};
+use crate::rpc::logs::PluginOutput;
 use crate::rpc::pieces::ResultPiece;
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
@@ -190,13 +191,22 @@ impl Controller for ControllerService {
         .map_err(internal)?;
         let (hash, packed) = checked.map_err(|e| RpcError::Invalid(e.to_string()))?;
         let path = self.shared.plugin_path(&hash);
+        let data_dir = &self.shared.data_dir;
         if tokio::fs::metadata(&path).await.is_err() {
-            // Written under a temporary name and renamed, so a half-written archive is never served.
+            // Written under a temporary name and renamed, so a half-written archive is never
+            // served, and deleted if it could not be written whole (a full disk).
             let temporary = path.with_extension(format!("{}.tmp", rand::random::<u64>()));
-            tokio::fs::write(&temporary, &packed).await.map_err(internal)?;
-            tokio::fs::rename(&temporary, &path).await.map_err(internal)?;
+            let written = match tokio::fs::write(&temporary, &packed).await {
+                Ok(()) => tokio::fs::rename(&temporary, &path).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                let _ = tokio::fs::remove_file(&temporary).await;
+                return Err(disk::io_refusal(data_dir, &format!("storing the plugin at {}", path.display()), &e));
+            }
         }
-        self.shared.store.add_plugin(&hash, packed.len() as u64, now_ms()).await.map_err(internal)?;
+        let recorded = self.shared.store.add_plugin(&hash, packed.len() as u64, now_ms()).await;
+        recorded.map_err(|e| disk::store_refusal(data_dir, "recording the plugin", &e))?;
         info!(hash = %hash, bytes = packed.len(), "plugin stored");
         Ok(hash)
     }
@@ -211,14 +221,17 @@ impl Controller for ControllerService {
         if !spec.input_urls.is_empty() {
             return super::reference::create_job(&self.shared, spec, created_ms).await;
         }
-        let job_id = self.shared.store.insert_job(&spec, created_ms).await.map_err(internal)?;
+        let data_dir = &self.shared.data_dir;
+        let inserted = self.shared.store.insert_job(&spec, created_ms).await;
+        let job_id = inserted.map_err(|e| disk::store_refusal(data_dir, "recording a new job", &e))?;
         let path = self.shared.input_path(job_id);
         if let Err(e) = tokio::fs::File::create(&path).await {
-            fail_internal(&self.shared, job_id, format!("cannot create the input file: {e}")).await;
-            return Err(internal(format!("cannot create {}: {e}", path.display())));
+            let refusal = disk::io_refusal(data_dir, &format!("creating the input file of job {job_id}"), &e);
+            fail_internal(&self.shared, job_id, refusal.to_string()).await;
+            return Err(refusal);
         }
         info!(job = job_id, owner = %spec.owner, plugin = %spec.plugin_hash, input = %spec.input_name, "job created");
-        let spool = Spool::new(path, spec.chunk_size);
+        let spool = Spool::new(path, spec.chunk_size).with_max_line(self.shared.max_line_bytes);
         let job = Job::new(job_id, spec, created_ms, spool);
         // Queued from the start: its chunks run as soon as they are cut from its input.
         self.shared.with_state(|st| st.add_job(job));
@@ -286,6 +299,15 @@ impl Controller for ControllerService {
         }
         let status = self.shared.with_state(|st| st.job(job).map(Job::published));
         status.ok_or_else(|| RpcError::NotFound(format!("job {job}")))
+    }
+
+    async fn plugin_output(self, _: Context, key: Secret, job: JobId) -> Result<Vec<PluginOutput>, RpcError> {
+        self.check_key(&key)?;
+        let known = self.shared.with_state(|st| st.job(job).is_some());
+        if !known && self.shared.store.job(job).await.map_err(internal)?.is_none() {
+            return Err(RpcError::NotFound(format!("job {job}")));
+        }
+        self.shared.store.plugin_output(job).await.map_err(internal)
     }
 
     async fn list_jobs(self, _: Context, key: Secret) -> Result<Vec<JobSummary>, RpcError> {

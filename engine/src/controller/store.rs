@@ -16,6 +16,7 @@ use sqlx::sqlite::{
 
 mod chunks;
 mod objects;
+mod output;
 
 use super::ControllerError;
 use crate::rpc::build::BuildProgress;
@@ -37,6 +38,21 @@ pub(crate) enum StoreError {
     /// A stored value could not be read back.
     #[error("the controller database holds a corrupt {what}: {message}")]
     Corrupt { what: &'static str, message: String },
+}
+
+impl StoreError {
+    /// Whether the query failed because the disk is full (`SQLITE_FULL`, or `ENOSPC` on a
+    /// file of the database).
+    pub(crate) fn is_full(&self) -> bool {
+        match self {
+            StoreError::Query { source: sqlx::Error::Database(e), .. } => {
+                // The primary result code is the low byte of an extended one.
+                e.code().and_then(|code| code.parse::<i32>().ok()).is_some_and(|code| code & 0xff == 13)
+            }
+            StoreError::Query { source: sqlx::Error::Io(e), .. } => super::disk::is_full(e),
+            _ => false,
+        }
+    }
 }
 
 fn query_error(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -308,15 +324,20 @@ impl Store {
 
     /// Stores a new job, waiting for its input; answers its id.
     pub async fn insert_job(&self, spec: &JobSpec, created_ms: u64) -> Result<JobId, StoreError> {
-        let row = sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, ?, ?) RETURNING id")
+        // Not `RETURNING id` with `fetch_one`: SQLite hands the row out before the statement
+        // commits, and `fetch_one` stops there, so a commit that failed (a full disk) went
+        // unnoticed and the id of a job that was never stored was given out, then again to
+        // the next job. `execute` runs the statement to its end.
+        let done = sqlx::query("INSERT INTO jobs (owner, spec, state, created_ms) VALUES (?, ?, ?, ?)")
             .bind(&spec.owner)
             .bind(to_json("job spec", spec)?)
             .bind(JobState::Uploading.as_str())
             .bind(int(created_ms))
-            .fetch_one(&self.pool)
+            .execute(&self.pool)
             .await
             .map_err(query_error("creating a job"))?;
-        get_u64(&row, "id")
+        u64::try_from(done.last_insert_rowid())
+            .map_err(|_| StoreError::Corrupt { what: "job id", message: done.last_insert_rowid().to_string() })
     }
 
     /// Records when a job started running; a queued job becomes running, and a job whose

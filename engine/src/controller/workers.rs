@@ -86,11 +86,17 @@ pub(super) async fn activate(
     })?;
     let Some(info) = pending else { return Ok(()) };
     let dialled_at = Instant::now();
+    // A dial-back that fails to connect may be a partition or a slow link as well as a wrong
+    // address: the worker retries with backoff, and the hint says what to check if it never
+    // works. Something else answering at the address (its certificate does not name this
+    // worker) is refused for good, as the worker refuses a controller that is not its own.
     let transport = dial(shared, worker_id, &info.address).await.map_err(|e| {
-        RpcError::Invalid(format!(
-            "cannot reach the worker at {}: {e}: give the worker a --listen address the controller can reach",
+        let message = format!(
+            "the controller cannot reach the worker at {}: {e}: give the worker a --listen (or --advertise) \
+             address the controller can reach",
             info.address
-        ))
+        );
+        if link::is_wrong_peer(&e) { RpcError::Invalid(message) } else { RpcError::Unreachable(message) }
     })?;
     let NewClient { client, dispatch } = WorkerClient::new(client::Config::default(), transport);
     let weak: Weak<Shared> = Arc::downgrade(shared);
@@ -114,7 +120,7 @@ pub(super) async fn activate(
             return Err(RpcError::Invalid(format!("the worker at {} refused the controller: {error}", info.address)));
         }
         Err(error) => {
-            return Err(RpcError::Invalid(format!(
+            return Err(RpcError::Unreachable(format!(
                 "the worker at {} did not answer the controller's first call: {}",
                 info.address,
                 crate::errors::chain(&error)

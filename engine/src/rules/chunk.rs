@@ -15,8 +15,14 @@ use std::io::{self, Read};
 /// MiB over many slots.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 
-/// The longest line accepted. A chunk holds at least one whole line, so this bounds the memory
-/// a single chunk can take.
+/// The longest line accepted unless the operator sets another limit (`--max-line-size`). A
+/// chunk holds at least one whole line, and each process on a chunk's path holds a few copies
+/// of it, so this bounds their memory where a line is longer than a chunk: as Hadoop's
+/// `line.maxlength`, but on by default, since a line of gigabytes is far likelier a file
+/// without line ends than a record.
+pub const DEFAULT_MAX_LINE_BYTES: usize = 64 << 20;
+
+/// The highest limit on a line's length that may be set: the largest chunk.
 pub const MAX_LINE_BYTES: usize = 256 << 20;
 
 /// A chunk of the input: whole lines, valid UTF-8.
@@ -57,11 +63,17 @@ pub enum ChunkError {
         /// The byte offset of the first invalid byte in its file.
         offset: u64,
     },
-    /// One line is longer than [`MAX_LINE_BYTES`].
-    #[error("line {line} is longer than {} MiB", MAX_LINE_BYTES >> 20)]
+    /// One line is longer than the limit set (by default [`DEFAULT_MAX_LINE_BYTES`]).
+    #[error(
+        "line {line} is longer than {} MiB, the longest line accepted: split it, or raise --max-line-size \
+         (each process on the chunk's path holds a few copies of the longest line)",
+        limit >> 20
+    )]
     LineTooLong {
         /// The 1-based number of the line within its file.
         line: u64,
+        /// The limit, in bytes.
+        limit: usize,
     },
 }
 
@@ -89,6 +101,13 @@ impl<R: Read> Chunker<R> {
     pub fn for_file(reader: R, chunk_size: usize, file: u32, first_index: u64) -> Self {
         let cutter = Cutter::resume(chunk_size, Resume { index: first_index, file, line: 1, offset: 0, file_start: 0 });
         Chunker { reader, cutter, at_eof: false }
+    }
+
+    /// Refuses lines longer than `bytes` (at most [`MAX_LINE_BYTES`]) rather than the default
+    /// [`DEFAULT_MAX_LINE_BYTES`].
+    pub fn with_max_line(mut self, bytes: usize) -> Self {
+        self.cutter = self.cutter.with_max_line(bytes);
+        self
     }
 
     /// Reads until the cutter holds at least `want` bytes or the input ends.
@@ -132,7 +151,7 @@ impl<R: Read> Chunker<R> {
             if self.at_eof {
                 return Ok(None);
             }
-            want = (self.cutter.pending.len() * 2).clamp(want, MAX_LINE_BYTES + 1);
+            want = (self.cutter.pending.len() * 2).min(self.cutter.line_limit() + 1).max(want);
         }
     }
 }
@@ -187,6 +206,8 @@ impl ChunkPlace {
 #[derive(Debug)]
 pub struct Cutter {
     chunk_size: usize,
+    /// The longest line accepted.
+    max_line: usize,
     /// The bytes from `next_offset` on, not yet in a chunk.
     pending: Vec<u8>,
     next_index: u64,
@@ -220,6 +241,7 @@ impl Cutter {
     pub fn resume(chunk_size: usize, at: Resume) -> Self {
         Cutter {
             chunk_size: chunk_size.max(1),
+            max_line: DEFAULT_MAX_LINE_BYTES,
             pending: Vec::new(),
             next_index: at.index,
             file: at.file,
@@ -228,6 +250,19 @@ impl Cutter {
             file_start: at.file_start,
             failed: false,
         }
+    }
+
+    /// Refuses lines longer than `bytes`, at least one byte and at most [`MAX_LINE_BYTES`],
+    /// rather than the default [`DEFAULT_MAX_LINE_BYTES`].
+    pub fn with_max_line(mut self, bytes: usize) -> Self {
+        self.max_line = bytes.clamp(1, MAX_LINE_BYTES);
+        self
+    }
+
+    /// The longest line accepted: the limit set, or the chunk size where that is more (a line
+    /// that fits in a chunk costs no more memory than a chunk).
+    fn line_limit(&self) -> usize {
+        self.max_line.max(self.chunk_size)
     }
 
     /// The number the next chunk will have: how many chunks were cut so far.
@@ -364,11 +399,13 @@ impl Cutter {
         if let Some(newline) = memchr::memrchr(b'\n', &pending[..self.chunk_size]) {
             return Ok(Some(newline + 1));
         }
-        // A line longer than a chunk makes a chunk of its own.
-        let searched = pending.len().min(MAX_LINE_BYTES);
+        // A line longer than a chunk makes a chunk of its own, up to the limit: a line of
+        // `limit` bytes is searched with its line end, one byte more.
+        let limit = self.line_limit();
+        let searched = pending.len().min(limit + 1);
         match memchr::memchr(b'\n', &pending[self.chunk_size..searched]) {
             Some(newline) => Ok(Some(self.chunk_size + newline + 1)),
-            None if searched >= MAX_LINE_BYTES => Err(ChunkError::LineTooLong { line: self.next_line }),
+            None if searched > limit => Err(ChunkError::LineTooLong { line: self.next_line, limit }),
             None if at_end => Ok(Some(pending.len())),
             None => Ok(None),
         }
@@ -449,9 +486,40 @@ mod tests {
         assert!(got.iter().any(|c| c.text == format!("{long}\n")));
     }
 
-    /// Cuts `input` with a [`Cutter`] fed in pieces of the given sizes (cycled).
-    fn cut_in_pieces(input: &[u8], size: usize, pieces: &[usize]) -> Result<Vec<ChunkPlace>, String> {
-        let mut cutter = Cutter::new(size);
+    #[test]
+    fn a_line_of_the_limit_is_accepted_and_one_byte_more_is_refused_naming_it() {
+        // Chunks of 4 bytes, lines up to 10: line 2 is 10 bytes, line 4 eleven.
+        let input = b"ab\n0123456789\ncd\n0123456789X\nef\n";
+        let cut = |input: &[u8]| Chunker::new(input, 4).with_max_line(10).collect::<Result<Vec<_>, _>>();
+        let head = &input[..input.len() - 15];
+        let texts: Vec<String> = cut(head).unwrap().into_iter().map(|chunk| chunk.text).collect();
+        assert_eq!(texts, ["ab\n", "0123456789\n", "cd\n"]);
+        match cut(input) {
+            Err(ChunkError::LineTooLong { line: 4, limit: 10 }) => {}
+            other => panic!("line 4 is refused: {other:?}"),
+        }
+        // The same through the push interface, however the bytes arrive, and for a last line
+        // without a line end.
+        for pieces in [&[1][..], &[3, 7], &[40]] {
+            let error = cut_in_pieces(input, 4, pieces, 10).unwrap_err();
+            assert!(error.starts_with("line 4 is longer than"), "{error}");
+        }
+        assert!(cut(b"ab\n0123456789X").is_err());
+        assert_eq!(cut(b"ab\n0123456789").unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_line_within_a_chunk_is_accepted_whatever_the_limit() {
+        let input = b"0123456789\nab\n";
+        let chunks: Vec<_> = Chunker::new(&input[..], 64).with_max_line(4).collect::<Result<_, _>>().unwrap();
+        assert_eq!(chunks.len(), 1);
+        assert_eq!(chunks[0].text, "0123456789\nab\n");
+    }
+
+    /// Cuts `input` with a [`Cutter`] refusing lines over `max_line`, fed in pieces of the
+    /// given sizes (cycled).
+    fn cut_in_pieces(input: &[u8], size: usize, pieces: &[usize], max_line: usize) -> Result<Vec<ChunkPlace>, String> {
+        let mut cutter = Cutter::new(size).with_max_line(max_line);
         let mut out = Vec::new();
         let mut rest = input;
         for &piece in pieces.iter().cycle() {
@@ -506,7 +574,11 @@ mod tests {
             let size = rng.random_range(1..40);
             let pieces: Vec<usize> = (0..5).map(|_| rng.random_range(1..30)).collect();
             let expected = places_by_chunker(&input, size);
-            assert_eq!(cut_in_pieces(&input, size, &pieces), expected, "round {round}, size {size}, {pieces:?}");
+            assert_eq!(
+                cut_in_pieces(&input, size, &pieces, DEFAULT_MAX_LINE_BYTES),
+                expected,
+                "round {round}, size {size}, {pieces:?}"
+            );
         }
     }
 

@@ -2,8 +2,8 @@
 //!
 //! Refused: tracing and reading other processes (`ptrace`, `process_vm_*`, `pidfd_getfd`),
 //! mounting and changing root, `bpf`, the kernel keyring, kexec, kernel modules,
-//! `perf_event_open`, entering or making namespaces (`setns`, `unshare`, `clone` with a
-//! namespace flag), `io_uring` (whose operations bypass this filter), `userfaultfd`,
+//! `perf_event_open`, entering or making namespaces (`setns`, `unshare` with any flag but
+//! `CLONE_FILES`, `clone` with a namespace flag), `io_uring` (whose operations bypass this filter), `userfaultfd`,
 //! file handles (`open_by_handle_at` bypasses paths), the kernel log, swap, reboot, and
 //! `socket` when the policy has no network. `clone3`, whose flags a filter cannot read, fails
 //! with `ENOSYS` so that the C library falls back to `clone`; so do x32 system calls, which
@@ -46,7 +46,6 @@ const REFUSED: &[libc::c_long] = &[
     libc::SYS_delete_module,
     libc::SYS_perf_event_open,
     libc::SYS_setns,
-    libc::SYS_unshare,
     libc::SYS_io_uring_setup,
     libc::SYS_io_uring_enter,
     libc::SYS_io_uring_register,
@@ -139,6 +138,12 @@ fn refusals(network: bool) -> Result<BpfProgram, SandboxError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(error)?;
     rules.insert(libc::SYS_clone, clone_rules);
+    // `unshare(CLONE_FILES)` only gives a thread its own copy of the file table: the executor's
+    // threads do it to capture what each call prints (`worker::executor::capture`).
+    let files_only = SeccompCondition::new(0, SeccompCmpArgLen::Qword, SeccompCmpOp::Ne, libc::CLONE_FILES as u64)
+        .and_then(|condition| SeccompRule::new(vec![condition]))
+        .map_err(error)?;
+    rules.insert(libc::SYS_unshare, vec![files_only]);
     let arch = TargetArch::try_from(std::env::consts::ARCH).map_err(error)?;
     let filter = SeccompFilter::new(rules, SeccompAction::Allow, SeccompAction::Errno(libc::EPERM as u32), arch)
         .map_err(error)?;

@@ -258,6 +258,7 @@ impl RpcOutcome for crate::rpc::ControllerResponse {
             R::Watch(answer) | R::Cancel(answer) => outcome_of(answer),
             R::ListJobs(answer) => outcome_of(answer),
             R::ClusterInfo(answer) => outcome_of(answer),
+            R::PluginOutput(answer) => outcome_of(answer),
         }
     }
 }

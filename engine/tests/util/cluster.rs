@@ -176,6 +176,13 @@ impl Cluster {
         Cluster::assemble_with(n_workers, &[], false, flags, env)
     }
 
+    /// [`Cluster::start`] with the controller's command given to `wrap` first, with the
+    /// cluster's directory (to start it in a mount namespace of its own, say). A restarted
+    /// controller is not wrapped.
+    pub fn start_wrapped(n_workers: usize, wrap: impl FnOnce(Command, &Path) -> Command) -> Cluster {
+        Cluster::assemble_wrapped(n_workers, &[], false, Vec::new(), Vec::new(), wrap)
+    }
+
     fn assemble(n_workers: usize, controller_flags: &[&str], unconfined: bool) -> Cluster {
         Cluster::assemble_with(n_workers, controller_flags, unconfined, Vec::new(), Vec::new())
     }
@@ -187,11 +194,24 @@ impl Cluster {
         daemon_flags: Vec<String>,
         daemon_env: Vec<(String, String)>,
     ) -> Cluster {
+        Cluster::assemble_wrapped(n_workers, controller_flags, unconfined, daemon_flags, daemon_env, |command, _| {
+            command
+        })
+    }
+
+    fn assemble_wrapped(
+        n_workers: usize,
+        controller_flags: &[&str],
+        unconfined: bool,
+        daemon_flags: Vec<String>,
+        daemon_env: Vec<(String, String)>,
+        wrap: impl FnOnce(Command, &Path) -> Command,
+    ) -> Cluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let controller_flags: Vec<String> = controller_flags.iter().map(|flag| flag.to_string()).collect();
         let mut command = controller_command(dir.path(), "127.0.0.1:0");
         command.args(&controller_flags).args(&daemon_flags).envs(daemon_env.iter().map(|(k, v)| (k, v)));
-        let controller = Daemon::start(command);
+        let controller = Daemon::start(wrap(command, dir.path()));
         let mut cluster =
             Cluster { dir, controller, workers: Vec::new(), unconfined, controller_flags, daemon_flags, daemon_env };
         for _ in 0..n_workers {

@@ -11,6 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use kiln_engine::rpc::logs::ChunkResults;
 use kiln_engine::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -174,7 +175,7 @@ impl Worker for FakeWorker {
         secret: Secret,
         job: JobId,
         chunks: Vec<ChunkInput>,
-    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
+    ) -> Result<ChunkResults, TaskError> {
         self.check(&secret).await?;
         let _in_flight = InFlight::enter(&self.record);
         self.record.batches.lock().unwrap().push(chunks.iter().map(|chunk| chunk.first_line).collect());
@@ -183,7 +184,7 @@ impl Worker for FakeWorker {
         for chunk in chunks {
             results.push(self.run_one(job, chunk).await);
         }
-        Ok(results)
+        Ok(ChunkResults { results, printed: Vec::new() })
     }
 
     async fn combine(

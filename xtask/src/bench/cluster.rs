@@ -409,7 +409,7 @@ fn peak_rss(pid: u32) -> anyhow::Result<u64> {
 }
 
 /// The processes whose parent is `parent`.
-fn children_of(parent: u32) -> Vec<u32> {
+pub(crate) fn children_of(parent: u32) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
     entries
         .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())

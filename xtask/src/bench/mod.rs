@@ -10,7 +10,7 @@
 //! machine ([`cluster`]) and goes through `kiln submit`.
 
 mod baseline;
-mod cluster;
+pub(crate) mod cluster;
 mod cluster_measures;
 mod corpus;
 mod limits;

@@ -8,6 +8,7 @@
 //! the lock again, do their chunks count as done and their other copies get cancelled, unless
 //! a copy's call carries other chunks still needed. Each step publishes the job's status once.
 
+use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,6 +27,7 @@ use super::super::state::workers::WorkerHandle;
 use super::super::store::{ChunkMeta, NewPartial};
 use crate::input::reference::InputObject;
 use crate::input::split::Split;
+use crate::rpc::logs::{ChunkPrinted, PluginOutput};
 use crate::rpc::{ChunkInput, FailureKind, JobFailure, JobId, JobState, WorkerId};
 use crate::rules::retry;
 
@@ -88,12 +90,14 @@ async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
         }
     };
     let n_chunks = call.chunks.len();
+    let mut printed = Vec::new();
     let outcomes = match classify(result, call.deadline) {
-        Ok(results) if results.len() == n_chunks => {
-            results.into_iter().map(|result| classify(Ok(result), call.deadline)).collect()
+        Ok(answer) if answer.results.len() == n_chunks => {
+            printed = answer.printed;
+            answer.results.into_iter().map(|result| classify(Ok(result), call.deadline)).collect()
         }
-        Ok(results) => {
-            let message = format!("the worker answered {} results for {n_chunks} chunks", results.len());
+        Ok(answer) => {
+            let message = format!("the worker answered {} results for {n_chunks} chunks", answer.results.len());
             vec![Err(Failure::Attempt(message)); n_chunks]
         }
         Err(Failure::Lost(reason)) => {
@@ -101,9 +105,9 @@ async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
             return drop_call(shared, &call);
         }
         // The whole call failed: each chunk shares the failure.
-        Err(failure) => return apply(shared, &call, vec![Err(failure); n_chunks], false).await,
+        Err(failure) => return apply(shared, &call, vec![Err(failure); n_chunks], Vec::new(), false).await,
     };
-    apply(shared, &call, outcomes, true).await;
+    apply(shared, &call, outcomes, printed, true).await;
 }
 
 /// Frees the slot of a call that ended and forgets its copies; answers the job and the copies
@@ -173,6 +177,8 @@ struct Answered {
     attempts: u32,
     partial: ByteBuf,
     copy: Option<RunningCopy>,
+    /// What the plugin printed running it, kept with its partial.
+    printed: Option<PluginOutput>,
 }
 
 /// What the answers of a call mean, decided under the lock.
@@ -189,8 +195,15 @@ struct Verdicts {
 
 /// Applies one outcome per chunk of the call: `answered` says the worker answered (so the
 /// call's time tells the job's pace), rather than the whole call failing.
-async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, Failure>>, answered: bool) {
+async fn apply(
+    shared: &Shared,
+    call: &BatchCall,
+    outcomes: Vec<Result<ByteBuf, Failure>>,
+    printed: Vec<ChunkPrinted>,
+    answered: bool,
+) {
     let (job_id, worker_id) = (call.job, call.worker.id);
+    let mut printed: HashMap<u32, ChunkPrinted> = printed.into_iter().map(|p| (p.position, p)).collect();
     let verdicts = shared.with_state(|st| {
         let (job, copies) = end_call(st, call)?;
         if answered && let Some(since) = copies.iter().flatten().map(|copy| copy.since).min() {
@@ -201,7 +214,7 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
             }
         }
         let mut verdicts = Verdicts::default();
-        for (((index, _), outcome), copy) in call.chunks.iter().zip(outcomes).zip(copies) {
+        for (position, (((index, _), outcome), copy)) in call.chunks.iter().zip(outcomes).zip(copies).enumerate() {
             let index = *index;
             let kind = match outcome {
                 Ok(partial) => {
@@ -213,7 +226,19 @@ async fn apply(shared: &Shared, call: &BatchCall, outcomes: Vec<Result<ByteBuf, 
                     chunk.storing = true;
                     let attempts = chunk.failures + 1;
                     job.queue.remove(&index);
-                    verdicts.answered.push(Answered { index, attempts, partial, copy });
+                    let printed = printed.remove(&(position as u32)).map(|p| {
+                        let span = job.span(index);
+                        PluginOutput {
+                            chunk: Some(index),
+                            file: span.file,
+                            first_line: span.first_line,
+                            last_line: span.last_line,
+                            stdout: p.stdout,
+                            stderr: p.stderr,
+                            cut: p.cut,
+                        }
+                    });
+                    verdicts.answered.push(Answered { index, attempts, partial, copy, printed });
                     continue;
                 }
                 Err(Failure::Interrupted(reason)) => {
@@ -307,6 +332,13 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
     if let Err(e) = shared.store.save_partials(job_id, &partials).await {
         let first = answered[0].index;
         return fail_internal(shared, job_id, format!("cannot store the partials of chunks from {first}: {e}")).await;
+    }
+    let printed: Vec<&PluginOutput> = answered.iter().filter_map(|a| a.printed.as_ref()).collect();
+    if !printed.is_empty()
+        && let Err(e) = shared.store.save_plugin_output(job_id, &printed).await
+    {
+        // The partials count; what the plugin printed is lost, and the log says so.
+        error!(job = job_id, "cannot store what the plugin printed: {e}");
     }
     shared.with_state(|st| {
         if let Some(worker) = st.workers_mut().get_mut(worker_id) {

@@ -36,6 +36,12 @@ impl Spool {
         Spool::resume(path, 0, Cutter::new(chunk_size_of(chunk_size)))
     }
 
+    /// Refuses lines longer than `bytes` (the controller's `--max-line-size`).
+    pub fn with_max_line(mut self, bytes: usize) -> Spool {
+        self.cutter = self.cutter.with_max_line(bytes);
+        self
+    }
+
     /// The spool of an input file that holds `len` bytes, whose cutting goes on with `cutter`.
     pub fn resume(path: PathBuf, len: u64, cutter: Cutter) -> Spool {
         Spool { path, len, file: None, sealed: false, cutter }
@@ -103,8 +109,11 @@ impl Spool {
             return Ok(Vec::new());
         }
         let new = &piece[usize::try_from(self.len - offset).unwrap_or(0)..];
+        // `<data_dir>/inputs/<job>.txt`: a full disk names the data directory.
+        let data_dir = self.path.parent().and_then(std::path::Path::parent).unwrap_or(&self.path);
+        let doing = format!("writing the input to {}", self.path.display());
         let io_error =
-            |e: std::io::Error| PieceError::Refused(RpcError::Internal(format!("cannot write the input to disk: {e}")));
+            |e: std::io::Error| PieceError::Refused(crate::controller::disk::io_refusal(data_dir, &doing, &e));
         let disk = match &mut self.file {
             Some(disk) => disk,
             None => {

@@ -13,6 +13,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::capture::{Capture, CapturedOutput};
 use super::child::{describe_exit, wait_status};
 use super::protocol::{Request, Response, staged_header};
 use super::staged::StagedPartials;
@@ -83,19 +84,27 @@ impl PendingOutput {
 pub(super) struct PendingBatch {
     pub(super) expected: usize,
     pub(super) answers: Vec<Result<Bytes, ExecError>>,
+    pub(super) outputs: Vec<CapturedOutput>,
     pub(super) last_answer: Instant,
     pub(super) reply: oneshot::Sender<BatchOutcome>,
 }
 
 impl Pending {
-    /// Answers the call with what ended the executor (a batch with its answers so far).
-    pub(super) fn fail(self, error: ExecError) {
+    /// Answers the call with what ended the executor (a batch with its answers so far, and
+    /// what the chunk that was running printed).
+    pub(super) fn fail(self, error: ExecError, output: CapturedOutput) {
         match self {
             Pending::One(reply) => {
                 let _ = reply.send(Err(error));
             }
             Pending::Batch(batch) => {
-                let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: Some(error) });
+                let outcome = BatchOutcome {
+                    answers: batch.answers,
+                    outputs: batch.outputs,
+                    ended: Some(error),
+                    ended_output: output,
+                };
+                let _ = batch.reply.send(outcome);
             }
             Pending::Output(output) => {
                 let _ = output.reply.send(Err(error));
@@ -115,6 +124,12 @@ pub(super) struct Shared {
     pub(super) stderr_tail: Mutex<VecDeque<String>>,
     /// Counts the executor's end when a crash (not a stop asked for) was its first cause.
     pub(super) crashes: prometheus_client::metrics::counter::Counter,
+    /// The pipes that capture what each slot prints.
+    pub(super) capture: Arc<Capture>,
+    /// The slot each call in flight runs on, once it has started.
+    pub(super) slots: Mutex<HashMap<u64, usize>>,
+    /// Output taken from the pipes for calls whose caller has not taken it yet.
+    pub(super) outputs: Mutex<HashMap<u64, CapturedOutput>>,
 }
 
 impl Shared {
@@ -125,9 +140,9 @@ impl Shared {
             let first = dead.is_none();
             (dead.get_or_insert(error).clone(), first)
         };
-        let pending: Vec<Pending> = {
+        let pending: Vec<(u64, Pending)> = {
             let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.drain().map(|(_, call)| call).collect()
+            pending.drain().collect()
         };
         if first {
             if matches!(error, ExecError::Crashed { .. }) {
@@ -138,9 +153,55 @@ impl Shared {
             // Calls that slipped in between the first cause and now went down with it too.
             self.calls_lost.fetch_add(pending.len(), Ordering::Relaxed);
         }
-        for call in pending {
-            call.fail(error.clone());
+        for (call, entry) in pending {
+            let output = self.output_of(call);
+            match entry {
+                Pending::Batch(_) => entry.fail(error.clone(), output),
+                // Kept for the caller, who takes it with the answer.
+                entry => {
+                    self.stash(call, output);
+                    entry.fail(error.clone(), CapturedOutput::default());
+                }
+            }
         }
+    }
+
+    /// Everything taken for `call` so far and all its slot's pipes hold now; the call no
+    /// longer has a slot afterwards (it was stopped, or its process ended).
+    pub(super) fn output_of(&self, call: u64) -> CapturedOutput {
+        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+        let fresh = slot.map(|slot| self.capture.take_rest(slot)).unwrap_or_default();
+        let mut output = self.outputs.lock().unwrap_or_else(|e| e.into_inner()).remove(&call).unwrap_or_default();
+        output.append(fresh);
+        output
+    }
+
+    /// What the call (a batch's chunk) that just answered printed, up to its end mark.
+    fn output_of_batch_chunk(&self, call: u64) -> CapturedOutput {
+        let slot = self.slots.lock().unwrap_or_else(|e| e.into_inner()).get(&call).copied();
+        slot.map(|slot| self.capture.take(slot)).unwrap_or_default()
+    }
+
+    fn stash(&self, call: u64, output: CapturedOutput) {
+        if !output.is_empty() {
+            self.outputs.lock().unwrap_or_else(|e| e.into_inner()).entry(call).or_default().append(output);
+        }
+    }
+
+    /// Takes what the calls in flight printed up to now (the process has ended: all of it) and
+    /// answers the last lines of their stderr, which often say why it ended.
+    fn in_flight_stderr(&self) -> String {
+        let calls: Vec<u64> = self.slots.lock().unwrap_or_else(|e| e.into_inner()).keys().copied().collect();
+        let mut tail = String::new();
+        for call in calls {
+            let output = self.output_of(call);
+            let lines: Vec<&str> = output.stderr.lines().collect();
+            for line in &lines[lines.len().saturating_sub(STDERR_TAIL_LINES)..] {
+                tail.push_str(&format!("  {line}\n"));
+            }
+            self.stash(call, output);
+        }
+        tail
     }
 
     pub(super) fn dead(&self) -> Option<ExecError> {
@@ -210,6 +271,9 @@ pub(super) fn read_responses(
             Ok(Some(Response::Piece { call, bytes })) => piece(&shared, call, &bytes),
             Ok(Some(Response::Failed { call, message })) => answer(&shared, call, Err(ExecError::Plugin(message))),
             Ok(Some(Response::Refused { call, message })) => answer(&shared, call, Err(ExecError::Refused(message))),
+            Ok(Some(Response::Started { call, slot })) => {
+                shared.slots.lock().unwrap_or_else(|e| e.into_inner()).insert(call, slot as usize);
+            }
             Ok(Some(other)) => {
                 tracing::warn!("executor sent an unexpected {other:?}");
             }
@@ -224,7 +288,7 @@ pub(super) fn read_responses(
         })
     });
     let mut reason = status.map(describe_exit).unwrap_or_else(|| "closed its output".to_owned());
-    let stderr = shared.stderr_tail();
+    let stderr = shared.stderr_tail() + &shared.in_flight_stderr();
     // Rust aborts when an allocation fails, which is how a memory limit shows itself.
     if stderr.contains("memory allocation of") {
         reason = format!("ran out of memory and {reason}");
@@ -233,21 +297,29 @@ pub(super) fn read_responses(
 }
 
 pub(super) fn answer(shared: &Shared, call: u64, result: Result<Bytes, ExecError>) {
+    // Everything the call printed is in its slot's pipes by now: it wrote before it answered.
+    let output = shared.output_of_batch_chunk(call);
     let mut pending = shared.pending.lock().unwrap_or_else(|e| e.into_inner());
     // A call that was abandoned or timed out is no longer there.
     let Some(entry) = pending.get_mut(&call) else { return };
     if let Pending::Batch(batch) = entry {
         batch.answers.push(result);
+        batch.outputs.push(output);
         batch.last_answer = Instant::now();
         if batch.answers.len() < batch.expected {
             return;
         }
         if let Some(Pending::Batch(batch)) = pending.remove(&call) {
             drop(pending);
-            let _ = batch.reply.send(BatchOutcome { answers: batch.answers, ended: None });
+            shared.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
+            let outcome = BatchOutcome { answers: batch.answers, outputs: batch.outputs, ..BatchOutcome::default() };
+            let _ = batch.reply.send(outcome);
         }
         return;
     }
+    // The caller takes the output once it has the answer.
+    shared.stash(call, output);
+    shared.slots.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
     if let Pending::Output(output) = entry {
         if let Ok(bytes) = &result {
             output.take(bytes);

@@ -21,6 +21,7 @@
 //! no plugin running behind it.
 
 mod calls;
+pub mod capture;
 mod child;
 pub mod process;
 pub mod protocol;
@@ -29,6 +30,7 @@ pub mod staged;
 pub(crate) mod utf8;
 
 use std::collections::{HashMap, VecDeque};
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -43,6 +45,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use self::calls::{
     Pending, PendingBatch, PendingOutput, Shared, collect_stderr, read_responses, write_request, write_requests,
 };
+use self::capture::{Capture, CapturedOutput};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
@@ -193,13 +196,18 @@ pub struct Ending {
 }
 
 /// What a batch of chunks came to ([`Executor::run_batch`]).
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct BatchOutcome {
     /// The answers of the chunks that finished, in order: a partial, or the plugin's error.
     pub answers: Vec<Result<Bytes, ExecError>>,
+    /// What each answered chunk printed, beside `answers`.
+    pub outputs: Vec<CapturedOutput>,
     /// What ended the executor before every chunk was answered; the chunk that was running
     /// then is the first one without an answer.
     pub ended: Option<ExecError>,
+    /// What the chunk that was running when the executor ended printed (a panic message of a
+    /// plugin built with `panic = "abort"`, say).
+    pub ended_output: CapturedOutput,
 }
 
 /// A running executor process with one plugin instance.
@@ -232,8 +240,15 @@ impl Executor {
                 .map_err(|e| spawn_error(e.to_string()))?
                 .map_err(spawn_error)?
         };
+        let mark = capture::Mark::random();
+        let (capture, capture_ends) = Capture::new(config.threads, mark.clone())
+            .map_err(|e| spawn_error(format!("cannot make its output pipes: {e}")))?;
+        let capture_fds: Vec<i32> = capture_ends.iter().map(|fd| fd.as_raw_fd()).collect();
         let mut command = Command::new(&config.program);
         command.arg("exec").arg("--threads").arg(config.threads.to_string());
+        let listed: Vec<String> = capture_fds.iter().map(i32::to_string).collect();
+        command.arg("--capture-fds").arg(listed.join(",")).arg("--capture-mark").arg(mark.hex());
+        capture::inherit(&mut command, capture_fds);
         if config.sandbox {
             command.arg("--sandbox-dir").arg(scratch.path());
         }
@@ -254,6 +269,9 @@ impl Executor {
             .spawn()
             .map_err(|e| ExecError::Spawn { program: config.program.display().to_string(), message: e.to_string() })?;
         config.counters.starts.inc();
+        // The child has its copies; once it has ended, the pipes end.
+        drop(capture_ends);
+        Capture::spawn_reader(&capture).map_err(|e| spawn_error(format!("cannot read its output: {e}")))?;
         let (Some(mut stdin), Some(stdout), Some(stderr)) =
             (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
@@ -268,6 +286,9 @@ impl Executor {
             calls_lost: AtomicUsize::new(0),
             stderr_tail: Mutex::new(VecDeque::new()),
             crashes: config.counters.crashes.clone(),
+            capture,
+            slots: Mutex::new(HashMap::new()),
+            outputs: Mutex::new(HashMap::new()),
         });
         let stderr_task = tokio::spawn(collect_stderr(stderr, Arc::clone(&shared)));
         let (kill, kill_rx) = watch::channel(false);
@@ -378,23 +399,28 @@ impl Executor {
     pub async fn run_batch(&self, chunks: Vec<ChunkText>) -> BatchOutcome {
         let expected = chunks.len();
         if expected == 0 {
-            return BatchOutcome { answers: Vec::new(), ended: None };
+            return BatchOutcome::default();
         }
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         let (reply, mut answer) = oneshot::channel();
         {
             let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(error) = self.shared.dead() {
-                return BatchOutcome { answers: Vec::new(), ended: Some(error) };
+                return BatchOutcome { ended: Some(error), ..BatchOutcome::default() };
             }
-            let answers = Vec::with_capacity(expected);
-            pending
-                .insert(call, Pending::Batch(PendingBatch { expected, answers, last_answer: Instant::now(), reply }));
+            let batch = PendingBatch {
+                expected,
+                answers: Vec::with_capacity(expected),
+                outputs: Vec::with_capacity(expected),
+                last_answer: Instant::now(),
+                reply,
+            };
+            pending.insert(call, Pending::Batch(batch));
         }
         if self.requests.send(Request::RunBatch { call, chunks }).is_err() {
             self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
             let error = self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned()));
-            return BatchOutcome { answers: Vec::new(), ended: Some(error) };
+            return BatchOutcome { ended: Some(error), ..BatchOutcome::default() };
         }
         let mut abandon = AbandonGuard { executor: self, call, armed: true };
         let mut deadline = Instant::now() + self.call_timeout;
@@ -403,7 +429,7 @@ impl Executor {
                 Ok(Ok(outcome)) => break outcome,
                 Ok(Err(_)) => {
                     let error = self.shared.dead().unwrap_or_else(|| ExecError::Stopped("it went away".to_owned()));
-                    break BatchOutcome { answers: Vec::new(), ended: Some(error) };
+                    break BatchOutcome { ended: Some(error), ..BatchOutcome::default() };
                 }
                 Err(_) => {
                     let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
@@ -415,16 +441,17 @@ impl Executor {
                         deadline = due;
                         continue;
                     }
-                    let answers = match pending.remove(&call) {
-                        Some(Pending::Batch(batch)) => batch.answers,
-                        _ => Vec::new(),
+                    let (answers, outputs) = match pending.remove(&call) {
+                        Some(Pending::Batch(batch)) => (batch.answers, batch.outputs),
+                        _ => (Vec::new(), Vec::new()),
                     };
                     drop(pending);
+                    let ended_output = self.shared.output_of(call);
                     // As for one call: the plugin stuck in this chunk can only be stopped with its process.
                     let timeout = ExecError::Timeout(self.call_timeout);
                     self.shared.fail_all(ExecError::Stopped(format!("another call timed out: {timeout}")));
                     let _ = self.kill.send(true);
-                    break BatchOutcome { answers, ended: Some(timeout) };
+                    break BatchOutcome { answers, outputs, ended: Some(timeout), ended_output };
                 }
             }
         };
@@ -441,6 +468,16 @@ impl Executor {
     /// it comes (never held whole); answers its length. An output longer than `limit` bytes is
     /// [`ExecError::ResultTooLarge`], with its whole length (`out` then holds a part of it).
     pub async fn aggregate(&self, partials: Partials, out: std::fs::File, limit: u64) -> Result<u64, ExecError> {
+        self.aggregate_with_output(partials, out, limit).await.0
+    }
+
+    /// [`Executor::aggregate`], with what the plugin printed meanwhile.
+    pub async fn aggregate_with_output(
+        &self,
+        partials: Partials,
+        out: std::fs::File,
+        limit: u64,
+    ) -> (Result<u64, ExecError>, CapturedOutput) {
         let (reply, answer) = oneshot::channel();
         let out = std::io::BufWriter::with_capacity(1 << 16, out);
         let entry =
@@ -450,6 +487,16 @@ impl Executor {
             Partials::Staged(partials) => Request::AggregateStaged { call, partials },
         };
         self.call_with(request, entry, answer).await
+    }
+
+    /// Runs one chunk; answers its partial and what it printed.
+    pub async fn run_with_output(&self, chunk: ChunkText) -> (Result<Bytes, ExecError>, CapturedOutput) {
+        let mut outcome = self.run_batch(vec![chunk]).await;
+        match (outcome.answers.pop(), outcome.ended) {
+            (Some(answer), _) => (answer, outcome.outputs.pop().unwrap_or_default()),
+            (None, Some(error)) => (Err(error), outcome.ended_output),
+            (None, None) => (Err(ExecError::Stopped("it answered nothing".to_owned())), outcome.ended_output),
+        }
     }
 
     /// Kills the executor; calls in flight fail with [`ExecError::Stopped`].
@@ -468,7 +515,7 @@ impl Executor {
 
     async fn call(&self, request: impl FnOnce(u64) -> Request) -> Result<Bytes, ExecError> {
         let (reply, answer) = oneshot::channel();
-        self.call_with(request, Pending::One(reply), answer).await
+        self.call_with(request, Pending::One(reply), answer).await.0
     }
 
     /// Sends a call whose answer `entry` collects and `answer` receives.
@@ -477,24 +524,25 @@ impl Executor {
         request: impl FnOnce(u64) -> Request,
         entry: Pending,
         answer: oneshot::Receiver<Result<T, ExecError>>,
-    ) -> Result<T, ExecError> {
+    ) -> (Result<T, ExecError>, CapturedOutput) {
         let call = self.next_call.fetch_add(1, Ordering::Relaxed);
         {
             // Checked under the pending lock, so a call can't slip in after `fail_all` drained.
             let mut pending = self.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(error) = self.shared.dead() {
-                return Err(error);
+                return (Err(error), CapturedOutput::default());
             }
             pending.insert(call, entry);
         }
         if self.requests.send(request(call)).is_err() {
             self.shared.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&call);
-            return Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned())));
+            let error = self.shared.dead().unwrap_or_else(|| ExecError::Stopped("its pipe is closed".to_owned()));
+            return (Err(error), CapturedOutput::default());
         }
         let mut abandon = AbandonGuard { executor: self, call, armed: true };
         let answer = tokio::time::timeout(self.call_timeout, answer).await;
         abandon.armed = false;
-        match answer {
+        let result = match answer {
             Ok(Ok(result)) => result,
             Ok(Err(_)) => Err(self.shared.dead().unwrap_or_else(|| ExecError::Stopped("it went away".to_owned()))),
             Err(_) => {
@@ -505,7 +553,8 @@ impl Executor {
                 let _ = self.kill.send(true);
                 Err(timeout)
             }
-        }
+        };
+        (result, self.shared.output_of(call))
     }
 }
 
@@ -533,6 +582,8 @@ impl Drop for AbandonGuard<'_> {
             let mut pending = self.executor.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
             pending.remove(&self.call).is_some() && pending.is_empty()
         };
+        // Nobody will read what it printed.
+        drop(self.executor.shared.output_of(self.call));
         if alone && self.executor.is_alive() {
             tracing::debug!("the executor's only call was abandoned: ending it");
             self.executor.kill("its only call was cancelled");

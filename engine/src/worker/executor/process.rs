@@ -5,14 +5,17 @@
 //! (which the supervisor copied into that directory), so that nothing of the plugin ever
 //! runs unconfined; it is then PID 2 of its own namespaces. The process reads requests on its main
 //! thread and runs them on a pool of threads sharing one plugin instance; each thread writes
-//! its responses itself, one at a time under a lock, before it runs anything else. Plugin output to stdout is redirected to stderr before the plugin is
-//! loaded, so it cannot corrupt the protocol. When stdin closes, it finishes the calls in
-//! flight and exits.
+//! its responses itself, one at a time under a lock, before it runs anything else. The protocol's
+//! responses go out on a copy of the original stdout, and descriptor 1 is pointed at stderr
+//! before the plugin is loaded, so plugin output cannot corrupt the protocol; each pool thread
+//! then points its own descriptors 1 and 2 at its slot's capture pipes ([`own_output`]), so that
+//! what a call prints is captured as that call's output. When stdin closes, it finishes the
+//! calls in flight and exits.
 
 use std::ffi::CStr;
 use std::fs::File;
 use std::io::{self, BufReader, BufWriter, Write};
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, RawFd};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
@@ -31,7 +34,20 @@ use super::protocol::{OUTPUT_PIECE_BYTES, Request, Response, StartFailure};
 /// Must be called at the start of the process, while it has one thread (see
 /// [`crate::sandbox::enter`]). Returns an error only when the protocol itself breaks; plugin
 /// failures are answers.
-pub fn serve(threads: usize, sandbox_dir: Option<&Path>) -> io::Result<()> {
+///
+/// Each thread points its own descriptors 1 and 2 at its pair of `capture.fds` and writes
+/// `capture.mark` there after each call, so that what plugin code prints is captured per call
+/// (see `super::capture`). With no descriptors, plugin output goes to the process's stderr.
+pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup) -> io::Result<()> {
+    let threads = threads.max(1);
+    let mark: Option<Arc<[u8]>> = (!capture.fds.is_empty()).then(|| Arc::from(capture.mark.bytes()));
+    let capture = &capture.fds;
+    if !capture.is_empty() && capture.len() != 2 * threads {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{} capture descriptors for {threads} threads: expected two per thread", capture.len()),
+        ));
+    }
     let protocol_out = take_stdout()?;
     let mut input = BufReader::with_capacity(1 << 20, io::stdin().lock());
     let mut output = BufWriter::with_capacity(1 << 16, protocol_out);
@@ -55,33 +71,53 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>) -> io::Result<()> {
         combines: plugin.combines,
         line_numbers: plugin.line_numbers,
     };
-    ready.write_to(&mut output)?;
-    output.flush()?;
-
     let plugin = Arc::new(plugin);
     let output = Arc::new(Mutex::new(output));
 
     // The pool takes requests from a shared queue; a bounded queue is unnecessary because the
-    // supervisor never has more than its slots' worth of calls in flight.
+    // supervisor never has more than its slots' worth of calls in flight. Each thread first
+    // takes its own output; the plugin is ready once all have.
     let (request_tx, request_rx) = mpsc::channel::<Request>();
     let request_rx = Arc::new(Mutex::new(request_rx));
-    let pool: Vec<_> = (0..threads.max(1))
-        .map(|_| {
+    let (setup_tx, setup_rx) = mpsc::channel::<io::Result<()>>();
+    let pool: Vec<_> = (0..threads)
+        .map(|slot| {
             let plugin = Arc::clone(&plugin);
             let requests = Arc::clone(&request_rx);
             let output = Arc::clone(&output);
+            let setup = setup_tx.clone();
+            let mark = mark.clone();
+            let pair = capture.get(2 * slot..2 * slot + 2).map(|pair| (pair[0], pair[1]));
             thread::spawn(move || {
+                let owned = pair.map_or(Ok(()), |(stdout, stderr)| own_output(stdout, stderr));
+                let failed = owned.is_err();
+                let _ = setup.send(owned);
+                drop(setup);
+                if failed {
+                    return Ok(());
+                }
                 loop {
                     let request = match requests.lock() {
                         Ok(rx) => rx.recv(),
                         Err(_) => return Ok(()),
                     };
                     let Ok(request) = request else { return Ok(()) };
-                    plugin.serve(request, &output)?;
+                    send(&output, &Response::Started { call: request.call(), slot: slot as u64 })?;
+                    plugin.serve(request, &output, mark.as_deref())?;
                 }
             })
         })
         .collect();
+    drop(setup_tx);
+    let setup: io::Result<()> = setup_rx.iter().collect();
+    let start = match setup {
+        Ok(()) => ready,
+        Err(e) => Response::StartFailed { kind: StartFailure::Sandbox, message: e.to_string() },
+    };
+    send(&output, &start)?;
+    if matches!(start, Response::StartFailed { .. }) {
+        return Ok(());
+    }
 
     let read_result = loop {
         match Request::read_from(&mut input) {
@@ -119,6 +155,70 @@ fn take_stdout() -> io::Result<File> {
         }
         Ok(File::from_raw_fd(protocol))
     }
+}
+
+/// The arguments of `kiln exec` (and `kiln-web exec`), which the supervisor passes.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ExecArgs {
+    /// How many calls to run at once.
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    /// Enter the sandbox with this as the only writable directory before loading the plugin.
+    #[arg(long)]
+    pub sandbox_dir: Option<std::path::PathBuf>,
+    /// Each thread's stdout and stderr descriptors in turn, where what plugin code prints on
+    /// that thread goes (inherited from the supervisor).
+    #[arg(long, value_delimiter = ',')]
+    pub capture_fds: Vec<RawFd>,
+    /// The mark each thread writes on its descriptors after each call.
+    #[arg(long, default_value = "")]
+    pub capture_mark: String,
+}
+
+/// Runs `exec` with its arguments: [`serve`].
+pub fn run(args: ExecArgs) -> io::Result<()> {
+    let capture = CaptureSetup { fds: args.capture_fds, mark: super::capture::Mark::parse(&args.capture_mark) };
+    serve(args.threads, args.sandbox_dir.as_deref(), &capture)
+}
+
+/// Where each pool thread's output goes: its stdout and stderr descriptors in turn (thread 0's
+/// stdout, thread 0's stderr, thread 1's stdout...), and the mark written after each call.
+#[derive(Debug, Clone)]
+pub struct CaptureSetup {
+    /// Two descriptors per thread; none to leave output on the process's stderr.
+    pub fds: Vec<RawFd>,
+    /// The end of each call's output.
+    pub mark: super::capture::Mark,
+}
+
+/// Writes the end-of-call mark on this thread's descriptors 1 and 2 (its capture pipes), after
+/// the call's own output and before its answer.
+fn end_call(mark: Option<&[u8]>) {
+    let Some(mark) = mark else { return };
+    for fd in [libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+        // SAFETY: writing bytes we own to this thread's own descriptor. The mark is shorter
+        // than PIPE_BUF, so it arrives in one piece, not mixed with a plugin thread's write.
+        let _ = unsafe { libc::write(fd, mark.as_ptr().cast(), mark.len()) };
+    }
+}
+
+/// Gives the calling thread a file table of its own whose descriptors 1 and 2 are `stdout` and
+/// `stderr`: what plugin code prints on this thread (and on threads it starts) goes there, and
+/// no other thread's output does.
+fn own_output(stdout: RawFd, stderr: RawFd) -> io::Result<()> {
+    // SAFETY: unshare(CLONE_FILES) copies this thread's file table; dup2 then changes only the
+    // copy. Plugin code has not run yet on this thread.
+    unsafe {
+        if libc::unshare(libc::CLONE_FILES) != 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("cannot give a thread its own output: unshare: {e}")));
+        }
+        if libc::dup2(stdout, libc::STDOUT_FILENO) < 0 || libc::dup2(stderr, libc::STDERR_FILENO) < 0 {
+            let e = io::Error::last_os_error();
+            return Err(io::Error::new(e.kind(), format!("cannot give a thread its own output: dup2: {e}")));
+        }
+    }
+    Ok(())
 }
 
 /// Writes one response and flushes it, so that it is in the pipe before the thread runs
@@ -168,23 +268,30 @@ impl Plugin {
 
     /// Runs one call and sends its responses: one, or one per chunk of a batch as each is
     /// done (so the supervisor's per-chunk timeout and crash attribution see how far it got).
-    fn serve(&self, request: Request, output: &Mutex<BufWriter<File>>) -> io::Result<()> {
+    fn serve(&self, request: Request, output: &Mutex<BufWriter<File>>, mark: Option<&[u8]>) -> io::Result<()> {
         match request {
             Request::RunBatch { call, chunks } => {
                 for chunk in chunks {
-                    send(output, &answer(call, self.run(&chunk)))?;
+                    let outcome = self.run(&chunk);
+                    end_call(mark);
+                    send(output, &answer(call, outcome))?;
                 }
                 Ok(())
             }
             Request::Aggregate { call, partials } => {
                 let outcome = self.aggregate(&partials);
+                end_call(mark);
                 drop(partials);
                 match outcome {
                     Ok(json) => send_pieces(output, call, json),
                     Err(failure) => send(output, &answer(call, Err(failure))),
                 }
             }
-            request => send(output, &self.call(request)),
+            request => {
+                let response = self.call(request);
+                end_call(mark);
+                send(output, &response)
+            }
         }
     }
 

@@ -7,7 +7,9 @@
 //! The supervisor sends one `Init`, then any number of `Run`, `RunBatch`, `Combine` and
 //! `Aggregate`, each with a call number; the executor answers `Ready` (or `StartFailed`, then
 //! exits), then one `Done` or `Failed` per call, in any order, and for a `RunBatch` one per
-//! chunk, all with the batch's call number and in the batch's order. An `Aggregate`'s output
+//! chunk, all with the batch's call number and in the batch's order. Each call's answers are
+//! preceded by a `Started` naming the thread (slot) that runs it, whose stdout and stderr are
+//! that slot's own capture pipes (see `capture`). An `Aggregate`'s output
 //! comes as `Piece`s of at most [`OUTPUT_PIECE_BYTES`] before its `Done` (which holds the last
 //! piece), so that the supervisor can write it out as it comes and never holds it whole.
 
@@ -33,6 +35,7 @@ const TAG_DONE: u8 = 12;
 const TAG_FAILED: u8 = 13;
 const TAG_REFUSED: u8 = 14;
 const TAG_PIECE: u8 = 15;
+const TAG_STARTED: u8 = 16;
 
 /// How much of a frame is read before more room is made: each step at most doubles what
 /// arrived, so a frame cut short costs no more than twice what was sent (or this).
@@ -77,6 +80,9 @@ pub enum Response {
     Failed { call: u64, message: String },
     /// The plugin returned `Err` with this message: its own decision, not to be retried.
     Refused { call: u64, message: String },
+    /// A call starts on the executor's thread `slot`, whose stdout and stderr are that slot's
+    /// capture pipes: what comes on them until each answer is that answer's output.
+    Started { call: u64, slot: u64 },
 }
 
 /// Why an executor could not start its plugin.
@@ -149,6 +155,18 @@ fn list_parts(call: u64, partials: &[Bytes]) -> Vec<Part<'_>> {
 }
 
 impl Request {
+    /// The call's number (0 for `Init`, which is no call).
+    pub fn call(&self) -> u64 {
+        match self {
+            Request::Init { .. } => 0,
+            Request::Run { call, .. }
+            | Request::RunBatch { call, .. }
+            | Request::Combine { call, .. }
+            | Request::Aggregate { call, .. }
+            | Request::AggregateStaged { call, .. } => *call,
+        }
+    }
+
     /// Writes the request as one frame.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         match self {
@@ -211,6 +229,7 @@ impl Response {
             Response::Refused { call, message } => {
                 write_frame(out, TAG_REFUSED, &[Part::U64(*call), Part::Bytes(message.as_bytes())])
             }
+            Response::Started { call, slot } => write_frame(out, TAG_STARTED, &[Part::U64(*call), Part::U64(*slot)]),
         }
     }
 
@@ -232,6 +251,7 @@ impl Response {
             TAG_PIECE => Response::Piece { call: body.u64()?, bytes: body.bytes()? },
             TAG_FAILED => Response::Failed { call: body.u64()?, message: body.string()? },
             TAG_REFUSED => Response::Refused { call: body.u64()?, message: body.string()? },
+            TAG_STARTED => Response::Started { call: body.u64()?, slot: body.u64()? },
             other => return Err(invalid(format!("unknown response tag {other}"))),
         };
         body.finish()?;
@@ -391,6 +411,7 @@ mod tests {
             Response::Piece { call: 3, bytes: Bytes::from_static(b"[1,") },
             Response::Failed { call: 2, message: "boom".into() },
             Response::Refused { call: 3, message: "no".into() },
+            Response::Started { call: 4, slot: 1 },
         ];
         let mut wire = Vec::new();
         for r in &responses {

@@ -14,10 +14,9 @@
 
 use std::collections::VecDeque;
 
-use bytes::Bytes;
-
-use super::{JobRunner, call_error, start_error};
+use super::{ChunkAnswer, JobRunner, call_error, start_error};
 use crate::rpc::{JobId, TaskError};
+use crate::worker::executor::capture::CapturedOutput;
 use crate::worker::executor::{ChunkText, Ending, ExecError};
 
 /// Runs a batch of chunks one after another in the job's executor, as one executor call;
@@ -25,7 +24,7 @@ use crate::worker::executor::{ChunkText, Ending, ExecError};
 /// was running is judged as a single call would be (see [`verdict`]), and the chunks after it
 /// go on in a fresh executor. Once the executor cannot start, the chunks left all get that
 /// answer (`Fatal` when the plugin is at fault: no retry can help them either).
-pub(super) async fn run_batch(warm: &JobRunner, job: JobId, chunks: Vec<ChunkText>) -> Vec<Result<Bytes, TaskError>> {
+pub(super) async fn run_batch(warm: &JobRunner, job: JobId, chunks: Vec<ChunkText>) -> Vec<ChunkAnswer> {
     let mut results = Vec::with_capacity(chunks.len());
     let mut left: VecDeque<ChunkText> = chunks.into();
     while !left.is_empty() {
@@ -33,19 +32,20 @@ pub(super) async fn run_batch(warm: &JobRunner, job: JobId, chunks: Vec<ChunkTex
             Ok(executor) => executor,
             Err(error) => {
                 let error = start_error(error);
-                results.extend(left.drain(..).map(|_| Err(error.clone())));
+                results.extend(left.drain(..).map(|_| ChunkAnswer::silent(Err(error.clone()))));
                 break;
             }
         };
         let outcome = executor.run_batch(left.iter().cloned().collect()).await;
+        let mut outputs = outcome.outputs.into_iter();
         for answer in outcome.answers {
             left.pop_front();
-            results.push(answer.map_err(call_error));
+            let output = outputs.next().unwrap_or_default();
+            results.push(ChunkAnswer { result: answer.map_err(call_error), output });
         }
         let Some(error) = outcome.ended else { break };
         let Some(chunk) = left.pop_front() else { break };
-        let result = judge(warm, job, chunk, error, executor.ending()).await;
-        results.push(result);
+        results.push(judge(warm, job, chunk, error, outcome.ended_output, executor.ending()).await);
     }
     results
 }
@@ -57,19 +57,21 @@ async fn judge(
     job: JobId,
     chunk: ChunkText,
     error: ExecError,
+    output: CapturedOutput,
     ending: Option<Ending>,
-) -> Result<Bytes, TaskError> {
+) -> ChunkAnswer {
     let (file, first_line) = (&*chunk.file, chunk.first_line);
     match verdict(&error, ending) {
         Verdict::Culprit => {
             if !matches!(error, ExecError::Plugin(_) | ExecError::Refused(_)) {
                 tracing::warn!(job, file, first_line, %error, "chunk crashed its executor");
             }
-            Err(call_error(error))
+            ChunkAnswer { result: Err(call_error(error)), output }
         }
         Verdict::Bystander(why) => {
             tracing::info!(job, file, first_line, "chunk stopped with its executor, not by its fault: {why}");
-            Err(TaskError::Interrupted(why))
+            // It runs again: what it printed this time is not its output.
+            ChunkAnswer::silent(Err(TaskError::Interrupted(why)))
         }
         Verdict::Suspect => {
             tracing::info!(job, file, first_line, %error, "executor crashed with several calls in flight: running this chunk alone");
@@ -102,17 +104,21 @@ fn verdict(error: &ExecError, ending: Option<Ending>) -> Verdict {
 }
 
 /// Runs a suspect alone in a fresh executor, ended when done.
-async fn run_alone(warm: &JobRunner, job: JobId, chunk: ChunkText) -> Result<Bytes, TaskError> {
-    let executor = warm.start_alone().await.map_err(start_error)?;
+async fn run_alone(warm: &JobRunner, job: JobId, chunk: ChunkText) -> ChunkAnswer {
+    let executor = match warm.start_alone().await {
+        Ok(executor) => executor,
+        Err(error) => return ChunkAnswer::silent(Err(start_error(error))),
+    };
     let (file, first_line) = (chunk.file.clone(), chunk.first_line);
-    match executor.run(chunk).await {
+    let (result, output) = executor.run_with_output(chunk).await;
+    match result {
         Ok(partial) => {
             tracing::info!(job, file = &*file, first_line, "chunk ran alone: it did not cause the crash");
-            Ok(partial)
+            ChunkAnswer { result: Ok(partial), output }
         }
         Err(error) => {
             tracing::warn!(job, file = &*file, first_line, %error, "chunk failed alone too: it caused the crash");
-            Err(call_error(error))
+            ChunkAnswer { result: Err(call_error(error)), output }
         }
     }
 }

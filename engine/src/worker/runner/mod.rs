@@ -13,6 +13,7 @@ use tokio::sync::OnceCell;
 
 use crate::rpc::{JobId, TaskError};
 use crate::rules::limits::size;
+use crate::worker::executor::capture::CapturedOutput;
 use crate::worker::executor::{ChunkText, Ending, ExecError, Executor, ExecutorConfig, Partials};
 
 /// One job's plugin instance on this host: its executor, started by the first call and again
@@ -26,6 +27,22 @@ pub struct JobRunner {
     current: Mutex<Arc<OnceCell<Arc<Executor>>>>,
     /// Set when the job ended: no executor starts any more, one that was starting is stopped.
     closed: Mutex<bool>,
+}
+
+/// A chunk's answer: its partial or why it failed, and what the plugin printed running it.
+#[derive(Debug)]
+pub struct ChunkAnswer {
+    /// The encoded partial, or why the chunk failed.
+    pub result: Result<Bytes, TaskError>,
+    /// What the plugin printed while it ran the chunk (for a failed chunk, the last attempt).
+    pub output: CapturedOutput,
+}
+
+impl ChunkAnswer {
+    /// An answer with no output.
+    pub(crate) fn silent(result: Result<Bytes, TaskError>) -> ChunkAnswer {
+        ChunkAnswer { result, output: CapturedOutput::default() }
+    }
 }
 
 /// Why an aggregate failed.
@@ -52,7 +69,7 @@ impl JobRunner {
     /// Runs a batch of the job's chunks, one after another, as one executor call; answers one partial or error per chunk, in order, each
     /// crash charged to the chunk that caused it (see [`attribution`]). `job` names the job in
     /// logs.
-    pub async fn run_batch(&self, job: JobId, chunks: Vec<ChunkText>) -> Vec<Result<Bytes, TaskError>> {
+    pub async fn run_batch(&self, job: JobId, chunks: Vec<ChunkText>) -> Vec<ChunkAnswer> {
         attribution::run_batch(self, job, chunks).await
     }
 
@@ -76,13 +93,24 @@ impl JobRunner {
     }
 
     /// The job's result from all its partials, in input order, written to `out` as it comes;
-    /// answers its length. A result longer than `limit` is [`AggregateError::TooLarge`].
-    pub async fn aggregate(&self, partials: Partials, out: std::fs::File, limit: u64) -> Result<u64, AggregateError> {
-        let executor = self.executor().await.map_err(start_error)?;
-        executor.aggregate(partials, out, limit).await.map_err(|error| match error {
+    /// answers its length, and what the plugin printed meanwhile. A result longer than `limit`
+    /// is [`AggregateError::TooLarge`].
+    pub async fn aggregate(
+        &self,
+        partials: Partials,
+        out: std::fs::File,
+        limit: u64,
+    ) -> (Result<u64, AggregateError>, CapturedOutput) {
+        let executor = match self.executor().await {
+            Ok(executor) => executor,
+            Err(error) => return (Err(start_error(error).into()), CapturedOutput::default()),
+        };
+        let (result, output) = executor.aggregate_with_output(partials, out, limit).await;
+        let result = result.map_err(|error| match error {
             ExecError::ResultTooLarge { bytes, limit } => AggregateError::TooLarge { bytes, limit },
             error => AggregateError::Task(ended_call_error(error, &executor)),
-        })
+        });
+        (result, output)
     }
 
     /// From now on no executor starts, and one that was starting is stopped ([`JobRunner::close`]

@@ -45,6 +45,7 @@ use crate::input::reference;
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
 use crate::rpc::input::ChunkSource;
+use crate::rpc::logs::ChunkResults;
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -448,7 +449,7 @@ impl Worker for WorkerServer {
         secret: Secret,
         job: JobId,
         chunks: Vec<ChunkInput>,
-    ) -> Result<Vec<Result<ByteBuf, TaskError>>, TaskError> {
+    ) -> Result<ChunkResults, TaskError> {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let n_chunks = chunks.len();
@@ -485,19 +486,25 @@ impl Worker for WorkerServer {
                 Err(error) => unread.push(Some(error)),
             }
         }
-        let results = runner.run_batch(job, texts).instrument(span.clone()).await;
-        let mut results = results.into_iter();
+        let answers = runner.run_batch(job, texts).instrument(span.clone()).await;
+        let mut answers = answers.into_iter();
+        let mut printed = Vec::new();
         let results: Vec<Result<Bytes, TaskError>> = unread
             .into_iter()
-            .map(|error| match error {
-                Some(error) => Err(error),
-                None => results.next().unwrap_or_else(|| Err(TaskError::Crashed("the chunk was not run".into()))),
+            .enumerate()
+            .map(|(position, error)| match error.map(Err).unwrap_or_else(|| Ok(answers.next())) {
+                Err(error) => Err(error),
+                Ok(Some(answer)) => {
+                    printed.push((position, answer.output));
+                    answer.result
+                }
+                Ok(None) => Err(TaskError::Crashed("the chunk was not run".into())),
             })
             .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
         span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
-        Ok(output::bound_answers(results))
+        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
     }
 
     async fn combine(
@@ -541,7 +548,7 @@ impl Worker for WorkerServer {
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
         let len =
-            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.map_err(
+            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.0.map_err(
                 |error| match error {
                     error @ AggregateError::TooLarge { .. } => {
                         TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))

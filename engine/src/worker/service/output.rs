@@ -13,9 +13,11 @@ use std::sync::{Arc, Mutex};
 
 use serde_bytes::ByteBuf;
 
-use crate::rpc::pieces::{max_answer_bytes, result_piece_bytes};
+use crate::rpc::logs::{ChunkPrinted, JOB_OUTPUT_BYTES, PluginOutput, trim};
+use crate::rpc::pieces::{max_answer_bytes, max_frame_bytes, result_piece_bytes};
 use crate::rpc::{JobId, RpcError, TaskError};
 use crate::rules::limits::size;
+use crate::worker::executor::capture::CapturedOutput;
 use crate::worker::executor::staged::StagedPartials;
 
 /// The staged partials and the outputs of the jobs aggregated here, by job.
@@ -182,4 +184,32 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn internal(message: String) -> TaskError {
     TaskError::Rpc(RpcError::Internal(message))
+}
+
+/// What the chunks of a batch printed, by their position in it, within a quarter of the frame
+/// limit (and the job's bound): the partials' half of the frame stays theirs.
+pub(super) fn bound_printed(outputs: Vec<(usize, CapturedOutput)>) -> Vec<ChunkPrinted> {
+    let mut room = (max_frame_bytes() as u64 / 4).min(JOB_OUTPUT_BYTES);
+    outputs
+        .into_iter()
+        .filter(|(_, output)| !output.is_empty())
+        .map(|(position, output)| {
+            let mut printed = PluginOutput {
+                chunk: None,
+                file: String::new(),
+                first_line: 0,
+                last_line: 0,
+                stdout: output.stdout,
+                stderr: output.stderr,
+                cut: output.cut,
+            };
+            room -= trim(&mut printed, room);
+            ChunkPrinted {
+                position: u32::try_from(position).unwrap_or(u32::MAX),
+                stdout: printed.stdout,
+                stderr: printed.stderr,
+                cut: printed.cut,
+            }
+        })
+        .collect()
 }

@@ -401,7 +401,8 @@ enum HeartbeatError {
 }
 
 /// How a refusal from the controller is taken: for good when the token, version, address or
-/// key is refused; else try again.
+/// key is refused; else try again, notably when the controller could not dial the worker back
+/// ([`RpcError::Unreachable`]: a partition or a slow link heals, like a failed connection).
 fn refusal(error: RpcError) -> Refusal {
     match error {
         error @ (RpcError::Unauthorized(_) | RpcError::VersionMismatch { .. } | RpcError::Invalid(_)) => {
