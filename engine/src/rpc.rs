@@ -441,8 +441,10 @@ pub struct WorkerSummary {
     pub address: String,
     pub hostname: String,
     pub processes: u32,
-    /// Chunks running there now, over all jobs.
+    /// Chunks running there now, over all jobs, with those sent ahead.
     pub in_flight: u32,
+    /// Calls sent to it ahead of its free slots, waiting there for one (pipelined slots).
+    pub held_ahead: u32,
     /// Chunks it completed since it registered.
     pub chunks_done: u64,
     /// Milliseconds since its last heartbeat.

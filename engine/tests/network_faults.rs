@@ -13,8 +13,9 @@ mod cluster;
 mod faulty_link;
 mod util;
 
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-
 use std::time::{Duration, Instant};
 
 use cluster::{Cluster, Daemon, Follower, JOB_TIMEOUT, JOIN_TOKEN, kiln_command, worker_token};
@@ -71,7 +72,7 @@ impl LinkedWorker {
     fn start_behind(cluster: &mut Cluster, up: FaultyLink, down: FaultyLink) -> LinkedWorker {
         let mut command = kiln_command();
         command
-            .args(["worker", "--processes", "2", "--listen", "127.0.0.1:0"])
+            .args(["worker", "--processes", "2", "--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
             .args(["--controller", &up.addr.to_string(), "--advertise", &down.addr.to_string()])
             .args(["--join-token", &worker_token(&cluster.controller, JOIN_TOKEN)])
             // One build of the plugin serves every worker of every test, so that all three
@@ -99,6 +100,12 @@ impl LinkedWorker {
     fn heal(&self) {
         self.up.heal();
         self.down.heal();
+    }
+
+    /// Delays every byte on both links by `delay` each way: a round trip of twice `delay`.
+    fn delay_both_ways(&self, delay: Duration) {
+        self.up.delay(delay, delay);
+        self.down.delay(delay, delay);
     }
 
     /// Delays everything the worker sends by `delay`, on both links, as a slow interface of
@@ -361,6 +368,98 @@ fn with_every_worker_link_delayed_the_result_is_exact_and_in_order() {
     let served = status["workers"].as_array().unwrap().iter().filter(|w| w["chunks_done"].as_u64() > Some(0)).count();
     assert_eq!(served, 3, "every worker served over its slow links: {status:#}");
     cluster.wait_workers(3);
+}
+
+/// The worker's count of calls that arrived while both its slots were busy and waited there
+/// for one (`kiln_worker_calls_waited_total`), read from its metrics endpoint.
+fn calls_waited(worker: &Daemon) -> f64 {
+    let stderr = worker.stderr();
+    let addr: SocketAddr = stderr
+        .lines()
+        .find_map(|line| line.strip_prefix("metrics on http://"))
+        .and_then(|rest| rest.trim_end_matches("/metrics").parse().ok())
+        .unwrap_or_else(|| panic!("the worker printed no metrics address:\n{stderr}"));
+    let mut stream = TcpStream::connect(addr).expect("connect to the worker's metrics");
+    write!(stream, "GET /metrics HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n").expect("ask for metrics");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read the metrics");
+    let name = "kiln_worker_calls_waited_total ";
+    let line = response.lines().find(|line| line.starts_with(name));
+    line.and_then(|line| line[name.len()..].trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {name}in the worker's metrics:\n{response}"))
+}
+
+/// The controller's view of the worker at `address` in `kiln cluster --json`, if it is live.
+fn worker_summary(cluster: &Cluster, address: &str) -> Option<Value> {
+    let info = cluster.cluster_info();
+    info["workers"].as_array()?.iter().find(|w| w["address"] == address).cloned()
+}
+
+#[test]
+fn with_delayed_links_each_worker_holds_calls_ahead_of_its_slots_and_the_result_is_exact() {
+    let (cluster, linked) = linked_cluster();
+    // 200 ms round trips: longer than a chunk's run, so a slot that waited for its next call
+    // after each answer would idle most of the time.
+    for worker in &linked {
+        worker.delay_both_ways(Duration::from_millis(100));
+    }
+    let n_chunks = 60;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(150).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    let done: u64 = status["workers"].as_array().unwrap().iter().map(|w| w["chunks_done"].as_u64().unwrap()).sum();
+    assert_eq!(done, n_chunks as u64, "each chunk counted once: {status:#}");
+    for worker in &linked {
+        let waited = calls_waited(&cluster.workers[worker.index]);
+        assert!(waited > 0.0, "the worker at {} had a call waiting while both slots ran: {status:#}", worker.address());
+    }
+    for worker in &linked {
+        let summary = worker_summary(&cluster, &worker.address()).expect("the worker is live");
+        assert_eq!(summary["held_ahead"], 0, "nothing is held ahead once the job ended: {summary:#}");
+        assert_eq!(summary["in_flight"], 0, "{summary:#}");
+    }
+}
+
+#[test]
+fn a_worker_killed_while_it_holds_calls_ahead_loses_none_of_their_chunks() {
+    let (mut cluster, linked) = linked_cluster();
+    for worker in &linked {
+        worker.delay_both_ways(Duration::from_millis(100));
+    }
+    let n_chunks = 90;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(300).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let victim = &linked[0];
+    // Both slots busy and calls sent ahead: the controller counts them in flight.
+    let deadline = Instant::now() + JOB_TIMEOUT;
+    let holding = loop {
+        let summary = worker_summary(&cluster, &victim.address());
+        if let Some(summary) = summary.filter(|w| w["held_ahead"].as_u64() > Some(0)) {
+            break summary;
+        }
+        assert!(Instant::now() < deadline, "the worker never held calls ahead: {:#}", cluster.status(job));
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(holding["in_flight"].as_u64() > Some(2), "more chunks in flight than slots: {holding:#}");
+    let before = cluster.status(job);
+    assert!(before["chunks_done"].as_u64() < Some(n_chunks as u64 / 2), "the job is mid-way: {before:#}");
+
+    cluster.workers[victim.index].kill();
+
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    assert!(status["lost_workers"].as_u64() >= Some(1), "the killed worker was declared lost: {status:#}");
+    let done: u64 = status["workers"].as_array().unwrap().iter().map(|w| w["chunks_done"].as_u64().unwrap()).sum();
+    assert_eq!(done, n_chunks as u64, "each chunk counted once, none twice: {status:#}");
 }
 
 #[test]

@@ -76,6 +76,34 @@ impl MapReduce for Boom {
 kiln_plugin_api::export_plugin!(Boom);
 "#;
 
+/// A plugin that prints a line of markup per chunk and counts lines.
+const PRINTS_MARKUP: &str = r#"
+use kiln_plugin_api::{Chunk, MapReduce};
+
+pub struct Markup;
+
+impl MapReduce for Markup {
+    type Partial = u64;
+    type Output = u64;
+
+    fn new(_params: &str) -> Result<Self, String> {
+        Ok(Markup)
+    }
+
+    fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+        let lines = chunk.lines().count() as u64;
+        println!("<script>chunk at line {}: {lines} lines</script>", chunk.first_line());
+        Ok(lines)
+    }
+
+    fn aggregate(&self, partials: Vec<u64>) -> Result<u64, String> {
+        Ok(partials.iter().sum())
+    }
+}
+
+kiln_plugin_api::export_plugin!(Markup);
+"#;
+
 fn embedded(config: &mut WebConfig) {
     config.embedded_cluster = true;
     config.embedded_workers = 2;
@@ -226,6 +254,26 @@ async fn a_plugin_error_is_shown_with_its_chunk_and_lines() {
     let message = format!("failed after 1 attempt: found &#60;boom&#62; on line {n_lines}");
     assert!(page.contains(&message), "{page}");
     assert!(page.contains(&format!("-{n_lines}) failed")), "the chunk's line range ends at the line: {page}");
+    web.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_plugin_printed_is_shown_escaped_on_the_run_page_apart_from_the_result() {
+    let web = TestWeb::start(TestDb::sqlite(), embedded).await;
+    let browser = registered(&web, "printer@example.com").await;
+    let task = browser.create_task("Markup", "lib.rs", PRINTS_MARKUP.as_bytes().to_vec()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+    let text = input(3_000);
+    let run = browser.start_run(task, cluster, text.clone().into_bytes(), "").await.redirect_id();
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
+    assert!(page.contains("state-succeeded"), "{page}");
+    let download = browser.get(&format!("/runs/{run}/result.json")).await;
+    assert_eq!(download.body.trim(), text.lines().count().to_string(), "the result is the count alone");
+    assert!(page.contains("id=\"plugin-output\""), "{page}");
+    assert!(!page.contains("<script>chunk at line"), "markup the plugin printed is escaped: {page}");
+    // The first chunk starts at line 1 and the section names it.
+    assert!(page.contains("&#60;script&#62;chunk at line 1: "), "{page}");
+    assert!(page.contains("== chunk 0 ("), "{page}");
     web.stop().await;
 }
 

@@ -236,6 +236,7 @@ async fn a_run_records_its_job_progress_and_ending_once() {
             started_at: None,
             finished_at: started + 2000,
             progress: Some(RunProgress { chunks_done: 4, ..progress }),
+            plugin_output: Some("== chunk 0 (in lines 1-4) stdout\n<b>4</b>\n".into()),
         };
         assert!(store.finish_run(run, &ending).await.unwrap());
         let failed = RunEnding { state: RunState::Failed, error: Some("late".into()), ..ending.clone() };
@@ -246,6 +247,8 @@ async fn a_run_records_its_job_progress_and_ending_once() {
         assert_eq!((done.state, done.duration_ms(), done.error.as_deref()), (RunState::Succeeded, Some(2000), None));
         assert_eq!(done.throughput_bps(), Some(500.0));
         assert_eq!(store.run_result(a, run).await.unwrap(), Some(Some(r#"{"a":1}"#.into())));
+        let printed = store.run_plugin_output(a, run).await.unwrap();
+        assert_eq!(printed, Some(ending.plugin_output.clone()), "what the plugin printed is kept with the run");
         assert!(store.unfinished_runs().await.unwrap().is_empty());
         assert_eq!(store.task_runs(a, task, 10).await.unwrap().len(), 1);
         assert_eq!(store.cluster_runs(a, cluster, 10).await.unwrap()[0].id, run);
@@ -489,6 +492,7 @@ async fn a_users_runs_are_listed_by_state_and_each_task_knows_its_last_run() {
             started_at: None,
             finished_at: now_ms(),
             progress: None,
+            plugin_output: None,
         };
         store.finish_run(first, &ending).await.unwrap();
         let second = store.create_run(a, &new_run(task, cluster)).await.unwrap().unwrap().id;
@@ -531,6 +535,7 @@ async fn a_runs_kept_input_and_figures_are_stored_and_expire() {
             started_at: None,
             finished_at: now_ms(),
             progress: None,
+            plugin_output: None,
         };
         store.finish_run(run, &ending).await.unwrap();
         // A late progress update does not overwrite the figures of the ending; the ending's do.

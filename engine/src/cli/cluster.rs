@@ -62,6 +62,11 @@ pub struct ControllerArgs {
     /// and says so. Results are kept in the data directory.
     #[arg(long, value_parser = crate::parse_size, default_value = "4GiB")]
     max_result_size: usize,
+    /// Calls (batches of chunks) sent to each worker per slot ahead of its free slots, to run
+    /// as soon as a slot frees: this hides the latency of the link to the worker while its
+    /// round trip is shorter than a call's run. 0 sends a call only to a free slot.
+    #[arg(long, default_value_t = kiln_engine::controller::DEFAULT_PREFETCH)]
+    prefetch: u32,
     /// The longest line an uploaded input may have (KiB, MiB, up to 256MiB): a job with a
     /// longer line fails naming it. Each process on a chunk's path holds a few copies of its
     /// longest line, so this bounds their memory where lines are longer than chunks.
@@ -124,6 +129,7 @@ pub fn run_controller(args: ControllerArgs) -> anyhow::Result<()> {
     config.worker_cert_lifetime = Duration::from_secs(args.worker_cert_lifetime.max(1));
     config.metrics_listen = args.metrics_listen;
     config.max_result_bytes = args.max_result_size as u64;
+    config.prefetch = args.prefetch;
     config.max_line_bytes = args.max_line_size;
     for root in &args.file_input_root {
         let resolved = std::fs::canonicalize(root)

@@ -429,12 +429,13 @@ pub fn cluster(args: ClusterArgs) -> anyhow::Result<()> {
             format!("controller {}, {} active jobs, {} workers\n", info.version, info.active_jobs, info.workers.len());
         for worker in info.workers {
             text.push_str(&format!(
-                "  worker {} at {} ({}): {} processes, {} in flight, {} chunks done, seen {} ms ago\n",
+                "  worker {} at {} ({}): {} processes, {} in flight ({} calls sent ahead), {} chunks done, seen {} ms ago\n",
                 worker.worker_id,
                 worker.address,
                 worker.hostname,
                 worker.processes,
                 worker.in_flight,
+                worker.held_ahead,
                 worker.chunks_done,
                 worker.last_seen_ms
             ));

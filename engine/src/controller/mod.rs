@@ -118,7 +118,15 @@ pub struct ControllerConfig {
     /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
     /// `file://` inputs are refused, so a client cannot make workers read their hosts' files.
     pub file_input_roots: Vec<PathBuf>,
+    /// Calls sent to each worker per slot ahead of its free slots (`--prefetch`, pipelined
+    /// slots): they wait on the worker and run as soon as a slot frees, so that the link's
+    /// latency is hidden. 0: a call is sent only to a free slot.
+    pub prefetch: u32,
 }
+
+/// Calls sent to each worker per slot ahead of its free slots by default: one hides a link's
+/// round trip while it is shorter than a call's run (see `plan`).
+pub const DEFAULT_PREFETCH: u32 = 1;
 
 impl ControllerConfig {
     /// A configuration with stored or generated secrets and the default heartbeat timeout.
@@ -138,6 +146,7 @@ impl ControllerConfig {
             max_result_bytes: crate::rules::limits::DEFAULT_MAX_RESULT_BYTES,
             max_line_bytes: crate::rules::chunk::DEFAULT_MAX_LINE_BYTES,
             file_input_roots: Vec::new(),
+            prefetch: DEFAULT_PREFETCH,
         }
     }
 }
@@ -320,7 +329,7 @@ pub async fn start(config: ControllerConfig) -> Result<RunningController, Contro
         links,
         heartbeat_timeout: config.heartbeat_timeout,
         store,
-        state: Mutex::new(State::default()),
+        state: Mutex::new(State::with_prefetch(config.prefetch)),
         wake: Notify::new(),
         reaper_wake: Notify::new(),
         next_worker_id: AtomicU64::new(1),

@@ -7,7 +7,10 @@
 //!
 //! Jobs run first in, first out (by creation; a job's chunks run as soon as they are cut from
 //! its uploading input): the head job's chunks go to every worker, at most the job's
-//! `processes` calls in flight per worker (least loaded workers first), each call carrying a
+//! `processes` calls in flight per worker (least loaded workers first), then, once every
+//! worker's slots are busy, up to `prefetch` more calls per slot that wait there for a slot
+//! (pipelined slots: the next chunks are on the worker when a slot frees, whatever the link's
+//! latency; the worker holds them in `worker/service/slots.rs`), each call carrying a
 //! batch of consecutive chunks when they are small (`batch`), and only when the head
 //! job has no queued chunk left may the next job use free slots. Merging complete groups comes
 //! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
@@ -70,6 +73,7 @@ pub(super) fn plan(state: &mut State) -> Vec<Action> {
 
 /// Plans the jobs in the order they were queued, until one still has queued chunks.
 fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action>) {
+    let prefetch = state.prefetch();
     for job_id in state.run_queue() {
         let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
         // A job whose input still uploads runs the chunks cut so far.
@@ -78,15 +82,17 @@ fn plan_jobs(state: &mut State, ready: &mut [WorkerId], actions: &mut Vec<Action
         }
         // The least loaded workers first, so that a few chunks spread over the cluster.
         ready.sort_by_key(|id| (workers.load(*id), *id));
-        plan_job(job, workers, ready, actions);
+        plan_job(job, workers, ready, prefetch, actions);
         if !job.queue.is_empty() {
             break;
         }
     }
 }
 
-/// Plans one job: its aggregation, merges of complete groups, then chunks.
-fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &mut Vec<Action>) {
+/// Plans one job: its aggregation, merges of complete groups, then chunks: first to every
+/// worker's free slots, then `prefetch` calls per slot ahead of them (pipelined slots), while
+/// the job has more queued chunks than slots.
+fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], prefetch: u32, actions: &mut Vec<Action>) {
     let (mut changed, mut dispatched) = (false, false);
     if job.ready_to_aggregate() {
         if job.aggregation() == Aggregation::Idle {
@@ -136,33 +142,54 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], actions: &
     // The workers that can still run this job's chunks (not those that failed to prepare it).
     let able: Vec<WorkerId> = ready.iter().copied().filter(|id| job.prepared.get(id) != Some(&Prep::Failed)).collect();
     let job_slots: u32 = able.iter().filter_map(|id| workers.get(*id)).map(|w| job.slots_on(w)).sum();
-    for &worker_id in ready {
-        if job.queue.is_empty() {
-            break;
-        }
-        let Some(worker) = workers.get_mut(worker_id) else { continue };
-        match job.prepared.get(&worker_id) {
-            None => {
-                changed |= start_prepare(job, worker, actions);
-                continue;
-            }
-            Some(Prep::Preparing | Prep::Failed) => continue,
-            Some(Prep::Ready) => {}
-        }
-        let slots = job.slots_on(worker);
-        while worker.slots_used() < slots {
-            let limit = batch_limit(job, job_slots);
-            let batch: Arc<[u64]> = take_batch(job, worker_id, &able, limit).into();
-            if batch.is_empty() {
+    // Free slots first, on every worker, so that calls sent ahead never leave a slot idle.
+    let passes: &[u32] = if prefetch == 0 { &[0] } else { &[0, prefetch] };
+    for &per_slot in passes {
+        for &worker_id in ready {
+            if job.queue.is_empty() {
                 break;
             }
-            let chunks: Vec<(u64, ChunkMeta)> =
-                batch.iter().map(|&index| (index, job.chunks[index as usize].meta)).collect();
-            let cancel = job.start_call(worker, Arc::clone(&batch));
-            (changed, dispatched) = (true, true);
-            debug!(job = job.id, first_chunk = batch[0], chunks = batch.len(), worker = worker_id, "chunks dispatched");
-            let deadline = job.call_deadline(batch.len());
-            actions.push(Action::Run { worker: worker.handle(), job: job.id, chunks, cancel, deadline });
+            // At the job's tail, chunks sent ahead would wait behind a busy slot while another
+            // worker's slot frees: what is left goes to free slots only.
+            if per_slot > 0 && job.queue.len() <= job_slots as usize {
+                break;
+            }
+            let Some(worker) = workers.get_mut(worker_id) else { continue };
+            match job.prepared.get(&worker_id) {
+                None => {
+                    changed |= start_prepare(job, worker, actions);
+                    continue;
+                }
+                Some(Prep::Preparing | Prep::Failed) => continue,
+                Some(Prep::Ready) => {}
+            }
+            let slots = job.slots_on(worker);
+            while worker.slots_used() < slots.saturating_add(slots.saturating_mul(per_slot)) {
+                let limit = batch_limit(job, job_slots);
+                let batch: Arc<[u64]> = take_batch(job, worker_id, &able, limit).into();
+                if batch.is_empty() {
+                    break;
+                }
+                let chunks: Vec<(u64, ChunkMeta)> =
+                    batch.iter().map(|&index| (index, job.chunks[index as usize].meta)).collect();
+                // A call sent ahead may wait on the worker as long as a call runs there.
+                let sent_ahead = worker.slots_used() >= slots;
+                let cancel = job.start_call(worker, Arc::clone(&batch));
+                (changed, dispatched) = (true, true);
+                debug!(
+                    job = job.id,
+                    first_chunk = batch[0],
+                    chunks = batch.len(),
+                    worker = worker_id,
+                    sent_ahead,
+                    "chunks dispatched"
+                );
+                let deadline = match sent_ahead {
+                    true => job.call_deadline(batch.len()).saturating_mul(2),
+                    false => job.call_deadline(batch.len()),
+                };
+                actions.push(Action::Run { worker: worker.handle(), job: job.id, chunks, cancel, deadline });
+            }
         }
     }
     // The run starts with its first chunk: preparing (the plugin's build) is the phase before,

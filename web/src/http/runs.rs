@@ -21,6 +21,10 @@ use crate::store::sessions::Session;
 /// How much of a result's pretty JSON the page shows; the whole is a download away.
 pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
 
+/// How much of what a run's plugin printed its page shows (the controller keeps up to 512 KiB;
+/// `kiln logs JOB` prints it all).
+const PLUGIN_OUTPUT_SHOWN_BYTES: usize = 256 << 10;
+
 /// How many runs the runs page lists.
 const RUNS_LISTED: i64 = 500;
 
@@ -122,6 +126,8 @@ struct ShowPage {
     result: Option<String>,
     result_truncated: bool,
     result_size: String,
+    /// What the plugin printed, per chunk (escaped by the template like all text).
+    plugin_output: Option<String>,
     params_shown: String,
     /// The per-worker table and the throughput chart of an ended run, from its stored figures.
     workers: Vec<WorkerLine>,
@@ -158,6 +164,15 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         (Some(shown), truncated, size)
     } else {
         (None, false, String::new())
+    };
+    let plugin_output = if run.state.is_final() {
+        let text = app.store.run_plugin_output(user.user_id, id).await?.flatten();
+        text.map(|text| match truncate(text, PLUGIN_OUTPUT_SHOWN_BYTES) {
+            (shown, true) => format!("{shown}\n[... more: kiln logs {}]", run.job_id.unwrap_or_default()),
+            (shown, false) => shown,
+        })
+    } else {
+        None
     };
     let progress = Progress::from_run(&run);
     let figures = if run.state.is_final() {
@@ -200,6 +215,7 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         result,
         result_truncated,
         result_size,
+        plugin_output,
     };
     render(res, StatusCode::OK, &page)
 }

@@ -198,6 +198,7 @@ impl RunManager {
                 started_at: run.started_at,
                 finished_at: now_ms(),
                 progress: None,
+                plugin_output: None,
             };
             self.store.finish_run(run.id, &ending).await?;
             return Ok(());
@@ -288,6 +289,7 @@ fn failure(started_at: Option<i64>, kind: &str, message: impl Into<String>) -> R
         started_at,
         finished_at: now_ms(),
         progress: None,
+        plugin_output: None,
     }
 }
 

@@ -208,6 +208,7 @@ async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEn
         started_at,
         finished_at,
         progress: Some(run_progress(status)),
+        plugin_output: plugin_output(target, job).await,
     };
     match status.state {
         JobState::Succeeded => {
@@ -235,6 +236,23 @@ async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEn
         _ => {}
     }
     ending
+}
+
+/// What the job's plugin printed, as `kiln logs` prints it; `None` when nothing (or when the
+/// controller cannot say: the run's ending does not wait on it).
+async fn plugin_output(target: &ClusterTarget, job: JobId) -> Option<String> {
+    let outputs = match Client::connect(&target.address, target.api_key.clone()).await {
+        Ok(client) => client.plugin_output(job).await,
+        Err(e) => Err(e),
+    };
+    match outputs {
+        Ok(outputs) if outputs.is_empty() => None,
+        Ok(outputs) => Some(outputs.iter().map(kiln_engine::rpc::logs::PluginOutput::render).collect()),
+        Err(e) => {
+            tracing::warn!(job, "cannot fetch what the run's plugin printed: {e}");
+            None
+        }
+    }
 }
 
 /// The kind and message of a job's failure: cargo's diagnostics for a build, the plugin's

@@ -359,7 +359,8 @@ impl Store {
             "UPDATE runs SET state = $1, result = $2, error_kind = $3, error = $4, finished_at = $5, \
              started_at = COALESCE(started_at, $6), n_chunks = COALESCE($11, n_chunks), \
              chunks_done = COALESCE($12, chunks_done), lines_done = COALESCE($13, lines_done), \
-             bytes_done = COALESCE($14, bytes_done), retries = COALESCE($15, retries) \
+             bytes_done = COALESCE($14, bytes_done), retries = COALESCE($15, retries), \
+             plugin_output = COALESCE($16, plugin_output) \
              WHERE id = $7 AND state NOT IN ($8, $9, $10)",
         )
         .bind(ending.state.as_str())
@@ -377,6 +378,7 @@ impl Store {
         .bind(ending.progress.map(|p| p.lines_done))
         .bind(ending.progress.map(|p| p.bytes_done))
         .bind(ending.progress.map(|p| p.retries))
+        .bind(ending.plugin_output.as_deref())
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -458,6 +460,17 @@ impl Store {
         Ok(row.map(|row| row.try_get("figures")).transpose()?)
     }
 
+    /// What the user's run's plugin printed: `None` when the run is not the user's,
+    /// `Some(None)` when it printed nothing (or has not ended).
+    pub async fn run_plugin_output(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
+        let row = sqlx::query("SELECT plugin_output FROM runs WHERE id = $1 AND user_id = $2")
+            .bind(id)
+            .bind(user_id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|row| row.try_get("plugin_output")).transpose()?)
+    }
+
     /// The result JSON of the user's run: `None` when the run is not the user's, `Some(None)`
     /// when it has no result.
     pub async fn run_result(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
@@ -485,6 +498,8 @@ pub struct RunEnding {
     pub finished_at: i64,
     /// The final progress figures, when known.
     pub progress: Option<RunProgress>,
+    /// What the plugin printed, as `kiln logs` prints it, when it printed anything.
+    pub plugin_output: Option<String>,
 }
 
 #[cfg(test)]

@@ -114,6 +114,18 @@ impl Cluster {
         link: Link,
         placement: Option<Placement>,
     ) -> anyhow::Result<Cluster> {
+        Cluster::start_configured(bench, n_workers, processes, link, placement, &[])
+    }
+
+    /// [`Cluster::start_placed`] with more flags for the controller (`controller_args`).
+    pub fn start_configured(
+        bench: &Bench,
+        n_workers: usize,
+        processes: u32,
+        link: Link,
+        placement: Option<Placement>,
+        controller_args: &[&str],
+    ) -> anyhow::Result<Cluster> {
         let data_dir = tempfile::Builder::new()
             .prefix("cluster-")
             .tempdir_in(&bench.work)
@@ -127,6 +139,7 @@ impl Cluster {
         if link == Link::PlainTcp {
             command.arg("--insecure-plaintext");
         }
+        command.args(controller_args);
         let (controller, addr) = Daemon::spawn(command, "controller")?;
         let stored = |file: &str| {
             std::fs::read_to_string(data_dir.path().join(file))

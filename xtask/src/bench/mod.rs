@@ -17,6 +17,7 @@ mod limits;
 mod measures;
 mod natural;
 mod netsim;
+mod pipelining;
 mod quiet;
 mod report;
 mod scaling;
@@ -77,6 +78,8 @@ pub enum Measure {
     /// A naive word count as a plugin and as a plain program, and the API `Counter` plugin
     /// against the baseline (section 10).
     Natural,
+    /// A job over delayed links to the workers, with and without pipelined slots (section 11).
+    Pipelining,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -177,6 +180,9 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     }
     if wanted(Measure::Natural) {
         natural::natural_code(&bench, &mut report)?;
+    }
+    if wanted(Measure::Pipelining) {
+        pipelining::delayed_links(&bench, &mut report)?;
     }
     report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 

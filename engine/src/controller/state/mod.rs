@@ -45,9 +45,22 @@ pub(super) struct State {
     releases: Vec<(WorkerId, JobId)>,
     /// When a running chunk becomes slow enough for a speculative copy, if one may.
     next_speculation: Option<Instant>,
+    /// Calls sent to each worker per slot ahead of its free slots (pipelined slots).
+    prefetch: u32,
 }
 
 impl State {
+    /// An empty state that sends `prefetch` calls per slot to each worker ahead of its free
+    /// slots.
+    pub fn with_prefetch(prefetch: u32) -> State {
+        State { prefetch, ..State::default() }
+    }
+
+    /// Calls sent to each worker per slot ahead of its free slots.
+    pub fn prefetch(&self) -> u32 {
+        self.prefetch
+    }
+
     /// Adds a job, queued at once: its chunks run as soon as they are cut from its input.
     pub fn add_job(&mut self, job: Job) {
         self.run_queue.push(job.id);

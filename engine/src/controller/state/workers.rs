@@ -144,6 +144,12 @@ impl WorkerEntry {
         self.slots_used
     }
 
+    /// Calls sent beyond the worker's slots, which wait there for one to free (pipelined
+    /// slots): what the controller knows; the worker may have started some already.
+    pub fn held_ahead(&self) -> u32 {
+        self.slots_used.saturating_sub(self.info.processes.max(1))
+    }
+
     /// A call carrying `n_chunks` chunks (0 for a combine) takes a slot.
     pub fn take_slot(&mut self, n_chunks: u32) {
         self.slots_used += 1;
@@ -177,6 +183,7 @@ impl WorkerEntry {
             hostname: self.info.hostname.clone(),
             processes: self.info.processes,
             in_flight: self.chunks_in_flight,
+            held_ahead: self.held_ahead(),
             chunks_done: self.chunks_done,
             last_seen_ms: u64::try_from(now.duration_since(self.last_seen).as_millis()).unwrap_or(u64::MAX),
         }

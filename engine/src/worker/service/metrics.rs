@@ -38,6 +38,7 @@ pub struct WorkerMetrics {
     pub build_seconds: Histogram,
     pub warm_builds: Family<BuildLabels, Counter>,
     pub jobs_prepared: Gauge,
+    pub calls_waited: Counter,
     pub rpc: RpcCalls,
     pub executors: ExecutorCounters,
 }
@@ -55,6 +56,7 @@ impl Default for WorkerMetrics {
             build_seconds: Histogram::new(exponential_buckets(0.25, 2.0, 13)),
             warm_builds: Family::default(),
             jobs_prepared: Gauge::default(),
+            calls_waited: Counter::default(),
             rpc: RpcCalls::default(),
             executors: ExecutorCounters::default(),
         }
@@ -97,6 +99,11 @@ impl WorkerMetrics {
             metrics.warm_builds.clone(),
         );
         registry.register("jobs_prepared", "Jobs prepared on this worker now", metrics.jobs_prepared.clone());
+        registry.register(
+            "calls_waited",
+            "Calls (batches of chunks, combines) that arrived while every slot was busy and waited here for one: sent ahead by the controller (pipelined slots)",
+            metrics.calls_waited.clone(),
+        );
         registry.register("executor_starts", "Executor processes started", metrics.executors.starts.clone());
         registry.register(
             "executor_crashes",

@@ -22,6 +22,7 @@ mod metrics;
 mod output;
 mod registrar;
 mod round_trip;
+mod slots;
 mod state;
 
 use std::collections::HashMap;
@@ -455,7 +456,6 @@ impl Worker for WorkerServer {
         let n_chunks = chunks.len();
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
         let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
-        let started = std::time::Instant::now();
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
         // Chunks of an input read by reference are read here, from the store; one that cannot
         // be read answers why, and the others run.
@@ -486,7 +486,12 @@ impl Worker for WorkerServer {
                 Err(error) => unread.push(Some(error)),
             }
         }
-        let answers = runner.run_batch(job, texts).instrument(span.clone()).await;
+        // Chunks read by reference were read above, while the call may wait for a slot.
+        let run = async move {
+            let started = std::time::Instant::now();
+            (runner.run_batch(job, texts).await, started.elapsed())
+        };
+        let (answers, elapsed) = self.state.slots.run(run.instrument(span.clone())).await?;
         let mut answers = answers.into_iter();
         let mut printed = Vec::new();
         let results: Vec<Result<Bytes, TaskError>> = unread
@@ -502,8 +507,8 @@ impl Worker for WorkerServer {
             })
             .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
-        self.state.metrics.record_call(n_chunks, failed, bytes, started.elapsed());
-        span.in_scope(|| tracing::debug!(failed, elapsed = ?started.elapsed(), "chunks run"));
+        self.state.metrics.record_call(n_chunks, failed, bytes, elapsed);
+        span.in_scope(|| tracing::debug!(failed, ?elapsed, "chunks run"));
         Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
     }
 
@@ -517,7 +522,7 @@ impl Worker for WorkerServer {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = partials.into_iter().map(|p| Bytes::from(p.into_vec())).collect();
-        let merged = runner.combine(partials).await?;
+        let merged = self.state.slots.run(async move { runner.combine(partials).await }).await??;
         merged.map(output::bound_merged).transpose()
     }
 

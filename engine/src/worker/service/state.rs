@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use super::build_error;
 use super::metrics::{BuildLabels, WorkerMetrics};
 use super::output::Outputs;
+use super::slots::Slots;
 use crate::owner::Owner;
 use crate::plugin_source::SourceTree;
 use crate::rpc::build::BuildProgress;
@@ -49,6 +50,8 @@ pub(super) struct State {
     pub(super) outputs: Outputs,
     /// Line ends counted in objects read by reference, for plugins that need line numbers.
     pub(super) line_counts: crate::input::reference::LineCounts,
+    /// The calls that run at once (one per executor thread), and those waiting for a slot.
+    pub(super) slots: Slots,
 }
 
 /// The current registration with the controller, and the connection to it.
@@ -93,6 +96,7 @@ impl State {
     pub(super) fn new(builder: Builder, executor: ExecutorConfig, metrics: WorkerMetrics) -> State {
         State {
             builder,
+            slots: Slots::new(executor.threads, metrics.calls_waited.clone()),
             executor,
             link: Mutex::new(Link::default()),
             link_changed: watch::channel(0).0,
