@@ -338,7 +338,10 @@ fn a_straggler_is_overtaken_by_a_speculative_copy_on_another_worker() {
 fn a_straggler_on_a_lone_worker_is_copied_into_its_free_slot() {
     let cluster = Cluster::start_unconfined(1);
     let status = straggler_job(&cluster, &[], 60_000);
-    assert_eq!((status["speculative"].as_u64(), status["speculative_won"].as_u64()), (Some(1), Some(1)), "{status:#}");
+    // The straggler holds one of the worker's slots while the job runs on: calls waiting there
+    // for the other may straggle too and get copies of their own (speculation during the job).
+    assert!(status["speculative"].as_u64() >= Some(1), "{status:#}");
+    assert!(status["speculative_won"].as_u64() >= Some(1), "{status:#}");
     // Not a speed figure: the straggler sleeps 60 s, so a job that ended before it woke did not
     // wait for it, however slow the machine (a 20 s bound failed at load 14).
     assert!(run_time(&status) < Duration::from_secs(50), "the job waited for the straggler: {status:#}");

@@ -519,3 +519,37 @@ fn a_result_asked_for_while_the_controller_restarts_is_read_once_it_is_back() {
     let result = runtime.block_on(reading).unwrap().expect("the result is read once the controller is back");
     assert_eq!(serde_json::from_str::<Value>(&result).unwrap(), expected_pieces(n_chunks));
 }
+
+#[test]
+fn a_gray_worker_s_chunks_are_copied_while_the_job_runs_and_the_worker_stays_in_use() {
+    let (cluster, linked) = linked_cluster();
+    let gray = &linked[0];
+    // Every answer of the gray worker comes 1.5 s late: its chunks run far beyond the others'
+    // times (100 ms), but it stays registered.
+    gray.delay_sending(Duration::from_millis(1500));
+    let n_chunks = 150;
+    let input = write_lines(cluster.dir.path(), n_chunks);
+    let job = cluster.submit_detached(
+        &fixture("ordered"),
+        &input,
+        &job_flags(100).iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    let first_copy = cluster.wait_status(job, JOB_TIMEOUT, |status| {
+        let ended = matches!(status["state"].as_str(), Some("Succeeded" | "Failed" | "Cancelled"));
+        status["speculative"].as_u64() >= Some(1) || ended
+    });
+    assert!(first_copy["speculative"].as_u64() >= Some(1), "no copy while the job ran: {first_copy:#}");
+    // Chunks done and every copy running, counted once each, still leave chunks queued: the
+    // copy started during the job, not at its tail.
+    let running: u64 = first_copy["workers"].as_array().unwrap().iter().map(|w| w["in_flight"].as_u64().unwrap()).sum();
+    let done = first_copy["chunks_done"].as_u64().unwrap();
+    assert!(done + running < n_chunks as u64, "a copy started while chunks were queued: {first_copy:#}");
+
+    check(&cluster, job, n_chunks);
+    let status = cluster.status(job);
+    let gray_status = status["workers"].as_array().unwrap().iter().find(|w| w["address"] == gray.address().as_str());
+    let gray_status = gray_status.unwrap_or_else(|| panic!("the gray worker got calls: {status:#}"));
+    assert_eq!(gray_status["lost"], false, "the gray worker was never lost: {status:#}");
+    assert!(status["speculative"].as_u64() >= Some(1), "{status:#}");
+    wait_registered(&cluster, &gray.address(), Duration::from_secs(1));
+}

@@ -14,8 +14,8 @@
 //! batch of consecutive chunks when they are small (`batch`), and only when the head
 //! job has no queued chunk left may the next job use free slots. Merging complete groups comes
 //! before new chunks; a retried chunk goes to a worker it has not failed on when one exists.
-//! When no job has a queued chunk left, slots still free may run speculative copies of slow
-//! chunks (`speculation`).
+//! Before queued chunks, free slots run speculative copies of chunks running far beyond their
+//! job's others (`speculation`), while the job runs and not only at its tail.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -47,27 +47,23 @@ pub(super) fn plan(state: &mut State) -> Vec<Action> {
     if ready.is_empty() {
         return actions;
     }
-    plan_jobs(state, &mut ready, &mut actions);
-    // Speculative copies only take slots that no queued chunk of any job wants.
-    if state.nothing_queued() {
-        let now = Instant::now();
-        let mut next_speculation = None;
-        for job_id in state.run_queue() {
-            let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
-            if job.state().is_final() {
-                continue;
-            }
-            ready.sort_by_key(|id| (workers.load(*id), *id));
-            if let Some(due) = speculate(job, workers, &ready, now, &mut actions) {
-                next_speculation = Some(next_speculation.map_or(due, |next: Instant| next.min(due)));
-            }
+    // Copies of stragglers first: a chunk running far beyond the others' times holds back its
+    // whole job, so a slot that frees goes to its copy before queued chunks.
+    let (now, prefetch) = (Instant::now(), state.prefetch());
+    let mut next_speculation = None;
+    for job_id in state.run_queue() {
+        let Some((job, workers)) = state.job_and_workers(job_id) else { continue };
+        if job.state().is_final() {
+            continue;
         }
-        state.set_next_speculation(next_speculation);
-        // Chunks that waited behind a straggler in its batch are queued again: send them now.
-        if !state.nothing_queued() {
-            plan_jobs(state, &mut ready, &mut actions);
+        ready.sort_by_key(|id| (workers.load(*id), *id));
+        if let Some(due) = speculate(job, workers, &ready, (now, prefetch), &mut actions) {
+            next_speculation = Some(next_speculation.map_or(due, |next: Instant| next.min(due)));
         }
     }
+    state.set_next_speculation(next_speculation);
+    // Then queued chunks, with those that waited behind a straggler in its batch.
+    plan_jobs(state, &mut ready, &mut actions);
     actions
 }
 

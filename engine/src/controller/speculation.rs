@@ -1,41 +1,45 @@
 //! Speculative execution: a copy of a chunk that runs far longer than the job's others.
 //!
 //! A straggler (a slow disk, a busy host, a plugin stuck on one chunk's first attempt) holds
-//! back the whole job. When nothing is queued in any job, a running chunk that has taken more
-//! than [`SPECULATION_FACTOR`] times its job's median chunk time (and at least
-//! [`SPECULATION_MIN_AGE`]), once `SPECULATION_MIN_DONE` (in `state::timings`) chunks of the
-//! job have completed, gets one copy on a free slot: on another worker than the original where
-//! one is ready, on the same worker only when no other can run the job. The first partial
-//! stored wins (the store keeps exactly one per chunk), and the other copy's call is
-//! cancelled. Jobs with `speculative: false` in their spec are left alone.
+//! back the whole job. While the job runs (not only at its tail, once nothing is queued), a
+//! running chunk that has taken more than [`SPECULATION_FACTOR`] times its job's median chunk
+//! time (and at least `SPECULATION_MIN_AGE`), once `SPECULATION_MIN_DONE` (both in
+//! `state::timings`) chunks of the job have completed, gets one copy on a free slot, before
+//! queued chunks take it: on another worker than the original where one is ready, on the same
+//! worker only when no other can run the job. The first partial stored wins (the store keeps
+//! exactly one per chunk). The other copy is not cancelled: its worker's executor would go on
+//! with it anyway, so its call keeps its slot until it answers (on the worker too,
+//! `worker/service/slots.rs`), and its partial is dropped as a duplicate; the job's end cancels
+//! it. A slow ("gray") worker thus keeps getting work as its slots free, in proportion to its
+//! speed. Jobs with `speculative: false` in their spec are left alone.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use tracing::info;
 
 use super::action::Action;
 use super::state::job::{Job, Prep};
+use super::state::timings::SPECULATION_MIN_AGE;
 use super::state::workers::Workers;
 use crate::rpc::{JobState, WorkerId};
 
 /// How many times its job's median chunk time a chunk must have run to get a copy.
 pub(super) const SPECULATION_FACTOR: u32 = 3;
 
-/// The least a chunk must have run to get a copy: below this, a copy costs more in transfer
-/// and start-up than waiting, and scheduling jitter on a loaded host looks like straggling.
-pub(super) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
-
 /// Starts speculative copies of the job's stragglers on free slots. A straggler carried in a
 /// batch is the first chunk of its call still needed (the others wait behind it there): it is
 /// copied alone, and the chunks behind it go back to the queue to run elsewhere as usual,
 /// while the call goes on (the first partial stored wins). Answers when the next running chunk
-/// will become a straggler, so the scheduler looks again then.
+/// will become a straggler, so the scheduler looks again then. While the job has queued
+/// chunks, a worker's slot for a copy is any place a call could be sent, the `prefetch` calls
+/// per slot ahead included (its slots are full then, and stay so, since calls are sent ahead):
+/// the copy takes the place of the next queued chunk there.
 pub(super) fn speculate(
     job: &mut Job,
     workers: &mut Workers,
     ready: &[WorkerId],
-    now: Instant,
+    (now, prefetch): (Instant, u32),
     actions: &mut Vec<Action>,
 ) -> Option<Instant> {
     let (stragglers, next_check) = stragglers(job, now);
@@ -45,7 +49,9 @@ pub(super) fn speculate(
     for index in stragglers {
         let chunk = &job.chunks[index as usize];
         let original = chunk.running[0].worker;
-        let has_slot = |id: WorkerId| workers.get(id).is_some_and(|w| w.slots_used() < job.slots_on(w));
+        let per_slot = if job.queue.is_empty() { 1 } else { 1 + prefetch };
+        let has_slot =
+            |id: WorkerId| workers.get(id).is_some_and(|w| w.slots_used() < job.slots_on(w).saturating_mul(per_slot));
         let Some(target) = copy_target(original, &chunk.failed_on, &able, has_slot) else { continue };
         let Some(worker) = workers.get_mut(target) else { continue };
         let meta = chunk.meta;
@@ -78,7 +84,7 @@ pub(super) fn speculate(
 /// The job's chunks that deserve a copy now, the slowest first, and when the next running
 /// chunk will (if nothing changes).
 fn stragglers(job: &mut Job, now: Instant) -> (Vec<u64>, Option<Instant>) {
-    if !job.spec.speculative || job.state() != JobState::Running || !job.queue.is_empty() {
+    if !job.spec.speculative || job.state() != JobState::Running {
         return (Vec::new(), None);
     }
     if let Some(quiet_until) = job.times.quiet_until().filter(|until| now < *until) {
@@ -141,6 +147,8 @@ fn copy_target(
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use crate::controller::state::chunk::RunningCopy;
     use crate::controller::state::job::tests::job;
@@ -181,17 +189,22 @@ mod tests {
     }
 
     #[test]
-    fn a_scan_that_found_no_straggler_waits_for_the_first_due_unless_copies_start() {
+    fn a_scan_that_found_no_straggler_waits_for_the_first_due_and_new_copies_cannot_come_sooner_than_the_floor() {
         let started = Instant::now();
         let mut job = running_job(5, started);
         let (slow, next) = stragglers(&mut job, started + Duration::from_millis(500));
         assert_eq!((slow, next), (Vec::new(), Some(started + SPECULATION_MIN_AGE)));
-        // A copy the last scan did not see, running for long already.
-        let long_ago = started.checked_sub(Duration::from_secs(10)).expect("the clock has run for 10 s");
-        job.chunks[3].running[0].since = long_ago;
-        assert!(stragglers(&mut job, started + Duration::from_millis(600)).0.is_empty(), "quiet until then");
-        job.times.copies_started();
-        assert_eq!(stragglers(&mut job, started + Duration::from_millis(600)).0, vec![3]);
+        // A copy starting meanwhile cannot straggle before the floor from its start.
+        job.times.copies_started(started + Duration::from_millis(600));
+        assert_eq!(job.times.quiet_until(), Some(started + SPECULATION_MIN_AGE));
+        assert!(stragglers(&mut job, started + Duration::from_millis(900)).0.is_empty(), "quiet until then");
+        assert_eq!(stragglers(&mut job, started + Duration::from_millis(1100)).0, vec![3, 4]);
+
+        // Quiet for long (the first copy due far ahead), new copies bring the next scan forward
+        // to their floor.
+        job.times.quiet(started + Duration::from_secs(10));
+        job.times.copies_started(started);
+        assert_eq!(job.times.quiet_until(), Some(started + SPECULATION_MIN_AGE));
     }
 
     #[test]
@@ -218,12 +231,13 @@ mod tests {
     }
 
     #[test]
-    fn no_copy_while_chunks_are_queued_before_a_median_or_when_the_job_says_no() {
+    fn copies_start_while_chunks_are_queued_but_not_before_a_median_or_when_the_job_says_no() {
         let started = Instant::now();
         let late = started + Duration::from_secs(10);
         let mut queued = running_job(5, started);
+        queued.chunks[4].running.clear();
         queued.queue.insert(4);
-        assert!(stragglers(&mut queued, late).0.is_empty());
+        assert_eq!(stragglers(&mut queued, late).0, vec![3], "during the job, not only at its tail");
         let mut off = running_job(5, started);
         off.spec.speculative = false;
         assert!(stragglers(&mut off, late).0.is_empty());

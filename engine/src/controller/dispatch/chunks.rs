@@ -5,8 +5,10 @@
 //! attempt (retried, elsewhere when possible, until the job's `max_attempts`), an interruption
 //! or a lost worker (queued again without an attempt), or the end of the job. The partials are
 //! then stored in one transaction (the first one stored for a chunk wins), and only then, under
-//! the lock again, do their chunks count as done and their other copies get cancelled, unless
-//! a copy's call carries other chunks still needed. Each step publishes the job's status once.
+//! the lock again, do their chunks count as done. Other copies of those chunks are not
+//! cancelled: a worker's executor goes on with a call whatever the controller does, so the
+//! call keeps its slot until it answers, and its partials are dropped as duplicates. Each step
+//! publishes the job's status once.
 
 use std::collections::HashMap;
 use std::os::unix::fs::FileExt;
@@ -322,8 +324,8 @@ fn charge(
     verdicts.retried.push((index, attempts));
 }
 
-/// Stores the call's partials in one transaction, then counts their chunks done and cancels
-/// their other copies whose calls carry nothing else still needed.
+/// Stores the call's partials in one transaction, then counts their chunks done (their other
+/// copies run on to their answers, holding their slots).
 async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, answered: Vec<Answered>) {
     let partials: Vec<NewPartial<'_>> = answered
         .iter()
@@ -349,7 +351,8 @@ async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, ans
             if job.chunks.get(index as usize).is_none_or(|chunk| chunk.done) {
                 continue;
             }
-            job.cancel_copies(index);
+            // Its other copies run on: their executors do not stop for a cancelled call, so
+            // their slots stay counted until they answer (their partials are then dropped).
             job.count_done(index, Some(worker_id));
             debug!(job = job_id, chunk = index, worker = worker_id, "chunk done");
             if copy.is_some_and(|copy| copy.speculative) {

@@ -398,7 +398,7 @@ impl Job {
                 chunk.running.push(copy.clone());
             }
         }
-        self.times.copies_started();
+        self.times.copies_started(copy.since);
         let n_chunks = u32::try_from(batch.len()).unwrap_or(u32::MAX);
         worker.take_slot(n_chunks);
         self.progress_of(worker_id, &worker.info().address).in_flight += n_chunks;
@@ -477,22 +477,6 @@ impl Job {
             }
         }
         changed
-    }
-
-    /// Abandons the copies of a chunk still running whose calls carry no other chunk still
-    /// needed: those calls are cancelled, which frees their slots when they return. A call
-    /// carrying other chunks goes on, and its late partial for this one is dropped.
-    pub fn cancel_copies(&self, index: u64) {
-        let Some(chunk) = self.chunks.get(index as usize) else { return };
-        for copy in &chunk.running {
-            let needed = copy
-                .batch
-                .iter()
-                .any(|&other| other != index && self.chunks.get(other as usize).is_some_and(|c| !c.done && !c.storing));
-            if !needed {
-                copy.cancel.notify_one();
-            }
-        }
     }
 
     /// Changes the job's state, logging it; publishing is the caller's.

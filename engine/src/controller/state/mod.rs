@@ -113,11 +113,6 @@ impl State {
         &mut self.workers
     }
 
-    /// Whether no job in the queue has a chunk waiting for a worker.
-    pub fn nothing_queued(&self) -> bool {
-        self.run_queue.iter().all(|id| self.jobs.get(id).is_none_or(|job| job.queue.is_empty()))
-    }
-
     /// Asks for a job to be released on a worker, if the worker is live.
     pub fn release_later(&mut self, worker_id: WorkerId, job_id: JobId) {
         if self.workers.contains(worker_id) {

@@ -8,6 +8,11 @@ use std::time::{Duration, Instant};
 /// median means anything.
 pub(in crate::controller) const SPECULATION_MIN_DONE: usize = 3;
 
+/// The least a chunk must have run to get a speculative copy: below this, a copy costs more in
+/// transfer and start-up than waiting, and scheduling jitter on a loaded host looks like
+/// straggling.
+pub(in crate::controller) const SPECULATION_MIN_AGE: Duration = Duration::from_secs(1);
+
 /// How long the completed chunks of a job took, with their median, the recent pace per chunk
 /// that sizes batches (`batch`), and until when no running chunk can become a straggler.
 #[derive(Debug, Default)]
@@ -35,10 +40,13 @@ impl ChunkTimes {
         self.pace
     }
 
-    /// New copies started: a scan for stragglers may find something sooner than the last one
-    /// said.
-    pub fn copies_started(&mut self) {
-        self.quiet_until = None;
+    /// New copies started now: none of them can straggle before [`SPECULATION_MIN_AGE`], so a
+    /// scan for stragglers may find something sooner than the last one said, but not before
+    /// then. (Copies start at every dispatch while a job runs: scanning at each would cost a
+    /// pass over the job's chunks per call.)
+    pub fn copies_started(&mut self, now: Instant) {
+        let earliest = now + SPECULATION_MIN_AGE;
+        self.quiet_until = self.quiet_until.map(|until| until.min(earliest));
     }
 
     /// Until when the last scan for stragglers said none can appear, unless copies start.
