@@ -29,10 +29,15 @@
 //! - [`local`]: `kiln run-local`, a whole job on this machine: a cluster of one, through the
 //!   worker's runner and the job's rules, without RPC.
 //! - [`client`]: the client library: submit, watch, cancel and list jobs on a controller.
+//!
+//! Beside them, not an API: `fuzzing`, the checks behind the fuzz targets in `fuzz/`, which
+//! reach into any floor and which nothing imports.
 
 pub mod client;
 pub mod controller;
 pub mod errors;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod input;
 pub mod local;
 pub mod memory;

@@ -187,6 +187,9 @@ impl Walk<'_> {
                             self.emit(out_path, file)?;
                         }
                     }
+                    // A link may not bring back a directory that is left out where it stands
+                    // (`.cargo -> cfg` would make cargo honour `cfg/config.toml`).
+                    Resolved::Dir(_) if unpack::SKIPPED_DIRS.contains(&name) => {}
                     Resolved::Dir(real_dir) => {
                         let is_ancestor = real_dir.is_empty() || path.starts_with(&format!("{real_dir}/"));
                         if is_ancestor || depth >= MAX_LINK_DEPTH {

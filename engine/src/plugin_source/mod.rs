@@ -7,7 +7,9 @@
 //! [`SourceTree`] holds regular files only and nothing written from it can ever be a link that
 //! leads out of the build directory. A symlink that points outside the crate (lexically,
 //! relative to its own directory) or to an absolute path is refused; one that points to nothing
-//! is dropped, as it would dangle on the worker too.
+//! is dropped, as it would dangle on the worker too. A symlink to a directory named like one
+//! that is left out (`target`, `.git`, `.cargo`, `__MACOSX`) is left out as that directory
+//! would be: `.cargo -> cfg` must not bring a cargo configuration in.
 //!
 //! Inside, each file imports only those above it in this list: [`limits`](SourceLimits) (what a
 //! source may hold, [`SourceError`]), `unpack` (directory, `.tar.gz` and `.zip` to checked

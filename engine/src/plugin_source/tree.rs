@@ -73,6 +73,13 @@ impl SourceTree {
         SourceTree::from_unpacked(unpack::read_tar_gz(bytes, limits)?, limits)
     }
 
+    /// Reads a crate from a `.zip` held in memory, within `limits`: what
+    /// [`read_source_with_limits`] does with a `.zip` file.
+    pub fn from_zip_with_limits(bytes: &[u8], limits: &SourceLimits) -> Result<SourceTree, SourceError> {
+        let unpacked = unpack::read_zip(io::Cursor::new(bytes), bytes.len() as u64, limits)?;
+        SourceTree::from_unpacked(unpacked, limits)
+    }
+
     /// Wraps a single `lib.rs` into the plugin template: a crate named `plugin` with the
     /// template's `Cargo.toml` and the given file as `src/lib.rs`. At most [`MAX_BYTES`].
     pub fn from_single_file(lib_rs: &[u8]) -> Result<SourceTree, SourceError> {

@@ -15,7 +15,7 @@ use super::limits::{SourceError, SourceLimits};
 /// Directories left out at any depth: build output, version control, cargo configuration
 /// (which must never be honoured from an upload: it could replace the compiler or the
 /// registry), and the resource forks macOS adds to the zip files it makes.
-const SKIPPED_DIRS: [&str; 4] = ["target", ".git", ".cargo", "__MACOSX"];
+pub(super) const SKIPPED_DIRS: [&str; 4] = ["target", ".git", ".cargo", "__MACOSX"];
 
 /// Bytes of tar framing allowed per file on top of the contents: a 512-byte header, padding to
 /// 512 bytes, and long-name or pax records.

@@ -17,6 +17,7 @@ use super::capture::{Capture, CapturedOutput};
 use super::child::{describe_exit, wait_status};
 use super::protocol::{Request, Response, staged_header};
 use super::staged::StagedPartials;
+use super::utf8::Utf8Check;
 use super::{BatchOutcome, ExecError};
 
 /// How much of staged partials is read at once while streaming them to the executor.
@@ -76,53 +77,6 @@ impl PendingOutput {
                 .map_err(|e| ExecError::Output(format!("cannot write the output to its file: {e}")))
         };
         let _ = self.reply.send(outcome);
-    }
-}
-
-/// Checks that text arriving in pieces is UTF-8, a character possibly split between pieces.
-#[derive(Default)]
-pub(super) struct Utf8Check {
-    /// The start of a character that the next piece completes.
-    carry: Vec<u8>,
-}
-
-impl Utf8Check {
-    /// Takes the next piece; false once the text is not UTF-8.
-    fn take(&mut self, mut bytes: &[u8]) -> bool {
-        if !self.carry.is_empty() {
-            // At most 3 bytes wait; a character has at most 4.
-            let needed = (4 - self.carry.len()).min(bytes.len());
-            let mut joined = std::mem::take(&mut self.carry);
-            joined.extend_from_slice(&bytes[..needed]);
-            match std::str::from_utf8(&joined) {
-                Ok(_) => bytes = &bytes[needed..],
-                Err(e) if e.error_len().is_some() => return false,
-                Err(e) => {
-                    let valid = e.valid_up_to();
-                    if valid == 0 {
-                        // Still incomplete: the piece was shorter than the character.
-                        self.carry = joined;
-                        return true;
-                    }
-                    // `valid` covers the carried character; the rest of the piece comes after it.
-                    let used = valid - (joined.len() - needed);
-                    bytes = &bytes[used..];
-                }
-            }
-        }
-        match std::str::from_utf8(bytes) {
-            Ok(_) => true,
-            Err(e) if e.error_len().is_some() => false,
-            Err(e) => {
-                self.carry = bytes[e.valid_up_to()..].to_vec();
-                true
-            }
-        }
-    }
-
-    /// Whether the text ended on a whole character.
-    fn finish(&self) -> bool {
-        self.carry.is_empty()
     }
 }
 

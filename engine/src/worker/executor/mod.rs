@@ -27,6 +27,7 @@ pub mod process;
 pub mod protocol;
 mod scratch;
 pub mod staged;
+pub(crate) mod utf8;
 
 use std::collections::{HashMap, VecDeque};
 use std::os::fd::AsRawFd;
@@ -42,13 +43,13 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::calls::{
-    Pending, PendingBatch, PendingOutput, Shared, Utf8Check, collect_stderr, read_responses, write_request,
-    write_requests,
+    Pending, PendingBatch, PendingOutput, Shared, collect_stderr, read_responses, write_request, write_requests,
 };
 use self::capture::{Capture, CapturedOutput};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
 use self::protocol::{Request, Response, StartFailure};
 use self::scratch::PrivateDir;
+use self::utf8::Utf8Check;
 use crate::rules::deadlines::{DEFAULT_CALL_TIMEOUT, DEFAULT_START_TIMEOUT};
 use crate::rules::limits::size;
 

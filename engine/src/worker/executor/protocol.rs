@@ -37,6 +37,10 @@ const TAG_REFUSED: u8 = 14;
 const TAG_PIECE: u8 = 15;
 const TAG_STARTED: u8 = 16;
 
+/// How much of a frame is read before more room is made: each step at most doubles what
+/// arrived, so a frame cut short costs no more than twice what was sent (or this).
+const FIRST_READ_BYTES: usize = 1 << 20;
+
 /// The largest piece of an aggregate's output in one `Piece` frame: the supervisor holds one
 /// at a time.
 pub const OUTPUT_PIECE_BYTES: usize = 1 << 20;
@@ -279,8 +283,17 @@ fn read_frame<R: Read>(input: &mut R) -> io::Result<Option<(u8, Body)>> {
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(invalid(format!("frame length {len} out of range")));
     }
-    let mut frame = vec![0u8; len as usize];
-    input.read_exact(&mut frame)?;
+    // The room grows with the bytes that arrive, not with what the header announces: an
+    // executor runs plugin code, which may write anything on its pipe.
+    let len = usize::try_from(len).map_err(|_| invalid(format!("frame length {len} out of range")))?;
+    let mut frame = Vec::new();
+    while frame.len() < len {
+        let start = frame.len();
+        let step = (len - start).min(start.max(FIRST_READ_BYTES));
+        frame.reserve_exact(step);
+        frame.resize(start + step, 0);
+        input.read_exact(&mut frame[start..])?;
+    }
     let frame = Bytes::from(frame);
     Ok(Some((frame[0], Body { bytes: frame.slice(1..) })))
 }

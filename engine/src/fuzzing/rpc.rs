@@ -1,0 +1,149 @@
+//! RPC messages as they come off a connection: length-delimited frames, read by a server under
+//! the pre-authentication gate or by a client, then decoded by tarpc's bincode format.
+
+use std::pin::Pin;
+
+use bytes::BytesMut;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tarpc::tokio_serde::formats::Bincode;
+use tarpc::tokio_serde::{Deserializer, Serializer};
+use tokio_util::codec::{Decoder, LengthDelimitedCodec};
+
+use super::Choices;
+use crate::rpc::pieces::max_frame_bytes;
+use crate::rpc::{ControllerRequest, ControllerResponse, WorkerRequest, WorkerResponse};
+use crate::tls::gate::{Gate, GatedCodec, PRE_AUTH_FRAME_BYTES};
+
+/// The largest piece the connection is read in here (a TLS record is at most 16 KiB).
+const MAX_PIECE: usize = 255 * 16;
+
+/// The most a closed gate's connection may hold however large a frame it announces: a frame
+/// within the limit and the piece being read, with room for the buffer's growth.
+const PRE_AUTH_HOLD: usize = 4 * (PRE_AUTH_FRAME_BYTES + 4 + MAX_PIECE);
+
+/// Which side reads the frames, and what they hold.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The controller serving clients and workers.
+    ControllerServer,
+    /// A worker serving the controller.
+    WorkerServer,
+    /// A client or worker reading the controller's answers.
+    ControllerClient,
+    /// The controller reading a worker's answers.
+    WorkerClient,
+}
+
+/// Feeds the payload to a connection's frame decoder in pieces of a chosen size, as one side
+/// of the RPC reads it, and decodes each frame as that side's messages. A server reads under a
+/// closed gate, which the choices may open after some frames (as a call that passed its
+/// credential check does): while closed, no frame may be larger than the pre-authentication
+/// limit and the buffer may never grow with what a frame's header announces. A message that
+/// decodes must encode to bytes that decode to it again (a call's deadline aside).
+pub fn rpc_frames(data: &[u8]) {
+    let mut choices = Choices::new(data);
+    let side = [Side::ControllerServer, Side::WorkerServer, Side::ControllerClient, Side::WorkerClient]
+        [usize::from(choices.byte() % 4)];
+    let open_after = choices.byte();
+    let piece = choices.between_1_and(255) * 16;
+    let input = choices.rest();
+    let gate = Gate::closed(());
+    let server = matches!(side, Side::ControllerServer | Side::WorkerServer);
+    let mut codec = Framing::new(server, gate.clone());
+    let mut buffer = BytesMut::new();
+    let mut frames = 0usize;
+    for (k, bytes) in input.chunks(piece).enumerate() {
+        buffer.extend_from_slice(bytes);
+        let at_end = (k + 1) * piece >= input.len();
+        loop {
+            let closed = server && !gate.is_open();
+            let decoded = if at_end { codec.decode_eof(&mut buffer) } else { codec.decode(&mut buffer) };
+            if closed {
+                assert!(buffer.capacity() <= PRE_AUTH_HOLD, "{} bytes held before authentication", buffer.capacity());
+            }
+            let frame = match decoded {
+                Ok(Some(frame)) => frame,
+                // Waits for more, or the connection is closed.
+                Ok(None) | Err(_) => break,
+            };
+            if closed {
+                assert!(frame.len() <= PRE_AUTH_FRAME_BYTES, "a frame of {} bytes before authentication", frame.len());
+            }
+            assert!(frame.len() <= max_frame_bytes(), "a frame of {} bytes", frame.len());
+            let message = match side {
+                Side::ControllerServer => request::<ControllerRequest>(&frame),
+                Side::WorkerServer => request::<WorkerRequest>(&frame),
+                Side::ControllerClient => answer::<ControllerResponse>(&frame),
+                Side::WorkerClient => answer::<WorkerResponse>(&frame),
+            };
+            frames += 1;
+            if message && frames > usize::from(open_after) {
+                gate.open();
+            }
+        }
+    }
+}
+
+/// The frame decoder of a server (gated) or of a client (the link's limit).
+enum Framing {
+    Server(GatedCodec),
+    Client(LengthDelimitedCodec),
+}
+
+impl Framing {
+    fn new(server: bool, gate: Gate) -> Framing {
+        if server {
+            Framing::Server(GatedCodec::new(gate))
+        } else {
+            Framing::Client(LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes()).new_codec())
+        }
+    }
+
+    fn decode(&mut self, buffer: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        match self {
+            Framing::Server(codec) => codec.decode(buffer),
+            Framing::Client(codec) => codec.decode(buffer),
+        }
+    }
+
+    fn decode_eof(&mut self, buffer: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
+        match self {
+            Framing::Server(codec) => codec.decode_eof(buffer),
+            Framing::Client(codec) => codec.decode_eof(buffer),
+        }
+    }
+}
+
+/// Decodes a frame as tarpc decodes a call; whether it decoded. A call's context carries its
+/// deadline as a time from now, which moves between two encodings; what it asks must not.
+fn request<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
+    let Some(message) = decode::<tarpc::ClientMessage<T>>(frame) else { return false };
+    decode::<tarpc::ClientMessage<T>>(&encode(&message)).expect("an encoded call decodes");
+    if let tarpc::ClientMessage::Request(call) = &message {
+        check_round_trip(&call.message);
+    }
+    true
+}
+
+/// Decodes a frame as tarpc decodes an answer; whether it decoded.
+fn answer<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
+    let Some(message) = decode::<tarpc::Response<T>>(frame) else { return false };
+    check_round_trip(&message);
+    true
+}
+
+fn decode<T: Serialize + DeserializeOwned + Unpin>(frame: &[u8]) -> Option<T> {
+    Pin::new(&mut Bincode::<T, T>::default()).deserialize(&BytesMut::from(frame)).ok()
+}
+
+fn encode<T: Serialize + DeserializeOwned + Unpin>(message: &T) -> bytes::Bytes {
+    Pin::new(&mut Bincode::<T, T>::default()).serialize(message).expect("encoding a decoded message")
+}
+
+/// What decoded encodes to bytes that decode and encode to the same bytes again.
+fn check_round_trip<T: Serialize + DeserializeOwned + Unpin>(message: &T) {
+    let encoded = encode(message);
+    let again = decode::<T>(&encoded).expect("an encoded message decodes");
+    assert_eq!(encoded, encode(&again), "a message changes across the wire");
+}
