@@ -19,8 +19,8 @@ pub mod build;
 pub mod input;
 pub mod logs;
 pub mod pieces;
+mod secret;
 
-use std::fmt;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -28,6 +28,7 @@ use serde_bytes::ByteBuf;
 
 use self::input::ChunkSpan;
 use self::pieces::ResultPiece;
+pub use self::secret::Secret;
 
 /// The version of this protocol; a worker of another version is refused at registration.
 /// Version 2: `prepare` carries the job's [`ExecLimits`]; [`TaskError::Interrupted`].
@@ -62,45 +63,6 @@ pub type JobId = u64;
 
 /// A worker's number on its controller, given at registration.
 pub type WorkerId = u64;
-
-/// A secret: API key, join token or worker secret. Compared in constant time, never printed.
-#[derive(Clone, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(transparent)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret's text.
-    pub fn new(text: impl Into<String>) -> Self {
-        Secret(text.into())
-    }
-
-    /// A new random secret: 32 bytes from the OS's generator, hex-encoded.
-    pub fn generate() -> Self {
-        let bytes: [u8; 32] = rand::random();
-        Secret(bytes.iter().map(|b| format!("{b:02x}")).collect())
-    }
-
-    /// The secret's text, for storing or sending; never log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// Compares in time that depends only on the lengths, so a guess learns nothing from
-    /// how long the answer took.
-    pub fn matches(&self, other: &Secret) -> bool {
-        let (a, b) = (self.0.as_bytes(), other.0.as_bytes());
-        if a.len() != b.len() {
-            return false;
-        }
-        a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(<redacted>)")
-    }
-}
 
 /// Why a call failed.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, thiserror::Error)]

@@ -7,7 +7,6 @@
 use std::io;
 use std::path::Path;
 
-use super::store::StoreError;
 use crate::rpc::RpcError;
 
 /// Whether an I/O error means the disk (or the user's quota on it) is full.
@@ -27,11 +26,6 @@ pub(super) fn no_space(data_dir: &Path, doing: &str) -> RpcError {
 /// An I/O error while `doing`: a full disk said as such, anything else as an internal error.
 pub(super) fn io_refusal(data_dir: &Path, doing: &str, error: &io::Error) -> RpcError {
     if is_full(error) { no_space(data_dir, doing) } else { RpcError::Internal(format!("{doing}: {error}")) }
-}
-
-/// A failed query while `doing`: a full disk said as such, anything else as an internal error.
-pub(super) fn store_refusal(data_dir: &Path, doing: &str, error: &StoreError) -> RpcError {
-    if error.is_full() { no_space(data_dir, doing) } else { RpcError::Internal(error.to_string()) }
 }
 
 #[cfg(test)]

@@ -206,7 +206,7 @@ impl Controller for ControllerService {
             }
         }
         let recorded = self.shared.store.add_plugin(&hash, packed.len() as u64, now_ms()).await;
-        recorded.map_err(|e| disk::store_refusal(data_dir, "recording the plugin", &e))?;
+        recorded.map_err(|e| e.refusal(data_dir, "recording the plugin"))?;
         info!(hash = %hash, bytes = packed.len(), "plugin stored");
         Ok(hash)
     }
@@ -223,7 +223,7 @@ impl Controller for ControllerService {
         }
         let data_dir = &self.shared.data_dir;
         let inserted = self.shared.store.insert_job(&spec, created_ms).await;
-        let job_id = inserted.map_err(|e| disk::store_refusal(data_dir, "recording a new job", &e))?;
+        let job_id = inserted.map_err(|e| e.refusal(data_dir, "recording a new job"))?;
         let path = self.shared.input_path(job_id);
         if let Err(e) = tokio::fs::File::create(&path).await {
             let refusal = disk::io_refusal(data_dir, &format!("creating the input file of job {job_id}"), &e);

@@ -20,7 +20,9 @@ mod output;
 
 use super::ControllerError;
 use crate::rpc::build::BuildProgress;
-use crate::rpc::{JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, UnknownJobState, WorkerProgress};
+use crate::rpc::{
+    JobFailure, JobId, JobSpec, JobState, JobStatus, JobSummary, RpcError, UnknownJobState, WorkerProgress,
+};
 
 /// Connections in the pool: SQLite serialises writers anyway; a few let reads (status, list,
 /// partials for aggregation) proceed beside a write.
@@ -51,6 +53,15 @@ impl StoreError {
             }
             StoreError::Query { source: sqlx::Error::Io(e), .. } => super::disk::is_full(e),
             _ => false,
+        }
+    }
+
+    /// What a client is told when this query failed while `doing`: a full disk said as such
+    /// (naming `data_dir`), anything else as an internal error.
+    pub(crate) fn refusal(&self, data_dir: &Path, doing: &str) -> RpcError {
+        match self.is_full() {
+            true => super::disk::no_space(data_dir, doing),
+            false => RpcError::Internal(self.to_string()),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Unit tests of how job commands word a job: counts, progress, status and summary.
 
-use super::*;
+use super::text::*;
+use kiln_engine::rpc::JobStatus;
 
 #[test]
 fn counts_read_as_english() {

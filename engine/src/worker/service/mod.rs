@@ -24,6 +24,7 @@ mod registrar;
 mod round_trip;
 mod slots;
 mod state;
+mod warm;
 
 use std::collections::HashMap;
 use std::io;
@@ -39,7 +40,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use self::metrics::{BuildLabels, WorkerMetrics};
+use self::metrics::WorkerMetrics;
 use self::registrar::Registrar;
 use self::state::{State, lock};
 use crate::input::reference;
@@ -55,7 +56,7 @@ use crate::tls::ca::WorkerKey;
 use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
-use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig, Warmed};
+use crate::worker::builder::{BuildError, Builder, BuilderConfig};
 use crate::worker::executor::{ChunkText, ExecutorConfig, Partials};
 use crate::worker::runner::AggregateError;
 
@@ -268,7 +269,7 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
     if let Some(owner) = config.warm_owner.clone() {
         // Beside registration, not before it: the worker takes jobs at once, and a build that
         // comes meanwhile waits on the owner's build lock, then finds the dependencies compiled.
-        tasks.spawn(warm(builder, owner, metrics));
+        tasks.spawn(warm::warm(builder, owner, metrics));
     }
     tasks.spawn(serve(listener, key.is_some(), WorkerServer { state: Arc::clone(&state), gate: Gate::opened() }));
     let registrar = Registrar {
@@ -293,33 +294,6 @@ pub async fn start(config: WorkerConfig) -> Result<RunningWorker, WorkerError> {
         state,
         metrics: metrics_endpoint,
     })
-}
-
-/// Compiles the plugin template's dependencies for `owner` ([`Builder::warm`]), logging cargo's
-/// lines like a job's build and counting the outcome.
-async fn warm(builder: Builder, owner: Owner, metrics: WorkerMetrics) {
-    let started = std::time::Instant::now();
-    tracing::info!(%owner, "compiling the plugin template's dependencies in the background");
-    let progress = |event: BuildEvent<'_>| {
-        if let BuildEvent::Line(line) = event {
-            tracing::info!(target: "kiln::build", "{line}");
-        }
-    };
-    let outcome = match builder.warm(&owner, &progress).await {
-        Ok(Warmed::Built) => {
-            tracing::info!(%owner, elapsed = ?started.elapsed(), "plugin template's dependencies compiled");
-            "built"
-        }
-        Ok(Warmed::AlreadyWarm) => {
-            tracing::info!(%owner, "plugin template's dependencies compiled already");
-            "already"
-        }
-        Err(error) => {
-            tracing::warn!(%owner, "cannot compile the plugin template's dependencies ahead of jobs: {error}");
-            "failed"
-        }
-    };
-    metrics.warm_builds.get_or_create(&BuildLabels { outcome }).inc();
 }
 
 /// Accepts connections with limits per peer and per connection; each connection is served in
