@@ -44,8 +44,9 @@ fn a_worker_that_joins_mid_job_receives_chunks() {
     let first = cluster.add_worker(1);
     let text = numbered_lines(20_000);
     let input = write_input(cluster.dir.path(), "lines.txt", &text);
-    // Every chunk sleeps 150 to 300 ms, so one worker alone would take several seconds.
-    let params = slow_params(20_000, 500, 150);
+    // Every chunk sleeps 400 to 800 ms, so one worker alone takes about 16 s: time enough for
+    // the late worker to start, register and build the plugin on a busy machine.
+    let params = slow_params(20_000, 500, 400);
 
     let job = cluster.submit_detached(&fixture("misbehave"), &input, &["--params", &params, "--chunk-size", CHUNK]);
     let status = cluster.wait_status(job, JOB_TIMEOUT, |status| status["chunks_done"].as_u64() >= Some(2));
