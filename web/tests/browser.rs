@@ -476,6 +476,7 @@ async fn a_users_account_runs_and_pages_hold_up_in_the_browser_and_on_a_phone() 
     let heading = client.find(Locator::Css("main h1")).await.expect("a heading").text().await.unwrap();
     assert_eq!(heading, "404 · Not Found");
     assert_eq!(text_of(&client, "current-user").await, "me@example.com", "in the site's layout");
+    kiln_engine::tls::install_process_provider();
     let missing = reqwest::get(format!("{base}/no/such/page")).await.expect("a response");
     assert_eq!(missing.status(), reqwest::StatusCode::NOT_FOUND);
     for header in ["content-security-policy", "x-frame-options", "x-content-type-options", "referrer-policy"] {

@@ -63,6 +63,7 @@ impl Prometheus {
     /// The vector an instant query answers, once it has at least one sample for which `ok`
     /// holds; fails the test after [`PROMETHEUS_TIMEOUT`].
     async fn query_until(&self, query: &str, ok: impl Fn(f64) -> bool) -> Vec<serde_json::Value> {
+        kiln_engine::tls::install_process_provider();
         let client = reqwest::Client::new();
         let deadline = Instant::now() + PROMETHEUS_TIMEOUT;
         let mut last = String::new();
@@ -166,6 +167,7 @@ async fn prometheus_scrapes_the_controller_a_worker_and_the_web_app_during_a_run
     prometheus.query_until("process_resident_memory_bytes{job=\"worker\"}", |bytes| bytes > 0.0).await;
 
     // Every family kiln-web exposes is documented.
+    kiln_engine::tls::install_process_provider();
     let scrape = reqwest::get(format!("http://{}/metrics", web.web.metrics_addr().expect("an address")))
         .await
         .expect("a scrape")

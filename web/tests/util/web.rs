@@ -104,6 +104,8 @@ impl Browser {
     /// A browser with an empty cookie jar.
     pub fn new(base: &str) -> Browser {
         let jar = Arc::new(Jar::default());
+        // reqwest's rustls takes the process's crypto provider (the engine compiles no other).
+        kiln_engine::tls::install_process_provider();
         let client = reqwest::Client::builder()
             .cookie_provider(Arc::clone(&jar))
             .redirect(reqwest::redirect::Policy::none())
