@@ -102,6 +102,9 @@ pub struct Bench {
     flags: String,
 }
 
+/// A section of the report: what chooses it, its name for `--only`, and what measures it.
+type Section = (Measure, &'static str, fn(&Bench, &mut Report) -> anyhow::Result<()>);
+
 pub fn run(args: &Args) -> anyhow::Result<()> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().context("xtask has a parent")?.to_path_buf();
     let started = Instant::now();
@@ -147,48 +150,64 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
 
     let wanted = |measure: Measure| args.only.is_empty() || args.only.contains(&measure);
     let mut report = Report::new(&bench, &at_start)?;
-    let memory = match wanted(Measure::WordCount) {
-        true => {
-            let baseline = measures::word_count(&bench, &mut report)?;
-            Some(cluster_measures::word_count(&bench, &mut report, &baseline)?)
+    // A section that fails is reported in place and the run goes on: one broken measure
+    // must not throw away the half hour of figures the others took.
+    let mut failed: Vec<&'static str> = Vec::new();
+    let mut settle = |report: &mut Report, name: &'static str, result: anyhow::Result<()>| {
+        if let Err(error) = result {
+            eprintln!("bench section {name} failed: {error:#}");
+            report.paragraph(&format!(
+                "**This section failed:** {error:#}. Rerun it alone with `cargo xtask bench --only {name} \
+                 --output /tmp/{name}.md` once the cause is fixed."
+            ));
+            failed.push(name);
         }
-        false => None,
     };
-    if wanted(Measure::Tiny) {
-        cluster_measures::tiny_jobs(&bench, &mut report)?;
+    let mut memory = None;
+    if wanted(Measure::WordCount) {
+        let result = measures::word_count(&bench, &mut report)
+            .and_then(|baseline| cluster_measures::word_count(&bench, &mut report, &baseline));
+        match result {
+            Ok(measured) => memory = Some(measured),
+            Err(error) => settle(&mut report, "word-count", Err(error)),
+        }
     }
-    if wanted(Measure::Dispatch) {
-        cluster_measures::dispatch_rate(&bench, &mut report)?;
-    }
-    if wanted(Measure::Builds) {
-        measures::builds(&bench, &mut report)?;
+    let sections: [Section; 3] = [
+        (Measure::Tiny, "tiny", cluster_measures::tiny_jobs),
+        (Measure::Dispatch, "dispatch", cluster_measures::dispatch_rate),
+        (Measure::Builds, "builds", measures::builds),
+    ];
+    for (measure, name, measure_it) in sections {
+        if wanted(measure) {
+            let result = measure_it(&bench, &mut report);
+            settle(&mut report, name, result);
+        }
     }
     if let Some(memory) = &memory {
         cluster_measures::peak_memory(&mut report, memory);
     }
-    if wanted(Measure::Plugins) {
-        measures::other_plugins(&bench, &mut report)?;
-    }
-    if wanted(Measure::Sandbox) {
-        measures::sandbox_setup(&bench, &mut report)?;
-    }
-    if wanted(Measure::Compressed) {
-        measures::compressed(&bench, &mut report)?;
-    }
-    if wanted(Measure::Scaling) {
-        scaling::scaling(&bench, &mut report)?;
-    }
-    if wanted(Measure::Natural) {
-        natural::natural_code(&bench, &mut report)?;
-    }
-    if wanted(Measure::Pipelining) {
-        pipelining::delayed_links(&bench, &mut report)?;
+    let sections: [Section; 6] = [
+        (Measure::Plugins, "plugins", measures::other_plugins),
+        (Measure::Sandbox, "sandbox", measures::sandbox_setup),
+        (Measure::Compressed, "compressed", measures::compressed),
+        (Measure::Scaling, "scaling", scaling::scaling),
+        (Measure::Natural, "natural", natural::natural_code),
+        (Measure::Pipelining, "pipelining", pipelining::delayed_links),
+    ];
+    for (measure, name, measure_it) in sections {
+        if wanted(measure) {
+            let result = measure_it(&bench, &mut report);
+            settle(&mut report, name, result);
+        }
     }
     report.note_total(started.elapsed(), &quiet::Snapshot::take(&ours));
 
     let output = if args.output.is_absolute() { args.output.clone() } else { bench.root.join(&args.output) };
     std::fs::write(&output, report.render())?;
     eprintln!("wrote {} in {:.0} s", output.display(), started.elapsed().as_secs_f64());
+    if !failed.is_empty() {
+        bail!("these sections failed (their errors are in the report): {}", failed.join(", "));
+    }
     Ok(())
 }
 
