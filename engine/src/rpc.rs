@@ -43,7 +43,8 @@ pub use self::secret::Secret;
 /// read by reference ([`JobSpec::input_urls`], [`ChunkInput::source`]).
 /// Version 8: partials and results travel in pieces (`stage_partials`, `aggregate` answering a
 /// length, `fetch_output`, `result_piece`).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// Version 9: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).
@@ -554,8 +555,14 @@ pub trait Worker {
     async fn stage_partials(secret: Secret, job: JobId, first: u64, partials: Vec<ByteBuf>) -> Result<(), TaskError>;
 
     /// Folds the job's `n_partials` staged partials into the output JSON, kept on disk until the
-    /// job is released; answers its length. A longer output than `max_result_bytes` is `Fatal`.
-    async fn aggregate(secret: Secret, job: JobId, n_partials: u64, max_result_bytes: u64) -> Result<u64, TaskError>;
+    /// job is released; answers its length and what the plugin printed meanwhile (bounded as a
+    /// chunk's is). A longer output than `max_result_bytes` is `Fatal`.
+    async fn aggregate(
+        secret: Secret,
+        job: JobId,
+        n_partials: u64,
+        max_result_bytes: u64,
+    ) -> Result<logs::Aggregated, TaskError>;
 
     /// A piece of the job's output from byte `offset`, empty at its end.
     async fn fetch_output(secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError>;
