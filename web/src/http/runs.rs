@@ -235,9 +235,11 @@ struct Preview {
 async fn preview(app: &App, stored: StoredResult) -> Result<Preview, HttpError> {
     let (text, size) = match stored {
         StoredResult::File(result) => {
-            let text = app.results.preview(&result.file).await.map_err(|e| {
-                HttpError::Internal(format!("cannot read the result file {}: {e}", result.file))
-            })?;
+            let text = app
+                .results
+                .preview(&result.file)
+                .await
+                .map_err(|e| HttpError::Internal(format!("cannot read the result file {}: {e}", result.file)))?;
             (text, result.bytes)
         }
         StoredResult::Row(text) => {
@@ -270,9 +272,11 @@ async fn result_file(req: &mut Request, depot: &mut Depot, res: &mut Response) -
     // The stored bytes are the plugin's JSON as the controller gave it: sent as they are.
     match stored {
         StoredResult::File(result) => {
-            let file = app.results.open(&result.file).await.map_err(|e| {
-                HttpError::Internal(format!("cannot read the result file {}: {e}", result.file))
-            })?;
+            let file = app
+                .results
+                .open(&result.file)
+                .await
+                .map_err(|e| HttpError::Internal(format!("cannot read the result file {}: {e}", result.file)))?;
             if let Ok(value) = salvo::http::HeaderValue::from_str(&result.bytes.to_string()) {
                 res.headers_mut().insert("content-length", value);
             }

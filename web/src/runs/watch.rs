@@ -11,8 +11,8 @@ use kiln_engine::owner::Owner;
 use kiln_engine::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, RpcError};
 
 use super::inputs::RunInput;
-use super::results::ResultError;
 use super::progress::{Figures, Progress, run_state};
+use super::results::ResultError;
 use super::{ClusterTarget, RunManager, client_failure, failure};
 use crate::metrics::RunLabels;
 use crate::store::now_ms;
