@@ -43,7 +43,9 @@ pub use self::secret::Secret;
 /// read by reference ([`JobSpec::input_urls`], [`ChunkInput::source`]).
 /// Version 8: partials and results travel in pieces (`stage_partials`, `aggregate` answering a
 /// length, `fetch_output`, `result_piece`).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// Version 9: a worker answers the lines of the chunks it read by reference
+/// (`ChunkResults::lines`).
+pub const PROTOCOL_VERSION: u32 = 9;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).
