@@ -43,9 +43,11 @@ pub use self::secret::Secret;
 /// read by reference ([`JobSpec::input_urls`], [`ChunkInput::source`]).
 /// Version 8: partials and results travel in pieces (`stage_partials`, `aggregate` answering a
 /// length, `fetch_output`, `result_piece`).
-/// Version 9: a worker answers the lines of the chunks it read by reference
+/// Version 9: `run_chunks` answers what the plugin printed per chunk beside the partials, and
+/// `plugin_output` returns it; a worker of version 8 would answer without it.
+/// Version 10: a worker answers the lines of the chunks it read by reference
 /// (`ChunkResults::lines`).
-pub const PROTOCOL_VERSION: u32 = 9;
+pub const PROTOCOL_VERSION: u32 = 10;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).

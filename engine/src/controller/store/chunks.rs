@@ -324,8 +324,9 @@ mod tests {
         assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
         assert_eq!(store.job(job).await.unwrap().unwrap().figures.state, JobState::Queued);
         let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
-        let partials: Vec<NewPartial<'_>> =
-            (0..5).map(|index| NewPartial { index, attempts: 1, n_lines: 1, partial: &bytes[index as usize] }).collect();
+        let partials: Vec<NewPartial<'_>> = (0..5)
+            .map(|index| NewPartial { index, attempts: 1, n_lines: 1, partial: &bytes[index as usize] })
+            .collect();
         assert_eq!(store.save_partials(job, &partials[..2]).await.unwrap(), 2);
         assert_eq!(store.save_partials(job, &partials[2..]).await.unwrap(), 3);
         let late = NewPartial { index: 3, attempts: 2, n_lines: 1, partial: b"late" };
