@@ -45,8 +45,10 @@ pub use self::secret::Secret;
 /// length, `fetch_output`, `result_piece`).
 /// Version 9: `run_chunks` answers what the plugin printed per chunk beside the partials, and
 /// `plugin_output` returns it; a worker of version 8 would answer without it.
-/// Version 10: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
-pub const PROTOCOL_VERSION: u32 = 10;
+/// Version 10: a worker answers the lines of the chunks it read by reference
+/// (`ChunkResults::lines`).
+/// Version 11: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
+pub const PROTOCOL_VERSION: u32 = 11;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).

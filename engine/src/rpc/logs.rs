@@ -81,6 +81,10 @@ pub struct ChunkResults {
     pub results: Vec<Result<serde_bytes::ByteBuf, super::TaskError>>,
     /// What the chunks printed; none for chunks that printed nothing.
     pub printed: Vec<ChunkPrinted>,
+    /// The lines of each chunk the worker read by reference, in the batch's order (0 for a
+    /// chunk whose text came with the call: the controller counted its lines when it cut it),
+    /// so that a job's progress counts the lines of an input read by reference too.
+    pub lines: Vec<u64>,
 }
 
 /// A worker's answer to `aggregate`: the output's length (the output itself is fetched in

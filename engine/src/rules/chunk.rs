@@ -413,7 +413,7 @@ impl Cutter {
 }
 
 /// The lines in a chunk's bytes: its line ends, and one more when the last line has none.
-fn count_lines(bytes: &[u8]) -> u64 {
+pub fn count_lines(bytes: &[u8]) -> u64 {
     bytecount::count(bytes, b'\n') as u64 + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 

@@ -184,7 +184,7 @@ impl Worker for FakeWorker {
         for chunk in chunks {
             results.push(self.run_one(job, chunk).await);
         }
-        Ok(ChunkResults { results, printed: Vec::new() })
+        Ok(ChunkResults { results, printed: Vec::new(), lines: Vec::new() })
     }
 
     async fn combine(

@@ -439,7 +439,8 @@ impl Worker for WorkerServer {
         let count_lines = mid_object && runner.line_numbers().await.unwrap_or(false);
         let mut texts = Vec::with_capacity(n_chunks);
         let mut unread = Vec::with_capacity(n_chunks);
-        for chunk in chunks {
+        let mut lines = vec![0; n_chunks];
+        for (position, chunk) in chunks.into_iter().enumerate() {
             let (first_line, text) = match &chunk.source {
                 None => (Ok(chunk.first_line), Ok(Bytes::from(chunk.text.into_vec()))),
                 Some(source) => match read_chunk(source).instrument(span.clone()).await {
@@ -453,6 +454,9 @@ impl Worker for WorkerServer {
             };
             match first_line.and_then(|first_line| text.map(|text| (first_line, text))) {
                 Ok((first_line, text)) => {
+                    if chunk.source.is_some() {
+                        lines[position] = crate::rules::chunk::count_lines(&text);
+                    }
                     self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
                     texts.push(ChunkText::new(chunk.file, first_line, text));
                     unread.push(None);
@@ -483,7 +487,7 @@ impl Worker for WorkerServer {
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, elapsed);
         span.in_scope(|| tracing::debug!(failed, ?elapsed, "chunks run"));
-        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
+        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed), lines })
     }
 
     async fn combine(
