@@ -46,9 +46,10 @@ pub use self::secret::Secret;
 /// Version 9: `run_chunks` answers what the plugin printed per chunk beside the partials, and
 /// `plugin_output` returns it; a worker of version 8 would answer without it.
 /// Version 10: a worker answers the lines of the chunks it read by reference
-/// (`ChunkResults::lines`).
-/// Version 11: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// (`ChunkResults::lines`). Version 11: a chunk read by reference carries the longest line
+/// accepted (`ChunkSource::max_line`).
+/// Version 12: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).

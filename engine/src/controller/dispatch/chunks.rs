@@ -64,14 +64,20 @@ pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
 
 async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
-    let Some((names, objects)) = shared.with_state(|st| {
-        st.is_active(job_id).then(|| st.job(job_id).map(|job| (job.file_names(), job.objects()))).flatten()
+    let Some((names, objects, chunk_size)) = shared.with_state(|st| {
+        let job = st.job(job_id).filter(|_| st.is_active(job_id))?;
+        Some((job.file_names(), job.objects(), job.spec.chunk_size))
     }) else {
         return drop_call(shared, &call);
     };
     let read = match objects.is_empty() {
         true => read_chunks(shared.input_path(job_id), call.chunks.clone(), names).await,
-        false => Ok(referenced_chunks(&call.chunks, &names, &objects)),
+        false => {
+            // The same longest line as an uploaded input's cutter accepts.
+            let max_line = shared.max_line_bytes.clamp(1, crate::rules::chunk::MAX_LINE_BYTES) as u64;
+            let max_line = max_line.max(chunk_size);
+            Ok(referenced_chunks(&call.chunks, &names, &objects, max_line))
+        }
     };
     let inputs = match read {
         Ok(inputs) => inputs,
@@ -159,8 +165,14 @@ async fn read_chunks(
     .map_err(|e| (first, std::io::Error::other(e)))?
 }
 
-/// The chunks of an input read by reference: where each worker reads its own.
-fn referenced_chunks(chunks: &[(u64, ChunkMeta)], names: &[String], objects: &[InputObject]) -> Vec<ChunkInput> {
+/// The chunks of an input read by reference: where each worker reads its own, refusing lines
+/// longer than `max_line` bytes.
+fn referenced_chunks(
+    chunks: &[(u64, ChunkMeta)],
+    names: &[String],
+    objects: &[InputObject],
+    max_line: u64,
+) -> Vec<ChunkInput> {
     chunks
         .iter()
         .filter_map(|(_, meta)| {
@@ -170,7 +182,7 @@ fn referenced_chunks(chunks: &[(u64, ChunkMeta)], names: &[String], objects: &[I
                 file: names.get(meta.file as usize).cloned().unwrap_or_default(),
                 first_line: meta.first_line,
                 text: ByteBuf::new(),
-                source: Some(object.source(split)),
+                source: Some(object.source(split, max_line)),
             })
         })
         .collect()
