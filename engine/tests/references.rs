@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use by_reference::{CHUNK, PATTERN, concatenated, grep_expected, metric, objects, parsed, submit};
+use by_reference::{CHUNK, PATTERN, concatenated, grep_expected, metric, newest_status, objects, parsed, submit};
 use cluster::{Cluster, Daemon, JOIN_TOKEN};
 use serde_json::Value;
 use util::{example, word_counts, word_text};
@@ -46,6 +46,12 @@ fn a_prefix_read_by_reference_gives_what_its_files_give_uploaded_and_sends_no_by
         cluster.wait_workers(n_workers);
         let by_reference = parsed(&submit(&cluster, "wordcount", &prefix, &[]), "by reference");
         assert_eq!(by_reference, expected, "{n_workers} workers: same counts as computed here");
+        // Its progress counts every line and byte, as an upload's does (`kiln status --json`).
+        let status = newest_status(&cluster);
+        let n_lines = files.iter().map(|(_, text)| text.lines().count() as u64).sum::<u64>();
+        let n_bytes = files.iter().map(|(path, _)| std::fs::metadata(data.join(path)).unwrap().len()).sum::<u64>();
+        assert_eq!(status["lines_done"], n_lines, "{n_workers} workers: {status:#}");
+        assert_eq!((&status["bytes_done"], &status["bytes_total"]), (&n_bytes.into(), &n_bytes.into()), "{status:#}");
         let upload = uploaded
             .get_or_insert_with(|| parsed(&submit(&cluster, "wordcount", data.to_str().unwrap(), &[]), "uploaded"));
         assert_eq!(&by_reference, upload, "same counts as the same files uploaded");

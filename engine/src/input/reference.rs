@@ -19,8 +19,9 @@ use object_store::path::Path as StorePath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::decode::{Compression, MAGIC_BYTES};
-use super::split::{self, Split};
+use super::split::{self, Split, SplitError};
 use crate::rpc::input::ChunkSource;
+use crate::rules::chunk::ChunkError;
 
 /// How far past a split's end a worker reads in its first request, so that the split's last
 /// line is finished without a second request unless it is longer than this.
@@ -52,8 +53,9 @@ pub struct InputObject {
 }
 
 impl InputObject {
-    /// What a worker needs to read the planned range `split` of this object.
-    pub fn source(&self, split: Split) -> ChunkSource {
+    /// What a worker needs to read the planned range `split` of this object, refusing lines
+    /// longer than `max_line` bytes.
+    pub fn source(&self, split: Split, max_line: u64) -> ChunkSource {
         ChunkSource {
             url: self.url.clone(),
             size: self.size,
@@ -61,6 +63,7 @@ impl InputObject {
             compressed: self.compression != Compression::Plain,
             start: split.start,
             end: split.end,
+            max_line,
         }
     }
 }
@@ -100,6 +103,14 @@ pub enum ReferenceError {
     /// The object's text is not UTF-8 or its compressed data is bad.
     #[error("cannot read the input object {url}: {why}")]
     Content { url: String, why: String },
+    /// A line is longer than the longest accepted (`--max-line-size`), as an uploaded input's
+    /// would be refused.
+    #[error("input file {url}: {source}")]
+    Line {
+        url: String,
+        #[source]
+        source: ChunkError,
+    },
 }
 
 impl ReferenceError {
@@ -109,6 +120,7 @@ impl ReferenceError {
             self,
             ReferenceError::Changed { .. }
                 | ReferenceError::Content { .. }
+                | ReferenceError::Line { .. }
                 | ReferenceError::Url { .. }
                 | ReferenceError::Refused { .. }
                 | ReferenceError::NotListable { .. }
@@ -305,7 +317,14 @@ pub async fn read_chunk(source: &ChunkSource) -> Result<ChunkRead, ReferenceErro
                 }
             }
         };
-        let read = split::read_split(split, source.size, READ_AHEAD, fetch_checked).await?;
+        let read = split::read_split(split, source.size, READ_AHEAD, source.max_line, fetch_checked).await;
+        let read = read.map_err(|error| match error {
+            SplitError::Fetch(error) => error,
+            SplitError::LineTooLong { offset, limit } => ReferenceError::Line {
+                url: url.to_owned(),
+                source: ChunkError::LineTooLongAt { offset, limit: usize::try_from(limit).unwrap_or(usize::MAX) },
+            },
+        })?;
         (read.offset, read.bytes)
     };
     if let Err(e) = std::str::from_utf8(&text) {

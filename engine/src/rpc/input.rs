@@ -50,4 +50,7 @@ pub struct ChunkSource {
     pub start: u64,
     /// One past its last byte.
     pub end: u64,
+    /// The longest line accepted: the controller's `--max-line-size`, or the chunk size where
+    /// that is more; a longer line fails the job as it would in an uploaded input.
+    pub max_line: u64,
 }

@@ -47,7 +47,7 @@ use crate::input::reference;
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
 use crate::rpc::input::ChunkSource;
-use crate::rpc::logs::ChunkResults;
+use crate::rpc::logs::{Aggregated, ChunkResults};
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -439,7 +439,8 @@ impl Worker for WorkerServer {
         let count_lines = mid_object && runner.line_numbers().await.unwrap_or(false);
         let mut texts = Vec::with_capacity(n_chunks);
         let mut unread = Vec::with_capacity(n_chunks);
-        for chunk in chunks {
+        let mut lines = vec![0; n_chunks];
+        for (position, chunk) in chunks.into_iter().enumerate() {
             let (first_line, text) = match &chunk.source {
                 None => (Ok(chunk.first_line), Ok(Bytes::from(chunk.text.into_vec()))),
                 Some(source) => match read_chunk(source).instrument(span.clone()).await {
@@ -453,6 +454,9 @@ impl Worker for WorkerServer {
             };
             match first_line.and_then(|first_line| text.map(|text| (first_line, text))) {
                 Ok((first_line, text)) => {
+                    if chunk.source.is_some() {
+                        lines[position] = crate::rules::chunk::count_lines(&text);
+                    }
                     self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
                     texts.push(ChunkText::new(chunk.file, first_line, text));
                     unread.push(None);
@@ -483,7 +487,7 @@ impl Worker for WorkerServer {
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, elapsed);
         span.in_scope(|| tracing::debug!(failed, ?elapsed, "chunks run"));
-        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
+        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed), lines })
     }
 
     async fn combine(
@@ -520,23 +524,21 @@ impl Worker for WorkerServer {
         job: JobId,
         n_partials: u64,
         max_result_bytes: u64,
-    ) -> Result<u64, TaskError> {
+    ) -> Result<Aggregated, TaskError> {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = self.state.outputs.take_staged(job, n_partials)?;
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
-        let len =
-            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.0.map_err(
-                |error| match error {
-                    error @ AggregateError::TooLarge { .. } => {
-                        TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
-                    }
-                    AggregateError::Task(error) => error,
-                },
-            )?;
+        let (len, printed) = runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await;
+        let len = len.map_err(|error| match error {
+            error @ AggregateError::TooLarge { .. } => {
+                TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
+            }
+            AggregateError::Task(error) => error,
+        })?;
         self.state.outputs.keep(job, kept, len);
-        Ok(len)
+        Ok(Aggregated { len, stdout: printed.stdout, stderr: printed.stderr, cut: printed.cut })
     }
 
     async fn fetch_output(self, _: Context, secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError> {
