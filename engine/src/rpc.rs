@@ -47,8 +47,9 @@ pub use self::secret::Secret;
 /// `plugin_output` returns it; a worker of version 8 would answer without it.
 /// Version 10: a worker answers the lines of the chunks it read by reference
 /// (`ChunkResults::lines`). Version 11: a chunk read by reference carries the longest line
-/// accepted (`ChunkSource::max_line`).
-pub const PROTOCOL_VERSION: u32 = 11;
+/// accepted (`ChunkSource::max_line`). Version 12: and the job's chunk size, by which a worker
+/// cuts a compressed object as it streams it (`ChunkSource::chunk_size`).
+pub const PROTOCOL_VERSION: u32 = 12;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).
