@@ -46,7 +46,7 @@ use self::registrar::Registrar;
 use self::state::{State, lock};
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
-use crate::rpc::logs::ChunkResults;
+use crate::rpc::logs::{Aggregated, ChunkResults};
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -512,23 +512,21 @@ impl Worker for WorkerServer {
         job: JobId,
         n_partials: u64,
         max_result_bytes: u64,
-    ) -> Result<u64, TaskError> {
+    ) -> Result<Aggregated, TaskError> {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = self.state.outputs.take_staged(job, n_partials)?;
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
-        let len =
-            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.0.map_err(
-                |error| match error {
-                    error @ AggregateError::TooLarge { .. } => {
-                        TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
-                    }
-                    AggregateError::Task(error) => error,
-                },
-            )?;
+        let (len, printed) = runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await;
+        let len = len.map_err(|error| match error {
+            error @ AggregateError::TooLarge { .. } => {
+                TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
+            }
+            AggregateError::Task(error) => error,
+        })?;
         self.state.outputs.keep(job, kept, len);
-        Ok(len)
+        Ok(Aggregated { len, stdout: printed.stdout, stderr: printed.stderr, cut: printed.cut })
     }
 
     async fn fetch_output(self, _: Context, secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError> {
