@@ -49,7 +49,9 @@ pub use self::secret::Secret;
 /// (`ChunkResults::lines`). Version 11: a chunk read by reference carries the longest line
 /// accepted (`ChunkSource::max_line`).
 /// Version 12: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
-pub const PROTOCOL_VERSION: u32 = 12;
+/// Version 13: a chunk read by reference carries the job's chunk size, by which a worker cuts a
+/// compressed object as it streams it (`ChunkSource::chunk_size`).
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).

@@ -193,9 +193,10 @@ async fn a_result_longer_than_the_server_keeps_fails_its_run_with_the_sizes() {
     let cluster = owner.local_cluster(task).await;
     let run = owner.start_run(task, cluster, input(6_000).into_bytes(), "").await.redirect_id();
     let page = owner.finished_run(run, RUN_TIMEOUT).await.body;
-    // The embedded controller has the server's limit, and says so before any byte is sent.
+    // The embedded controller has the server's limit, refuses the result before any byte is
+    // sent, and the page names the server's flag to raise.
     assert!(page.contains("state-failed"), "{page}");
-    assert!(page.contains("more than") && page.contains("--max-result-size"), "{page}");
+    assert!(page.contains("more than the 97.7 KiB allowed: raise kiln-web --max-result-bytes"), "{page}");
     assert!(files_in(&web.dir.path().join("data").join("results")).is_empty());
     web.stop().await;
 }

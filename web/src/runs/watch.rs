@@ -232,6 +232,13 @@ async fn ending(manager: &RunManager, run: &Run, target: &ClusterTarget, job: Jo
                 Some(failure) => describe(failure),
                 None => ("internal", "the controller gave no reason".to_owned()),
             };
+            // The built-in controller's limit is this server's flag: name the one to raise.
+            let embedded = manager.embedded.as_ref().is_some_and(|local| local.address == target.address);
+            let message = if embedded {
+                message.replace("raise the controller's --max-result-size", "raise kiln-web --max-result-bytes")
+            } else {
+                message
+            };
             ending.error_kind = Some(kind.to_owned());
             ending.error = Some(message);
         }

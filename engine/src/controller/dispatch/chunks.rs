@@ -76,7 +76,7 @@ async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
             // The same longest line as an uploaded input's cutter accepts.
             let max_line = shared.max_line_bytes.clamp(1, crate::rules::chunk::MAX_LINE_BYTES) as u64;
             let max_line = max_line.max(chunk_size);
-            Ok(referenced_chunks(&call.chunks, &names, &objects, max_line))
+            Ok(referenced_chunks(&call.chunks, &names, &objects, chunk_size, max_line))
         }
     };
     let inputs = match read {
@@ -165,12 +165,14 @@ async fn read_chunks(
     .map_err(|e| (first, std::io::Error::other(e)))?
 }
 
-/// The chunks of an input read by reference: where each worker reads its own, refusing lines
-/// longer than `max_line` bytes.
+/// The chunks of an input read by reference: where each worker reads its own, cutting a
+/// compressed object into chunks of `chunk_size` bytes and refusing lines longer than
+/// `max_line` bytes.
 fn referenced_chunks(
     chunks: &[(u64, ChunkMeta)],
     names: &[String],
     objects: &[InputObject],
+    chunk_size: u64,
     max_line: u64,
 ) -> Vec<ChunkInput> {
     chunks
@@ -182,7 +184,7 @@ fn referenced_chunks(
                 file: names.get(meta.file as usize).cloned().unwrap_or_default(),
                 first_line: meta.first_line,
                 text: ByteBuf::new(),
-                source: Some(object.source(split, max_line)),
+                source: Some(object.source(split, chunk_size, max_line)),
             })
         })
         .collect()
