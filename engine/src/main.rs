@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
         Command::Exec(args) => {
+            kiln_engine::memory::tune_for_executor();
             return match kiln_engine::worker::executor::process::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

@@ -110,6 +110,19 @@ pub enum ChunkError {
         /// The limit, in bytes.
         limit: usize,
     },
+    /// One line, of a file read by reference where its number is unknown, is longer than the
+    /// limit set.
+    #[error(
+        "the line at byte {offset} is longer than {} MiB, the longest line accepted: split it, or raise \
+         --max-line-size (each process on the chunk's path holds a few copies of the longest line)",
+        limit >> 20
+    )]
+    LineTooLongAt {
+        /// The line's first byte in its file.
+        offset: u64,
+        /// The limit, in bytes.
+        limit: usize,
+    },
 }
 
 /// Cuts a reader's bytes into chunks of whole lines of about `chunk_size` bytes: the pull
@@ -448,7 +461,7 @@ impl Cutter {
 }
 
 /// The lines in a chunk's bytes: its line ends, and one more when the last line has none.
-fn count_lines(bytes: &[u8]) -> u64 {
+pub fn count_lines(bytes: &[u8]) -> u64 {
     bytecount::count(bytes, b'\n') as u64 + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 
