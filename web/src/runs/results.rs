@@ -21,13 +21,10 @@ use tokio::io::{AsyncReadExt, AsyncWrite};
 
 use crate::security::new_token;
 use crate::store::runs::{ResultFile, RunsOf};
-use crate::store::{Store, StoreError, now_ms};
+use crate::store::{Store, StoreError};
 
 /// How much of a result the run page shows; the whole is a download away.
 pub const PREVIEW_BYTES: usize = 64 << 10;
-
-/// How long a file no run names is left alone: its run may be recording it.
-const ORPHAN_GRACE_SECONDS: i64 = 600;
 
 /// How a result could not be stored: the kind and message a failed run shows.
 #[derive(Debug, thiserror::Error)]
@@ -135,20 +132,8 @@ impl ResultFiles {
     /// Removes the files no run names (their run was deleted, or the server stopped while it
     /// read them); answers how many went.
     pub async fn sweep(&self, store: &Store) -> Result<usize, StoreError> {
-        let named: std::collections::HashSet<String> = store.run_result_files(RunsOf::All).await?.into_iter().collect();
-        let mut orphans = Vec::new();
-        if let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await {
-            while let Ok(Some(entry)) = entries.next_entry().await {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                let changed_lately = entry.metadata().await.is_ok_and(|meta| {
-                    use std::os::unix::fs::MetadataExt;
-                    now_ms() / 1000 - meta.ctime() < ORPHAN_GRACE_SECONDS
-                });
-                if !named.contains(&name) && !changed_lately {
-                    orphans.push(name);
-                }
-            }
-        }
+        let named = store.run_result_files(RunsOf::All).await?.into_iter().collect();
+        let orphans = super::inputs::unnamed_files(&self.dir, &named).await;
         self.remove(&orphans).await;
         Ok(orphans.len())
     }
