@@ -186,7 +186,9 @@ impl Store {
     /// The partials of a job in input order from the one covering chunk `from` on, a merged
     /// group's partial in place of its members', as `(first chunk, chunks covered, partial)`:
     /// as many as fit in `budget` bytes, and at least one (none after the last). Reading a
-    /// job's partials page by page keeps them out of memory all at once.
+    /// job's partials page by page keeps them out of memory all at once: the page is chosen
+    /// from the partials' lengths first, and only its partials are read, since a stream of rows
+    /// would read dozens of them ahead whatever their size.
     pub async fn partials_page(
         &self,
         job: JobId,
@@ -197,30 +199,43 @@ impl Store {
         use futures::TryStreamExt;
         let what = "reading partials for aggregation";
         // Each row is keyed by the first chunk it covers, so the two kinds merge in order.
-        let mut rows = sqlx::query(
-            "SELECT first, covers, partial FROM ( \
-             SELECT idx AS first, 1 AS covers, partial FROM chunks WHERE job_id = ? AND partial IS NOT NULL \
-             UNION ALL \
-             SELECT grp * ? AS first, ? AS covers, partial FROM combined WHERE job_id = ? \
-             ) WHERE first >= ? ORDER BY first",
-        )
-        .bind(int(job))
-        .bind(int(group_size))
-        .bind(int(group_size))
-        .bind(int(job))
-        .bind(int(from))
-        .fetch(&self.pool);
-        let (mut page, mut bytes) = (Vec::new(), 0usize);
+        let partials = |column: &str, last: &str| {
+            format!(
+                "SELECT first, covers, {column} FROM ( \
+                 SELECT idx AS first, 1 AS covers, partial FROM chunks WHERE job_id = ?1 AND partial IS NOT NULL \
+                 UNION ALL \
+                 SELECT grp * ?2 AS first, ?2 AS covers, partial FROM combined WHERE job_id = ?1 \
+                 ) WHERE first >= ?3{last} ORDER BY first"
+            )
+        };
+        let sizes = partials("length(partial) AS len", "");
+        let mut rows = sqlx::query(&sizes).bind(int(job)).bind(int(group_size)).bind(int(from)).fetch(&self.pool);
+        let (mut last, mut bytes) = (None, 0u64);
         while let Some(row) = rows.try_next().await.map_err(query_error(what))? {
-            let (first, covers) = (get_u64(&row, "first")?, get_u64(&row, "covers")?);
-            let partial = row.try_get::<Vec<u8>, _>("partial").map_err(query_error(what))?;
-            bytes += partial.len();
-            page.push((first, covers, ByteBuf::from(partial)));
-            if bytes >= budget {
+            last = Some(get_u64(&row, "first")?);
+            bytes += get_u64(&row, "len")?;
+            if bytes >= budget as u64 {
                 break;
             }
         }
-        Ok(page)
+        drop(rows);
+        let Some(last) = last else { return Ok(Vec::new()) };
+        let page = partials("partial", " AND first <= ?4");
+        let rows = sqlx::query(&page)
+            .bind(int(job))
+            .bind(int(group_size))
+            .bind(int(from))
+            .bind(int(last))
+            .fetch_all(&self.pool)
+            .await
+            .map_err(query_error(what))?;
+        rows.into_iter()
+            .map(|row| {
+                let (first, covers) = (get_u64(&row, "first")?, get_u64(&row, "covers")?);
+                let partial = row.try_get::<Vec<u8>, _>("partial").map_err(query_error(what))?;
+                Ok((first, covers, ByteBuf::from(partial)))
+            })
+            .collect()
     }
 
     /// The chunks of a job, in order.
@@ -348,6 +363,48 @@ mod tests {
         assert_eq!(page(5, 1 << 20).await, vec![], "none after the last");
         let rows = store.chunks(job).await.unwrap();
         assert!(rows.iter().all(|row| row.done && row.attempts == 1));
+    }
+
+    /// This process's resident set, now and at its peak, in bytes (from `/proc/self/status`).
+    fn resident() -> (u64, u64) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let kib = |key: &str| -> u64 {
+            let line = status.lines().find(|line| line.starts_with(key)).unwrap();
+            line[key.len()..].trim().trim_end_matches(" kB").parse::<u64>().unwrap() << 10
+        };
+        (kib("VmRSS:"), kib("VmHWM:"))
+    }
+
+    #[tokio::test]
+    async fn a_page_of_big_partials_holds_only_its_own_in_memory() {
+        const N: u64 = 40;
+        const SIZE: usize = 4 << 20;
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("c.db")).await.unwrap();
+        let job = store.insert_job(&spec(), 1).await.unwrap();
+        let chunks: Vec<ChunkMeta> = (0..N).map(meta).collect();
+        assert!(store.finish_input(job, 0, &chunks, 50, 16).await.unwrap());
+        for index in 0..N {
+            let partial = vec![index as u8; SIZE];
+            let new = NewPartial { index, attempts: 1, n_lines: 1, partial: &partial };
+            assert_eq!(store.save_partials(job, &[new]).await.unwrap(), 1);
+        }
+        // Resets the peak (VmHWM) to the current resident set (Linux 4.0 and later).
+        std::fs::write("/proc/self/clear_refs", "5").unwrap();
+        let before = resident().0;
+        let mut from = 0;
+        while from < N {
+            let page = store.partials_page(job, 16, from, 2 * SIZE).await.unwrap();
+            assert_eq!(page.len(), 2, "a page of 2 partials from chunk {from}");
+            for (first, covers, partial) in page {
+                assert_eq!((first, covers, partial.len()), (from, 1, SIZE));
+                assert!(partial.iter().all(|byte| *byte == first as u8), "the partial of chunk {first}");
+                from += 1;
+            }
+        }
+        let grown = resident().1.saturating_sub(before);
+        // All of them would be 160 MiB; a page is 8 MiB, read and copied once or twice.
+        assert!(grown < 64 << 20, "reading {N} partials of {SIZE} bytes page by page grew memory by {grown} bytes");
     }
 
     #[tokio::test]
