@@ -185,3 +185,18 @@ fn small_limits_hold_for_zip_archives_too() {
     let tree = SourceTree::from_zip_with_limits(&bytes, &SourceLimits::default()).unwrap();
     assert_eq!(tree.package_name(), "wc");
 }
+
+#[test]
+fn a_server_error_in_an_answer_keeps_its_detail_though_tarpc_changes_its_kind() {
+    // `rpc_frames` as a client reading the controller's answers: an answer whose error has kind
+    // 1 (`PermissionDenied`) is written back by tarpc as 2 and read as `ConnectionRefused`, and
+    // the check used to call that a message changing across the wire. tarpc's, not Kiln's: the
+    // check now holds the detail, the part Kiln shows, to the round trip.
+    let crash = [2u8, 0, 15, 0, 0, 0, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 23];
+    fuzzing::rpc_frames(&crash);
+    let frame = [0u8, 1, 1, 3, b'n', b'o', b'!'];
+    let mut input = vec![2u8, 0, 15];
+    input.extend((frame.len() as u32).to_be_bytes());
+    input.extend(frame);
+    fuzzing::rpc_frames(&input);
+}
