@@ -130,6 +130,16 @@ const FINDINGS: &[(&str, &str)] = &[
          input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
          decodes its partials serially (parallel decoding in `export::aggregate` would halve it).",
     ),
+    (
+        "12.",
+        "Input in S3 takes the by-reference path of section 1 (the worker fetches its split's range, \
+         cuts it and sends each chunk down its executor's pipe), so the costs found there apply: the \
+         pipe's two copies per byte and a partial per chunk. Here the object store also runs on the \
+         same two cores: moto is a Python server, and every ranged GET it answers is CPU the counting \
+         does not get, which a real S3 or MinIO on another host would not take. The `file://` figure \
+         beside it isolates Kiln's own share. Closing the gap is the same work as section 1's: chunks \
+         from a byte range the executor reads itself, and fewer, larger partials.",
+    ),
 ];
 
 /// The section: for each section with a missed target, the figures and the findings.
