@@ -39,13 +39,14 @@ const FINDINGS: &[(&str, &str)] = &[
          file and writing it down the executors' pipes, and the rest copies (`memmove`) and UTF-8 \
          checks. The executor now keeps freed memory for its next call (`memory::tune_for_executor`), \
          which took its minor faults from 165–184 thousand to 49–51 thousand per GiB and a quarter off \
-         its system time. Two costs remain that the baseline does not have. The plugin counts 257 chunks \
-         of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is then \
-         encoded, decoded and merged, where the baseline fills one map per thread; larger chunks when \
-         the input is large beside the number of processes would cut that work in proportion. And \
-         every byte crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an \
-         executor that reads its chunk's byte range from a file descriptor the worker passes it (the \
-         sandbox allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
+         its system time. Two costs remain that the baseline does not have. The plugin counted 257 \
+         chunks of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is \
+         then encoded, decoded and merged, where the baseline fills one map per thread; run-local now \
+         sizes its chunks to the input (four per slot, 4 to 32 MiB: 32 chunks for 1 GiB, section 10), \
+         while the cluster keeps 4 MiB chunks, which balance load and bound a retry. And every byte \
+         crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an executor \
+         that reads its chunk's byte range from a file descriptor the worker passes it (the sandbox \
+         allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
          **The cluster** adds, in a profile of a 1 GiB uploaded job, as much CPU again as the executors \
          use: the client reading, framing and encrypting the input, the controller decrypting it, \
          writing it to its spool file (`copy_folio_from_iter`, its largest cost) and cutting it, and \
