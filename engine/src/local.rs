@@ -28,12 +28,16 @@ use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::TaskError;
 use crate::rpc::logs::{JobLogs, PluginOutput};
 use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
-use crate::rules::chunk::{ChunkError, Chunker, InputChunk};
-use crate::rules::combine::{Groups, combine_group};
+use crate::rules::chunk::{ChunkError, Chunker, InputChunk, local_chunk_size};
+use crate::rules::combine::combine_group;
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig};
 use crate::worker::executor::{ChunkText, ExecutorConfig};
 use crate::worker::runner::{AggregateError, ChunkAnswer, JobRunner};
+
+mod partials;
+
+use partials::{Partials, final_partials};
 
 /// The job id run-local's logs carry: it has one job.
 const LOCAL_JOB: u64 = 0;
@@ -49,8 +53,9 @@ pub struct LocalConfig {
     pub processes: usize,
     /// The job's parameters, passed to the plugin's `new`.
     pub params: String,
-    /// The size at which the input is cut into chunks.
-    pub chunk_size: usize,
+    /// The size at which the input is cut into chunks; `None` sizes them to the input and the
+    /// slots ([`local_chunk_size`]).
+    pub chunk_size: Option<usize>,
     /// Where plugins are built and cached.
     pub builder: BuilderConfig,
     /// How executors are started (`threads` is set from `processes`).
@@ -212,19 +217,27 @@ async fn run_chunks(
     // Started before the input is read, so a plugin that cannot start fails the run at once.
     let combines = runner.combines().await.map_err(LocalError::Start)?;
     let sources = config.inputs.clone();
-    let files = tokio::task::spawn_blocking(move || input::expand(&sources))
-        .await
-        .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
+    let (files, input_bytes) = tokio::task::spawn_blocking(move || {
+        let files = input::expand(&sources)?;
+        // Sizes on disk, as listed: a file that cannot be read fails when it is opened.
+        let bytes = files.iter().filter_map(|file| std::fs::metadata(&file.path).ok()).map(|meta| meta.len()).sum();
+        Ok::<_, InputError>((files, bytes))
+    })
+    .await
+    .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
+    let chunk_size =
+        config.chunk_size.unwrap_or_else(|| local_chunk_size(input_bytes, slots, config.executor.memory_limit));
+    tracing::debug!(input_bytes, chunk_size, "cutting the input");
     let names: Vec<Arc<str>> = files.iter().map(|file| Arc::from(file.name.as_str())).collect();
     let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, LocalError>>(slots);
-    let (chunk_size, max_line) = (config.chunk_size, config.max_line_bytes);
+    let max_line = config.max_line_bytes;
     let reader = tokio::task::spawn_blocking(move || read_files(&files, chunk_size, max_line, &chunks_tx));
-    let group = combine_group(config.chunk_size as u64);
+    let group = combine_group(chunk_size as u64);
     let mut run = Run {
         runner: Arc::clone(runner),
         slots,
         max_attempts: retry::max_attempts(config.max_attempts),
-        capacity: queue_capacity(config.chunk_size, slots),
+        capacity: queue_capacity(chunk_size, slots),
         queue: VecDeque::new(),
         combines: VecDeque::new(),
         tasks: JoinSet::new(),
@@ -297,11 +310,13 @@ fn read_files(
 }
 
 /// How many chunks wait for a slot: enough bytes for two full batches per slot, so that small
-/// chunks can travel in batches, at least two chunks per slot and at most two full batches of
-/// [`MAX_BATCH_CHUNKS`] per slot.
+/// chunks can travel in batches (two default chunks per slot), at least one chunk per slot and
+/// at most two full batches of [`MAX_BATCH_CHUNKS`] per slot. Chunks larger than a batch wait
+/// one per slot: each runs for a while, the reader's channel holds as many more, and every
+/// chunk waiting is memory (see ARCHITECTURE.md, "run-local sizes its chunks").
 fn queue_capacity(chunk_size: usize, slots: usize) -> usize {
     let by_bytes = usize::try_from(2 * slots as u64 * MAX_BATCH_BYTES / chunk_size.max(1) as u64).unwrap_or(usize::MAX);
-    by_bytes.clamp(2 * slots, 2 * slots * MAX_BATCH_CHUNKS)
+    by_bytes.clamp(slots, 2 * slots * MAX_BATCH_CHUNKS)
 }
 
 /// A chunk waiting for a slot.
@@ -506,90 +521,4 @@ impl Run {
         }
         Ok(())
     }
-}
-
-/// The partials of a job, in chunk order, with groups of consecutive partials merged as they
-/// complete when the plugin combines.
-struct Partials {
-    combines: bool,
-    by_chunk: Vec<Option<Bytes>>,
-    /// The combine groups, each with its merged partial once done.
-    groups: Groups<Option<Bytes>>,
-}
-
-impl Partials {
-    fn new(combines: bool, group: u64) -> Self {
-        Partials { combines, by_chunk: Vec::new(), groups: Groups::new(group) }
-    }
-
-    /// Makes room for the next chunk, `index`, which is now queued.
-    fn expect(&mut self, index: u64) {
-        debug_assert_eq!(index, self.by_chunk.len() as u64, "chunks are queued in order");
-        self.by_chunk.push(None);
-        self.groups.add_chunk(|| None);
-    }
-
-    /// Stores a chunk's partial; returns a complete group (its number and partials) to
-    /// combine, if any.
-    fn insert(&mut self, index: u64, partial: Bytes) -> Option<(usize, Vec<Bytes>)> {
-        self.by_chunk[index as usize] = Some(partial);
-        let group = self.groups.arrive(index)?;
-        if !self.combines {
-            return None;
-        }
-        let size = self.groups.size() as usize;
-        let members =
-            self.by_chunk[group * size..(group + 1) * size].iter_mut().map(|p| p.take().unwrap_or_default()).collect();
-        Some((group, members))
-    }
-
-    fn combined(&mut self, group: usize, merged: Bytes) {
-        if let Some(group) = self.groups.get_mut(group) {
-            group.state = Some(merged);
-        }
-    }
-
-    /// All partials in input order: merged groups as one partial each.
-    fn into_ordered(self) -> Vec<Bytes> {
-        let mut ordered = Vec::new();
-        let size = self.groups.size() as usize;
-        for (merged, chunk_partials) in self.groups.into_states().zip(self.by_chunk.chunks(size)) {
-            match merged {
-                Some(merged) => ordered.push(merged),
-                None => ordered.extend(chunk_partials.iter().map(|p| p.clone().unwrap_or_default())),
-            }
-        }
-        ordered
-    }
-}
-
-/// Merges the remaining partials into at most `slots` (in parallel, keeping their order) when
-/// the plugin combines and there are more than that, so `aggregate` has little left to decode.
-async fn final_partials(runner: &Arc<JobRunner>, partials: Vec<Bytes>, slots: usize) -> Result<Vec<Bytes>, LocalError> {
-    if partials.len() <= slots || !runner.combines().await.map_err(LocalError::Combine)? {
-        return Ok(partials);
-    }
-    let per_batch = partials.len().div_ceil(slots);
-    let mut batches: JoinSet<(usize, Result<Option<Bytes>, TaskError>)> = JoinSet::new();
-    let mut rest = partials.into_iter();
-    let mut n_batches = 0;
-    loop {
-        let batch: Vec<Bytes> = rest.by_ref().take(per_batch).collect();
-        if batch.is_empty() {
-            break;
-        }
-        let runner = Arc::clone(runner);
-        let position = n_batches;
-        batches.spawn(async move { (position, runner.combine(batch).await) });
-        n_batches += 1;
-    }
-    let mut merged = vec![Bytes::new(); n_batches];
-    while let Some(done) = batches.join_next().await {
-        let (position, result) = done.map_err(|e| LocalError::Internal(format!("a combine's task panicked: {e}")))?;
-        match result.map_err(LocalError::Combine)? {
-            Some(partial) => merged[position] = partial,
-            None => return Err(LocalError::Internal("the plugin stopped combining mid-run".to_owned())),
-        }
-    }
-    Ok(merged)
 }

@@ -9,7 +9,6 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use kiln_engine::local::{LocalConfig, run_local};
-use kiln_engine::rules::chunk::DEFAULT_CHUNK_SIZE;
 use kiln_engine::telemetry::{LogFormat, init_logging};
 
 /// Kiln runs your map-reduce plugins over your own machines.
@@ -82,9 +81,10 @@ struct RunLocalArgs {
     /// Parameters passed to the plugin's `new`.
     #[arg(long, default_value = "")]
     params: String,
-    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536.
-    #[arg(long, value_parser = parse_size, default_value_t = DEFAULT_CHUNK_SIZE)]
-    chunk_size: usize,
+    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536. By default about four
+    /// chunks per process, from 4MiB up to 32MiB (less under --memory-limit).
+    #[arg(long, value_parser = parse_size)]
+    chunk_size: Option<usize>,
     /// Attempts at a chunk before the run fails (0: the cluster's default, 4). As on a cluster, a
     /// panic or crash that repeats word for word ends the run at its second attempt, and the
     /// plugin's own `Err` at its first.
@@ -119,6 +119,7 @@ fn main() -> ExitCode {
             return ExitCode::from(70);
         }
         Command::Exec(args) => {
+            kiln_engine::memory::tune_for_executor();
             return match kiln_engine::worker::executor::process::run(args) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {

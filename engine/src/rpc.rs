@@ -43,7 +43,15 @@ pub use self::secret::Secret;
 /// read by reference ([`JobSpec::input_urls`], [`ChunkInput::source`]).
 /// Version 8: partials and results travel in pieces (`stage_partials`, `aggregate` answering a
 /// length, `fetch_output`, `result_piece`).
-pub const PROTOCOL_VERSION: u32 = 8;
+/// Version 9: `run_chunks` answers what the plugin printed per chunk beside the partials, and
+/// `plugin_output` returns it; a worker of version 8 would answer without it.
+/// Version 10: a worker answers the lines of the chunks it read by reference
+/// (`ChunkResults::lines`). Version 11: a chunk read by reference carries the longest line
+/// accepted (`ChunkSource::max_line`).
+/// Version 12: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
+/// Version 13: a chunk read by reference carries the job's chunk size, by which a worker cuts a
+/// compressed object as it streams it (`ChunkSource::chunk_size`).
+pub const PROTOCOL_VERSION: u32 = 13;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).
@@ -554,8 +562,14 @@ pub trait Worker {
     async fn stage_partials(secret: Secret, job: JobId, first: u64, partials: Vec<ByteBuf>) -> Result<(), TaskError>;
 
     /// Folds the job's `n_partials` staged partials into the output JSON, kept on disk until the
-    /// job is released; answers its length. A longer output than `max_result_bytes` is `Fatal`.
-    async fn aggregate(secret: Secret, job: JobId, n_partials: u64, max_result_bytes: u64) -> Result<u64, TaskError>;
+    /// job is released; answers its length and what the plugin printed meanwhile (bounded as a
+    /// chunk's is). A longer output than `max_result_bytes` is `Fatal`.
+    async fn aggregate(
+        secret: Secret,
+        job: JobId,
+        n_partials: u64,
+        max_result_bytes: u64,
+    ) -> Result<logs::Aggregated, TaskError>;
 
     /// A piece of the job's output from byte `offset`, empty at its end.
     async fn fetch_output(secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError>;

@@ -112,3 +112,25 @@ fn an_input_that_cannot_be_read_fails_the_submission_and_leaves_no_job_behind() 
     let jobs: Value = serde_json::from_str(&jobs.stdout).unwrap();
     assert_eq!(jobs, Value::Array(Vec::new()), "no job was created, not even a cancelled one");
 }
+
+#[test]
+fn commands_that_exit_leave_no_library_warning_in_the_controllers_log() {
+    // Every `kiln` command closes its TLS connection by exiting, without a close_notify alert;
+    // the controller used to log tarpc's "Requests stream errored out ... close_notify" warning
+    // for each, so an operator's log filled with what looked like faults.
+    let cluster = Cluster::start(1);
+    let text = word_text(5, 500);
+    let input = write_input(cluster.dir.path(), "words.txt", &text);
+    let job = cluster.submit_detached(&example("wordcount"), &input, &[]);
+    assert_eq!(cluster.wait_ended(job)["state"], "Succeeded");
+    let job = job.to_string();
+    for args in [&["jobs"][..], &["status", &job], &["result", &job], &["cluster"]] {
+        let output = against(&cluster, args).output().expect("kiln runs");
+        assert!(output.status.success(), "kiln {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    }
+    // The controller logs a disconnect as it happens; give it a moment to see the last one.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let log = cluster.controller.stderr();
+    let noisy: Vec<&str> = log.lines().filter(|line| line.contains("tarpc") || line.contains("close_notify")).collect();
+    assert!(noisy.is_empty(), "the controller logged library errors for clients that exited:\n{}", noisy.join("\n"));
+}

@@ -3,7 +3,8 @@
 //! `--max-line-size` (64 MiB unless the operator sets it, on the controller and on run-local);
 //! a longer one fails the job while its input is read, naming the file, the line and the flag,
 //! before it can make the controller hold it (the controller once went from 174 MB to 940 MB
-//! for one line of 200 MB).
+//! for one line of 200 MB). The workers apply the controller's limit to the inputs they read
+//! by reference, with the same message (naming the line's byte offset in its object).
 
 #[path = "util/cluster.rs"]
 mod cluster;
@@ -70,6 +71,32 @@ fn a_line_over_the_limit_fails_naming_its_file_line_and_the_flag_and_one_under_i
     assert_eq!(status["state"], "Failed", "{status:#}");
     assert_eq!(status["chunks_done"], 0, "no chunk ran: {status:#}");
     let run = cluster.submit(&plugin, &long, &["--chunk-size", "64KiB"]);
+    assert!(run.success, "{}", run.stderr);
+    assert_eq!(parsed(&run.stdout), word_counts(&long_text));
+}
+
+#[test]
+fn a_line_read_by_reference_over_the_limit_fails_naming_its_object_offset_and_the_flag() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugin = example("wordcount");
+    let (too_long, _) = two_files(dir.path(), 3 << 20);
+    let (long, long_text) = two_files(dir.path(), (3 << 20) / 2);
+    let root = dir.path().to_str().unwrap();
+    let cluster = Cluster::start_with(1, &["--max-line-size", "2MiB", "--file-input-root", root]);
+    cluster.wait_workers(1);
+    let url = |path: &Path| format!("file://{}", path.display());
+
+    let run = cluster.submit(&plugin, Path::new(&url(&too_long)), &["--chunk-size", "64KiB"]);
+    assert!(!run.success, "a line of 3 MiB is over the controller's limit of 2 MiB");
+    // The long line follows "one two\nthree\n": it starts at byte 14 of its object.
+    let second = url(&too_long.join("second.txt"));
+    for said in [format!("input file {second}: the line at byte 14 is longer than 2 MiB"), "--max-line-size".into()] {
+        assert!(run.stderr.contains(&said), "submit says {said:?}: {}", run.stderr);
+    }
+    let status = cluster.status(1);
+    assert_eq!(status["state"], "Failed", "{status:#}");
+
+    let run = cluster.submit(&plugin, Path::new(&url(&long)), &["--chunk-size", "64KiB"]);
     assert!(run.success, "{}", run.stderr);
     assert_eq!(parsed(&run.stdout), word_counts(&long_text));
 }

@@ -99,8 +99,9 @@ fn a_cluster_keeps_each_chunks_output_with_the_job_and_kiln_logs_prints_it_after
     assert!(run.success, "{}", run.stderr);
     let result: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is the result alone");
     assert_eq!(result, expected_totals(&text));
+    assert!(!run.stdout.contains("aggregating"), "what the aggregate printed is not in the result");
     assert!(
-        run.stderr.contains("10 chunks printed output: kiln logs 1"),
+        run.stderr.contains("10 chunks and the aggregate printed output: kiln logs 1"),
         "{}\n{}",
         run.stderr,
         cluster.kiln(&["logs", "1"]).stdout
@@ -117,13 +118,43 @@ fn a_cluster_keeps_each_chunks_output_with_the_job_and_kiln_logs_prints_it_after
         }
     }
     assert_eq!(logs.stdout.matches("== chunk ").count(), 20, "{}", logs.stdout);
+    // What the aggregate printed on the worker comes last, after every chunk's.
+    let (chunks, aggregate) = logs.stdout.split_once("== aggregate stdout\n").expect(&logs.stdout);
+    assert!(chunks.contains("== chunk 9 ("), "{}", logs.stdout);
+    assert!(aggregate.starts_with("aggregating ") && aggregate.ends_with(" partials\n"), "{aggregate:?}");
     let json = cluster.kiln(&["logs", "1", "--json"]);
     let outputs: Vec<serde_json::Value> = serde_json::from_str(&json.stdout).expect(&json.stdout);
-    assert_eq!(outputs.len(), 10);
+    assert_eq!(outputs.len(), 11);
     assert_eq!(outputs[3]["first_line"], 301);
     assert_eq!(outputs[3]["stdout"], "chunk at line 301: 100 lines\n");
+    assert_eq!(outputs[10]["chunk"], serde_json::Value::Null, "the aggregate's: {}", outputs[10]);
     let unknown = cluster.kiln(&["logs", "99"]);
     assert!(!unknown.success && unknown.stderr.contains("job 99"), "{}", unknown.stderr);
+}
+
+#[test]
+fn a_cluster_keeps_what_an_aggregate_prints_bounded_with_a_note_of_what_was_cut() {
+    let cluster = Cluster::start(1);
+    let (input, text) = numbered_lines(cluster.dir.path(), 1000);
+    let flood = 200_000u64;
+    let params = format!("aggregate-flood={flood}");
+    let run = cluster.submit(&fixture("chatty"), &input, &["--chunk-size", "900", "--params", &params]);
+    assert!(run.success, "{}", run.stderr);
+    let result: serde_json::Value = serde_json::from_str(&run.stdout).expect("stdout is the result alone");
+    assert_eq!(result, expected_totals(&text));
+    assert!(run.stderr.contains("and the aggregate printed output: kiln logs 1"), "{}", run.stderr);
+    let logs = cluster.kiln(&["logs", "1"]);
+    assert!(logs.success, "{}", logs.stderr);
+    // Of the flood on stderr, 64 KiB is kept and the rest counted; stdout's line is kept whole.
+    let (_, aggregate) = logs.stdout.split_once("== aggregate stdout\n").expect(&logs.stdout);
+    let (stdout, stderr) = aggregate.split_once("== aggregate stderr\n").expect(aggregate);
+    assert!(stdout.starts_with("aggregating ") && stdout.ends_with(" partials\n"), "{stdout:?}");
+    let note = format!("[... {} bytes cut]\n", flood - 64 * 1024);
+    let kept = stderr.strip_suffix(&note).unwrap_or_else(|| panic!("no {note:?} at the end of {}", stderr.len()));
+    // 64 KiB ends inside a line of the flood, so `kiln logs` ends the text with a line ending.
+    let kept = kept.strip_suffix('\n').expect("a line ending after the text");
+    assert_eq!(kept.len(), 64 * 1024);
+    assert!(kept.bytes().all(|b| b == b'x' || b == b'\n'), "the aggregate's flood, nothing else");
 }
 
 #[test]

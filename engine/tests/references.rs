@@ -16,7 +16,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use by_reference::{CHUNK, PATTERN, concatenated, grep_expected, metric, objects, parsed, submit};
+use by_reference::{CHUNK, PATTERN, concatenated, grep_expected, metric, newest_status, objects, parsed, submit};
 use cluster::{Cluster, Daemon, JOIN_TOKEN};
 use serde_json::Value;
 use util::{example, word_counts, word_text};
@@ -46,6 +46,12 @@ fn a_prefix_read_by_reference_gives_what_its_files_give_uploaded_and_sends_no_by
         cluster.wait_workers(n_workers);
         let by_reference = parsed(&submit(&cluster, "wordcount", &prefix, &[]), "by reference");
         assert_eq!(by_reference, expected, "{n_workers} workers: same counts as computed here");
+        // Its progress counts every line and byte, as an upload's does (`kiln status --json`).
+        let status = newest_status(&cluster);
+        let n_lines = files.iter().map(|(_, text)| text.lines().count() as u64).sum::<u64>();
+        let n_bytes = files.iter().map(|(path, _)| std::fs::metadata(data.join(path)).unwrap().len()).sum::<u64>();
+        assert_eq!(status["lines_done"], n_lines, "{n_workers} workers: {status:#}");
+        assert_eq!((&status["bytes_done"], &status["bytes_total"]), (&n_bytes.into(), &n_bytes.into()), "{status:#}");
         let upload = uploaded
             .get_or_insert_with(|| parsed(&submit(&cluster, "wordcount", data.to_str().unwrap(), &[]), "uploaded"));
         assert_eq!(&by_reference, upload, "same counts as the same files uploaded");
@@ -195,4 +201,85 @@ fn a_worker_that_cannot_read_the_store_has_its_chunks_retried_on_another() {
     );
     let said = cluster.workers[0].stderr();
     assert!(said.contains("cannot read a chunk by reference") && said.contains("not found"), "{said}");
+}
+
+/// A process's peak resident memory, from `/proc/PID/status`.
+fn peak_memory(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|line| line.starts_with("VmHWM:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse::<u64>().unwrap() << 10
+}
+
+#[test]
+fn a_large_compressed_object_is_streamed_in_chunks_and_the_worker_stays_small() {
+    let dir = tempfile::tempdir().unwrap();
+    // A block of words 64 times over (about 1 MiB), gzipped once and written 240 times as
+    // members of one gzip file, as pigz writes them: some 230 MiB of text in 22 MiB.
+    let block = word_text(31, 330);
+    let (repeats, n_members) = (64, 240);
+    let member = by_reference::gzip(&block.repeat(repeats));
+    let object = dir.path().join("big.gz");
+    let mut file = std::fs::File::create(&object).unwrap();
+    for _ in 0..n_members {
+        std::io::Write::write_all(&mut file, &member).unwrap();
+    }
+    drop(file);
+    let times = (repeats * n_members) as u64;
+    let text_bytes = block.len() as u64 * times;
+    let expected: Value = word_counts(&block)
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(word, n)| (word.clone(), Value::from(n.as_u64().unwrap() * times)))
+        .collect();
+    let cluster = cluster(1, dir.path());
+    cluster.wait_workers(1);
+    let plugin = example("wordcount");
+    let submit_url = |url: &str| {
+        cluster.kiln(&["submit", "--plugin", plugin.to_str().unwrap(), "--input", url, "--chunk-size", "1MiB"])
+    };
+    // A small job first, so the worker has built the plugin and started its executor.
+    let small = dir.path().join("small.txt");
+    std::fs::write(&small, &block).unwrap();
+    assert_eq!(parsed(&submit_url(&url_of(&small)), "small"), word_counts(&block));
+    let worker = cluster.workers[0].pid();
+    let before = peak_memory(worker);
+
+    let run = submit_url(&url_of(&object));
+    assert_eq!(parsed(&run, "the compressed object"), expected, "the counts of every copy of the block");
+    let after = peak_memory(worker);
+    eprintln!(
+        "worker peak {} -> {} MiB for {} MiB of text ({} KiB compressed)",
+        before >> 20,
+        after >> 20,
+        text_bytes >> 20,
+        std::fs::metadata(&object).unwrap().len() >> 10
+    );
+    // A few chunks of 1 MiB at a time, with a generous margin: far from the object's size.
+    assert!(
+        after.saturating_sub(before) < 48 << 20,
+        "the worker grew from {} to {} MiB for an object of {} MiB",
+        before >> 20,
+        after >> 20,
+        text_bytes >> 20
+    );
+    let status = newest_status(&cluster);
+    assert_eq!(status["lines_done"], block.lines().count() as u64 * times, "{status:#}");
+}
+
+#[test]
+fn bad_compressed_data_read_by_reference_fails_the_job_naming_the_object_and_the_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut bytes = by_reference::gzip(&word_text(32, 5_000));
+    let middle = bytes.len() / 2;
+    bytes[middle..].iter_mut().for_each(|b| *b = !*b);
+    let broken = dir.path().join("broken.gz");
+    std::fs::write(&broken, &bytes).unwrap();
+    let cluster = cluster(1, dir.path());
+    cluster.wait_workers(1);
+    let run = submit(&cluster, "wordcount", &url_of(&broken), &[]);
+    assert!(!run.success, "a broken gzip object fails the job");
+    let said = format!("input file {}: bad gzip data at byte ", url_of(&broken));
+    assert!(run.stderr.contains(&said), "{}", run.stderr);
+    assert_eq!(newest_status(&cluster)["state"], "Failed");
 }

@@ -1,13 +1,15 @@
 //! The split rule of inputs read by reference: over many random files (empty ones, lines far
 //! longer than a split, empty lines, `\r\n`, no final newline) and split sizes, the splits that
 //! `input::split` plans and reads hold every line exactly once, in order, each in the split a
-//! naive rule written here assigns it to: the split that holds the line end before it.
+//! naive rule written here assigns it to: the split that holds the line end before it. A split
+//! that owns a line longer than the limit (`--max-line-size`, or the split's size where that is
+//! more) refuses it, naming where it starts, without reading much past the limit.
 
 mod util;
 
 use std::ops::Range;
 
-use kiln_engine::input::split::{self, Split, SplitText};
+use kiln_engine::input::split::{self, Split, SplitError, SplitText};
 use util::Rng;
 
 /// A random file: sometimes empty, otherwise lines of random lengths (mostly short, some far
@@ -52,16 +54,27 @@ fn naive_lines(text: &[u8], split_size: u64) -> Vec<Vec<&[u8]>> {
     owned
 }
 
-/// Reads `split` of `text` as a worker does, with `fetch` answering byte ranges of `text`;
-/// answers what it read and the ranges it asked for.
-fn read(text: &[u8], split: Split, read_ahead: u64) -> (SplitText, Vec<Range<u64>>) {
+/// Reads `split` of `text` as a worker does, with `fetch` answering byte ranges of `text`,
+/// refusing lines longer than `max_line`; answers what it read and the ranges it asked for.
+fn read_limited(
+    text: &[u8],
+    split: Split,
+    read_ahead: u64,
+    max_line: u64,
+) -> (Result<SplitText, SplitError<String>>, Vec<Range<u64>>) {
     let mut asked = Vec::new();
     let fetch = |range: Range<u64>| {
         asked.push(range.clone());
         std::future::ready(Ok::<_, String>(text[range.start as usize..range.end as usize].to_vec()))
     };
-    let read = futures::executor::block_on(split::read_split(split, text.len() as u64, read_ahead, fetch));
-    (read.expect("the fetch never fails"), asked)
+    let read = futures::executor::block_on(split::read_split(split, text.len() as u64, read_ahead, max_line, fetch));
+    (read, asked)
+}
+
+/// [`read_limited`] without a limit.
+fn read(text: &[u8], split: Split, read_ahead: u64) -> (SplitText, Vec<Range<u64>>) {
+    let (read, asked) = read_limited(text, split, read_ahead, u64::MAX);
+    (read.expect("the fetch never fails and no line is too long"), asked)
 }
 
 #[test]
@@ -117,4 +130,47 @@ fn a_compressed_file_is_one_split_read_whole() {
     assert_eq!(splits, [Split { start: 0, end: text.len() as u64 }]);
     let (read, _) = read(&text, splits[0], 1);
     assert_eq!(read.bytes, text);
+}
+
+#[test]
+fn a_split_refuses_a_line_longer_than_the_limit_without_reading_much_past_it() {
+    let mut rng = Rng::new(15);
+    let (mut n_refused, mut n_read) = (0, 0);
+    for case in 0..3_000 {
+        let text = random_file(&mut rng);
+        let split_size = 1 + rng.below(60);
+        let max_line = rng.below(300);
+        let read_ahead = 1 + rng.below(16);
+        let expected = naive_lines(&text, split_size);
+        for (k, &planned) in split::plan(text.len() as u64, split_size, false).iter().enumerate() {
+            let limit = max_line.max(planned.end - planned.start);
+            let offset_of = |line: &[u8]| (line.as_ptr() as usize - text.as_ptr() as usize) as u64;
+            let too_long = expected[k]
+                .iter()
+                .find(|line| line.len() as u64 - u64::from(line.ends_with(b"\n")) > limit)
+                .map(|line| offset_of(line));
+            let (read, asked) = read_limited(&text, planned, read_ahead, max_line);
+            match (read, too_long) {
+                (Ok(read), None) => {
+                    let lines: Vec<&[u8]> = read.bytes.split_inclusive(|&b| b == b'\n').collect();
+                    assert_eq!(lines, expected[k], "case {case}: split {k} of {planned:?}");
+                    n_read += 1;
+                }
+                (Err(SplitError::LineTooLong { offset, limit: said }), Some(at)) => {
+                    assert_eq!((offset, said), (at, limit), "case {case}: split {k} of {planned:?}");
+                    n_refused += 1;
+                }
+                (read, too_long) => panic!("case {case}: split {k} of {planned:?} read {read:?}, {too_long:?}"),
+            }
+            // Never more than the split, its read-ahead, and its last line up to the limit,
+            // its line end and one byte more.
+            let last = expected[k].last().map_or(planned.start, |line| offset_of(line));
+            let furthest = asked.iter().map(|range| range.end).max().unwrap_or(0);
+            assert!(
+                furthest <= (planned.end + read_ahead).max(last + limit + 2),
+                "case {case}: split {k} of {planned:?} read to {furthest}"
+            );
+        }
+    }
+    assert!(n_refused > 100 && n_read > 1_000, "both kinds were tried: {n_refused} refused, {n_read} read");
 }

@@ -474,7 +474,7 @@ async fn aggregated(client: &WorkerClient, secret: &Secret, job: JobId, partials
         .await
         .unwrap()
         .unwrap();
-    let len = client.aggregate(long(), secret.clone(), job, n_partials, u64::MAX).await.unwrap().unwrap();
+    let len = client.aggregate(long(), secret.clone(), job, n_partials, u64::MAX).await.unwrap().unwrap().len;
     let mut output = Vec::new();
     while (output.len() as u64) < len {
         let piece = client.fetch_output(long(), secret.clone(), job, output.len() as u64).await.unwrap().unwrap();

@@ -36,6 +36,8 @@ pub struct EmbeddedConfig {
     pub file_input_roots: Vec<PathBuf>,
     /// Prefixes below which runs may name `s3://` and `http(s)://` inputs (none: refused).
     pub input_url_allow: Vec<UrlPrefix>,
+    /// The longest result a job may have (the controller's `--max-result-size`).
+    pub max_result_bytes: u64,
 }
 
 /// Why the embedded cluster could not start.
@@ -79,6 +81,7 @@ pub async fn start(config: &EmbeddedConfig) -> Result<EmbeddedCluster, EmbeddedE
     let mut controller_config = ControllerConfig::new(loopback, config.dir.join("controller"));
     controller_config.file_input_roots = config.file_input_roots.clone();
     controller_config.input_url_allow = config.input_url_allow.clone();
+    controller_config.max_result_bytes = config.max_result_bytes;
     let controller = controller::start(controller_config).await?;
     let processes = config.processes.max(1);
     let (builder, executor) = host_configs(

@@ -40,6 +40,7 @@ use crate::cluster::{EmbeddedCluster, EmbeddedConfig, EmbeddedError};
 use crate::http::App;
 use crate::metrics::WebMetrics;
 use crate::runs::inputs::InputKeeper;
+use crate::runs::results::ResultFiles;
 use crate::runs::{RunError, RunManager};
 use crate::sealing::{KeyError, KeyOrigin, SecretKey};
 use crate::security::LoginLimiter;
@@ -86,6 +87,9 @@ pub struct WebConfig {
     pub max_upload_bytes: u64,
     /// The largest plugin file accepted.
     pub max_plugin_bytes: u64,
+    /// The longest result kept (in `<data_dir>/results/`); a longer one fails its run. The
+    /// embedded controller gets the same limit (its `--max-result-size`).
+    pub max_result_bytes: u64,
     /// How long a login lasts.
     pub session_ttl: Duration,
     /// How long a login lasts without a request (the idle timeout).
@@ -133,6 +137,7 @@ impl WebConfig {
             embedded_cluster: true,
             max_upload_bytes: DEFAULT_MAX_UPLOAD_BYTES,
             max_plugin_bytes: DEFAULT_MAX_PLUGIN_BYTES,
+            max_result_bytes: kiln_engine::rules::limits::DEFAULT_MAX_RESULT_BYTES,
             session_ttl: DEFAULT_SESSION_TTL,
             session_idle: DEFAULT_SESSION_IDLE,
             input_retention: DEFAULT_INPUT_RETENTION,
@@ -262,8 +267,9 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let upload_dir = config.data_dir.join("uploads");
     let plugin_dir = config.data_dir.join("plugins");
     let input_dir = config.data_dir.join("inputs");
+    let result_dir = config.data_dir.join("results");
     make_private_dir(&config.data_dir).await?;
-    for dir in [&upload_dir, &plugin_dir, &input_dir] {
+    for dir in [&upload_dir, &plugin_dir, &input_dir, &result_dir] {
         tokio::fs::create_dir_all(dir).await.map_err(|source| WebError::DataDir { path: dir.clone(), source })?;
     }
     remove_stale_uploads(&upload_dir).await;
@@ -282,12 +288,14 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         }
     }
     let web_metrics = WebMetrics::default();
+    let results = ResultFiles::new(result_dir, config.max_result_bytes);
     let runs = RunManager::new(
         store.clone(),
         embedded.as_ref().map(EmbeddedCluster::target),
         upload_dir.clone(),
         plugin_dir.clone(),
         config.chunk_bytes,
+        results.clone(),
         web_metrics.clone(),
     );
     let resumed = runs.resume().await?;
@@ -318,6 +326,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
         session_ttl: config.session_ttl,
         session_idle: config.session_idle,
         inputs: InputKeeper::new(input_dir, config.input_retention),
+        results: results.clone(),
         secure_cookies: config.secure_cookies,
         embedded_cluster: embedded.is_some(),
         metrics: web_metrics,
@@ -333,7 +342,7 @@ pub async fn start(config: WebConfig) -> Result<RunningWeb, WebError> {
     let inputs = app.inputs.clone();
     let service = http::service(app);
     let serving = tokio::spawn(async move { server.serve(service).await });
-    let sweeper = tokio::spawn(sweep(store.clone(), config.session_idle, inputs));
+    let sweeper = tokio::spawn(sweep(store.clone(), config.session_idle, inputs, results));
     tracing::info!(addr = %local_addr, resumed, "serving http://{local_addr}");
     Ok(RunningWeb { local_addr, store, runs, embedded, server: handle, serving, sweeper, metrics })
 }
@@ -363,6 +372,7 @@ async fn start_embedded(config: &WebConfig) -> Result<Option<EmbeddedCluster>, W
         sandbox: config.sandbox,
         file_input_roots: config.file_input_roots.clone(),
         input_url_allow: config.input_url_allow.clone(),
+        max_result_bytes: config.max_result_bytes,
     };
     Ok(Some(cluster::start(&embedded).await?))
 }
@@ -442,8 +452,9 @@ async fn remove_stale_uploads(dir: &std::path::Path) {
     }
 }
 
-/// Deletes expired and idle sessions and the kept inputs whose time has passed, now and then.
-async fn sweep(store: Store, idle: Duration, inputs: InputKeeper) {
+/// Deletes expired and idle sessions, the kept inputs whose time has passed and the results
+/// no run names, now and then.
+async fn sweep(store: Store, idle: Duration, inputs: InputKeeper, results: ResultFiles) {
     let mut interval = tokio::time::interval(SWEEP_INTERVAL);
     let idle_ms = i64::try_from(idle.as_millis()).unwrap_or(i64::MAX);
     loop {
@@ -457,6 +468,11 @@ async fn sweep(store: Store, idle: Duration, inputs: InputKeeper) {
             Ok(0) => {}
             Ok(n) => tracing::debug!(n, "kept inputs removed"),
             Err(e) => tracing::warn!("cannot remove the kept inputs whose time has passed: {e}"),
+        }
+        match results.sweep(&store).await {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(n, "results no run names removed"),
+            Err(e) => tracing::warn!("cannot remove the results no run names: {e}"),
         }
     }
 }

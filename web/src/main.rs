@@ -52,6 +52,10 @@ struct Cli {
     /// The largest input file accepted, in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_UPLOAD_BYTES)]
     max_upload_bytes: u64,
+    /// The longest result a run may have, in bytes (kept in the data directory's results/); a
+    /// longer one fails the run and says so. The embedded cluster's controller gets the same.
+    #[arg(long, default_value_t = kiln_engine::rules::limits::DEFAULT_MAX_RESULT_BYTES)]
+    max_result_bytes: u64,
     /// Log a session out after this many minutes without a request.
     #[arg(long, env = "KILN_WEB_SESSION_IDLE_MINUTES", default_value_t = 480)]
     session_idle_minutes: u64,
@@ -135,6 +139,7 @@ fn serve(cli: Cli) -> anyhow::Result<()> {
     }
     config.input_url_allow = cli.input_url_allow;
     config.max_upload_bytes = cli.max_upload_bytes;
+    config.max_result_bytes = cli.max_result_bytes;
     config.secure_cookies = cli.secure_cookies;
     config.input_retention = std::time::Duration::from_secs(cli.keep_inputs_hours.saturating_mul(3600));
     config.session_idle = std::time::Duration::from_secs(cli.session_idle_minutes.max(1).saturating_mul(60));

@@ -76,7 +76,7 @@ impl MapReduce for Boom {
 kiln_plugin_api::export_plugin!(Boom);
 "#;
 
-/// A plugin that prints a line of markup per chunk and counts lines.
+/// A plugin that prints a line of markup per chunk and in its aggregate, and counts lines.
 const PRINTS_MARKUP: &str = r#"
 use kiln_plugin_api::{Chunk, MapReduce};
 
@@ -97,6 +97,7 @@ impl MapReduce for Markup {
     }
 
     fn aggregate(&self, partials: Vec<u64>) -> Result<u64, String> {
+        println!("<b>aggregating {} partials</b>", partials.len());
         Ok(partials.iter().sum())
     }
 }
@@ -274,6 +275,9 @@ async fn what_the_plugin_printed_is_shown_escaped_on_the_run_page_apart_from_the
     // The first chunk starts at line 1 and the section names it.
     assert!(page.contains("&#60;script&#62;chunk at line 1: "), "{page}");
     assert!(page.contains("== chunk 0 ("), "{page}");
+    // What the aggregate printed on the cluster's worker is there too, after the chunks'.
+    let aggregate = page.find("== aggregate stdout\n&#60;b&#62;aggregating ").expect(&page);
+    assert!(page.rfind("== chunk ").is_some_and(|last_chunk| last_chunk < aggregate), "{page}");
     web.stop().await;
 }
 

@@ -11,7 +11,7 @@ use sqlx::Row;
 use db::TestDb;
 use kiln_web::sealing::SecretKey;
 use kiln_web::store::clusters::{ClusterFields, LOCAL_CLUSTER, UnreadableKey};
-use kiln_web::store::runs::{NewRun, RunEnding, RunProgress, RunState};
+use kiln_web::store::runs::{NewRun, ResultFile, RunEnding, RunProgress, RunState, RunsOf, StoredResult};
 use kiln_web::store::tasks::{Plugin, PluginContent, PluginKind};
 use kiln_web::store::{Store, StoreError, now_ms};
 
@@ -230,7 +230,7 @@ async fn a_run_records_its_job_progress_and_ending_once() {
 
         let ending = RunEnding {
             state: RunState::Succeeded,
-            result: Some(r#"{"a":1}"#.into()),
+            result: Some(ResultFile { file: "run-1-x.json".into(), bytes: 7 }),
             error_kind: None,
             error: None,
             started_at: None,
@@ -246,7 +246,15 @@ async fn a_run_records_its_job_progress_and_ending_once() {
         assert_eq!(done.progress.chunks_done, 4);
         assert_eq!((done.state, done.duration_ms(), done.error.as_deref()), (RunState::Succeeded, Some(2000), None));
         assert_eq!(done.throughput_bps(), Some(500.0));
-        assert_eq!(store.run_result(a, run).await.unwrap(), Some(Some(r#"{"a":1}"#.into())));
+        let stored = StoredResult::File(ResultFile { file: "run-1-x.json".into(), bytes: 7 });
+        assert_eq!(store.run_result(a, run).await.unwrap(), Some(Some(stored)));
+        // The result's file is listed with the run's user, task and cluster, and only theirs.
+        for of in [RunsOf::All, RunsOf::User(a), RunsOf::Task { user_id: a, task_id: task }] {
+            assert_eq!(store.run_result_files(of).await.unwrap(), ["run-1-x.json"], "{of:?}");
+        }
+        assert_eq!(store.run_result_files(RunsOf::Cluster { user_id: a, cluster_id: cluster }).await.unwrap().len(), 1);
+        assert!(store.run_result_files(RunsOf::User(a + 1000)).await.unwrap().is_empty());
+        assert!(store.run_result_files(RunsOf::Task { user_id: a, task_id: task + 1000 }).await.unwrap().is_empty());
         let printed = store.run_plugin_output(a, run).await.unwrap();
         assert_eq!(printed, Some(ending.plugin_output.clone()), "what the plugin printed is kept with the run");
         assert!(store.unfinished_runs().await.unwrap().is_empty());
@@ -529,7 +537,7 @@ async fn a_runs_kept_input_and_figures_are_stored_and_expire() {
         assert_eq!(store.run(a, run).await.unwrap().unwrap().plugin_hash.as_deref(), Some("abc123"));
         let ending = RunEnding {
             state: RunState::Succeeded,
-            result: Some("1".into()),
+            result: Some(ResultFile { file: "run-2-z.json".into(), bytes: 1 }),
             error_kind: None,
             error: None,
             started_at: None,

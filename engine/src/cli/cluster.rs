@@ -67,7 +67,8 @@ pub struct ControllerArgs {
     /// round trip is shorter than a call's run. 0 sends a call only to a free slot.
     #[arg(long, default_value_t = kiln_engine::controller::DEFAULT_PREFETCH)]
     prefetch: u32,
-    /// The longest line an uploaded input may have (KiB, MiB, up to 256MiB): a job with a
+    /// The longest line an input may have, uploaded or read by reference by the workers (KiB,
+    /// MiB, up to 256MiB): a job with a
     /// longer line fails naming it. Each process on a chunk's path holds a few copies of its
     /// longest line, so this bounds their memory where lines are longer than chunks.
     #[arg(long, value_parser = crate::parse_size, default_value = "64MiB")]

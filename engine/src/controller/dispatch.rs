@@ -258,12 +258,19 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
     let limit = shared.max_result_bytes;
     let result = worker.client.aggregate(deadline_in(CALL_DEADLINE), worker.secret(), job_id, staged, limit).await;
     let failure = match classify(result, CALL_DEADLINE) {
-        Ok(len) => match results::fetch(shared, &worker, job_id, len).await {
+        Ok(answer) => match results::fetch(shared, &worker, job_id, answer.len).await {
             Ok(()) => {
                 let mine =
                     shared.with_state(|st| st.job_mut(job_id).is_some_and(|job| job.aggregation_answered(worker.id)));
                 if mine {
-                    info!(job = job_id, worker = worker.id, bytes = len, "result stored");
+                    info!(job = job_id, worker = worker.id, bytes = answer.len, "result stored");
+                    // Kept before the job ends, so whoever sees it succeed finds it (`kiln logs`);
+                    // a failure to keep it is logged and costs the job nothing.
+                    if let Some(printed) = answer.printed()
+                        && let Err(e) = shared.store.save_plugin_output(job_id, &[&printed]).await
+                    {
+                        warn!(job = job_id, "cannot keep what the aggregate printed: {e}");
+                    }
                     end_job(shared, job_id, JobState::Succeeded, None, None).await;
                 } else if !is_active(shared, job_id) {
                     // Cancelled while it was fetched: nobody can read it.

@@ -113,7 +113,8 @@ pub struct ControllerConfig {
     /// The largest result a job may have (`--max-result-size`); a job whose output is longer
     /// fails with a message that names both sizes and the flag.
     pub max_result_bytes: u64,
-    /// The longest line an uploaded input may have (`--max-line-size`): a chunk holds at least
+    /// The longest line an input may have (`--max-line-size`; the workers apply it to the
+    /// inputs they read by reference): a chunk holds at least
     /// one line, so this bounds the memory a chunk takes where a line is longer than a chunk.
     pub max_line_bytes: usize,
     /// The directories below which `file://` inputs may be read (`--file-input-root`); none:
@@ -282,7 +283,7 @@ struct Shared {
     metrics: ControllerMetrics,
     /// The largest result a job may have.
     max_result_bytes: u64,
-    /// The longest line an uploaded input may have.
+    /// The longest line an input may have (uploaded, or read by reference by the workers).
     max_line_bytes: usize,
     /// Where `file://` inputs may be read ([`ControllerConfig::file_input_roots`]).
     file_input_roots: Vec<PathBuf>,

@@ -90,6 +90,8 @@ pub(crate) struct NewPartial<'a> {
     pub index: u64,
     /// Attempts that ended, counting the one that produced the partial.
     pub attempts: u32,
+    /// The chunk's lines (those of a chunk read by reference are known only now).
+    pub n_lines: u64,
     /// The encoded partial.
     pub partial: &'a [u8],
 }
@@ -544,7 +546,7 @@ pub(super) mod tests {
         let job = store.insert_job(&spec(), 7).await.unwrap();
         assert!(store.finish_input(job, 0, &[meta(0)], 10, 16).await.unwrap());
         store.mark_running(job, 8).await.unwrap();
-        store.save_partials(job, &[NewPartial { index: 0, attempts: 1, partial: b"p" }]).await.unwrap();
+        store.save_partials(job, &[NewPartial { index: 0, attempts: 1, n_lines: 1, partial: b"p" }]).await.unwrap();
         let figures = Figures {
             seq: 12,
             state: JobState::Succeeded,

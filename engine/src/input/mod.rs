@@ -9,6 +9,7 @@
 //! ([`decode`]).
 
 pub mod allow;
+pub mod compressed;
 pub mod decode;
 pub mod reference;
 pub mod split;

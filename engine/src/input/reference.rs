@@ -1,7 +1,8 @@
 //! Inputs read by reference, through the `object_store` crate: the controller lists a URL's
 //! objects ([`list`]), with each one's size, version and compression, and plans their splits;
-//! each worker reads its own chunk's split ([`read_chunk`]), so the input's bytes never pass
-//! through the controller.
+//! each worker reads its own chunk's split ([`read_chunk`]; a compressed object, one split, as
+//! a stream with [`super::compressed::chunks`]), so the input's bytes never pass through the
+//! controller.
 //!
 //! A URL names one object or a prefix (a directory): a prefix stands for its objects, sorted by
 //! path, leaving out names starting with `.` or `_` as a local directory does. To tell a
@@ -19,8 +20,9 @@ use object_store::path::Path as StorePath;
 use object_store::{ClientOptions, GetOptions, GetRange, ObjectMeta, ObjectStore, ObjectStoreExt, RetryConfig};
 
 use super::decode::{Compression, MAGIC_BYTES};
-use super::split::{self, Split};
+use super::split::{self, Split, SplitError};
 use crate::rpc::input::ChunkSource;
+use crate::rules::chunk::ChunkError;
 
 /// How far past a split's end a worker reads in its first request, so that the split's last
 /// line is finished without a second request unless it is longer than this.
@@ -52,8 +54,10 @@ pub struct InputObject {
 }
 
 impl InputObject {
-    /// What a worker needs to read the planned range `split` of this object.
-    pub fn source(&self, split: Split) -> ChunkSource {
+    /// What a worker needs to read the planned range `split` of this object, cutting a
+    /// compressed one into chunks of `chunk_size` bytes and refusing lines longer than
+    /// `max_line` bytes.
+    pub fn source(&self, split: Split, chunk_size: u64, max_line: u64) -> ChunkSource {
         ChunkSource {
             url: self.url.clone(),
             size: self.size,
@@ -61,6 +65,8 @@ impl InputObject {
             compressed: self.compression != Compression::Plain,
             start: split.start,
             end: split.end,
+            chunk_size,
+            max_line,
         }
     }
 }
@@ -100,6 +106,17 @@ pub enum ReferenceError {
     /// The object's text is not UTF-8 or its compressed data is bad.
     #[error("cannot read the input object {url}: {why}")]
     Content { url: String, why: String },
+    /// A line is longer than the longest accepted (`--max-line-size`), the text is not UTF-8
+    /// or the compressed data is bad, as in an uploaded input.
+    #[error("input file {url}: {source}")]
+    Chunk {
+        url: String,
+        #[source]
+        source: ChunkError,
+    },
+    /// The store's answer broke off while the object was read.
+    #[error("cannot read the input {url}: {why}")]
+    Interrupted { url: String, why: String },
 }
 
 impl ReferenceError {
@@ -109,6 +126,7 @@ impl ReferenceError {
             self,
             ReferenceError::Changed { .. }
                 | ReferenceError::Content { .. }
+                | ReferenceError::Chunk { .. }
                 | ReferenceError::Url { .. }
                 | ReferenceError::Refused { .. }
                 | ReferenceError::NotListable { .. }
@@ -148,7 +166,7 @@ fn new_store(url: &str, parsed: &url::Url) -> Result<Arc<dyn ObjectStore>, Strin
 
 /// The store and path a URL names. Stores are kept per bucket or server (with their
 /// connection pools), so that a worker's chunks do not each open connections anew.
-fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, url::Url, StorePath), ReferenceError> {
+pub(super) fn open(url: &str) -> Result<(Arc<dyn ObjectStore>, url::Url, StorePath), ReferenceError> {
     static STORES: OnceLock<Mutex<HashMap<String, Arc<dyn ObjectStore>>>> = OnceLock::new();
     let bad = |why: String| ReferenceError::Url { url: url.to_owned(), why };
     let parsed = super::allow::checked(url).map_err(|why| ReferenceError::Refused { why })?;
@@ -254,7 +272,7 @@ async fn fetch(
 }
 
 /// Fails unless the object `meta` describes is the version `source` was planned on.
-fn check_version(source: &ChunkSource, meta: &ObjectMeta) -> Result<(), ReferenceError> {
+pub(super) fn check_version(source: &ChunkSource, meta: &ObjectMeta) -> Result<(), ReferenceError> {
     let now = version_of(meta);
     if now != source.version || meta.size != source.size {
         return Err(ReferenceError::Changed {
@@ -266,48 +284,39 @@ fn check_version(source: &ChunkSource, meta: &ObjectMeta) -> Result<(), Referenc
     Ok(())
 }
 
-/// Reads a chunk of an input read by reference: the lines of its split of the object (the
-/// whole object, decompressed, when it is compressed), checked to be UTF-8. Every request
-/// checks that the object still has the version the controller listed.
+/// Reads a chunk of an input read by reference: the lines of its split of a plain object,
+/// checked to be UTF-8. Every request checks that the object still has the version the
+/// controller listed. A compressed object is read as a stream of chunks instead
+/// ([`super::compressed::chunks`]).
 pub async fn read_chunk(source: &ChunkSource) -> Result<ChunkRead, ReferenceError> {
     let (store, _, path) = open(&source.url)?;
     let url = source.url.as_str();
-    let store_error = |source| ReferenceError::Store { url: url.to_owned(), source };
-    let (offset, text) = if source.compressed {
-        let (bytes, meta) = fetch(&*store, &path, 0..source.size).await.map_err(store_error)?;
-        check_version(source, &meta)?;
-        let content = |why: String| ReferenceError::Content { url: url.to_owned(), why };
-        tokio::task::spawn_blocking(move || -> Result<Vec<u8>, String> {
-            let (_, mut reader) = super::decode::decoded(std::io::Cursor::new(bytes)).map_err(|e| e.to_string())?;
-            let mut text = Vec::new();
-            std::io::Read::read_to_end(&mut reader, &mut text).map_err(|e| e.to_string())?;
-            Ok(text)
-        })
-        .await
-        .map_err(|e| content(e.to_string()))?
-        .map_err(content)
-        .map(|text| (0, text))?
-    } else {
-        let split = Split { start: source.start, end: source.end };
-        let fetch_checked = |range: Range<u64>| {
-            let (store, path, source) = (Arc::clone(&store), path.clone(), source.clone());
-            async move {
-                let url = source.url.as_str();
-                match fetch(&*store, &path, range).await {
-                    Ok((bytes, meta)) => check_version(&source, &meta).map(|()| bytes),
-                    Err(e) => {
-                        // A range past the end of a shrunk object fails: say that it changed.
-                        if let Ok(meta) = store.head(&path).await {
-                            check_version(&source, &meta)?;
-                        }
-                        Err(ReferenceError::Store { url: url.to_owned(), source: e })
+    let split = Split { start: source.start, end: source.end };
+    let fetch_checked = |range: Range<u64>| {
+        let (store, path, source) = (Arc::clone(&store), path.clone(), source.clone());
+        async move {
+            let url = source.url.as_str();
+            match fetch(&*store, &path, range).await {
+                Ok((bytes, meta)) => check_version(&source, &meta).map(|()| bytes),
+                Err(e) => {
+                    // A range past the end of a shrunk object fails: say that it changed.
+                    if let Ok(meta) = store.head(&path).await {
+                        check_version(&source, &meta)?;
                     }
+                    Err(ReferenceError::Store { url: url.to_owned(), source: e })
                 }
             }
-        };
-        let read = split::read_split(split, source.size, READ_AHEAD, fetch_checked).await?;
-        (read.offset, read.bytes)
+        }
     };
+    let read = split::read_split(split, source.size, READ_AHEAD, source.max_line, fetch_checked).await;
+    let read = read.map_err(|error| match error {
+        SplitError::Fetch(error) => error,
+        SplitError::LineTooLong { offset, limit } => ReferenceError::Chunk {
+            url: url.to_owned(),
+            source: ChunkError::LineTooLongAt { offset, limit: usize::try_from(limit).unwrap_or(usize::MAX) },
+        },
+    })?;
+    let (offset, text) = (read.offset, read.bytes);
     if let Err(e) = std::str::from_utf8(&text) {
         let why = format!("not valid UTF-8 at byte {} of the chunk: convert it to UTF-8 first", e.valid_up_to());
         return Err(ReferenceError::Content { url: url.to_owned(), why });

@@ -13,6 +13,10 @@
 //! whatever the split size: the one that holds the line end before it (line 1, the split at 0).
 //! A split inside a line longer than itself holds no line at all. A compressed file cannot be
 //! entered in the middle, so it is one split.
+//!
+//! Reading past a split's end is bounded as cutting an uploaded input is: a line longer than
+//! the limit (`--max-line-size`, or the split's size where that is more) fails the read
+//! ([`SplitError::LineTooLong`]) once the reader holds one byte more than the limit of it.
 
 use std::ops::Range;
 
@@ -75,6 +79,16 @@ pub fn lines_in(split: Split, window: &[u8], at_eof: bool) -> Span {
     }
 }
 
+/// Why a split could not be read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SplitError<E> {
+    /// The fetch failed.
+    Fetch(E),
+    /// The split's last line, starting at byte `offset` of the file, is longer than `limit`
+    /// bytes (without its line end).
+    LineTooLong { offset: u64, limit: u64 },
+}
+
 /// A split's lines, read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitText {
@@ -88,27 +102,69 @@ pub struct SplitText {
 /// range): first the split and `read_ahead` bytes past it, then twice as much again each time
 /// its last line runs on, so a split costs one request unless a line crosses its end by more
 /// than `read_ahead`. A fetch that answers fewer bytes than asked for means the file ended.
-pub async fn read_split<E, F, Fut>(split: Split, size: u64, read_ahead: u64, mut fetch: F) -> Result<SplitText, E>
+///
+/// A line longer than `max_line` bytes (or the split's size, where that is more) fails the
+/// read, which never holds more than one byte of it past the limit.
+pub async fn read_split<E, F, Fut>(
+    split: Split,
+    size: u64,
+    read_ahead: u64,
+    max_line: u64,
+    mut fetch: F,
+) -> Result<SplitText, SplitError<E>>
 where
     F: FnMut(Range<u64>) -> Fut,
     Fut: Future<Output = Result<Vec<u8>, E>>,
 {
+    // Lines within the split are no longer than it: only its last line can pass the limit.
+    let limit = max_line.max(split.end - split.start);
     let mut window = Vec::new();
     let mut asked = split.end.saturating_add(read_ahead.max(1)).min(size);
     let mut step = read_ahead.max(1);
     loop {
         let from = split.start + window.len() as u64;
-        let piece = if from < asked { fetch(from..asked).await? } else { Vec::new() };
+        let piece = if from < asked { fetch(from..asked).await.map_err(SplitError::Fetch)? } else { Vec::new() };
         let short = (piece.len() as u64) < asked - from;
         window.extend_from_slice(&piece);
         let at_eof = short || split.start + window.len() as u64 >= size;
-        if let Span::Lines(range) = lines_in(split, &window, at_eof) {
+        let span = lines_in(split, &window, at_eof);
+        // The line that crosses the split's end: refused once it is known to pass the limit,
+        // and never read further than one byte past the limit.
+        let mut cap = size;
+        if let Some(last) = last_line_start(split, &window) {
+            let end = match &span {
+                Span::Lines(range) => range.end,
+                Span::NeedMore => window.len(),
+            };
+            let line = &window[last..end];
+            let line_len = line.len() - usize::from(line.last() == Some(&b'\n'));
+            if line_len as u64 > limit {
+                return Err(SplitError::LineTooLong { offset: split.start + last as u64, limit });
+            }
+            // The longest line accepted and its line end, then one byte that proves it longer.
+            cap = (split.start + last as u64).saturating_add(limit).saturating_add(2).min(size);
+        }
+        if let Span::Lines(range) = span {
             window.truncate(range.end);
             window.drain(..range.start);
             return Ok(SplitText { offset: split.start + range.start as u64, bytes: window });
         }
         step = step.saturating_mul(2);
-        asked = asked.saturating_add(step).min(size);
+        asked = asked.saturating_add(step).min(cap).max(split.start + window.len() as u64);
+    }
+}
+
+/// Where the line that crosses the end of `split` starts in `window` (the file's bytes from the
+/// split's start), once the window holds the whole split; `None` while it does not, or when the
+/// split holds no line (it lies inside a line an earlier split reads).
+fn last_line_start(split: Split, window: &[u8]) -> Option<usize> {
+    let len = usize::try_from(split.end - split.start).unwrap_or(usize::MAX);
+    if window.len() < len {
+        return None;
+    }
+    match memchr::memrchr(b'\n', &window[..len]) {
+        Some(at) => Some(at + 1),
+        None => (split.start == 0).then_some(0),
     }
 }
 

@@ -50,4 +50,10 @@ pub struct ChunkSource {
     pub start: u64,
     /// One past its last byte.
     pub end: u64,
+    /// The job's chunk size: a compressed object (one split) is cut into chunks of this size
+    /// as the worker decompresses it.
+    pub chunk_size: u64,
+    /// The longest line accepted: the controller's `--max-line-size`, or the chunk size where
+    /// that is more; a longer line fails the job as it would in an uploaded input.
+    pub max_line: u64,
 }

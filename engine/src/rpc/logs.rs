@@ -81,6 +81,39 @@ pub struct ChunkResults {
     pub results: Vec<Result<serde_bytes::ByteBuf, super::TaskError>>,
     /// What the chunks printed; none for chunks that printed nothing.
     pub printed: Vec<ChunkPrinted>,
+    /// The lines of each chunk the worker read by reference, in the batch's order (0 for a
+    /// chunk whose text came with the call: the controller counted its lines when it cut it),
+    /// so that a job's progress counts the lines of an input read by reference too.
+    pub lines: Vec<u64>,
+}
+
+/// A worker's answer to `aggregate`: the output's length (the output itself is fetched in
+/// pieces with `fetch_output`) and what the plugin printed while it aggregated.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Aggregated {
+    /// The output JSON's length in bytes.
+    pub len: u64,
+    /// What the aggregate wrote on stdout.
+    pub stdout: String,
+    /// What it wrote on stderr.
+    pub stderr: String,
+    /// Bytes it wrote beyond what is kept.
+    pub cut: u64,
+}
+
+impl Aggregated {
+    /// What the aggregate printed, as the job keeps it; `None` when it printed nothing.
+    pub fn printed(&self) -> Option<PluginOutput> {
+        (!self.stdout.is_empty() || !self.stderr.is_empty() || self.cut > 0).then(|| PluginOutput {
+            chunk: None,
+            file: String::new(),
+            first_line: 0,
+            last_line: 0,
+            stdout: self.stdout.clone(),
+            stderr: self.stderr.clone(),
+            cut: self.cut,
+        })
+    }
 }
 
 /// A job's plugin output, within [`JOB_OUTPUT_BYTES`]: an output that would pass the bound is

@@ -15,6 +15,41 @@ use std::io::{self, Read};
 /// MiB over many slots.
 pub const DEFAULT_CHUNK_SIZE: usize = 4 << 20;
 
+/// The largest chunk run-local picks by itself when `--chunk-size` is not given
+/// ([`local_chunk_size`]); the flag may set any size.
+pub const MAX_LOCAL_CHUNK_SIZE: usize = 32 << 20;
+
+/// How many chunks per slot run-local aims for when it sizes chunks by itself: enough that a
+/// slot that runs slower than the others leaves little tail, few enough that per-chunk costs
+/// stay small.
+pub const LOCAL_CHUNKS_PER_SLOT: u64 = 4;
+
+/// The chunk size run-local uses when `--chunk-size` is not given, for an input of
+/// `input_bytes` (the files' sizes on disk; a compressed file counts its compressed size, so
+/// it gets smaller chunks, never larger) run in `slots` slots: about
+/// [`LOCAL_CHUNKS_PER_SLOT`] chunks per slot, never smaller than [`DEFAULT_CHUNK_SIZE`] nor
+/// larger than [`MAX_LOCAL_CHUNK_SIZE`]. As Spark sizes its splits (`totalBytes /
+/// defaultParallelism` between the cost of opening a file and 128 MiB).
+///
+/// Each chunk costs a call and a partial that is encoded, kept and decoded by `aggregate`; a
+/// partial the size of the plugin's vocabulary (a word count: tens of thousands of words)
+/// costs about as much whether its chunk has 4 MiB or 32 MiB. Without `combine`, 4 MiB chunks
+/// of a 1 GiB input made `aggregate` decode and fold 256 such partials on one core: a third
+/// of the run's time (see ARCHITECTURE.md).
+///
+/// Under an executor memory limit of `memory_limit` bytes, a chunk is also at most an eighth
+/// of each slot's share of it (the executor holds each running chunk beside what the plugin
+/// builds from it), so a limit that worked with the default size still works.
+pub fn local_chunk_size(input_bytes: u64, slots: usize, memory_limit: Option<u64>) -> usize {
+    let slots = (slots as u64).max(1);
+    let largest = match memory_limit {
+        Some(limit) => (limit / slots / 8).min(MAX_LOCAL_CHUNK_SIZE as u64),
+        None => MAX_LOCAL_CHUNK_SIZE as u64,
+    };
+    let size = (input_bytes / slots.saturating_mul(LOCAL_CHUNKS_PER_SLOT)).min(largest);
+    usize::try_from(size.max(DEFAULT_CHUNK_SIZE as u64)).unwrap_or(DEFAULT_CHUNK_SIZE)
+}
+
 /// The longest line accepted unless the operator sets another limit (`--max-line-size`). A
 /// chunk holds at least one whole line, and each process on a chunk's path holds a few copies
 /// of it, so this bounds their memory where a line is longer than a chunk: as Hadoop's
@@ -72,6 +107,19 @@ pub enum ChunkError {
     LineTooLong {
         /// The 1-based number of the line within its file.
         line: u64,
+        /// The limit, in bytes.
+        limit: usize,
+    },
+    /// One line, of a file read by reference where its number is unknown, is longer than the
+    /// limit set.
+    #[error(
+        "the line at byte {offset} is longer than {} MiB, the longest line accepted: split it, or raise \
+         --max-line-size (each process on the chunk's path holds a few copies of the longest line)",
+        limit >> 20
+    )]
+    LineTooLongAt {
+        /// The line's first byte in its file.
+        offset: u64,
         /// The limit, in bytes.
         limit: usize,
     },
@@ -413,7 +461,7 @@ impl Cutter {
 }
 
 /// The lines in a chunk's bytes: its line ends, and one more when the last line has none.
-fn count_lines(bytes: &[u8]) -> u64 {
+pub fn count_lines(bytes: &[u8]) -> u64 {
     bytecount::count(bytes, b'\n') as u64 + u64::from(bytes.last().is_some_and(|&b| b != b'\n'))
 }
 

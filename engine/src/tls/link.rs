@@ -119,7 +119,15 @@ pub fn is_wrong_peer(error: &io::Error) -> bool {
 
 impl AsyncRead for Link {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut *self.io).poll_read(cx, buf)
+        match Pin::new(&mut *self.io).poll_read(cx, buf) {
+            // A peer that closes its connection without TLS's close_notify alert (every `kiln`
+            // command that exits, every killed process) ends the stream as a closed TCP
+            // connection does, instead of as an error that tarpc logs as a warning per
+            // disconnect. Nothing can be forged this way: frames carry their length, so a
+            // connection cut inside a frame is still an error (the codec finds bytes left over).
+            Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
+            other => other,
+        }
     }
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kiln_engine::rpc::logs::ChunkResults;
+use kiln_engine::rpc::logs::{Aggregated, ChunkResults};
 use kiln_engine::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
@@ -184,7 +184,7 @@ impl Worker for FakeWorker {
         for chunk in chunks {
             results.push(self.run_one(job, chunk).await);
         }
-        Ok(ChunkResults { results, printed: Vec::new() })
+        Ok(ChunkResults { results, printed: Vec::new(), lines: Vec::new() })
     }
 
     async fn combine(
@@ -208,7 +208,7 @@ impl Worker for FakeWorker {
         job: JobId,
         n_partials: u64,
         max_result_bytes: u64,
-    ) -> Result<u64, TaskError> {
+    ) -> Result<Aggregated, TaskError> {
         self.check(&secret).await?;
         let partials = self.record.staged.lock().unwrap().remove(&job).unwrap_or_default();
         if partials.len() as u64 != n_partials {
@@ -228,7 +228,7 @@ impl Worker for FakeWorker {
             return Err(TaskError::Fatal(format!("the result is {len} bytes, more than {max_result_bytes}")));
         }
         self.record.outputs.lock().unwrap().insert(job, output);
-        Ok(len)
+        Ok(Aggregated { len, ..Aggregated::default() })
     }
 
     async fn stage_partials(

@@ -3,7 +3,8 @@
 //! can at any time delay each direction, throttle it, stall it (hold every byte, as a
 //! partition that drops packets does, delivering them once it heals), or cut it (drop every
 //! connection and refuse new ones, as a host that went away), then heal it. Included with
-//! `#[path = "util/faulty_link.rs"] mod faulty_link;`.
+//! `#[path = "util/faulty_link.rs"] mod faulty_link;`, and by `cargo xtask bench`, whose
+//! pipelining measure puts workers behind delayed links (it needs only tokio).
 //!
 //! It runs on its own tokio runtime, so the tests stay synchronous; dropping the link ends its
 //! runtime and with it every connection and the listener.

@@ -7,7 +7,9 @@
 //! the tests look at `/opt/kiln-ci-venv/bin/moto_server`, then on `PATH`, and skip with a
 //! reason when it is nowhere, unless `CI` is set, where its absence fails. Buckets, users and
 //! objects are made with boto3 from moto's own Python, independently of Kiln. Used as
-//! `#[path = "util/moto.rs"] mod moto;`.
+//! `#[path = "util/moto.rs"] mod moto;`, and by `cargo xtask bench`, which calls the
+//! fallible [`find_moto`], [`Moto::launch`] and [`Moto::upload`] so that a missing or broken
+//! moto leaves its section unmeasured instead of failing the run.
 
 #![allow(dead_code)] // Each test binary uses its own subset.
 
@@ -45,8 +47,11 @@ for directory, _, names in os.walk(root):
             s3.put_object(Bucket=bucket, Key=prefix + os.path.relpath(path, root), Body=f.read())
 "#;
 
+/// How to install moto's server where `.ci/run` has not.
+pub const INSTALL: &str = "python3 -m venv /opt/kiln-ci-venv && /opt/kiln-ci-venv/bin/pip install 'moto[server]'";
+
 /// Where moto's server is: `KILN_TEST_MOTO`, the CI virtual environment, or `PATH`.
-fn find_moto() -> Option<PathBuf> {
+pub fn find_moto() -> Option<PathBuf> {
     if let Some(path) = std::env::var_os("KILN_TEST_MOTO").filter(|path| !path.is_empty()) {
         return Some(PathBuf::from(path));
     }
@@ -84,18 +89,23 @@ impl Moto {
             let ci = std::env::var_os("CI").is_some_and(|v| !v.is_empty() && v != "0" && v != "false");
             assert!(
                 !ci && std::env::var_os("KILN_TEST_MOTO").is_none(),
-                "moto_server is missing: .ci/run installs it (python3 -m venv /opt/kiln-ci-venv; pip install \
-                 'moto[server]') and exports KILN_TEST_MOTO"
+                "moto_server is missing: .ci/run installs it ({INSTALL}) and exports KILN_TEST_MOTO"
             );
-            eprintln!(
-                "SKIPPED: no moto_server (set KILN_TEST_MOTO, or: python3 -m venv /opt/kiln-ci-venv && \
-                 /opt/kiln-ci-venv/bin/pip install 'moto[server]')"
-            );
+            eprintln!("SKIPPED: no moto_server (set KILN_TEST_MOTO, or: {INSTALL})");
             return None;
         };
+        Some(Moto::launch(&program, authenticating).unwrap_or_else(|why| panic!("{why}")))
+    }
+
+    /// Starts `program` (moto's server) on a free loopback port and waits until it listens;
+    /// with `authenticating`, makes the user whose key it then accepts. Says why it failed.
+    pub fn launch(program: &Path, authenticating: bool) -> Result<Moto, String> {
         let python = program.with_file_name("python3");
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("a free port").port();
-        let mut command = Command::new(&program);
+        let port = TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map_err(|e| format!("no free loopback port for moto_server: {e}"))?
+            .port();
+        let mut command = Command::new(program);
         command.args(["-H", "127.0.0.1", "-p", &port.to_string()]);
         if authenticating {
             // Three unauthenticated actions make the user and its key; every later request
@@ -109,7 +119,7 @@ impl Moto {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
         let mut moto = Moto {
             endpoint: format!("http://127.0.0.1:{port}"),
             key_id: "kiln-test".to_owned(),
@@ -119,35 +129,47 @@ impl Moto {
         };
         let deadline = Instant::now() + Duration::from_secs(60);
         while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "moto_server did not listen on port {port} within a minute");
-            assert!(moto.child.try_wait().unwrap().is_none(), "moto_server exited at start");
+            if Instant::now() >= deadline {
+                return Err(format!("moto_server did not listen on port {port} within a minute"));
+            }
+            if !matches!(moto.child.try_wait(), Ok(None)) {
+                return Err(format!("{} exited at start (run it by hand to see why)", program.display()));
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         if !authenticating {
-            return Some(moto);
+            return Ok(moto);
         }
-        let output = moto.python(SETUP, &[&moto.endpoint.clone()]);
+        let output = moto.python(SETUP, &[&moto.endpoint.clone()])?;
         let mut words = output.split_whitespace();
-        moto.key_id = words.next().expect("an access key id").to_owned();
-        moto.secret = words.next().expect("a secret access key").to_owned();
-        Some(moto)
+        moto.key_id = words.next().ok_or("moto made no access key id")?.to_owned();
+        moto.secret = words.next().ok_or("moto made no secret access key")?.to_owned();
+        Ok(moto)
     }
 
-    fn python(&self, script: &str, args: &[&str]) -> String {
+    fn python(&self, script: &str, args: &[&str]) -> Result<String, String> {
         let output = Command::new(&self.python)
             .arg("-c")
             .arg(script)
             .args(args)
             .output()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", self.python.display()));
-        assert!(output.status.success(), "boto3 failed: {}", String::from_utf8_lossy(&output.stderr));
-        String::from_utf8_lossy(&output.stdout).into_owned()
+            .map_err(|e| format!("cannot run {}: {e}", self.python.display()))?;
+        if !output.status.success() {
+            return Err(format!("boto3 failed: {}", String::from_utf8_lossy(&output.stderr)));
+        }
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
     }
 
     /// Uploads the files below `dir` to `bucket` under `prefix` (`data/`), creating the bucket.
     pub fn put(&self, bucket: &str, dir: &Path, prefix: &str) {
-        let args = [self.endpoint.as_str(), &self.key_id, &self.secret, bucket, dir.to_str().unwrap(), prefix];
-        self.python(PUT, &args);
+        self.upload(bucket, dir, prefix).unwrap_or_else(|why| panic!("{why}"));
+    }
+
+    /// [`Moto::put`], saying why it failed.
+    pub fn upload(&self, bucket: &str, dir: &Path, prefix: &str) -> Result<(), String> {
+        let dir = dir.to_str().ok_or_else(|| format!("{} is not UTF-8", dir.display()))?;
+        let args = [self.endpoint.as_str(), &self.key_id, &self.secret, bucket, dir, prefix];
+        self.python(PUT, &args).map(drop)
     }
 
     /// The AWS environment of daemons that read this server with this key (or another secret).

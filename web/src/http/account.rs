@@ -12,6 +12,7 @@ use serde::Deserialize;
 use super::error::HttpError;
 use super::{App, Page, SESSION_COOKIE, app, check_csrf, cookie, parse_form, redirect, render, session};
 use crate::security::{MAX_PASSWORD_BYTES, hash_password, password_problem, verify_password};
+use crate::store::runs::RunsOf;
 use crate::store::sessions::Session;
 
 /// The routes under `/users` for the account.
@@ -138,11 +139,13 @@ async fn delete_account(req: &mut Request, depot: &mut Depot, res: &mut Response
     super::tasks::cancel_runs(&app, user.user_id, app.store.user_runs(user.user_id, None, i64::MAX).await?).await;
     let files = app.store.user_plugin_files(user.user_id).await?;
     let inputs = app.store.user_run_input_files(user.user_id).await?;
+    let results = app.store.run_result_files(RunsOf::User(user.user_id)).await?;
     app.store.delete_user(user.user_id).await?;
     for file in files {
         super::tasks::remove_plugin_named(&app, &file).await;
     }
     app.inputs.remove(&inputs).await;
+    app.results.remove(&results).await;
     tracing::info!(user = user.user_id, "account deleted");
     forget_cookie(&app, res);
     redirect(res, "/users/register");

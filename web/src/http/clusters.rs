@@ -11,6 +11,7 @@ use super::runs::RunRow;
 use super::{CSRF_FIELD, Page, app, check_csrf, format, id_param, parse_form, redirect, render, session};
 use crate::store::StoreError;
 use crate::store::clusters::{Cluster, ClusterFields};
+use crate::store::runs::RunsOf;
 
 /// How many runs a cluster's page lists.
 const RUNS_SHOWN: i64 = 20;
@@ -276,9 +277,11 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
             }
         }
     }
+    let results = app.store.run_result_files(RunsOf::Cluster { user_id: user.user_id, cluster_id: id }).await?;
     if !app.store.delete_cluster(user.user_id, id).await? {
         return Err(HttpError::NotFound);
     }
+    app.results.remove(&results).await;
     redirect(res, "/clusters");
     Ok(())
 }

@@ -81,6 +81,8 @@ pub struct App {
     pub session_idle: std::time::Duration,
     /// Where runs' inputs are kept for "Run again".
     pub inputs: InputKeeper,
+    /// Where runs' results are kept.
+    pub results: crate::runs::results::ResultFiles,
     /// Whether cookies get the `Secure` flag (when served over HTTPS by a proxy).
     pub secure_cookies: bool,
     /// Whether every user is offered the embedded cluster.

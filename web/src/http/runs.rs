@@ -13,13 +13,11 @@ use super::chart::{self, Chart};
 use super::error::HttpError;
 use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, render, session};
 use crate::runs::progress::{Figures, Progress};
+use crate::runs::results::PREVIEW_BYTES;
 use crate::runs::{RunManager, Subscription};
 use crate::store::Store;
-use crate::store::runs::{NewRun, Run, RunState};
+use crate::store::runs::{NewRun, Run, RunState, StoredResult};
 use crate::store::sessions::Session;
-
-/// How much of a result's pretty JSON the page shows; the whole is a download away.
-pub const RESULT_SHOWN_BYTES: usize = 256 << 10;
 
 /// How much of what a run's plugin printed its page shows (the controller keeps up to 512 KiB;
 /// `kiln logs JOB` prints it all).
@@ -123,8 +121,11 @@ struct ShowPage {
     percent: String,
     bytes_done: String,
     average: String,
+    /// The result, or its first [`PREVIEW_BYTES`] (`result_truncated`, `result_shown` of
+    /// `result_size`) when it is longer.
     result: Option<String>,
     result_truncated: bool,
+    result_shown: String,
     result_size: String,
     /// What the plugin printed, per chunk (escaped by the template like all text).
     plugin_output: Option<String>,
@@ -156,14 +157,13 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
     let app = app(depot)?;
     let id = id_param(req)?;
     let run = app.store.run(user.user_id, id).await?.ok_or(HttpError::NotFound)?;
-    let (result, result_truncated, result_size) = if run.state == RunState::Succeeded {
-        let text = app.store.run_result(user.user_id, id).await?.flatten().unwrap_or_default();
-        let pretty = pretty_json(&text);
-        let size = format::bytes(i64::try_from(text.len()).unwrap_or(i64::MAX));
-        let (shown, truncated) = truncate(pretty, RESULT_SHOWN_BYTES);
-        (Some(shown), truncated, size)
-    } else {
-        (None, false, String::new())
+    let preview = match app.store.run_result(user.user_id, id).await?.flatten() {
+        Some(stored) if run.state == RunState::Succeeded => Some(preview(&app, stored).await?),
+        _ => None,
+    };
+    let (result_truncated, result_shown, result_size) = match &preview {
+        Some(preview) => (preview.truncated, format::bytes(preview.shown), format::bytes(preview.size)),
+        None => (false, String::new(), String::new()),
     };
     let plugin_output = if run.state.is_final() {
         let text = app.store.run_plugin_output(user.user_id, id).await?.flatten();
@@ -212,28 +212,80 @@ async fn show(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Resul
         params_shown: if run.params.is_empty() { "(none)".to_owned() } else { run.params.clone() },
         progress,
         run,
-        result,
+        result: preview.map(|preview| preview.text),
         result_truncated,
+        result_shown,
         result_size,
         plugin_output,
     };
     render(res, StatusCode::OK, &page)
 }
 
+/// What the run page shows of a result.
+struct Preview {
+    /// The text shown: the whole result, indented, or its first [`PREVIEW_BYTES`] as they are.
+    text: String,
+    truncated: bool,
+    /// Bytes shown, and the result's whole length.
+    shown: i64,
+    size: i64,
+}
+
+/// The beginning of a stored result, read from its file (never the whole of a long one).
+async fn preview(app: &App, stored: StoredResult) -> Result<Preview, HttpError> {
+    let (text, size) = match stored {
+        StoredResult::File(result) => {
+            let text = app
+                .results
+                .preview(&result.file)
+                .await
+                .map_err(|e| HttpError::Internal(format!("cannot read the result file {}: {e}", result.file)))?;
+            (text, result.bytes)
+        }
+        StoredResult::Row(text) => {
+            let size = i64::try_from(text.len()).unwrap_or(i64::MAX);
+            (truncate(text, PREVIEW_BYTES).0, size)
+        }
+    };
+    let shown = i64::try_from(text.len()).unwrap_or(i64::MAX);
+    if shown < size {
+        Ok(Preview { text, truncated: true, shown, size })
+    } else {
+        // Whole and small: indented for reading.
+        Ok(Preview { text: pretty_json(&text), truncated: false, shown, size })
+    }
+}
+
+/// The whole result as a download, streamed from its file a piece at a time.
 #[handler]
 async fn result_file(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Result<(), HttpError> {
     let user = session(depot)?;
     let app = app(depot)?;
     let id = id_param(req)?;
-    let result = app.store.run_result(user.user_id, id).await?.flatten().ok_or(HttpError::NotFound)?;
+    let stored = app.store.run_result(user.user_id, id).await?.flatten().ok_or(HttpError::NotFound)?;
     let disposition = format!("attachment; filename=\"run-{id}-result.json\"");
     let headers = res.headers_mut();
     headers.insert("content-type", salvo::http::HeaderValue::from_static("application/json"));
     if let Ok(value) = salvo::http::HeaderValue::from_str(&disposition) {
         headers.insert("content-disposition", value);
     }
-    // The stored text is the plugin's JSON as the controller gave it: sent as it is.
-    res.write_body(result).map_err(|e| HttpError::Internal(format!("cannot send the result: {e}")))?;
+    // The stored bytes are the plugin's JSON as the controller gave it: sent as they are.
+    match stored {
+        StoredResult::File(result) => {
+            let file = app
+                .results
+                .open(&result.file)
+                .await
+                .map_err(|e| HttpError::Internal(format!("cannot read the result file {}: {e}", result.file)))?;
+            if let Ok(value) = salvo::http::HeaderValue::from_str(&result.bytes.to_string()) {
+                res.headers_mut().insert("content-length", value);
+            }
+            res.stream(crate::runs::results::stream(file));
+        }
+        StoredResult::Row(text) => {
+            res.write_body(text).map_err(|e| HttpError::Internal(format!("cannot send the result: {e}")))?;
+        }
+    }
     Ok(())
 }
 

@@ -15,7 +15,7 @@ use super::{App, CSRF_FIELD, Page, app, check_csrf, format, id_param, redirect, 
 use crate::runs::inputs::RunInput;
 use crate::security::new_token;
 use crate::store::clusters::Cluster;
-use crate::store::runs::NewRun;
+use crate::store::runs::{NewRun, RunsOf};
 use crate::store::tasks::{Plugin, PluginContent, PluginKind, Task};
 
 /// The longest title, in characters.
@@ -217,10 +217,12 @@ async fn delete(req: &mut Request, depot: &mut Depot, res: &mut Response) -> Res
     // Runs still going are cancelled first, so no job is left running for a deleted task.
     cancel_runs(&app, user.user_id, app.store.task_runs(user.user_id, id, i64::MAX).await?).await;
     let plugin = app.store.task_plugin(user.user_id, id).await?;
+    let results = app.store.run_result_files(RunsOf::Task { user_id: user.user_id, task_id: id }).await?;
     if !app.store.delete_task(user.user_id, id).await? {
         return Err(HttpError::NotFound);
     }
     remove_plugin_file(&app, plugin.as_ref()).await;
+    app.results.remove(&results).await;
     redirect(res, "/tasks");
     Ok(())
 }

@@ -115,24 +115,31 @@ impl InputKeeper {
     pub async fn sweep(&self, store: &Store) -> Result<usize, StoreError> {
         let expired = store.expire_run_inputs(now_ms()).await?;
         self.remove(&expired).await;
-        let named: std::collections::HashSet<String> = store.run_input_files().await?.into_iter().collect();
-        let mut orphans = Vec::new();
-        if let Ok(mut entries) = tokio::fs::read_dir(&self.dir).await {
-            while let Ok(Some(entry)) = entries.next_entry().await {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                // A file moved or linked a moment ago may not be in its run's row yet.
-                let changed_lately = entry.metadata().await.is_ok_and(|meta| {
-                    use std::os::unix::fs::MetadataExt;
-                    now_ms() / 1000 - meta.ctime() < ORPHAN_GRACE_SECONDS
-                });
-                if !named.contains(&name) && !changed_lately {
-                    orphans.push(name);
-                }
-            }
-        }
+        let named = store.run_input_files().await?.into_iter().collect();
+        let orphans = unnamed_files(&self.dir, &named).await;
         self.remove(&orphans).await;
         Ok(expired.len() + orphans.len())
     }
+}
+
+/// The files of `dir` that no run names (`named`), leaving out any changed within
+/// [`ORPHAN_GRACE_SECONDS`]: a file moved or written a moment ago may not be in its run's row
+/// yet. Shared by the sweeps of kept inputs and of results.
+pub(super) async fn unnamed_files(dir: &Path, named: &std::collections::HashSet<String>) -> Vec<String> {
+    let mut orphans = Vec::new();
+    if let Ok(mut entries) = tokio::fs::read_dir(dir).await {
+        while let Ok(Some(entry)) = entries.next_entry().await {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let changed_lately = entry.metadata().await.is_ok_and(|meta| {
+                use std::os::unix::fs::MetadataExt;
+                now_ms() / 1000 - meta.ctime() < ORPHAN_GRACE_SECONDS
+            });
+            if !named.contains(&name) && !changed_lately {
+                orphans.push(name);
+            }
+        }
+    }
+    orphans
 }
 
 /// The last component of a stored name: names are made here, but a row is data from disk.

@@ -5,17 +5,19 @@
 //! library. Each active run has one background task: it submits the job (for a new run), then
 //! follows the job's statuses, writes them to the run's row (at most once a second, and at
 //! every change of state) and broadcasts each as a [`progress::Progress`] message to the run's
-//! websocket subscribers. When the job ends, the task stores the result or the error. At start,
-//! [`RunManager::resume`] watches again every run that had not ended, from its stored job id,
-//! so restarting the web server loses no run.
+//! websocket subscribers. When the job ends, the task stores the result (a file, see
+//! [`results`]) or the error. At start, [`RunManager::resume`] watches again every run that had
+//! not ended, from its stored job id, so restarting the web server loses no run.
 //!
 //! # Layout
 //! - [`progress`]: the message browsers receive, and the figures a run keeps.
 //! - [`inputs`]: inputs kept for "Run again", and their removal.
+//! - [`results`]: results as files, fetched in pieces, previewed, streamed and removed.
 //! - `watch`: the background task of a run: submitting, watching, recording the ending.
 
 pub mod inputs;
 pub mod progress;
+pub mod results;
 mod watch;
 
 use std::collections::HashMap;
@@ -29,6 +31,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinSet;
 
 use self::inputs::RunInput;
+use self::results::ResultFiles;
 use crate::metrics::WebMetrics;
 use crate::store::clusters::Cluster;
 use crate::store::runs::{Run, RunEnding, RunState};
@@ -86,6 +89,7 @@ pub struct RunManager {
     work_dir: PathBuf,
     plugin_dir: PathBuf,
     chunk_bytes: u64,
+    results: ResultFiles,
     live: Mutex<HashMap<i64, Live>>,
     tasks: Mutex<JoinSet<()>>,
     metrics: WebMetrics,
@@ -95,13 +99,14 @@ impl RunManager {
     /// A manager storing runs in `store`, with the embedded cluster's controller if one runs,
     /// reading tasks' plugin files in `plugin_dir` and writing older tasks' plugins to submit
     /// under `work_dir`, cutting inputs into chunks of `chunk_bytes` (0: the controller's
-    /// default), counting runs in `metrics`.
+    /// default), storing results in `results`, counting runs in `metrics`.
     pub fn new(
         store: Store,
         embedded: Option<ClusterTarget>,
         work_dir: PathBuf,
         plugin_dir: PathBuf,
         chunk_bytes: u64,
+        results: ResultFiles,
         metrics: WebMetrics,
     ) -> Arc<RunManager> {
         Arc::new(RunManager {
@@ -110,6 +115,7 @@ impl RunManager {
             work_dir,
             plugin_dir,
             chunk_bytes,
+            results,
             live: Mutex::new(HashMap::new()),
             tasks: Mutex::new(JoinSet::new()),
             metrics,

@@ -12,6 +12,7 @@ use kiln_engine::rpc::{FailureKind, JobFailure, JobId, JobState, JobStatus, RpcE
 
 use super::inputs::RunInput;
 use super::progress::{Figures, Progress, run_state};
+use super::results::ResultError;
 use super::{ClusterTarget, RunManager, client_failure, failure};
 use crate::metrics::RunLabels;
 use crate::store::now_ms;
@@ -122,7 +123,7 @@ pub(super) async fn watch(manager: Arc<RunManager>, run: Run, job: JobId, target
             Ok(status) => {
                 figures.record(&status);
                 save_figures(&manager, &run, &status, &figures, true).await;
-                let ending = ending(&target, job, &status).await;
+                let ending = ending(&manager, &run, &target, job, &status).await;
                 end(&manager, &run, ending).await;
                 return;
             }
@@ -196,8 +197,8 @@ async fn save_figures(manager: &RunManager, run: &Run, status: &JobStatus, figur
     }
 }
 
-/// How the job ended, with its result fetched when it succeeded.
-async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEnding {
+/// How the job ended, with its result fetched into a file when it succeeded.
+async fn ending(manager: &RunManager, run: &Run, target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEnding {
     let started_at = status.started_ms.and_then(|ms| i64::try_from(ms).ok());
     let finished_at = status.finished_ms.and_then(|ms| i64::try_from(ms).ok()).unwrap_or_else(now_ms);
     let mut ending = RunEnding {
@@ -213,15 +214,16 @@ async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEn
     match status.state {
         JobState::Succeeded => {
             let result = match Client::connect(&target.address, target.api_key.clone()).await {
-                Ok(client) => client.result(job).await,
-                Err(e) => Err(e),
+                Ok(client) => manager.results.fetch(&client, run.id, job).await,
+                Err(e) => Err(ResultError::Fetch(e)),
             };
             match result {
-                Ok(json) => ending.result = Some(json),
+                Ok(file) => ending.result = Some(file),
                 Err(e) => {
+                    tracing::warn!(run = run.id, job, "cannot store the run's result: {e}");
                     ending.state = RunState::Failed;
-                    ending.error_kind = Some("cluster".to_owned());
-                    ending.error = Some(format!("the job succeeded but its result could not be fetched: {e}"));
+                    ending.error_kind = Some(e.kind().to_owned());
+                    ending.error = Some(e.to_string());
                 }
             }
         }
@@ -229,6 +231,13 @@ async fn ending(target: &ClusterTarget, job: JobId, status: &JobStatus) -> RunEn
             let (kind, message) = match &status.failure {
                 Some(failure) => describe(failure),
                 None => ("internal", "the controller gave no reason".to_owned()),
+            };
+            // The built-in controller's limit is this server's flag: name the one to raise.
+            let embedded = manager.embedded.as_ref().is_some_and(|local| local.address == target.address);
+            let message = if embedded {
+                message.replace("raise the controller's --max-result-size", "raise kiln-web --max-result-bytes")
+            } else {
+                message
             };
             ending.error_kind = Some(kind.to_owned());
             ending.error = Some(message);
@@ -278,8 +287,15 @@ pub(super) fn describe(failure: &JobFailure) -> (&'static str, String) {
 
 /// Records a run's ending, tells its subscribers, and forgets it.
 async fn end(manager: &RunManager, run: &Run, ending: RunEnding) {
-    if let Err(e) = manager.store.finish_run(run.id, &ending).await {
+    let recorded = manager.store.finish_run(run.id, &ending).await;
+    if let Err(e) = &recorded {
         tracing::error!(run = run.id, "cannot record the run's ending: {e}");
+    }
+    // A result no row names (the run was deleted or ended meanwhile) would only take space.
+    if !matches!(recorded, Ok(true))
+        && let Some(result) = &ending.result
+    {
+        manager.results.remove(std::slice::from_ref(&result.file)).await;
     }
     tracing::info!(run = run.id, state = ending.state.as_str(), "run ended");
     manager.metrics.runs_ended.get_or_create(&RunLabels { state: ending.state.as_str() }).inc();

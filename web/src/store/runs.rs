@@ -1,6 +1,7 @@
 //! Runs: a task started on a cluster with an input. A run keeps its controller job id, its
-//! state and progress counters as last seen, its timings and, once it ended, its result JSON or
-//! its error. A task keeps all its runs; deleting the task or the cluster deletes them.
+//! state and progress counters as last seen, its timings and, once it ended, its result's file
+//! (see `runs::results`) or its error. A task keeps all its runs; deleting the task or the
+//! cluster deletes them.
 
 use sqlx::Row;
 
@@ -352,19 +353,19 @@ impl Store {
         Ok(done.rows_affected() > 0)
     }
 
-    /// Records how a run ended: its final state, the result JSON or the error, and when.
+    /// Records how a run ended: its final state, its result's file or the error, and when.
     /// A run that already ended keeps its first ending. Answers whether this one was recorded.
     pub async fn finish_run(&self, id: i64, ending: &RunEnding) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "UPDATE runs SET state = $1, result = $2, error_kind = $3, error = $4, finished_at = $5, \
+            "UPDATE runs SET state = $1, result_file = $2, error_kind = $3, error = $4, finished_at = $5, \
              started_at = COALESCE(started_at, $6), n_chunks = COALESCE($11, n_chunks), \
              chunks_done = COALESCE($12, chunks_done), lines_done = COALESCE($13, lines_done), \
              bytes_done = COALESCE($14, bytes_done), retries = COALESCE($15, retries), \
-             plugin_output = COALESCE($16, plugin_output) \
+             plugin_output = COALESCE($16, plugin_output), result_bytes = $17 \
              WHERE id = $7 AND state NOT IN ($8, $9, $10)",
         )
         .bind(ending.state.as_str())
-        .bind(ending.result.as_deref())
+        .bind(ending.result.as_ref().map(|result| result.file.as_str()))
         .bind(ending.error_kind.as_deref())
         .bind(ending.error.as_deref())
         .bind(ending.finished_at)
@@ -379,6 +380,7 @@ impl Store {
         .bind(ending.progress.map(|p| p.bytes_done))
         .bind(ending.progress.map(|p| p.retries))
         .bind(ending.plugin_output.as_deref())
+        .bind(ending.result.as_ref().map(|result| result.bytes))
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
@@ -471,16 +473,75 @@ impl Store {
         Ok(row.map(|row| row.try_get("plugin_output")).transpose()?)
     }
 
-    /// The result JSON of the user's run: `None` when the run is not the user's, `Some(None)`
+    /// Where the user's run's result is: `None` when the run is not the user's, `Some(None)`
     /// when it has no result.
-    pub async fn run_result(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
-        let row = sqlx::query("SELECT result FROM runs WHERE id = $1 AND user_id = $2")
+    pub async fn run_result(&self, user_id: i64, id: i64) -> Result<Option<Option<StoredResult>>, StoreError> {
+        let row = sqlx::query("SELECT result_file, result_bytes, result FROM runs WHERE id = $1 AND user_id = $2")
             .bind(id)
             .bind(user_id)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(row.map(|row| row.try_get("result")).transpose()?)
+        let Some(row) = row else { return Ok(None) };
+        let file: Option<String> = row.try_get("result_file")?;
+        let bytes: Option<i64> = row.try_get("result_bytes")?;
+        let in_row: Option<String> = row.try_get("result")?;
+        Ok(Some(match (file, in_row) {
+            (Some(file), _) => Some(StoredResult::File(ResultFile { file, bytes: bytes.unwrap_or(0) })),
+            (None, Some(text)) => Some(StoredResult::Row(text)),
+            (None, None) => None,
+        }))
     }
+
+    /// The result files of runs: every run's, or those of a user, of a user's task or of a
+    /// user's cluster (to remove with them).
+    pub async fn run_result_files(&self, of: RunsOf) -> Result<Vec<String>, StoreError> {
+        let (user, task, cluster) = match of {
+            RunsOf::All => (0, 0, 0),
+            RunsOf::User(user) => (user, 0, 0),
+            RunsOf::Task { user_id, task_id } => (user_id, task_id, 0),
+            RunsOf::Cluster { user_id, cluster_id } => (user_id, 0, cluster_id),
+        };
+        let rows = sqlx::query(
+            "SELECT result_file FROM runs WHERE result_file IS NOT NULL AND ($1 = 0 OR user_id = $1) \
+             AND ($2 = 0 OR task_id = $2) AND ($3 = 0 OR cluster_id = $3)",
+        )
+        .bind(user)
+        .bind(task)
+        .bind(cluster)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows.iter().map(|row| row.try_get("result_file")).collect::<Result<_, _>>()?)
+    }
+}
+
+/// Whose runs [`Store::run_result_files`] lists (ids from 1; 0 is none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunsOf {
+    /// Every run.
+    All,
+    /// The user's.
+    User(i64),
+    /// Those of the user's task.
+    Task { user_id: i64, task_id: i64 },
+    /// Those on the user's cluster.
+    Cluster { user_id: i64, cluster_id: i64 },
+}
+
+/// A run's result in the results directory (`runs::results`): its file's name there and its
+/// length in bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResultFile {
+    pub file: String,
+    pub bytes: i64,
+}
+
+/// Where a succeeded run's result is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoredResult {
+    /// In a file (every run since results went to files).
+    File(ResultFile),
+    /// In the row, as runs that ended before keep it (migration 0007).
+    Row(String),
 }
 
 /// How a run ended.
@@ -488,8 +549,8 @@ impl Store {
 pub struct RunEnding {
     /// `Succeeded`, `Failed` or `Cancelled`.
     pub state: RunState,
-    /// The output JSON, when it succeeded.
-    pub result: Option<String>,
+    /// The output JSON's file, when it succeeded.
+    pub result: Option<ResultFile>,
     /// The failure's kind and message, when it failed.
     pub error_kind: Option<String>,
     pub error: Option<String>,

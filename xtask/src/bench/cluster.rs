@@ -8,7 +8,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -17,6 +17,7 @@ use anyhow::{Context, bail};
 
 use super::Bench;
 use super::netsim::Host;
+use super::process::{descendants_of, peak_rss, run_measured, run_with_timeout};
 
 /// How long a daemon may take to print its address, and a worker to join.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -43,6 +44,8 @@ pub struct Cluster {
     controller: Daemon,
     /// Where the processes run: all on this machine's loopback, or on simulated hosts.
     placement: Option<Placement>,
+    /// More environment of the controller and every worker.
+    env: Vec<(String, String)>,
     /// The controller's data directory; declared last so that it is removed after the daemons
     /// stopped.
     _data_dir: tempfile::TempDir,
@@ -59,10 +62,23 @@ pub struct Placement {
 
 /// How a bench cluster's links run: TLS (the default) or plain TCP (`--insecure-plaintext`),
 /// to measure what TLS costs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Link {
+    #[default]
     Tls,
     PlainTcp,
+}
+
+/// How a cluster is set up beyond its workers; [`Options::default`] is TLS links on this
+/// machine's loopback.
+#[derive(Debug, Clone, Default)]
+pub struct Options {
+    pub link: Link,
+    pub placement: Option<Placement>,
+    /// More flags of the controller.
+    pub controller_args: Vec<String>,
+    /// More environment of the controller and every worker (an object store's `AWS_*`).
+    pub env: Vec<(String, String)>,
 }
 
 /// A job that `kiln submit` ran to its end.
@@ -73,6 +89,8 @@ pub struct Submitted {
     /// When the command was started, and how long it took to its exit.
     pub started: SystemTime,
     pub took: Duration,
+    /// The peak resident memory of the `kiln submit` process, in bytes.
+    pub client_peak: u64,
 }
 
 /// A job's timings from `kiln status --json`, in milliseconds since the Unix epoch.
@@ -89,7 +107,8 @@ pub struct PeakMemory {
     pub controller: u64,
     /// Each worker daemon.
     pub workers: Vec<u64>,
-    /// The largest executor process (`kiln exec`) of any worker.
+    /// The largest executor process (`kiln exec`, and the sandbox's processes around it) of
+    /// any worker.
     pub executor: Option<u64>,
 }
 
@@ -114,24 +133,19 @@ impl Cluster {
         link: Link,
         placement: Option<Placement>,
     ) -> anyhow::Result<Cluster> {
-        Cluster::start_configured(bench, n_workers, processes, link, placement, &[])
+        Cluster::start_with(bench, n_workers, processes, Options { link, placement, ..Options::default() })
     }
 
-    /// [`Cluster::start_placed`] with more flags for the controller (`controller_args`).
-    pub fn start_configured(
-        bench: &Bench,
-        n_workers: usize,
-        processes: u32,
-        link: Link,
-        placement: Option<Placement>,
-        controller_args: &[&str],
-    ) -> anyhow::Result<Cluster> {
+    /// [`Cluster::start`] set up as `options` say.
+    pub fn start_with(bench: &Bench, n_workers: usize, processes: u32, options: Options) -> anyhow::Result<Cluster> {
+        let Options { link, placement, controller_args, env } = options;
         let data_dir = tempfile::Builder::new()
             .prefix("cluster-")
             .tempdir_in(&bench.work)
             .context("cannot make the controller's data directory")?;
         let controller_host = placement.as_ref().map(|p| &p.controller);
         let mut command = daemon_command(bench, controller_host);
+        command.envs(env.iter().map(|(k, v)| (k, v)));
         let listen = format!("{}:0", controller_host.map_or("127.0.0.1", |host| host.ip.as_str()));
         command.arg("controller").args(["--listen", &listen]).arg("--data-dir").arg(data_dir.path());
         // The bench's inputs may be named by reference (`file://`), read by the workers.
@@ -139,7 +153,7 @@ impl Cluster {
         if link == Link::PlainTcp {
             command.arg("--insecure-plaintext");
         }
-        command.args(controller_args);
+        command.args(&controller_args);
         let (controller, addr) = Daemon::spawn(command, "controller")?;
         let stored = |file: &str| {
             std::fs::read_to_string(data_dir.path().join(file))
@@ -155,6 +169,7 @@ impl Cluster {
             workers: Vec::new(),
             controller,
             placement,
+            env,
             _data_dir: data_dir,
         };
         for _ in 0..n_workers {
@@ -165,6 +180,22 @@ impl Cluster {
 
     /// Starts one more worker of `processes` and waits until the controller lists it.
     pub fn add_worker(&mut self, bench: &Bench, processes: u32) -> anyhow::Result<()> {
+        let controller = self.addr.clone();
+        self.add_worker_via(bench, processes, &controller, None, |_| Ok(()))
+    }
+
+    /// [`Cluster::add_worker`] with the worker dialling the controller at `controller` and
+    /// telling it to dial back at `advertise` (links, such as delaying proxies, that stand
+    /// between them); `listening` gets the address the worker listens on before the bench
+    /// waits for it to join.
+    pub fn add_worker_via(
+        &mut self,
+        bench: &Bench,
+        processes: u32,
+        controller: &str,
+        advertise: Option<&str>,
+        listening: impl FnOnce(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
         let host = match &self.placement {
             Some(placement) => {
                 Some(placement.workers.get(self.workers.len()).context("more workers than simulated hosts for them")?)
@@ -172,14 +203,19 @@ impl Cluster {
             None => None,
         };
         let mut command = daemon_command(bench, host);
+        command.envs(self.env.iter().map(|(k, v)| (k, v)));
         let listen = format!("{}:0", host.map_or("127.0.0.1", |host| host.ip.as_str()));
         command
             .arg("worker")
             .args(["--listen", &listen])
-            .args(["--controller", &self.addr, "--join-token", &self.join_token])
+            .args(["--controller", controller, "--join-token", &self.join_token])
             .args(["--processes", &processes.to_string()]);
-        let (worker, _) = Daemon::spawn(command, "worker")?;
+        if let Some(advertise) = advertise {
+            command.args(["--advertise", advertise]);
+        }
+        let (worker, addr) = Daemon::spawn(command, "worker")?;
         self.workers.push(worker);
+        listening(&addr)?;
         let deadline = Instant::now() + START_TIMEOUT;
         loop {
             let output = run_with_timeout(self.client("cluster").arg("--json"), START_TIMEOUT)?;
@@ -208,7 +244,7 @@ impl Cluster {
         command.arg("--plugin").arg(plugin).arg("--input").arg(input).args(args);
         let started = SystemTime::now();
         let clock = Instant::now();
-        let output = run_with_timeout(&mut command, COMMAND_TIMEOUT)?;
+        let (output, client_peak) = run_measured(&mut command, COMMAND_TIMEOUT)?;
         let took = clock.elapsed();
         let stderr = String::from_utf8_lossy(&output.stderr);
         if !output.status.success() {
@@ -221,7 +257,7 @@ impl Cluster {
             .and_then(|id| id.trim().parse().ok())
             .with_context(|| format!("kiln submit did not say which job it submitted:\n{stderr}"))?;
         let output = String::from_utf8(output.stdout).context("kiln submit's output is UTF-8")?;
-        Ok(Submitted { job, output, started, took })
+        Ok(Submitted { job, output, started, took, client_peak })
     }
 
     /// The timings of a job that ended.
@@ -262,7 +298,7 @@ impl Cluster {
         let mut executor = None;
         for worker in &self.workers {
             workers.push(peak_rss(worker.child.id())?);
-            for child in children_of(worker.child.id()) {
+            for child in descendants_of(worker.child.id()) {
                 // An executor may exit between listing and reading; it has no figure then.
                 if let Ok(bytes) = peak_rss(child) {
                     executor = executor.max(Some(bytes));
@@ -270,6 +306,11 @@ impl Cluster {
             }
         }
         Ok(PeakMemory { controller, workers, executor })
+    }
+
+    /// The controller's address.
+    pub fn addr(&self) -> &str {
+        &self.addr
     }
 
     /// A `kiln` client command for this cluster.
@@ -377,66 +418,6 @@ impl Drop for Daemon {
     }
 }
 
-/// Runs a command to its end, capturing its output, and kills it if it takes longer than
-/// `timeout`. Waiting blocks in `wait` (no polling), so the measured time is the command's own.
-fn run_with_timeout(command: &mut Command, timeout: Duration) -> anyhow::Result<Output> {
-    let child = command
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .with_context(|| format!("running {command:?}"))?;
-    let pid = child.id();
-    let (done_tx, done_rx) = mpsc::channel::<()>();
-    let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout)
-            && let Ok(pid) = libc::pid_t::try_from(pid)
-        {
-            // The child has not been reaped (the main thread still waits for it), so the pid
-            // is still its own.
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
-        }
-    });
-    let output = child.wait_with_output();
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
-    let output = output.with_context(|| format!("waiting for {command:?}"))?;
-    if output.status.code().is_none() {
-        bail!("{command:?} was killed after {} s, or by a signal", timeout.as_secs());
-    }
-    Ok(output)
-}
-
-/// VmHWM of a process, in bytes.
-fn peak_rss(pid: u32) -> anyhow::Result<u64> {
-    let path = format!("/proc/{pid}/status");
-    let status = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmHWM:"))
-        .and_then(|value| value.split_whitespace().next())
-        .and_then(|kib| kib.parse().ok())
-        .with_context(|| format!("{path} has no VmHWM"))?;
-    Ok(kib << 10)
-}
-
-/// The processes whose parent is `parent`.
-pub(crate) fn children_of(parent: u32) -> Vec<u32> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| {
-            // The fields after the command name, which is in parentheses and may hold spaces:
-            // state, then the parent's pid.
-            std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().is_some_and(|stat| {
-                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok())
-                    == Some(parent)
-            })
-        })
-        .collect()
-}
-
 /// Milliseconds since the Unix epoch, as the controller's timings are.
 pub fn epoch_ms(at: SystemTime) -> u64 {
     at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -472,22 +453,5 @@ mod tests {
     fn colour_codes_are_stripped() {
         let line = "\u{1b}[2m2026-01-01T00:00:00Z\u{1b}[0m \u{1b}[32m INFO\u{1b}[0m job state changed job=3 to=Queued";
         assert_eq!(strip_ansi(line), "2026-01-01T00:00:00Z  INFO job state changed job=3 to=Queued");
-    }
-
-    #[test]
-    fn a_slow_command_is_killed() {
-        let error = run_with_timeout(Command::new("sleep").arg("5"), Duration::from_millis(100)).unwrap_err();
-        assert!(error.to_string().contains("was killed"), "{error}");
-        let output = run_with_timeout(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap();
-        assert_eq!(output.stdout, b"hi\n");
-    }
-
-    #[test]
-    fn this_process_has_a_peak_rss_and_is_a_child_of_its_parent() {
-        assert!(peak_rss(std::process::id()).unwrap() > 0);
-        let mut child = Command::new("sleep").arg("5").spawn().unwrap();
-        assert!(children_of(std::process::id()).contains(&child.id()));
-        child.kill().unwrap();
-        child.wait().unwrap();
     }
 }

@@ -17,7 +17,7 @@ use super::report::{Report, Target};
 use super::{Bench, Samples, baseline, checked, corpus, human};
 
 /// Chunks in flight per worker for word count: as many as the worker runs at once.
-const PROCESSES: u32 = 2;
+pub const PROCESSES: u32 = 2;
 
 /// Tiny jobs timed for the latency figures, after [`TINY_WARM_UP`] untimed ones.
 const TINY_JOBS: usize = 200;
@@ -189,7 +189,7 @@ fn cluster_word_count(
     Ok(ClusterWordCount { samples, streamed, stages, memory })
 }
 
-fn check_word_count(output: &str, expected: &BTreeMap<String, u64>) -> anyhow::Result<()> {
+pub fn check_word_count(output: &str, expected: &BTreeMap<String, u64>) -> anyhow::Result<()> {
     let counted: BTreeMap<String, u64> =
         serde_json::from_str(output).context("kiln submit's output is a word count")?;
     if &counted != expected {
@@ -384,7 +384,7 @@ pub fn peak_memory(report: &mut Report, memory: &WordCountMemory) {
 }
 
 /// The one-line input of the tiny jobs and warm-up jobs.
-fn tiny_input(bench: &Bench) -> anyhow::Result<std::path::PathBuf> {
+pub fn tiny_input(bench: &Bench) -> anyhow::Result<std::path::PathBuf> {
     let path = bench.inputs().join("tiny.txt");
     std::fs::write(&path, TINY_LINE)?;
     Ok(path)

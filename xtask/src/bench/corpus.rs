@@ -69,13 +69,45 @@ pub fn lines(dir: &Path, n: u64) -> anyhow::Result<PathBuf> {
 /// order, compressed with the system's `gzip -6 -n` (no name or time stamp, so the bytes are
 /// the same on every run); made if it is not there yet.
 pub fn gzip_parts(dir: &Path, source: &Path, parts: usize) -> anyhow::Result<PathBuf> {
+    split(dir, source, parts, "gz", |part, piece, path| {
+        let mut gzip = std::process::Command::new("gzip")
+            .args(["-6", "-n", "-c"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(File::create(path)?)
+            .spawn()
+            .context("running gzip (Debian's gzip package)")?;
+        gzip.stdin.take().context("gzip's stdin")?.write_all(piece)?;
+        if !gzip.wait()?.success() {
+            anyhow::bail!("gzip failed on part {part} of {}", source.display());
+        }
+        Ok(())
+    })
+}
+
+/// A directory of `parts` plain files (`part-00.txt`, ...) holding `source` cut at line ends,
+/// in order (objects to put in a store); made if it is not there yet.
+pub fn plain_parts(dir: &Path, source: &Path, parts: usize) -> anyhow::Result<PathBuf> {
+    split(dir, source, parts, "txt", |_, piece, path| Ok(std::fs::write(path, piece)?))
+}
+
+/// The directory `<source's name>-<kind><parts>` beside the inputs, made if it is not there
+/// yet: `source` cut at line ends into `parts` pieces of about the same size, each written by
+/// `write` (its number, its bytes, its path `part-NN.<kind>`). Made under another name and
+/// renamed, so an interrupted run leaves no half directory.
+fn split(
+    dir: &Path,
+    source: &Path,
+    parts: usize,
+    kind: &str,
+    mut write: impl FnMut(usize, &[u8], &Path) -> anyhow::Result<()>,
+) -> anyhow::Result<PathBuf> {
     let name = source.file_stem().context("corpus has a name")?.to_string_lossy().into_owned();
-    let out = dir.join(format!("{name}-gz{parts}"));
+    let out = dir.join(format!("{name}-{kind}{parts}"));
     if out.exists() {
         return Ok(out);
     }
-    eprintln!("compressing {} into {parts} gzip files", source.display());
-    let partial = dir.join(format!("{name}-gz{parts}.partial"));
+    eprintln!("cutting {} into {parts} {kind} files", source.display());
+    let partial = dir.join(format!("{name}-{kind}{parts}.partial"));
     let _ = std::fs::remove_dir_all(&partial);
     std::fs::create_dir_all(&partial)?;
     let text = std::fs::read(source)?;
@@ -91,17 +123,7 @@ pub fn gzip_parts(dir: &Path, source: &Path, parts: usize) -> anyhow::Result<Pat
         };
         let (piece, tail) = rest.split_at(cut);
         rest = tail;
-        let file = File::create(partial.join(format!("part-{part:02}.gz")))?;
-        let mut gzip = std::process::Command::new("gzip")
-            .args(["-6", "-n", "-c"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(file)
-            .spawn()
-            .context("running gzip (Debian's gzip package)")?;
-        gzip.stdin.take().context("gzip's stdin")?.write_all(piece)?;
-        if !gzip.wait()?.success() {
-            anyhow::bail!("gzip failed on part {part} of {}", source.display());
-        }
+        write(part, piece, &partial.join(format!("part-{part:02}.{kind}")))?;
     }
     std::fs::rename(&partial, &out)?;
     Ok(out)
@@ -206,6 +228,19 @@ mod tests {
         assert!((35.0..70.0).contains(&mean_line), "mean line length {mean_line}");
         assert!(lines.iter().all(|l| (5..=15).contains(&l.split(' ').count())));
         assert!(text.bytes().all(|b| b == b' ' || b == b'\n' || b.is_ascii_lowercase()));
+    }
+
+    #[test]
+    fn parts_hold_the_source_cut_at_line_ends_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = words(dir.path(), 100_000).unwrap();
+        let parts = plain_parts(dir.path(), &source, 4).unwrap();
+        let mut names: Vec<PathBuf> = std::fs::read_dir(&parts).unwrap().map(|e| e.unwrap().path()).collect();
+        names.sort();
+        assert_eq!(names.len(), 4);
+        let pieces: Vec<Vec<u8>> = names.iter().map(|name| std::fs::read(name).unwrap()).collect();
+        assert!(pieces.iter().all(|piece| piece.len() > 10_000 && piece.ends_with(b"\n")));
+        assert_eq!(pieces.concat(), std::fs::read(&source).unwrap());
     }
 
     #[test]

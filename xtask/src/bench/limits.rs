@@ -18,31 +18,43 @@ pub struct Missed {
 }
 
 /// How the findings were made, printed before them.
-const METHOD: &str = "Profiles: `perf record -e cpu-clock -F 999 -g` of the whole machine or of the controller \
-    (`--call-graph dwarf` for Rust frames) during the bench's own jobs, on the 2-core VM the figures come \
-    from, while other builds ran (so per-chunk CPU costs below are upper bounds). This VM has no hardware \
-    counters (`perf stat -e instructions` is unsupported), which rules out instruction counts but not \
-    sampling on the software clock.";
+const METHOD: &str = "Profiles: `perf record -e cpu-clock -F 999 -g` of `kiln run-local` (which follows its \
+    executors) or of the whole machine during a cluster job, on the 2-core VM the figures come from; CPU \
+    times from `/usr/bin/time` (user, system, minor page faults, children included). This VM has no \
+    hardware counters (`perf stat -e instructions` is unsupported), which rules out instruction counts but \
+    not sampling on the software clock. Profiles taken while other builds ran give shares of a process's \
+    own time, not wall-clock figures.";
 
 /// The findings, keyed by the number that starts a section's title.
 const FINDINGS: &[(&str, &str)] = &[
     (
         "1.",
-        "**run-local** tracks the baseline when the machine is quiet (1.14× in a quick run) and swings \
-         between 0.6× and 1.3× under load: both are CPU-bound on the same 2 cores, and in the executor \
-         three quarters of the samples are the plugin's own hashing (`HashMap::entry` and `memcmp` of the \
-         words).\n\n\
-         **The cluster** used to wait for its whole upload before the first chunk ran (the input was \
-         spooled through `tokio::fs`, `sync_all`ed — 1.8 s/GiB here — and read again to be cut): 0.60× \
-         in a 64 MiB quick run. Chunks are now cut from each piece as it arrives (`chunk::Cutter`) and \
-         run while the rest uploads, and the file is synced in the background: the stage before the \
-         first dispatch is ~70 ms whatever the size, and the quick run under the same load went to \
-         0.78×. What remains is copying: each byte crosses user space about a dozen times on the way \
-         (client read and framing, controller decoding, file write, cutter, read back for dispatch, \
-         framing to the worker, worker decoding, the executor pipe both ways), ~1.5 core-seconds per \
-         GiB beside ~7 for the word count itself. If a quiet run misses, fewer copies are the lever: \
-         chunks handed from the cutter to dispatch while still in memory rather than read back from \
-         the file, and shared memory rather than the pipe between worker and executor.",
+        "The streaming baseline keeps both cores busy with nothing but counting: 1 GiB in 1.4 s, about \
+         2.8 core-seconds. Every Kiln path is CPU-bound on the same two cores too, so what it loses is \
+         the CPU it spends beside the counting.\n\n\
+         **run-local** spent 5.4 core-seconds on the 1 GiB word count (user 4.7 s, system 0.9 s). In its \
+         profile, 62 % of the samples are the plugin's own code (hashing, `memcmp` of words), 12 % the \
+         kernel zeroing fresh pages for the executors (`clear_page_erms`, page faults: every call's \
+         4 MiB chunk frame and the plugin's partial were new mappings), 11 % the parent reading the \
+         file and writing it down the executors' pipes, and the rest copies (`memmove`) and UTF-8 \
+         checks. The executor now keeps freed memory for its next call (`memory::tune_for_executor`), \
+         which took its minor faults from 165–184 thousand to 49–51 thousand per GiB and a quarter off \
+         its system time. Two costs remain that the baseline does not have. The plugin counted 257 \
+         chunks of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is \
+         then encoded, decoded and merged, where the baseline fills one map per thread; run-local now \
+         sizes its chunks to the input (four per slot, 4 to 32 MiB: 32 chunks for 1 GiB, section 10), \
+         while the cluster keeps 4 MiB chunks, which balance load and bound a retry. And every byte \
+         crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an executor \
+         that reads its chunk's byte range from a file descriptor the worker passes it (the sandbox \
+         allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
+         **The cluster** adds, in a profile of a 1 GiB uploaded job, as much CPU again as the executors \
+         use: the client reading, framing and encrypting the input, the controller decrypting it, \
+         writing it to its spool file (`copy_folio_from_iter`, its largest cost) and cutting it, and \
+         the worker decrypting the chunks again (`aes_gcm_dec`) before its pipe. By reference, only \
+         the worker reads the file, and the figure rises from 0.27× to 0.46×; the rest of the gap is \
+         run-local's. What would close it, in order of gain: the pipe (above), larger chunks (above), \
+         and for uploads, cutting chunks from the pieces in memory and dispatching them before the \
+         spool write rather than reading them back.",
     ),
     (
         "2.",
@@ -90,16 +102,45 @@ const FINDINGS: &[(&str, &str)] = &[
     ),
     (
         "5.",
-        "The controller no longer grows with the input (−7 % from 256 MiB to 1 GiB in the full run: \
-         the services cap glibc at two malloc arenas, `memory.rs`, and combine groups cover 64 MiB so \
-         `aggregate` gets at most 16 partials per GiB), but its peak is at the target: chunks now run \
-         while the input uploads, so input pieces (8 MiB, decoded then written), the cutter's tail, \
-         chunks read back for dispatch and their request frames are all alive at once, and partials \
-         wait in memory for their batched write. By hand earlier: `MALLOC_ARENA_MAX=1` took another \
-         quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the CPU (page \
-         faults). Closing the gap: bound the partials waiting for their write (hold the slot until \
-         the write), and stream the aggregate's partials from the store into the frame instead of \
+        "The controller does not grow with the input: 95 MiB after one 4 GiB job, against 156–162 MiB \
+         after the seven jobs of 256 MiB or 1 GiB that section 1 runs on its cluster, and 78 MiB for a \
+         1 GiB job by reference. Its peak follows the number of uploaded jobs it has served, not their \
+         size: the services cap glibc at two malloc arenas (`memory.rs`), but pieces of input (8 MiB, \
+         decoded, then written), the cutter's tail, chunks read back for dispatch, their request frames \
+         and partials waiting for their batched write are all alive at once while a job uploads and \
+         runs, and each job leaves the arenas more fragmented. By hand earlier: `MALLOC_ARENA_MAX=1` \
+         took another quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the \
+         CPU (page faults). Closing the gap: buffers of input and chunks drawn from one pool of fixed \
+         size instead of the allocator, partials waiting for their write bounded (the slot held until \
+         the write), and the aggregate's partials streamed from the store into the frame instead of \
          three copies at once.",
+    ),
+    (
+        "10.",
+        "Profiled with callgrind (instruction counts hold under load) on 64 MiB: the naive plugin's \
+         chunks cost what the plain program's pieces cost (6.5 G instructions running 17 chunks of \
+         4 MiB, encoding included, against 7.25 G for the whole plain program; `HashMap::entry`, SipHash, \
+         malloc and free of each word's `String`), but without `combine` every chunk's partial (the \
+         ~40,000 words it saw, ~350 KB of postcard) is decoded (0.45 G) and folded (0.39 G) by \
+         `aggregate` on one core. With 4 MiB chunks a 1 GiB input made 256 partials: ~12 G \
+         instructions of serial tail beside ~26 G per core of counting, against the plain program's \
+         32 pieces. Run-local now sizes chunks to the input (`rules::chunk::local_chunk_size`: four \
+         per slot, 4 to 32 MiB), so 1 GiB makes 32 partials; a quick run under load (256 MiB) went \
+         from 0.84× to 1.30× (noisy). Incremental compilation costs this plugin 0.26 % of its \
+         instructions but the `Counter` example 14.5 % (`HashTable::find` no longer inlined; \
+         ARCHITECTURE.md). If this misses again, look at what is left: the \
+         input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
+         decodes its partials serially (parallel decoding in `export::aggregate` would halve it).",
+    ),
+    (
+        "12.",
+        "Input in S3 takes the by-reference path of section 1 (the worker fetches its split's range, \
+         cuts it and sends each chunk down its executor's pipe), so the costs found there apply: the \
+         pipe's two copies per byte and a partial per chunk. Here the object store also runs on the \
+         same two cores: moto is a Python server, and every ranged GET it answers is CPU the counting \
+         does not get, which a real S3 or MinIO on another host would not take. The `file://` figure \
+         beside it isolates Kiln's own share. Closing the gap is the same work as section 1's: chunks \
+         from a byte range the executor reads itself, and fewer, larger partials.",
     ),
 ];
 

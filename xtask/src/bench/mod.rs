@@ -7,9 +7,12 @@
 //! read-then-split rayon program, for continuity); outputs are checked to be equal before any
 //! figure is reported.
 //! [`measures`] runs `kiln run-local`; [`cluster_measures`] runs a controller and workers on this
-//! machine ([`cluster`]) and goes through `kiln submit`.
+//! machine ([`cluster`]) and goes through `kiln submit`; so do [`scaling`] (on simulated hosts,
+//! [`netsim`]), [`pipelining`] (behind delaying proxies), [`object_store`] (input in a local
+//! S3-compatible server) and [`big_result`] (every process's peak memory for a ~400 MB result).
 
 mod baseline;
+mod big_result;
 pub(crate) mod cluster;
 mod cluster_measures;
 mod corpus;
@@ -17,7 +20,9 @@ mod limits;
 mod measures;
 mod natural;
 mod netsim;
+mod object_store;
 mod pipelining;
+pub(crate) mod process;
 mod quiet;
 mod report;
 mod scaling;
@@ -80,6 +85,11 @@ pub enum Measure {
     Natural,
     /// A job over delayed links to the workers, with and without pipelined slots (section 11).
     Pipelining,
+    /// Word count with input by reference in a local S3-compatible server (moto), beside
+    /// `file://` and the baseline (section 12).
+    S3,
+    /// Every process's peak memory for a result of about 400 MB (section 13).
+    BigResult,
 }
 
 /// What every measure needs: where things are and how hard to try.
@@ -186,13 +196,15 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     if let Some(memory) = &memory {
         cluster_measures::peak_memory(&mut report, memory);
     }
-    let sections: [Section; 6] = [
+    let sections: [Section; 8] = [
         (Measure::Plugins, "plugins", measures::other_plugins),
         (Measure::Sandbox, "sandbox", measures::sandbox_setup),
         (Measure::Compressed, "compressed", measures::compressed),
         (Measure::Scaling, "scaling", scaling::scaling),
         (Measure::Natural, "natural", natural::natural_code),
         (Measure::Pipelining, "pipelining", pipelining::delayed_links),
+        (Measure::S3, "s3", object_store::s3_word_count),
+        (Measure::BigResult, "big-result", big_result::big_result),
     ];
     for (measure, name, measure_it) in sections {
         if wanted(measure) {

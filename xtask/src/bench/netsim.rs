@@ -1,11 +1,12 @@
-//! Hosts on one machine for the scaling and pipelining measures: network namespaces on a
-//! bridge, with a host's link limited to a fixed bandwidth or delayed, made with `ip` and `tc`
-//! (iproute2) and removed when the guard drops, also on error.
+//! Hosts on one machine for the scaling measure: network namespaces on a bridge, with a host's
+//! link limited to a fixed bandwidth, made with `ip` and `tc` (iproute2) and removed when the
+//! guard drops, also on error. (Delays are made by in-process proxies instead, see
+//! `pipelining.rs`: `tc netem` needs a kernel module this kind of machine lacks.)
 //!
 //! Every host is a namespace with one interface, `eth0`, on `10.77.0.0/24`, joined to a bridge
 //! that lives in a namespace of its own (the hub), so nothing is added to the machine's own
-//! network. A host's link is shaped in both directions (`tbf` to limit it, `netem` to delay
-//! it): on its `eth0` for what it sends, and on the hub's end of its cable for what it receives.
+//! network. A host's link is shaped in both directions with `tbf`: on its `eth0` for what it
+//! sends, and on the hub's end of its cable for what it receives.
 
 use std::process::Command;
 
@@ -71,16 +72,6 @@ impl Network {
     pub fn limit(&self, i: usize, mbit: u32) -> anyhow::Result<()> {
         let rate = format!("{mbit}mbit");
         let shape = ["root", "tbf", "rate", &rate, "burst", "256kb", "latency", "100ms"];
-        tc(&self.hosts[i].netns, "eth0", &shape)?;
-        tc(&self.hub, &format!("p{i}"), &shape)
-    }
-
-    /// Delays everything the `i`-th host sends and receives by `ms` milliseconds each way
-    /// (`tc netem`): a round trip of `2 × ms` to any other host.
-    pub fn delay(&self, i: usize, ms: u32) -> anyhow::Result<()> {
-        let delay = format!("{ms}ms");
-        // A queue long enough for a link's worth of delayed packets at loopback speeds.
-        let shape = ["root", "netem", "delay", &delay, "limit", "100000"];
         tc(&self.hosts[i].netns, "eth0", &shape)?;
         tc(&self.hub, &format!("p{i}"), &shape)
     }

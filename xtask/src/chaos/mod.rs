@@ -180,8 +180,10 @@ pub fn drive(args: &Args) -> anyhow::Result<Figures> {
         Some(kiln) => std::path::absolute(kiln)?,
         None => build_kiln()?,
     };
-    let work =
-        kiln.parent().and_then(Path::parent).map_or_else(|| root().join("target"), Path::to_path_buf).join("chaos");
+    // Under the cargo target directory, whatever binary runs: a `--kiln` from elsewhere (say
+    // /tmp/kiln) must not put the run's scratch space at the filesystem's root.
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root().join("target"), PathBuf::from);
+    let work = target.join("chaos");
     std::fs::create_dir_all(&work)?;
     let dir = tempfile::Builder::new().prefix(&format!("run-{seed}-")).tempdir_in(&work)?;
     let layout = Layout {

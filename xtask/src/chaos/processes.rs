@@ -204,7 +204,7 @@ impl Cluster {
             }
             targets.push(Target::Worker(slot));
             if let Some(worker) = &self.workers[slot] {
-                for pid in crate::bench::cluster::children_of(worker.child.id()) {
+                for pid in crate::bench::process::children_of(worker.child.id()) {
                     if is_executor(pid) {
                         targets.push(Target::Executor(slot, pid));
                     }

@@ -64,14 +64,20 @@ pub(super) async fn run_batch(shared: &Shared, call: BatchCall) {
 
 async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
     let job_id = call.job;
-    let Some((names, objects)) = shared.with_state(|st| {
-        st.is_active(job_id).then(|| st.job(job_id).map(|job| (job.file_names(), job.objects()))).flatten()
+    let Some((names, objects, chunk_size)) = shared.with_state(|st| {
+        let job = st.job(job_id).filter(|_| st.is_active(job_id))?;
+        Some((job.file_names(), job.objects(), job.spec.chunk_size))
     }) else {
         return drop_call(shared, &call);
     };
     let read = match objects.is_empty() {
         true => read_chunks(shared.input_path(job_id), call.chunks.clone(), names).await,
-        false => Ok(referenced_chunks(&call.chunks, &names, &objects)),
+        false => {
+            // The same longest line as an uploaded input's cutter accepts.
+            let max_line = shared.max_line_bytes.clamp(1, crate::rules::chunk::MAX_LINE_BYTES) as u64;
+            let max_line = max_line.max(chunk_size);
+            Ok(referenced_chunks(&call.chunks, &names, &objects, chunk_size, max_line))
+        }
     };
     let inputs = match read {
         Ok(inputs) => inputs,
@@ -92,10 +98,10 @@ async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
         }
     };
     let n_chunks = call.chunks.len();
-    let mut printed = Vec::new();
+    let (mut printed, mut lines) = (Vec::new(), Vec::new());
     let outcomes = match classify(result, call.deadline) {
         Ok(answer) if answer.results.len() == n_chunks => {
-            printed = answer.printed;
+            (printed, lines) = (answer.printed, answer.lines);
             answer.results.into_iter().map(|result| classify(Ok(result), call.deadline)).collect()
         }
         Ok(answer) => {
@@ -107,9 +113,12 @@ async fn run_batch_in_span(shared: &Shared, call: BatchCall) {
             return drop_call(shared, &call);
         }
         // The whole call failed: each chunk shares the failure.
-        Err(failure) => return apply(shared, &call, vec![Err(failure); n_chunks], Vec::new(), false).await,
+        Err(failure) => {
+            let answers = Answers { outcomes: vec![Err(failure); n_chunks], printed, lines };
+            return apply(shared, &call, answers, false).await;
+        }
     };
-    apply(shared, &call, outcomes, printed, true).await;
+    apply(shared, &call, Answers { outcomes, printed, lines }, true).await;
 }
 
 /// Frees the slot of a call that ended and forgets its copies; answers the job and the copies
@@ -156,8 +165,16 @@ async fn read_chunks(
     .map_err(|e| (first, std::io::Error::other(e)))?
 }
 
-/// The chunks of an input read by reference: where each worker reads its own.
-fn referenced_chunks(chunks: &[(u64, ChunkMeta)], names: &[String], objects: &[InputObject]) -> Vec<ChunkInput> {
+/// The chunks of an input read by reference: where each worker reads its own, cutting a
+/// compressed object into chunks of `chunk_size` bytes and refusing lines longer than
+/// `max_line` bytes.
+fn referenced_chunks(
+    chunks: &[(u64, ChunkMeta)],
+    names: &[String],
+    objects: &[InputObject],
+    chunk_size: u64,
+    max_line: u64,
+) -> Vec<ChunkInput> {
     chunks
         .iter()
         .filter_map(|(_, meta)| {
@@ -167,16 +184,28 @@ fn referenced_chunks(chunks: &[(u64, ChunkMeta)], names: &[String], objects: &[I
                 file: names.get(meta.file as usize).cloned().unwrap_or_default(),
                 first_line: meta.first_line,
                 text: ByteBuf::new(),
-                source: Some(object.source(split)),
+                source: Some(object.source(split, chunk_size, max_line)),
             })
         })
         .collect()
+}
+
+/// What a worker answered for the chunks of a call, in the call's order.
+struct Answers {
+    /// The partial of each chunk, or why it failed.
+    outcomes: Vec<Result<ByteBuf, Failure>>,
+    /// What the chunks printed (by position in the call).
+    printed: Vec<ChunkPrinted>,
+    /// The lines of each chunk the worker read by reference (0, or none at all, for the others).
+    lines: Vec<u64>,
 }
 
 /// A partial that came back for a chunk not yet done, to store.
 struct Answered {
     index: u64,
     attempts: u32,
+    /// The chunk's lines: as the controller cut it, or as the worker read it by reference.
+    n_lines: u64,
     partial: ByteBuf,
     copy: Option<RunningCopy>,
     /// What the plugin printed running it, kept with its partial.
@@ -197,13 +226,8 @@ struct Verdicts {
 
 /// Applies one outcome per chunk of the call: `answered` says the worker answered (so the
 /// call's time tells the job's pace), rather than the whole call failing.
-async fn apply(
-    shared: &Shared,
-    call: &BatchCall,
-    outcomes: Vec<Result<ByteBuf, Failure>>,
-    printed: Vec<ChunkPrinted>,
-    answered: bool,
-) {
+async fn apply(shared: &Shared, call: &BatchCall, answers: Answers, answered: bool) {
+    let Answers { outcomes, printed, lines } = answers;
     let (job_id, worker_id) = (call.job, call.worker.id);
     let mut printed: HashMap<u32, ChunkPrinted> = printed.into_iter().map(|p| (p.position, p)).collect();
     let verdicts = shared.with_state(|st| {
@@ -226,7 +250,13 @@ async fn apply(
                         continue;
                     }
                     chunk.storing = true;
-                    let attempts = chunk.failures + 1;
+                    // A chunk read by reference learns its lines from the worker that read it.
+                    if let Some(&n_lines) = lines.get(position)
+                        && n_lines > 0
+                    {
+                        chunk.meta.n_lines = n_lines;
+                    }
+                    let (attempts, n_lines) = (chunk.failures + 1, chunk.meta.n_lines);
                     job.queue.remove(&index);
                     let printed = printed.remove(&(position as u32)).map(|p| {
                         let span = job.span(index);
@@ -240,7 +270,7 @@ async fn apply(
                             cut: p.cut,
                         }
                     });
-                    verdicts.answered.push(Answered { index, attempts, partial, copy, printed });
+                    verdicts.answered.push(Answered { index, attempts, n_lines, partial, copy, printed });
                     continue;
                 }
                 Err(Failure::Interrupted(reason)) => {
@@ -329,7 +359,7 @@ fn charge(
 async fn store_partials(shared: &Shared, job_id: JobId, worker_id: WorkerId, answered: Vec<Answered>) {
     let partials: Vec<NewPartial<'_>> = answered
         .iter()
-        .map(|a| NewPartial { index: a.index, attempts: a.attempts, partial: a.partial.as_slice() })
+        .map(|a| NewPartial { index: a.index, attempts: a.attempts, n_lines: a.n_lines, partial: a.partial.as_slice() })
         .collect();
     if let Err(e) = shared.store.save_partials(job_id, &partials).await {
         let first = answered[0].index;

@@ -310,7 +310,9 @@ impl Job {
         let meta = self.chunks.get(index as usize).map(|c| c.meta);
         let (file, first_line, n_lines) = meta.map_or((0, 0, 0), |m| (m.file, m.first_line, m.n_lines));
         let file = self.file_name(file).to_owned();
-        ChunkSpan { index, file, first_line, last_line: first_line + n_lines.saturating_sub(1) }
+        // A chunk whose first line is unknown (0: read by reference, mid-object) has no last.
+        let last_line = if first_line == 0 { 0 } else { first_line + n_lines.saturating_sub(1) };
+        ChunkSpan { index, file, first_line, last_line }
     }
 
     /// The name of the input's file number `file`.

@@ -78,12 +78,16 @@ impl Store {
         let mut tx = self.pool.begin().await.map_err(query_error(what))?;
         let mut stored = 0;
         for rows in partials.chunks(ROWS_PER_STATEMENT) {
-            let mut query = QueryBuilder::<Sqlite>::new("WITH answered (idx, attempts, partial) AS (");
+            let mut query = QueryBuilder::<Sqlite>::new("WITH answered (idx, attempts, n_lines, partial) AS (");
             query.push_values(rows, |mut row, new| {
-                row.push_bind(int(new.index)).push_bind(i64::from(new.attempts)).push_bind(new.partial);
+                row.push_bind(int(new.index))
+                    .push_bind(i64::from(new.attempts))
+                    .push_bind(int(new.n_lines))
+                    .push_bind(new.partial);
             });
             query.push(
-                ") UPDATE chunks SET done = 1, partial = answered.partial, attempts = answered.attempts \
+                ") UPDATE chunks SET done = 1, partial = answered.partial, attempts = answered.attempts, \
+                 n_lines = answered.n_lines \
                  FROM answered WHERE chunks.idx = answered.idx AND chunks.done = 0 AND chunks.job_id = ",
             );
             query.push_bind(int(job));
@@ -320,11 +324,12 @@ mod tests {
         assert!(!store.add_chunks(job, 5, &chunks[..1]).await.unwrap(), "nor given more chunks");
         assert_eq!(store.job(job).await.unwrap().unwrap().figures.state, JobState::Queued);
         let bytes: Vec<[u8; 1]> = (0..5).map(|index| [index as u8]).collect();
-        let partials: Vec<NewPartial<'_>> =
-            (0..5).map(|index| NewPartial { index, attempts: 1, partial: &bytes[index as usize] }).collect();
+        let partials: Vec<NewPartial<'_>> = (0..5)
+            .map(|index| NewPartial { index, attempts: 1, n_lines: 1, partial: &bytes[index as usize] })
+            .collect();
         assert_eq!(store.save_partials(job, &partials[..2]).await.unwrap(), 2);
         assert_eq!(store.save_partials(job, &partials[2..]).await.unwrap(), 3);
-        let late = NewPartial { index: 3, attempts: 2, partial: b"late" };
+        let late = NewPartial { index: 3, attempts: 2, n_lines: 1, partial: b"late" };
         assert_eq!(store.save_partials(job, &[late, late]).await.unwrap(), 0, "a duplicate is dropped");
         let group = store.chunk_partials(job, 2, 2).await.unwrap();
         assert_eq!(group, vec![ByteBuf::from(vec![2]), ByteBuf::from(vec![3])]);
@@ -361,6 +366,7 @@ mod tests {
             .map(|index| NewPartial {
                 index,
                 attempts: 1 + u32::from(index.is_multiple_of(3)),
+                n_lines: 1,
                 partial: &bytes[index as usize],
             })
             .collect();

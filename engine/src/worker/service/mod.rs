@@ -20,6 +20,7 @@
 
 mod metrics;
 mod output;
+mod referenced;
 mod registrar;
 mod round_trip;
 mod slots;
@@ -43,11 +44,9 @@ use tracing::Instrument;
 use self::metrics::WorkerMetrics;
 use self::registrar::Registrar;
 use self::state::{State, lock};
-use crate::input::reference;
 use crate::owner::Owner;
 use crate::rpc::build::BuildProgress;
-use crate::rpc::input::ChunkSource;
-use crate::rpc::logs::ChunkResults;
+use crate::rpc::logs::{Aggregated, ChunkResults};
 use crate::rpc::{ChunkInput, JobId, JobPlugin, RpcError, Secret, TaskError, Worker};
 use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
@@ -57,7 +56,7 @@ use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
-use crate::worker::executor::{ChunkText, ExecutorConfig, Partials};
+use crate::worker::executor::{ExecutorConfig, Partials};
 use crate::worker::runner::AggregateError;
 
 /// Connections one peer address may hold open to the service: the controller needs one or two;
@@ -431,59 +430,52 @@ impl Worker for WorkerServer {
         let first_line = chunks.first().map_or(0, |chunk| chunk.first_line);
         let bytes: u64 = chunks.iter().map(|chunk| chunk.text.len() as u64).sum();
         let span = tracing::info_span!("run_chunks", job, first_line, chunks = n_chunks);
-        // Chunks of an input read by reference are read here, from the store; one that cannot
-        // be read answers why, and the others run.
-        // A chunk in the middle of an object learns its line numbers by counting, only for a
-        // plugin that declares it needs them.
-        let mid_object = chunks.iter().any(|chunk| chunk.source.as_ref().is_some_and(|source| source.start > 0));
-        let count_lines = mid_object && runner.line_numbers().await.unwrap_or(false);
-        let mut texts = Vec::with_capacity(n_chunks);
-        let mut unread = Vec::with_capacity(n_chunks);
-        for chunk in chunks {
-            let (first_line, text) = match &chunk.source {
-                None => (Ok(chunk.first_line), Ok(Bytes::from(chunk.text.into_vec()))),
-                Some(source) => match read_chunk(source).instrument(span.clone()).await {
-                    Ok(read) if count_lines && source.start > 0 => {
-                        let before = self.state.line_counts.before(source, read.offset).await;
-                        (before.map(|n| n + 1).map_err(task_error), Ok(Bytes::from(read.text)))
-                    }
-                    Ok(read) => (Ok(chunk.first_line), Ok(Bytes::from(read.text))),
-                    Err(error) => (Ok(0), Err(error)),
-                },
-            };
-            match first_line.and_then(|first_line| text.map(|text| (first_line, text))) {
-                Ok((first_line, text)) => {
-                    self.state.metrics.read_by_reference(if chunk.source.is_some() { text.len() as u64 } else { 0 });
-                    texts.push(ChunkText::new(chunk.file, first_line, text));
-                    unread.push(None);
-                }
-                Err(error) => unread.push(Some(error)),
-            }
-        }
-        // Chunks read by reference were read above, while the call may wait for a slot.
+        // Chunks of an input read by reference are read here, from the store, while the call
+        // may wait for a slot (a compressed object is streamed in the slot); one that cannot be
+        // read answers why, and the others run.
+        let read = referenced::read_chunks(&self.state, &runner, chunks).instrument(span.clone()).await;
+        let referenced::ReadChunks { texts, mut places, mut lines, streamed } = read;
+        let state = Arc::clone(&self.state);
         let run = async move {
             let started = std::time::Instant::now();
-            (runner.run_batch(job, texts).await, started.elapsed())
+            let answers = runner.run_batch(job, texts).await;
+            let mut streamed_answers = Vec::with_capacity(streamed.len());
+            for (position, file, source) in streamed {
+                let (answer, read) = referenced::run_compressed(&runner, job, file, &source).await;
+                state.metrics.read_by_reference(read.bytes);
+                streamed_answers.push((position, answer, read.lines));
+            }
+            (answers, streamed_answers, started.elapsed())
         };
-        let (answers, elapsed) = self.state.slots.run(run.instrument(span.clone())).await?;
+        let (answers, streamed, elapsed) = self.state.slots.run(run.instrument(span.clone())).await?;
         let mut answers = answers.into_iter();
+        for (position, answer, n_lines) in streamed {
+            places[position] = referenced::Place::Answered(answer);
+            lines[position] = n_lines;
+        }
         let mut printed = Vec::new();
-        let results: Vec<Result<Bytes, TaskError>> = unread
+        let results: Vec<Result<Bytes, TaskError>> = places
             .into_iter()
             .enumerate()
-            .map(|(position, error)| match error.map(Err).unwrap_or_else(|| Ok(answers.next())) {
-                Err(error) => Err(error),
-                Ok(Some(answer)) => {
-                    printed.push((position, answer.output));
-                    answer.result
+            .map(|(position, place)| {
+                let answer = match place {
+                    referenced::Place::Failed(error) => return Err(error),
+                    referenced::Place::Batched => answers.next(),
+                    referenced::Place::Answered(answer) => Some(answer),
+                };
+                match answer {
+                    Some(answer) => {
+                        printed.push((position, answer.output));
+                        answer.result
+                    }
+                    None => Err(TaskError::Crashed("the chunk was not run".into())),
                 }
-                Ok(None) => Err(TaskError::Crashed("the chunk was not run".into())),
             })
             .collect();
         let failed = results.iter().filter(|result| result.is_err()).count();
         self.state.metrics.record_call(n_chunks, failed, bytes, elapsed);
         span.in_scope(|| tracing::debug!(failed, ?elapsed, "chunks run"));
-        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed) })
+        Ok(ChunkResults { results: output::bound_answers(results), printed: output::bound_printed(printed), lines })
     }
 
     async fn combine(
@@ -520,23 +512,21 @@ impl Worker for WorkerServer {
         job: JobId,
         n_partials: u64,
         max_result_bytes: u64,
-    ) -> Result<u64, TaskError> {
+    ) -> Result<Aggregated, TaskError> {
         self.authorize(&secret).await?;
         let runner = self.state.job_runner(job)?;
         let partials = self.state.outputs.take_staged(job, n_partials)?;
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
-        let len =
-            runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await.0.map_err(
-                |error| match error {
-                    error @ AggregateError::TooLarge { .. } => {
-                        TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
-                    }
-                    AggregateError::Task(error) => error,
-                },
-            )?;
+        let (len, printed) = runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await;
+        let len = len.map_err(|error| match error {
+            error @ AggregateError::TooLarge { .. } => {
+                TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))
+            }
+            AggregateError::Task(error) => error,
+        })?;
         self.state.outputs.keep(job, kept, len);
-        Ok(len)
+        Ok(Aggregated { len, stdout: printed.stdout, stderr: printed.stderr, cut: printed.cut })
     }
 
     async fn fetch_output(self, _: Context, secret: Secret, job: JobId, offset: u64) -> Result<ByteBuf, TaskError> {
@@ -553,23 +543,6 @@ impl Worker for WorkerServer {
     async fn build_progress(self, _: Context, secret: Secret, job: JobId) -> Result<Option<BuildProgress>, TaskError> {
         self.state.authorize(&secret).await?;
         Ok(self.state.build_progress(job))
-    }
-}
-
-/// Reads a chunk of an input read by reference. A changed object or unusable content fails
-/// the job (no attempt can help); a store that refuses or fails the read fails this attempt,
-/// with the store's message, and the chunk is tried again, on another worker where one exists.
-async fn read_chunk(source: &ChunkSource) -> Result<reference::ChunkRead, TaskError> {
-    reference::read_chunk(source).await.map_err(|error| {
-        tracing::warn!(url = %source.url, "cannot read a chunk by reference: {error}");
-        task_error(error)
-    })
-}
-
-fn task_error(error: reference::ReferenceError) -> TaskError {
-    match error.is_final() {
-        true => TaskError::Fatal(error.to_string()),
-        false => TaskError::Storage(error.to_string()),
     }
 }
 
