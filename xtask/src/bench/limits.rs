@@ -127,8 +127,9 @@ const FINDINGS: &[(&str, &str)] = &[
          32 pieces. Run-local now sizes chunks to the input (`rules::chunk::local_chunk_size`: four \
          per slot, 4 to 32 MiB), so 1 GiB makes 32 partials; a quick run under load (256 MiB) went \
          from 0.84× to 1.30× (noisy). Incremental compilation costs this plugin 0.26 % of its \
-         instructions but the `Counter` example 14.5 % (`HashTable::find` no longer inlined; \
-         ARCHITECTURE.md). If this misses again, look at what is left: the \
+         instructions; it cost the `Counter` example 14.5 % (`HashTable::find` no longer inlined) \
+         until the builder stopped compiling kiln-plugin-api incrementally (ARCHITECTURE.md). \
+         If this misses again, look at what is left: the \
          input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
          decodes its partials serially (parallel decoding in `export::aggregate` would halve it).",
     ),
