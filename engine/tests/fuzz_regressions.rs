@@ -200,3 +200,15 @@ fn a_server_error_in_an_answer_keeps_its_detail_though_tarpc_changes_its_kind() 
     input.extend(frame);
     fuzzing::rpc_frames(&input);
 }
+
+#[test]
+fn a_call_whose_deadline_overflows_the_clock_is_refused_not_a_panic() {
+    // `rpc_frames` as the controller's server, gate closed: a call whose context deadline is
+    // some 10^19 s ahead made tarpc panic adding it to `Instant::now()` (found with seed 1 in CI's
+    // run). The servers' frame decoder now refuses such a call before tarpc reads it.
+    let crash = [
+        0u8, 0, 15, 0, 0, 0, 32, 0, 253, 253, 253, 253, 253, 253, 42, 253, 253, 63, 253, 253, 7, 3, 3, 97, 99, 0, 0, 0,
+        98, 0, 1, 2, 7, 1, 107, 21, 1, 0, 0, 4, 97, 10, 98, 10,
+    ];
+    fuzzing::rpc_frames(&crash);
+}
