@@ -185,3 +185,30 @@ fn small_limits_hold_for_zip_archives_too() {
     let tree = SourceTree::from_zip_with_limits(&bytes, &SourceLimits::default()).unwrap();
     assert_eq!(tree.package_name(), "wc");
 }
+
+#[test]
+fn a_server_error_in_an_answer_keeps_its_detail_though_tarpc_changes_its_kind() {
+    // `rpc_frames` as a client reading the controller's answers: an answer whose error has kind
+    // 1 (`PermissionDenied`) is written back by tarpc as 2 and read as `ConnectionRefused`, and
+    // the check used to call that a message changing across the wire. tarpc's, not Kiln's: the
+    // check now holds the detail, the part Kiln shows, to the round trip.
+    let crash = [2u8, 0, 15, 0, 0, 0, 4, 0, 1, 1, 0, 0, 0, 0, 0, 0, 23];
+    fuzzing::rpc_frames(&crash);
+    let frame = [0u8, 1, 1, 3, b'n', b'o', b'!'];
+    let mut input = vec![2u8, 0, 15];
+    input.extend((frame.len() as u32).to_be_bytes());
+    input.extend(frame);
+    fuzzing::rpc_frames(&input);
+}
+
+#[test]
+fn a_call_whose_deadline_overflows_the_clock_is_refused_not_a_panic() {
+    // `rpc_frames` as the controller's server, gate closed: a call whose context deadline is
+    // some 10^19 s ahead made tarpc panic adding it to `Instant::now()` (found with seed 1 in CI's
+    // run). The servers' frame decoder now refuses such a call before tarpc reads it.
+    let crash = [
+        0u8, 0, 15, 0, 0, 0, 32, 0, 253, 253, 253, 253, 253, 253, 42, 253, 253, 63, 253, 253, 7, 3, 3, 97, 99, 0, 0, 0,
+        98, 0, 1, 2, 7, 1, 107, 21, 1, 0, 0, 4, 97, 10, 98, 10,
+    ];
+    fuzzing::rpc_frames(&crash);
+}

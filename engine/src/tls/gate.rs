@@ -106,8 +106,59 @@ impl Decoder for GatedCodec {
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, io::Error> {
         // Checked when a frame's header is read, before any room is reserved for its body.
         self.inner.set_max_frame_length(self.gate.max_frame());
-        self.inner.decode(src)
+        let frame = self.inner.decode(src)?;
+        if let Some(frame) = &frame {
+            check_deadline(frame)?;
+        }
+        Ok(frame)
     }
+}
+
+/// The furthest ahead a call's deadline may lie; no client asks for more than minutes.
+const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// Refuses a call whose deadline lies more than [`MAX_DEADLINE`] ahead. tarpc (0.38) reads a
+/// call's deadline as a duration from now and adds it to `Instant::now()` unchecked, which
+/// panics past the clock's range: any peer could make a server's connection task panic with
+/// one frame, before authentication (found by the `rpc_frames` fuzz target). A call is tarpc's
+/// `ClientMessage::Request` under bincode's defaults: its variant 0, then the deadline's
+/// seconds and nanoseconds, each a variable-length integer. Other frames pass unread.
+fn check_deadline(frame: &[u8]) -> io::Result<()> {
+    let mut rest = frame;
+    if varint(&mut rest) != Some(0) {
+        return Ok(());
+    }
+    let (Some(secs), Some(nanos)) = (varint(&mut rest), varint(&mut rest)) else { return Ok(()) };
+    // Past what a `Duration` holds, tarpc's decoding fails by itself.
+    let secs = secs.saturating_add(nanos / 1_000_000_000);
+    if secs > MAX_DEADLINE.as_secs() as u128 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("a call's deadline lies {secs} s ahead, more than the {} s allowed", MAX_DEADLINE.as_secs()),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads one of bincode's variable-length integers: a byte below 251 is the value; 251, 252,
+/// 253 and 254 announce a little-endian u16, u32, u64 and u128.
+fn varint(rest: &mut &[u8]) -> Option<u128> {
+    let (&first, tail) = rest.split_first()?;
+    let width = match first {
+        0..=250 => {
+            *rest = tail;
+            return Some(u128::from(first));
+        }
+        251 => 2,
+        252 => 4,
+        253 => 8,
+        _ => 16,
+    };
+    let bytes = tail.get(..width)?;
+    *rest = &tail[width..];
+    let mut value = [0u8; 16];
+    value[..width].copy_from_slice(bytes);
+    Some(u128::from_le_bytes(value))
 }
 
 impl Encoder<Bytes> for GatedCodec {
@@ -160,6 +211,36 @@ mod tests {
         let mut codec = GatedCodec::new(gate);
         let mut announced = header(8 << 20);
         assert_eq!(codec.decode(&mut announced).unwrap(), None, "waits for the body");
+    }
+
+    #[test]
+    fn a_call_whose_deadline_lies_past_the_clock_is_refused_before_tarpc_reads_it() {
+        use std::pin::Pin;
+        use tarpc::tokio_serde::Serializer;
+
+        // A real call as tarpc writes it, its deadline ~1000 s ahead: read where tarpc put it.
+        let mut context = tarpc::context::current();
+        context.deadline = std::time::Instant::now() + Duration::from_secs(1000);
+        let call = tarpc::ClientMessage::Request(tarpc::Request { context, id: 7, message: "x".to_owned() });
+        let frame = Pin::new(&mut Bincode::<String, _>::default()).serialize(&call).unwrap();
+        let mut rest = &frame[..];
+        assert_eq!(varint(&mut rest), Some(0));
+        assert!((990..=1000).contains(&varint(&mut rest).unwrap()), "{frame:?}");
+        check_deadline(&frame).unwrap();
+
+        // The same call with its seconds set to u64::MAX, as a peer may send it.
+        let mut far = vec![0u8, 253];
+        far.extend(u64::MAX.to_le_bytes());
+        far.extend(&frame[4..]);
+        let error = check_deadline(&far).unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+        let mut codec = GatedCodec::new(Gate::closed(()));
+        let mut wire = header(far.len() as u32);
+        wire.put_slice(&far);
+        assert!(codec.decode(&mut wire).is_err());
+        // A cancellation and a cut frame pass to tarpc, which refuses what it cannot read.
+        check_deadline(&[1, 0, 0]).unwrap();
+        check_deadline(&[0, 253, 1]).unwrap();
     }
 
     #[test]

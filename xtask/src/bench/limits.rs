@@ -39,13 +39,14 @@ const FINDINGS: &[(&str, &str)] = &[
          file and writing it down the executors' pipes, and the rest copies (`memmove`) and UTF-8 \
          checks. The executor now keeps freed memory for its next call (`memory::tune_for_executor`), \
          which took its minor faults from 165–184 thousand to 49–51 thousand per GiB and a quarter off \
-         its system time. Two costs remain that the baseline does not have. The plugin counts 257 chunks \
-         of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is then \
-         encoded, decoded and merged, where the baseline fills one map per thread; larger chunks when \
-         the input is large beside the number of processes would cut that work in proportion. And \
-         every byte crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an \
-         executor that reads its chunk's byte range from a file descriptor the worker passes it (the \
-         sandbox allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
+         its system time. Two costs remain that the baseline does not have. The plugin counted 257 \
+         chunks of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is \
+         then encoded, decoded and merged, where the baseline fills one map per thread; run-local now \
+         sizes its chunks to the input (four per slot, 4 to 32 MiB: 32 chunks for 1 GiB, section 10), \
+         while the cluster keeps 4 MiB chunks, which balance load and bound a retry. And every byte \
+         crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an executor \
+         that reads its chunk's byte range from a file descriptor the worker passes it (the sandbox \
+         allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
          **The cluster** adds, in a profile of a 1 GiB uploaded job, as much CPU again as the executors \
          use: the client reading, framing and encrypting the input, the controller decrypting it, \
          writing it to its spool file (`copy_folio_from_iter`, its largest cost) and cutting it, and \
@@ -125,10 +126,22 @@ const FINDINGS: &[(&str, &str)] = &[
          instructions of serial tail beside ~26 G per core of counting, against the plain program's \
          32 pieces. Run-local now sizes chunks to the input (`rules::chunk::local_chunk_size`: four \
          per slot, 4 to 32 MiB), so 1 GiB makes 32 partials; a quick run under load (256 MiB) went \
-         from 0.84× to 1.30× (noisy). Incremental compilation of the plugin's crate costs 0.26 % of \
-         the run's instructions (ARCHITECTURE.md). If this misses again, look at what is left: the \
+         from 0.84× to 1.30× (noisy). Incremental compilation costs this plugin 0.26 % of its \
+         instructions; it cost the `Counter` example 14.5 % (`HashTable::find` no longer inlined) \
+         until the builder stopped compiling kiln-plugin-api incrementally (ARCHITECTURE.md). \
+         If this misses again, look at what is left: the \
          input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
          decodes its partials serially (parallel decoding in `export::aggregate` would halve it).",
+    ),
+    (
+        "12.",
+        "Input in S3 takes the by-reference path of section 1 (the worker fetches its split's range, \
+         cuts it and sends each chunk down its executor's pipe), so the costs found there apply: the \
+         pipe's two copies per byte and a partial per chunk. Here the object store also runs on the \
+         same two cores: moto is a Python server, and every ranged GET it answers is CPU the counting \
+         does not get, which a real S3 or MinIO on another host would not take. The `file://` figure \
+         beside it isolates Kiln's own share. Closing the gap is the same work as section 1's: chunks \
+         from a byte range the executor reads itself, and fewer, larger partials.",
     ),
 ];
 
