@@ -54,7 +54,11 @@ const FINDINGS: &[(&str, &str)] = &[
          the worker reads the file, and the figure rises from 0.27× to 0.46×; the rest of the gap is \
          run-local's. What would close it, in order of gain: the pipe (above), larger chunks (above), \
          and for uploads, cutting chunks from the pieces in memory and dispatching them before the \
-         spool write rather than reading them back.",
+         spool write rather than reading them back. \
+         The sandbox's cost on this throughput (sandboxed ÷ unconfined, 0.971× here, 1.036× in a \
+         quiet run earlier the same day) is within the runs' spread: the two ranges of five runs \
+         overlap (2.99–3.28 s against 2.94–3.24 s); the sandbox adds no work per chunk, only its \
+         set-up per executor (section 7).",
     ),
     (
         "2.",
@@ -131,7 +135,15 @@ const FINDINGS: &[(&str, &str)] = &[
          until the builder stopped compiling kiln-plugin-api incrementally (ARCHITECTURE.md). \
          If this misses again, look at what is left: the \
          input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
-         decodes its partials serially (parallel decoding in `export::aggregate` would halve it).",
+         decodes its partials serially (parallel decoding in `export::aggregate` would halve it). \
+         The `Counter` example lost ground with the larger chunks (0.82× of the baseline before \
+         them, 0.77× in this run). Measured after this run with minor faults, which hold under \
+         load: a 1 GiB run-local with 32 MiB chunks takes ~820 thousand minor faults and 2.0 s of \
+         system time, against 103 thousand and 0.85 s with `--chunk-size 16MiB`: a 32 MiB buffer \
+         is at glibc's largest mmap threshold, so run-local's reads and the executor's frames are \
+         fresh mappings for every chunk. Chunks capped below it (16 MiB), or chunk buffers reused \
+         across calls, would take that back; measure both plugins in one run when changing it, \
+         since smaller chunks mean more partials for the naive one.",
     ),
     (
         "12.",
