@@ -112,6 +112,9 @@ pub struct Bench {
     flags: String,
 }
 
+/// How long the bench waits for a busy machine to quieten before it refuses to measure.
+const LOAD_PATIENCE: Duration = Duration::from_secs(120);
+
 /// A section of the report: what chooses it, its name for `--only`, and what measures it.
 type Section = (Measure, &'static str, fn(&Bench, &mut Report) -> anyhow::Result<()>);
 
@@ -120,12 +123,22 @@ pub fn run(args: &Args) -> anyhow::Result<()> {
     let started = Instant::now();
     // Looked at before anything of the bench runs, since building kiln loads the machine too.
     let ours = quiet::our_processes();
-    let at_start = quiet::Snapshot::take(&ours);
+    let mut at_start = quiet::Snapshot::take(&ours);
+    // `cargo xtask` has often just compiled this program, which alone lifts the 1-minute load
+    // over the bar: wait a little for it to fall before refusing.
+    let waited = Instant::now();
+    while at_start.is_busy() && !args.allow_busy && waited.elapsed() < LOAD_PATIENCE {
+        eprintln!("waiting for the load to fall below {} (now {})", quiet::BUSY_LOAD, at_start.describe());
+        std::thread::sleep(Duration::from_secs(10));
+        at_start = quiet::Snapshot::take(&ours);
+    }
     if at_start.is_busy() && !args.allow_busy {
         bail!(
-            "the machine is busy (load average {}): figures taken now would not hold; wait until \
-             the 1-minute load is below {} (watch `uptime`), or pass --allow-busy to measure anyway \
-             with every figure marked as taken under load",
+            "the machine is still busy after {} s (load average {}): figures taken now would not \
+             hold; wait until the 1-minute load is below {} (watch `uptime`) and what loads it has \
+             stopped, or pass --allow-busy to measure anyway with every figure marked as taken \
+             under load",
+            LOAD_PATIENCE.as_secs(),
             at_start.describe(),
             quiet::BUSY_LOAD
         );
