@@ -454,23 +454,26 @@ impl Store {
 
     /// The figures JSON of the user's run: `None` when the run is not the user's.
     pub async fn run_figures(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
-        let row = sqlx::query("SELECT figures FROM runs WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| row.try_get("figures")).transpose()?)
+        self.run_text(user_id, id, "figures").await
     }
 
     /// What the user's run's plugin printed: `None` when the run is not the user's,
     /// `Some(None)` when it printed nothing (or has not ended).
     pub async fn run_plugin_output(&self, user_id: i64, id: i64) -> Result<Option<Option<String>>, StoreError> {
-        let row = sqlx::query("SELECT plugin_output FROM runs WHERE id = $1 AND user_id = $2")
-            .bind(id)
-            .bind(user_id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|row| row.try_get("plugin_output")).transpose()?)
+        self.run_text(user_id, id, "plugin_output").await
+    }
+
+    /// A text column of the user's run (one of this file's names, never input): `None` when
+    /// the run is not the user's.
+    async fn run_text(
+        &self,
+        user_id: i64,
+        id: i64,
+        column: &'static str,
+    ) -> Result<Option<Option<String>>, StoreError> {
+        let sql = format!("SELECT {column} FROM runs WHERE id = $1 AND user_id = $2");
+        let row = sqlx::query(&sql).bind(id).bind(user_id).fetch_optional(&self.pool).await?;
+        Ok(row.map(|row| row.try_get(column)).transpose()?)
     }
 
     /// Where the user's run's result is: `None` when the run is not the user's, `Some(None)`
