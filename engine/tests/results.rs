@@ -247,3 +247,51 @@ fn a_partial_too_large_for_an_answer_fails_its_chunk_with_a_clear_message() {
     let info = cluster.cluster_info();
     assert_eq!(info["workers"].as_array().map(Vec::len), Some(1), "no worker was lost: {info:#}");
 }
+
+#[test]
+fn partials_too_large_to_combine_stay_apart_and_the_controller_stays_small() {
+    // Default frames: a combine of a whole group would fit in one call.
+    let cluster = Cluster::start_with(1, &[]);
+    cluster.wait_workers(1);
+    // Chunks of 96 KiB make combine groups of 256 chunks, 24 MiB of input: grep's partials of
+    // every line of a group hold about 25 MiB, more than one combine may merge; those of a
+    // few lines are tiny and are merged.
+    let text = lines_text(800_000);
+    let input = write_input(cluster.dir.path(), "lines.txt", &text);
+    let grep = example("grep");
+    let submit = |pattern: &str, job: u64| {
+        let args = ["submit", "--plugin", grep.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        let mut command = cluster::kiln_command();
+        command.args(args).args(["--params", pattern, "--chunk-size", "96KiB"]).args([
+            "--controller",
+            &cluster.controller.addr.to_string(),
+            "--api-key",
+            &cluster.api_key(),
+        ]);
+        let output = cluster.dir.path().join(format!("result-{job}.json"));
+        let (success, stderr, _) = run_measured(command, &output);
+        assert!(success, "kiln submit failed:\n{stderr}");
+        std::fs::read(&output).unwrap()
+    };
+    // The same input and chunks, ten matches: the upload, the chunks and the merges of small
+    // partials cost the controller what they cost.
+    let few = submit("line 00000000", 1);
+    let matches: Vec<Match> = serde_json::from_slice(&few).expect("the result is JSON");
+    let lines: Vec<u64> = matches.iter().map(|found| found.line).collect();
+    assert_eq!(lines, (1..=10).collect::<Vec<u64>>(), "lines 0 to 9 of the text, numbered from 1");
+    let controller_base = peak_memory(cluster.controller.pid());
+
+    let output = submit(".", 2);
+    check(&output, &text);
+    let result_bytes = output.len() as u64;
+    assert!(result_bytes > 64 << 20, "a large result: {result_bytes} bytes");
+    // Left apart, the partials pass through a few MiB at a time: the chunks' answers in flight
+    // (now 4 MiB of matches each, not a few bytes), a page of partials for `aggregate`, a piece
+    // of the result (8 MiB each); about 48 MiB more. Merging each group would hold its 25 MiB
+    // of partials, the call, the merged partial and its answer at once: 259 MiB more.
+    assert_grew_less_than(
+        96 << 20,
+        result_bytes,
+        &[("controller", controller_base, peak_memory(cluster.controller.pid()))],
+    );
+}
