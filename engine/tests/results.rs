@@ -299,6 +299,66 @@ fn a_partial_too_large_for_an_answer_fails_its_chunk_with_a_clear_message() {
 }
 
 #[test]
+fn partials_too_large_to_combine_stay_apart_and_the_controller_stays_small() {
+    // Default frames: a combine of a whole group would fit in one call.
+    let cluster = Cluster::start_with(1, &[]);
+    cluster.wait_workers(1);
+    // Chunks of 96 KiB make combine groups of 256 chunks, 24 MiB of input: grep's partials of
+    // every line of a group hold about 25 MiB, more than one combine may merge; those of a
+    // few lines are tiny and are merged.
+    let text = lines_text(800_000);
+    let input = write_input(cluster.dir.path(), "lines.txt", &text);
+    let grep = example("grep");
+    // Answers the result, from stdout or from `--output`, and `kiln submit`'s peak memory.
+    let submit = |pattern: &str, job: u64, to_file: bool| {
+        let args = ["submit", "--plugin", grep.to_str().unwrap(), "--input", input.to_str().unwrap()];
+        let mut command = cluster::kiln_command();
+        command.args(args).args(["--params", pattern, "--chunk-size", "96KiB"]).args([
+            "--controller",
+            &cluster.controller.addr.to_string(),
+            "--api-key",
+            &cluster.api_key(),
+        ]);
+        let result = cluster.dir.path().join(format!("result-{job}.json"));
+        let stdout = match to_file {
+            true => {
+                command.arg("--output").arg(&result);
+                cluster.dir.path().join(format!("stdout-{job}.txt"))
+            }
+            false => result.clone(),
+        };
+        let (success, stderr, peak) = run_measured(command, &stdout);
+        assert!(success, "kiln submit failed:\n{stderr}");
+        (std::fs::read(&result).unwrap(), peak)
+    };
+    // The same input and chunks, ten matches: the upload, the chunks and the merges of small
+    // partials cost the controller what they cost.
+    let (few, few_submit) = submit("line 00000000", 1, false);
+    let matches: Vec<Match> = serde_json::from_slice(&few).expect("the result is JSON");
+    let lines: Vec<u64> = matches.iter().map(|found| found.line).collect();
+    assert_eq!(lines, (1..=10).collect::<Vec<u64>>(), "lines 0 to 9 of the text, numbered from 1");
+    let controller_base = peak_memory(cluster.controller.pid());
+
+    let (output, submit_peak) = submit(".", 2, true);
+    check(&output, &text);
+    let result_bytes = output.len() as u64;
+    assert!(result_bytes > 64 << 20, "a large result: {result_bytes} bytes");
+    // Left apart, the partials pass through a few MiB at a time: the chunks' answers in flight
+    // (now 4 MiB of matches each, not a few bytes), a page of partials for `aggregate`, a piece
+    // of the result (8 MiB each); 48 to 63 MiB more when measured. Merging each group would
+    // hold its 25 MiB of partials, the call, the merged partial and its answer at once: 259 MiB
+    // more.
+    assert_grew_less_than(
+        128 << 20,
+        result_bytes,
+        &[("controller", controller_base, peak_memory(cluster.controller.pid()))],
+    );
+    // `kiln submit --output` writes each piece of the result as it comes: beyond the upload
+    // both jobs made, a piece or two in flight (8 MiB each).
+    assert_grew_less_than(24 << 20, result_bytes, &[("kiln submit --output", few_submit, submit_peak)]);
+}
+
+#[test]
 fn the_executor_holds_an_aggregates_output_once_and_sends_its_json_in_pieces_as_it_is_encoded() {
     let dir = tempfile::tempdir().unwrap();
     let text = lines_text(1_000);

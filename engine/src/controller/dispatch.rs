@@ -25,6 +25,7 @@ use super::state::job::{Job, Prep};
 use super::state::workers::WorkerHandle;
 use crate::rpc::pieces::result_piece_bytes;
 use crate::rpc::{FailureKind, JobFailure, JobId, JobState, WorkerId};
+use crate::rules::combine::MAX_COMBINE_BYTES;
 use crate::rules::deadlines::{CALL_DEADLINE, PREPARE_DEADLINE};
 
 /// How long a worker may take to store one piece of partials (a few MiB) for an aggregate.
@@ -192,26 +193,18 @@ async fn on_prepared(shared: &Shared, job_id: JobId, worker_id: WorkerId, result
     end_job(shared, job_id, JobState::Failed, Some(failure), None).await;
 }
 
+/// How a merge of a group went, when no call failed.
+enum Merge {
+    /// The merged partial is stored in place of the group's.
+    Stored,
+    /// The plugin does not combine.
+    Unsupported,
+    /// The group's partials are over [`MAX_COMBINE_BYTES`]: not read, left apart.
+    TooLarge(u64),
+}
+
 async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u64, group_size: u64) {
-    let partials = match is_active(shared, job_id) {
-        true => shared.store.chunk_partials(job_id, group * group_size, group_size).await.map_err(|e| e.to_string()),
-        false => Err(String::new()),
-    };
-    let outcome = match partials {
-        Ok(partials) => {
-            let result = worker.client.combine(deadline_in(CALL_DEADLINE), worker.secret(), job_id, partials).await;
-            classify(result, CALL_DEADLINE)
-        }
-        Err(message) => Err(Failure::Attempt(message)),
-    };
-    let outcome = match outcome {
-        Ok(Some(merged)) => match shared.store.save_combined(job_id, group, group_size, &merged).await {
-            Ok(()) => Ok(Some(())),
-            Err(e) => Err(Failure::Attempt(e.to_string())),
-        },
-        Ok(None) => Ok(None),
-        Err(failure) => Err(failure),
-    };
+    let outcome = merge_group(shared, &worker, job_id, group, group_size).await;
     let learned = shared.with_state(|st| {
         st.release_slot(worker.id, 0);
         if let Err(Failure::Lost(reason)) = &outcome {
@@ -220,15 +213,16 @@ async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u6
         let job = st.active_job_mut(job_id)?;
         let before = job.combines();
         let left = match &outcome {
-            Ok(Some(())) => GroupState::Combined,
+            Ok(Merge::Stored) => GroupState::Combined,
             Err(Failure::Lost(_) | Failure::Interrupted(_) | Failure::NotPrepared) => GroupState::Open,
             // Combining is an optimisation: the group's partials go to `aggregate` as they are.
-            Ok(None) | Err(_) => GroupState::Raw,
+            Ok(Merge::Unsupported | Merge::TooLarge(_)) | Err(_) => GroupState::Raw,
         };
         job.end_combine(group, left)?;
         match &outcome {
-            Ok(Some(())) => debug!(job = job_id, group, "group combined"),
-            Ok(None) => job.stop_combining(),
+            Ok(Merge::Stored) => debug!(job = job_id, group, "group combined"),
+            Ok(Merge::Unsupported) => job.stop_combining(),
+            Ok(Merge::TooLarge(bytes)) => debug!(job = job_id, group, bytes, "group too large to combine, left apart"),
             Err(Failure::Lost(_) | Failure::Interrupted(_)) => {}
             Err(Failure::NotPrepared) => {
                 job.prepared.remove(&worker.id);
@@ -243,6 +237,31 @@ async fn combine(shared: &Shared, worker: WorkerHandle, job_id: JobId, group: u6
     {
         error!(job = job_id, "{e}");
     }
+}
+
+/// Merges group `group` of the job on `worker` and stores the merge, unless its partials are
+/// too large to hold (see [`MAX_COMBINE_BYTES`]).
+async fn merge_group(
+    shared: &Shared,
+    worker: &WorkerHandle,
+    job_id: JobId,
+    group: u64,
+    group_size: u64,
+) -> Result<Merge, Failure> {
+    if !is_active(shared, job_id) {
+        return Err(Failure::Attempt(String::new()));
+    }
+    let (first, store) = (group * group_size, &shared.store);
+    let bytes = store.partial_bytes(job_id, first, group_size).await.map_err(|e| Failure::Attempt(e.to_string()))?;
+    if bytes > MAX_COMBINE_BYTES {
+        return Ok(Merge::TooLarge(bytes));
+    }
+    let partials =
+        store.chunk_partials(job_id, first, group_size).await.map_err(|e| Failure::Attempt(e.to_string()))?;
+    let answer = worker.client.combine(deadline_in(CALL_DEADLINE), worker.secret(), job_id, partials).await;
+    let Some(merged) = classify(answer, CALL_DEADLINE)? else { return Ok(Merge::Unsupported) };
+    store.save_combined(job_id, group, group_size, &merged).await.map_err(|e| Failure::Attempt(e.to_string()))?;
+    Ok(Merge::Stored)
 }
 
 async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunks: u64, group_size: u64) {

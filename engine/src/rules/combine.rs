@@ -12,6 +12,15 @@ pub const COMBINE_GROUP_BYTES: u64 = 64 << 20;
 /// and the executor's memory together.
 pub const MAX_COMBINE_GROUP: u64 = 256;
 
+/// The most stored partial bytes one `combine` merges. A group's partials travel to the
+/// worker in one call and the merged partial comes back in one answer, each whole in the
+/// memory of the controller and of the executor; a group whose partials are larger stays
+/// apart, and `aggregate` reads them page by page as any others. Partials that large are those
+/// that merging hardly shrinks (grep's matches over every line are as large as their chunks,
+/// and merging them only concatenates), so little is lost. 16 MiB: four default chunks, or the
+/// word counts of 16 default chunks of text with 50 000 distinct words.
+pub const MAX_COMBINE_BYTES: u64 = 16 << 20;
+
 /// How many consecutive chunks of `chunk_size` bytes make one combine group: enough to cover
 /// [`COMBINE_GROUP_BYTES`] of input, at least [`COMBINE_GROUP`] and at most
 /// [`MAX_COMBINE_GROUP`]; 16 for the default 4 MiB chunks, 256 for chunks of 256 KiB or less.

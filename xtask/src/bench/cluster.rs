@@ -17,7 +17,7 @@ use anyhow::{Context, bail};
 
 use super::Bench;
 use super::netsim::Host;
-use super::process::{descendants_of, peak_rss, run_measured, run_with_timeout};
+use super::process::{Peaks, descendants_of, peak_rss, run_measured, run_with_timeout};
 
 /// How long a daemon may take to print its address, and a worker to join.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,8 +89,8 @@ pub struct Submitted {
     /// When the command was started, and how long it took to its exit.
     pub started: SystemTime,
     pub took: Duration,
-    /// The peak resident memory of the `kiln submit` process, in bytes.
-    pub client_peak: u64,
+    /// The peak resident memory of the `kiln submit` process ([`Peaks::polled`] is its own).
+    pub client_peak: Peaks,
 }
 
 /// A job's timings from `kiln status --json`, in milliseconds since the Unix epoch.

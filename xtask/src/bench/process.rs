@@ -1,6 +1,6 @@
-//! Running the bench's processes: a command to its end within a time limit, with its own peak
-//! resident memory (`wait4`), and the peak memory and children of a running process, read
-//! from `/proc`.
+//! Running the bench's processes: a command to its end within a time limit, with its peak
+//! resident memory (`wait4`'s, and its own VmHWM read while it runs), and the peak memory and
+//! children of a running process, read from `/proc`.
 
 use std::io::Read;
 use std::process::{Command, Output, Stdio};
@@ -15,10 +15,27 @@ pub fn run_with_timeout(command: &mut Command, timeout: Duration) -> anyhow::Res
     run_measured(command, timeout).map(|(output, _)| output)
 }
 
-/// [`run_with_timeout`], also answering the command's peak resident memory in bytes
-/// (`ru_maxrss` of `wait4`, exact however briefly the peak lasted). Waiting blocks in `wait4`
-/// (no polling), so the measured time is the command's own.
-pub fn run_measured(command: &mut Command, timeout: Duration) -> anyhow::Result<(Output, u64)> {
+/// How often [`run_measured`] reads the command's VmHWM.
+pub const POLL: Duration = Duration::from_millis(20);
+
+/// The peak resident memory of a command, two ways, in bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Peaks {
+    /// `ru_maxrss` of `wait4`: exact however briefly the peak lasted, but never less than the
+    /// resident size of the process that started the command. Linux's `execve` keeps the
+    /// high-water mark of the memory map it replaces, and that map is the spawner's own
+    /// (posix_spawn shares it) or its copy (fork): a command started by a process holding
+    /// 1 GiB reports at least 1 GiB.
+    pub maxrss: u64,
+    /// The largest VmHWM of the command read every [`POLL`] while it ran: its own pages only,
+    /// missing at most a peak reached in its last [`POLL`].
+    pub polled: u64,
+}
+
+/// [`run_with_timeout`], also answering the command's peak resident memory ([`Peaks`]).
+/// Waiting blocks in `waitid` (no polling on this thread), so the measured time is the
+/// command's own; another thread reads its VmHWM meanwhile.
+pub fn run_measured(command: &mut Command, timeout: Duration) -> anyhow::Result<(Output, Peaks)> {
     let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -39,13 +56,36 @@ pub fn run_measured(command: &mut Command, timeout: Duration) -> anyhow::Result<
     let stderr = drain(child.stderr.take().map(|pipe| Box::new(pipe) as Box<dyn Read + Send>));
     let (done_tx, done_rx) = mpsc::channel::<()>();
     let watchdog = std::thread::spawn(move || {
-        if done_rx.recv_timeout(timeout) == Err(mpsc::RecvTimeoutError::Timeout) {
-            // The child has not been reaped (the main thread still waits for it), so the pid
-            // is still its own.
-            // SAFETY: kill has no memory effects.
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = std::time::Instant::now() + timeout;
+        let mut polled = 0;
+        // The child is not reaped before this thread ends (the main thread waits for it with
+        // WNOWAIT first), so the pid is still its own for reading and killing.
+        loop {
+            if let Ok(peak) = peak_rss(pid as u32) {
+                polled = polled.max(peak);
+            }
+            if done_rx.recv_timeout(POLL) != Err(mpsc::RecvTimeoutError::Timeout) {
+                break;
+            }
+            if std::time::Instant::now() >= deadline {
+                // SAFETY: kill has no memory effects.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                break;
+            }
         }
+        polled
     });
+    let exited = loop {
+        // SAFETY: siginfo is plain data, valid when zeroed; the pid is our own unreaped child's.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: info is valid for writes; WNOWAIT leaves the child to be reaped below.
+        let waited = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, libc::WEXITED | libc::WNOWAIT) };
+        if waited == 0 || std::io::Error::last_os_error().kind() != std::io::ErrorKind::Interrupted {
+            break waited == 0;
+        }
+    };
+    let _ = done_tx.send(());
+    let polled = watchdog.join().unwrap_or(0);
     let mut status = 0;
     // SAFETY: rusage is plain data, valid when zeroed.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
@@ -56,11 +96,9 @@ pub fn run_measured(command: &mut Command, timeout: Duration) -> anyhow::Result<
             break reaped;
         }
     };
-    let _ = done_tx.send(());
-    let _ = watchdog.join();
     // Reaped by wait4: dropping the handle neither waits nor kills.
     drop(child);
-    if reaped != pid {
+    if !exited || reaped != pid {
         bail!("waiting for {command:?}: {}", std::io::Error::last_os_error());
     }
     let status = std::os::unix::process::ExitStatusExt::from_raw(status);
@@ -70,7 +108,7 @@ pub fn run_measured(command: &mut Command, timeout: Duration) -> anyhow::Result<
         bail!("{command:?} was killed after {} s, or by a signal", timeout.as_secs());
     }
     // ru_maxrss is in KiB on Linux.
-    Ok((output, u64::try_from(usage.ru_maxrss).unwrap_or(0) << 10))
+    Ok((output, Peaks { maxrss: u64::try_from(usage.ru_maxrss).unwrap_or(0) << 10, polled }))
 }
 
 /// VmHWM of a process, in bytes.
@@ -130,7 +168,18 @@ mod tests {
         let dd = ["if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
         let (output, peak) = run_measured(Command::new("dd").args(dd), Duration::from_secs(5)).unwrap();
         assert!(output.status.success());
-        assert!((64 << 20..128 << 20).contains(&peak), "dd's peak: {peak}");
+        assert!((64 << 20..128 << 20).contains(&peak.maxrss), "dd's peak: {peak:?}");
+    }
+
+    #[test]
+    fn a_command_started_by_a_large_process_has_the_large_maxrss_but_its_own_vmhwm() {
+        // 256 MiB of this process's own, resident while it starts a small command.
+        let held = vec![1u8; 256 << 20];
+        let (output, peak) = run_measured(Command::new("sleep").arg("0.2"), Duration::from_secs(5)).unwrap();
+        assert!(output.status.success());
+        assert!(peak.maxrss >= 256 << 20, "exec keeps the spawner's high-water mark: {peak:?}");
+        assert!(peak.polled > 0 && peak.polled < 32 << 20, "sleep's own peak: {peak:?}");
+        assert_eq!(held.iter().map(|&b| u64::from(b)).sum::<u64>(), 256 << 20);
     }
 
     #[test]

@@ -123,6 +123,22 @@ impl Store {
         tx.commit().await.map_err(query_error(what))
     }
 
+    /// How many bytes the stored partials of the chunks `first..first + count` hold together
+    /// (SQLite reads a blob's length from its record header, not the blob).
+    pub async fn partial_bytes(&self, job: JobId, first: u64, count: u64) -> Result<u64, StoreError> {
+        let row = sqlx::query(
+            "SELECT COALESCE(SUM(length(partial)), 0) AS bytes FROM chunks \
+             WHERE job_id = ? AND idx >= ? AND idx < ? AND partial IS NOT NULL",
+        )
+        .bind(int(job))
+        .bind(int(first))
+        .bind(int(first + count))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(query_error("measuring partials"))?;
+        get_u64(&row, "bytes")
+    }
+
     /// The partials of the chunks `first..first + count`, in order; an error unless every one
     /// is stored.
     pub async fn chunk_partials(&self, job: JobId, first: u64, count: u64) -> Result<Vec<ByteBuf>, StoreError> {
