@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::capture::{Capture, CapturedOutput};
 use super::child::{describe_exit, wait_status};
-use super::protocol::{Request, Response, staged_header};
+use super::protocol::{Part, Request, Response, frame_len, staged_header};
 use super::staged::StagedPartials;
 use super::utf8::Utf8Check;
 use super::{BatchOutcome, ExecError};
@@ -214,18 +214,30 @@ impl Shared {
     }
 }
 
-pub(super) async fn write_request(stdin: &mut ChildStdin, request: &Request) -> std::io::Result<()> {
+/// Writes one request onto the executor's pipe and flushes it. The frame's fields go out from
+/// where they are (a chunk's text, a combine's partials): small ones gathered in `stdin`'s
+/// buffer, large ones written past it, never copied into a frame of their own first.
+pub(super) async fn write_request(stdin: &mut BufWriter<ChildStdin>, request: &Request) -> std::io::Result<()> {
     if let Request::AggregateStaged { call, partials } = request {
         return write_staged(stdin, *call, partials).await;
     }
-    let mut frame = Vec::new();
-    request.write_to(&mut frame)?;
-    stdin.write_all(&frame).await?;
+    let (tag, parts) = request.parts();
+    stdin.write_all(&frame_len(&parts).to_le_bytes()).await?;
+    stdin.write_all(&[tag]).await?;
+    for part in &parts {
+        match part {
+            Part::U64(value) => stdin.write_all(&value.to_le_bytes()).await?,
+            Part::Bytes(bytes) => {
+                stdin.write_all(&(bytes.len() as u64).to_le_bytes()).await?;
+                stdin.write_all(bytes).await?;
+            }
+        }
+    }
     stdin.flush().await
 }
 
 /// Writes an aggregate of staged partials, streamed from their file a piece at a time.
-async fn write_staged(stdin: &mut ChildStdin, call: u64, partials: &StagedPartials) -> std::io::Result<()> {
+async fn write_staged(stdin: &mut BufWriter<ChildStdin>, call: u64, partials: &StagedPartials) -> std::io::Result<()> {
     stdin.write_all(&staged_header(call, partials)).await?;
     let mut reader = partials.reader();
     loop {
@@ -247,7 +259,7 @@ async fn write_staged(stdin: &mut ChildStdin, call: u64, partials: &StagedPartia
 }
 
 /// Writes requests to the executor in the order they were made.
-pub(super) async fn write_requests(mut stdin: ChildStdin, mut requests: mpsc::UnboundedReceiver<Request>) {
+pub(super) async fn write_requests(mut stdin: BufWriter<ChildStdin>, mut requests: mpsc::UnboundedReceiver<Request>) {
     while let Some(request) = requests.recv().await {
         if let Err(e) = write_request(&mut stdin, &request).await {
             // The reader will see the process end and explain why; this only stops writing.

@@ -118,13 +118,13 @@ fn invalid(message: String) -> io::Error {
 }
 
 /// One field of a frame body: a number, or bytes preceded by their length.
-enum Part<'a> {
+pub(super) enum Part<'a> {
     U64(u64),
     Bytes(&'a [u8]),
 }
 
-/// Writes one frame, the parts' bytes straight from where they are.
-fn write_frame<W: Write>(out: &mut W, tag: u8, parts: &[Part<'_>]) -> io::Result<()> {
+/// The length a frame of these parts announces (its tag and body).
+pub(super) fn frame_len(parts: &[Part<'_>]) -> u64 {
     let body_len: u64 = parts
         .iter()
         .map(|part| match part {
@@ -132,7 +132,12 @@ fn write_frame<W: Write>(out: &mut W, tag: u8, parts: &[Part<'_>]) -> io::Result
             Part::Bytes(bytes) => 8 + bytes.len() as u64,
         })
         .sum();
-    out.write_all(&(body_len + 1).to_le_bytes())?;
+    body_len + 1
+}
+
+/// Writes one frame, the parts' bytes straight from where they are.
+fn write_frame<W: Write>(out: &mut W, tag: u8, parts: &[Part<'_>]) -> io::Result<()> {
+    out.write_all(&frame_len(parts).to_le_bytes())?;
     out.write_all(&[tag])?;
     for part in parts {
         match part {
@@ -173,25 +178,37 @@ impl Request {
     /// Writes the request as one frame.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         match self {
-            Request::Init { library, params } => {
-                write_frame(out, TAG_INIT, &[Part::Bytes(library.as_bytes()), Part::Bytes(params.as_bytes())])
-            }
-            Request::Run { call, chunk } => {
-                let mut parts = vec![Part::U64(*call)];
-                parts.extend(chunk_parts(chunk));
-                write_frame(out, TAG_RUN, &parts)
-            }
-            Request::RunBatch { call, chunks } => {
-                let mut parts = vec![Part::U64(*call), Part::U64(chunks.len() as u64)];
-                parts.extend(chunks.iter().flat_map(chunk_parts));
-                write_frame(out, TAG_RUN_BATCH, &parts)
-            }
-            Request::Combine { call, partials } => write_frame(out, TAG_COMBINE, &list_parts(*call, partials)),
-            Request::Aggregate { call, partials } => write_frame(out, TAG_AGGREGATE, &list_parts(*call, partials)),
             Request::AggregateStaged { call, partials } => {
                 out.write_all(&staged_header(*call, partials))?;
                 io::copy(&mut partials.reader(), out).map(drop)
             }
+            request => {
+                let (tag, parts) = request.parts();
+                write_frame(out, tag, &parts)
+            }
+        }
+    }
+
+    /// The frame's tag and fields, the bytes borrowed from the request. Not for an
+    /// `AggregateStaged`, whose partials are in a file (see [`staged_header`]).
+    pub(super) fn parts(&self) -> (u8, Vec<Part<'_>>) {
+        match self {
+            Request::Init { library, params } => {
+                (TAG_INIT, vec![Part::Bytes(library.as_bytes()), Part::Bytes(params.as_bytes())])
+            }
+            Request::Run { call, chunk } => {
+                let mut parts = vec![Part::U64(*call)];
+                parts.extend(chunk_parts(chunk));
+                (TAG_RUN, parts)
+            }
+            Request::RunBatch { call, chunks } => {
+                let mut parts = vec![Part::U64(*call), Part::U64(chunks.len() as u64)];
+                parts.extend(chunks.iter().flat_map(chunk_parts));
+                (TAG_RUN_BATCH, parts)
+            }
+            Request::Combine { call, partials } => (TAG_COMBINE, list_parts(*call, partials)),
+            Request::Aggregate { call, partials } => (TAG_AGGREGATE, list_parts(*call, partials)),
+            Request::AggregateStaged { call, .. } => (TAG_AGGREGATE, vec![Part::U64(*call), Part::U64(0)]),
         }
     }
 
