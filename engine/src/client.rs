@@ -129,7 +129,8 @@ pub struct SubmitOptions {
     pub input_files: Vec<String>,
     /// How many times a chunk may be tried before the job fails (0: the default, 4).
     pub max_attempts: u32,
-    /// The chunk size in bytes (0: the default, 4 MiB).
+    /// The chunk size in bytes (0: the default: 4 MiB for an upload, fitted to the input and
+    /// the cluster's slots for an input read by reference).
     pub chunk_size: u64,
     /// A limit on each executor's address space in bytes, within the workers' own (0: the
     /// workers'). A chunk that exceeds it costs an attempt.

@@ -28,7 +28,7 @@ use crate::plugin_source::{SourceError, read_source};
 use crate::rpc::TaskError;
 use crate::rpc::logs::{JobLogs, PluginOutput};
 use crate::rules::batch::{MAX_BATCH_BYTES, MAX_BATCH_CHUNKS, Pace, batch_limit};
-use crate::rules::chunk::{ChunkError, Chunker, InputChunk, local_chunk_size};
+use crate::rules::chunk::{ChunkError, Chunker, InputChunk, fitted_chunk_size};
 use crate::rules::combine::combine_group;
 use crate::rules::retry;
 use crate::worker::builder::{BuildError, BuildEvent, Builder, BuilderConfig};
@@ -54,7 +54,7 @@ pub struct LocalConfig {
     /// The job's parameters, passed to the plugin's `new`.
     pub params: String,
     /// The size at which the input is cut into chunks; `None` sizes them to the input and the
-    /// slots ([`local_chunk_size`]).
+    /// slots ([`fitted_chunk_size`]).
     pub chunk_size: Option<usize>,
     /// Where plugins are built and cached.
     pub builder: BuilderConfig,
@@ -226,7 +226,7 @@ async fn run_chunks(
     .await
     .map_err(|e| LocalError::Internal(format!("listing the input panicked: {e}")))??;
     let chunk_size =
-        config.chunk_size.unwrap_or_else(|| local_chunk_size(input_bytes, slots, config.executor.memory_limit));
+        config.chunk_size.unwrap_or_else(|| fitted_chunk_size(input_bytes, slots, config.executor.memory_limit));
     tracing::debug!(input_bytes, chunk_size, "cutting the input");
     let names: Vec<Arc<str>> = files.iter().map(|file| Arc::from(file.name.as_str())).collect();
     let (chunks_tx, chunks_rx) = mpsc::channel::<Result<InputChunk, LocalError>>(slots);

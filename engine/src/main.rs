@@ -82,7 +82,7 @@ struct RunLocalArgs {
     #[arg(long, default_value = "")]
     params: String,
     /// The size of the chunks the input is cut into, e.g. 4MiB or 65536. By default about four
-    /// chunks per process, from 4MiB up to 32MiB (less under --memory-limit).
+    /// chunks per process, from 4MiB up to 24MiB (less under --memory-limit).
     #[arg(long, value_parser = parse_size)]
     chunk_size: Option<usize>,
     /// Attempts at a chunk before the run fails (0: the cluster's default, 4). As on a cluster, a

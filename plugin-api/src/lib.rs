@@ -67,6 +67,9 @@
 pub mod abi;
 mod export;
 pub mod partial;
+mod words;
+
+pub use words::Words;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -186,16 +189,11 @@ impl<'a> Chunk<'a> {
 
     /// The chunk's words: the pieces that [`str::split_whitespace`] gives, found faster.
     ///
-    /// On text that is ASCII (checked once per chunk, a vectorised scan) it splits on ASCII
-    /// whitespace without decoding UTF-8, which gives the same words.
+    /// It splits on ASCII whitespace a byte at a time, in one pass, without decoding UTF-8; only
+    /// a word that holds a non-ASCII byte is split again by `split_whitespace` (it may hold a
+    /// non-ASCII space such as U+00A0), so the rest of the chunk stays on the fast path.
     pub fn words(&self) -> Words<'a> {
-        // The one ASCII character `char::is_whitespace` accepts and `u8::is_ascii_whitespace`
-        // does not is U+000B (vertical tab).
-        if self.text.is_ascii() && !self.text.as_bytes().contains(&0x0B) {
-            Words::Ascii(self.text.split_ascii_whitespace())
-        } else {
-            Words::Unicode(self.text.split_whitespace())
-        }
+        Words::new(self.text)
     }
 
     /// The chunk's lines without their line endings (`\n` or `\r\n`), as [`str::lines`] gives.
@@ -254,29 +252,6 @@ impl<'a> Iterator for Lines<'a> {
             }
         };
         Some(line)
-    }
-}
-
-/// The words of a chunk, from [`Chunk::words`].
-#[derive(Debug, Clone)]
-pub enum Words<'a> {
-    /// Text known to be ASCII without vertical tabs.
-    #[doc(hidden)]
-    Ascii(std::str::SplitAsciiWhitespace<'a>),
-    /// Any other text.
-    #[doc(hidden)]
-    Unicode(std::str::SplitWhitespace<'a>),
-}
-
-impl<'a> Iterator for Words<'a> {
-    type Item = &'a str;
-
-    #[inline]
-    fn next(&mut self) -> Option<&'a str> {
-        match self {
-            Words::Ascii(words) => words.next(),
-            Words::Unicode(words) => words.next(),
-        }
     }
 }
 

@@ -59,7 +59,8 @@ pub struct SubmitArgs {
     /// (default: cli, the API key's holder; letters, digits and `._-:@+`).
     #[arg(long, default_value = kiln_engine::owner::KEY_HOLDER)]
     owner: String,
-    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536 (default: 4MiB).
+    /// The size of the chunks the input is cut into, e.g. 4MiB or 65536 (default: 4MiB for an
+    /// upload; for an input by reference, about four chunks per slot, from 4MiB up to 24MiB).
     #[arg(long, value_parser = crate::parse_size)]
     chunk_size: Option<usize>,
     /// How many times a chunk may be tried before the job fails (default: 4).

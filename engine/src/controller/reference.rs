@@ -34,6 +34,10 @@ pub(super) async fn create_job(shared: &Arc<Shared>, mut spec: JobSpec, created_
         }
     }
     spec.input_files = objects.iter().map(|object| object.url.clone()).collect();
+    let bytes_total: u64 = objects.iter().map(|object| object.size).sum();
+    if spec.chunk_size == 0 {
+        spec.chunk_size = fitted_chunk_size(shared, &spec, bytes_total);
+    }
     let metas: Vec<ChunkMeta> = reference::plan(&objects, chunk_size_of(spec.chunk_size) as u64)
         .into_iter()
         .map(|(file, split)| ChunkMeta {
@@ -45,7 +49,6 @@ pub(super) async fn create_job(shared: &Arc<Shared>, mut spec: JobSpec, created_
             n_lines: 0,
         })
         .collect();
-    let bytes_total: u64 = objects.iter().map(|object| object.size).sum();
     let internal = |e: &dyn std::fmt::Display| RpcError::Internal(e.to_string());
     let job_id = shared.store.insert_job(&spec, created_ms).await.map_err(|e| internal(&e))?;
     if let Err(e) = shared.store.add_objects(job_id, &objects).await {
@@ -75,6 +78,21 @@ pub(super) async fn create_job(shared: &Arc<Shared>, mut spec: JobSpec, created_
     });
     shared.wake();
     Ok(job_id)
+}
+
+/// The chunk size of a job that gave none: fitted to its input's size and the slots of the
+/// workers registered now (the job's `processes` per worker, or each worker's own), as
+/// run-local fits its chunks (`rules::chunk::fitted_chunk_size`). Workers that join later run
+/// the same chunks; with none registered yet, the input is sized for one slot, which the cap
+/// on a fitted chunk's size keeps at most 24 MiB.
+fn fitted_chunk_size(shared: &Shared, spec: &JobSpec, bytes_total: u64) -> u64 {
+    let slots: u64 = shared.with_state(|st| {
+        let per_worker = |processes: u32| u64::from(if spec.processes > 0 { spec.processes } else { processes.max(1) });
+        st.workers().iter().map(|worker| per_worker(worker.info().processes)).sum()
+    });
+    let slots = usize::try_from(slots).unwrap_or(usize::MAX);
+    let memory_limit = (spec.memory_limit > 0).then_some(spec.memory_limit);
+    crate::rules::chunk::fitted_chunk_size(bytes_total, slots, memory_limit) as u64
 }
 
 /// Refuses a URL the operator did not allow, before anything is fetched: a `file://` URL

@@ -134,7 +134,10 @@ fn normalize(mut spec: JobSpec) -> Result<JobSpec, RpcError> {
     if spec.max_attempts == 0 {
         spec.max_attempts = crate::rules::retry::DEFAULT_MAX_ATTEMPTS;
     }
-    if spec.chunk_size == 0 {
+    // An input read by reference has its size known once it is listed, and gets its chunk size
+    // fitted to it then (`reference::create_job`); an upload streams in before its size is
+    // known.
+    if spec.chunk_size == 0 && spec.input_urls.is_empty() {
         spec.chunk_size = DEFAULT_CHUNK_SIZE as u64;
     }
     Ok(spec)

@@ -128,7 +128,7 @@ const FINDINGS: &[(&str, &str)] = &[
          ~40,000 words it saw, ~350 KB of postcard) is decoded (0.45 G) and folded (0.39 G) by \
          `aggregate` on one core. With 4 MiB chunks a 1 GiB input made 256 partials: ~12 G \
          instructions of serial tail beside ~26 G per core of counting, against the plain program's \
-         32 pieces. Run-local now sizes chunks to the input (`rules::chunk::local_chunk_size`: four \
+         32 pieces. Run-local now sizes chunks to the input (`rules::chunk::fitted_chunk_size`: four \
          per slot, 4 to 32 MiB), so 1 GiB makes 32 partials; a quick run under load (256 MiB) went \
          from 0.84× to 1.30× (noisy). Incremental compilation costs this plugin 0.26 % of its \
          instructions; it cost the `Counter` example 14.5 % (`HashTable::find` no longer inlined) \

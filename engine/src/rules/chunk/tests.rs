@@ -227,22 +227,22 @@ fn the_cutter_refuses_bad_input_once_and_for_all() {
 fn run_local_sizes_chunks_to_the_input_and_its_slots_within_bounds() {
     const MIB: u64 = 1 << 20;
     // Small inputs keep the default size: every slot still gets chunks.
-    assert_eq!(local_chunk_size(0, 2, None), DEFAULT_CHUNK_SIZE);
-    assert_eq!(local_chunk_size(64 * MIB, 2, None), 8 << 20);
-    assert_eq!(local_chunk_size(64 * MIB, 16, None), DEFAULT_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(0, 2, None), DEFAULT_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(64 * MIB, 2, None), 8 << 20);
+    assert_eq!(fitted_chunk_size(64 * MIB, 16, None), DEFAULT_CHUNK_SIZE);
     // About four chunks per slot in between.
-    assert_eq!(local_chunk_size(128 * MIB, 2, None), 16 << 20);
-    assert_eq!(local_chunk_size(512 * MIB, 8, None), 16 << 20);
+    assert_eq!(fitted_chunk_size(128 * MIB, 2, None), 16 << 20);
+    assert_eq!(fitted_chunk_size(512 * MIB, 8, None), 16 << 20);
     // Large inputs are capped, so memory grows with the slots, not with the input.
-    assert_eq!(local_chunk_size(1 << 30, 2, None), MAX_LOCAL_CHUNK_SIZE);
-    assert_eq!(local_chunk_size(1 << 40, 2, None), MAX_LOCAL_CHUNK_SIZE);
-    assert_eq!(local_chunk_size(u64::MAX, 0, None), MAX_LOCAL_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(1 << 30, 2, None), MAX_FITTED_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(1 << 40, 2, None), MAX_FITTED_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(u64::MAX, 0, None), MAX_FITTED_CHUNK_SIZE);
     // A memory limit caps them at an eighth of each slot's share, never below the default.
-    assert_eq!(local_chunk_size(1 << 30, 2, Some(256 * MIB)), 16 << 20);
-    assert_eq!(local_chunk_size(1 << 30, 2, Some(64 * MIB)), DEFAULT_CHUNK_SIZE);
-    assert_eq!(local_chunk_size(1 << 30, 2, Some(1 << 40)), MAX_LOCAL_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(1 << 30, 2, Some(256 * MIB)), 16 << 20);
+    assert_eq!(fitted_chunk_size(1 << 30, 2, Some(64 * MIB)), DEFAULT_CHUNK_SIZE);
+    assert_eq!(fitted_chunk_size(1 << 30, 2, Some(1 << 40)), MAX_FITTED_CHUNK_SIZE);
     for (bytes, slots) in [(1, 1), (100 * MIB, 3), (3 << 30, 7), (10 << 30, 64)] {
-        let size = local_chunk_size(bytes, slots, None);
-        assert!((DEFAULT_CHUNK_SIZE..=MAX_LOCAL_CHUNK_SIZE).contains(&size), "{bytes} {slots}: {size}");
+        let size = fitted_chunk_size(bytes, slots, None);
+        assert!((DEFAULT_CHUNK_SIZE..=MAX_FITTED_CHUNK_SIZE).contains(&size), "{bytes} {slots}: {size}");
     }
 }
