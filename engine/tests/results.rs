@@ -91,6 +91,56 @@ fn run_measured(mut command: Command, stdout: &Path) -> (bool, String, u64) {
     (status.success(), stderr, peak)
 }
 
+/// The processes below `ancestor`, at any depth (a sandboxed executor's plugin process is a
+/// grandchild of the `kiln exec` its parent started).
+fn descendants_of(ancestor: u32) -> Vec<u32> {
+    let parent_of = |pid: u32| -> Option<u32> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        // After the command name, which is in parentheses and may hold spaces: state, parent.
+        stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()
+    };
+    let pids: Vec<(u32, u32)> = std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+                .filter_map(|pid| Some((pid, parent_of(pid)?)))
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut found = vec![ancestor];
+    let mut at = 0;
+    while at < found.len() {
+        let parent = found[at];
+        found.extend(pids.iter().filter(|(_, p)| *p == parent).map(|(pid, _)| *pid));
+        at += 1;
+    }
+    found.split_off(1)
+}
+
+/// Runs `command` with its stdout written to `stdout`, reading the peaks of its descendants
+/// (its executors) as it runs; answers whether it succeeded, its stderr and the largest peak
+/// seen in bytes.
+fn run_measuring_descendants(mut command: Command, stdout: &Path) -> (bool, String, u64) {
+    let stderr_path = stdout.with_extension("stderr");
+    let mut child = command
+        .stdout(File::create(stdout).unwrap())
+        .stderr(File::create(&stderr_path).unwrap())
+        .stdin(Stdio::null())
+        .spawn()
+        .expect("kiln starts");
+    let mut peak = 0;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        for pid in descendants_of(child.id()) {
+            peak = peak.max(read_peak_memory(pid).unwrap_or(0));
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    (status.success(), std::fs::read_to_string(&stderr_path).unwrap(), peak)
+}
+
 /// `kiln ARGS` against the cluster's controller, with its key and the lowered frame limit.
 fn kiln(cluster: &Cluster, args: &[&str]) -> Command {
     let mut command = cluster::kiln_command();
@@ -306,4 +356,34 @@ fn partials_too_large_to_combine_stay_apart_and_the_controller_stays_small() {
     // `kiln submit --output` writes each piece of the result as it comes: beyond the upload
     // both jobs made, a piece or two in flight (8 MiB each).
     assert_grew_less_than(24 << 20, result_bytes, &[("kiln submit --output", few_submit, submit_peak)]);
+}
+
+#[test]
+fn the_executor_holds_an_aggregates_output_once_and_sends_its_json_in_pieces_as_it_is_encoded() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = lines_text(1_000);
+    let sum: usize = text.lines().map(str::len).sum();
+    let input = write_input(dir.path(), "lines.txt", &text);
+    let plugin = util::fixture("misbehave");
+    let executor_peak = |pad: usize| {
+        let mut command = util::kiln();
+        command.arg("run-local").arg("--plugin").arg(&plugin).arg("--input").arg(&input);
+        command.args(["--processes", "1", "--params", &format!("pad={pad}")]);
+        let stdout = dir.path().join(format!("pad-{pad}.json"));
+        let (success, stderr, peak) = run_measuring_descendants(command, &stdout);
+        assert!(success, "run-local failed:\n{stderr}");
+        let output = std::fs::read_to_string(&stdout).unwrap();
+        let expected = format!(r#"{{"lines":1000,"sum":{sum},"pad":"{}"}}"#, "k".repeat(pad));
+        assert!(output.trim_end() == expected, "the padded result, exact");
+        assert!(peak > 0, "the executor was seen");
+        peak
+    };
+    let small = executor_peak(8 << 20);
+    let large = executor_peak(72 << 20);
+    // The output's padding grew by 64 MiB: the plugin's own `Output` holds it once, and its
+    // JSON goes out in pieces as it is encoded. Encoded whole beside the value (as before API
+    // 0.1.2), the executor grew by twice that.
+    let grew = large.saturating_sub(small);
+    eprintln!("executor {} -> {} MiB for 64 MiB more output", small >> 20, large >> 20);
+    assert!(grew < 96 << 20, "the executor grew by {} MiB for 64 MiB more output", grew >> 20);
 }

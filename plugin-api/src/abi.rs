@@ -4,14 +4,18 @@
 //! [`PluginModule`] in, and the executor calls through it. Every function catches panics on the
 //! plugin's side and reports them as `RErr` with the panic's message and location.
 //!
-//! Partials cross this boundary as postcard bytes, the output as a JSON string. The plugin
-//! instance is an opaque pointer owned by the executor from `new` to `drop`.
+//! Partials cross this boundary as postcard bytes, the output as JSON: a string from
+//! `aggregate`, or written piece by piece into the executor's [`OutputSink`] by
+//! `aggregate_streamed` (since 0.1.2), which also takes the partials one at a time from a
+//! [`PartialSource`]. The plugin instance is an opaque pointer owned by the executor from `new`
+//! to `drop`.
 
 use std::ffi::c_void;
+use std::marker::PhantomData;
 
 use abi_stable::library::RootModule;
 use abi_stable::sabi_types::VersionStrings;
-use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use abi_stable::std_types::{ROption, RResult, RSlice, RStr, RString, RVec};
 use abi_stable::{StableAbi, declare_root_module_statics, package_version_strings};
 
 /// An instance of a plugin, created by [`PluginModule::new`] and freed by
@@ -80,6 +84,87 @@ pub struct PluginModule {
     /// Plugins built against 0.1.0 lack it, and their errors are all taken for panics.
     #[sabi(missing_field(option))]
     pub last_failure_panicked: extern "C" fn() -> bool,
+
+    /// Since 0.1.2: `aggregate`, taking the partials one at a time from `partials` (each one's
+    /// bytes freed once decoded) and writing the output's JSON into `output` as it is encoded,
+    /// so that neither the encoded partials nor the JSON are ever whole in the executor's
+    /// memory beside the plugin's own values. Plugins built against earlier versions lack it,
+    /// and the executor calls `aggregate`.
+    #[sabi(missing_field(option))]
+    pub aggregate_streamed:
+        extern "C" fn(instance: Instance, partials: PartialSource<'_>, output: OutputSink<'_>) -> RResult<(), RString>,
+}
+
+/// The partials of an aggregate as the executor hands them over: one at a time, in input
+/// order, each an allocation of its own that the plugin frees once it has decoded it.
+///
+/// Made by the executor around its own state, which lives for the call (`'a`).
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct PartialSource<'a> {
+    /// How many partials `next` hands over in all.
+    pub count: u64,
+    state: *mut c_void,
+    next: extern "C" fn(state: *mut c_void) -> RResult<ROption<RVec<u8>>, RString>,
+    _state: PhantomData<&'a mut c_void>,
+}
+
+impl<'a> PartialSource<'a> {
+    /// A source of `count` partials, each answered by `next(state)`: `RSome` with the partial's
+    /// bytes, `RNone` once all were handed over, `RErr` when they could not be read.
+    ///
+    /// # Safety
+    /// `next` must be safe to call with `state` for as long as `'a`, from the calling thread.
+    pub unsafe fn new(
+        count: u64,
+        state: &'a mut c_void,
+        next: extern "C" fn(state: *mut c_void) -> RResult<ROption<RVec<u8>>, RString>,
+    ) -> Self {
+        PartialSource { count, state, next, _state: PhantomData }
+    }
+
+    /// The next partial's bytes, `None` once all were handed over, or why the executor could
+    /// not give it.
+    pub fn next_partial(&mut self) -> Result<Option<RVec<u8>>, String> {
+        (self.next)(self.state).into_result().map(ROption::into_option).map_err(RString::into_string)
+    }
+}
+
+/// Where an aggregate writes its output's JSON: the executor sends each write on as pieces of
+/// the answer. A plain [`std::io::Write`] for the plugin.
+#[repr(C)]
+#[derive(StableAbi)]
+pub struct OutputSink<'a> {
+    state: *mut c_void,
+    write: extern "C" fn(state: *mut c_void, bytes: RSlice<'_, u8>) -> RResult<(), RString>,
+    _state: PhantomData<&'a mut c_void>,
+}
+
+impl<'a> OutputSink<'a> {
+    /// A sink that gives every write to `write(state, bytes)`, which answers `RErr` when the
+    /// bytes could not be sent (the plugin then stops and fails the call).
+    ///
+    /// # Safety
+    /// `write` must be safe to call with `state` for as long as `'a`, from the calling thread.
+    pub unsafe fn new(
+        state: &'a mut c_void,
+        write: extern "C" fn(state: *mut c_void, bytes: RSlice<'_, u8>) -> RResult<(), RString>,
+    ) -> Self {
+        OutputSink { state, write, _state: PhantomData }
+    }
+}
+
+impl std::io::Write for OutputSink<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        (self.write)(self.state, RSlice::from_slice(bytes))
+            .into_result()
+            .map_err(|e| std::io::Error::other(e.into_string()))?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl RootModule for PluginModuleRef {

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use abi_stable::prefix_type::PrefixTypeTrait;
 use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
 
-use crate::abi::{Instance, PluginModule, PluginModuleRef};
+use crate::abi::{Instance, OutputSink, PartialSource, PluginModule, PluginModuleRef};
 use crate::partial::Merge;
 use crate::{API_VERSION, Chunk, MapReduce};
 
@@ -84,6 +84,7 @@ pub fn root_module<P: MapReduce, C: Combiner<P::Partial>>(_: C) -> PluginModuleR
         aggregate: aggregate::<P>,
         drop: drop_instance::<P>,
         last_failure_panicked,
+        aggregate_streamed: aggregate_streamed::<P>,
     }
     .leak_into_prefix()
 }
@@ -268,6 +269,34 @@ extern "C" fn aggregate<P: MapReduce>(
     })
 }
 
+/// How much of the output's JSON is encoded before it goes to the executor: each write to the
+/// sink becomes a piece of the answer.
+const OUTPUT_WRITE_BYTES: usize = 1 << 20;
+
+extern "C" fn aggregate_streamed<P: MapReduce>(
+    instance: Instance,
+    mut partials: PartialSource<'_>,
+    output: OutputSink<'_>,
+) -> RResult<(), RString> {
+    guard(|| {
+        // SAFETY: as in `run`.
+        let plugin = unsafe { plugin::<P>(instance) };
+        // The count comes from the executor; the vector grows with what arrives beyond a bound.
+        let mut decoded = Vec::with_capacity(usize::try_from(partials.count).unwrap_or(0).min(1 << 16));
+        while let Some(bytes) = partials.next_partial()? {
+            let partial =
+                postcard::from_bytes(&bytes).map_err(|e| format!("cannot decode partial {}: {e}", decoded.len()))?;
+            // Freed before the next one arrives: the encoded partials are never all held.
+            drop(bytes);
+            decoded.push(partial);
+        }
+        let value = plugin.aggregate(decoded)?;
+        let mut out = std::io::BufWriter::with_capacity(OUTPUT_WRITE_BYTES, output);
+        serde_json::to_writer(&mut out, &value).map_err(|e| format!("cannot encode output as JSON: {e}"))?;
+        std::io::Write::flush(&mut out).map_err(|e| format!("cannot encode output as JSON: {e}"))
+    })
+}
+
 extern "C" fn drop_instance<P: MapReduce>(instance: Instance) {
     // A panic in a plugin's `Drop` must not unwind across the boundary; it is recorded and lost.
     let _ = guard(|| {
@@ -352,6 +381,53 @@ mod tests {
         assert!(!module.combines()(instance));
         let error = module.combine()(instance, RSlice::from_slice(&[])).into_result().unwrap_err();
         assert_eq!(error.as_str(), "this plugin does not implement combine");
+        module.drop()(instance);
+    }
+
+    /// Hands `partials` over one at a time and collects what is written, as the executor does.
+    fn aggregate_streamed_of(
+        module: PluginModuleRef,
+        instance: Instance,
+        partials: Vec<Vec<u8>>,
+    ) -> (Result<(), String>, Vec<u8>, usize) {
+        struct Source(std::vec::IntoIter<Vec<u8>>);
+        extern "C" fn next(state: *mut c_void) -> RResult<abi_stable::std_types::ROption<RVec<u8>>, RString> {
+            // SAFETY: the `Source` below, alive for the call.
+            let source = unsafe { &mut *state.cast::<Source>() };
+            ROk(source.0.next().map(RVec::from).into())
+        }
+        struct Sink(Vec<u8>, usize);
+        extern "C" fn write(state: *mut c_void, bytes: RSlice<'_, u8>) -> RResult<(), RString> {
+            // SAFETY: the `Sink` below, alive for the call.
+            let sink = unsafe { &mut *state.cast::<Sink>() };
+            sink.0.extend_from_slice(&bytes);
+            sink.1 += 1;
+            ROk(())
+        }
+        let count = partials.len() as u64;
+        let (mut source, mut sink) = (Source(partials.into_iter()), Sink(Vec::new(), 0));
+        let aggregate = module.aggregate_streamed().expect("the field is there");
+        // SAFETY: both live beyond the call, made on this thread.
+        let outcome = unsafe {
+            aggregate(
+                instance,
+                PartialSource::new(count, &mut *(&mut source as *mut Source).cast(), next),
+                OutputSink::new(&mut *(&mut sink as *mut Sink).cast(), write),
+            )
+        };
+        (outcome.into_result().map_err(RString::into_string), sink.0, sink.1)
+    }
+
+    #[test]
+    fn a_streamed_aggregate_decodes_partials_as_they_come_and_writes_its_json() {
+        let module = module_of!(Words);
+        let instance = unwrap(module.new()(RStr::from_str("")));
+        let run = |text: &str| unwrap(module.run()(instance, RStr::from_str(text), RStr::from_str(""), 1)).into_vec();
+        let (outcome, json, _) = aggregate_streamed_of(module, instance, vec![run("x y y\n"), run("y z\n")]);
+        assert_eq!((outcome, String::from_utf8(json).unwrap()), (Ok(()), "5".to_owned()));
+        let (outcome, json, writes) = aggregate_streamed_of(module, instance, vec![run("a\n"), vec![0xff; 3]]);
+        assert!(outcome.unwrap_err().starts_with("cannot decode partial 1: "));
+        assert_eq!((json.len(), writes), (0, 0), "nothing written before the output exists");
         module.drop()(instance);
     }
 

@@ -20,13 +20,13 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
-use abi_stable::std_types::{RResult, RSlice, RStr};
+use abi_stable::std_types::{RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
 use bytes::Bytes;
-use kiln_plugin_api::abi::{Instance, PluginModuleRef, versions_compatible};
+use kiln_plugin_api::abi::{Instance, OutputSink, PartialSource, PluginModuleRef, versions_compatible};
 use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
 
 use super::ChunkText;
-use super::protocol::{OUTPUT_PIECE_BYTES, Request, Response, StartFailure};
+use super::protocol::{Incoming, OUTPUT_PIECE_BYTES, PartialsOnPipe, Request, Response, StartFailure, write_piece};
 
 /// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes; first
 /// enters the sandbox with `sandbox_dir` as its only writable directory, if given.
@@ -77,7 +77,7 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
     // The pool takes requests from a shared queue; a bounded queue is unnecessary because the
     // supervisor never has more than its slots' worth of calls in flight. Each thread first
     // takes its own output; the plugin is ready once all have.
-    let (request_tx, request_rx) = mpsc::channel::<Request>();
+    let (request_tx, request_rx) = mpsc::channel::<Work>();
     let request_rx = Arc::new(Mutex::new(request_rx));
     let (setup_tx, setup_rx) = mpsc::channel::<io::Result<()>>();
     let pool: Vec<_> = (0..threads)
@@ -101,9 +101,14 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
                         Ok(rx) => rx.recv(),
                         Err(_) => return Ok(()),
                     };
-                    let Ok(request) = request else { return Ok(()) };
-                    send(&output, &Response::Started { call: request.call(), slot: slot as u64 })?;
-                    plugin.serve(request, &output, mark.as_deref())?;
+                    let Ok(work) = request else { return Ok(()) };
+                    send(&output, &Response::Started { call: work.call(), slot: slot as u64 })?;
+                    match work {
+                        Work::Call(request) => plugin.serve(request, &output, mark.as_deref())?,
+                        Work::Aggregate { call, count, partials } => {
+                            plugin.aggregate_streamed(call, count, partials, &output, mark.as_deref())?
+                        }
+                    }
                 }
             })
         })
@@ -120,10 +125,22 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
     }
 
     let read_result = loop {
-        match Request::read_from(&mut input) {
-            Ok(Some(request)) => {
-                if request_tx.send(request).is_err() {
+        match Request::read_incoming(&mut input) {
+            Ok(Some(Incoming::Whole(request))) => {
+                if request_tx.send(Work::Call(request)).is_err() {
                     break Ok(());
+                }
+            }
+            Ok(Some(Incoming::Aggregate { call, partials })) => {
+                // Handed over one at a time: this thread reads the next partial while the
+                // plugin decodes the one before, and no more.
+                let (partials_tx, partials_rx) = mpsc::sync_channel(0);
+                let count = partials.count();
+                if request_tx.send(Work::Aggregate { call, count, partials: partials_rx }).is_err() {
+                    break Ok(());
+                }
+                if let Err(e) = feed(&mut input, partials, &partials_tx) {
+                    break Err(e);
                 }
             }
             Ok(None) => break Ok(()),
@@ -137,6 +154,33 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
         write_result = write_result.and(result);
     }
     read_result.and(write_result)
+}
+
+/// What a pool thread is given: a call whose request was read whole, or an aggregate whose
+/// `count` partials come one at a time from the thread that reads the pipe.
+enum Work {
+    Call(Request),
+    Aggregate { call: u64, count: u64, partials: mpsc::Receiver<Vec<u8>> },
+}
+
+impl Work {
+    fn call(&self) -> u64 {
+        match self {
+            Work::Call(request) => request.call(),
+            Work::Aggregate { call, .. } => *call,
+        }
+    }
+}
+
+/// Reads an aggregate's partials off the pipe and hands each to the thread running it. When
+/// that thread stopped taking them (the plugin failed before it had them all), the rest are
+/// read and dropped, so that the next request is found where it starts.
+fn feed<R: io::Read>(input: &mut R, mut partials: PartialsOnPipe, to: &mpsc::SyncSender<Vec<u8>>) -> io::Result<()> {
+    let mut taken = true;
+    while let Some(partial) = partials.next(input)? {
+        taken = taken && to.send(partial).is_ok();
+    }
+    Ok(())
 }
 
 /// Moves the real stdout to a new descriptor for the protocol and points descriptor 1 at
@@ -225,8 +269,16 @@ fn own_output(stdout: RawFd, stderr: RawFd) -> io::Result<()> {
 /// anything else: when plugin code then crashes the process, the supervisor still gets every
 /// answer sent before, and knows which chunk of a batch was running.
 fn send(output: &Mutex<BufWriter<File>>, response: &Response) -> io::Result<()> {
+    send_with(output, |out| response.write_to(out))
+}
+
+/// Writes one frame with `write` and flushes it, as [`send`] does.
+fn send_with(
+    output: &Mutex<BufWriter<File>>,
+    write: impl FnOnce(&mut BufWriter<File>) -> io::Result<()>,
+) -> io::Result<()> {
     let mut output = output.lock().map_err(|_| io::Error::other("a thread panicked while writing a response"))?;
-    response.write_to(&mut *output)?;
+    write(&mut output)?;
     output.flush()
 }
 
@@ -278,15 +330,6 @@ impl Plugin {
                 }
                 Ok(())
             }
-            Request::Aggregate { call, partials } => {
-                let outcome = self.aggregate(&partials);
-                end_call(mark);
-                drop(partials);
-                match outcome {
-                    Ok(json) => send_pieces(output, call, json),
-                    Err(failure) => send(output, &answer(call, Err(failure))),
-                }
-            }
             request => {
                 let response = self.call(request);
                 end_call(mark);
@@ -307,20 +350,64 @@ impl Plugin {
                 let outcome = (self.module.combine())(self.instance, RSlice::from_slice(&slices));
                 (call, self.failure(outcome.map(|bytes| Bytes::from(bytes.into_vec()))))
             }
-            Request::Aggregate { call, partials } => (call, self.aggregate(&partials)),
-            Request::AggregateStaged { call, .. } => {
-                return Response::Failed { call, message: "staged partials arrive as an aggregate".to_owned() };
+            Request::Aggregate { call, .. } | Request::AggregateStaged { call, .. } => {
+                return Response::Failed { call, message: "an aggregate's partials are read one at a time".to_owned() };
             }
             Request::Init { .. } => return Response::Failed { call: 0, message: "init sent twice".to_owned() },
         };
         answer(call, outcome)
     }
 
-    /// Folds the partials into the output JSON.
-    fn aggregate(&self, partials: &[Bytes]) -> Result<Bytes, CallFailure> {
-        let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
-        let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
-        self.failure(outcome.map(|json| Bytes::from(json.into_string())))
+    /// Runs an aggregate of `count` partials, which come from `partials` one at a time, and
+    /// sends its output as pieces as the plugin writes it, then `Done` (or the failure).
+    ///
+    /// A plugin built against API 0.1.2 or later takes each partial as it comes, freeing its
+    /// bytes once decoded, and writes its JSON straight into pieces on the pipe: the executor
+    /// holds one or two encoded partials and a piece beside the plugin's own values. An older
+    /// plugin gets them all at once and answers the JSON whole, as before.
+    fn aggregate_streamed(
+        &self,
+        call: u64,
+        count: u64,
+        partials: mpsc::Receiver<Vec<u8>>,
+        output: &Mutex<BufWriter<File>>,
+        mark: Option<&[u8]>,
+    ) -> io::Result<()> {
+        let Some(aggregate) = self.module.aggregate_streamed() else {
+            let partials: Vec<Bytes> = partials.iter().map(Bytes::from).collect();
+            let outcome = if partials.len() as u64 == count {
+                let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
+                let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
+                self.failure(outcome.map(|json| Bytes::from(json.into_string())))
+            } else {
+                Err(CallFailure::Panicked(STOPPED_COMING.to_owned()))
+            };
+            end_call(mark);
+            drop(partials);
+            return match outcome {
+                Ok(json) => send_pieces(output, call, json),
+                Err(failure) => send(output, &answer(call, Err(failure))),
+            };
+        };
+        let mut source = Source { partials, left: count, stopped: false };
+        let mut sink = Sink { output, call, error: None };
+        // SAFETY: `source` and `sink` outlive the call, which uses them on this thread only.
+        let outcome = unsafe {
+            let partials = PartialSource::new(count, erase(&mut source), Source::next);
+            let out = OutputSink::new(erase(&mut sink), Sink::write);
+            aggregate(self.instance, partials, out)
+        };
+        end_call(mark);
+        if let Some(e) = sink.error {
+            // The pipe to the supervisor broke: nothing more can be said.
+            return Err(e);
+        }
+        let outcome = if source.stopped {
+            Err(CallFailure::Panicked(STOPPED_COMING.to_owned()))
+        } else {
+            self.failure(outcome.map(|()| Bytes::new()))
+        };
+        send(output, &answer(call, outcome))
     }
 
     fn run(&self, chunk: &ChunkText) -> Result<Bytes, CallFailure> {
@@ -343,6 +430,68 @@ impl Plugin {
                 _ => CallFailure::Panicked(message),
             }
         })
+    }
+}
+
+/// Why an aggregate failed when its partials stopped arriving (the pipe broke while they did).
+const STOPPED_COMING: &str = "the aggregate's partials stopped arriving";
+
+/// A pointer to `value` for the plugin to hand back to `Source::next` or `Sink::write`.
+fn erase<T>(value: &mut T) -> &mut std::ffi::c_void {
+    // SAFETY: a reference to a live value; it is only ever turned back into a `&mut T`.
+    unsafe { &mut *(value as *mut T).cast::<std::ffi::c_void>() }
+}
+
+/// The partials an aggregate takes one at a time, from the thread reading the pipe.
+struct Source {
+    partials: mpsc::Receiver<Vec<u8>>,
+    left: u64,
+    /// The partials stopped arriving before all came (the pipe broke).
+    stopped: bool,
+}
+
+impl Source {
+    extern "C" fn next(state: *mut std::ffi::c_void) -> RResult<ROption<RVec<u8>>, RString> {
+        // SAFETY: `state` is the `Source` that `aggregate_streamed` erased, alive for the call.
+        let source = unsafe { &mut *state.cast::<Source>() };
+        if source.left == 0 {
+            return RResult::ROk(RNone);
+        }
+        match source.partials.recv() {
+            Ok(partial) => {
+                source.left -= 1;
+                RResult::ROk(RSome(RVec::from(partial)))
+            }
+            Err(_) => {
+                source.stopped = true;
+                RResult::RErr(STOPPED_COMING.into())
+            }
+        }
+    }
+}
+
+/// Where an aggregate's output goes: pieces of the call's answer, sent as the plugin writes.
+struct Sink<'a> {
+    output: &'a Mutex<BufWriter<File>>,
+    call: u64,
+    /// The first error writing the pipe; the plugin is told to stop.
+    error: Option<io::Error>,
+}
+
+impl Sink<'_> {
+    extern "C" fn write(state: *mut std::ffi::c_void, bytes: RSlice<'_, u8>) -> RResult<(), RString> {
+        // SAFETY: `state` is the `Sink` that `aggregate_streamed` erased, alive for the call.
+        let sink = unsafe { &mut *state.cast::<Sink<'_>>() };
+        if sink.error.is_some() {
+            return RResult::RErr("the executor's pipe is closed".into());
+        }
+        for piece in bytes.as_slice().chunks(OUTPUT_PIECE_BYTES) {
+            if let Err(e) = send_with(sink.output, |out| write_piece(out, sink.call, piece)) {
+                sink.error = Some(e);
+                return RResult::RErr("the executor's pipe is closed".into());
+            }
+        }
+        RResult::ROk(())
     }
 }
 

@@ -11,7 +11,10 @@
 //! preceded by a `Started` naming the thread (slot) that runs it, whose stdout and stderr are
 //! that slot's own capture pipes (see `capture`). An `Aggregate`'s output
 //! comes as `Piece`s of at most [`OUTPUT_PIECE_BYTES`] before its `Done` (which holds the last
-//! piece), so that the supervisor can write it out as it comes and never holds it whole.
+//! piece, or nothing), so that the supervisor can write it out as it comes and never holds it
+//! whole. The executor reads an `Aggregate`'s partials one at a time
+//! ([`Request::read_incoming`]), each in its own allocation, so that the plugin frees each one
+//! once decoded instead of the whole frame staying in memory beside the decoded partials.
 
 use std::io::{self, Read, Write};
 
@@ -197,6 +200,10 @@ impl Request {
         let Some((tag, mut body)) = read_frame(input)? else {
             return Ok(None);
         };
+        Request::from_body(tag, &mut body).map(Some)
+    }
+
+    fn from_body(tag: u8, body: &mut Body) -> io::Result<Self> {
         let request = match tag {
             TAG_INIT => Request::Init { library: body.string()?, params: body.string()? },
             TAG_RUN => Request::Run { call: body.u64()?, chunk: body.chunk()? },
@@ -205,8 +212,8 @@ impl Request {
             TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, partials: body.list()? },
             other => return Err(invalid(format!("unknown request tag {other}"))),
         };
-        body.finish()?;
-        Ok(Some(request))
+        std::mem::take(body).finish()?;
+        Ok(request)
     }
 }
 
@@ -273,6 +280,15 @@ pub fn staged_header(call: u64, partials: &StagedPartials) -> Vec<u8> {
 
 /// Reads a frame's length, tag and body; `None` if the input ends before a frame starts.
 fn read_frame<R: Read>(input: &mut R) -> io::Result<Option<(u8, Body)>> {
+    let Some((tag, len)) = read_head(input)? else {
+        return Ok(None);
+    };
+    Ok(Some((tag, Body { bytes: Bytes::from(read_bytes(input, len)?) })))
+}
+
+/// Reads a frame's length and tag; answers the tag and the body's length. `None` if the input
+/// ends before a frame starts.
+fn read_head<R: Read>(input: &mut R) -> io::Result<Option<(u8, usize)>> {
     let mut len = [0u8; 8];
     match input.read_exact(&mut len) {
         Ok(()) => {}
@@ -283,22 +299,108 @@ fn read_frame<R: Read>(input: &mut R) -> io::Result<Option<(u8, Body)>> {
     if len == 0 || len > MAX_FRAME_BYTES {
         return Err(invalid(format!("frame length {len} out of range")));
     }
-    // The room grows with the bytes that arrive, not with what the header announces: an
-    // executor runs plugin code, which may write anything on its pipe.
     let len = usize::try_from(len).map_err(|_| invalid(format!("frame length {len} out of range")))?;
-    let mut frame = Vec::new();
-    while frame.len() < len {
-        let start = frame.len();
+    let mut tag = [0u8; 1];
+    input.read_exact(&mut tag)?;
+    Ok(Some((tag[0], len - 1)))
+}
+
+/// Reads `len` bytes. The room grows with the bytes that arrive, not with what a header
+/// announced: an executor runs plugin code, which may write anything on its pipe.
+fn read_bytes<R: Read>(input: &mut R, len: usize) -> io::Result<Vec<u8>> {
+    let mut bytes = Vec::new();
+    while bytes.len() < len {
+        let start = bytes.len();
         let step = (len - start).min(start.max(FIRST_READ_BYTES));
-        frame.reserve_exact(step);
-        frame.resize(start + step, 0);
-        input.read_exact(&mut frame[start..])?;
+        bytes.reserve_exact(step);
+        bytes.resize(start + step, 0);
+        input.read_exact(&mut bytes[start..])?;
     }
-    let frame = Bytes::from(frame);
-    Ok(Some((frame[0], Body { bytes: frame.slice(1..) })))
+    Ok(bytes)
+}
+
+/// A request as the executor reads it: whole, or the head of an `Aggregate`, whose partials
+/// are then read one at a time ([`PartialsOnPipe`]), so that the executor never holds them all
+/// encoded while the plugin decodes them.
+#[derive(Debug, PartialEq)]
+pub enum Incoming {
+    Whole(Request),
+    Aggregate { call: u64, partials: PartialsOnPipe },
+}
+
+/// The partials of an `Aggregate` still on the pipe: how many, and how many bytes of the frame
+/// they take.
+#[derive(Debug, PartialEq)]
+pub struct PartialsOnPipe {
+    left: u64,
+    bytes_left: usize,
+}
+
+impl PartialsOnPipe {
+    /// How many partials are still to be read.
+    pub fn count(&self) -> u64 {
+        self.left
+    }
+
+    /// Reads the next partial, in its own allocation; `None` once all were read.
+    pub fn next<R: Read>(&mut self, input: &mut R) -> io::Result<Option<Vec<u8>>> {
+        if self.left == 0 {
+            return if self.bytes_left == 0 {
+                Ok(None)
+            } else {
+                Err(invalid(format!("{} unexpected bytes at the end of a frame", self.bytes_left)))
+            };
+        }
+        let mut len = [0u8; 8];
+        if self.bytes_left < 8 {
+            return Err(invalid("frame body ends early".to_owned()));
+        }
+        input.read_exact(&mut len)?;
+        let len = u64::from_le_bytes(len);
+        self.bytes_left -= 8;
+        if len > self.bytes_left as u64 {
+            return Err(invalid("frame field longer than its frame".to_owned()));
+        }
+        let partial = read_bytes(input, len as usize)?;
+        self.bytes_left -= partial.len();
+        self.left -= 1;
+        Ok(Some(partial))
+    }
+}
+
+impl Request {
+    /// Reads one request as the executor does: an `Aggregate`'s partials are left on `input`
+    /// for [`PartialsOnPipe::next`]. `None` at a clean end of input.
+    pub fn read_incoming<R: Read>(input: &mut R) -> io::Result<Option<Incoming>> {
+        let Some((tag, len)) = read_head(input)? else {
+            return Ok(None);
+        };
+        if tag != TAG_AGGREGATE {
+            let mut body = Body { bytes: Bytes::from(read_bytes(input, len)?) };
+            return Request::from_body(tag, &mut body).map(|request| Some(Incoming::Whole(request)));
+        }
+        if len < 16 {
+            return Err(invalid("frame body ends early".to_owned()));
+        }
+        let mut head = [0u8; 16];
+        input.read_exact(&mut head)?;
+        let [call, count] = [&head[..8], &head[8..]].map(|raw| u64::from_le_bytes(raw.try_into().expect("8 bytes")));
+        let bytes_left = len - 16;
+        // Each partial takes at least its 8-byte length.
+        if count > bytes_left as u64 / 8 {
+            return Err(invalid("frame list longer than its frame".to_owned()));
+        }
+        Ok(Some(Incoming::Aggregate { call, partials: PartialsOnPipe { left: count, bytes_left } }))
+    }
+}
+
+/// Writes a piece of a call's answer from where it is (`Response::Piece` without a copy).
+pub fn write_piece<W: Write>(out: &mut W, call: u64, bytes: &[u8]) -> io::Result<()> {
+    write_frame(out, TAG_PIECE, &[Part::U64(call), Part::Bytes(bytes)])
 }
 
 /// A frame body being decoded; byte fields are slices of the frame, not copies.
+#[derive(Default)]
 struct Body {
     bytes: Bytes,
 }
@@ -399,6 +501,36 @@ mod tests {
         Request::AggregateStaged { call: 4, partials: staged }.write_to(&mut wire).unwrap();
         let partials = ["\x01\x02", "", "abc", "z"].map(|p| Bytes::copy_from_slice(p.as_bytes())).to_vec();
         assert_eq!(Request::read_from(&mut &wire[..]).unwrap(), Some(Request::Aggregate { call: 4, partials }));
+    }
+
+    #[test]
+    fn an_aggregates_partials_are_read_one_at_a_time_and_the_next_request_after_them() {
+        let partials = vec![Bytes::from_static(b"\x01\x02"), Bytes::new(), Bytes::from_static(b"abc")];
+        let next = Request::Run { call: 6, chunk: ChunkText::new("f", 1, Bytes::from_static(b"x\n")) };
+        let mut wire = Vec::new();
+        Request::Aggregate { call: 5, partials: partials.clone() }.write_to(&mut wire).unwrap();
+        next.write_to(&mut wire).unwrap();
+        let mut input = &wire[..];
+        let Some(Incoming::Aggregate { call: 5, partials: mut on_pipe }) = Request::read_incoming(&mut input).unwrap()
+        else {
+            panic!("an aggregate's head")
+        };
+        assert_eq!(on_pipe.count(), 3);
+        for partial in &partials {
+            assert_eq!(on_pipe.next(&mut input).unwrap().as_deref(), Some(&partial[..]));
+        }
+        assert_eq!(on_pipe.next(&mut input).unwrap(), None);
+        assert_eq!(Request::read_incoming(&mut input).unwrap(), Some(Incoming::Whole(next)));
+
+        // A partial announced longer than its frame is an error, not a read past it.
+        let mut wire = Vec::new();
+        Request::Aggregate { call: 5, partials }.write_to(&mut wire).unwrap();
+        wire[8 + 1 + 16..8 + 1 + 24].copy_from_slice(&1000u64.to_le_bytes());
+        let Some(Incoming::Aggregate { partials: mut on_pipe, .. }) = Request::read_incoming(&mut &wire[..]).unwrap()
+        else {
+            panic!("an aggregate's head")
+        };
+        assert!(on_pipe.next(&mut &wire[8 + 1 + 16..]).is_err());
     }
 
     #[test]
