@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, BufWriter};
+use tokio::io::{AsyncBufReadExt, AsyncWrite, AsyncWriteExt, BufReader, BufWriter};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, oneshot, watch};
 
@@ -22,6 +22,10 @@ use super::{BatchOutcome, ExecError};
 
 /// How much of staged partials is read at once while streaming them to the executor.
 const STAGED_PIECE_BYTES: usize = 1 << 20;
+
+/// The buffer of the pipe to an executor: a request's small fields (numbers, lengths, file
+/// names) are gathered in it, larger ones are written past it from where they are.
+const REQUEST_BUFFER_BYTES: usize = 64 << 10;
 
 /// How many lines of the executor's stderr are kept to explain a crash.
 const STDERR_TAIL_LINES: usize = 20;
@@ -217,7 +221,7 @@ impl Shared {
 /// Writes one request onto the executor's pipe and flushes it. The frame's fields go out from
 /// where they are (a chunk's text, a combine's partials): small ones gathered in `stdin`'s
 /// buffer, large ones written past it, never copied into a frame of their own first.
-pub(super) async fn write_request(stdin: &mut BufWriter<ChildStdin>, request: &Request) -> std::io::Result<()> {
+pub(super) async fn write_request<W: AsyncWrite + Unpin>(stdin: &mut W, request: &Request) -> std::io::Result<()> {
     if let Request::AggregateStaged { call, partials } = request {
         return write_staged(stdin, *call, partials).await;
     }
@@ -237,7 +241,11 @@ pub(super) async fn write_request(stdin: &mut BufWriter<ChildStdin>, request: &R
 }
 
 /// Writes an aggregate of staged partials, streamed from their file a piece at a time.
-async fn write_staged(stdin: &mut BufWriter<ChildStdin>, call: u64, partials: &StagedPartials) -> std::io::Result<()> {
+async fn write_staged<W: AsyncWrite + Unpin>(
+    stdin: &mut W,
+    call: u64,
+    partials: &StagedPartials,
+) -> std::io::Result<()> {
     stdin.write_all(&staged_header(call, partials)).await?;
     let mut reader = partials.reader();
     loop {
@@ -259,7 +267,8 @@ async fn write_staged(stdin: &mut BufWriter<ChildStdin>, call: u64, partials: &S
 }
 
 /// Writes requests to the executor in the order they were made.
-pub(super) async fn write_requests(mut stdin: BufWriter<ChildStdin>, mut requests: mpsc::UnboundedReceiver<Request>) {
+pub(super) async fn write_requests(stdin: ChildStdin, mut requests: mpsc::UnboundedReceiver<Request>) {
+    let mut stdin = BufWriter::with_capacity(REQUEST_BUFFER_BYTES, stdin);
     while let Some(request) = requests.recv().await {
         if let Err(e) = write_request(&mut stdin, &request).await {
             // The reader will see the process end and explain why; this only stops writing.

@@ -72,10 +72,6 @@ impl ChunkText {
     }
 }
 
-/// The buffer of the pipe to an executor: a request's small fields (numbers, lengths, file
-/// names) are gathered in it, larger ones are written from where they are.
-const REQUEST_BUFFER_BYTES: usize = 64 << 10;
-
 /// The partials an aggregate folds: in memory (run-local), or staged in a file (a worker,
 /// which receives them in pieces).
 #[derive(Debug)]
@@ -276,15 +272,14 @@ impl Executor {
         // The child has its copies; once it has ended, the pipes end.
         drop(capture_ends);
         Capture::spawn_reader(&capture).map_err(|e| spawn_error(format!("cannot read its output: {e}")))?;
-        let (Some(stdin), Some(stdout), Some(stderr)) = (child.stdin.take(), child.stdout.take(), child.stderr.take())
+        let (Some(mut stdin), Some(stdout), Some(stderr)) =
+            (child.stdin.take(), child.stdout.take(), child.stderr.take())
         else {
             return Err(ExecError::Spawn {
                 program: config.program.display().to_string(),
                 message: "its pipes were not set up".to_owned(),
             });
         };
-        // Requests' small fields are gathered here; a chunk's text or a partial goes past it.
-        let mut stdin = tokio::io::BufWriter::with_capacity(REQUEST_BUFFER_BYTES, stdin);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
