@@ -8,7 +8,8 @@
 use kiln_plugin_api::partial::Merge;
 use kiln_plugin_api::{Chunk, MapReduce};
 use regex::Regex;
-use serde::{Deserialize, Serialize};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The plugin: the job's regular expression, compiled once per executor.
 pub struct Grep {
@@ -25,6 +26,36 @@ pub struct Matches {
     pub lines: Vec<(u32, u64, String)>,
 }
 
+/// The output: every match, in input order, written as a JSON array of [`Match`]es straight
+/// from the merged partial. Building a `Vec<Match>` first would hold a second array as long as
+/// the partial's beside it (for a pattern matching every line, hundreds of MiB).
+#[derive(Debug)]
+pub struct Found {
+    matches: Matches,
+    /// Whether the input has several files, and so each match names its own.
+    several: bool,
+}
+
+impl Serialize for Found {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        /// A match as [`Match`] shows it, borrowed from the partial.
+        #[derive(Serialize)]
+        struct Shown<'a> {
+            #[serde(skip_serializing_if = "Option::is_none")]
+            file: Option<&'a str>,
+            line: u64,
+            text: &'a str,
+        }
+        let Matches { files, lines } = &self.matches;
+        let mut seq = serializer.serialize_seq(Some(lines.len()))?;
+        for (file, line, text) in lines {
+            let file = self.several.then(|| files[*file as usize].as_str());
+            seq.serialize_element(&Shown { file, line: *line, text })?;
+        }
+        seq.end()
+    }
+}
+
 /// A line that matched, as the output shows it.
 #[derive(Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Match {
@@ -39,7 +70,7 @@ pub struct Match {
 
 impl MapReduce for Grep {
     type Partial = Matches;
-    type Output = Vec<Match>;
+    type Output = Found;
 
     /// Matches are reported with their line numbers, so inputs read by reference are numbered.
     const LINE_NUMBERS: bool = true;
@@ -64,14 +95,11 @@ impl MapReduce for Grep {
 
     // No `combine`: `Matches` implements `Merge`, and Kiln combines with that.
 
-    fn aggregate(&self, partials: Vec<Matches>) -> Result<Vec<Match>, String> {
-        let Matches { files, lines } = Matches::merge_all(partials);
+    fn aggregate(&self, partials: Vec<Matches>) -> Result<Found, String> {
+        let matches = Matches::merge_all(partials);
         // Every non-empty file has a chunk, so `files` holds all of them.
-        let several = files.len() > 1;
-        Ok(lines
-            .into_iter()
-            .map(|(file, line, text)| Match { file: several.then(|| files[file as usize].clone()), line, text })
-            .collect())
+        let several = matches.files.len() > 1;
+        Ok(Found { matches, several })
     }
 }
 
@@ -98,7 +126,9 @@ mod tests {
 
     fn grep(params: &str, chunks: &[&str]) -> Vec<(u64, String)> {
         let output = kiln_plugin_api::run_in_process::<Grep>(params, chunks).unwrap();
-        output.into_iter().map(|m| (m.line, m.text)).collect()
+        let json = serde_json::to_string(&output).unwrap();
+        let matches: Vec<Match> = serde_json::from_str(&json).unwrap();
+        matches.into_iter().map(|m| (m.line, m.text)).collect()
     }
 
     fn lines(pairs: &[(u64, &str)]) -> Vec<(u64, String)> {
