@@ -71,7 +71,21 @@ impl Slot {
     fn is(&self, key: &[u8], prefix: u64, keys: &str) -> bool {
         self.prefix == prefix
             && self.len == key.len()
-            && (key.len() <= 8 || keys.as_bytes()[self.start + 8..self.start + self.len] == key[8..])
+            && (key.len() <= 8 || same_after_prefix(&keys.as_bytes()[self.start..self.start + self.len], key))
+    }
+}
+
+/// Whether two keys of the same length over 8 bytes, whose first 8 bytes are equal, are
+/// equal: for up to 16 bytes one comparison of their last 8 (which overlap the first 8 when
+/// shorter), not a call to `memcmp` for a few bytes.
+#[inline]
+fn same_after_prefix(a: &[u8], b: &[u8]) -> bool {
+    let len = b.len();
+    if len <= 16 {
+        let last = |key: &[u8]| u64::from_le_bytes(key[len - 8..].try_into().expect("8 bytes"));
+        last(a) == last(b)
+    } else {
+        a[8..] == b[8..]
     }
 }
 
@@ -410,14 +424,14 @@ mod tests {
     fn a_slot_matches_only_its_own_key() {
         // Hash collisions are rare, so the counting test above seldom reaches this comparison
         // with a key that shares a slot's inline prefix: check it directly.
-        let keys = "abcabcdefghij";
+        let keys = "abcabcdefghijabcdefghijklmnopqrst";
         let slot = |start: usize, len: usize| Slot {
             prefix: prefix(&keys.as_bytes()[start..start + len]),
             start,
             len,
             count: 1,
         };
-        let (short, long) = (slot(0, 3), slot(3, 10));
+        let (short, long, longer) = (slot(0, 3), slot(3, 10), slot(13, 20));
         for (key, is_short, is_long) in [
             (&b"abc"[..], true, false),
             (b"abc\0", false, false),
@@ -429,6 +443,11 @@ mod tests {
         ] {
             assert_eq!(short.is(key, prefix(key), keys), is_short, "{key:?}");
             assert_eq!(long.is(key, prefix(key), keys), is_long, "{key:?}");
+        }
+        for (key, is_longer) in
+            [(&b"abcdefghijklmnopqrst"[..], true), (b"abcdefghijklmnopqrsu", false), (b"abcdefghijXlmnopqrst", false)]
+        {
+            assert_eq!(longer.is(key, prefix(key), keys), is_longer, "{key:?}");
         }
     }
 

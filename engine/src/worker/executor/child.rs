@@ -64,6 +64,20 @@ pub(super) fn stdout_to_std(stdout: ChildStdout) -> Result<std::fs::File, ExecEr
     Ok(file)
 }
 
+/// The capacity asked for the pipes to and from an executor: a chunk of several MiB then
+/// crosses in a few large writes instead of one per 64 KiB (Linux's default capacity), each of
+/// which woke the other side. Linux caps it at `/proc/sys/fs/pipe-max-size` (1 MiB by default).
+const PIPE_BYTES: libc::c_int = 1 << 20;
+
+/// Widens a pipe to [`PIPE_BYTES`]; best effort: a pipe left at its default size works, only
+/// with more wake-ups (an unprivileged user past its quota of pipe pages is refused).
+pub(super) fn widen_pipe(pipe: &impl std::os::fd::AsRawFd) {
+    // SAFETY: fcntl on a descriptor the caller holds; F_SETPIPE_SZ changes only its capacity.
+    unsafe {
+        libc::fcntl(pipe.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_BYTES);
+    }
+}
+
 fn set_blocking(file: &std::fs::File) {
     use std::os::fd::AsRawFd;
     let fd = file.as_raw_fd();

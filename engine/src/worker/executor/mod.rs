@@ -280,6 +280,8 @@ impl Executor {
                 message: "its pipes were not set up".to_owned(),
             });
         };
+        child::widen_pipe(&stdin);
+        child::widen_pipe(&stdout);
         let shared = Arc::new(Shared {
             pending: Mutex::new(HashMap::new()),
             dead: Mutex::new(None),
