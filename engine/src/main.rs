@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             logged(format, "info", || cli::cluster::run_controller(args))
         }
         Command::Worker(args) => {
-            kiln_engine::memory::tune_for_service();
+            kiln_engine::memory::tune_for_worker();
             logged(format, "info", || cli::cluster::run_worker(args))
         }
         Command::Submit(args) => {
