@@ -283,3 +283,27 @@ fn bad_compressed_data_read_by_reference_fails_the_job_naming_the_object_and_the
     assert!(run.stderr.contains(&said), "{}", run.stderr);
     assert_eq!(newest_status(&cluster)["state"], "Failed");
 }
+
+#[test]
+fn an_input_read_by_reference_without_a_chunk_size_is_cut_into_about_four_splits_per_slot() {
+    // Fitted like run-local's chunks (ARCHITECTURE.md, "inputs read by reference size their
+    // chunks"): one worker of 2 processes makes 2 slots, so about 8 splits, where the upload
+    // default of 4 MiB would make 10 or more of a 40 MiB object.
+    let dir = tempfile::tempdir().unwrap();
+    let mut text = String::new();
+    let mut seed = 0;
+    while text.len() < 40 << 20 {
+        text.push_str(&word_text(seed, 20_000));
+        seed += 1;
+    }
+    let path = dir.path().join("words.txt");
+    std::fs::write(&path, &text).unwrap();
+    let cluster = cluster(1, dir.path());
+    cluster.wait_workers(1);
+    let plugin = example("wordcount");
+    let run = cluster.kiln(&["submit", "--plugin", plugin.to_str().unwrap(), "--input", &url_of(&path)]);
+    assert_eq!(parsed(&run, "by reference"), word_counts(&text), "same counts as computed here");
+    let status = newest_status(&cluster);
+    let n_chunks = status["n_chunks"].as_u64().unwrap();
+    assert!((8..=9).contains(&n_chunks), "{} bytes in {n_chunks} splits: {status:#}", text.len());
+}
