@@ -29,36 +29,44 @@ const METHOD: &str = "Profiles: `perf record -e cpu-clock -F 999 -g` of `kiln ru
 const FINDINGS: &[(&str, &str)] = &[
     (
         "1.",
-        "The streaming baseline keeps both cores busy with nothing but counting: 1 GiB in 1.4 s, about \
-         2.8 core-seconds. Every Kiln path is CPU-bound on the same two cores too, so what it loses is \
-         the CPU it spends beside the counting.\n\n\
-         **run-local** spent 5.4 core-seconds on the 1 GiB word count (user 4.7 s, system 0.9 s). In its \
-         profile, 62 % of the samples are the plugin's own code (hashing, `memcmp` of words), 12 % the \
-         kernel zeroing fresh pages for the executors (`clear_page_erms`, page faults: every call's \
-         4 MiB chunk frame and the plugin's partial were new mappings), 11 % the parent reading the \
-         file and writing it down the executors' pipes, and the rest copies (`memmove`) and UTF-8 \
-         checks. The executor now keeps freed memory for its next call (`memory::tune_for_executor`), \
-         which took its minor faults from 165–184 thousand to 49–51 thousand per GiB and a quarter off \
-         its system time. Two costs remain that the baseline does not have. The plugin counted 257 \
-         chunks of 4 MiB, each into a map that grows from empty to the corpus's 50,000 words and is \
-         then encoded, decoded and merged, where the baseline fills one map per thread; run-local now \
-         sizes its chunks to the input (four per slot, 4 to 32 MiB: 32 chunks for 1 GiB, section 10), \
-         while the cluster keeps 4 MiB chunks, which balance load and bound a retry. And every byte \
-         crosses a pipe (a copy into the kernel and one out, ~0.6 core-seconds per GiB): an executor \
-         that reads its chunk's byte range from a file descriptor the worker passes it (the sandbox \
-         allows an inherited descriptor where it refuses paths) would skip both copies.\n\n\
-         **The cluster** adds, in a profile of a 1 GiB uploaded job, as much CPU again as the executors \
-         use: the client reading, framing and encrypting the input, the controller decrypting it, \
-         writing it to its spool file (`copy_folio_from_iter`, its largest cost) and cutting it, and \
-         the worker decrypting the chunks again (`aes_gcm_dec`) before its pipe. By reference, only \
-         the worker reads the file, and the figure rises from 0.27× to 0.46×; the rest of the gap is \
-         run-local's. What would close it, in order of gain: the pipe (above), larger chunks (above), \
-         and for uploads, cutting chunks from the pieces in memory and dispatching them before the \
-         spool write rather than reading them back. \
-         The sandbox's cost on this throughput (sandboxed ÷ unconfined, 0.971× here, 1.036× in a \
-         quiet run earlier the same day) is within the runs' spread: the two ranges of five runs \
-         overlap (2.99–3.28 s against 2.94–3.24 s); the sandbox adds no work per chunk, only its \
-         set-up per executor (section 7).",
+        "The streaming baseline keeps both cores busy with nothing but counting: 1 GiB in 1.4-1.6 s, \
+         about 2.8-3.2 core-seconds. Every Kiln path is CPU-bound on the same two cores too, so what it \
+         loses is the CPU it spends beside the counting.\n\n\
+         **run-local.** Issue 16's stop took its CPU for the 1 GiB word count from 5.4 core-seconds \
+         to about 4.7-5.1 (unsandboxed, `/usr/bin/time`, under load): the `Counter`'s slots carry \
+         each key's first 8 bytes, so a short word's lookup touches only the table (three dependent \
+         cache misses before; callgrind on 16 MiB: 475 M → 343 M instructions for splitting and \
+         counting, against 460 M for the baseline's `FxHashMap<String, u64>`), keys of 9-16 bytes \
+         compare without `memcmp` (7 % of the samples), `Chunk::words` splits in one pass, fitted \
+         chunks stop at 24 MiB (32 MiB buffers were fresh mappings: 742 → 136 thousand minor \
+         faults), and the executor's pipes are 1 MiB wide (24-28 → 2.1-2.3 thousand context \
+         switches, 9 % less CPU). A profile after them (`perf record` of the unsandboxed run): the \
+         plugin's own code (hash table probes, most of them cache misses on the 50,000-word \
+         table) is about half the samples; reading the file (`filemap_read`, 3-4 %), the pipe's \
+         copy in and out (~4 %), two UTF-8 checks of every chunk (the parent's as it cuts, the \
+         executor's before the plugin sees it, ~2 %), zeroing the executor's frame before the \
+         pipe fills it (~2 %) and counting line ends (1 %) are what the baseline does not do. \
+         What would close most of the rest: an executor that reads its chunk's byte range from a \
+         file descriptor the worker passes it (the sandbox allows an inherited descriptor where \
+         it refuses paths), which skips the pipe's two copies, the frame's zeroing and the second \
+         UTF-8 check.\n\n\
+         **The cluster** adds, in a profile of a 1 GiB uploaded job, as much CPU again as the \
+         executors use: the client reading, framing and encrypting the input, the controller \
+         decrypting it, writing it to its spool file (`copy_folio_from_iter`, its largest cost) and \
+         cutting it, and the worker decrypting the chunks again (`aes_gcm_dec`) before its pipe. \
+         By reference only the worker reads the file, and its splits are now fitted like \
+         run-local's chunks (43 splits of 24 MiB for 1 GiB on 2 slots rather than 257 of 4 MiB). \
+         The worker daemon keeps glibc's adaptive mapping threshold: with the services' fixed \
+         1 MiB one, each split was a fresh mapping, and a by-reference job cost the worker 800 \
+         thousand minor faults and 2 s of system time (3.7 s a job without, 4.8-7.2 s with). For \
+         uploads, what would close the gap: cutting chunks from the pieces in memory and \
+         dispatching them before the spool write rather than reading them back, and one TLS \
+         session fewer on the data path; with client, controller, worker and executors on two \
+         cores, the 0.7× target asks the uploaded path to spend under 1.5× the baseline's CPU \
+         while every byte is encrypted and decrypted twice. \
+         The sandbox's cost on this throughput (sandboxed ÷ unconfined) stays within the runs' \
+         spread from one run to the next (0.971× and 1.036× in two quiet runs of stop 25); the \
+         sandbox adds no work per chunk, only its set-up per executor (section 7).",
     ),
     (
         "2.",
@@ -114,7 +122,9 @@ const FINDINGS: &[(&str, &str)] = &[
          and partials waiting for their batched write are all alive at once while a job uploads and \
          runs, and each job leaves the arenas more fragmented. By hand earlier: `MALLOC_ARENA_MAX=1` \
          took another quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the \
-         CPU (page faults). Closing the gap: buffers of input and chunks drawn from one pool of fixed \
+         CPU (page faults). The controller now fixes the threshold at 1 MiB (`memory.rs`; section \
+         13's controller 170-215 → 120-133 MiB when it came in); the worker daemon does not, since \
+         the faults landed on its data path (section 1). Closing the gap: buffers of input and chunks drawn from one pool of fixed \
          size instead of the allocator, partials waiting for their write bounded (the slot held until \
          the write), and the aggregate's partials streamed from the store into the frame instead of \
          three copies at once.",
@@ -126,24 +136,19 @@ const FINDINGS: &[(&str, &str)] = &[
          4 MiB, encoding included, against 7.25 G for the whole plain program; `HashMap::entry`, SipHash, \
          malloc and free of each word's `String`), but without `combine` every chunk's partial (the \
          ~40,000 words it saw, ~350 KB of postcard) is decoded (0.45 G) and folded (0.39 G) by \
-         `aggregate` on one core. With 4 MiB chunks a 1 GiB input made 256 partials: ~12 G \
-         instructions of serial tail beside ~26 G per core of counting, against the plain program's \
-         32 pieces. Run-local now sizes chunks to the input (`rules::chunk::fitted_chunk_size`: four \
-         per slot, 4 to 32 MiB), so 1 GiB makes 32 partials; a quick run under load (256 MiB) went \
-         from 0.84× to 1.30× (noisy). Incremental compilation costs this plugin 0.26 % of its \
-         instructions; it cost the `Counter` example 14.5 % (`HashTable::find` no longer inlined) \
-         until the builder stopped compiling kiln-plugin-api incrementally (ARCHITECTURE.md). \
-         If this misses again, look at what is left: the \
-         input crosses user space four times (read, chunk, pipe, executor), and `aggregate` still \
-         decodes its partials serially (parallel decoding in `export::aggregate` would halve it). \
-         The `Counter` example lost ground with the larger chunks (0.82× of the baseline before \
-         them, 0.77× in this run). Measured after this run with minor faults, which hold under \
-         load: a 1 GiB run-local with 32 MiB chunks takes ~820 thousand minor faults and 2.0 s of \
-         system time, against 103 thousand and 0.85 s with `--chunk-size 16MiB`: a 32 MiB buffer \
-         is at glibc's largest mmap threshold, so run-local's reads and the executor's frames are \
-         fresh mappings for every chunk. Chunks capped below it (16 MiB), or chunk buffers reused \
-         across calls, would take that back; measure both plugins in one run when changing it, \
-         since smaller chunks mean more partials for the naive one.",
+         `aggregate` on one core. Run-local therefore sizes chunks to the input \
+         (`rules::chunk::fitted_chunk_size`: four per slot, 4 to 24 MiB), so 1 GiB makes 43 partials \
+         rather than 256. The cap is 24 MiB, not 32: a 32 MiB buffer is at glibc's largest mmap \
+         threshold, so every chunk read and executor frame was a fresh mapping (742 thousand minor \
+         faults and 3.0 s of system time per GiB, against 136 thousand and 1.0 s at 24 MiB); that is \
+         what took the `Counter` example from 0.82× to 0.77× in stop 25. Incremental compilation \
+         costs the naive plugin 0.26 % of its instructions; it cost the `Counter` example 14.5 % \
+         (`HashTable::find` no longer inlined) until the builder stopped compiling kiln-plugin-api \
+         incrementally (ARCHITECTURE.md). The `Counter` itself now keeps each key's first 8 bytes \
+         in its table's slots and hashes short keys from them (splitting and counting 16 MiB: \
+         475 M → 343 M instructions, the baseline's map 460 M), so what separates the example from \
+         the baseline is Kiln's own path, section 1's list: the pipe, the executor's frame, a \
+         second UTF-8 check and a partial per chunk.",
     ),
     (
         "12.",
