@@ -134,12 +134,12 @@ fn main() -> ExitCode {
             logged(format, "info", || cli::cluster::run_controller(args))
         }
         Command::Worker(args) => {
-            kiln_engine::memory::tune_for_worker();
+            kiln_engine::memory::tune_for_data_path();
             logged(format, "info", || cli::cluster::run_worker(args))
         }
         Command::Submit(args) => {
-            // Input and result pieces of a few MiB pass through it, as through the services.
-            kiln_engine::memory::tune_for_service();
+            // An upload's pieces of 8 MiB pass through it, as chunks through a worker.
+            kiln_engine::memory::tune_for_data_path();
             logged(format, CLI_LOG_FILTER, || cli::jobs::submit(args))
         }
         Command::Status(args) => logged(format, CLI_LOG_FILTER, || cli::jobs::status(args)),

@@ -12,9 +12,9 @@
 //! raises the threshold to its size (up to 32 MiB), so after the first few every piece, chunk
 //! and partial comes from an arena, whose freed memory stays resident wherever it is not at the
 //! top. The services fix the threshold at [`SERVICE_MMAP_THRESHOLD`]: a large buffer is a
-//! mapping of its own, given back when freed. Not the worker ([`tune_for_worker`]): every input
-//! byte of a job passes through its buffers, and a fresh mapping per chunk faults in and zeroes
-//! every page again.
+//! mapping of its own, given back when freed. Not the processes on a job's data path, the worker
+//! and `kiln submit` ([`tune_for_data_path`]): every input byte passes through their buffers,
+//! and a fresh mapping per buffer faults in and zeroes every page again.
 
 /// Arenas the services' allocator may use.
 const ARENA_MAX: libc::c_int = 2;
@@ -37,14 +37,16 @@ pub fn tune_for_service() {
     }
 }
 
-/// Limits the worker's arenas as [`tune_for_service`] does, and leaves glibc's mapping
-/// threshold to adapt: the worker reads each chunk of a job read by reference (up to 24 MiB)
-/// and writes it to an executor, so a mapping per chunk buffer put the fault of every page on
-/// the data path. Measured on a 1 GiB word count read by reference (`file://`, one worker of 2
-/// processes, two runs each): with the 1 MiB threshold the worker took 800 thousand minor
-/// faults and 2.0-2.1 s of system time per job, and the job 4.8-7.2 s; with the adaptive one
-/// 200-230 thousand, 0.75-0.85 s and 3.7 s. Its memory stays bounded by the chunks in flight.
-pub fn tune_for_worker() {
+/// Limits the arenas as [`tune_for_service`] does, and leaves glibc's mapping threshold to
+/// adapt, for the processes every input byte passes through: the worker, which reads each chunk
+/// of a job read by reference (up to 24 MiB) and writes it to an executor, and `kiln submit`,
+/// which reads and sends an upload in pieces of 8 MiB. A mapping per buffer put the fault of
+/// every page on the data path. Measured on a 1 GiB word count read by reference (`file://`,
+/// one worker of 2 processes, two runs each): with the 1 MiB threshold the worker took 800
+/// thousand minor faults and 2.0-2.1 s of system time per job, and the job 4.8-7.2 s; with the
+/// adaptive one 200-230 thousand, 0.75-0.85 s and 3.7 s. Their memory stays bounded by the
+/// buffers in flight.
+pub fn tune_for_data_path() {
     // SAFETY: mallopt only changes malloc's tunables, under malloc's own locks.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     unsafe {
