@@ -163,12 +163,13 @@ mod tests {
         assert!(error.to_string().contains("was killed"), "{error}");
         let output = run_with_timeout(Command::new("echo").arg("hi"), Duration::from_secs(5)).unwrap();
         assert_eq!(output.stdout, b"hi\n");
-        // dd reads 64 MiB into one buffer: its peak is above that, and is its own (the test
-        // process's is not counted).
+        // dd reads 64 MiB into one buffer: its peak is above that. (No upper bound: `maxrss`
+        // also carries the high-water mark of this test process at the fork, which the test
+        // below, running beside this one, raises by 256 MiB.)
         let dd = ["if=/dev/zero", "of=/dev/null", "bs=64M", "count=1"];
         let (output, peak) = run_measured(Command::new("dd").args(dd), Duration::from_secs(5)).unwrap();
         assert!(output.status.success());
-        assert!((64 << 20..128 << 20).contains(&peak.maxrss), "dd's peak: {peak:?}");
+        assert!(peak.maxrss >= 64 << 20, "dd's peak: {peak:?}");
     }
 
     #[test]
