@@ -132,8 +132,8 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
                 }
             }
             Ok(Some(Incoming::Aggregate { call, partials })) => {
-                // Handed over one at a time: this thread reads the next partial while the
-                // plugin decodes the one before, and no more.
+                // Handed over in batches of up to BATCH_BYTES: this thread reads the next
+                // batch while the plugin decodes the one before, and no more.
                 let (partials_tx, partials_rx) = mpsc::sync_channel(0);
                 let count = partials.count();
                 if request_tx.send(Work::Aggregate { call, count, partials: partials_rx }).is_err() {
@@ -157,10 +157,10 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
 }
 
 /// What a pool thread is given: a call whose request was read whole, or an aggregate whose
-/// `count` partials come one at a time from the thread that reads the pipe.
+/// `count` partials come in batches from the thread that reads the pipe.
 enum Work {
     Call(Request),
-    Aggregate { call: u64, count: u64, partials: mpsc::Receiver<Vec<u8>> },
+    Aggregate { call: u64, count: u64, partials: mpsc::Receiver<Vec<Vec<u8>>> },
 }
 
 impl Work {
@@ -172,13 +172,35 @@ impl Work {
     }
 }
 
-/// Reads an aggregate's partials off the pipe and hands each to the thread running it. When
-/// that thread stopped taking them (the plugin failed before it had them all), the rest are
-/// read and dropped, so that the next request is found where it starts.
-fn feed<R: io::Read>(input: &mut R, mut partials: PartialsOnPipe, to: &mpsc::SyncSender<Vec<u8>>) -> io::Result<()> {
+/// How many bytes of partials (at most) go to the aggregating thread at a time. Handing them
+/// over one by one cost two context switches per partial: an aggregate of 100,000 one-line
+/// partials took 2.2 s instead of 0.3 s (bench section 3).
+const BATCH_BYTES: usize = 1 << 20;
+
+/// How many partials (at most) go to the aggregating thread at a time.
+const BATCH_PARTIALS: usize = 4096;
+
+/// Reads an aggregate's partials off the pipe and hands them to the thread running it, in
+/// batches of up to [`BATCH_BYTES`] (a larger partial goes alone). When that thread stopped
+/// taking them (the plugin failed before it had them all), the rest are read and dropped, so
+/// that the next request is found where it starts.
+fn feed<R: io::Read>(
+    input: &mut R,
+    mut partials: PartialsOnPipe,
+    to: &mpsc::SyncSender<Vec<Vec<u8>>>,
+) -> io::Result<()> {
     let mut taken = true;
+    let (mut batch, mut bytes) = (Vec::new(), 0);
     while let Some(partial) = partials.next(input)? {
-        taken = taken && to.send(partial).is_ok();
+        if !batch.is_empty() && (bytes + partial.len() > BATCH_BYTES || batch.len() == BATCH_PARTIALS) {
+            taken = taken && to.send(std::mem::take(&mut batch)).is_ok();
+            bytes = 0;
+        }
+        bytes += partial.len();
+        batch.push(partial);
+    }
+    if !batch.is_empty() {
+        let _ = taken && to.send(batch).is_ok();
     }
     Ok(())
 }
@@ -358,23 +380,24 @@ impl Plugin {
         answer(call, outcome)
     }
 
-    /// Runs an aggregate of `count` partials, which come from `partials` one at a time, and
+    /// Runs an aggregate of `count` partials, which come from `partials` in batches, and
     /// sends its output as pieces as the plugin writes it, then `Done` (or the failure).
     ///
     /// A plugin built against API 0.1.2 or later takes each partial as it comes, freeing its
     /// bytes once decoded, and writes its JSON straight into pieces on the pipe: the executor
-    /// holds one or two encoded partials and a piece beside the plugin's own values. An older
+    /// holds a batch or two of encoded partials (up to [`BATCH_BYTES`] each, or one larger
+    /// partial) and a piece beside the plugin's own values. An older
     /// plugin gets them all at once and answers the JSON whole, as before.
     fn aggregate_streamed(
         &self,
         call: u64,
         count: u64,
-        partials: mpsc::Receiver<Vec<u8>>,
+        partials: mpsc::Receiver<Vec<Vec<u8>>>,
         output: &Mutex<BufWriter<File>>,
         mark: Option<&[u8]>,
     ) -> io::Result<()> {
         let Some(aggregate) = self.module.aggregate_streamed() else {
-            let partials: Vec<Bytes> = partials.iter().map(Bytes::from).collect();
+            let partials: Vec<Bytes> = partials.iter().flatten().map(Bytes::from).collect();
             let outcome = if partials.len() as u64 == count {
                 let slices: Vec<RSlice<'_, u8>> = partials.iter().map(|p| RSlice::from_slice(p)).collect();
                 let outcome = (self.module.aggregate())(self.instance, RSlice::from_slice(&slices));
@@ -389,7 +412,7 @@ impl Plugin {
                 Err(failure) => send(output, &answer(call, Err(failure))),
             };
         };
-        let mut source = Source { partials, left: count, stopped: false };
+        let mut source = Source { partials, batch: Vec::new().into_iter(), left: count, stopped: false };
         let mut sink = Sink { output, call, error: None };
         // SAFETY: `source` and `sink` outlive the call, which uses them on this thread only.
         let outcome = unsafe {
@@ -444,7 +467,9 @@ fn erase<T>(value: &mut T) -> &mut std::ffi::c_void {
 
 /// The partials an aggregate takes one at a time, from the thread reading the pipe.
 struct Source {
-    partials: mpsc::Receiver<Vec<u8>>,
+    partials: mpsc::Receiver<Vec<Vec<u8>>>,
+    /// What is left of the batch last received.
+    batch: std::vec::IntoIter<Vec<u8>>,
     left: u64,
     /// The partials stopped arriving before all came (the pipe broke).
     stopped: bool,
@@ -457,14 +482,17 @@ impl Source {
         if source.left == 0 {
             return RResult::ROk(RNone);
         }
-        match source.partials.recv() {
-            Ok(partial) => {
+        loop {
+            if let Some(partial) = source.batch.next() {
                 source.left -= 1;
-                RResult::ROk(RSome(RVec::from(partial)))
+                return RResult::ROk(RSome(RVec::from(partial)));
             }
-            Err(_) => {
-                source.stopped = true;
-                RResult::RErr(STOPPED_COMING.into())
+            match source.partials.recv() {
+                Ok(batch) => source.batch = batch.into_iter(),
+                Err(_) => {
+                    source.stopped = true;
+                    return RResult::RErr(STOPPED_COMING.into());
+                }
             }
         }
     }
