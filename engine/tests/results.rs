@@ -68,27 +68,8 @@ fn read_peak_memory(pid: u32) -> Option<u64> {
 /// Runs `command` with its stdout written to `stdout`; answers whether it succeeded, its
 /// stderr and its peak resident memory in bytes, read from `/proc/PID/status` (`VmHWM`, which
 /// counts only the process since its `exec`) as it runs.
-fn run_measured(mut command: Command, stdout: &Path) -> (bool, String, u64) {
-    let stderr_path = stdout.with_extension("stderr");
-    let mut child = command
-        .stdout(File::create(stdout).unwrap())
-        .stderr(File::create(&stderr_path).unwrap())
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("kiln starts");
-    let mut peak = 0;
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        // The kernel's high-water mark only grows: the last reading is the peak so far.
-        if let Some(hwm) = read_peak_memory(child.id()) {
-            peak = peak.max(hwm);
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    let stderr = std::fs::read_to_string(&stderr_path).unwrap();
-    (status.success(), stderr, peak)
+fn run_measured(command: Command, stdout: &Path) -> (bool, String, u64) {
+    run_polling(command, stdout, |pid| vec![pid], Duration::from_millis(5))
 }
 
 /// The processes below `ancestor`, at any depth (a sandboxed executor's plugin process is a
@@ -120,7 +101,20 @@ fn descendants_of(ancestor: u32) -> Vec<u32> {
 /// Runs `command` with its stdout written to `stdout`, reading the peaks of its descendants
 /// (its executors) as it runs; answers whether it succeeded, its stderr and the largest peak
 /// seen in bytes.
-fn run_measuring_descendants(mut command: Command, stdout: &Path) -> (bool, String, u64) {
+fn run_measuring_descendants(command: Command, stdout: &Path) -> (bool, String, u64) {
+    run_polling(command, stdout, descendants_of, Duration::from_millis(2))
+}
+
+/// Runs `command` with its stdout written to `stdout`, reading every `every` the peaks of the
+/// processes `measured` names for its pid; answers whether it succeeded, its stderr and the
+/// largest peak seen in bytes (the kernel's high-water mark only grows, so the last reading
+/// of each process is its peak so far).
+fn run_polling(
+    mut command: Command,
+    stdout: &Path,
+    measured: impl Fn(u32) -> Vec<u32>,
+    every: Duration,
+) -> (bool, String, u64) {
     let stderr_path = stdout.with_extension("stderr");
     let mut child = command
         .stdout(File::create(stdout).unwrap())
@@ -133,10 +127,10 @@ fn run_measuring_descendants(mut command: Command, stdout: &Path) -> (bool, Stri
         if let Some(status) = child.try_wait().unwrap() {
             break status;
         }
-        for pid in descendants_of(child.id()) {
+        for pid in measured(child.id()) {
             peak = peak.max(read_peak_memory(pid).unwrap_or(0));
         }
-        std::thread::sleep(Duration::from_millis(2));
+        std::thread::sleep(every);
     };
     (status.success(), std::fs::read_to_string(&stderr_path).unwrap(), peak)
 }
