@@ -20,13 +20,16 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
 use std::thread;
 
-use abi_stable::std_types::{RNone, ROption, RResult, RSlice, RSome, RStr, RString, RVec};
+use abi_stable::std_types::{RResult, RSlice, RStr};
 use bytes::Bytes;
 use kiln_plugin_api::abi::{Instance, OutputSink, PartialSource, PluginModuleRef, versions_compatible};
 use kiln_plugin_api::{API_VERSION, VERSION_SYMBOL};
 
+use self::streaming::{STOPPED_COMING, Sink, Source, erase, feed, send_pieces};
 use super::ChunkText;
-use super::protocol::{Incoming, OUTPUT_PIECE_BYTES, PartialsOnPipe, Request, Response, StartFailure, write_piece};
+use super::protocol::{Incoming, Request, Response, StartFailure};
+
+mod streaming;
 
 /// Serves one plugin over stdin and stdout with `threads` threads, until stdin closes; first
 /// enters the sandbox with `sandbox_dir` as its only writable directory, if given.
@@ -170,39 +173,6 @@ impl Work {
             Work::Aggregate { call, .. } => *call,
         }
     }
-}
-
-/// How many bytes of partials (at most) go to the aggregating thread at a time. Handing them
-/// over one by one cost two context switches per partial: an aggregate of 100,000 one-line
-/// partials took 2.2 s instead of 0.3 s (bench section 3).
-const BATCH_BYTES: usize = 1 << 20;
-
-/// How many partials (at most) go to the aggregating thread at a time.
-const BATCH_PARTIALS: usize = 4096;
-
-/// Reads an aggregate's partials off the pipe and hands them to the thread running it, in
-/// batches of up to [`BATCH_BYTES`] (a larger partial goes alone). When that thread stopped
-/// taking them (the plugin failed before it had them all), the rest are read and dropped, so
-/// that the next request is found where it starts.
-fn feed<R: io::Read>(
-    input: &mut R,
-    mut partials: PartialsOnPipe,
-    to: &mpsc::SyncSender<Vec<Vec<u8>>>,
-) -> io::Result<()> {
-    let mut taken = true;
-    let (mut batch, mut bytes) = (Vec::new(), 0);
-    while let Some(partial) = partials.next(input)? {
-        if !batch.is_empty() && (bytes + partial.len() > BATCH_BYTES || batch.len() == BATCH_PARTIALS) {
-            taken = taken && to.send(std::mem::take(&mut batch)).is_ok();
-            bytes = 0;
-        }
-        bytes += partial.len();
-        batch.push(partial);
-    }
-    if !batch.is_empty() {
-        let _ = taken && to.send(batch).is_ok();
-    }
-    Ok(())
 }
 
 /// Moves the real stdout to a new descriptor for the protocol and points descriptor 1 at
@@ -385,7 +355,7 @@ impl Plugin {
     ///
     /// A plugin built against API 0.1.2 or later takes each partial as it comes, freeing its
     /// bytes once decoded, and writes its JSON straight into pieces on the pipe: the executor
-    /// holds a batch or two of encoded partials (up to [`BATCH_BYTES`] each, or one larger
+    /// holds a batch or two of encoded partials (up to 1 MiB each, or one larger
     /// partial) and a piece beside the plugin's own values. An older
     /// plugin gets them all at once and answers the JSON whole, as before.
     fn aggregate_streamed(
@@ -454,83 +424,6 @@ impl Plugin {
             }
         })
     }
-}
-
-/// Why an aggregate failed when its partials stopped arriving (the pipe broke while they did).
-const STOPPED_COMING: &str = "the aggregate's partials stopped arriving";
-
-/// A pointer to `value` for the plugin to hand back to `Source::next` or `Sink::write`.
-fn erase<T>(value: &mut T) -> &mut std::ffi::c_void {
-    // SAFETY: a reference to a live value; it is only ever turned back into a `&mut T`.
-    unsafe { &mut *(value as *mut T).cast::<std::ffi::c_void>() }
-}
-
-/// The partials an aggregate takes one at a time, from the thread reading the pipe.
-struct Source {
-    partials: mpsc::Receiver<Vec<Vec<u8>>>,
-    /// What is left of the batch last received.
-    batch: std::vec::IntoIter<Vec<u8>>,
-    left: u64,
-    /// The partials stopped arriving before all came (the pipe broke).
-    stopped: bool,
-}
-
-impl Source {
-    extern "C" fn next(state: *mut std::ffi::c_void) -> RResult<ROption<RVec<u8>>, RString> {
-        // SAFETY: `state` is the `Source` that `aggregate_streamed` erased, alive for the call.
-        let source = unsafe { &mut *state.cast::<Source>() };
-        if source.left == 0 {
-            return RResult::ROk(RNone);
-        }
-        loop {
-            if let Some(partial) = source.batch.next() {
-                source.left -= 1;
-                return RResult::ROk(RSome(RVec::from(partial)));
-            }
-            match source.partials.recv() {
-                Ok(batch) => source.batch = batch.into_iter(),
-                Err(_) => {
-                    source.stopped = true;
-                    return RResult::RErr(STOPPED_COMING.into());
-                }
-            }
-        }
-    }
-}
-
-/// Where an aggregate's output goes: pieces of the call's answer, sent as the plugin writes.
-struct Sink<'a> {
-    output: &'a Mutex<BufWriter<File>>,
-    call: u64,
-    /// The first error writing the pipe; the plugin is told to stop.
-    error: Option<io::Error>,
-}
-
-impl Sink<'_> {
-    extern "C" fn write(state: *mut std::ffi::c_void, bytes: RSlice<'_, u8>) -> RResult<(), RString> {
-        // SAFETY: `state` is the `Sink` that `aggregate_streamed` erased, alive for the call.
-        let sink = unsafe { &mut *state.cast::<Sink<'_>>() };
-        if sink.error.is_some() {
-            return RResult::RErr("the executor's pipe is closed".into());
-        }
-        for piece in bytes.as_slice().chunks(OUTPUT_PIECE_BYTES) {
-            if let Err(e) = send_with(sink.output, |out| write_piece(out, sink.call, piece)) {
-                sink.error = Some(e);
-                return RResult::RErr("the executor's pipe is closed".into());
-            }
-        }
-        RResult::ROk(())
-    }
-}
-
-/// Sends a call's answer as `Piece`s of at most [`OUTPUT_PIECE_BYTES`] and a `Done` with the
-/// last one, so that the supervisor writes the output out as it comes.
-fn send_pieces(output: &Mutex<BufWriter<File>>, call: u64, mut bytes: Bytes) -> io::Result<()> {
-    while bytes.len() > OUTPUT_PIECE_BYTES {
-        let piece = bytes.split_to(OUTPUT_PIECE_BYTES);
-        send(output, &Response::Piece { call, bytes: piece })?;
-    }
-    send(output, &Response::Done { call, bytes })
 }
 
 /// How a call failed.
