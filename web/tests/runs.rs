@@ -76,6 +76,39 @@ impl MapReduce for Boom {
 kiln_plugin_api::export_plugin!(Boom);
 "#;
 
+/// A plugin that panics while reading the line its parameters name, and counts lines.
+const PANICS_ON_A_LINE: &str = r#"
+use kiln_plugin_api::{Chunk, MapReduce};
+
+pub struct PanicsOnALine(u64);
+
+impl MapReduce for PanicsOnALine {
+    type Partial = u64;
+    type Output = u64;
+
+    fn new(params: &str) -> Result<Self, String> {
+        params.trim().parse().map(PanicsOnALine).map_err(|e| format!("expected a line number: {e}"))
+    }
+
+    fn run(&self, chunk: &Chunk<'_>) -> Result<u64, String> {
+        let mut lines = 0;
+        for (number, _text) in chunk.numbered_lines() {
+            lines += 1;
+            if number == self.0 {
+                panic!("deliberate panic while reading a line");
+            }
+        }
+        Ok(lines)
+    }
+
+    fn aggregate(&self, partials: Vec<u64>) -> Result<u64, String> {
+        Ok(partials.iter().sum())
+    }
+}
+
+kiln_plugin_api::export_plugin!(PanicsOnALine);
+"#;
+
 /// A plugin that prints a line of markup per chunk and in its aggregate, and counts lines.
 const PRINTS_MARKUP: &str = r#"
 use kiln_plugin_api::{Chunk, MapReduce};
@@ -255,6 +288,53 @@ async fn a_plugin_error_is_shown_with_its_chunk_and_lines() {
     let message = format!("failed after 1 attempt: found &#60;boom&#62; on line {n_lines}");
     assert!(page.contains(&message), "{page}");
     assert!(page.contains(&format!("-{n_lines}) failed")), "the chunk's line range ends at the line: {page}");
+    web.stop().await;
+}
+
+/// The text of the run page's error block, its HTML escapes undone.
+fn error_block(page: &str) -> String {
+    let start = page.find("<pre id=\"error\"").expect("an error block");
+    let text = &page[start..];
+    let text = &text[text.find('>').unwrap() + 1..text.find("</pre>").unwrap()];
+    let unescaped = text.replace("&#60;", "<").replace("&#62;", ">").replace("&#34;", "\"").replace("&#39;", "'");
+    unescaped.replace("&#38;", "&")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_a_line_deep_in_the_input_is_shown_with_that_line_after_two_attempts() {
+    const TARGET: usize = 123_456;
+    // Markup, quotes and a control character, which must reach the page escaped; then more
+    // than the 200 characters the message quotes.
+    const HEAD: &str = "0123456 <b>bold</b> \"quoted\" bell\u{7} ";
+    let web = TestWeb::start(TestDb::sqlite(), embedded).await;
+    let browser = registered(&web, "panics@example.com").await;
+    let task = browser.create_task("Panics", "lib.rs", PANICS_ON_A_LINE.as_bytes().to_vec()).await.redirect_id();
+    let cluster = browser.local_cluster(task).await;
+    let mut text = String::new();
+    for i in 1..=130_000 {
+        if i == TARGET {
+            text.push_str(HEAD);
+            text.push_str(&"x".repeat(300));
+            text.push('\n');
+        } else {
+            text.push_str(&format!("{i:07} plain\n"));
+        }
+    }
+    let run = browser.start_run(task, cluster, text.into_bytes(), &TARGET.to_string()).await.redirect_id();
+    let page = browser.finished_run(run, RUN_TIMEOUT).await.body;
+    assert!(page.contains("state-failed") && page.contains("The plugin failed"), "{page}");
+    assert!(!page.contains("<b>bold"), "the line's markup is escaped: {page}");
+    let error = error_block(&page);
+    // The same panic at the same place twice: the run ends then, not after four attempts.
+    assert!(error.contains("failed after 2 attempts:\n  panicked at src/lib.rs:"), "{error}");
+    assert!(error.contains("deliberate panic while reading a line"), "{error}");
+    // The line's number in its file, the file's name and the first 200 characters, quoted
+    // with the control character escaped, each on a line of its own under what failed.
+    let quoted =
+        format!(r#""0123456 <b>bold</b> \"quoted\" bell\u{{7}} {}" (cut)"#, "x".repeat(200 - HEAD.chars().count()));
+    let place = format!("\n  on line {TARGET} of input.txt: {quoted}");
+    assert!(error.contains(&place), "no {place:?} in:\n{error}");
+    assert!(!error.contains('\u{7}'), "a control character got through: {error:?}");
     web.stop().await;
 }
 
