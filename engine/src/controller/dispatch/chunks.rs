@@ -11,7 +11,6 @@
 //! publishes the job's status once.
 
 use std::collections::HashMap;
-use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,6 +23,7 @@ use super::super::calls::{Failure, classify, deadline_in};
 use super::super::ending::{end_job, fail_internal};
 use super::super::state::State;
 use super::super::state::chunk::RunningCopy;
+use super::super::state::direct::read_ranges;
 use super::super::state::job::Job;
 use super::super::state::workers::WorkerHandle;
 use super::super::store::{ChunkMeta, NewPartial};
@@ -150,16 +150,16 @@ async fn read_chunks(
 ) -> Result<Vec<ChunkInput>, (u64, std::io::Error)> {
     let first = chunks.first().map_or(0, |(index, _)| *index);
     tokio::task::spawn_blocking(move || {
-        let file = std::fs::File::open(&path).map_err(|e| (first, e))?;
-        chunks
+        let ranges: Vec<(u64, u64)> = chunks.iter().map(|(_, meta)| (meta.offset, meta.len)).collect();
+        let texts = read_ranges(&path, &ranges).map_err(|(at, e)| (chunks[at].0, e))?;
+        Ok(chunks
             .iter()
-            .map(|(index, meta)| {
-                let mut text = vec![0; usize::try_from(meta.len).unwrap_or(usize::MAX)];
-                file.read_exact_at(&mut text, meta.offset).map_err(|e| (*index, e))?;
+            .zip(texts)
+            .map(|((_, meta), text)| {
                 let file = names.get(meta.file as usize).cloned().unwrap_or_default();
-                Ok(ChunkInput { file, first_line: meta.first_line, text: ByteBuf::from(text), source: None })
+                ChunkInput { file, first_line: meta.first_line, text: ByteBuf::from(text), source: None }
             })
-            .collect()
+            .collect())
     })
     .await
     .map_err(|e| (first, std::io::Error::other(e)))?

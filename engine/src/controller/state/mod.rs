@@ -14,6 +14,7 @@
 //! - `spool`: a job's input file and the cutter it goes through.
 
 pub(super) mod chunk;
+pub(super) mod direct;
 pub(super) mod job;
 pub(super) mod spool;
 pub(super) mod timings;

@@ -4,9 +4,9 @@
 //! uploaded one after another into the one spooled file; the first piece of a file ends the
 //! one before, so no chunk spans two.
 
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
+use super::direct::Appender;
 use crate::rpc::RpcError;
 use crate::rules::chunk::{ChunkError, ChunkPlace, Cutter};
 
@@ -15,7 +15,8 @@ pub(in crate::controller) struct Spool {
     path: PathBuf,
     /// Bytes received so far: the file's length.
     len: u64,
-    file: Option<std::fs::File>,
+    /// Writes the file, around the page cache where it can (see [`super::direct`]).
+    file: Option<Appender>,
     /// Set once the input is finished: no piece may change it.
     sealed: bool,
     cutter: Cutter,
@@ -75,7 +76,7 @@ impl Spool {
 
     /// Another handle on the input file, if a piece was written, to sync it.
     pub fn file(&self) -> Option<std::fs::File> {
-        self.file.as_ref().and_then(|file| file.try_clone().ok())
+        self.file.as_ref().and_then(|file| file.file().ok())
     }
 
     /// Writes a piece of file number `file` at `offset` and cuts what it completes: the bytes
@@ -117,13 +118,13 @@ impl Spool {
         let disk = match &mut self.file {
             Some(disk) => disk,
             None => {
-                let disk = std::fs::OpenOptions::new().create(true).write(true).truncate(false).open(&self.path);
+                let disk = Appender::open(&self.path);
                 self.file.insert(disk.map_err(io_error)?)
             }
         };
         // On an error the file may hold part of the piece; what counts is `len`, and the
         // resent piece overwrites from there.
-        disk.write_all_at(new, self.len).map_err(io_error)?;
+        disk.append(self.len, new).map_err(io_error)?;
         self.len = end;
         let mut places = Vec::new();
         if file > current {
