@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_bytes::ByteBuf;
 
 use self::input::ChunkSpan;
-use self::pieces::ResultPiece;
+use self::pieces::{ResultPiece, SharedBytes};
 pub use self::secret::Secret;
 
 /// The version of this protocol; a worker of another version is refused at registration.
@@ -505,7 +505,7 @@ pub trait Controller {
     /// number of bytes uploaded so far (a repeated piece is acknowledged and ignored). The
     /// piece belongs to the input's file number `file` (see [`JobSpec::input_files`]): files
     /// are uploaded one after another, a piece never spans two, and no chunk will.
-    async fn upload_input(key: Secret, job: JobId, file: u32, offset: u64, piece: ByteBuf) -> Result<(), RpcError>;
+    async fn upload_input(key: Secret, job: JobId, file: u32, offset: u64, piece: SharedBytes) -> Result<(), RpcError>;
 
     /// Ends the input of a job, `total_bytes` long; the job is queued.
     async fn finish_input(key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError>;

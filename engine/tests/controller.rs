@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use fake_cluster::{Cluster, connect, long, start_controller, words};
 use fake_worker::{SOON, check, quick, runs_of, slow};
 use kiln_engine::plugin_source::SourceTree;
+use kiln_engine::rpc::pieces::SharedBytes;
 use kiln_engine::rpc::{JobSpec, JobState, PROTOCOL_VERSION, RpcError, Secret, WorkerInfo};
 use serde_bytes::ByteBuf;
 use tarpc::context;
@@ -43,7 +44,7 @@ async fn wrong_credentials_are_refused_and_nothing_is_created() {
     let ctx = context::current;
     refused(c.upload_plugin(ctx(), wrong.clone(), archive).await.unwrap().map(drop));
     refused(c.create_job(ctx(), wrong.clone(), spec).await.unwrap().map(drop));
-    refused(c.upload_input(ctx(), wrong.clone(), 1, 0, 0, ByteBuf::from(vec![1])).await.unwrap());
+    refused(c.upload_input(ctx(), wrong.clone(), 1, 0, 0, SharedBytes::from(vec![1])).await.unwrap());
     refused(c.finish_input(ctx(), wrong.clone(), 1, 1).await.unwrap());
     refused(c.watch(ctx(), wrong.clone(), 1, 0).await.unwrap().map(drop));
     refused(c.result_piece(ctx(), wrong.clone(), 1, 0).await.unwrap().map(drop));

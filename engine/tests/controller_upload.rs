@@ -10,8 +10,8 @@ mod fake_worker;
 
 use fake_cluster::{CHUNK_SIZE, Cluster, connect, long, start_controller, words};
 use fake_worker::{check, quick, runs_of};
+use kiln_engine::rpc::pieces::SharedBytes;
 use kiln_engine::rpc::{FailureKind, JobId, JobSpec, JobState, RpcError};
-use serde_bytes::ByteBuf;
 use tarpc::context;
 
 // Jobs whose input the tests upload piece by piece, cut where they choose.
@@ -38,7 +38,7 @@ impl Cluster {
     /// Uploads `bytes` at `offset`, in pieces of 3,000 bytes.
     async fn upload(&self, job: JobId, mut offset: u64, bytes: &[u8]) {
         for piece in bytes.chunks(3_000) {
-            let sent = ByteBuf::from(piece.to_vec());
+            let sent = SharedBytes::from(piece.to_vec());
             self.client
                 .upload_input(context::current(), self.key.clone(), job, 0, offset, sent)
                 .await
@@ -73,7 +73,7 @@ async fn empty_input_aggregates_no_partials_and_bad_input_names_its_line() {
         speculative: true,
     };
     let job = cluster.client.create_job(context::current(), cluster.key.clone(), spec).await.unwrap().unwrap();
-    let bytes = ByteBuf::from(b"fine\nnot \xff utf-8\n".to_vec());
+    let bytes = SharedBytes::from(b"fine\nnot \xff utf-8\n".to_vec());
     cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, 0, bytes).await.unwrap().unwrap();
     let short = cluster.client.finish_input(long(), cluster.key.clone(), job, 99).await.unwrap();
     assert!(matches!(&short, Err(RpcError::Invalid(m)) if m.contains("received 17 bytes")), "{short:?}");
@@ -154,13 +154,13 @@ async fn input_that_is_not_utf8_fails_the_job_during_its_upload() {
     let mut text = words(17, 200).into_bytes();
     text.extend_from_slice(b"bad \xff byte\n");
     text.extend_from_slice(words(18, 200).as_bytes());
-    let sent = ByteBuf::from(text.clone());
+    let sent = SharedBytes::from(text.clone());
     let refused = cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, 0, sent).await.unwrap();
     assert!(matches!(&refused, Err(RpcError::Invalid(m)) if m.contains("line 201")), "{refused:?}");
     let status = cluster.finish(job).await;
     let failure = status.failure.expect("a failure");
     assert_eq!((status.state, failure.kind), (JobState::Failed, FailureKind::Input));
-    let late = ByteBuf::from(b"more\n".to_vec());
+    let late = SharedBytes::from(b"more\n".to_vec());
     let more =
         cluster.client.upload_input(context::current(), cluster.key.clone(), job, 0, text.len() as u64, late).await;
     assert!(matches!(&more.unwrap(), Err(RpcError::Invalid(m)) if m.contains("line 201")), "the failure is kept");

@@ -14,6 +14,7 @@ use futures::{StreamExt, future};
 use kiln_engine::plugin_source::read_source;
 use kiln_engine::rpc::logs::PluginOutput;
 use kiln_engine::rpc::pieces::ResultPiece;
+use kiln_engine::rpc::pieces::SharedBytes;
 use kiln_engine::rpc::{
     ChunkInput, ClusterInfo, Controller, ExecLimits, JobId, JobPlugin, JobSpec, JobStatus, JobSummary, MAX_FRAME_BYTES,
     Registration, RpcError, Secret, TaskError, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
@@ -112,7 +113,15 @@ impl Controller for StandIn {
     async fn create_job(self, _: Context, _: Secret, _: JobSpec) -> Result<JobId, RpcError> {
         not_here()
     }
-    async fn upload_input(self, _: Context, _: Secret, _: JobId, _: u32, _: u64, _: ByteBuf) -> Result<(), RpcError> {
+    async fn upload_input(
+        self,
+        _: Context,
+        _: Secret,
+        _: JobId,
+        _: u32,
+        _: u64,
+        _: SharedBytes,
+    ) -> Result<(), RpcError> {
         not_here()
     }
     async fn finish_input(self, _: Context, _: Secret, _: JobId, _: u64) -> Result<(), RpcError> {

@@ -5,13 +5,13 @@
 
 use std::time::Instant;
 
-use serde_bytes::ByteBuf;
 use tokio::io::AsyncRead;
 
 use super::{
     BACKOFF_FIRST, BACKOFF_MAX, CALL_DEADLINE, Client, ClientError, Repeat, Retrying, UPLOAD_DEADLINE, lock, upload,
 };
 use crate::rpc::JobId;
+use crate::rpc::pieces::SharedBytes;
 
 impl Client {
     /// Streams the input's pieces to the job, `first_piece` and then the rest, reading the
@@ -45,11 +45,12 @@ impl Client {
 
     async fn upload_piece(&self, job: JobId, file: u32, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
         let key = &self.inner.key;
+        let piece = SharedBytes(piece.into());
         // The controller keeps the bytes it has (also across a restart) and ignores those of a
         // piece it holds already, so the piece is sent again at its offset until it is taken.
         self.patiently(job, offset, || {
             self.call(UPLOAD_DEADLINE, Repeat::Safe, |controller, ctx| {
-                let (key, piece) = (key.clone(), ByteBuf::from(piece.clone()));
+                let (key, piece) = (key.clone(), piece.clone());
                 async move { controller.upload_input(ctx, key, job, file, offset, piece).await }
             })
         })

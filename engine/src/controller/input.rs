@@ -68,7 +68,7 @@ pub(super) async fn upload_input(
     job_id: JobId,
     file: u32,
     offset: u64,
-    piece: Vec<u8>,
+    piece: bytes::Bytes,
 ) -> Result<(), RpcError> {
     if piece.len() > MAX_PIECE_BYTES {
         return Err(RpcError::Invalid(format!("a piece of input may be at most {MAX_PIECE_BYTES} bytes")));

@@ -22,7 +22,7 @@ use super::{disk, results};
 use crate::owner::Owner;
 use crate::plugin_source::{MAX_BYTES, SourceTree};
 use crate::rpc::logs::PluginOutput;
-use crate::rpc::pieces::ResultPiece;
+use crate::rpc::pieces::{ResultPiece, SharedBytes};
 use crate::rpc::{
     ClusterInfo, Controller, JobId, JobSpec, JobState, JobStatus, JobSummary, Registration, RpcError, Secret,
     WATCH_WAIT, WorkerCertificate, WorkerId, WorkerInfo,
@@ -248,10 +248,10 @@ impl Controller for ControllerService {
         job: JobId,
         file: u32,
         offset: u64,
-        piece: ByteBuf,
+        piece: SharedBytes,
     ) -> Result<(), RpcError> {
         self.check_key(&key)?;
-        upload_input(&self.shared, job, file, offset, piece.into_vec()).await
+        upload_input(&self.shared, job, file, offset, piece.0).await
     }
 
     async fn finish_input(self, _: Context, key: Secret, job: JobId, total_bytes: u64) -> Result<(), RpcError> {

@@ -30,6 +30,29 @@ pub fn max_answer_bytes() -> usize {
     max_frame_bytes() / 2
 }
 
+/// Bytes a call may send again (an upload's piece, retried until the controller takes it)
+/// without copying them for each attempt. On the wire a byte string, as [`ByteBuf`] is.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SharedBytes(pub bytes::Bytes);
+
+impl From<Vec<u8>> for SharedBytes {
+    fn from(bytes: Vec<u8>) -> SharedBytes {
+        SharedBytes(bytes.into())
+    }
+}
+
+impl Serialize for SharedBytes {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_bytes(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for SharedBytes {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ByteBuf::deserialize(deserializer).map(|bytes| SharedBytes(bytes.into_vec().into()))
+    }
+}
+
 /// The largest piece of a result in one call (worker to controller, controller to client).
 pub const RESULT_PIECE_BYTES: usize = 8 << 20;
 

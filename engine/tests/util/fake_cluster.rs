@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use futures::{StreamExt, future};
 use kiln_engine::controller::{ControllerConfig, RunningController, start};
 use kiln_engine::plugin_source::SourceTree;
+use kiln_engine::rpc::pieces::SharedBytes;
 use kiln_engine::rpc::{
     ControllerClient, JobId, JobSpec, JobStatus, MAX_FRAME_BYTES, PROTOCOL_VERSION, RpcError, Secret, Worker,
     WorkerInfo,
@@ -164,7 +165,7 @@ impl Cluster {
         let job = self.client.create_job(context::current(), self.key.clone(), spec).await.unwrap().unwrap();
         let mut offset = 0;
         for piece in text.as_bytes().chunks(10_000) {
-            let piece = ByteBuf::from(piece.to_vec());
+            let piece = SharedBytes::from(piece.to_vec());
             let taken = self.client.upload_input(context::current(), self.key.clone(), job, 0, offset, piece).await;
             if self.ended_while_uploading(job, taken.unwrap()).await {
                 return job;
