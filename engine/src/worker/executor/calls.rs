@@ -18,7 +18,7 @@ use super::child::{describe_exit, wait_status};
 use super::protocol::{Part, Request, Response, frame_len, staged_header};
 use super::staged::StagedPartials;
 use super::utf8::Utf8Check;
-use super::{BatchOutcome, ExecError};
+use super::{BatchOutcome, ExecError, Executor};
 
 /// How much of staged partials is read at once while streaming them to the executor.
 const STAGED_PIECE_BYTES: usize = 1 << 20;
@@ -384,5 +384,32 @@ pub(super) async fn collect_stderr(stderr: tokio::process::ChildStderr, shared: 
             tail.pop_front();
         }
         tail.push_back(line);
+    }
+}
+
+/// Abandons a call whose future is dropped before its answer: forgets it, and ends the
+/// executor when no other call is in flight there, as the only way to stop the plugin code
+/// still running it (the next call gets a fresh executor).
+pub(super) struct AbandonGuard<'a> {
+    pub(super) executor: &'a Executor,
+    pub(super) call: u64,
+    pub(super) armed: bool,
+}
+
+impl Drop for AbandonGuard<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let alone = {
+            let mut pending = self.executor.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
+            pending.remove(&self.call).is_some() && pending.is_empty()
+        };
+        // Nobody will read what it printed.
+        drop(self.executor.shared.output_of(self.call));
+        if alone && self.executor.is_alive() {
+            tracing::debug!("the executor's only call was abandoned: ending it");
+            self.executor.kill("its only call was cancelled");
+        }
     }
 }

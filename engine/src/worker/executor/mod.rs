@@ -43,7 +43,8 @@ use tokio::process::Command;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use self::calls::{
-    Pending, PendingBatch, PendingOutput, Shared, collect_stderr, read_responses, write_request, write_requests,
+    AbandonGuard, Pending, PendingBatch, PendingOutput, Shared, collect_stderr, read_responses, write_request,
+    write_requests,
 };
 use self::capture::{Capture, CapturedOutput};
 use self::child::{describe_exit, die_with_parent, limit_address_space, stdout_to_std, wait_status, watch_process};
@@ -563,32 +564,5 @@ impl Executor {
 impl Drop for Executor {
     fn drop(&mut self) {
         let _ = self.kill.send(true);
-    }
-}
-
-/// Abandons a call whose future is dropped before its answer: forgets it, and ends the
-/// executor when no other call is in flight there, as the only way to stop the plugin code
-/// still running it (the next call gets a fresh executor).
-struct AbandonGuard<'a> {
-    executor: &'a Executor,
-    call: u64,
-    armed: bool,
-}
-
-impl Drop for AbandonGuard<'_> {
-    fn drop(&mut self) {
-        if !self.armed {
-            return;
-        }
-        let alone = {
-            let mut pending = self.executor.shared.pending.lock().unwrap_or_else(|e| e.into_inner());
-            pending.remove(&self.call).is_some() && pending.is_empty()
-        };
-        // Nobody will read what it printed.
-        drop(self.executor.shared.output_of(self.call));
-        if alone && self.executor.is_alive() {
-            tracing::debug!("the executor's only call was abandoned: ending it");
-            self.executor.kill("its only call was cancelled");
-        }
     }
 }
