@@ -7,8 +7,9 @@
 //! Partials cross this boundary as postcard bytes, the output as JSON: a string from
 //! `aggregate`, or written piece by piece into the executor's [`OutputSink`] by
 //! `aggregate_streamed` (since 0.1.2), which also takes the partials one at a time from a
-//! [`PartialSource`]. The plugin instance is an opaque pointer owned by the executor from `new`
-//! to `drop`.
+//! [`PartialSource`], and by `aggregate_into` (since 0.1.3), which is also told the input's file
+//! count and calls the plugin's streaming aggregate when it has one. The plugin instance is an
+//! opaque pointer owned by the executor from `new` to `drop`.
 
 use std::ffi::c_void;
 use std::marker::PhantomData;
@@ -93,6 +94,19 @@ pub struct PluginModule {
     #[sabi(missing_field(option))]
     pub aggregate_streamed:
         extern "C" fn(instance: Instance, partials: PartialSource<'_>, output: OutputSink<'_>) -> RResult<(), RString>,
+
+    /// Since 0.1.3: `aggregate_streamed`, told how many of the input's files have chunks
+    /// (`Partials::input_files`), which a streaming aggregate needs before its first partial.
+    /// It calls `MapReduce::aggregate_into` when the plugin sets `STREAMS_OUTPUT`, and
+    /// `MapReduce::aggregate` otherwise. Plugins built against earlier versions lack it, and the
+    /// executor calls `aggregate_streamed` (or `aggregate`).
+    #[sabi(missing_field(option))]
+    pub aggregate_into: extern "C" fn(
+        instance: Instance,
+        input_files: u64,
+        partials: PartialSource<'_>,
+        output: OutputSink<'_>,
+    ) -> RResult<(), RString>,
 }
 
 /// The partials of an aggregate as the executor hands them over: one at a time, in input

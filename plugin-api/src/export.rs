@@ -13,6 +13,7 @@ use abi_stable::std_types::{RErr, ROk, RResult, RSlice, RStr, RString, RVec};
 
 use crate::abi::{Instance, OutputSink, PartialSource, PluginModule, PluginModuleRef};
 use crate::partial::Merge;
+use crate::streaming::{self, Source};
 use crate::{API_VERSION, Chunk, MapReduce};
 
 /// [`API_VERSION`] with a NUL terminator, for the plain C version symbol.
@@ -85,6 +86,7 @@ pub fn root_module<P: MapReduce, C: Combiner<P::Partial>>(_: C) -> PluginModuleR
         drop: drop_instance::<P>,
         last_failure_panicked,
         aggregate_streamed: aggregate_streamed::<P>,
+        aggregate_into: aggregate_into::<P>,
     }
     .leak_into_prefix()
 }
@@ -297,6 +299,30 @@ extern "C" fn aggregate_streamed<P: MapReduce>(
     })
 }
 
+extern "C" fn aggregate_into<P: MapReduce>(
+    instance: Instance,
+    input_files: u64,
+    partials: PartialSource<'_>,
+    output: OutputSink<'_>,
+) -> RResult<(), RString> {
+    if !P::STREAMS_OUTPUT {
+        return aggregate_streamed::<P>(instance, partials, output);
+    }
+    guard(|| {
+        // SAFETY: as in `run`.
+        let plugin = unsafe { plugin::<P>(instance) };
+        let mut out = std::io::BufWriter::with_capacity(OUTPUT_WRITE_BYTES, output);
+        match streaming::aggregate_into(plugin, Source::Executor(partials), input_files, &mut out) {
+            Ok(()) => std::io::Write::flush(&mut out).map_err(|e| format!("cannot encode output as JSON: {e}")),
+            Err(failure) => {
+                // What waits in the buffer belongs to a failed call: dropped, not written out.
+                drop(out.into_parts());
+                Err(failure)
+            }
+        }
+    })
+}
+
 extern "C" fn drop_instance<P: MapReduce>(instance: Instance) {
     // A panic in a plugin's `Drop` must not unwind across the boundary; it is recorded and lost.
     let _ = guard(|| {
@@ -384,11 +410,13 @@ mod tests {
         module.drop()(instance);
     }
 
-    /// Hands `partials` over one at a time and collects what is written, as the executor does.
+    /// Hands `partials` over one at a time and collects what is written, as the executor does:
+    /// through `aggregate_into` when told the input's files, else through `aggregate_streamed`.
     fn aggregate_streamed_of(
         module: PluginModuleRef,
         instance: Instance,
         partials: Vec<Vec<u8>>,
+        input_files: Option<u64>,
     ) -> (Result<(), String>, Vec<u8>, usize) {
         struct Source(std::vec::IntoIter<Vec<u8>>);
         extern "C" fn next(state: *mut c_void) -> RResult<abi_stable::std_types::ROption<RVec<u8>>, RString> {
@@ -406,14 +434,14 @@ mod tests {
         }
         let count = partials.len() as u64;
         let (mut source, mut sink) = (Source(partials.into_iter()), Sink(Vec::new(), 0));
-        let aggregate = module.aggregate_streamed().expect("the field is there");
         // SAFETY: both live beyond the call, made on this thread.
         let outcome = unsafe {
-            aggregate(
-                instance,
-                PartialSource::new(count, &mut *(&mut source as *mut Source).cast(), next),
-                OutputSink::new(&mut *(&mut sink as *mut Sink).cast(), write),
-            )
+            let partials = PartialSource::new(count, &mut *(&mut source as *mut Source).cast(), next);
+            let output = OutputSink::new(&mut *(&mut sink as *mut Sink).cast(), write);
+            match input_files {
+                Some(files) => module.aggregate_into().expect("the field is there")(instance, files, partials, output),
+                None => module.aggregate_streamed().expect("the field is there")(instance, partials, output),
+            }
         };
         (outcome.into_result().map_err(RString::into_string), sink.0, sink.1)
     }
@@ -423,11 +451,56 @@ mod tests {
         let module = module_of!(Words);
         let instance = unwrap(module.new()(RStr::from_str("")));
         let run = |text: &str| unwrap(module.run()(instance, RStr::from_str(text), RStr::from_str(""), 1)).into_vec();
-        let (outcome, json, _) = aggregate_streamed_of(module, instance, vec![run("x y y\n"), run("y z\n")]);
-        assert_eq!((outcome, String::from_utf8(json).unwrap()), (Ok(()), "5".to_owned()));
-        let (outcome, json, writes) = aggregate_streamed_of(module, instance, vec![run("a\n"), vec![0xff; 3]]);
+        for files in [None, Some(1)] {
+            let (outcome, json, _) = aggregate_streamed_of(module, instance, vec![run("x y y\n"), run("y z\n")], files);
+            assert_eq!((outcome, String::from_utf8(json).unwrap()), (Ok(()), "5".to_owned()), "{files:?}");
+            let (outcome, json, writes) =
+                aggregate_streamed_of(module, instance, vec![run("a\n"), vec![0xff; 3]], files);
+            assert!(outcome.unwrap_err().starts_with("cannot decode partial 1: "));
+            assert_eq!((json.len(), writes), (0, 0), "nothing written before the output exists");
+        }
+        module.drop()(instance);
+    }
+
+    /// A streaming plugin: its lines, after the input's file count (which `aggregate`, as
+    /// Kiln before 0.1.3 calls it, does not know: it answers 0 there).
+    struct Listed;
+
+    impl MapReduce for Listed {
+        type Partial = Vec<String>;
+        type Output = Vec<serde_json::Value>;
+        const STREAMS_OUTPUT: bool = true;
+        fn new(_: &str) -> Result<Self, String> {
+            Ok(Listed)
+        }
+        fn run(&self, chunk: &Chunk<'_>) -> Result<Vec<String>, String> {
+            Ok(chunk.lines().map(str::to_owned).collect())
+        }
+        fn aggregate(&self, partials: Vec<Vec<String>>) -> Result<Self::Output, String> {
+            Ok([0.into()].into_iter().chain(partials.concat().into_iter().map(Into::into)).collect())
+        }
+        fn aggregate_into(
+            &self,
+            partials: crate::Partials<'_, Vec<String>>,
+            out: &mut crate::JsonArray<'_>,
+        ) -> Result<(), String> {
+            out.item(&partials.input_files())?;
+            partials.flatten().try_for_each(|line| out.item(&line))
+        }
+    }
+
+    #[test]
+    fn aggregate_into_tells_a_streaming_plugin_the_input_files_and_aggregate_streamed_keeps_the_old_path() {
+        let module = module_of!(Listed);
+        let instance = unwrap(module.new()(RStr::from_str("")));
+        let run = |text: &str| unwrap(module.run()(instance, RStr::from_str(text), RStr::from_str(""), 1)).into_vec();
+        let (outcome, json, _) = aggregate_streamed_of(module, instance, vec![run("a\nb\n"), run("c\n")], Some(3));
+        assert_eq!((outcome, String::from_utf8(json).unwrap()), (Ok(()), r#"[3,"a","b","c"]"#.to_owned()));
+        let (outcome, json, _) = aggregate_streamed_of(module, instance, vec![run("a\n")], None);
+        assert_eq!((outcome, String::from_utf8(json).unwrap()), (Ok(()), r#"[0,"a"]"#.to_owned()));
+        let (outcome, json, writes) = aggregate_streamed_of(module, instance, vec![run("a\n"), vec![0xff; 3]], Some(1));
         assert!(outcome.unwrap_err().starts_with("cannot decode partial 1: "));
-        assert_eq!((json.len(), writes), (0, 0), "nothing written before the output exists");
+        assert_eq!((json.len(), writes), (0, 0), "a failed call's buffered items are not written out");
         module.drop()(instance);
     }
 

@@ -5,7 +5,9 @@
 //! [`export_plugin!`]. Kiln cuts the input into chunks of whole lines, calls
 //! [`MapReduce::run`] once per chunk (on many threads and machines at once), and hands the
 //! partial results, in input order, to [`MapReduce::aggregate`], whose output becomes the job's
-//! result as JSON.
+//! result as JSON. A plugin whose output is a JSON array may set [`MapReduce::STREAMS_OUTPUT`]
+//! and write it item by item in [`MapReduce::aggregate_into`] instead, holding one partial at a
+//! time, whatever the result's size.
 //!
 //! ```
 //! use std::collections::HashMap;
@@ -67,8 +69,10 @@
 pub mod abi;
 mod export;
 pub mod partial;
+mod streaming;
 mod words;
 
+pub use streaming::{JsonArray, Partials};
 pub use words::Words;
 
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -134,6 +138,67 @@ pub trait MapReduce: Send + Sync + Sized + 'static {
     /// `false` (the default), those chunks say their first line is unknown (0) and the plugin
     /// pays nothing.
     const LINE_NUMBERS: bool = false;
+
+    /// Whether Kiln aggregates with [`MapReduce::aggregate_into`] rather than
+    /// [`MapReduce::aggregate`] (since 0.1.3; `false` by default).
+    ///
+    /// For a plugin whose output is a JSON array (matching lines, sorted records, joined
+    /// rows): `aggregate` holds every decoded partial and the whole `Output` at once, which for
+    /// a large result is several times its size in the executor's memory; `aggregate_into`
+    /// takes the partials one at a time and writes each item as it goes. `aggregate` must still
+    /// give the same JSON: [`run_in_process`] checks that they agree, and a Kiln older than
+    /// 0.1.3 calls it.
+    const STREAMS_OUTPUT: bool = false;
+
+    /// Folds the partials, pulled one at a time and in input order from `partials`, into the
+    /// output, written item by item into `out` as a JSON array; called instead of
+    /// [`MapReduce::aggregate`] when [`MapReduce::STREAMS_OUTPUT`] is set.
+    ///
+    /// Drop each partial once it is written out, so that only one is decoded at a time.
+    /// [`Partials::input_files`] tells from the start how many files the input has. A partial
+    /// that cannot be decoded ends the iteration and fails the call, as does an output that
+    /// cannot be written; an `Err` returned here fails it with that message. The default
+    /// refuses: a plugin that sets `STREAMS_OUTPUT` implements this.
+    ///
+    /// ```
+    /// use kiln_plugin_api::{Chunk, JsonArray, MapReduce, Partials};
+    ///
+    /// /// The lines of the input that hold a digit, in input order.
+    /// pub struct Digits;
+    ///
+    /// impl MapReduce for Digits {
+    ///     type Partial = Vec<String>;
+    ///     type Output = Vec<String>;
+    ///     const STREAMS_OUTPUT: bool = true;
+    ///
+    ///     fn new(_params: &str) -> Result<Self, String> {
+    ///         Ok(Digits)
+    ///     }
+    ///     fn run(&self, chunk: &Chunk<'_>) -> Result<Vec<String>, String> {
+    ///         let digit = |line: &&str| line.bytes().any(|b| b.is_ascii_digit());
+    ///         Ok(chunk.lines().filter(digit).map(str::to_owned).collect())
+    ///     }
+    ///     // What a Kiln before 0.1.3 calls: the same JSON, held whole.
+    ///     fn aggregate(&self, partials: Vec<Vec<String>>) -> Result<Vec<String>, String> {
+    ///         Ok(partials.concat())
+    ///     }
+    ///     fn aggregate_into(&self, partials: Partials<'_, Vec<String>>, out: &mut JsonArray<'_>) -> Result<(), String> {
+    ///         for partial in partials {
+    ///             for line in &partial {
+    ///                 out.item(line)?;
+    ///             }
+    ///         }
+    ///         Ok(())
+    ///     }
+    /// }
+    ///
+    /// let json = kiln_plugin_api::run_chunks_in_process::<Digits>("", &[Chunk::new("a1\nb\n", 1), Chunk::new("c2\n", 3)]);
+    /// assert_eq!(json.unwrap(), r#"["a1","c2"]"#);
+    /// ```
+    fn aggregate_into(&self, partials: Partials<'_, Self::Partial>, out: &mut JsonArray<'_>) -> Result<(), String> {
+        let _ = (partials, out);
+        Err("this plugin sets STREAMS_OUTPUT but does not implement aggregate_into".to_owned())
+    }
 }
 
 /// A chunk of the input: whole lines of one file, borrowed from Kiln's buffer without copying.
@@ -259,19 +324,103 @@ impl<'a> Iterator for Lines<'a> {
 ///
 /// Meant for plugin authors' unit tests: each string is one chunk (whole lines), partials are
 /// encoded and decoded as they are between Kiln's processes, `combine` is ignored, and the
-/// chunks' line numbers follow each other.
+/// chunks' line numbers follow each other. A plugin that sets [`MapReduce::STREAMS_OUTPUT`] is
+/// aggregated both ways, and an `aggregate_into` whose JSON differs from `aggregate`'s is an
+/// `Err` saying so; [`run_chunks_in_process`] gives the JSON itself.
 pub fn run_in_process<P: MapReduce>(params: &str, chunks: &[&str]) -> Result<P::Output, String> {
-    let plugin = P::new(params)?;
     let mut first_line = 1;
-    let mut partials = Vec::with_capacity(chunks.len());
-    for text in chunks {
-        let partial = plugin.run(&Chunk::new(text, first_line))?;
-        let bytes = postcard::to_allocvec(&partial).map_err(|e| format!("cannot encode partial: {e}"))?;
-        partials.push(postcard::from_bytes(&bytes).map_err(|e| format!("cannot decode partial: {e}"))?);
-        first_line += text.lines().count() as u64;
+    let chunks: Vec<Chunk<'_>> = chunks
+        .iter()
+        .map(|text| {
+            let chunk = Chunk::new(text, first_line);
+            first_line += text.lines().count() as u64;
+            chunk
+        })
+        .collect();
+    let plugin = P::new(params)?;
+    let partials = encoded_partials(&plugin, &chunks)?;
+    let output = aggregate_in_process(&plugin, &partials)?;
+    if P::STREAMS_OUTPUT {
+        let streamed = stream_in_process(&plugin, partials, input_files(&chunks))?;
+        agree(&output, &streamed)?;
     }
-    plugin.aggregate(partials)
+    Ok(output)
 }
+
+/// Runs a plugin in this process over chunks that name their files and lines, and answers the
+/// output's JSON as Kiln gives it.
+///
+/// For tests of what depends on files, which [`run_in_process`] cannot give: the input's file
+/// count ([`Partials::input_files`]) is the number of files the chunks name (consecutive
+/// chunks of one name are one file). Partials are encoded and decoded as between Kiln's
+/// processes and `combine` is ignored. A plugin that sets [`MapReduce::STREAMS_OUTPUT`] is
+/// aggregated both ways, and answers `aggregate_into`'s JSON, or an `Err` when `aggregate`
+/// gives other JSON.
+pub fn run_chunks_in_process<P: MapReduce>(params: &str, chunks: &[Chunk<'_>]) -> Result<String, String> {
+    let plugin = P::new(params)?;
+    let partials = encoded_partials(&plugin, chunks)?;
+    let output = aggregate_in_process(&plugin, &partials)?;
+    if !P::STREAMS_OUTPUT {
+        return serde_json::to_string(&output).map_err(|e| format!("cannot encode output as JSON: {e}"));
+    }
+    let streamed = stream_in_process(&plugin, partials, input_files(chunks))?;
+    agree(&output, &streamed)?;
+    String::from_utf8(streamed).map_err(|e| format!("aggregate_into wrote other than UTF-8: {e}"))
+}
+
+/// Runs every chunk and answers its encoded partial.
+fn encoded_partials<P: MapReduce>(plugin: &P, chunks: &[Chunk<'_>]) -> Result<Vec<Vec<u8>>, String> {
+    chunks
+        .iter()
+        .map(|chunk| postcard::to_allocvec(&plugin.run(chunk)?).map_err(|e| format!("cannot encode partial: {e}")))
+        .collect()
+}
+
+fn aggregate_in_process<P: MapReduce>(plugin: &P, partials: &[Vec<u8>]) -> Result<P::Output, String> {
+    let decoded = partials
+        .iter()
+        .map(|bytes| postcard::from_bytes(bytes).map_err(|e| format!("cannot decode partial: {e}")))
+        .collect::<Result<_, _>>()?;
+    plugin.aggregate(decoded)
+}
+
+/// The JSON that `aggregate_into` writes for these partials.
+fn stream_in_process<P: MapReduce>(plugin: &P, partials: Vec<Vec<u8>>, input_files: u64) -> Result<Vec<u8>, String> {
+    let mut json = Vec::new();
+    streaming::aggregate_into(plugin, streaming::Source::Encoded(partials.into_iter()), input_files, &mut json)?;
+    Ok(json)
+}
+
+/// How many files the chunks come from, as Kiln counts them for [`Partials::input_files`].
+fn input_files(chunks: &[Chunk<'_>]) -> u64 {
+    let starts = chunks.windows(2).filter(|pair| pair[0].file() != pair[1].file()).count();
+    if chunks.is_empty() { 0 } else { starts as u64 + 1 }
+}
+
+/// Checks that `aggregate`'s `output` and `aggregate_into`'s JSON are the same value.
+fn agree<T: Serialize>(output: &T, streamed: &[u8]) -> Result<(), String> {
+    let whole = serde_json::to_value(output).map_err(|e| format!("cannot encode output as JSON: {e}"))?;
+    let streamed: serde_json::Value =
+        serde_json::from_slice(streamed).map_err(|e| format!("aggregate_into wrote invalid JSON: {e}"))?;
+    if whole == streamed {
+        return Ok(());
+    }
+    let shown = |value: &serde_json::Value| {
+        let text = value.to_string();
+        match text.char_indices().nth(SHOWN_CHARS) {
+            Some((cut, _)) => format!("{}... ({} bytes)", &text[..cut], text.len()),
+            None => text,
+        }
+    };
+    Err(format!(
+        "aggregate_into and aggregate disagree: aggregate_into gives {}, aggregate gives {}",
+        shown(&streamed),
+        shown(&whole)
+    ))
+}
+
+/// How much of each output a disagreement shows, in characters.
+const SHOWN_CHARS: usize = 300;
 
 /// Items that [`export_plugin!`] expands to; not part of the API.
 #[doc(hidden)]

@@ -16,6 +16,7 @@ const PLUGIN_API_FILES: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/lib.rs"))),
     ("src/abi.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/abi.rs"))),
     ("src/export.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/export.rs"))),
+    ("src/streaming.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/streaming.rs"))),
     ("src/words.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/words.rs"))),
     ("src/partial/mod.rs", include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../plugin-api/src/partial/mod.rs"))),
     (
