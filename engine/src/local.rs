@@ -206,6 +206,10 @@ struct Counts {
     chunks: u64,
     lines: u64,
     bytes: u64,
+    /// The files that have chunks (an empty file has none), told to `aggregate`.
+    files: u64,
+    /// The file of the last chunk queued: chunks come in file order.
+    last_file: Option<u32>,
 }
 
 /// Streams the input through the runner's slots and aggregates the partials.
@@ -256,8 +260,8 @@ async fn run_chunks(
     let output_error = |source| LocalError::Output { dir: dir.clone(), source };
     let mut output = tempfile::tempfile_in(&dir).map_err(output_error)?;
     let written = output.try_clone().map_err(output_error)?;
-    let (bytes, printed) =
-        runner.aggregate(crate::worker::executor::Partials::InMemory(finals), written, config.max_result_bytes).await;
+    let finals = crate::worker::executor::Partials::InMemory(finals);
+    let (bytes, printed) = runner.aggregate(finals, run.counts.files, written, config.max_result_bytes).await;
     run.logs.add(PluginOutput {
         chunk: None,
         file: String::new(),
@@ -418,6 +422,10 @@ impl Run {
         self.counts.chunks += 1;
         self.counts.lines += chunk.n_lines;
         self.counts.bytes += chunk.text.len() as u64;
+        if self.counts.last_file != Some(chunk.file) {
+            self.counts.files += 1;
+            self.counts.last_file = Some(chunk.file);
+        }
         self.partials.expect(chunk.index);
         let last_line = chunk.last_line();
         let file = self.names.get(chunk.file as usize).cloned().unwrap_or_else(|| Arc::from(""));

@@ -51,7 +51,9 @@ pub use self::secret::Secret;
 /// Version 12: `aggregate` answers what the plugin printed with the length ([`logs::Aggregated`]).
 /// Version 13: a chunk read by reference carries the job's chunk size, by which a worker cuts a
 /// compressed object as it streams it (`ChunkSource::chunk_size`).
-pub const PROTOCOL_VERSION: u32 = 13;
+/// Version 14: `aggregate` carries the input's file count, which a plugin that streams its
+/// output needs before its first partial (`Partials::input_files`).
+pub const PROTOCOL_VERSION: u32 = 14;
 
 /// The largest frame on any connection: a batch of chunks or a piece of input (a few MiB), with
 /// room to spare; partials and results travel in pieces ([`pieces`]).
@@ -563,11 +565,14 @@ pub trait Worker {
 
     /// Folds the job's `n_partials` staged partials into the output JSON, kept on disk until the
     /// job is released; answers its length and what the plugin printed meanwhile (bounded as a
-    /// chunk's is). A longer output than `max_result_bytes` is `Fatal`.
+    /// chunk's is). `input_files` is how many of the input's files have chunks, which the
+    /// plugin may need before its first partial. A longer output than `max_result_bytes` is
+    /// `Fatal`.
     async fn aggregate(
         secret: Secret,
         job: JobId,
         n_partials: u64,
+        input_files: u64,
         max_result_bytes: u64,
     ) -> Result<logs::Aggregated, TaskError>;
 

@@ -126,7 +126,7 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
             refused(worker.run_chunks(ctx(), guess.clone(), job, vec![chunk]).await, "run_chunks");
             refused(worker.combine(ctx(), guess.clone(), job, vec![]).await, "combine");
             refused(worker.stage_partials(ctx(), guess.clone(), job, 0, vec![]).await, "stage_partials");
-            refused(worker.aggregate(ctx(), guess.clone(), job, 0, u64::MAX).await, "aggregate");
+            refused(worker.aggregate(ctx(), guess.clone(), job, 0, 0, u64::MAX).await, "aggregate");
             refused(worker.fetch_output(ctx(), guess.clone(), job, 0).await, "fetch_output");
             refused(worker.release(ctx(), guess.clone(), job).await, "release");
         }

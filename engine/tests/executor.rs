@@ -161,7 +161,7 @@ async fn each_chunk_of_a_batch_has_the_whole_timeout() {
 /// Aggregates the partials into a file and reads it back.
 async fn aggregated(executor: &Executor, partials: Vec<Bytes>) -> String {
     let mut file = tempfile::tempfile().unwrap();
-    let len = executor.aggregate(Partials::InMemory(partials), file.try_clone().unwrap(), u64::MAX).await.unwrap();
+    let len = executor.aggregate(Partials::InMemory(partials), 1, file.try_clone().unwrap(), u64::MAX).await.unwrap();
     let mut output = String::new();
     std::io::Seek::rewind(&mut file).unwrap();
     std::io::Read::read_to_string(&mut file, &mut output).unwrap();

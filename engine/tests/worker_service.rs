@@ -270,7 +270,7 @@ async fn runs_chunks_only_for_its_controller_and_keeps_the_executor_warm() {
         serde_json::from_str::<serde_json::Value>(&output).unwrap(),
         serde_json::json!({"a": 2, "b": 2, "c": 1})
     );
-    assert!(is_unauthorized(client.aggregate(long(), stranger.clone(), 1, 0, u64::MAX).await.unwrap()));
+    assert!(is_unauthorized(client.aggregate(long(), stranger.clone(), 1, 0, 1, u64::MAX).await.unwrap()));
     assert!(is_unauthorized(client.stage_partials(long(), stranger.clone(), 1, 0, vec![]).await.unwrap()));
     assert!(is_unauthorized(client.fetch_output(long(), stranger.clone(), 1, 0).await.unwrap()));
 
@@ -483,7 +483,7 @@ async fn aggregated(client: &WorkerClient, secret: &Secret, job: JobId, partials
         .await
         .unwrap()
         .unwrap();
-    let len = client.aggregate(long(), secret.clone(), job, n_partials, u64::MAX).await.unwrap().unwrap().len;
+    let len = client.aggregate(long(), secret.clone(), job, n_partials, 1, u64::MAX).await.unwrap().unwrap().len;
     let mut output = Vec::new();
     while (output.len() as u64) < len {
         let piece = client.fetch_output(long(), secret.clone(), job, output.len() as u64).await.unwrap().unwrap();

@@ -22,8 +22,8 @@ pub(super) enum Action {
     Run { worker: WorkerHandle, job: JobId, chunks: Vec<(u64, ChunkMeta)>, cancel: Arc<Notify>, deadline: Duration },
     /// Merge the partials of a complete group.
     Combine { worker: WorkerHandle, job: JobId, group: u64, group_size: u64 },
-    /// Fold every partial into the output.
-    Aggregate { worker: WorkerHandle, job: JobId, n_chunks: u64, group_size: u64 },
+    /// Fold every partial, from `input_files` files, into the output.
+    Aggregate { worker: WorkerHandle, job: JobId, n_chunks: u64, group_size: u64, input_files: u64 },
     /// Tell a worker a job has ended.
     Release { worker: WorkerHandle, job: JobId },
     /// Record that a job started running.

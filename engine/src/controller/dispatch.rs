@@ -82,8 +82,8 @@ async fn perform(shared: Arc<Shared>, action: Action) {
             chunks::run_batch(&shared, chunks::BatchCall { job, chunks, worker, cancel, deadline }).await;
         }
         Action::Combine { worker, job, group, group_size } => combine(&shared, worker, job, group, group_size).await,
-        Action::Aggregate { worker, job, n_chunks, group_size } => {
-            aggregate(&shared, worker, job, n_chunks, group_size).await;
+        Action::Aggregate { worker, job, n_chunks, group_size, input_files } => {
+            aggregate(&shared, worker, job, n_chunks, group_size, input_files).await;
         }
         Action::Release { worker, job } => {
             let result = worker.client.release(deadline_in(RELEASE_DEADLINE), worker.secret(), job).await;
@@ -264,7 +264,16 @@ async fn merge_group(
     Ok(Merge::Stored)
 }
 
-async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunks: u64, group_size: u64) {
+/// Stages the job's partials on `worker` and has it aggregate them (telling the plugin how many
+/// files they come from); stores the result, or deals with the failure.
+async fn aggregate(
+    shared: &Shared,
+    worker: WorkerHandle,
+    job_id: JobId,
+    n_chunks: u64,
+    group_size: u64,
+    input_files: u64,
+) {
     if !is_active(shared, job_id) {
         return;
     }
@@ -275,7 +284,8 @@ async fn aggregate(shared: &Shared, worker: WorkerHandle, job_id: JobId, n_chunk
         Err(message) => return fail_internal(shared, job_id, message).await,
     };
     let limit = shared.max_result_bytes;
-    let result = worker.client.aggregate(deadline_in(CALL_DEADLINE), worker.secret(), job_id, staged, limit).await;
+    let ctx = deadline_in(CALL_DEADLINE);
+    let result = worker.client.aggregate(ctx, worker.secret(), job_id, staged, input_files, limit).await;
     let failure = match classify(result, CALL_DEADLINE) {
         Ok(answer) => match results::fetch(shared, &worker, job_id, answer.len).await {
             Ok(()) => {

@@ -101,6 +101,7 @@ fn plan_job(job: &mut Job, workers: &mut Workers, ready: &[WorkerId], prefetch: 
                     job: job.id,
                     n_chunks: job.n_chunks(),
                     group_size: job.group_size(),
+                    input_files: job.input_files(),
                 });
             } else if !job.prepared.values().any(|p| *p == Prep::Preparing)
                 && let Some(worker) =

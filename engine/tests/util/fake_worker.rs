@@ -207,6 +207,7 @@ impl Worker for FakeWorker {
         secret: Secret,
         job: JobId,
         n_partials: u64,
+        _input_files: u64,
         max_result_bytes: u64,
     ) -> Result<Aggregated, TaskError> {
         self.check(&secret).await?;

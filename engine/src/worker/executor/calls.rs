@@ -222,8 +222,8 @@ impl Shared {
 /// where they are (a chunk's text, a combine's partials): small ones gathered in `stdin`'s
 /// buffer, large ones written past it, never copied into a frame of their own first.
 pub(super) async fn write_request<W: AsyncWrite + Unpin>(stdin: &mut W, request: &Request) -> std::io::Result<()> {
-    if let Request::AggregateStaged { call, partials } = request {
-        return write_staged(stdin, *call, partials).await;
+    if let Request::AggregateStaged { call, input_files, partials } = request {
+        return write_staged(stdin, staged_header(*call, *input_files, partials), partials).await;
     }
     let (tag, parts) = request.parts();
     stdin.write_all(&frame_len(&parts).to_le_bytes()).await?;
@@ -243,10 +243,10 @@ pub(super) async fn write_request<W: AsyncWrite + Unpin>(stdin: &mut W, request:
 /// Writes an aggregate of staged partials, streamed from their file a piece at a time.
 async fn write_staged<W: AsyncWrite + Unpin>(
     stdin: &mut W,
-    call: u64,
+    header: Vec<u8>,
     partials: &StagedPartials,
 ) -> std::io::Result<()> {
-    stdin.write_all(&staged_header(call, partials)).await?;
+    stdin.write_all(&header).await?;
     let mut reader = partials.reader();
     loop {
         let (piece, back) = tokio::task::spawn_blocking(move || {

@@ -468,16 +468,25 @@ impl Executor {
     }
 
     /// Folds the encoded partials, in input order, into the output JSON, written to `out` as
-    /// it comes (never held whole); answers its length. An output longer than `limit` bytes is
-    /// [`ExecError::ResultTooLarge`], with its whole length (`out` then holds a part of it).
-    pub async fn aggregate(&self, partials: Partials, out: std::fs::File, limit: u64) -> Result<u64, ExecError> {
-        self.aggregate_with_output(partials, out, limit).await.0
+    /// it comes (never held whole); answers its length. `input_files` is how many of the
+    /// input's files have chunks (a streaming aggregate knows it before its first partial).
+    /// An output longer than `limit` bytes is [`ExecError::ResultTooLarge`], with its whole
+    /// length (`out` then holds a part of it).
+    pub async fn aggregate(
+        &self,
+        partials: Partials,
+        input_files: u64,
+        out: std::fs::File,
+        limit: u64,
+    ) -> Result<u64, ExecError> {
+        self.aggregate_with_output(partials, input_files, out, limit).await.0
     }
 
     /// [`Executor::aggregate`], with what the plugin printed meanwhile.
     pub async fn aggregate_with_output(
         &self,
         partials: Partials,
+        input_files: u64,
         out: std::fs::File,
         limit: u64,
     ) -> (Result<u64, ExecError>, CapturedOutput) {
@@ -486,8 +495,8 @@ impl Executor {
         let entry =
             Pending::Output(PendingOutput { out, written: 0, limit, utf8: Utf8Check::default(), error: None, reply });
         let request = |call| match partials {
-            Partials::InMemory(partials) => Request::Aggregate { call, partials },
-            Partials::Staged(partials) => Request::AggregateStaged { call, partials },
+            Partials::InMemory(partials) => Request::Aggregate { call, input_files, partials },
+            Partials::Staged(partials) => Request::AggregateStaged { call, input_files, partials },
         };
         self.call_with(request, entry, answer).await
     }

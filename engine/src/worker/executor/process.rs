@@ -108,9 +108,7 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
                     send(&output, &Response::Started { call: work.call(), slot: slot as u64 })?;
                     match work {
                         Work::Call(request) => plugin.serve(request, &output, mark.as_deref())?,
-                        Work::Aggregate { call, count, partials } => {
-                            plugin.aggregate_streamed(call, count, partials, &output, mark.as_deref())?
-                        }
+                        Work::Aggregate(aggregate) => plugin.aggregate_streamed(aggregate, &output, mark.as_deref())?,
                     }
                 }
             })
@@ -134,12 +132,13 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
                     break Ok(());
                 }
             }
-            Ok(Some(Incoming::Aggregate { call, partials })) => {
+            Ok(Some(Incoming::Aggregate { call, input_files, partials })) => {
                 // Handed over in batches of up to BATCH_BYTES: this thread reads the next
                 // batch while the plugin decodes the one before, and no more.
                 let (partials_tx, partials_rx) = mpsc::sync_channel(0);
                 let count = partials.count();
-                if request_tx.send(Work::Aggregate { call, count, partials: partials_rx }).is_err() {
+                let aggregate = AggregateWork { call, input_files, count, partials: partials_rx };
+                if request_tx.send(Work::Aggregate(aggregate)).is_err() {
                     break Ok(());
                 }
                 if let Err(e) = feed(&mut input, partials, &partials_tx) {
@@ -159,18 +158,26 @@ pub fn serve(threads: usize, sandbox_dir: Option<&Path>, capture: &CaptureSetup)
     read_result.and(write_result)
 }
 
-/// What a pool thread is given: a call whose request was read whole, or an aggregate whose
-/// `count` partials come in batches from the thread that reads the pipe.
+/// What a pool thread is given: a call whose request was read whole, or an aggregate.
 enum Work {
     Call(Request),
-    Aggregate { call: u64, count: u64, partials: mpsc::Receiver<Vec<Vec<u8>>> },
+    Aggregate(AggregateWork),
+}
+
+/// An aggregate over the input's `input_files` files, whose `count` partials come in batches
+/// from the thread that reads the pipe.
+struct AggregateWork {
+    call: u64,
+    input_files: u64,
+    count: u64,
+    partials: mpsc::Receiver<Vec<Vec<u8>>>,
 }
 
 impl Work {
     fn call(&self) -> u64 {
         match self {
             Work::Call(request) => request.call(),
-            Work::Aggregate { call, .. } => *call,
+            Work::Aggregate(aggregate) => aggregate.call,
         }
     }
 }
@@ -356,16 +363,17 @@ impl Plugin {
     /// A plugin built against API 0.1.2 or later takes each partial as it comes, freeing its
     /// bytes once decoded, and writes its JSON straight into pieces on the pipe: the executor
     /// holds a batch or two of encoded partials (up to 1 MiB each, or one larger
-    /// partial) and a piece beside the plugin's own values. An older
-    /// plugin gets them all at once and answers the JSON whole, as before.
+    /// partial) and a piece beside the plugin's own values. From 0.1.3 on it is told the
+    /// input's file count (`aggregate_into`), and a plugin that streams its output holds one
+    /// decoded partial at a time. An older plugin gets them all at once and answers the JSON
+    /// whole, as before.
     fn aggregate_streamed(
         &self,
-        call: u64,
-        count: u64,
-        partials: mpsc::Receiver<Vec<Vec<u8>>>,
+        work: AggregateWork,
         output: &Mutex<BufWriter<File>>,
         mark: Option<&[u8]>,
     ) -> io::Result<()> {
+        let AggregateWork { call, input_files, count, partials } = work;
         let Some(aggregate) = self.module.aggregate_streamed() else {
             let partials: Vec<Bytes> = partials.iter().flatten().map(Bytes::from).collect();
             let outcome = if partials.len() as u64 == count {
@@ -388,7 +396,10 @@ impl Plugin {
         let outcome = unsafe {
             let partials = PartialSource::new(count, erase(&mut source), Source::next);
             let out = OutputSink::new(erase(&mut sink), Sink::write);
-            aggregate(self.instance, partials, out)
+            match self.module.aggregate_into() {
+                Some(aggregate_into) => aggregate_into(self.instance, input_files, partials, out),
+                None => aggregate(self.instance, partials, out),
+            }
         };
         end_call(mark);
         if let Some(e) = sink.error {

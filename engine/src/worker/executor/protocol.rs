@@ -60,11 +60,12 @@ pub enum Request {
     RunBatch { call: u64, chunks: Vec<ChunkText> },
     /// Merge the partials of consecutive chunks into one.
     Combine { call: u64, partials: Vec<Bytes> },
-    /// Fold the partials, in input order, into the output JSON.
-    Aggregate { call: u64, partials: Vec<Bytes> },
+    /// Fold the partials, in input order, into the output JSON; `input_files` is how many of
+    /// the input's files have chunks (a streaming aggregate's `Partials::input_files`).
+    Aggregate { call: u64, input_files: u64, partials: Vec<Bytes> },
     /// An `Aggregate` whose partials are staged in a file: written as the same frame, streamed
     /// from the file (the executor reads it as an `Aggregate`).
-    AggregateStaged { call: u64, partials: StagedPartials },
+    AggregateStaged { call: u64, input_files: u64, partials: StagedPartials },
 }
 
 /// A message from the executor to the supervisor.
@@ -178,8 +179,8 @@ impl Request {
     /// Writes the request as one frame.
     pub fn write_to<W: Write>(&self, out: &mut W) -> io::Result<()> {
         match self {
-            Request::AggregateStaged { call, partials } => {
-                out.write_all(&staged_header(*call, partials))?;
+            Request::AggregateStaged { call, input_files, partials } => {
+                out.write_all(&staged_header(*call, *input_files, partials))?;
                 io::copy(&mut partials.reader(), out).map(drop)
             }
             request => {
@@ -207,8 +208,14 @@ impl Request {
                 (TAG_RUN_BATCH, parts)
             }
             Request::Combine { call, partials } => (TAG_COMBINE, list_parts(*call, partials)),
-            Request::Aggregate { call, partials } => (TAG_AGGREGATE, list_parts(*call, partials)),
-            Request::AggregateStaged { call, .. } => (TAG_AGGREGATE, vec![Part::U64(*call), Part::U64(0)]),
+            Request::Aggregate { call, input_files, partials } => {
+                let mut parts = vec![Part::U64(*call), Part::U64(*input_files), Part::U64(partials.len() as u64)];
+                parts.extend(partials.iter().map(|p| Part::Bytes(p)));
+                (TAG_AGGREGATE, parts)
+            }
+            Request::AggregateStaged { call, input_files, .. } => {
+                (TAG_AGGREGATE, vec![Part::U64(*call), Part::U64(*input_files), Part::U64(0)])
+            }
         }
     }
 
@@ -226,7 +233,7 @@ impl Request {
             TAG_RUN => Request::Run { call: body.u64()?, chunk: body.chunk()? },
             TAG_RUN_BATCH => Request::RunBatch { call: body.u64()?, chunks: body.chunks()? },
             TAG_COMBINE => Request::Combine { call: body.u64()?, partials: body.list()? },
-            TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, partials: body.list()? },
+            TAG_AGGREGATE => Request::Aggregate { call: body.u64()?, input_files: body.u64()?, partials: body.list()? },
             other => return Err(invalid(format!("unknown request tag {other}"))),
         };
         std::mem::take(body).finish()?;
@@ -285,15 +292,19 @@ impl Response {
 
 /// The start of the frame of an `Aggregate` of staged partials: everything before the
 /// partials themselves, which follow as they are in their file.
-pub fn staged_header(call: u64, partials: &StagedPartials) -> Vec<u8> {
-    let body_len = 8 + 8 + partials.len();
-    let mut header = Vec::with_capacity(8 + 1 + 16);
+pub fn staged_header(call: u64, input_files: u64, partials: &StagedPartials) -> Vec<u8> {
+    let body_len = AGGREGATE_HEAD_BYTES as u64 + partials.len();
+    let mut header = Vec::with_capacity(8 + 1 + AGGREGATE_HEAD_BYTES);
     header.extend_from_slice(&(body_len + 1).to_le_bytes());
     header.push(TAG_AGGREGATE);
-    header.extend_from_slice(&call.to_le_bytes());
-    header.extend_from_slice(&partials.count().to_le_bytes());
+    for field in [call, input_files, partials.count()] {
+        header.extend_from_slice(&field.to_le_bytes());
+    }
     header
 }
+
+/// The fields of an `Aggregate` before its partials: its call, the input's files, the count.
+const AGGREGATE_HEAD_BYTES: usize = 24;
 
 /// Reads a frame's length, tag and body; `None` if the input ends before a frame starts.
 fn read_frame<R: Read>(input: &mut R) -> io::Result<Option<(u8, Body)>> {
@@ -342,7 +353,7 @@ fn read_bytes<R: Read>(input: &mut R, len: usize) -> io::Result<Vec<u8>> {
 #[derive(Debug, PartialEq)]
 pub enum Incoming {
     Whole(Request),
-    Aggregate { call: u64, partials: PartialsOnPipe },
+    Aggregate { call: u64, input_files: u64, partials: PartialsOnPipe },
 }
 
 /// The partials of an `Aggregate` still on the pipe: how many, and how many bytes of the frame
@@ -396,18 +407,19 @@ impl Request {
             let mut body = Body { bytes: Bytes::from(read_bytes(input, len)?) };
             return Request::from_body(tag, &mut body).map(|request| Some(Incoming::Whole(request)));
         }
-        if len < 16 {
+        if len < AGGREGATE_HEAD_BYTES {
             return Err(invalid("frame body ends early".to_owned()));
         }
-        let mut head = [0u8; 16];
+        let mut head = [0u8; AGGREGATE_HEAD_BYTES];
         input.read_exact(&mut head)?;
-        let [call, count] = [&head[..8], &head[8..]].map(|raw| u64::from_le_bytes(raw.try_into().expect("8 bytes")));
-        let bytes_left = len - 16;
+        let [call, input_files, count] =
+            [0, 8, 16].map(|at| u64::from_le_bytes(head[at..at + 8].try_into().expect("8 bytes")));
+        let bytes_left = len - AGGREGATE_HEAD_BYTES;
         // Each partial takes at least its 8-byte length.
         if count > bytes_left as u64 / 8 {
             return Err(invalid("frame list longer than its frame".to_owned()));
         }
-        Ok(Some(Incoming::Aggregate { call, partials: PartialsOnPipe { left: count, bytes_left } }))
+        Ok(Some(Incoming::Aggregate { call, input_files, partials: PartialsOnPipe { left: count, bytes_left } }))
     }
 }
 

@@ -92,12 +92,13 @@ impl JobRunner {
         executor.combine(partials).await.map(Some).map_err(|e| ended_call_error(e, &executor))
     }
 
-    /// The job's result from all its partials, in input order, written to `out` as it comes;
-    /// answers its length, and what the plugin printed meanwhile. A result longer than `limit`
-    /// is [`AggregateError::TooLarge`].
+    /// The job's result from all its partials, in input order, from `input_files` files (those
+    /// with chunks), written to `out` as it comes; answers its length, and what the plugin
+    /// printed meanwhile. A result longer than `limit` is [`AggregateError::TooLarge`].
     pub async fn aggregate(
         &self,
         partials: Partials,
+        input_files: u64,
         out: std::fs::File,
         limit: u64,
     ) -> (Result<u64, AggregateError>, CapturedOutput) {
@@ -105,7 +106,7 @@ impl JobRunner {
             Ok(executor) => executor,
             Err(error) => return (Err(start_error(error).into()), CapturedOutput::default()),
         };
-        let (result, output) = executor.aggregate_with_output(partials, out, limit).await;
+        let (result, output) = executor.aggregate_with_output(partials, input_files, out, limit).await;
         let result = result.map_err(|error| match error {
             ExecError::ResultTooLarge { bytes, limit } => AggregateError::TooLarge { bytes, limit },
             error => AggregateError::Task(ended_call_error(error, &executor)),

@@ -511,6 +511,7 @@ impl Worker for WorkerServer {
         secret: Secret,
         job: JobId,
         n_partials: u64,
+        input_files: u64,
         max_result_bytes: u64,
     ) -> Result<Aggregated, TaskError> {
         self.authorize(&secret).await?;
@@ -518,7 +519,7 @@ impl Worker for WorkerServer {
         let partials = self.state.outputs.take_staged(job, n_partials)?;
         let file = output::Outputs::create_file(self.state.output_dir())?;
         let kept = file.try_clone().map_err(|e| RpcError::Internal(format!("cannot open the result's file: {e}")))?;
-        let (len, printed) = runner.aggregate(Partials::Staged(partials), file, max_result_bytes).await;
+        let (len, printed) = runner.aggregate(Partials::Staged(partials), input_files, file, max_result_bytes).await;
         let len = len.map_err(|error| match error {
             error @ AggregateError::TooLarge { .. } => {
                 TaskError::Fatal(format!("{error}: raise the controller's --max-result-size"))

@@ -33,6 +33,14 @@ impl Job {
         self.groups.iter().any(|g| matches!(g.state, GroupState::Combining(_)))
     }
 
+    /// How many of the input's files have chunks, which `aggregate` passes to the plugin: an
+    /// empty file has none, as each of a plugin's partials comes from a chunk of one file.
+    /// Chunks are in file order, so each file's chunks are consecutive.
+    pub fn input_files(&self) -> u64 {
+        let starts = self.chunks.windows(2).filter(|pair| pair[0].meta.file != pair[1].meta.file).count();
+        if self.chunks.is_empty() { 0 } else { starts as u64 + 1 }
+    }
+
     /// Whether every chunk is done and no merge is running: time to aggregate.
     pub fn ready_to_aggregate(&self) -> bool {
         self.input_complete() && self.chunks_done == self.n_chunks && !self.combining()

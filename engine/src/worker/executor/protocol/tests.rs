@@ -15,7 +15,7 @@ fn requests_round_trip() {
         },
         Request::RunBatch { call: 11, chunks: vec![] },
         Request::Combine { call: 8, partials: vec![Bytes::from_static(b"\x01"), Bytes::new()] },
-        Request::Aggregate { call: 9, partials: vec![] },
+        Request::Aggregate { call: 9, input_files: 2, partials: vec![] },
     ];
     let mut wire = Vec::new();
     for r in &requests {
@@ -34,9 +34,12 @@ fn staged_partials_travel_as_an_aggregate() {
     staged.append([&b"\x01\x02"[..], b"", b"abc"]).unwrap();
     staged.append([&b"z"[..]]).unwrap();
     let mut wire = Vec::new();
-    Request::AggregateStaged { call: 4, partials: staged }.write_to(&mut wire).unwrap();
+    Request::AggregateStaged { call: 4, input_files: 3, partials: staged }.write_to(&mut wire).unwrap();
     let partials = ["\x01\x02", "", "abc", "z"].map(|p| Bytes::copy_from_slice(p.as_bytes())).to_vec();
-    assert_eq!(Request::read_from(&mut &wire[..]).unwrap(), Some(Request::Aggregate { call: 4, partials }));
+    assert_eq!(
+        Request::read_from(&mut &wire[..]).unwrap(),
+        Some(Request::Aggregate { call: 4, input_files: 3, partials })
+    );
 }
 
 #[test]
@@ -44,10 +47,11 @@ fn an_aggregates_partials_are_read_one_at_a_time_and_the_next_request_after_them
     let partials = vec![Bytes::from_static(b"\x01\x02"), Bytes::new(), Bytes::from_static(b"abc")];
     let next = Request::Run { call: 6, chunk: ChunkText::new("f", 1, Bytes::from_static(b"x\n")) };
     let mut wire = Vec::new();
-    Request::Aggregate { call: 5, partials: partials.clone() }.write_to(&mut wire).unwrap();
+    Request::Aggregate { call: 5, input_files: 7, partials: partials.clone() }.write_to(&mut wire).unwrap();
     next.write_to(&mut wire).unwrap();
     let mut input = &wire[..];
-    let Some(Incoming::Aggregate { call: 5, partials: mut on_pipe }) = Request::read_incoming(&mut input).unwrap()
+    let Some(Incoming::Aggregate { call: 5, input_files: 7, partials: mut on_pipe }) =
+        Request::read_incoming(&mut input).unwrap()
     else {
         panic!("an aggregate's head")
     };
@@ -60,13 +64,13 @@ fn an_aggregates_partials_are_read_one_at_a_time_and_the_next_request_after_them
 
     // A partial announced longer than its frame is an error, not a read past it.
     let mut wire = Vec::new();
-    Request::Aggregate { call: 5, partials }.write_to(&mut wire).unwrap();
-    wire[8 + 1 + 16..8 + 1 + 24].copy_from_slice(&1000u64.to_le_bytes());
+    Request::Aggregate { call: 5, input_files: 1, partials }.write_to(&mut wire).unwrap();
+    wire[8 + 1 + 24..8 + 1 + 32].copy_from_slice(&1000u64.to_le_bytes());
     let Some(Incoming::Aggregate { partials: mut on_pipe, .. }) = Request::read_incoming(&mut &wire[..]).unwrap()
     else {
         panic!("an aggregate's head")
     };
-    assert!(on_pipe.next(&mut &wire[8 + 1 + 16..]).is_err());
+    assert!(on_pipe.next(&mut &wire[8 + 1 + 24..]).is_err());
 }
 
 #[test]
