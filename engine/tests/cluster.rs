@@ -22,6 +22,11 @@ const CHUNK: &str = "16KiB";
 /// Runs the plugin through the cluster with `kiln submit` and through `kiln run-local`; checks
 /// both succeed with the same JSON and answers it.
 fn check(cluster: &Cluster, plugin: &Path, input: &Path, params: &str) -> Value {
+    check_outputs(cluster, plugin, input, params).0
+}
+
+/// [`check`], answering also the outputs as they were written: the cluster's and run-local's.
+fn check_outputs(cluster: &Cluster, plugin: &Path, input: &Path, params: &str) -> (Value, [String; 2]) {
     let submitted = cluster.submit(plugin, input, &["--params", params, "--chunk-size", CHUNK]);
     assert!(submitted.success, "kiln submit failed:\n{}", submitted.stderr);
     let local = run_local(plugin, input, &["--params", params, "--chunk-size", CHUNK, "--processes", "2"]);
@@ -31,7 +36,7 @@ fn check(cluster: &Cluster, plugin: &Path, input: &Path, params: &str) -> Value 
     };
     let (cluster_output, local_output) = (parse("submit", &submitted.stdout), parse("run-local", &local.stdout));
     assert_eq!(cluster_output, local_output, "the cluster and run-local disagree");
-    cluster_output
+    (cluster_output, [submitted.stdout, local.stdout])
 }
 
 fn grep(text: &str, pattern: &str) -> Value {
@@ -64,7 +69,14 @@ fn grep_on_a_cluster_equals_run_local_and_a_regex_scan_in_line_order() {
     let expected = grep(&text, pattern);
     assert!(expected.as_array().unwrap().len() > 50, "the pattern matches lines across many chunks");
 
-    assert_eq!(check(&cluster, &example("grep"), &input, pattern), expected);
+    let (output, written) = check_outputs(&cluster, &example("grep"), &input, pattern);
+    assert_eq!(output, expected);
+    // Byte for byte as grep's whole `aggregate` wrote it, though it now streams: compact, and
+    // no match names the one file (a `Value`'s keys are sorted: `line` before `text`).
+    let exact = serde_json::to_string(&expected).unwrap();
+    for output in written {
+        assert!(output.trim_end() == exact, "grep's output, exactly");
+    }
 }
 
 #[test]

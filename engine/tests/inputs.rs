@@ -2,7 +2,8 @@
 //! glob patterns, repeated `--input`, plain, gzip and zstd told by their bytes. Through
 //! `kiln run-local` and through `kiln submit` (uploaded), the examples give what an independent
 //! computation in this file gives over the files' plain text, and grep names each match's file
-//! and its line within that file.
+//! and its line within that file when more than one file holds lines (its streaming aggregate
+//! is told so before its first match), byte for byte as its whole aggregate wrote it.
 
 #[path = "util/cluster.rs"]
 mod cluster;
@@ -107,6 +108,24 @@ fn parsed(run: &Run, what: &str) -> Value {
     serde_json::from_str(&run.stdout).unwrap_or_else(|e| panic!("{what}: output is not JSON ({e}): {}", run.stdout))
 }
 
+/// Checks that grep's output is `expected`, byte for byte as grep writes it: compact, each
+/// match's fields in the order `file`, `line`, `text` (a `Value`'s keys are sorted, which
+/// happens to be that order).
+fn check_grep(run: &Run, expected: &Value) {
+    assert_eq!(&parsed(run, "grep"), expected);
+    assert!(run.stdout.trim_end() == serde_json::to_string(expected).unwrap(), "grep's output, exactly");
+}
+
+/// The mixed directory's empty file and one other, the empty one first: one file holds lines,
+/// so grep names none.
+fn one_file_and_an_empty_one(logs: &str, files: &[TestFile]) -> ([String; 2], Value) {
+    let (empty, plain) = (&files[2], &files[0]);
+    assert!(empty.text.is_empty() && !plain.text.is_empty());
+    let inputs = [format!("{logs}/{}", empty.path), format!("{logs}/{}", plain.path)];
+    let pair = [empty, plain].map(|f| TestFile { path: f.path, stored: f.stored, text: f.text.clone() });
+    (inputs, grep_expected(&format!("{logs}/"), &pair, PATTERN))
+}
+
 fn run_local(plugin: &Path, inputs: &[&str], extra: &[&str]) -> Run {
     let mut command = kiln();
     command.arg("run-local").arg("--plugin").arg(plugin).args(["--chunk-size", CHUNK]);
@@ -144,7 +163,10 @@ fn a_directory_of_plain_gzip_and_zstd_files_runs_locally_like_its_concatenated_t
         assert_eq!(parsed(&run, "wordcount"), expected_counts, "{processes} processes");
     }
     let run = run_local(&example("grep"), &[&logs], &["--processes", "3", "--params", PATTERN]);
-    assert_eq!(parsed(&run, "grep"), grep_expected(&format!("{logs}/"), &files, PATTERN));
+    check_grep(&run, &grep_expected(&format!("{logs}/"), &files, PATTERN));
+    let (inputs, expected) = one_file_and_an_empty_one(&logs, &files);
+    let run = run_local(&example("grep"), &[&inputs[0], &inputs[1]], &["--params", PATTERN]);
+    check_grep(&run, &expected);
 }
 
 #[test]
@@ -168,7 +190,10 @@ fn a_directory_of_plain_gzip_and_zstd_files_uploads_like_its_concatenated_text()
     assert!(!run.success);
     assert!(run.stderr.contains("missing-dir does not exist: create it or name another file"), "{}", run.stderr);
     let run = submit(&cluster, &example("grep"), &[&logs], &["--params", PATTERN]);
-    assert_eq!(parsed(&run, "grep"), grep_expected(&format!("{logs}/"), &files, PATTERN));
+    check_grep(&run, &grep_expected(&format!("{logs}/"), &files, PATTERN));
+    let (inputs, expected) = one_file_and_an_empty_one(&logs, &files);
+    let run = submit(&cluster, &example("grep"), &[&inputs[0], &inputs[1]], &["--params", PATTERN]);
+    check_grep(&run, &expected);
 }
 
 #[test]
@@ -189,7 +214,7 @@ fn repeated_inputs_and_patterns_keep_their_order_and_the_names_given() {
         order.iter().map(|f| TestFile { path: f.path, stored: f.stored, text: f.text.clone() }).collect();
     let expected = grep_expected(&format!("{root}/"), &ordered, PATTERN);
     let run = run_local(&example("grep"), &inputs, &["--params", PATTERN]);
-    assert_eq!(parsed(&run, "grep"), expected);
+    check_grep(&run, &expected);
 }
 
 #[test]

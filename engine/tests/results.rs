@@ -2,7 +2,8 @@
 //! controller's disk and on to the client in pieces, never in one frame or one buffer, so a
 //! result far larger than the frame limit arrives exact while the controller, the worker and
 //! the client stay small; a result over `--max-result-size` fails its job with a message naming
-//! the sizes and the flag; a chunk whose partial cannot fit in an answer fails clearly.
+//! the sizes and the flag; a chunk whose partial cannot fit in an answer fails clearly; and a
+//! plugin that streams its output (grep) keeps the executor small however large its result.
 //!
 //! The frame limit is lowered to 16 MiB for these processes (`KILN_MAX_FRAME_BYTES`), so that
 //! a result of ~45 MiB is several frames' worth without a large input.
@@ -380,4 +381,34 @@ fn the_executor_holds_an_aggregates_output_once_and_sends_its_json_in_pieces_as_
     let grew = large.saturating_sub(small);
     eprintln!("executor {} -> {} MiB for 64 MiB more output", small >> 20, large >> 20);
     assert!(grew < 96 << 20, "the executor grew by {} MiB for 64 MiB more output", grew >> 20);
+}
+
+#[test]
+fn a_streaming_aggregate_keeps_the_executor_small_whatever_the_results_size() {
+    let cluster = small_frames_cluster();
+    // A one-line job first: the plugin is built (cargo runs below the worker too).
+    let (warm_up, _, _) = submit_measured(&cluster, "grep", ".", "one line\n", 1);
+    check(&warm_up, "one line\n");
+
+    let text = lines_text(1_500_000);
+    let input = write_input(cluster.dir.path(), "lines.txt", &text);
+    let grep = example("grep");
+    let args = ["submit", "--plugin", grep.to_str().unwrap(), "--input", input.to_str().unwrap(), "--params", "."];
+    let result = cluster.dir.path().join("result.json");
+    let worker = cluster.workers[0].pid();
+    let executors = |_submit: u32| descendants_of(worker);
+    let (success, stderr, executor_peak) =
+        run_polling(kiln(&cluster, &args), &result, executors, Duration::from_millis(2));
+    assert!(success, "kiln submit failed:\n{stderr}");
+    let output = std::fs::read(&result).unwrap();
+    check(&output, &text);
+    // grep's `aggregate_into` writes each partial's matches as it is decoded: the executor holds
+    // a partial or two (a chunk's matches decoded) beside what running the chunks took, however
+    // many matches there are: 56 MiB for this 137 MiB result when measured, 53 MiB for one of
+    // 36 MiB. Through `aggregate` (`STREAMS_OUTPUT` false), which holds every match decoded and
+    // merged, it peaked at 306 MiB.
+    let result_bytes = output.len() as u64;
+    eprintln!("a result of {} MiB; executor peak {} MiB", result_bytes >> 20, executor_peak >> 20);
+    assert!(result_bytes > 128 << 20, "a large result: {result_bytes} bytes");
+    assert!(executor_peak < 96 << 20, "the executor peaked at {} MiB", executor_peak >> 20);
 }

@@ -4,9 +4,12 @@
 //! Params: the regular expression, in the syntax of the `regex` crate. Output: a JSON array of
 //! `{"line": N, "text": "..."}` in input order, `N` counted from 1 within the line's file, with
 //! `"file": "..."` first when the input holds more than one (non-empty) file.
+//!
+//! The output streams (`STREAMS_OUTPUT`): `aggregate_into` writes each partial's matches as it
+//! is decoded, so the executor holds one partial at a time, not every match of the input.
 
 use kiln_plugin_api::partial::Merge;
-use kiln_plugin_api::{Chunk, MapReduce};
+use kiln_plugin_api::{Chunk, JsonArray, MapReduce, Partials};
 use regex::Regex;
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
@@ -38,21 +41,33 @@ pub struct Found {
 
 impl Serialize for Found {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        /// A match as [`Match`] shows it, borrowed from the partial.
-        #[derive(Serialize)]
-        struct Shown<'a> {
-            #[serde(skip_serializing_if = "Option::is_none")]
-            file: Option<&'a str>,
-            line: u64,
-            text: &'a str,
-        }
-        let Matches { files, lines } = &self.matches;
-        let mut seq = serializer.serialize_seq(Some(lines.len()))?;
-        for (file, line, text) in lines {
-            let file = self.several.then(|| files[*file as usize].as_str());
-            seq.serialize_element(&Shown { file, line: *line, text })?;
+        let mut seq = serializer.serialize_seq(Some(self.matches.lines.len()))?;
+        for shown in self.matches.shown(self.several) {
+            seq.serialize_element(&shown.map_err(serde::ser::Error::custom)?)?;
         }
         seq.end()
+    }
+}
+
+/// A match as [`Match`] shows it, borrowed from the partial.
+#[derive(Serialize)]
+struct Shown<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    line: u64,
+    text: &'a str,
+}
+
+impl Matches {
+    /// The matches as the output shows them, naming their files when `several`.
+    fn shown(&self, several: bool) -> impl Iterator<Item = Result<Shown<'_>, String>> {
+        self.lines.iter().map(move |(file, line, text)| {
+            let file = match several {
+                true => Some(self.files.get(*file as usize).ok_or_else(|| format!("no file {file} in a partial"))?),
+                false => None,
+            };
+            Ok(Shown { file: file.map(String::as_str), line: *line, text })
+        })
     }
 }
 
@@ -75,6 +90,10 @@ impl MapReduce for Grep {
     /// Matches are reported with their line numbers, so inputs read by reference are numbered.
     const LINE_NUMBERS: bool = true;
 
+    /// The output is an array of matches: Kiln calls `aggregate_into`, which writes them out
+    /// partial by partial, rather than `aggregate`, which holds every one.
+    const STREAMS_OUTPUT: bool = true;
+
     fn new(params: &str) -> Result<Self, String> {
         if params.is_empty() {
             return Err("grep needs a regular expression as its parameter".to_owned());
@@ -95,6 +114,21 @@ impl MapReduce for Grep {
 
     // No `combine`: `Matches` implements `Merge`, and Kiln combines with that.
 
+    /// Each partial's matches go out as it is decoded, and it is dropped before the next one:
+    /// knowing the input's files from the start, the first match already says whether it
+    /// names its file.
+    fn aggregate_into(&self, partials: Partials<'_, Matches>, out: &mut JsonArray<'_>) -> Result<(), String> {
+        let several = partials.input_files() > 1;
+        for matches in partials {
+            for shown in matches.shown(several) {
+                out.item(&shown?)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The same output, held whole: what a Kiln older than API 0.1.3 calls, and what
+    /// `run_in_process` checks `aggregate_into` against.
     fn aggregate(&self, partials: Vec<Matches>) -> Result<Found, String> {
         let matches = Matches::merge_all(partials);
         // Every non-empty file has a chunk, so `files` holds all of them.
@@ -124,6 +158,7 @@ kiln_plugin_api::export_plugin!(Grep);
 mod tests {
     use super::*;
 
+    /// Runs both aggregates in process (`run_in_process` checks that they agree).
     fn grep(params: &str, chunks: &[&str]) -> Vec<(u64, String)> {
         let output = kiln_plugin_api::run_in_process::<Grep>(params, chunks).unwrap();
         let json = serde_json::to_string(&output).unwrap();
@@ -146,6 +181,18 @@ mod tests {
     fn the_split_does_not_change_the_result() {
         let chunks = ["x1\ny\n", "x2\n", "y\nx3\n"];
         assert_eq!(grep("x", &chunks), grep("x", &[&chunks.concat()]));
+    }
+
+    #[test]
+    fn the_streamed_output_names_files_only_when_the_input_has_several() {
+        let chunks = [Chunk::in_file("ab\nc\n", "one.txt", 1), Chunk::in_file("x\nbb\n", "one.txt", 3)];
+        let one = kiln_plugin_api::run_chunks_in_process::<Grep>("b", &chunks).unwrap();
+        assert_eq!(one, r#"[{"line":1,"text":"ab"},{"line":4,"text":"bb"}]"#);
+        let two = [chunks[0], chunks[1], Chunk::in_file("nothing\n", "two.txt", 1), Chunk::in_file("b\n", "3", 1)];
+        let several = kiln_plugin_api::run_chunks_in_process::<Grep>("b", &two).unwrap();
+        let expected = r#"[{"file":"one.txt","line":1,"text":"ab"},{"file":"one.txt","line":4,"text":"bb"},{"file":"3","line":1,"text":"b"}]"#;
+        assert_eq!(several, expected);
+        assert_eq!(kiln_plugin_api::run_chunks_in_process::<Grep>("b", &[]).unwrap(), "[]");
     }
 
     #[test]
