@@ -1,5 +1,7 @@
 //! Run-local's partials: kept by chunk index in input order, merged in groups as they complete
-//! when the plugin combines, and merged once more into one per slot before `aggregate`.
+//! when the plugin combines, and merged once more in runs before `aggregate`; as on a cluster,
+//! partials that together exceed [`MAX_COMBINE_BYTES`] are not merged but left apart, so that
+//! no `combine` holds a result as large as the input (grep's matches of every line).
 
 use std::sync::Arc;
 
@@ -8,7 +10,7 @@ use tokio::task::JoinSet;
 
 use super::LocalError;
 use crate::rpc::TaskError;
-use crate::rules::combine::Groups;
+use crate::rules::combine::{Groups, MAX_COMBINE_BYTES};
 use crate::worker::runner::JobRunner;
 
 /// The partials of a job, in chunk order, with groups of consecutive partials merged as they
@@ -41,9 +43,13 @@ impl Partials {
             return None;
         }
         let size = self.groups.size() as usize;
-        let members =
-            self.by_chunk[group * size..(group + 1) * size].iter_mut().map(|p| p.take().unwrap_or_default()).collect();
-        Some((group, members))
+        let members = &mut self.by_chunk[group * size..(group + 1) * size];
+        let bytes: u64 = members.iter().flatten().map(|p| p.len() as u64).sum();
+        if bytes > MAX_COMBINE_BYTES {
+            // Left apart: `into_ordered` gives the group's partials one by one.
+            return None;
+        }
+        Some((group, members.iter_mut().map(|p| p.take().unwrap_or_default()).collect()))
     }
 
     pub(super) fn combined(&mut self, group: usize, merged: Bytes) {
@@ -66,8 +72,12 @@ impl Partials {
     }
 }
 
-/// Merges the remaining partials into at most `slots` (in parallel, keeping their order) when
-/// the plugin combines and there are more than that, so `aggregate` has little left to decode.
+/// Merges runs of consecutive partials, in parallel with at most `slots` merges at a time and
+/// keeping their order, when the plugin combines, so that `aggregate` has few left to decode.
+/// A run holds at most a `slots`-th of the partials and of [`MAX_COMBINE_BYTES`], so that the
+/// merges at once hold no more than one combine of a cluster: larger partials (those merging
+/// hardly shrinks, such as grep's matches of every line) are left apart, and the aggregate takes
+/// them one at a time.
 pub(super) async fn final_partials(
     runner: &Arc<JobRunner>,
     partials: Vec<Bytes>,
@@ -76,22 +86,22 @@ pub(super) async fn final_partials(
     if partials.len() <= slots || !runner.combines().await.map_err(LocalError::Combine)? {
         return Ok(partials);
     }
-    let per_batch = partials.len().div_ceil(slots);
-    let mut batches: JoinSet<(usize, Result<Option<Bytes>, TaskError>)> = JoinSet::new();
-    let mut rest = partials.into_iter();
-    let mut n_batches = 0;
+    let runs = runs(partials, slots, MAX_COMBINE_BYTES / slots.max(1) as u64);
+    let mut merged = vec![Bytes::new(); runs.len()];
+    let mut merges: JoinSet<(usize, Result<Option<Bytes>, TaskError>)> = JoinSet::new();
+    let mut waiting = runs.into_iter().enumerate();
     loop {
-        let batch: Vec<Bytes> = rest.by_ref().take(per_batch).collect();
-        if batch.is_empty() {
-            break;
+        while merges.len() < slots.max(1) {
+            match waiting.next() {
+                Some((position, mut run)) if run.len() == 1 => merged[position] = run.pop().unwrap_or_default(),
+                Some((position, run)) => {
+                    let runner = Arc::clone(runner);
+                    merges.spawn(async move { (position, runner.combine(run).await) });
+                }
+                None => break,
+            }
         }
-        let runner = Arc::clone(runner);
-        let position = n_batches;
-        batches.spawn(async move { (position, runner.combine(batch).await) });
-        n_batches += 1;
-    }
-    let mut merged = vec![Bytes::new(); n_batches];
-    while let Some(done) = batches.join_next().await {
+        let Some(done) = merges.join_next().await else { break };
         let (position, result) = done.map_err(|e| LocalError::Internal(format!("a combine's task panicked: {e}")))?;
         match result.map_err(LocalError::Combine)? {
             Some(partial) => merged[position] = partial,
@@ -99,4 +109,44 @@ pub(super) async fn final_partials(
         }
     }
     Ok(merged)
+}
+
+/// Cuts the partials into runs of consecutive ones to merge: each of at most a `slots`-th of
+/// them and at most `max_bytes` (a larger partial is a run of its own).
+fn runs(partials: Vec<Bytes>, slots: usize, max_bytes: u64) -> Vec<Vec<Bytes>> {
+    let per_run = partials.len().div_ceil(slots.max(1));
+    let mut runs: Vec<Vec<Bytes>> = Vec::new();
+    let mut bytes = 0;
+    for partial in partials {
+        let len = partial.len() as u64;
+        match runs.last_mut() {
+            Some(run) if run.len() < per_run && bytes + len <= max_bytes => {
+                bytes += len;
+                run.push(partial);
+            }
+            _ => {
+                bytes = len;
+                runs.push(vec![partial]);
+            }
+        }
+    }
+    runs
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(runs: &[Vec<Bytes>]) -> Vec<Vec<usize>> {
+        runs.iter().map(|run| run.iter().map(Bytes::len).collect()).collect()
+    }
+
+    #[test]
+    fn runs_keep_their_order_and_stay_within_a_slots_share_of_the_partials_and_the_bytes() {
+        let partial = |len: usize| Bytes::from(vec![0u8; len]);
+        let small = (0..7).map(|_| partial(10)).collect();
+        assert_eq!(sizes(&runs(small, 2, 1000)), [vec![10; 4], vec![10; 3]]);
+        let mixed = vec![partial(50), partial(50), partial(1), partial(300), partial(5), partial(6)];
+        assert_eq!(sizes(&runs(mixed, 1, 100)), [vec![50, 50], vec![1], vec![300], vec![5, 6]]);
+    }
 }
