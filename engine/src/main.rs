@@ -130,7 +130,7 @@ fn main() -> ExitCode {
         }
         Command::RunLocal(args) => logged(format, CLI_LOG_FILTER, || run_local_command(args)),
         Command::Controller(args) => {
-            kiln_engine::memory::tune_for_data_path();
+            kiln_engine::memory::tune_for_service();
             logged(format, "info", || cli::cluster::run_controller(args))
         }
         Command::Worker(args) => {

@@ -11,11 +11,18 @@
 //! Those buffers also outgrow glibc's mapping threshold: by default, freeing a mapped buffer
 //! raises the threshold to its size (up to 32 MiB), so after the first few every piece, chunk
 //! and partial comes from an arena, whose freed memory stays resident wherever it is not at the
-//! top. The web app and `kiln result` fix the threshold at [`SERVICE_MMAP_THRESHOLD`]: a large
-//! buffer is a mapping of its own, given back when freed. Not the processes on a job's data
-//! path, the controller, the worker and `kiln submit` ([`tune_for_data_path`]): every uploaded
-//! byte passes through their buffers, and a fresh mapping per buffer faults in and zeroes every
-//! page again.
+//! top. The services fix the threshold at [`SERVICE_MMAP_THRESHOLD`]: a large buffer is a
+//! mapping of its own, given back when freed. Not the processes on a job's data path, the worker
+//! and `kiln submit` ([`tune_for_data_path`]): every input byte passes through their buffers,
+//! and a fresh mapping per buffer faults in and zeroes every page again.
+//!
+//! The controller is on the data path of uploads too, and keeps the fixed threshold all the
+//! same: its memory is what a long-running service is judged on. With the adaptive threshold
+//! a 1 GiB uploaded word count took 9.4-9.8 s of its CPU time down to 6.3-6.4 s (before its
+//! spool went around the page cache), but in the bench's next full run (at f382755, on a slow
+//! and noisy host; section 5) its peak rose from 115/119/80 MiB to 159/176/108 MiB over
+//! 256 MiB/1 GiB/4 GiB uploads, and from 142 to 165 MiB for a 371 MB result, where nothing
+//! else of its allocations had changed.
 
 /// Arenas the services' allocator may use.
 const ARENA_MAX: libc::c_int = 2;
@@ -39,18 +46,14 @@ pub fn tune_for_service() {
 }
 
 /// Limits the arenas as [`tune_for_service`] does, and leaves glibc's mapping threshold to
-/// adapt, for the processes every input byte passes through: the controller (for uploads), the
-/// worker, which reads each chunk
+/// adapt, for the processes every input byte passes through: the worker, which reads each chunk
 /// of a job read by reference (up to 24 MiB) and writes it to an executor, and `kiln submit`,
 /// which reads and sends an upload in pieces of 8 MiB. A mapping per buffer put the fault of
 /// every page on the data path. Measured on a 1 GiB word count read by reference (`file://`,
 /// one worker of 2 processes, two runs each): with the 1 MiB threshold the worker took 800
 /// thousand minor faults and 2.0-2.1 s of system time per job, and the job 4.8-7.2 s; with the
-/// adaptive one 200-230 thousand, 0.75-0.85 s and 3.7 s. The controller, which receives an
-/// upload in pieces of 8 MiB and sends it on in chunks of 4 MiB, took 9.4-9.8 s of CPU time per
-/// 1 GiB uploaded word count with the 1 MiB threshold (page faults and `munmap` a third of it)
-/// and 6.3-6.4 s with the adaptive one, at the same peak (121 MiB). Their memory stays bounded
-/// by the buffers in flight.
+/// adaptive one 200-230 thousand, 0.75-0.85 s and 3.7 s. Their memory stays bounded by the
+/// buffers in flight.
 pub fn tune_for_data_path() {
     // SAFETY: mallopt only changes malloc's tunables, under malloc's own locks.
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
