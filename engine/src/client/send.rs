@@ -45,7 +45,7 @@ impl Client {
 
     async fn upload_piece(&self, job: JobId, file: u32, offset: u64, piece: Vec<u8>) -> Result<(), ClientError> {
         let key = &self.inner.key;
-        let piece = SharedBytes(piece.into());
+        let piece = SharedBytes::from(piece);
         // The controller keeps the bytes it has (also across a restart) and ignores those of a
         // piece it holds already, so the piece is sent again at its offset until it is taken.
         self.patiently(job, offset, || {

@@ -151,7 +151,8 @@ async fn read_chunks(
     let first = chunks.first().map_or(0, |(index, _)| *index);
     tokio::task::spawn_blocking(move || {
         let ranges: Vec<(u64, u64)> = chunks.iter().map(|(_, meta)| (meta.offset, meta.len)).collect();
-        let texts = read_ranges(&path, &ranges).map_err(|(at, e)| (chunks[at].0, e))?;
+        let texts =
+            read_ranges(&path, &ranges).map_err(|(at, e)| (chunks.get(at).map_or(first, |(index, _)| *index), e))?;
         Ok(chunks
             .iter()
             .zip(texts)
