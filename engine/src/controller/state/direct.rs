@@ -25,7 +25,7 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
 
 /// The alignment of direct I/O: a multiple of every common logical block size.
-pub(in crate::controller) const BLOCK: usize = 4096;
+const BLOCK: usize = 4096;
 
 /// The most a direct write or read moves at once: the aligned buffer's size.
 const SEGMENT: usize = 1 << 20;
@@ -74,6 +74,11 @@ impl Appender {
         let cached = std::fs::OpenOptions::new().create(true).write(true).truncate(false).read(true).open(path)?;
         let direct = open_direct(path, std::fs::OpenOptions::new().write(true))?;
         Ok(Appender { cached, direct, tail: None, buffer: None })
+    }
+
+    /// Gives back the aligned buffer until the next append (the input is complete).
+    pub fn release_buffer(&mut self) {
+        self.buffer = None;
     }
 
     /// Another handle on the file, to sync it.
@@ -164,9 +169,14 @@ pub(in crate::controller) fn read_ranges(
             j += 1;
         }
         let run = read_direct(&direct, start, end, &mut buffer).map_err(|e| (i, e))?;
-        for &(offset, len) in &ranges[i..j] {
-            let from = (offset - start) as usize;
-            out.push(run[from..from + len as usize].to_vec());
+        if j == i + 1 {
+            // A range alone (a chunk of usual size): its bytes as read, not copied again.
+            out.push(run);
+        } else {
+            for &(offset, len) in &ranges[i..j] {
+                let from = (offset - start) as usize;
+                out.push(run[from..from + len as usize].to_vec());
+            }
         }
         i = j;
     }
@@ -195,11 +205,9 @@ fn read_direct(file: &File, start: u64, end: u64, buffer: &mut Option<Aligned>) 
         let mut got = 0;
         while got < want {
             // A read at the file's end answers less than a block, then nothing.
-            match file.read_at(&mut segment[got..], at + got as u64)? {
-                0 => return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "the spooled input ends early")),
-                n => got += n,
-            }
-            if got % BLOCK != 0 {
+            let n = file.read_at(&mut segment[got..], at + got as u64)?;
+            got += n;
+            if n == 0 || got % BLOCK != 0 {
                 break;
             }
         }
@@ -233,6 +241,14 @@ mod tests {
             appender.append(expected.len() as u64, &piece).unwrap();
             expected.extend_from_slice(&piece);
             assert_eq!(std::fs::read(&path).unwrap(), expected, "after a piece of {size} bytes");
+        }
+        // Where this file system takes direct I/O, the appends went around the page cache and
+        // never fell back to it.
+        if open_direct(&path, std::fs::OpenOptions::new().read(true)).unwrap().is_some() {
+            let direct = appender.direct.as_ref().expect("direct writes stayed on");
+            // SAFETY: F_GETFL only reads the flags of a descriptor this test owns.
+            let flags = unsafe { libc::fcntl(std::os::fd::AsRawFd::as_raw_fd(direct), libc::F_GETFL) };
+            assert_ne!(flags & libc::O_DIRECT, 0, "the spool is written with O_DIRECT");
         }
         // Reopened (as after a restart), the partial block is read back before the next piece.
         let mut appender = Appender::open(&path).unwrap();
