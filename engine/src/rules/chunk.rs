@@ -350,15 +350,19 @@ impl Cutter {
     /// Adds the input's next bytes and appends to `out` the chunks they complete.
     pub fn push(&mut self, bytes: &[u8], out: &mut Vec<ChunkPlace>) -> Result<(), ChunkError> {
         self.check()?;
+        // Exactly the room needed: doubling would hold twice a piece of several MiB.
+        self.pending.reserve_exact(bytes.len());
         self.pending.extend_from_slice(bytes);
         self.cut(false, out)
     }
 
     /// Ends the input and appends to `out` the chunks still pending (at most one, unless a
-    /// line was longer than a chunk).
+    /// line was longer than a chunk); gives back the buffer the pieces went through.
     pub fn finish(&mut self, out: &mut Vec<ChunkPlace>) -> Result<(), ChunkError> {
         self.check()?;
-        self.cut(true, out)
+        let cut = self.cut(true, out);
+        self.pending = Vec::new();
+        cut
     }
 
     fn check(&self) -> Result<(), ChunkError> {

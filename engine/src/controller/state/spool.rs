@@ -63,9 +63,13 @@ impl Spool {
         self.sealed = true;
     }
 
-    /// Cuts the last chunk, of the bytes after the last cut. Blocking.
+    /// Cuts the last chunk, of the bytes after the last cut, and gives back the buffers the
+    /// pieces went through: a finished job's spool stays with the job. Blocking.
     pub fn finish_cut(&mut self) -> Result<Vec<ChunkPlace>, ChunkError> {
         let mut places = Vec::new();
+        if let Some(file) = &mut self.file {
+            file.release_buffer();
+        }
         self.cutter.finish(&mut places).map(|()| places)
     }
 
