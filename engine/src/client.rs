@@ -57,6 +57,7 @@ use crate::rpc::logs::PluginOutput;
 use crate::rpc::{
     ClusterInfo, ControllerClient, JobId, JobSpec, JobStatus, JobSummary, RpcError, Secret, WATCH_WAIT, WorkerId,
 };
+use crate::tls::frames;
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::verify::{Dial, dial_controller};
@@ -538,7 +539,7 @@ impl Client {
                 ClientError::Connect { addr: addr.clone(), source }
             }
         })?;
-        let transport = link::transport(link);
+        let transport = frames::dialled(link);
         let controller = ControllerClient::new(tarpc::client::Config::default(), transport).spawn();
         self.hello(&controller).await?;
         *lock(&self.inner.connection) = Some(controller.clone());

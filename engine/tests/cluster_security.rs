@@ -13,9 +13,9 @@ use cluster::{Cluster, JOB_TIMEOUT, kiln_command, misbehave_totals};
 use kiln_engine::rpc::{ChunkInput, ExecLimits, JobPlugin, Secret, TaskError, WorkerClient};
 use kiln_engine::tls::ca::self_signed;
 use kiln_engine::tls::key::Trust;
-use kiln_engine::tls::link;
 use kiln_engine::tls::verify::dial_controller;
 use kiln_engine::tls::{CONTROLLER_NAME, Fingerprint, worker_name};
+use kiln_engine::tls::{frames, link};
 use rustls::pki_types::ServerName;
 use serde_bytes::ByteBuf;
 use serde_json::Value;
@@ -106,7 +106,7 @@ fn a_stranger_calling_a_workers_port_is_refused_and_nothing_runs() {
                 }
             };
             let Ok(link) = link else { continue };
-            let worker = WorkerClient::new(tarpc::client::Config::default(), link::transport(link)).spawn();
+            let worker = WorkerClient::new(tarpc::client::Config::default(), frames::dialled(link)).spawn();
             let ctx = tarpc::context::current;
             let guess = Secret::generate();
             let params = format!("record={}", intruder_record.display());

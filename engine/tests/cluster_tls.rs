@@ -20,9 +20,9 @@ use kiln_engine::plugin_source::read_source;
 use kiln_engine::rpc::{ControllerClient, PROTOCOL_VERSION, RpcError, Secret, WorkerInfo};
 use kiln_engine::tls::ca::{ClusterCa, WorkerKey, self_signed};
 use kiln_engine::tls::key::Trust;
-use kiln_engine::tls::link;
 use kiln_engine::tls::verify::{controller_server, dial_controller, worker_server};
 use kiln_engine::tls::{CONTROLLER_NAME, Fingerprint};
+use kiln_engine::tls::{frames, link};
 use proxy::Proxy;
 use serde_bytes::ByteBuf;
 use serde_json::Value;
@@ -263,7 +263,7 @@ async fn controller_client(
 ) -> std::io::Result<ControllerClient> {
     let dial = dial_controller(Trust::Pinned(fingerprint), &addr.to_string(), None, identity).unwrap();
     let link = link::connect(&addr.to_string(), dial.as_ref(), Duration::from_secs(5)).await?;
-    Ok(ControllerClient::new(tarpc::client::Config::default(), link::transport(link)).spawn())
+    Ok(ControllerClient::new(tarpc::client::Config::default(), frames::dialled(link)).spawn())
 }
 
 #[test]

@@ -27,7 +27,8 @@ use crate::rpc::{
 };
 use crate::telemetry::metrics::Counted;
 use crate::tls::ca::{ClusterCa, load_operator_cert};
-use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
+use crate::tls::frames;
+use crate::tls::gate::{Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link::{self, Link};
 use crate::tls::{Fingerprint, TlsError, verify};
@@ -275,7 +276,7 @@ pub(super) async fn accept_loop(listener: TcpListener, server: Option<Arc<Server
 async fn serve_link(link: Link, service: ControllerService, gate: Gate) {
     let peer = link.peer_cert().map(|cert| Fingerprint::of(cert));
     let peer_addr = link.peer_addr();
-    let transport = gate::transport::<tarpc::ClientMessage<ControllerRequest>, tarpc::Response<ControllerResponse>>(
+    let transport = frames::accepted::<tarpc::ClientMessage<ControllerRequest>, tarpc::Response<ControllerResponse>>(
         link,
         gate.clone(),
     )

@@ -25,7 +25,8 @@ use super::state::workers::{PendingWorker, WorkerEntry};
 use crate::rpc::{
     PROTOCOL_VERSION, Registration, RpcError, Secret, WorkerCertificate, WorkerClient, WorkerId, WorkerInfo,
 };
-use crate::tls::link::{self, Transport};
+use crate::tls::frames::{self, Frames};
+use crate::tls::link;
 use crate::tls::verify::Dial;
 use crate::tls::{Fingerprint, worker_name};
 
@@ -187,7 +188,7 @@ pub(super) async fn remove(shared: &Shared, worker_id: WorkerId) -> Result<(), R
 }
 
 type DialTransport =
-    Transport<tarpc::Response<crate::rpc::WorkerResponse>, tarpc::ClientMessage<crate::rpc::WorkerRequest>>;
+    Frames<tarpc::Response<crate::rpc::WorkerResponse>, tarpc::ClientMessage<crate::rpc::WorkerRequest>>;
 
 /// Dials worker `worker_id` at `address`: over TLS it must present the certificate naming it.
 async fn dial(shared: &Shared, worker_id: WorkerId, address: &str) -> io::Result<DialTransport> {
@@ -200,7 +201,7 @@ async fn dial(shared: &Shared, worker_id: WorkerId, address: &str) -> io::Result
         }
         None => link::connect(address, None, DIAL_TIMEOUT).await?,
     };
-    Ok(link::transport(link))
+    Ok(frames::dialled(link))
 }
 
 /// Checks a worker's link, id and secret.

@@ -1,19 +1,15 @@
 //! RPC messages as they come off a connection: length-delimited frames, read by a server under
 //! the pre-authentication gate or by a client, then decoded by tarpc's bincode format.
 
-use std::pin::Pin;
-
-use bytes::BytesMut;
+use bincode::Options;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tarpc::tokio_serde::formats::Bincode;
-use tarpc::tokio_serde::{Deserializer, Serializer};
-use tokio_util::codec::{Decoder, LengthDelimitedCodec};
 
 use super::Choices;
 use crate::rpc::pieces::max_frame_bytes;
 use crate::rpc::{ControllerRequest, ControllerResponse, WorkerRequest, WorkerResponse};
-use crate::tls::gate::{Gate, GatedCodec, PRE_AUTH_FRAME_BYTES};
+use crate::tls::frames::{FrameReader, Limit};
+use crate::tls::gate::{Gate, PRE_AUTH_FRAME_BYTES};
 
 /// The largest piece the connection is read in here (a TLS record is at most 16 KiB).
 const MAX_PIECE: usize = 255 * 16;
@@ -50,22 +46,26 @@ pub fn rpc_frames(data: &[u8]) {
     let input = choices.rest();
     let gate = Gate::closed(());
     let server = matches!(side, Side::ControllerServer | Side::WorkerServer);
-    let mut codec = Framing::new(server, gate.clone());
-    let mut buffer = BytesMut::new();
+    let limit = if server { Limit::Gated(gate.clone()) } else { Limit::Fixed(max_frame_bytes()) };
+    let mut reader = FrameReader::new(limit);
     let mut frames = 0usize;
-    for (k, bytes) in input.chunks(piece).enumerate() {
-        buffer.extend_from_slice(bytes);
-        let at_end = (k + 1) * piece >= input.len();
+    for read in input.chunks(piece) {
+        let mut rest = read;
         loop {
             let closed = server && !gate.is_open();
-            let decoded = if at_end { codec.decode_eof(&mut buffer) } else { codec.decode(&mut buffer) };
-            if closed {
-                assert!(buffer.capacity() <= PRE_AUTH_HOLD, "{} bytes held before authentication", buffer.capacity());
-            }
-            let frame = match decoded {
+            let frame = match reader.frame() {
                 Ok(Some(frame)) => frame,
-                // Waits for more, or the connection is closed.
-                Ok(None) | Err(_) => break,
+                Ok(None) if !rest.is_empty() => {
+                    rest = &rest[reader.feed(rest)..];
+                    if closed {
+                        assert!(reader.held() <= PRE_AUTH_HOLD, "{} bytes held before authentication", reader.held());
+                    }
+                    continue;
+                }
+                // Waits for the next read.
+                Ok(None) => break,
+                // The connection is closed.
+                Err(_) => return,
             };
             if closed {
                 assert!(frame.len() <= PRE_AUTH_FRAME_BYTES, "a frame of {} bytes before authentication", frame.len());
@@ -85,39 +85,9 @@ pub fn rpc_frames(data: &[u8]) {
     }
 }
 
-/// The frame decoder of a server (gated) or of a client (the link's limit).
-enum Framing {
-    Server(GatedCodec),
-    Client(LengthDelimitedCodec),
-}
-
-impl Framing {
-    fn new(server: bool, gate: Gate) -> Framing {
-        if server {
-            Framing::Server(GatedCodec::new(gate))
-        } else {
-            Framing::Client(LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes()).new_codec())
-        }
-    }
-
-    fn decode(&mut self, buffer: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
-        match self {
-            Framing::Server(codec) => codec.decode(buffer),
-            Framing::Client(codec) => codec.decode(buffer),
-        }
-    }
-
-    fn decode_eof(&mut self, buffer: &mut BytesMut) -> std::io::Result<Option<BytesMut>> {
-        match self {
-            Framing::Server(codec) => codec.decode_eof(buffer),
-            Framing::Client(codec) => codec.decode_eof(buffer),
-        }
-    }
-}
-
 /// Decodes a frame as tarpc decodes a call; whether it decoded. A call's context carries its
 /// deadline as a time from now, which moves between two encodings; what it asks must not.
-fn request<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
+fn request<T: Serialize + DeserializeOwned>(frame: &[u8]) -> bool {
     let Some(message) = decode::<tarpc::ClientMessage<T>>(frame) else { return false };
     decode::<tarpc::ClientMessage<T>>(&encode(&message)).expect("an encoded call decodes");
     if let tarpc::ClientMessage::Request(call) = &message {
@@ -131,7 +101,7 @@ fn request<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
 /// it as an unsigned one, so under bincode's variable-length integers kind k comes back as kind
 /// 2k (found by this target; `fuzz_regressions.rs`). Kiln shows the error as text and never
 /// branches on that kind.
-fn answer<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
+fn answer<T: Serialize + DeserializeOwned>(frame: &[u8]) -> bool {
     let Some(message) = decode::<tarpc::Response<T>>(frame) else { return false };
     match &message.message {
         Ok(body) => check_round_trip(body),
@@ -144,16 +114,16 @@ fn answer<T: Serialize + DeserializeOwned + Unpin>(frame: &BytesMut) -> bool {
     true
 }
 
-fn decode<T: Serialize + DeserializeOwned + Unpin>(frame: &[u8]) -> Option<T> {
-    Pin::new(&mut Bincode::<T, T>::default()).deserialize(&BytesMut::from(frame)).ok()
+fn decode<T: DeserializeOwned>(frame: &[u8]) -> Option<T> {
+    bincode::DefaultOptions::new().deserialize(frame).ok()
 }
 
-fn encode<T: Serialize + DeserializeOwned + Unpin>(message: &T) -> bytes::Bytes {
-    Pin::new(&mut Bincode::<T, T>::default()).serialize(message).expect("encoding a decoded message")
+fn encode<T: Serialize>(message: &T) -> Vec<u8> {
+    bincode::DefaultOptions::new().serialize(message).expect("encoding a decoded message")
 }
 
 /// What decoded encodes to bytes that decode and encode to the same bytes again.
-fn check_round_trip<T: Serialize + DeserializeOwned + Unpin>(message: &T) {
+fn check_round_trip<T: Serialize + DeserializeOwned>(message: &T) {
     let encoded = encode(message);
     let again = decode::<T>(&encoded).expect("an encoded message decodes");
     assert_eq!(encoded, encode(&again), "a message changes across the wire");

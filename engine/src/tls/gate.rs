@@ -1,6 +1,6 @@
 //! Bounded before authenticated: a server-side link reads frames of at most
 //! [`PRE_AUTH_FRAME_BYTES`] until a call on it has passed its credential check, and only then
-//! frames up to [`MAX_FRAME_BYTES`]. A stranger, who has no credential, can therefore make a
+//! frames up to [`MAX_FRAME_BYTES`](crate::rpc::MAX_FRAME_BYTES). A stranger, who has no credential, can therefore make a
 //! server hold no more than a small, fixed amount of memory per connection (the frame, the TLS
 //! buffers), and the servers cap how many such connections they keep (see
 //! `controller::links` and `worker::service`) and for how long ([`PRE_AUTH_TIMEOUT`]).
@@ -15,12 +15,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
-use tarpc::tokio_serde::formats::Bincode;
-use tokio_util::codec::{Decoder, Encoder, Framed, LengthDelimitedCodec};
-
-use super::link::Link;
-use crate::rpc::MAX_FRAME_BYTES;
 use crate::rpc::pieces::max_frame_bytes;
 
 /// The largest frame a server reads before a call on the link passed its credential check:
@@ -84,36 +78,6 @@ impl Gate {
     }
 }
 
-/// Length-delimited frames whose largest incoming size follows a [`Gate`]; outgoing frames may
-/// be as large as [`MAX_FRAME_BYTES`].
-pub struct GatedCodec {
-    inner: LengthDelimitedCodec,
-    gate: Gate,
-}
-
-impl GatedCodec {
-    /// Frames ruled by `gate`.
-    pub fn new(gate: Gate) -> GatedCodec {
-        let inner = LengthDelimitedCodec::builder().max_frame_length(PRE_AUTH_FRAME_BYTES).new_codec();
-        GatedCodec { inner, gate }
-    }
-}
-
-impl Decoder for GatedCodec {
-    type Item = BytesMut;
-    type Error = io::Error;
-
-    fn decode(&mut self, src: &mut BytesMut) -> Result<Option<BytesMut>, io::Error> {
-        // Checked when a frame's header is read, before any room is reserved for its body.
-        self.inner.set_max_frame_length(self.gate.max_frame());
-        let frame = self.inner.decode(src)?;
-        if let Some(frame) = &frame {
-            check_deadline(frame)?;
-        }
-        Ok(frame)
-    }
-}
-
 /// The furthest ahead a call's deadline may lie; no client asks for more than minutes.
 const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
@@ -123,7 +87,7 @@ const MAX_DEADLINE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// one frame, before authentication (found by the `rpc_frames` fuzz target). A call is tarpc's
 /// `ClientMessage::Request` under bincode's defaults: its variant 0, then the deadline's
 /// seconds and nanoseconds, each a variable-length integer. Other frames pass unread.
-fn check_deadline(frame: &[u8]) -> io::Result<()> {
+pub(super) fn check_deadline(frame: &[u8]) -> io::Result<()> {
     let mut rest = frame;
     if varint(&mut rest) != Some(0) {
         return Ok(());
@@ -161,68 +125,20 @@ fn varint(rest: &mut &[u8]) -> Option<u128> {
     Some(u128::from_le_bytes(value))
 }
 
-impl Encoder<Bytes> for GatedCodec {
-    type Error = io::Error;
-
-    fn encode(&mut self, frame: Bytes, dst: &mut BytesMut) -> Result<(), io::Error> {
-        self.inner.set_max_frame_length(MAX_FRAME_BYTES);
-        self.inner.encode(frame, dst)
-    }
-}
-
-/// A server's tarpc transport over a link whose frame limit follows a [`Gate`].
-pub type GatedTransport<In, Out> = tarpc::tokio_serde::Framed<Framed<Link, GatedCodec>, In, Out, Bincode<In, Out>>;
-
-/// Frames a server's link for tarpc, reading small frames until `gate` opens.
-pub fn transport<In, Out>(link: Link, gate: Gate) -> GatedTransport<In, Out>
-where
-    In: for<'de> serde::Deserialize<'de>,
-    Out: serde::Serialize,
-{
-    tarpc::tokio_serde::Framed::new(Framed::new(link, GatedCodec::new(gate)), Bincode::default())
-}
-
 #[cfg(test)]
 mod tests {
-    use bytes::BufMut;
-
     use super::*;
-
-    fn header(length: u32) -> BytesMut {
-        let mut buffer = BytesMut::new();
-        buffer.put_u32(length);
-        buffer
-    }
-
-    #[test]
-    fn a_closed_gate_refuses_a_large_frame_at_its_header_and_an_open_one_takes_it() {
-        let gate = Gate::closed(());
-        let mut codec = GatedCodec::new(gate.clone());
-        let mut announced = header(511 << 20);
-        let error = codec.decode(&mut announced).unwrap_err();
-        assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
-        assert!(announced.capacity() < 1 << 20, "room was reserved for the frame: {}", announced.capacity());
-
-        let mut small = header(3);
-        small.put_slice(b"abc");
-        assert_eq!(codec.decode(&mut small).unwrap().as_deref(), Some(&b"abc"[..]));
-
-        gate.open();
-        let mut codec = GatedCodec::new(gate);
-        let mut announced = header(8 << 20);
-        assert_eq!(codec.decode(&mut announced).unwrap(), None, "waits for the body");
-    }
+    use crate::rpc::MAX_FRAME_BYTES;
 
     #[test]
     fn a_call_whose_deadline_lies_past_the_clock_is_refused_before_tarpc_reads_it() {
-        use std::pin::Pin;
-        use tarpc::tokio_serde::Serializer;
+        use bincode::Options;
 
         // A real call as tarpc writes it, its deadline ~1000 s ahead: read where tarpc put it.
         let mut context = tarpc::context::current();
         context.deadline = std::time::Instant::now() + Duration::from_secs(1000);
         let call = tarpc::ClientMessage::Request(tarpc::Request { context, id: 7, message: "x".to_owned() });
-        let frame = Pin::new(&mut Bincode::<String, _>::default()).serialize(&call).unwrap();
+        let frame = bincode::DefaultOptions::new().serialize(&call).unwrap();
         let mut rest = &frame[..];
         assert_eq!(varint(&mut rest), Some(0));
         assert!((990..=1000).contains(&varint(&mut rest).unwrap()), "{frame:?}");
@@ -234,10 +150,6 @@ mod tests {
         far.extend(&frame[4..]);
         let error = check_deadline(&far).unwrap_err();
         assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
-        let mut codec = GatedCodec::new(Gate::closed(()));
-        let mut wire = header(far.len() as u32);
-        wire.put_slice(&far);
-        assert!(codec.decode(&mut wire).is_err());
         // A cancellation and a cut frame pass to tarpc, which refuses what it cannot read.
         check_deadline(&[1, 0, 0]).unwrap();
         check_deadline(&[0, 253, 1]).unwrap();

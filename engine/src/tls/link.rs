@@ -1,6 +1,5 @@
-//! [`Link`]: one TCP connection, TLS or plain, with the peer's address and certificate, and the
-//! tarpc transport over it (bincode in length-delimited frames of at most
-//! [`max_frame_bytes`](crate::rpc::pieces::max_frame_bytes)).
+//! [`Link`]: one TCP connection, TLS or plain, with the peer's address and certificate (the
+//! tarpc transport over it is `frames`).
 
 use std::io;
 use std::net::SocketAddr;
@@ -11,13 +10,10 @@ use std::time::Duration;
 
 use rustls::ServerConfig;
 use rustls::pki_types::{CertificateDer, ServerName};
-use tarpc::tokio_serde::formats::Bincode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
 use super::verify::Dial;
-use crate::rpc::pieces::max_frame_bytes;
 
 /// How long a TLS handshake may take once the TCP connection is up: a peer that dawdles holds
 /// a connection slot.
@@ -50,19 +46,6 @@ impl Link {
     pub fn peer_cert(&self) -> Option<&CertificateDer<'static>> {
         self.peer_cert.as_ref()
     }
-}
-
-/// A tarpc transport over a [`Link`].
-pub type Transport<In, Out> = tarpc::serde_transport::Transport<Link, In, Out, Bincode<In, Out>>;
-
-/// Frames a link for tarpc.
-pub fn transport<In, Out>(link: Link) -> Transport<In, Out>
-where
-    In: for<'de> serde::Deserialize<'de>,
-    Out: serde::Serialize,
-{
-    let codec = LengthDelimitedCodec::builder().max_frame_length(max_frame_bytes()).new_codec();
-    tarpc::serde_transport::new(Framed::new(link, codec), Bincode::default())
 }
 
 /// Connects to `addr` and, with `dial`, runs the TLS handshake, verifying the server before

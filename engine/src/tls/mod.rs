@@ -8,7 +8,9 @@
 //!   `kiln-join-v2.<trust>.<secret>`, whose trust part pins the CA's fingerprint.
 //! - `verify`: the rustls configurations and certificate verifiers of each side.
 //! - `link`: [`Link`], one TCP connection (TLS or, behind an explicit flag, plain) with the
-//!   peer's address and certificate, and the tarpc transport over it.
+//!   peer's address and certificate.
+//! - `frames`: the tarpc transport over a link: bincode messages in length-delimited frames,
+//!   each held once, in a buffer of its own size, and freed once written or decoded.
 //! - `gate`: the servers' side of a link: small frames only until a call on it passed its
 //!   credential check (bounded before authenticated).
 //!
@@ -25,6 +27,7 @@
 //! - TLS 1.3 only, with the `ring` provider.
 
 pub mod ca;
+pub mod frames;
 pub mod gate;
 pub mod key;
 pub mod link;

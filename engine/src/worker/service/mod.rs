@@ -52,7 +52,8 @@ use crate::sandbox::{self, Unavailable};
 use crate::telemetry::metrics::{Counted, MetricsEndpoint};
 use crate::tls::TlsError;
 use crate::tls::ca::WorkerKey;
-use crate::tls::gate::{self, Gate, PRE_AUTH_TIMEOUT};
+use crate::tls::frames;
+use crate::tls::gate::{Gate, PRE_AUTH_TIMEOUT};
 use crate::tls::key::{Credential, Role, Trust};
 use crate::tls::link;
 use crate::worker::builder::{BuildError, Builder, BuilderConfig};
@@ -359,7 +360,7 @@ async fn serve(listener: tokio::net::TcpListener, tls: bool, server: WorkerServe
 async fn serve_link(link: link::Link, server: WorkerServer) {
     let peer = link.peer_addr();
     let gate = server.gate.clone();
-    let transport = gate::transport(link, gate.clone())
+    let transport = frames::accepted(link, gate.clone())
         .inspect_err(move |e| tracing::info!(peer = %peer, "closed a broken connection: {e}"));
     let calls = server.state.metrics.rpc.clone();
     let serve = BaseChannel::with_defaults(transport)

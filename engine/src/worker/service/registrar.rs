@@ -20,6 +20,7 @@ use crate::rpc::{
     WorkerInfo,
 };
 use crate::tls::ca::WorkerKey;
+use crate::tls::frames;
 use crate::tls::key::Trust;
 use crate::tls::link::{self, is_wrong_peer};
 use crate::tls::{Fingerprint, verify};
@@ -255,7 +256,7 @@ impl Registrar {
             Err(e) => return Err(Refusal::Retry(format!("cannot connect to the controller: {e}"))),
         };
         let local_ip = link.local_addr().ip();
-        let transport = link::transport(link);
+        let transport = frames::dialled(link);
         Ok((ControllerClient::new(tarpc::client::Config::default(), transport).spawn(), local_ip))
     }
 
