@@ -114,20 +114,20 @@ const FINDINGS: &[(&str, &str)] = &[
     ),
     (
         "5.",
-        "The controller does not grow with the input: 95 MiB after one 4 GiB job, against 156–162 MiB \
-         after the seven jobs of 256 MiB or 1 GiB that section 1 runs on its cluster, and 78 MiB for a \
-         1 GiB job by reference. Its peak follows the number of uploaded jobs it has served, not their \
-         size: the services cap glibc at two malloc arenas (`memory.rs`), but pieces of input (8 MiB, \
-         decoded, then written), the cutter's tail, chunks read back for dispatch, their request frames \
-         and partials waiting for their batched write are all alive at once while a job uploads and \
-         runs, and each job leaves the arenas more fragmented. By hand earlier: `MALLOC_ARENA_MAX=1` \
-         took another quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the \
-         CPU (page faults). The controller now fixes the threshold at 1 MiB (`memory.rs`; section \
-         13's controller 170-215 → 120-133 MiB when it came in); the worker daemon does not, since \
-         the faults landed on its data path (section 1). Closing the gap: buffers of input and chunks drawn from one pool of fixed \
-         size instead of the allocator, partials waiting for their write bounded (the slot held until \
-         the write), and the aggregate's partials streamed from the store into the frame instead of \
-         three copies at once.",
+        "What the controller holds at its peak, read from its memory map during 1 GiB uploaded jobs \
+         (stop 29): the cutter's buffer (the tail of the last chunk and the 8 MiB piece after it), the \
+         piece being decoded, chunks read back for dispatch and their request frames, a combine's \
+         partials (up to 16 MiB, `rules::combine::MAX_COMBINE_BYTES`) and its frame, and partials \
+         waiting for their batched write. Until stop 29 it also kept, per connection, read and write \
+         buffers as large as the largest frame ever carried (tokio-util's codec, replaced by \
+         `tls/frames.rs`), and per finished upload its cutter's buffer (9-13 MiB), so its peak \
+         followed the number of uploaded jobs it had served: 115-119 MiB after section 1's seven \
+         jobs, against 80 MiB after one 4 GiB job. By hand earlier: `MALLOC_ARENA_MAX=1` took \
+         another quarter off, and `MALLOC_MMAP_THRESHOLD_=262144` halved the peak at twice the CPU \
+         (page faults); the controller fixes the threshold at 1 MiB (`memory.rs`). What would take \
+         more off: a combine's partials streamed from the store into its frame rather than loaded \
+         whole, and the cutter cutting chunks from the pieces where they lie instead of copying \
+         each piece after the tail.",
     ),
     (
         "10.",
