@@ -180,7 +180,7 @@ pub(super) fn is_foreign(error: &(dyn std::error::Error + 'static)) -> bool {
             }
         }
         // Errors behind an `Arc` (tarpc's channel errors) downcast to nothing: their words
-        // still say it, as the frame codec puts them.
+        // still say it, as `tls::frames` puts them.
         if cause.to_string().contains("frame size too big") {
             return true;
         }

@@ -107,7 +107,7 @@ impl AsyncRead for Link {
             // command that exits, every killed process) ends the stream as a closed TCP
             // connection does, instead of as an error that tarpc logs as a warning per
             // disconnect. Nothing can be forged this way: frames carry their length, so a
-            // connection cut inside a frame is still an error (the codec finds bytes left over).
+            // connection cut inside a frame is still an error (`frames` finds it unfinished).
             Poll::Ready(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => Poll::Ready(Ok(())),
             other => other,
         }
